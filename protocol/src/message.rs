@@ -1,0 +1,147 @@
+//! Control messages. The frame header's `id` says which operation a message
+//! belongs to; the engine allocates ids, the agent echoes them.
+//!
+//! Every request gets exactly one terminal reply (`Ok`, `Error`, `Exited`,
+//! or a typed result). Streams of an operation end with an `Eof` frame.
+
+use serde::{Deserialize, Serialize};
+
+use crate::WireError;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Message {
+    // ----- handshake (id 0) -----
+    /// First message from the engine.
+    Hello {
+        version: u32,
+    },
+    /// The agent's answer; `version` is the agent's protocol version.
+    HelloAck {
+        version: u32,
+        agent_pid: u32,
+        sandbox: String,
+    },
+
+    // ----- exec -----
+    /// Start a process. The agent replies `Started`, then streams stdout
+    /// (stream 1) and stderr (stream 2, absent with a tty), reads stdin
+    /// (stream 0), and ends with `Exited`.
+    Exec(ExecRequest),
+    Started {
+        pid: u32,
+    },
+    /// The process ended. Exactly one of `code` and `signal` is set.
+    Exited {
+        code: Option<i32>,
+        signal: Option<i32>,
+        timed_out: bool,
+    },
+    /// Deliver a signal to a running exec (its whole process group).
+    Signal {
+        signal: i32,
+    },
+    /// Change the tty size of a running exec started with `tty: true`.
+    Resize {
+        rows: u16,
+        cols: u16,
+    },
+
+    // ----- files (paths are absolute paths inside the sandbox) -----
+    Stat {
+        path: String,
+    },
+    StatResult(FileInfo),
+    ReadDir {
+        path: String,
+    },
+    DirEntries {
+        entries: Vec<FileInfo>,
+    },
+    MkdirAll {
+        path: String,
+        mode: u32,
+    },
+    Remove {
+        path: String,
+    },
+    RemoveAll {
+        path: String,
+    },
+    Rename {
+        from: String,
+        to: String,
+    },
+    Symlink {
+        target: String,
+        link: String,
+    },
+    /// Open for reading; on success the agent replies `Ok` and then sends
+    /// the contents on stream 1 followed by `Eof`.
+    ReadFile {
+        path: String,
+    },
+    /// Create or truncate; the engine then sends contents on stream 0 and
+    /// `Eof`; the agent replies `Written` once the file is complete.
+    WriteFile {
+        path: String,
+        mode: u32,
+    },
+    Written {
+        bytes: u64,
+    },
+
+    // ----- sandbox -----
+    /// Cgroup-independent view of the sandbox from inside (process count).
+    Ping,
+    /// Ask the agent to end every process and exit (graceful stop).
+    Shutdown,
+
+    // ----- generic replies -----
+    Ok,
+    Error(WireError),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// argv[0] is looked up in PATH (of `env`) when it has no slash.
+    pub argv: Vec<String>,
+    /// Full environment as KEY=VALUE; the sandbox defaults are merged in by
+    /// the engine before sending.
+    pub env: Vec<String>,
+    pub cwd: Option<String>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub tty: bool,
+    /// Kill the process group after this many milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// When false, stdin is /dev/null and no stream 0 is expected.
+    pub stdin: bool,
+    /// Initial tty size (ignored without tty).
+    pub rows: Option<u16>,
+    pub cols: Option<u16>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileInfo {
+    /// Base name (for `ReadDir`) or the path asked for (for `Stat`).
+    pub name: String,
+    pub kind: FileKind,
+    pub size: u64,
+    /// Permission bits (mode & 0o7777).
+    pub mode: u32,
+    /// Seconds since the Unix epoch.
+    pub mtime: i64,
+    /// For symlinks: the link's target, as stored.
+    pub link_target: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileKind {
+    #[default]
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
