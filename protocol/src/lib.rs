@@ -11,10 +11,12 @@
 
 mod error;
 mod frame;
+mod launch;
 mod message;
 
 pub use error::{ErrorCode, WireError};
 pub use frame::{read_frame, write_frame, Frame, FrameError, FrameKind, HEADER_LEN, MAX_PAYLOAD};
+pub use launch::*;
 pub use message::*;
 
 /// Bumped on any incompatible change; checked in the Hello handshake.

@@ -1,0 +1,3 @@
+module lockbox.dev/lockbox
+
+go 1.24
