@@ -1,0 +1,284 @@
+//! The release manifest: what a version consists of, per platform.
+//!
+//! The signature covers the exact bytes of manifest.json, so the bytes are
+//! never re-serialized after signing: parsing is only for reading.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+pub const SCHEMA_VERSION: u32 = 1;
+pub const PRODUCT: &str = "lockbox";
+/// The C ABI version the installed library must implement (docs/abi.md).
+pub const ABI_VERSION: u32 = 1;
+/// A manifest larger than this is refused before parsing.
+pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+pub const MAX_SIGNATURE_BYTES: u64 = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub schema_version: u32,
+    pub product: String,
+    pub version: String,
+    pub abi_version: u32,
+    /// Keyed by platform, e.g. "linux-x86_64".
+    pub platforms: BTreeMap<String, Vec<Artifact>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Artifact {
+    pub name: String,
+    /// Relative path inside the version directory, '/'-separated.
+    pub path: String,
+    pub kind: ArtifactKind,
+    pub size: u64,
+    /// Lowercase hex.
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArtifactKind {
+    Library,
+    Helper,
+    Image,
+}
+
+impl ArtifactKind {
+    /// The directory of the install tree that holds artifacts of this kind.
+    pub fn dir(self) -> &'static str {
+        match self {
+            ArtifactKind::Library => "lib",
+            ArtifactKind::Helper => "bin",
+            ArtifactKind::Image => "images",
+        }
+    }
+
+    pub fn is_executable(self) -> bool {
+        self == ArtifactKind::Helper
+    }
+
+    pub fn mode(self) -> u32 {
+        if self.is_executable() {
+            0o755
+        } else {
+            0o644
+        }
+    }
+}
+
+/// "linux-x86_64", "linux-aarch64": OS and CPU as Rust names them (the Go
+/// SDK maps GOARCH to the same names).
+pub fn current_platform() -> String {
+    format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH)
+}
+
+/// Versions become directory names, so they are restricted to a safe set.
+pub fn validate_version(v: &str) -> Result<()> {
+    let ok = !v.is_empty()
+        && v.len() <= 64
+        && !v.starts_with('.')
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!("invalid version {v:?}")))
+    }
+}
+
+fn valid_file_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b))
+}
+
+impl Manifest {
+    pub fn parse(bytes: &[u8]) -> Result<Manifest> {
+        let m: Manifest = serde_json::from_slice(bytes)
+            .map_err(|e| Error::Verification(format!("manifest is not valid JSON: {e}")))?;
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// Pretty JSON with a trailing newline: the bytes that get signed.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec_pretty(self).expect("manifest serializes");
+        out.push(b'\n');
+        out
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::Verification(format!("manifest: {msg}")));
+        if self.schema_version != SCHEMA_VERSION {
+            return bad(format!(
+                "schema_version {} (this installer reads {SCHEMA_VERSION})",
+                self.schema_version
+            ));
+        }
+        if self.product != PRODUCT {
+            return bad(format!("product {:?}", self.product));
+        }
+        if validate_version(&self.version).is_err() {
+            return bad(format!("version {:?}", self.version));
+        }
+        for (platform, artifacts) in &self.platforms {
+            let mut paths = HashSet::new();
+            for a in artifacts {
+                if let Err(e) = a.validate() {
+                    return bad(format!("{platform}: {e}"));
+                }
+                if !paths.insert(a.path.as_str()) {
+                    return bad(format!("{platform}: duplicate path {}", a.path));
+                }
+            }
+            let libs = artifacts
+                .iter()
+                .filter(|a| a.kind == ArtifactKind::Library)
+                .count();
+            if libs != 1 {
+                return bad(format!("{platform}: {libs} libraries (want exactly 1)"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn artifacts_for(&self, platform: &str) -> Result<&[Artifact]> {
+        self.platforms
+            .get(platform)
+            .map(Vec::as_slice)
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "release {} has no artifacts for platform {platform} (it has: {})",
+                    self.version,
+                    self.platforms
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })
+    }
+}
+
+impl Artifact {
+    /// The path must be `<kind dir>/<file name>`: nothing can land outside
+    /// the version directory or over the manifest and marker files.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let Some((dir, file)) = self.path.split_once('/') else {
+            return Err(format!("path {:?} has no directory", self.path));
+        };
+        if dir != self.kind.dir() || !valid_file_name(file) {
+            return Err(format!(
+                "path {:?} is not {}/<file> for a {:?}",
+                self.path,
+                self.kind.dir(),
+                self.kind
+            ));
+        }
+        if !valid_file_name(&self.name) {
+            return Err(format!("name {:?}", self.name));
+        }
+        if self.sha256.len() != 64
+            || !self
+                .sha256
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(format!(
+                "{}: sha256 is not 64 lowercase hex digits",
+                self.path
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn artifact(path: &str, kind: ArtifactKind) -> Artifact {
+        Artifact {
+            name: path.rsplit('/').next().unwrap().to_string(),
+            path: path.to_string(),
+            kind,
+            size: 3,
+            sha256: "ab".repeat(32),
+        }
+    }
+
+    fn manifest(artifacts: Vec<Artifact>) -> Manifest {
+        Manifest {
+            schema_version: SCHEMA_VERSION,
+            product: PRODUCT.into(),
+            version: "1.2.3".into(),
+            abi_version: ABI_VERSION,
+            platforms: [("linux-x86_64".to_string(), artifacts)].into(),
+        }
+    }
+
+    #[test]
+    fn round_trips_through_bytes() {
+        let m = manifest(vec![
+            artifact("lib/liblockbox.so", ArtifactKind::Library),
+            artifact("bin/lockbox-helper", ArtifactKind::Helper),
+        ]);
+        assert_eq!(Manifest::parse(&m.to_bytes()).unwrap(), m);
+    }
+
+    #[test]
+    fn rejects_paths_that_escape_or_mismatch_kind() {
+        for path in [
+            "lib/../../etc/passwd",
+            "../lib/x.so",
+            "/lib/x.so",
+            "lib/.complete",
+            "bin/liblockbox.so",
+            "lib/a/b.so",
+        ] {
+            let m = manifest(vec![artifact(path, ArtifactKind::Library)]);
+            assert!(
+                matches!(m.validate(), Err(Error::Verification(_))),
+                "{path} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_bad_hash_duplicates_and_missing_library() {
+        let mut a = artifact("lib/liblockbox.so", ArtifactKind::Library);
+        a.sha256 = "AB".repeat(32);
+        assert!(manifest(vec![a]).validate().is_err());
+        let lib = artifact("lib/liblockbox.so", ArtifactKind::Library);
+        assert!(manifest(vec![lib.clone(), lib]).validate().is_err());
+        assert!(manifest(vec![artifact("bin/h", ArtifactKind::Helper)])
+            .validate()
+            .is_err());
+    }
+
+    #[test]
+    fn rejects_other_schema_and_unknown_platform() {
+        let mut m = manifest(vec![artifact("lib/liblockbox.so", ArtifactKind::Library)]);
+        assert!(matches!(
+            m.artifacts_for("plan9-mips"),
+            Err(Error::NotFound(_))
+        ));
+        m.schema_version = 2;
+        assert!(Manifest::parse(&m.to_bytes()).is_err());
+    }
+
+    #[test]
+    fn versions_are_safe_directory_names() {
+        for v in ["0.1.0", "1.0.0-rc.1", "2+build"] {
+            validate_version(v).unwrap();
+        }
+        for v in ["", "..", "../x", "a/b", ".hidden", "a b"] {
+            assert!(validate_version(v).is_err(), "{v:?} accepted");
+        }
+    }
+}

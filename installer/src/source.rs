@@ -1,0 +1,371 @@
+//! Where a release comes from: an HTTP(S) mirror or a local directory
+//! (plain path or file:// URL). Layout at the source: <base>/<version>/<path>.
+//!
+//! Downloads hash while streaming, never accept more bytes than declared,
+//! retry with backoff on 5xx and transport errors, and resume with a Range
+//! request from the bytes already received.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use reqwest::blocking::{Client, Response};
+use reqwest::header::{CONTENT_RANGE, RANGE};
+use reqwest::StatusCode;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::manifest::Artifact;
+
+const MAX_ATTEMPTS: u32 = 5;
+const BUF_SIZE: usize = 1 << 18;
+
+pub enum Source {
+    Http { base: String, client: Client },
+    Dir(PathBuf),
+}
+
+/// Progress of one artifact: bytes received so far and the declared total.
+pub type ProgressFn<'a> = &'a mut dyn FnMut(u64, u64);
+
+/// Why one attempt stopped: try again (after backoff) or give up.
+enum Stop {
+    Retry(String),
+    Fatal(Error),
+}
+
+impl Source {
+    pub fn parse(spec: &str) -> Result<Source> {
+        if spec.starts_with("http://") || spec.starts_with("https://") {
+            let client = Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .timeout(None::<Duration>)
+                .build()
+                .map_err(|e| Error::Network(format!("HTTP client: {e}")))?;
+            Ok(Source::Http {
+                base: spec.trim_end_matches('/').to_string(),
+                client,
+            })
+        } else if let Some(p) = spec.strip_prefix("file://") {
+            Ok(Source::Dir(PathBuf::from(p)))
+        } else if spec.contains("://") {
+            Err(Error::Usage(format!(
+                "release source {spec:?}: want http(s)://, file:// or a directory"
+            )))
+        } else {
+            Ok(Source::Dir(PathBuf::from(spec)))
+        }
+    }
+
+    pub fn describe(&self, rel: &str) -> String {
+        match self {
+            Source::Http { base, .. } => format!("{base}/{rel}"),
+            Source::Dir(d) => d.join(rel).display().to_string(),
+        }
+    }
+
+    /// A small file (manifest, signature), refused if larger than `limit`.
+    pub fn fetch_small(&self, rel: &str, limit: u64) -> Result<Vec<u8>> {
+        let what = self.describe(rel);
+        let mut last = String::new();
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 {
+                std::thread::sleep(backoff(attempt));
+            }
+            let reader: Box<dyn Read> = match self {
+                Source::Dir(d) => Box::new(File::open(d.join(rel)).map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        Error::NotFound(what.clone())
+                    } else {
+                        Error::io_at("open", &d.join(rel), e)
+                    }
+                })?),
+                Source::Http { .. } => match self.get(rel, 0) {
+                    Ok(r) if r.status() == StatusCode::OK => Box::new(r),
+                    Ok(r) => match classify_status(r.status(), &what) {
+                        Stop::Retry(m) => {
+                            last = m;
+                            continue;
+                        }
+                        Stop::Fatal(e) => return Err(e),
+                    },
+                    Err(m) => {
+                        last = m;
+                        continue;
+                    }
+                },
+            };
+            let mut out = Vec::new();
+            match reader.take(limit + 1).read_to_end(&mut out) {
+                Ok(_) if out.len() as u64 > limit => {
+                    return Err(Error::Verification(format!(
+                        "{what}: larger than {limit} bytes"
+                    )))
+                }
+                Ok(_) => return Ok(out),
+                Err(e) => last = format!("{what}: {e}"),
+            }
+        }
+        Err(Error::Network(format!(
+            "{last} (after {MAX_ATTEMPTS} attempts)"
+        )))
+    }
+
+    /// Downloads `rel` into `file` (empty, open for writing), checking the
+    /// artifact's size and sha256.
+    pub fn download(
+        &self,
+        rel: &str,
+        artifact: &Artifact,
+        file: &mut File,
+        progress: ProgressFn,
+    ) -> Result<()> {
+        let what = self.describe(rel);
+        let mut got = Received {
+            file,
+            hasher: Sha256::new(),
+            have: 0,
+            size: artifact.size,
+            what: &what,
+        };
+        let mut last = String::new();
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 {
+                std::thread::sleep(backoff(attempt));
+            }
+            let outcome = match self {
+                Source::Dir(d) => {
+                    let path = d.join(rel);
+                    let f = File::open(&path).map_err(|e| {
+                        if e.kind() == std::io::ErrorKind::NotFound {
+                            Error::NotFound(what.clone())
+                        } else {
+                            Error::io_at("open", &path, e)
+                        }
+                    })?;
+                    got.restart()?;
+                    // A local file does not get longer by retrying.
+                    got.stream(f, progress).map_err(|s| match s {
+                        Stop::Retry(m) => Stop::Fatal(Error::Verification(m)),
+                        fatal => fatal,
+                    })
+                }
+                Source::Http { .. } => self.http_attempt(rel, &mut got, progress),
+            };
+            match outcome {
+                Ok(()) => break,
+                Err(Stop::Fatal(e)) => return Err(e),
+                Err(Stop::Retry(m)) => last = m,
+            }
+        }
+        if got.have != artifact.size {
+            return Err(Error::Network(format!(
+                "{last} (after {MAX_ATTEMPTS} attempts, {} of {} bytes)",
+                got.have, artifact.size
+            )));
+        }
+        let sum = hex::encode(got.hasher.finalize());
+        if sum != artifact.sha256 {
+            return Err(Error::Verification(format!(
+                "{what}: sha256 {sum}, manifest says {}",
+                artifact.sha256
+            )));
+        }
+        Ok(())
+    }
+
+    fn get(&self, rel: &str, from: u64) -> std::result::Result<Response, String> {
+        let Source::Http { base, client } = self else {
+            unreachable!("get on a directory source")
+        };
+        let url = format!("{base}/{rel}");
+        let mut req = client.get(&url);
+        if from > 0 {
+            req = req.header(RANGE, format!("bytes={from}-"));
+        }
+        req.send().map_err(|e| format!("{url}: {e}"))
+    }
+
+    fn http_attempt(
+        &self,
+        rel: &str,
+        got: &mut Received,
+        progress: ProgressFn,
+    ) -> std::result::Result<(), Stop> {
+        let resp = self.get(rel, got.have).map_err(Stop::Retry)?;
+        let status = resp.status();
+        match status {
+            StatusCode::PARTIAL_CONTENT if got.have > 0 => {
+                let start = resp
+                    .headers()
+                    .get(CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(range_start);
+                if start != Some(got.have) {
+                    got.restart().map_err(Stop::Fatal)?;
+                    return Err(Stop::Retry(format!(
+                        "{}: unexpected Content-Range",
+                        got.what
+                    )));
+                }
+            }
+            StatusCode::OK => got.restart().map_err(Stop::Fatal)?,
+            StatusCode::RANGE_NOT_SATISFIABLE => {
+                got.restart().map_err(Stop::Fatal)?;
+                return Err(Stop::Retry(format!("{}: range not satisfiable", got.what)));
+            }
+            s => return Err(classify_status(s, got.what)),
+        }
+        if let Some(len) = resp.content_length() {
+            if got.have + len != got.size {
+                return Err(Stop::Fatal(Error::Verification(format!(
+                    "{}: server sends {} bytes, manifest says {}",
+                    got.what,
+                    got.have + len,
+                    got.size
+                ))));
+            }
+        }
+        got.stream(resp, progress)
+    }
+}
+
+/// The bytes of one artifact received so far, hashed as they arrive.
+struct Received<'a> {
+    file: &'a mut File,
+    hasher: Sha256,
+    have: u64,
+    size: u64,
+    what: &'a str,
+}
+
+impl Received<'_> {
+    fn restart(&mut self) -> Result<()> {
+        if self.have > 0 {
+            self.file
+                .set_len(0)
+                .and_then(|_| self.file.seek(SeekFrom::Start(0)).map(|_| ()))
+                .map_err(|e| Error::io(format!("truncate download of {}", self.what), e))?;
+            self.hasher = Sha256::new();
+            self.have = 0;
+        }
+        Ok(())
+    }
+
+    fn stream(&mut self, mut r: impl Read, progress: ProgressFn) -> std::result::Result<(), Stop> {
+        let mut buf = vec![0u8; BUF_SIZE];
+        loop {
+            let n = match r.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Stop::Retry(format!("{}: {e}", self.what))),
+            };
+            if self.have + n as u64 > self.size {
+                return Err(Stop::Fatal(Error::Verification(format!(
+                    "{}: more than the {} bytes the manifest declares",
+                    self.what, self.size
+                ))));
+            }
+            self.file
+                .write_all(&buf[..n])
+                .map_err(|e| Stop::Fatal(Error::io(format!("write {}", self.what), e)))?;
+            self.hasher.update(&buf[..n]);
+            self.have += n as u64;
+            progress(self.have, self.size);
+        }
+        if self.have < self.size {
+            return Err(Stop::Retry(format!(
+                "{}: truncated at {} of {} bytes",
+                self.what, self.have, self.size
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn classify_status(s: StatusCode, what: &str) -> Stop {
+    if s == StatusCode::NOT_FOUND || s == StatusCode::GONE {
+        Stop::Fatal(Error::NotFound(format!("{what} (HTTP {s})")))
+    } else if s.is_server_error()
+        || s == StatusCode::REQUEST_TIMEOUT
+        || s == StatusCode::TOO_MANY_REQUESTS
+    {
+        Stop::Retry(format!("{what}: HTTP {s}"))
+    } else {
+        Stop::Fatal(Error::Network(format!("{what}: HTTP {s}")))
+    }
+}
+
+/// "bytes 100-199/200" -> 100.
+fn range_start(v: &str) -> Option<u64> {
+    v.strip_prefix("bytes ")?
+        .split('-')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis((100u64 << attempt.min(5)).min(2000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn parses_sources() {
+        assert!(matches!(
+            Source::parse("http://127.0.0.1:1/x").unwrap(),
+            Source::Http { .. }
+        ));
+        assert!(
+            matches!(Source::parse("file:///tmp/d").unwrap(), Source::Dir(p) if p == Path::new("/tmp/d"))
+        );
+        assert!(matches!(Source::parse("/tmp/d").unwrap(), Source::Dir(_)));
+        assert!(Source::parse("ftp://x").is_err());
+    }
+
+    #[test]
+    fn reads_content_range() {
+        assert_eq!(range_start("bytes 100-199/200"), Some(100));
+        assert_eq!(range_start("bytes */200"), None);
+    }
+
+    #[test]
+    fn directory_download_checks_size_and_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("v")).unwrap();
+        std::fs::write(dir.path().join("v/a"), b"hello").unwrap();
+        let src = Source::Dir(dir.path().to_path_buf());
+        let mut art = Artifact {
+            name: "a".into(),
+            path: "lib/a".into(),
+            kind: crate::manifest::ArtifactKind::Library,
+            size: 5,
+            sha256: crate::fsutil::sha256_hex(b"hello"),
+        };
+        let run = |art: &Artifact| {
+            let mut f = tempfile::tempfile().unwrap();
+            src.download("v/a", art, &mut f, &mut |_, _| {})
+        };
+        run(&art).unwrap();
+        art.sha256 = crate::fsutil::sha256_hex(b"hellO");
+        assert!(matches!(run(&art), Err(Error::Verification(_))));
+        art.size = 4;
+        assert!(matches!(run(&art), Err(Error::Verification(_))));
+        assert!(matches!(
+            src.download(
+                "v/missing",
+                &art,
+                &mut tempfile::tempfile().unwrap(),
+                &mut |_, _| {}
+            ),
+            Err(Error::NotFound(_))
+        ));
+    }
+}
