@@ -1,0 +1,34 @@
+//! Stamps the git commit and build profile into the library (reported by
+//! the `version` method), and marks the cdylib as never-unloadable.
+use std::path::Path;
+use std::process::Command;
+
+fn main() {
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".to_string());
+    println!("cargo:rustc-env=LOCKBOX_GIT_COMMIT={commit}");
+    let profile = std::env::var("PROFILE").unwrap_or_else(|_| "unknown".to_string());
+    println!("cargo:rustc-env=LOCKBOX_BUILD_PROFILE={profile}");
+
+    // Rebuild when HEAD moves, so the commit stays truthful.
+    let git = Path::new("../.git");
+    for f in ["HEAD", "refs/heads"] {
+        let p = git.join(f);
+        if p.exists() {
+            println!("cargo:rerun-if-changed={}", p.display());
+        }
+    }
+    println!("cargo:rerun-if-changed=build.rs");
+
+    // The library owns runtime threads and a panic hook; unloading it while
+    // they live would leave dangling code pointers in the host. dlclose()
+    // becomes a no-op with -z nodelete.
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-z,nodelete");
+}

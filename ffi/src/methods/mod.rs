@@ -1,0 +1,103 @@
+//! The method table behind `lockbox_call`.
+//!
+//! Adding a method group: create `methods/<group>.rs` with
+//! `pub fn register(t: &mut Table)` calling `t.add("group.verb", handler)`
+//! for each method, and add one line to [`build_table`]. A handler is a
+//! plain `fn(params, &CallCtx) -> Result<Value, ApiError>`; it decodes its
+//! params with [`params`] and runs async engine work with
+//! [`CallCtx::block_on`], which honours the call's cancel id.
+use crate::cancel::CancelToken;
+use crate::error::ApiError;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::OnceLock;
+
+mod core;
+pub use self::core::version_json;
+#[cfg(feature = "test-hooks")]
+mod debug;
+#[cfg(any(test, feature = "test-hooks"))]
+pub mod mem_pipe;
+
+pub type Handler = fn(Value, &CallCtx) -> Result<Value, ApiError>;
+
+#[derive(Default)]
+pub struct Table {
+    methods: HashMap<&'static str, Handler>,
+}
+
+impl Table {
+    pub fn add(&mut self, name: &'static str, h: Handler) {
+        let dup = self.methods.insert(name, h);
+        assert!(dup.is_none(), "method {name} registered twice");
+    }
+}
+
+fn build_table() -> Table {
+    let mut t = Table::default();
+    core::register(&mut t);
+    #[cfg(feature = "test-hooks")]
+    debug::register(&mut t);
+    t
+}
+
+fn table() -> &'static Table {
+    static TABLE: OnceLock<Table> = OnceLock::new();
+    TABLE.get_or_init(build_table)
+}
+
+/// What a handler knows about its call.
+pub struct CallCtx {
+    pub cancel: CancelToken,
+}
+
+impl CallCtx {
+    /// Runs `fut` on the library runtime until it finishes or the call is
+    /// canceled (then the future is dropped and `canceled` returned).
+    pub fn block_on<T, F>(&self, fut: F) -> Result<T, ApiError>
+    where
+        F: Future<Output = Result<T, ApiError>>,
+    {
+        self.cancel.check()?;
+        let cancel = self.cancel.clone();
+        crate::runtime::runtime().block_on(async move {
+            tokio::select! {
+                biased;
+                _ = cancel.canceled() => Err(ApiError::canceled()),
+                r = fut => r,
+            }
+        })
+    }
+}
+
+/// Decodes a method's params; a mismatch is `invalid_argument`.
+pub fn params<T: DeserializeOwned>(method: &str, v: Value) -> Result<T, ApiError> {
+    serde_json::from_value(v)
+        .map_err(|e| ApiError::invalid_argument(format!("{method}: bad params: {e}")))
+}
+
+#[derive(Deserialize)]
+struct Request<'a> {
+    #[serde(borrow)]
+    method: Cow<'a, str>,
+    #[serde(default)]
+    params: Value,
+}
+
+/// Parses a request and runs its method.
+pub fn dispatch(req: &[u8], ctx: &CallCtx) -> Result<Value, ApiError> {
+    let req: Request<'_> = serde_json::from_slice(req)
+        .map_err(|e| ApiError::invalid_argument(format!("malformed request: {e}")))?;
+    let handler = table().methods.get(req.method.as_ref()).ok_or_else(|| {
+        ApiError::new(
+            lockbox_protocol::ErrorCode::Unsupported,
+            format!("unknown method {:?}", req.method),
+        )
+    })?;
+    crate::lb_log!(crate::log::Level::Debug, "call {}", req.method);
+    handler(req.params, ctx)
+}
