@@ -1,0 +1,192 @@
+//! Importing a `docker save` tarball without unpacking it first: one pass
+//! indexes where each member's bytes are, then layers are read in place.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::archive::unpack_layer;
+use crate::config::ImageConfig;
+use crate::digest::{Digest, HashingReader};
+use crate::error::{ImageError, IoContext, Result};
+use crate::oci::{self, MAX_JSON};
+use crate::unpack::{LayerKind, Unpacker};
+
+pub(crate) struct Plan {
+    pub config_digest: Digest,
+    pub config: ImageConfig,
+    /// (member name, expected diff_id)
+    pub layers: Vec<(String, Digest)>,
+    pub ref_name: Option<String>,
+    members: HashMap<String, (u64, u64)>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Entry {
+    config: String,
+    #[serde(default)]
+    repo_tags: Option<Vec<String>>,
+    layers: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct RootFs {
+    #[serde(default)]
+    diff_ids: Vec<Digest>,
+}
+
+#[derive(Deserialize)]
+struct ConfigRootFs {
+    rootfs: RootFs,
+}
+
+fn index_members(tarball: &Path) -> Result<HashMap<String, (u64, u64)>> {
+    let file = File::open(tarball).ctx("open", tarball)?;
+    let mut archive = tar::Archive::new(file);
+    let mut members = HashMap::new();
+    let entries = archive
+        .entries_with_seek()
+        .map_err(|e| ImageError::invalid_image(format!("reading {}: {e}", tarball.display())))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| {
+            ImageError::invalid_image(format!("reading {}: {e}", tarball.display()))
+        })?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let name = entry
+            .path()
+            .map_err(|e| ImageError::invalid_image(format!("bad member name: {e}")))?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
+        members.insert(name, (entry.raw_file_position(), entry.size()));
+    }
+    Ok(members)
+}
+
+fn member<'a>(
+    tarball: &Path,
+    members: &HashMap<String, (u64, u64)>,
+    name: &str,
+) -> Result<(impl Read + 'a, u64)> {
+    let (offset, size) = *members
+        .get(name.trim_start_matches("./"))
+        .ok_or_else(|| ImageError::invalid_image(format!("the archive has no member {name:?}")))?;
+    let mut file = File::open(tarball).ctx("open", tarball)?;
+    file.seek(SeekFrom::Start(offset)).ctx("seek", tarball)?;
+    Ok((file.take(size), size))
+}
+
+fn read_small(
+    tarball: &Path,
+    members: &HashMap<String, (u64, u64)>,
+    name: &str,
+) -> Result<Vec<u8>> {
+    let (mut r, size) = member(tarball, members, name)?;
+    if size > MAX_JSON {
+        return Err(ImageError::invalid_image(format!("{name} is too large")));
+    }
+    let mut body = Vec::new();
+    r.read_to_end(&mut body).ctx("read", tarball)?;
+    Ok(body)
+}
+
+/// The digest a member's name promises (`<hex>.json`, `blobs/sha256/<hex>`).
+fn named_digest(name: &str) -> Option<Digest> {
+    let base = name.rsplit('/').next()?;
+    let hex = base.strip_suffix(".json").unwrap_or(base);
+    (hex.len() == 64).then(|| Digest::parse(hex).ok()).flatten()
+}
+
+pub(crate) fn plan(tarball: &Path, reference: Option<&str>) -> Result<Plan> {
+    let members = index_members(tarball)?;
+    let manifest_body = read_small(tarball, &members, "manifest.json")?;
+    let entries: Vec<Entry> = oci::parse(&manifest_body, "manifest.json")?;
+    let entry = match reference {
+        Some(r) => entries
+            .iter()
+            .find(|e| e.repo_tags.iter().flatten().any(|t| t == r))
+            .ok_or_else(|| ImageError::NotFound(format!("no image tagged {r:?} in the archive")))?,
+        None => match entries.as_slice() {
+            [one] => one,
+            [] => return Err(ImageError::invalid_image("manifest.json lists no image")),
+            many => {
+                let tags: Vec<&str> = many
+                    .iter()
+                    .flat_map(|e| e.repo_tags.iter().flatten())
+                    .map(String::as_str)
+                    .collect();
+                return Err(ImageError::InvalidArgument(format!(
+                    "the archive holds {} images; pick one of: {}",
+                    many.len(),
+                    tags.join(", ")
+                )));
+            }
+        },
+    };
+    let config_body = read_small(tarball, &members, &entry.config)?;
+    let config_digest = Digest::of_bytes(&config_body);
+    if let Some(promised) = named_digest(&entry.config) {
+        promised.verify(&config_digest, &format!("config {}", entry.config))?;
+    }
+    let diff_ids = oci::parse::<ConfigRootFs>(&config_body, "image config")?
+        .rootfs
+        .diff_ids;
+    if diff_ids.len() != entry.layers.len() {
+        return Err(ImageError::invalid_image(format!(
+            "the config lists {} layers, manifest.json {}",
+            diff_ids.len(),
+            entry.layers.len()
+        )));
+    }
+    let config = ImageConfig::from_oci_json(&config_body)
+        .map_err(|e| ImageError::invalid_image(format!("image config: {e}")))?;
+    Ok(Plan {
+        config_digest,
+        config,
+        layers: entry.layers.iter().cloned().zip(diff_ids).collect(),
+        ref_name: reference
+            .map(str::to_string)
+            .or_else(|| entry.repo_tags.as_ref().and_then(|t| t.first().cloned())),
+        members,
+    })
+}
+
+pub(crate) fn unpack(tarball: &Path, plan: &Plan, unpacker: &mut Unpacker) -> Result<()> {
+    for (name, diff_id) in &plan.layers {
+        let (raw, _) = member(tarball, &plan.members, name)?;
+        let mut raw_hash = HashingReader::new(raw);
+        // diff_id is the digest of the uncompressed tar: hash after
+        // decompression, so hash the stream unpack_layer reads.
+        let actual_diff = {
+            let mut plain = DiffIdReader::new(&mut raw_hash)?;
+            unpack_layer(&mut plain.reader, unpacker, LayerKind::OciLayer)?;
+            plain.reader.finish().ctx("read", tarball)?.0
+        };
+        diff_id.verify(&actual_diff, &format!("layer {name} (diff_id)"))?;
+        let (raw_digest, _) = raw_hash.finish().ctx("read", tarball)?;
+        if let Some(promised) = named_digest(name) {
+            promised.verify(&raw_digest, &format!("layer {name}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// A decompressed view of a layer whose bytes are hashed as they are read.
+struct DiffIdReader<'a> {
+    reader: HashingReader<Box<dyn Read + 'a>>,
+}
+
+impl<'a> DiffIdReader<'a> {
+    fn new<R: Read + 'a>(raw: R) -> Result<Self> {
+        let stream = crate::decompress::decompressed(std::io::BufReader::new(raw))?;
+        Ok(DiffIdReader {
+            reader: HashingReader::new(stream),
+        })
+    }
+}

@@ -1,0 +1,143 @@
+//! Importing an OCI image layout directory.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::archive::unpack_layer;
+use crate::config::ImageConfig;
+use crate::digest::{Digest, HashingReader};
+use crate::error::{ImageError, IoContext, Result};
+use crate::oci::{self, Descriptor, Index, Manifest, MAX_JSON, REF_NAME};
+use crate::unpack::{LayerKind, Unpacker};
+
+/// What to unpack, worked out (and checked) before anything is written.
+pub(crate) struct Plan {
+    pub config_digest: Digest,
+    pub config: ImageConfig,
+    pub layers: Vec<Descriptor>,
+    pub ref_name: Option<String>,
+}
+
+fn blob_path(dir: &Path, d: &Digest) -> PathBuf {
+    dir.join("blobs").join("sha256").join(d.hex())
+}
+
+/// Reads a small blob whole and checks its size and digest.
+fn read_json_blob(dir: &Path, desc: &Descriptor) -> Result<Vec<u8>> {
+    if desc.size > MAX_JSON {
+        return Err(ImageError::invalid_image(format!(
+            "{} is {} bytes, more than a manifest or config may be",
+            desc.digest, desc.size
+        )));
+    }
+    let p = blob_path(dir, &desc.digest);
+    let mut body = Vec::new();
+    File::open(&p)
+        .ctx("open", &p)?
+        .take(MAX_JSON + 1)
+        .read_to_end(&mut body)
+        .ctx("read", &p)?;
+    check_size(desc, body.len() as u64)?;
+    desc.digest
+        .verify(&Digest::of_bytes(&body), &format!("blob {}", desc.digest))?;
+    Ok(body)
+}
+
+fn check_size(desc: &Descriptor, actual: u64) -> Result<()> {
+    if actual != desc.size {
+        return Err(ImageError::invalid_image(format!(
+            "blob {} is {actual} bytes, its descriptor says {}",
+            desc.digest, desc.size
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn plan(dir: &Path, reference: Option<&str>) -> Result<Plan> {
+    let layout_file = dir.join("oci-layout");
+    let layout = std::fs::read(&layout_file).map_err(|e| {
+        ImageError::InvalidArgument(format!(
+            "{} is not an OCI image layout (oci-layout: {e})",
+            dir.display()
+        ))
+    })?;
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Layout {
+        image_layout_version: String,
+    }
+    let version = oci::parse::<Layout>(&layout, "oci-layout")?.image_layout_version;
+    if !version.starts_with("1.") {
+        return Err(ImageError::invalid_image(format!(
+            "unsupported image layout version {version}"
+        )));
+    }
+    let index_path = dir.join("index.json");
+    let index_body = std::fs::read(&index_path).ctx("read", &index_path)?;
+    let index: Index = oci::parse(&index_body, "index.json")?;
+    let desc = match reference {
+        Some(r) => index
+            .manifests
+            .iter()
+            .find(|d| d.annotations.get(REF_NAME).is_some_and(|n| n == r))
+            .ok_or_else(|| ImageError::NotFound(format!("no image {r:?} in {}", dir.display())))?,
+        None => match index.manifests.as_slice() {
+            [one] => one,
+            [] => return Err(ImageError::invalid_image("the layout's index is empty")),
+            many => {
+                let names: Vec<&str> = many
+                    .iter()
+                    .filter_map(|d| d.annotations.get(REF_NAME).map(String::as_str))
+                    .collect();
+                return Err(ImageError::InvalidArgument(format!(
+                    "the layout holds {} images; pick one of: {}",
+                    many.len(),
+                    names.join(", ")
+                )));
+            }
+        },
+    };
+    let ref_name = reference
+        .map(str::to_string)
+        .or_else(|| desc.annotations.get(REF_NAME).cloned());
+    let manifest = resolve_manifest(dir, desc.clone(), 0)?;
+    let config_body = read_json_blob(dir, &manifest.config)?;
+    let config = ImageConfig::from_oci_json(&config_body)
+        .map_err(|e| ImageError::invalid_image(format!("image config: {e}")))?;
+    Ok(Plan {
+        config_digest: manifest.config.digest.clone(),
+        config,
+        layers: manifest.layers,
+        ref_name,
+    })
+}
+
+/// Follows indexes (choosing this platform) down to an image manifest.
+fn resolve_manifest(dir: &Path, desc: Descriptor, depth: u32) -> Result<Manifest> {
+    if depth > 4 {
+        return Err(ImageError::invalid_image("image indexes nest too deep"));
+    }
+    let body = read_json_blob(dir, &desc)?;
+    if oci::is_index(&desc, &body) {
+        let index: Index = oci::parse(&body, "image index")?;
+        let chosen = oci::pick_platform(&index)?.clone();
+        return resolve_manifest(dir, chosen, depth + 1);
+    }
+    oci::parse(&body, "image manifest")
+}
+
+pub(crate) fn unpack(dir: &Path, plan: &Plan, unpacker: &mut Unpacker) -> Result<()> {
+    for layer in &plan.layers {
+        let p = blob_path(dir, &layer.digest);
+        let file = File::open(&p).ctx("open", &p)?;
+        let mut hashing = HashingReader::new(file);
+        unpack_layer(&mut hashing, unpacker, LayerKind::OciLayer)?;
+        let (digest, size) = hashing.finish().ctx("read", &p)?;
+        check_size(layer, size)?;
+        layer
+            .digest
+            .verify(&digest, &format!("layer {}", layer.digest))?;
+    }
+    Ok(())
+}
