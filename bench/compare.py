@@ -1,0 +1,588 @@
+#!/usr/bin/env python3
+"""Side-by-side latency comparison: Lockbox against bubblewrap and an OCI runtime.
+
+Every tool runs the same command on the same root filesystem. Runs are
+interleaved (one run of each tool, rotating the order every round) so that
+background noise on a shared machine hits every tool alike. The result is a
+Markdown table (docs/benchmarks.md) and a latency plot (docs/benchmarks.png).
+
+Standard library only; matplotlib is optional and used only for the plot.
+Run it through `make bench-compare`, which prepares the root filesystems,
+the OCI bundles' inputs, the Lockbox driver and a venv with matplotlib.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# The same PATH inside every sandbox, so every tool resolves `echo` and
+# `python3` to the same binaries of the root filesystem.
+GUEST_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
+
+# After this many failed runs a tool is dropped from a case and reported as
+# failing, with the last error, instead of being retried forever.
+MAX_FAILURES = 3
+
+
+class Unavailable(Exception):
+    """A tool cannot run on this machine; the message says why."""
+
+
+class RunFailed(Exception):
+    """One run went wrong (bad exit code or unexpected output)."""
+
+
+@dataclass
+class Sample:
+    first_ns: int  # start of the request -> first byte of output
+    done_ns: int  # start of the request -> everything finished
+
+
+@dataclass
+class Result:
+    label: str
+    samples: list[Sample] = field(default_factory=list)
+    failures: int = 0
+    status: str = "ok"  # "ok", or why there are no numbers
+
+    def values_ms(self, metric: str) -> list[float]:
+        return [getattr(s, metric) / 1e6 for s in self.samples]
+
+
+def percentile(sorted_values: list[float], pct: float) -> float:
+    """Nearest-rank percentile: a value that was actually observed."""
+    rank = max(1, math.ceil(pct / 100.0 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+# ---------------------------------------------------------------- runners
+
+
+class ProcessRunner:
+    """Times a child process from spawn to its first stdout byte and exit.
+
+    The spawn itself (fork/exec of the runtime binary) is part of the time:
+    it is what a user of these tools pays on every run.
+    """
+
+    def __init__(self, label: str, argv_fn, expect: bytes):
+        self.label = label
+        self.argv_fn = argv_fn  # run number -> argv
+        self.expect = expect
+        self.count = 0
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def after_run(self, run_id: str) -> None:
+        pass
+
+    def run_once(self) -> Sample:
+        self.count += 1
+        run_id = f"lbxbench-{os.getpid()}-{self.count}"
+        argv = self.argv_fn(run_id)
+        with tempfile.TemporaryFile() as err:
+            t0 = time.perf_counter_ns()
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=err)
+            fd = proc.stdout.fileno()
+            first = os.read(fd, 65536)
+            t1 = time.perf_counter_ns()
+            out = first
+            while chunk := os.read(fd, 65536):
+                out += chunk
+            rc = proc.wait()
+            t2 = time.perf_counter_ns()
+            proc.stdout.close()
+            self.after_run(run_id)
+            if rc != 0 or out != self.expect:
+                err.seek(0)
+                msg = err.read().decode(errors="replace").strip()
+                raise RunFailed(f"exit {rc}, stdout {out!r}, stderr {msg[:300]!r}")
+        return Sample(t1 - t0, t2 - t0)
+
+
+class OciRunner(ProcessRunner):
+    """`<runtime> run` of a fresh container per run (create, start, delete)."""
+
+    def __init__(self, runtime: str, state: Path, bundle: Path, expect: bytes):
+        super().__init__(runtime, lambda rid: [runtime, "--root", str(state), "run",
+                                               "--bundle", str(bundle), rid], expect)
+        self.runtime, self.state = runtime, state
+
+    def after_run(self, run_id: str) -> None:
+        # `run` deletes the container when it exits; this only matters after
+        # a failure, and costs nothing in the timed part.
+        subprocess.run([self.runtime, "--root", str(self.state), "delete", "-f", run_id],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+class OciExecRunner(ProcessRunner):
+    """`<runtime> exec` into one running container (a long `sleep`)."""
+
+    def __init__(self, runtime: str, state: Path, bundle: Path, expect: bytes):
+        self.cid = f"lbxbench-exec-{os.getpid()}"
+        super().__init__(runtime, lambda rid: [runtime, "--root", str(state), "exec",
+                                               self.cid, "echo", "hi"], expect)
+        self.runtime, self.state, self.bundle = runtime, state, bundle
+
+    def start(self) -> None:
+        # The detached container inherits our stdio: a pipe would stay open
+        # for as long as it runs, so its errors go to a file.
+        with tempfile.TemporaryFile() as err:
+            p = subprocess.run([self.runtime, "--root", str(self.state), "run", "-d",
+                                "--bundle", str(self.bundle), self.cid],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=err, timeout=60)
+            if p.returncode != 0:
+                err.seek(0)
+                raise Unavailable(f"{self.runtime} run -d failed: "
+                                  f"{err.read().decode(errors='replace').strip()}")
+
+    def stop(self) -> None:
+        subprocess.run([self.runtime, "--root", str(self.state), "delete", "-f", self.cid],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+class LockboxRunner:
+    """Drives bench/lockbox (a Go program on the public API) step by step.
+
+    The driver prints one JSON line when it is ready (or why it is not), then
+    one JSON line per newline it reads on stdin. Its clock starts at the API
+    call, so Go's start-up and library loading are not in the figures: a Go
+    program pays those once, not per sandbox.
+    """
+
+    def __init__(self, driver: Path | None, why_missing: str, case: str,
+                 rootfs: Path, env: dict[str, str]):
+        self.label = "lockbox"
+        self.driver, self.why_missing = driver, why_missing
+        self.case, self.rootfs, self.env = case, rootfs, env
+        self.proc: subprocess.Popen | None = None
+        self.info: dict = {}
+
+    def start(self) -> None:
+        if self.driver is None or not self.driver.exists():
+            raise Unavailable(self.why_missing or "the Lockbox driver was not built")
+        self.proc = subprocess.Popen(
+            [str(self.driver), "-case", self.case, "-rootfs", str(self.rootfs), "-stdin"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=self.env, text=True, bufsize=1)
+        line = self.proc.stdout.readline()
+        if not line:
+            err = self.proc.stderr.read().strip()
+            self.proc.wait()
+            raise Unavailable(f"driver exited before it was ready: {err[-400:]}")
+        msg = json.loads(line)
+        if not msg.get("ready"):
+            self.stop()
+            raise Unavailable(msg.get("error", "driver not ready"))
+        self.info = msg
+
+    def run_once(self) -> Sample:
+        assert self.proc is not None
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RunFailed("driver exited: " + self.proc.stderr.read().strip()[-400:])
+        msg = json.loads(line)
+        if not msg.get("ok"):
+            raise RunFailed(msg.get("error", "unknown error"))
+        return Sample(int(msg["first_ns"]), int(msg["done_ns"]))
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(timeout=60)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+
+
+# ------------------------------------------------------------- the setup
+
+
+def bwrap_argv(rootfs: Path, cmd: list[str]) -> list[str]:
+    # Every namespace bwrap has, no capabilities, a clean environment, the
+    # root filesystem read-only: as close to Lockbox's isolation as bwrap's
+    # flags go (bwrap has no seccomp policy or cgroup limits of its own).
+    return ["bwrap", "--unshare-all", "--die-with-parent", "--new-session",
+            "--ro-bind", str(rootfs), "/", "--proc", "/proc", "--dev", "/dev",
+            "--tmpfs", "/tmp", "--cap-drop", "ALL", "--clearenv",
+            "--setenv", "PATH", GUEST_PATH, *cmd]
+
+
+def write_bundle(bundle: Path, rootfs: Path, args: list[str]) -> None:
+    """An OCI bundle from `runc spec --rootless`, adjusted to match the others.
+
+    The rootless template has a user namespace; we add the network and cgroup
+    namespaces (the template leaves them out because rootless runc cannot
+    always create them) so that the container is as isolated as the others.
+    """
+    bundle.mkdir(parents=True, exist_ok=True)
+    (bundle / "config.json").unlink(missing_ok=True)
+    subprocess.run(["runc", "spec", "--rootless", "--bundle", str(bundle)], check=True)
+    cfg = json.loads((bundle / "config.json").read_text())
+    cfg["root"] = {"path": str(rootfs.resolve()), "readonly": True}
+    cfg["process"]["args"] = args
+    cfg["process"]["terminal"] = False
+    cfg["process"]["env"] = [f"PATH={GUEST_PATH}"]
+    cfg["hostname"] = "bench"
+    have = {ns["type"] for ns in cfg["linux"]["namespaces"]}
+    for ns in ("pid", "network", "ipc", "uts", "mount", "user", "cgroup"):
+        if ns not in have:
+            cfg["linux"]["namespaces"].append({"type": ns})
+    (bundle / "config.json").write_text(json.dumps(cfg, indent=2))
+
+
+def probe_oci(runtime: str, state: Path, bundle: Path) -> str | None:
+    """None if the runtime runs a container here, else its error message."""
+    if shutil.which(runtime) is None:
+        return f"{runtime} is not installed"
+    p = subprocess.run([runtime, "--root", str(state), "run", "--bundle", str(bundle),
+                        f"lbxbench-probe-{os.getpid()}"],
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    subprocess.run([runtime, "--root", str(state), "delete", "-f", f"lbxbench-probe-{os.getpid()}"],
+                   capture_output=True)
+    if p.returncode != 0 or p.stdout != b"hi\n":
+        msg = (p.stderr or p.stdout).decode(errors="replace").strip()
+        return f"exit {p.returncode}: {msg}"
+    return None
+
+
+@dataclass
+class Case:
+    key: str
+    title: str
+    metric: str  # which Sample field the table ranks by
+    metric_name: str
+    runners: list
+    notes: list[str] = field(default_factory=list)
+    skipped: str = ""
+    results: list[Result] = field(default_factory=list)
+
+
+def run_case(case: Case, runs: int, warmup: int) -> None:
+    live = []
+    for r in case.runners:
+        res = Result(r.label)
+        case.results.append(res)
+        try:
+            r.start()
+            for _ in range(warmup):  # page in binaries; not recorded
+                r.run_once()
+            live.append((r, res))
+        except (Unavailable, RunFailed, OSError, subprocess.SubprocessError) as e:
+            res.status = f"not available: {e}"
+            r.stop()
+    print(f"[{case.key}] {runs} interleaved runs of: "
+          + ", ".join(r.label for r, _ in live), flush=True)
+    for i in range(runs):
+        if not live:
+            break
+        k = i % len(live)
+        for r, res in live[k:] + live[:k]:
+            if res.status != "ok":
+                continue
+            try:
+                res.samples.append(r.run_once())
+            except (RunFailed, OSError, ValueError) as e:
+                res.failures += 1
+                if res.failures >= MAX_FAILURES:
+                    res.status = f"failed {res.failures} times, last: {e}"
+        if (i + 1) % 50 == 0:
+            print(f"[{case.key}] {i + 1}/{runs}", flush=True)
+    for r, _ in live:
+        r.stop()
+
+
+# --------------------------------------------------------------- reports
+
+
+def first_line(argv: list[str]) -> str:
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        return (p.stdout or p.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return "not installed"
+
+
+def cgroup_layout() -> str:
+    try:
+        fs = subprocess.run(["stat", "-f", "-c", "%T", "/sys/fs/cgroup"],
+                            capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+    if fs == "cgroup2fs":
+        return "v2 (unified)"
+    if os.path.isdir("/sys/fs/cgroup/unified"):
+        return "v1 hybrid (v1 controllers, v2 mounted at /sys/fs/cgroup/unified)"
+    return "v1 (legacy)"
+
+
+def machine_details(lockbox_info: dict) -> list[tuple[str, str]]:
+    mem_kib = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    cpu = "unknown"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    distro = "unknown"
+    if os.path.exists("/etc/os-release"):
+        for line in open("/etc/os-release"):
+            if line.startswith("PRETTY_NAME="):
+                distro = line.split("=", 1)[1].strip().strip('"')
+    return [
+        ("date (UTC)", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")),
+        ("CPUs (nproc)", str(os.cpu_count())),
+        ("CPU model", cpu),
+        ("memory", f"{mem_kib / 1024 / 1024:.1f} GiB"),
+        ("kernel", platform.release()),
+        ("distribution", distro),
+        ("cgroup layout", cgroup_layout()),
+        ("running as", "root" if os.geteuid() == 0 else f"uid {os.geteuid()}"),
+        ("bubblewrap", first_line(["bwrap", "--version"])),
+        ("runc", first_line(["runc", "--version"])),
+        ("crun", first_line(["crun", "--version"])),
+        ("lockbox", lockbox_info.get("version", "not available")),
+        ("go", first_line(["go", "version"])),
+        ("python (harness)", platform.python_version()),
+    ]
+
+
+def fmt_ratio(lb: Result | None, peer: Result, metric: str, pct: float) -> str:
+    if lb is None or lb is peer or peer.label.startswith("host") or not lb.samples \
+            or not peer.samples:
+        return "—"
+    a = sorted(lb.values_ms(metric))
+    b = sorted(peer.values_ms(metric))
+    return f"{percentile(a, pct) / percentile(b, pct):.2f}×"
+
+
+def table(case: Case) -> list[str]:
+    other_name = "until done" if case.metric == "first_ns" else "to first output"
+    lines = [f"| tool | runs | median {case.metric_name} | p90 {case.metric_name} | "
+             f"median {other_name} | Lockbox ÷ tool (median) | Lockbox ÷ tool (p90) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    other = "done_ns" if case.metric == "first_ns" else "first_ns"
+    lb = next((r for r in case.results if r.label == "lockbox"), None)
+    for r in case.results:
+        if not r.samples:
+            lines.append(f"| {r.label} | 0 | {r.status} | | | | |")
+            continue
+        v = sorted(r.values_ms(case.metric))
+        o = sorted(r.values_ms(other))
+        status = "" if r.status == "ok" else f" ({r.status})"
+        lines.append(f"| {r.label}{status} | {len(v)} | {statistics.median(v):.2f} ms | "
+                     f"{percentile(v, 90):.2f} ms | {statistics.median(o):.2f} ms | "
+                     f"{fmt_ratio(lb, r, case.metric, 50)} | {fmt_ratio(lb, r, case.metric, 90)} |")
+    return lines
+
+
+def write_markdown(path: Path, cases: list[Case], machine, args, plot_note: str,
+                   oci_notes: list[str]) -> None:
+    out = ["# Benchmarks: Lockbox side by side with bubblewrap and an OCI runtime", "",
+           "Generated by `bench/compare.py`; do not edit by hand. Reproduce with:", "",
+           "```sh", args.command, "```", "",
+           "Each tool runs the same command on the same root filesystem "
+           f"(`{args.rootfs_label}`), {args.runs} runs per tool, interleaved "
+           "(one run of each tool per round, the order rotating every round) after "
+           f"{args.warmup} unrecorded warm-up runs. Median and p90 are nearest-rank. "
+           "A ratio below 1 means Lockbox is faster than that tool.", ""]
+    for c in cases:
+        out += [f"## {c.title}", ""]
+        if c.skipped:
+            out += [f"Skipped: {c.skipped}", ""]
+            continue
+        out += [f"Ranked by **{c.metric_name}**; the other column is "
+                + ("time until everything finished (process exited, container deleted, "
+                   "sandbox removed)." if c.metric == "first_ns"
+                   else "time to the first output byte."), ""]
+        out += table(c) + [""]
+        out += [f"- {n}" for n in c.notes] + [""]
+    out += ["## Which OCI runtime ran", ""] + [f"- {n}" for n in oci_notes] + [""]
+    out += ["## How each tool is isolated", "",
+            "- **bubblewrap**: `" + " ".join(bwrap_argv(Path("ROOTFS"), ["CMD"])) + "` "
+            "(user, mount, pid, net, ipc, uts and cgroup namespaces; no capabilities; "
+            "read-only root; no seccomp policy or cgroup limits).",
+            "- **OCI runtime**: a bundle made by `runc spec --rootless`, adjusted: "
+            "read-only root, `terminal: false`, PATH only, and the network and cgroup "
+            "namespaces added to the template's user, mount, pid, ipc and uts. The "
+            "runtime's default capabilities, masked /proc paths and cgroup are kept.",
+            "- **lockbox**: `CreateSandbox(ctx, WithRootfs(ROOTFS))` then the command "
+            "through the public Go API (bench/lockbox/main.go): user, mount, pid, uts, "
+            "ipc, net and cgroup namespaces, overlay root, seccomp, dropped capabilities.",
+            "- **host spawn floor**: `/bin/echo hi` spawned by the harness on the host "
+            "with no isolation: the cost of spawning any process from this harness, "
+            "which every peer figure includes and the Lockbox figures do not.",
+            "",
+            "## How it is measured", "",
+            "- Peers: the harness (Python) takes the time just before it spawns the "
+            "tool, at the first byte read from the tool's stdout pipe, and at the "
+            "tool's exit. A peer's figure therefore includes the fork/exec of its "
+            "binary, which a user of that tool pays on every run.",
+            "- Lockbox: a Go program on the public API is started once; for each run "
+            "the harness sends it one line and it times the API calls with Go's "
+            "monotonic clock (the first output byte through `Cmd.Stdout` for the "
+            "cold cases; the return of `Exec` for the exec round trip). Go start-up "
+            "and library loading happen once per program, not per sandbox, and are "
+            "not included.",
+            "- Cold means a new sandbox/container per run; the page cache is warm.",
+            "", "## Machine", "", "| | |", "|---|---|"]
+    out += [f"| {k} | {v} |" for k, v in machine] + [""]
+    out += ["## Plot", "", plot_note, ""]
+    path.write_text("\n".join(out))
+
+
+# One colour per tool across all panels.
+COLORS = {"lockbox": "tab:red", "bwrap": "tab:blue", "runc": "tab:orange",
+          "crun": "tab:purple", "host spawn floor": "tab:gray"}
+
+
+def write_plot(path: Path, cases: list[Case]) -> str:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "No plot: matplotlib is not installed (`make bench-compare` installs it in a venv)."
+    shown = [c for c in cases if not c.skipped and any(r.samples for r in c.results)]
+    if not shown:
+        return "No plot: no tool produced figures."
+    fig, axes = plt.subplots(1, len(shown), figsize=(6 * len(shown), 4.5), squeeze=False)
+    for ax, c in zip(axes[0], shown):
+        for r in c.results:
+            if not r.samples:
+                continue
+            v = sorted(r.values_ms(c.metric))
+            ax.step(v, [(i + 1) / len(v) for i in range(len(v))], where="post",
+                    color=COLORS.get(r.label, "tab:gray"),
+                    label=f"{r.label} (median {statistics.median(v):.2f} ms)")
+        ax.set_xscale("log")
+        ax.set_xlabel(f"{c.metric_name}, ms (log scale)")
+        ax.set_ylabel("fraction of runs at or below")
+        ax.set_title(c.title, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return f"![latency distributions (cumulative)]({path.name})"
+
+
+# ------------------------------------------------------------------ main
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--rootfs", type=Path, required=True)
+    ap.add_argument("--python-rootfs", type=Path)
+    ap.add_argument("--lockbox-driver", type=Path)
+    ap.add_argument("--lockbox-missing", default="",
+                    help="why the Lockbox driver is missing, for the table")
+    ap.add_argument("--workdir", type=Path, default=Path("build/bench"))
+    ap.add_argument("--md", type=Path, default=Path("docs/benchmarks.md"))
+    ap.add_argument("--png", type=Path, default=Path("docs/benchmarks.png"))
+    ap.add_argument("--command", default="make bench-compare")
+    ap.add_argument("--only", default="", help="comma-separated case keys to run")
+    args = ap.parse_args()
+    args.rootfs_label = os.path.relpath(args.rootfs)
+    random.seed(0)
+
+    work = args.workdir.resolve()
+    state = work / "oci-state"
+    state.mkdir(parents=True, exist_ok=True)
+    hi = b"hi\n"
+    write_bundle(work / "oci" / "echo", args.rootfs, ["echo", "hi"])
+    write_bundle(work / "oci" / "sleep", args.rootfs, ["sleep", "100000"])
+
+    # crun first (the lighter runtime), runc as the fallback; we measure every
+    # runtime that runs here and report why the others did not.
+    oci, oci_notes = [], []
+    for rt in ("crun", "runc"):
+        err = probe_oci(rt, state, work / "oci" / "echo")
+        if err is None:
+            oci.append(rt)
+            oci_notes.append(f"{first_line([rt, '--version'])}: ran.")
+        else:
+            oci_notes.append(f"{rt}: refused on this machine ({err}).")
+
+    env = dict(os.environ)
+    lb = lambda case, rootfs: LockboxRunner(args.lockbox_driver, args.lockbox_missing,
+                                            case, rootfs, env)
+    floor = ProcessRunner("host spawn floor", lambda _: ["/bin/echo", "hi"], hi)
+
+    cases = [
+        Case("echo", "Create to first output of `echo hi` (cold: a new sandbox per run)",
+             "first_ns", "to first output",
+             [lb("echo", args.rootfs), ProcessRunner("bwrap", lambda _: bwrap_argv(args.rootfs, ["echo", "hi"]), hi)]
+             + [OciRunner(rt, state, work / "oci" / "echo", hi) for rt in oci] + [floor]),
+        Case("exec", "Exec round trip on a running sandbox (`echo hi`)",
+             "done_ns", "round trip",
+             [lb("exec", args.rootfs)]
+             + [OciExecRunner(rt, state, work / "oci" / "sleep", hi) for rt in oci]
+             + [ProcessRunner("host spawn floor", lambda _: ["/bin/echo", "hi"], hi)],
+             notes=["bubblewrap has no way to run a command in an existing sandbox, so it is "
+                    "not in this table.",
+                    "OCI: `<runtime> exec` into a container whose process is `sleep`."]),
+    ]
+    py_cmd = ["python3", "-c", "print(6*7)"]
+    py = Case("python", "Python one-liner, cold (`python3 -c 'print(6*7)'` in a new sandbox)",
+              "first_ns", "to first output", [])
+    if args.python_rootfs and (args.python_rootfs / "usr/bin/python3").exists():
+        write_bundle(work / "oci" / "python", args.python_rootfs, py_cmd)
+        py.runners = ([lb("python", args.python_rootfs),
+                       ProcessRunner("bwrap", lambda _: bwrap_argv(args.python_rootfs, py_cmd), b"42\n")]
+                      + [OciRunner(rt, state, work / "oci" / "python", b"42\n") for rt in oci])
+        py.notes = [f"Root filesystem: `{os.path.relpath(args.python_rootfs)}`."]
+    else:
+        py.skipped = ("no python root filesystem "
+                      f"({args.python_rootfs or 'none given'}); `make image-python` builds it.")
+    cases.append(py)
+
+    only = set(filter(None, args.only.split(",")))
+    lockbox_info: dict = {}
+    for c in cases:
+        if c.skipped or (only and c.key not in only):
+            if not c.skipped:
+                c.skipped = "not selected in this run (--only)."
+            continue
+        run_case(c, args.runs, args.warmup)
+        for r in c.runners:
+            if isinstance(r, LockboxRunner) and r.info:
+                lockbox_info = r.info
+
+    args.md.parent.mkdir(parents=True, exist_ok=True)
+    plot_note = write_plot(args.png, cases)
+    write_markdown(args.md, cases, machine_details(lockbox_info), args, plot_note, oci_notes)
+    print(args.md.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

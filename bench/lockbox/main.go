@@ -1,0 +1,211 @@
+// Command lockbox is the Lockbox side of bench/compare.py: it times
+// sandbox operations through the public Go API and prints one JSON line
+// per run.
+//
+// The harness starts it once per case with -stdin and sends one newline per
+// run, so that Lockbox runs interleave with the peer tools' runs. Without
+// -stdin it does -n runs back to back. Its first line says whether it is
+// ready ({"ready":true,...}) or why not ({"ready":false,"error":...}).
+//
+// Cases:
+//
+//	echo    create a sandbox, run `echo hi`, remove it; timed to the first
+//	        output byte (first_ns) and to the end of Remove (done_ns)
+//	python  the same with `python3 -c 'print(6*7)'`
+//	exec    Exec(`echo hi`) on one running sandbox; timed to Exec's return
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"time"
+
+	"lockbox.dev/lockbox"
+)
+
+// runLine is what the harness reads for one run.
+type runLine struct {
+	Run     int    `json:"run"`
+	OK      bool   `json:"ok"`
+	FirstNs int64  `json:"first_ns,omitempty"`
+	DoneNs  int64  `json:"done_ns,omitempty"`
+	Error   string `json:"error,omitempty"`
+}
+
+type readyLine struct {
+	Ready   bool   `json:"ready"`
+	Version string `json:"version,omitempty"`
+	Error   string `json:"error,omitempty"`
+}
+
+// command is one case's guest command and the output it must print.
+type command struct {
+	args   []string
+	expect string
+}
+
+var commands = map[string]command{
+	"echo":   {[]string{"echo", "hi"}, "hi\n"},
+	"exec":   {[]string{"echo", "hi"}, "hi\n"},
+	"python": {[]string{"python3", "-c", "print(6*7)"}, "42\n"},
+}
+
+func main() {
+	caseName := flag.String("case", "echo", "echo, exec or python")
+	rootfs := flag.String("rootfs", "", "root filesystem directory (WithRootfs)")
+	image := flag.String("image", "base", "image name, used when -rootfs is empty")
+	n := flag.Int("n", 200, "number of runs when not driven through stdin")
+	stepped := flag.Bool("stdin", false, "do one run per line read on stdin")
+	flag.Parse()
+
+	out := json.NewEncoder(os.Stdout)
+	cmd, ok := commands[*caseName]
+	if !ok {
+		_ = out.Encode(readyLine{Error: fmt.Sprintf("unknown case %q", *caseName)})
+		os.Exit(2)
+	}
+	var opts []lockbox.Option
+	if *rootfs != "" {
+		opts = append(opts, lockbox.WithRootfs(*rootfs))
+	} else {
+		opts = append(opts, lockbox.WithImage(*image))
+	}
+
+	ctx := context.Background()
+	b := &bench{opts: opts, cmd: cmd}
+	run := b.cold
+	if *caseName == "exec" {
+		run = b.warm
+	}
+	// One untimed run proves the library loads and the case works, so that
+	// the harness can report "not available" with the reason instead of
+	// a column of failures.
+	if err := b.prepare(ctx, *caseName == "exec"); err != nil {
+		_ = out.Encode(readyLine{Error: err.Error()})
+		os.Exit(1)
+	}
+	defer b.close(ctx)
+	if _, _, err := run(ctx); err != nil {
+		_ = out.Encode(readyLine{Error: err.Error()})
+		b.close(ctx)
+		os.Exit(1)
+	}
+	_ = out.Encode(readyLine{Ready: true, Version: lockbox.Version})
+
+	left := *n
+	next := func() bool { left--; return left >= 0 }
+	if *stepped {
+		in := bufio.NewReader(os.Stdin)
+		next = func() bool { _, err := in.ReadString('\n'); return err == nil }
+	}
+	for i := 1; next(); i++ {
+		first, done, err := run(ctx)
+		line := runLine{Run: i, OK: err == nil, FirstNs: first.Nanoseconds(), DoneNs: done.Nanoseconds()}
+		if err != nil {
+			line.Error = err.Error()
+		}
+		if err := out.Encode(line); err != nil {
+			return // the harness went away
+		}
+	}
+}
+
+type bench struct {
+	opts []lockbox.Option
+	cmd  command
+	warm *lockbox.Sandbox // the running sandbox of the exec case
+}
+
+// prepare creates the long-lived sandbox of the exec case.
+func (b *bench) prepare(ctx context.Context, warm bool) error {
+	if !warm {
+		return nil
+	}
+	sb, err := lockbox.CreateSandbox(ctx, b.opts...)
+	if err != nil {
+		return fmt.Errorf("create sandbox: %w", err)
+	}
+	b.warm = sb
+	return nil
+}
+
+func (b *bench) close(ctx context.Context) {
+	if b.warm != nil {
+		_ = b.warm.Remove(ctx)
+		b.warm = nil
+	}
+}
+
+// cold creates a sandbox, runs the command and removes the sandbox.
+func (b *bench) cold(ctx context.Context) (first, done time.Duration, err error) {
+	start := time.Now()
+	sb, err := lockbox.CreateSandbox(ctx, b.opts...)
+	if err != nil {
+		return 0, 0, fmt.Errorf("create sandbox: %w", err)
+	}
+	stdout := &firstByteClock{start: start}
+	var stderr bytes.Buffer
+	c := sb.CommandContext(ctx, b.cmd.args[0], b.cmd.args[1:]...)
+	c.Stdout, c.Stderr = stdout, &stderr
+	runErr := c.Run()
+	rmErr := sb.Remove(ctx)
+	done = time.Since(start)
+	if err := errors.Join(runErr, rmErr); err != nil {
+		return 0, 0, fmt.Errorf("%w (stderr %q)", err, stderr.String())
+	}
+	first, got := stdout.result()
+	if got != b.cmd.expect {
+		return 0, 0, fmt.Errorf("stdout %q, want %q (stderr %q)", got, b.cmd.expect, stderr.String())
+	}
+	return first, done, nil
+}
+
+// warm runs the command in the sandbox made by prepare.
+func (b *bench) warm(ctx context.Context) (first, done time.Duration, err error) {
+	start := time.Now()
+	res, err := b.warm.Exec(ctx, b.cmd.args[0], b.cmd.args[1:]...)
+	done = time.Since(start)
+	if err != nil {
+		return 0, 0, err
+	}
+	if res.ExitCode != 0 || string(res.Stdout) != b.cmd.expect {
+		return 0, 0, fmt.Errorf("exit %d, stdout %q, stderr %q", res.ExitCode, res.Stdout, res.Stderr)
+	}
+	// Exec returns the whole result at once: its first byte and its end
+	// reach the caller at the same moment.
+	return done, done, nil
+}
+
+// firstByteClock is a stdout sink that remembers when the first byte came.
+// Cmd may call Write from its own goroutine, hence the mutex.
+type firstByteClock struct {
+	start time.Time
+	mu    sync.Mutex
+	first time.Duration
+	buf   bytes.Buffer
+}
+
+var _ io.Writer = (*firstByteClock)(nil)
+
+func (w *firstByteClock) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.buf.Len() == 0 && len(p) > 0 {
+		w.first = time.Since(w.start)
+	}
+	return w.buf.Write(p)
+}
+
+func (w *firstByteClock) result() (time.Duration, string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.first, w.buf.String()
+}

@@ -1,0 +1,66 @@
+# Benchmarks against the tools a user would pick instead, SDK overhead
+# benchmarks, and the examples a newcomer copies from.
+#   make bench-compare   Lockbox vs bubblewrap vs an OCI runtime
+#                        -> docs/benchmarks.md + docs/benchmarks.png
+#   make bench-sdk       Go testing.B benchmarks of the SDK's own overhead
+BENCH_STEPS += bench-compare bench-sdk
+
+BENCH_RUNS   ?= 200
+BENCH_WORK   := $(BUILD)/bench
+BENCH_VENV   := $(BUILD)/bench-venv
+# A busybox root filesystem for when `make image-base` has not built one.
+BENCH_ROOTFS_DEV := $(BUILD)/bench-rootfs
+BASE_ROOTFS   := $(BUILD)/images/base/rootfs
+PYTHON_ROOTFS := $(BUILD)/images/python/rootfs
+# Dev builds load the library straight from the cargo output.
+BENCH_LIB    := $(RELEASE_DIR)/liblockbox.so
+
+.PHONY: bench-compare bench-sdk bench-venv bench-rootfs-dev bench-images bench-driver
+
+bench-compare: deps bench-venv bench-rootfs-dev bench-images bench-driver
+	@rootfs=$(BASE_ROOTFS); [ -d "$$rootfs" ] || rootfs=$(BENCH_ROOTFS_DEV); \
+	why=$$(cat $(BENCH_WORK)/driver.missing 2>/dev/null || true); \
+	LOCKBOX_LIB=$(BENCH_LIB) $(BENCH_VENV)/bin/python bench/compare.py \
+	  --runs $(BENCH_RUNS) --rootfs "$$rootfs" --python-rootfs $(PYTHON_ROOTFS) \
+	  --lockbox-driver $(BENCH_WORK)/lockbox-bench --lockbox-missing "$$why" \
+	  --workdir $(BENCH_WORK) --md docs/benchmarks.md --png docs/benchmarks.png \
+	  --command "make bench-compare"
+
+# The Lockbox side: the engine (cargo) and the Go driver on the public API.
+# If either does not build, the comparison still runs the peers and the
+# table says why Lockbox is missing; the build log is kept for the reader.
+bench-driver:
+	@mkdir -p $(BENCH_WORK); rm -f $(BENCH_WORK)/driver.missing $(BENCH_WORK)/lockbox-bench
+	@if ! $(MAKE) --no-print-directory build >$(BENCH_WORK)/build.log 2>&1; then \
+	  echo "the engine did not build (build/bench/build.log)" >$(BENCH_WORK)/driver.missing; \
+	elif ! (cd bench && CGO_ENABLED=0 go build -o $(BENCH_WORK)/lockbox-bench ./lockbox) \
+	    >>$(BENCH_WORK)/build.log 2>&1; then \
+	  echo "the Go driver did not compile against the Go API (build/bench/build.log)" \
+	    >$(BENCH_WORK)/driver.missing; \
+	fi; \
+	if [ -f $(BENCH_WORK)/driver.missing ]; then echo "bench: lockbox not available: $$(cat $(BENCH_WORK)/driver.missing)"; fi
+
+# The images are built by mk/images.mk when it exists; a failure there only
+# means the comparison falls back to the busybox rootfs below, and says so.
+bench-images:
+	@if grep -qs '^image-base:' mk/*.mk; then $(MAKE) --no-print-directory image-base || echo "bench: image-base failed, using $(BENCH_ROOTFS_DEV)"; fi
+	@if grep -qs '^image-python:' mk/*.mk; then $(MAKE) --no-print-directory image-python || echo "bench: image-python failed, the python case is skipped"; fi
+
+bench-rootfs-dev: $(BENCH_ROOTFS_DEV)/bin/busybox
+$(BENCH_ROOTFS_DEV)/bin/busybox: /bin/busybox
+	rm -rf $(BENCH_ROOTFS_DEV)
+	mkdir -p $(BENCH_ROOTFS_DEV)/{bin,dev,proc,sys,tmp,etc,root}
+	cp /bin/busybox $(BENCH_ROOTFS_DEV)/bin/busybox
+	# Relative links: `busybox --install -s` would point at the host path.
+	for n in $$(/bin/busybox --list); do [ "$$n" = busybox ] || ln -s busybox $(BENCH_ROOTFS_DEV)/bin/$$n; done
+
+# matplotlib for the plot, in a venv under build/ so the system stays clean.
+bench-venv: $(BENCH_VENV)/.ok
+$(BENCH_VENV)/.ok:
+	python3 -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q matplotlib
+	touch $@
+
+bench-sdk: deps bench-driver
+	cd bench && LOCKBOX_LIB=$(BENCH_LIB) LOCKBOX_BENCH_ROOTFS=$$( [ -d $(BASE_ROOTFS) ] && echo $(BASE_ROOTFS) || echo $(BENCH_ROOTFS_DEV) ) \
+	  CGO_ENABLED=0 go test -run '^$$' -bench . -benchmem -count 1 .
