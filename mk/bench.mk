@@ -15,9 +15,9 @@ PYTHON_ROOTFS := $(BUILD)/images/python/rootfs
 # Dev builds load the library straight from the cargo output.
 BENCH_LIB    := $(RELEASE_DIR)/liblockbox.so
 
-.PHONY: bench-compare bench-sdk bench-venv bench-rootfs-dev bench-images bench-driver
+.PHONY: bench-compare bench-sdk bench-venv bench-rootfs-dev bench-compare-images bench-driver
 
-bench-compare: deps bench-venv bench-rootfs-dev bench-images bench-driver
+bench-compare: deps bench-venv bench-rootfs-dev bench-compare-images bench-driver
 	@rootfs=$(BASE_ROOTFS); [ -d "$$rootfs" ] || rootfs=$(BENCH_ROOTFS_DEV); \
 	why=$$(cat $(BENCH_WORK)/driver.missing 2>/dev/null || true); \
 	LOCKBOX_LIB=$(BENCH_LIB) $(BENCH_VENV)/bin/python bench/compare.py \
@@ -42,7 +42,7 @@ bench-driver:
 
 # The images are built by mk/images.mk when it exists; a failure there only
 # means the comparison falls back to the busybox rootfs below, and says so.
-bench-images:
+bench-compare-images:
 	@if grep -qs '^image-base:' mk/*.mk; then $(MAKE) --no-print-directory image-base || echo "bench: image-base failed, using $(BENCH_ROOTFS_DEV)"; fi
 	@if grep -qs '^image-python:' mk/*.mk; then $(MAKE) --no-print-directory image-python || echo "bench: image-python failed, the python case is skipped"; fi
 
