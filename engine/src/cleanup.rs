@@ -1,0 +1,222 @@
+//! Finding and removing what dead sandboxes left behind: cgroups, helper
+//! processes and state directories. Runs when an engine starts, so a host
+//! that was SIGKILLed leaks nothing past the next start.
+
+use std::path::Path;
+use std::time::Duration;
+
+use lockbox_protocol::CgroupPaths;
+
+use crate::paths::Layout;
+use crate::state::{read_json, DirLock, SandboxState};
+
+/// Only directories under the cgroup mount are ever touched.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup/";
+
+/// Kills every process in a cgroup directory tree, then removes the tree
+/// bottom-up. Best effort: returns whether everything is gone.
+pub fn remove_cgroup_tree(dir: &Path) -> bool {
+    if !dir.starts_with(CGROUP_ROOT) || dir.components().any(|c| c.as_os_str() == "..") {
+        return false;
+    }
+    if !dir.exists() {
+        return true;
+    }
+    for attempt in 0..50 {
+        kill_tree(dir);
+        if rmdir_tree(dir) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(if attempt < 10 { 5 } else { 20 }));
+    }
+    false
+}
+
+fn kill_tree(dir: &Path) {
+    if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            if pid > 1 {
+                // SAFETY: plain kill(2) of a process in the sandbox's cgroup.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                kill_tree(&e.path());
+            }
+        }
+    }
+}
+
+fn rmdir_tree(dir: &Path) -> bool {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                rmdir_tree(&e.path());
+            }
+        }
+    }
+    std::fs::remove_dir(dir).is_ok() || !dir.exists()
+}
+
+pub fn remove_cgroups(c: &CgroupPaths) -> bool {
+    let mut all = true;
+    let mut seen = Vec::new();
+    for p in [&c.memory, &c.cpu, &c.pids].into_iter().flatten() {
+        if !seen.contains(p) {
+            seen.push(p.clone());
+            all &= remove_cgroup_tree(Path::new(p));
+        }
+    }
+    all
+}
+
+/// Removes a directory tree, including overlay work dirs the kernel made
+/// with mode 000.
+pub fn remove_dir_all_forced(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(_) => {
+            make_writable(dir);
+            std::fs::remove_dir_all(dir)
+        }
+    }
+}
+
+fn make_writable(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::symlink_metadata(dir) {
+        if m.is_dir() {
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+            if let Ok(rd) = std::fs::read_dir(dir) {
+                for e in rd.flatten() {
+                    make_writable(&e.path());
+                }
+            }
+        }
+    }
+}
+
+/// What a cleanup pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CleanupReport {
+    pub removed: Vec<String>,
+    pub stopped_detached: Vec<String>,
+}
+
+/// One pass over `sandboxes/`. A sandbox whose lock is held belongs to a
+/// live engine and is left alone. Otherwise: detached and alive -> kept;
+/// detached and dead -> its cgroups go, its files stay (it is listed as
+/// stopped); not detached -> its owner is gone, so the helper (if any) is
+/// killed and everything is removed.
+pub fn cleanup_stale(layout: &Layout) -> CleanupReport {
+    let mut rep = CleanupReport::default();
+    let Ok(rd) = std::fs::read_dir(layout.sandboxes()) else {
+        return rep;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let dir = e.path();
+        if name.starts_with('.') {
+            // A rename-to-trash that a crash interrupted.
+            if name.starts_with(".trash-") {
+                let _ = remove_dir_all_forced(&dir);
+            }
+            continue;
+        }
+        let Ok(Some(_lock)) = DirLock::try_acquire(&dir.join("lock")) else {
+            continue;
+        };
+        let state: Option<SandboxState> = read_json(&dir.join("state.json")).ok();
+        match state {
+            Some(st) if st.detached => {
+                if !st.helper_alive() && remove_cgroups(&st.report.cgroup) {
+                    rep.stopped_detached.push(name);
+                }
+            }
+            Some(st) => {
+                crate::launcher::kill_verified(st.helper_pid, st.helper_start);
+                remove_cgroups(&st.report.cgroup);
+                if remove_dir_all_forced(&dir).is_ok() {
+                    rep.removed.push(name);
+                }
+            }
+            None => {
+                // Creation never finished (no state written) and nobody holds
+                // the lock: a crash mid-create.
+                if remove_dir_all_forced(&dir).is_ok() {
+                    rep.removed.push(name);
+                }
+            }
+        }
+    }
+    rep
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{process_start_time, write_json};
+
+    #[test]
+    fn removes_dead_keeps_locked_and_live_detached() {
+        let d = tempfile::tempdir().unwrap();
+        let l = Layout::new(d.path().to_path_buf());
+        let mk = |n: &str, st: Option<SandboxState>| {
+            let dir = l.sandbox(n);
+            std::fs::create_dir_all(dir.join("upper")).unwrap();
+            if let Some(st) = st {
+                write_json(&dir.join("state.json"), &st).unwrap();
+            }
+        };
+        let me = std::process::id();
+        let alive = SandboxState {
+            helper_pid: me,
+            helper_start: process_start_time(me).unwrap(),
+            detached: true,
+            ..Default::default()
+        };
+        let dead = SandboxState {
+            helper_pid: me,
+            helper_start: 1,
+            ..Default::default()
+        };
+        mk("live-detached", Some(alive));
+        mk(
+            "dead-detached",
+            Some(SandboxState {
+                detached: true,
+                ..dead.clone()
+            }),
+        );
+        mk("dead", Some(dead));
+        mk("half-made", None);
+        mk("owned", None);
+        let _held = DirLock::try_acquire(&l.sandbox("owned").join("lock"))
+            .unwrap()
+            .unwrap();
+
+        let rep = cleanup_stale(&l);
+        let mut removed = rep.removed.clone();
+        removed.sort();
+        assert_eq!(removed, vec!["dead".to_string(), "half-made".to_string()]);
+        assert_eq!(rep.stopped_detached, vec!["dead-detached".to_string()]);
+        assert!(l.sandbox("live-detached").exists());
+        assert!(l.sandbox("dead-detached").exists());
+        assert!(l.sandbox("owned").exists());
+        assert!(!l.sandbox("dead").exists());
+    }
+
+    #[test]
+    fn never_touches_paths_outside_the_cgroup_mount() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(!remove_cgroup_tree(d.path()));
+        assert!(d.path().exists());
+        assert!(!remove_cgroup_tree(Path::new("/sys/fs/cgroup/../../tmp")));
+    }
+}

@@ -1,0 +1,334 @@
+//! The engine side of the agent protocol: one Unix stream per sandbox,
+//! multiplexed into operations by id. A writer task owns the socket's write
+//! half (frames queue in a channel and are flushed in batches); a reader
+//! task routes every incoming frame to its operation's channel. Data the
+//! engine receives is acknowledged with credits only once it is consumed, so
+//! a slow consumer slows the agent instead of growing buffers here.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use lockbox_protocol::{
+    read_frame, write_frame, Frame, FrameError, FrameKind, Message, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::sync::mpsc;
+
+use crate::error::{EngineError, Result};
+
+/// What an operation receives.
+#[derive(Debug)]
+pub enum Incoming {
+    Control(Message),
+    Data(u8, Vec<u8>),
+    Eof(u8),
+    Credit(u8, u32),
+    /// The connection is gone; nothing more will arrive.
+    Closed(EngineError),
+}
+
+pub(crate) struct Shared {
+    tx: mpsc::UnboundedSender<Frame>,
+    routes: Mutex<HashMap<u32, mpsc::UnboundedSender<Incoming>>>,
+    next_id: AtomicU32,
+    closed: AtomicBool,
+    /// Set to true to end both connection tasks.
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Shared {
+    pub(crate) fn send(&self, f: Frame) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(EngineError::unavailable("the sandbox is not running"));
+        }
+        self.tx
+            .send(f)
+            .map_err(|_| EngineError::unavailable("the sandbox is not running"))
+    }
+}
+
+/// A connected, handshaken agent connection. Cheap to clone.
+#[derive(Clone)]
+pub struct AgentClient {
+    shared: Arc<Shared>,
+    pub agent_pid: u32,
+}
+
+/// One operation: its id and the channel its frames arrive on. Dropping it
+/// unregisters the id; later frames for it are acknowledged and discarded.
+pub struct Op {
+    pub id: u32,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) rx: mpsc::UnboundedReceiver<Incoming>,
+}
+
+impl Drop for Op {
+    fn drop(&mut self) {
+        if let Ok(mut r) = self.shared.routes.lock() {
+            r.remove(&self.id);
+        }
+    }
+}
+
+impl Op {
+    pub fn send(&self, msg: &Message) -> Result<()> {
+        self.shared.send(Frame::control(self.id, msg))
+    }
+
+    pub async fn recv(&mut self) -> Incoming {
+        self.rx.recv().await.unwrap_or_else(|| {
+            Incoming::Closed(EngineError::unavailable(
+                "the sandbox agent connection closed",
+            ))
+        })
+    }
+
+    /// Waits for the next control message, skipping nothing else: a data
+    /// frame here is a protocol violation by the agent.
+    pub async fn recv_control(&mut self) -> Result<Message> {
+        match self.recv().await {
+            Incoming::Control(Message::Error(e)) => Err(e.into()),
+            Incoming::Control(m) => Ok(m),
+            Incoming::Closed(e) => Err(e),
+            other => Err(EngineError::internal(format!(
+                "agent sent {other:?} before replying"
+            ))),
+        }
+    }
+}
+
+/// Connects to `<dir>/agent.sock` through `/proc/self/fd/<dirfd>/`, so a
+/// long state path never hits the 108-byte `sun_path` limit, and without
+/// changing the process's working directory.
+pub fn connect_socket(dir: &Path) -> Result<std::os::unix::net::UnixStream> {
+    let d: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags_dir()
+        .open(dir)
+        .map_err(|e| EngineError::io(format!("open {}", dir.display()), e))?
+        .into();
+    let short = format!("/proc/self/fd/{}/agent.sock", d.as_raw_fd());
+    let s = std::os::unix::net::UnixStream::connect(&short).map_err(|e| {
+        let mut err = EngineError::io(format!("connect to agent of {}", dir.display()), e);
+        if matches!(
+            err.code,
+            lockbox_protocol::ErrorCode::NotFound | lockbox_protocol::ErrorCode::Internal
+        ) {
+            err.code = lockbox_protocol::ErrorCode::Unavailable;
+        }
+        err
+    })?;
+    drop(d);
+    Ok(s)
+}
+
+trait DirOpen {
+    fn custom_flags_dir(&mut self) -> &mut Self;
+}
+impl DirOpen for std::fs::OpenOptions {
+    fn custom_flags_dir(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+    }
+}
+
+impl AgentClient {
+    /// Connects and performs the Hello handshake. Must run inside a tokio
+    /// runtime (it spawns the reader and writer tasks).
+    pub async fn connect(dir: &Path, expect_sandbox: &str) -> Result<AgentClient> {
+        let std_sock = connect_socket(dir)?;
+        std_sock
+            .set_nonblocking(true)
+            .map_err(|e| EngineError::io("socket", e))?;
+        let sock =
+            tokio::net::UnixStream::from_std(std_sock).map_err(|e| EngineError::io("socket", e))?;
+        let (mut rd, wr) = sock.into_split();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            tx,
+            routes: Mutex::new(HashMap::new()),
+            next_id: AtomicU32::new(1),
+            closed: AtomicBool::new(false),
+            stop: tokio::sync::watch::channel(false).0,
+        });
+
+        // Handshake before the tasks start, on the raw halves.
+        let mut wr = BufWriter::with_capacity(lockbox_protocol::DATA_CHUNK + 64, wr);
+        write_frame(
+            &mut wr,
+            &Frame::control(
+                0,
+                &Message::Hello {
+                    version: PROTOCOL_VERSION,
+                },
+            ),
+        )
+        .await?;
+        wr.flush()
+            .await
+            .map_err(|e| EngineError::io("agent handshake", e))?;
+        let ack = read_frame(&mut rd).await?;
+        let agent_pid = match ack.message()? {
+            Message::HelloAck {
+                version,
+                agent_pid,
+                sandbox,
+            } => {
+                if version != PROTOCOL_VERSION {
+                    return Err(EngineError::unsupported(format!(
+                        "agent speaks protocol {version}, engine speaks {PROTOCOL_VERSION}"
+                    )));
+                }
+                if !expect_sandbox.is_empty() && sandbox != expect_sandbox {
+                    return Err(EngineError::internal(format!(
+                        "agent socket belongs to sandbox {sandbox:?}, not {expect_sandbox:?}"
+                    )));
+                }
+                agent_pid
+            }
+            Message::Error(e) => return Err(e.into()),
+            other => {
+                return Err(EngineError::internal(format!(
+                    "agent answered the handshake with {other:?}"
+                )))
+            }
+        };
+
+        tokio::spawn(write_loop(wr, rx, shared.stop.subscribe()));
+        tokio::spawn(read_loop(rd, shared.clone()));
+        Ok(AgentClient { shared, agent_pid })
+    }
+
+    /// Closes the connection; pending and future operations fail with
+    /// `unavailable`.
+    pub fn close(&self) {
+        self.shared.stop.send_replace(true);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// Registers a new operation id.
+    pub fn op(&self) -> Result<Op> {
+        if self.is_closed() {
+            return Err(EngineError::unavailable("the sandbox is not running"));
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut id;
+        {
+            let mut r = self
+                .shared
+                .routes
+                .lock()
+                .map_err(|_| EngineError::internal("route table poisoned"))?;
+            loop {
+                id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+                if id != 0 && !r.contains_key(&id) {
+                    break;
+                }
+            }
+            r.insert(id, tx);
+        }
+        Ok(Op {
+            id,
+            shared: self.shared.clone(),
+            rx,
+        })
+    }
+
+    /// Sends a request and waits for its single reply.
+    pub async fn call(&self, msg: &Message) -> Result<Message> {
+        let mut op = self.op()?;
+        op.send(msg)?;
+        op.recv_control().await
+    }
+
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+}
+
+async fn write_loop(
+    mut wr: BufWriter<tokio::net::unix::OwnedWriteHalf>,
+    mut rx: mpsc::UnboundedReceiver<Frame>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let f = tokio::select! {
+            f = rx.recv() => match f { Some(f) => f, None => break },
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        if write_frame(&mut wr, &f).await.is_err() {
+            return;
+        }
+        // Batch: only flush when nothing else is queued.
+        while let Ok(f) = rx.try_recv() {
+            if write_frame(&mut wr, &f).await.is_err() {
+                return;
+            }
+        }
+        if wr.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+async fn read_loop(mut rd: tokio::net::unix::OwnedReadHalf, shared: Arc<Shared>) {
+    let mut stop = shared.stop.subscribe();
+    let reason = loop {
+        let next = tokio::select! {
+            f = read_frame(&mut rd) => f,
+            _ = stop.wait_for(|s| *s) => break EngineError::unavailable("the sandbox connection was closed"),
+        };
+        let f = match next {
+            Ok(f) => f,
+            Err(FrameError::Closed) => {
+                break EngineError::unavailable("the sandbox stopped (agent connection closed)")
+            }
+            Err(e) => break EngineError::from(e),
+        };
+        let incoming = match f.kind {
+            FrameKind::Control => match f.message() {
+                Ok(m) => Incoming::Control(m),
+                Err(e) => break EngineError::from(e),
+            },
+            FrameKind::Data => Incoming::Data(f.stream, f.payload),
+            FrameKind::Eof => Incoming::Eof(f.stream),
+            FrameKind::Credit => match f.credit_bytes() {
+                Ok(n) => Incoming::Credit(f.stream, n),
+                Err(e) => break EngineError::from(e),
+            },
+        };
+        let route = shared
+            .routes
+            .lock()
+            .ok()
+            .and_then(|r| r.get(&f.id).cloned());
+        let undelivered = match route {
+            Some(tx) => tx.send(incoming).err().map(|e| e.0),
+            None => Some(incoming),
+        };
+        // Nobody wants these bytes any more: acknowledge them so the agent
+        // never waits for credit that would never come.
+        if let Some(Incoming::Data(stream, bytes)) = undelivered {
+            let _ = shared
+                .tx
+                .send(Frame::credit(f.id, stream, bytes.len() as u32));
+        }
+    };
+    shared.closed.store(true, Ordering::Release);
+    shared.stop.send_replace(true);
+    let routes: Vec<_> = shared
+        .routes
+        .lock()
+        .map(|mut r| r.drain().map(|(_, tx)| tx).collect())
+        .unwrap_or_default();
+    for tx in routes {
+        let _ = tx.send(Incoming::Closed(reason.clone()));
+    }
+}

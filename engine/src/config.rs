@@ -1,0 +1,365 @@
+//! What a user asks for when creating a sandbox, and its validation. Limits
+//! that are negative, zero or absurd are rejected here, before anything is
+//! made on disk.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path};
+
+use lockbox_protocol::NetworkMode;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EngineError, Result};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxConfig {
+    pub name: Option<String>,
+    /// Named image (resolved through the image store).
+    pub image: Option<String>,
+    /// A host directory used read-only as the root (instead of an image).
+    pub rootfs: Option<String>,
+    pub cpus: Option<f64>,
+    pub memory_mib: Option<i64>,
+    pub pids: Option<i64>,
+    pub disk_mib: Option<i64>,
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+    pub hostname: Option<String>,
+    /// "uid", "uid:gid", or a user name from the image's /etc/passwd.
+    pub user: Option<String>,
+    pub volumes: Vec<VolumeMount>,
+    pub named_volumes: Vec<NamedVolumeMount>,
+    pub tmpfs: Vec<TmpfsMount>,
+    pub network: NetworkMode,
+    pub ports: Vec<Port>,
+    pub detached: bool,
+    pub replace: bool,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeMount {
+    pub host_path: String,
+    pub guest_path: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedVolumeMount {
+    pub name: String,
+    pub guest_path: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TmpfsMount {
+    pub guest_path: String,
+    #[serde(default)]
+    pub size_mib: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Port {
+    pub host: i64,
+    pub guest: i64,
+}
+
+pub const MAX_MEMORY_MIB: i64 = 1 << 20; // 1 TiB
+pub const MIN_MEMORY_MIB: i64 = 8;
+pub const MAX_CPUS: f64 = 1024.0;
+pub const MAX_PIDS: i64 = 1 << 22;
+pub const MAX_DISK_MIB: i64 = 1 << 24; // 16 TiB
+pub const DEFAULT_TMPFS_MIB: u64 = 64;
+
+fn in_range(what: &str, v: Option<i64>, min: i64, max: i64) -> Result<Option<u64>> {
+    match v {
+        None => Ok(None),
+        Some(v) if v < min || v > max => Err(EngineError::invalid(format!(
+            "{what} {v} is out of range ({min}..={max})"
+        ))),
+        Some(v) => Ok(Some(v as u64)),
+    }
+}
+
+/// An absolute, normalized path inside the sandbox without `..`.
+pub fn guest_path(what: &str, p: &str) -> Result<String> {
+    let path = Path::new(p);
+    if !path.is_absolute() {
+        return Err(EngineError::invalid(format!(
+            "{what} {p:?} must be an absolute path inside the sandbox"
+        )));
+    }
+    let mut out = String::new();
+    for c in path.components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(s) => {
+                out.push('/');
+                out.push_str(&s.to_string_lossy());
+            }
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(EngineError::invalid(format!(
+                    "{what} {p:?} must not contain '..'"
+                )))
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+fn mount_target(what: &str, p: &str) -> Result<String> {
+    let g = guest_path(what, p)?;
+    if g == "/" || g == "/proc" || g.starts_with("/proc/") || g == "/dev" || g.starts_with("/dev/")
+    {
+        return Err(EngineError::invalid(format!(
+            "{what} cannot be mounted at {g}"
+        )));
+    }
+    Ok(g)
+}
+
+/// Limits, after validation, in the units of the launch spec.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CheckedLimits {
+    pub memory_mib: Option<u64>,
+    pub cpus: Option<f64>,
+    pub pids: Option<u64>,
+    pub disk_mib: Option<u64>,
+}
+
+impl SandboxConfig {
+    /// Validates everything that does not need the filesystem.
+    pub fn check(&self) -> Result<CheckedLimits> {
+        if let Some(n) = &self.name {
+            crate::names::validate("sandbox", n)?;
+        }
+        if self.image.is_some() && self.rootfs.is_some() {
+            return Err(EngineError::invalid(
+                "give either an image or a rootfs directory, not both",
+            ));
+        }
+        if let Some(c) = self.cpus {
+            if !c.is_finite() || c <= 0.0 || c > MAX_CPUS {
+                return Err(EngineError::invalid(format!(
+                    "cpus {c} is out of range (0 < cpus <= {MAX_CPUS})"
+                )));
+            }
+        }
+        let limits = CheckedLimits {
+            memory_mib: in_range(
+                "memory (MiB)",
+                self.memory_mib,
+                MIN_MEMORY_MIB,
+                MAX_MEMORY_MIB,
+            )?,
+            cpus: self.cpus,
+            pids: in_range("pids", self.pids, 1, MAX_PIDS)?,
+            disk_mib: in_range("disk (MiB)", self.disk_mib, 1, MAX_DISK_MIB)?,
+        };
+        for e in &self.env {
+            check_env("env", e)?;
+        }
+        if let Some(w) = &self.workdir {
+            guest_path("workdir", w)?;
+        }
+        if let Some(h) = &self.hostname {
+            let ok = !h.is_empty()
+                && h.len() <= 63
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+            if !ok {
+                return Err(EngineError::invalid(format!("hostname {h:?} is not valid")));
+            }
+        }
+        let mut targets = std::collections::HashSet::new();
+        let mut target = |t: String| {
+            if targets.insert(t.clone()) {
+                Ok(())
+            } else {
+                Err(EngineError::invalid(format!("two mounts at {t}")))
+            }
+        };
+        for v in &self.volumes {
+            if !Path::new(&v.host_path).is_absolute() {
+                return Err(EngineError::invalid(format!(
+                    "volume host path {:?} must be absolute",
+                    v.host_path
+                )));
+            }
+            target(mount_target("volume path", &v.guest_path)?)?;
+        }
+        for v in &self.named_volumes {
+            crate::names::validate("volume", &v.name)?;
+            target(mount_target("volume path", &v.guest_path)?)?;
+        }
+        for t in &self.tmpfs {
+            in_range("tmpfs size (MiB)", t.size_mib, 1, MAX_MEMORY_MIB)?;
+            target(mount_target("tmpfs path", &t.guest_path)?)?;
+        }
+        let mut host_ports = std::collections::HashSet::new();
+        for p in &self.ports {
+            if !(1..=65535).contains(&p.host) || !(1..=65535).contains(&p.guest) {
+                return Err(EngineError::invalid(format!(
+                    "port {}:{} is out of range (1..=65535)",
+                    p.host, p.guest
+                )));
+            }
+            if !host_ports.insert(p.host) {
+                return Err(EngineError::invalid(format!(
+                    "host port {} given twice",
+                    p.host
+                )));
+            }
+        }
+        for k in self.labels.keys() {
+            if k.is_empty() || k.len() > 253 {
+                return Err(EngineError::invalid(format!(
+                    "label key {k:?} is not valid"
+                )));
+            }
+        }
+        if let Some(u) = &self.user {
+            if u.is_empty() {
+                return Err(EngineError::invalid("user is empty"));
+            }
+        }
+        Ok(limits)
+    }
+}
+
+pub fn check_env(what: &str, e: &str) -> Result<()> {
+    match e.split_once('=') {
+        Some((k, _)) if !k.is_empty() && !k.contains('\0') && !e.contains('\0') => Ok(()),
+        _ => Err(EngineError::invalid(format!(
+            "{what} entry {e:?} must look like KEY=VALUE"
+        ))),
+    }
+}
+
+/// Resolves "uid", "uid:gid" or a user name (looked up in the root
+/// filesystem's /etc/passwd, which is image content, read-only to us).
+pub fn resolve_user(user: &str, rootfs_lowers: &[String]) -> Result<(u32, u32)> {
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let parse_group = |g: &str, default: u32| -> Result<u32> {
+        if g.is_empty() {
+            return Ok(default);
+        }
+        if let Ok(n) = g.parse::<u32>() {
+            return Ok(n);
+        }
+        lookup_db(rootfs_lowers, "etc/group", g)
+            .map(|f| f.0)
+            .ok_or_else(|| EngineError::not_found(format!("group {g:?} is not in the image")))
+    };
+    if let Ok(uid) = u.parse::<u32>() {
+        let gid = match g {
+            Some(g) => parse_group(g, uid)?,
+            None => uid,
+        };
+        return Ok((uid, gid));
+    }
+    let (uid, gid) = lookup_db(rootfs_lowers, "etc/passwd", u).ok_or_else(|| {
+        EngineError::not_found(format!("user {u:?} is not in the image's /etc/passwd"))
+    })?;
+    let gid = match g {
+        Some(g) => parse_group(g, gid)?,
+        None => gid,
+    };
+    Ok((uid, gid))
+}
+
+/// Finds `name` in a passwd/group-format file of the topmost layer that has
+/// it; returns (field 3, field 4) as numbers (field 4 absent in group).
+fn lookup_db(lowers: &[String], rel: &str, name: &str) -> Option<(u32, u32)> {
+    for l in lowers {
+        let Ok(text) = std::fs::read_to_string(Path::new(l).join(rel)) else {
+            continue;
+        };
+        for line in text.lines() {
+            let f: Vec<&str> = line.split(':').collect();
+            if f.len() >= 3 && f[0] == name {
+                let a = f[2].parse().ok()?;
+                let b = f.get(3).and_then(|v| v.parse().ok()).unwrap_or(a);
+                return Some((a, b));
+            }
+        }
+        return None;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(json: &str) -> Result<CheckedLimits> {
+        let c: SandboxConfig = serde_json::from_str(json).unwrap();
+        c.check()
+    }
+
+    #[test]
+    fn limits_are_range_checked() {
+        assert!(cfg(r#"{"memory_mib": -1}"#).is_err());
+        assert!(cfg(r#"{"memory_mib": 99999999999}"#).is_err());
+        assert!(cfg(r#"{"cpus": 0}"#).is_err());
+        assert!(cfg(r#"{"cpus": -0.5}"#).is_err());
+        assert!(cfg(r#"{"pids": 0}"#).is_err());
+        let l = cfg(r#"{"memory_mib": 64, "cpus": 0.5, "pids": 32, "disk_mib": 10}"#).unwrap();
+        assert_eq!(l.memory_mib, Some(64));
+        assert_eq!(l.pids, Some(32));
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        assert!(serde_json::from_str::<SandboxConfig>(r#"{"memroy_mib": 1}"#).is_err());
+    }
+
+    #[test]
+    fn paths_and_env() {
+        assert_eq!(guest_path("p", "/a/./b/").unwrap(), "/a/b");
+        assert!(guest_path("p", "a").is_err());
+        assert!(guest_path("p", "/a/../b").is_err());
+        assert!(cfg(r#"{"env": ["NOEQUALS"]}"#).is_err());
+        assert!(cfg(r#"{"env": ["=x"]}"#).is_err());
+        cfg(r#"{"env": ["A=b=c", "E="]}"#).unwrap();
+        assert!(cfg(r#"{"volumes": [{"host_path": "rel", "guest_path": "/x"}]}"#).is_err());
+        assert!(cfg(r#"{"tmpfs": [{"guest_path": "/proc"}]}"#).is_err());
+        assert!(cfg(r#"{"tmpfs": [{"guest_path": "/a"}, {"guest_path": "/a/"}]}"#).is_err());
+        assert!(cfg(r#"{"ports": [{"host": 0, "guest": 80}]}"#).is_err());
+        assert!(cfg(r#"{"image": "a", "rootfs": "/b"}"#).is_err());
+        assert!(cfg(r#"{"name": "../x"}"#).is_err());
+    }
+
+    #[test]
+    fn users_resolve_from_passwd() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("etc")).unwrap();
+        std::fs::write(
+            d.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nbob:x:1000:1001::/home/bob:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(d.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
+        let l = vec![d.path().to_string_lossy().into_owned()];
+        assert_eq!(resolve_user("bob", &l).unwrap(), (1000, 1001));
+        assert_eq!(resolve_user("bob:staff", &l).unwrap(), (1000, 50));
+        assert_eq!(resolve_user("7:8", &l).unwrap(), (7, 8));
+        assert_eq!(resolve_user("7", &l).unwrap(), (7, 7));
+        assert_eq!(
+            resolve_user("nobody", &l).unwrap_err().code,
+            lockbox_protocol::ErrorCode::NotFound
+        );
+    }
+}

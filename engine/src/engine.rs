@@ -1,0 +1,498 @@
+//! The engine: creates, finds, lists and removes sandboxes under one state
+//! home. One per process is typical (the C ABI keeps one), but several
+//! engines over the same home coordinate through per-sandbox locks.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use lockbox_protocol::{
+    ErrorCode, LaunchSpec, Limits, MountSpec, NetworkSpec, PortSpec, RootfsSpec,
+};
+
+use crate::cleanup::{cleanup_stale, remove_cgroups, remove_dir_all_forced, CleanupReport};
+use crate::client::AgentClient;
+use crate::config::{SandboxConfig, DEFAULT_TMPFS_MIB};
+use crate::error::{EngineError, Result};
+use crate::paths::Layout;
+use crate::sandbox::{info_from, Sandbox, SandboxInfo, StoredConfig};
+use crate::state::{now_unix, process_start_time, read_json, write_json, DirLock, SandboxState};
+use crate::volume::{self, VolumeInfo};
+
+pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub const DEFAULT_IMAGE: &str = "base";
+
+pub struct Engine {
+    layout: Layout,
+    helper: Mutex<Option<PathBuf>>,
+    /// Sandboxes this process has open, so every handle to one name shares
+    /// one connection and one owner.
+    open: Mutex<HashMap<String, Weak<Sandbox>>>,
+    /// Serializes create/remove of one name inside this process.
+    names: tokio::sync::Mutex<()>,
+    pub startup_cleanup: CleanupReport,
+}
+
+impl Engine {
+    /// An engine over `$LOCKBOX_HOME` (or the per-user data dir).
+    pub fn new() -> Result<Engine> {
+        Self::with_home(crate::paths::default_home()?)
+    }
+
+    /// An engine over `home`; cleans up what dead sandboxes left there.
+    pub fn with_home(home: PathBuf) -> Result<Engine> {
+        let layout = Layout::new(home);
+        for d in [layout.home.clone(), layout.sandboxes(), layout.volumes()] {
+            std::fs::create_dir_all(&d).map_err(|e| EngineError::io(d.display(), e))?;
+        }
+        let startup_cleanup = cleanup_stale(&layout);
+        Ok(Engine {
+            layout,
+            helper: Mutex::new(None),
+            open: Mutex::new(HashMap::new()),
+            names: tokio::sync::Mutex::new(()),
+            startup_cleanup,
+        })
+    }
+
+    pub fn home(&self) -> &Path {
+        &self.layout.home
+    }
+
+    fn helper(&self) -> Result<PathBuf> {
+        let mut h = self
+            .helper
+            .lock()
+            .map_err(|_| EngineError::internal("poisoned"))?;
+        if let Some(p) = h.as_ref() {
+            return Ok(p.clone());
+        }
+        let p = crate::paths::find_helper()?;
+        *h = Some(p.clone());
+        Ok(p)
+    }
+
+    fn remember(&self, sb: &Arc<Sandbox>) {
+        if let Ok(mut o) = self.open.lock() {
+            o.retain(|_, w| w.strong_count() > 0);
+            o.insert(sb.name.clone(), Arc::downgrade(sb));
+        }
+    }
+
+    fn open_sandbox(&self, name: &str) -> Option<Arc<Sandbox>> {
+        let o = self.open.lock().ok()?;
+        o.get(name)
+            .and_then(Weak::upgrade)
+            .filter(|s| !s.removed.load(Ordering::Acquire))
+    }
+
+    /// Creates and starts a sandbox.
+    pub async fn create(&self, cfg: SandboxConfig) -> Result<Arc<Sandbox>> {
+        let limits = cfg.check()?;
+        let helper = self.helper()?;
+        let lower = match (&cfg.image, &cfg.rootfs) {
+            (_, Some(r)) => {
+                let p = Path::new(r);
+                if !p.is_absolute() {
+                    return Err(EngineError::invalid(format!(
+                        "rootfs {r:?} must be an absolute path"
+                    )));
+                }
+                if !p.is_dir() {
+                    return Err(EngineError::not_found(format!(
+                        "rootfs directory {r:?} does not exist"
+                    )));
+                }
+                vec![std::fs::canonicalize(p)
+                    .map_err(|e| EngineError::io(r, e))?
+                    .to_string_lossy()
+                    .into_owned()]
+            }
+            (img, None) => {
+                let img = img.as_deref().unwrap_or(DEFAULT_IMAGE);
+                vec![crate::paths::resolve_image(img)?
+                    .to_string_lossy()
+                    .into_owned()]
+            }
+        };
+        let mut mounts = Vec::new();
+        for v in &cfg.volumes {
+            let src = std::fs::canonicalize(&v.host_path)
+                .map_err(|e| EngineError::io(format!("volume host path {:?}", v.host_path), e))?;
+            mounts.push(MountSpec::Bind {
+                source: src.to_string_lossy().into_owned(),
+                target: crate::config::guest_path("volume", &v.guest_path)?,
+                read_only: v.read_only,
+            });
+        }
+        for v in &cfg.named_volumes {
+            let info = volume::ensure(&self.layout, &v.name)?;
+            mounts.push(MountSpec::Bind {
+                source: info.path,
+                target: crate::config::guest_path("volume", &v.guest_path)?,
+                read_only: v.read_only,
+            });
+        }
+        for t in &cfg.tmpfs {
+            mounts.push(MountSpec::Tmpfs {
+                target: crate::config::guest_path("tmpfs", &t.guest_path)?,
+                size_mib: t.size_mib.map(|s| s as u64).unwrap_or(DEFAULT_TMPFS_MIB),
+            });
+        }
+        let (uid, gid) = match &cfg.user {
+            Some(u) => crate::config::resolve_user(u, &lower)?,
+            None => (0, 0),
+        };
+        let id = crate::names::new_id();
+        let name = cfg.name.clone().unwrap_or_else(|| format!("sb-{id}"));
+        let mut env = vec![
+            DEFAULT_PATH.to_string(),
+            format!("HOME={}", if uid == 0 { "/root" } else { "/" }),
+            format!("HOSTNAME={}", hostname_for(&cfg, &name)),
+        ];
+        env = crate::sandbox::merge_env(&env, &cfg.env)?;
+        let workdir = match &cfg.workdir {
+            Some(w) => crate::config::guest_path("workdir", w)?,
+            None => "/".into(),
+        };
+
+        let _names = self.names.lock().await;
+        let dir = self.layout.sandbox(&name);
+        if dir.exists() {
+            if cfg.replace {
+                self.remove_inner(&name).await?;
+            } else {
+                return Err(EngineError::already_exists(format!(
+                    "a sandbox named {name:?} already exists"
+                )));
+            }
+        }
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(EngineError::already_exists(format!(
+                    "a sandbox named {name:?} already exists"
+                )))
+            }
+            Err(e) => return Err(EngineError::io(dir.display(), e)),
+        }
+        // From here on, a failure removes what was made.
+        let made = DirGuard(Some(dir.clone()));
+        let lock = DirLock::try_acquire(&dir.join("lock"))?.ok_or_else(|| {
+            EngineError::already_exists(format!("sandbox {name:?} is being created elsewhere"))
+        })?;
+        let stored = StoredConfig {
+            id: id.clone(),
+            name: name.clone(),
+            config: cfg.clone(),
+            lower: lower.clone(),
+            env: env.clone(),
+            workdir: workdir.clone(),
+            uid,
+            gid,
+            created_unix: now_unix(),
+        };
+        write_json(&dir.join("config.json"), &stored)?;
+        let (upper, work) = (dir.join("upper"), dir.join("work"));
+        for d in [&upper, &work] {
+            std::fs::create_dir(d).map_err(|e| EngineError::io(d.display(), e))?;
+        }
+        let spec = LaunchSpec {
+            name: name.clone(),
+            id: id.clone(),
+            dir: dir.to_string_lossy().into_owned(),
+            socket_path: dir.join("agent.sock").to_string_lossy().into_owned(),
+            rootfs: RootfsSpec {
+                lower,
+                upper: upper.to_string_lossy().into_owned(),
+                work: work.to_string_lossy().into_owned(),
+            },
+            hostname: hostname_for(&cfg, &name),
+            env,
+            workdir,
+            uid,
+            gid,
+            mounts,
+            limits: Limits {
+                memory_mib: limits.memory_mib,
+                cpus: limits.cpus,
+                pids: limits.pids,
+                disk_mib: limits.disk_mib,
+                nofile: None,
+            },
+            network: NetworkSpec {
+                mode: cfg.network,
+                ports: cfg
+                    .ports
+                    .iter()
+                    .map(|p| PortSpec {
+                        host: p.host as u16,
+                        guest: p.guest as u16,
+                    })
+                    .collect(),
+            },
+            detached: cfg.detached,
+        };
+        let launched = crate::launcher::launch(&helper, &spec).await?;
+        let report = launched.status.report.clone().unwrap_or_default();
+        let state = SandboxState {
+            id,
+            name: name.clone(),
+            helper_pid: launched.helper_pid,
+            helper_start: process_start_time(launched.helper_pid).unwrap_or(0),
+            detached: cfg.detached,
+            created_unix: stored.created_unix,
+            report,
+        };
+        // The helper is running: if we fail (or are canceled) from here,
+        // kill it before the directory goes.
+        let kill_on_fail = HelperGuard(Some((
+            state.helper_pid,
+            state.helper_start,
+            state.report.cgroup.clone(),
+        )));
+        write_json(&dir.join("state.json"), &state)?;
+        let client = AgentClient::connect(&dir, &name).await?;
+        kill_on_fail.disarm();
+        made.disarm();
+        let sb = Arc::new(Sandbox {
+            name: name.clone(),
+            dir,
+            stored,
+            state: std::sync::Mutex::new(state),
+            client: std::sync::Mutex::new(Some(client)),
+            lifeline: std::sync::Mutex::new(launched.lifeline),
+            // Detached sandboxes are not owned by this process.
+            lock: std::sync::Mutex::new(if cfg.detached { None } else { Some(lock) }),
+            exited: std::sync::Mutex::new(Some(launched.exited)),
+            removed: Default::default(),
+        });
+        self.remember(&sb);
+        Ok(sb)
+    }
+
+    /// Finds a sandbox by name: one this process has open, or one on disk
+    /// (a detached sandbox made by another process).
+    pub async fn get(&self, name: &str) -> Result<Arc<Sandbox>> {
+        crate::names::validate("sandbox", name)?;
+        if let Some(s) = self.open_sandbox(name) {
+            return Ok(s);
+        }
+        let dir = self.layout.sandbox(name);
+        let stored: StoredConfig = match read_json(&dir.join("config.json")) {
+            Ok(s) => s,
+            Err(e) if e.code == ErrorCode::NotFound => {
+                return Err(EngineError::not_found(format!("no sandbox named {name:?}")))
+            }
+            Err(e) => return Err(e),
+        };
+        let state: SandboxState = read_json(&dir.join("state.json")).map_err(|e| {
+            if e.code == ErrorCode::NotFound {
+                EngineError::not_found(format!("sandbox {name:?} is still being created"))
+            } else {
+                e
+            }
+        })?;
+        let alive = state.helper_alive();
+        let client = if alive {
+            Some(AgentClient::connect(&dir, name).await?)
+        } else {
+            None
+        };
+        let exited = alive.then(|| crate::launcher::watch_exit(state.helper_pid, None));
+        let sb = Arc::new(Sandbox {
+            name: name.to_string(),
+            dir,
+            stored,
+            state: std::sync::Mutex::new(state),
+            client: std::sync::Mutex::new(client),
+            lifeline: std::sync::Mutex::new(None),
+            lock: std::sync::Mutex::new(None),
+            exited: std::sync::Mutex::new(exited),
+            removed: Default::default(),
+        });
+        self.remember(&sb);
+        Ok(sb)
+    }
+
+    /// Every sandbox under this home, running or stopped.
+    pub fn list(&self) -> Result<Vec<SandboxInfo>> {
+        let rd = std::fs::read_dir(self.layout.sandboxes())
+            .map_err(|e| EngineError::io(self.layout.sandboxes().display(), e))?;
+        let mut out = Vec::new();
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let dir = e.path();
+            let (Ok(stored), Ok(state)) = (
+                read_json::<StoredConfig>(&dir.join("config.json")),
+                read_json::<SandboxState>(&dir.join("state.json")),
+            ) else {
+                continue;
+            };
+            let running = match self.open_sandbox(&name) {
+                Some(s) => s.is_running(),
+                None => state.helper_alive(),
+            };
+            out.push(info_from(&stored, &state, &dir, running));
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Stops (if running) and deletes a sandbox and its files.
+    pub async fn remove(&self, name: &str) -> Result<()> {
+        crate::names::validate("sandbox", name)?;
+        let _names = self.names.lock().await;
+        self.remove_inner(name).await
+    }
+
+    async fn remove_inner(&self, name: &str) -> Result<()> {
+        let dir = self.layout.sandbox(name);
+        if !dir.exists() {
+            return Err(EngineError::not_found(format!("no sandbox named {name:?}")));
+        }
+        let sb = self.open_sandbox(name);
+        let state: Option<SandboxState> = match &sb {
+            Some(s) => Some(s.state()),
+            None => read_json(&dir.join("state.json")).ok(),
+        };
+        if let Some(s) = &sb {
+            if s.state().helper_alive() {
+                let _ = s.kill().await;
+            }
+            s.removed.store(true, Ordering::Release);
+            s.disconnect();
+            if let Ok(mut l) = s.lifeline.lock() {
+                l.take();
+            }
+        }
+        if let Some(st) = &state {
+            crate::launcher::kill_verified(st.helper_pid, st.helper_start);
+            let mut waited = 0;
+            while st.helper_alive() && waited < 500 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                waited += 1;
+            }
+            let cg = st.report.cgroup.clone();
+            let _ = tokio::task::spawn_blocking(move || remove_cgroups(&cg)).await;
+        }
+        // Rename first: the name is free at once, and a crash mid-delete
+        // leaves a trash dir that the next cleanup removes.
+        let trash =
+            self.layout
+                .sandboxes()
+                .join(format!(".trash-{}-{}", name, crate::names::new_id()));
+        std::fs::rename(&dir, &trash).map_err(|e| EngineError::io(dir.display(), e))?;
+        if let Some(s) = sb {
+            if let Ok(mut l) = s.lock.lock() {
+                l.take();
+            }
+        }
+        let _ = tokio::task::spawn_blocking(move || remove_dir_all_forced(&trash)).await;
+        Ok(())
+    }
+
+    /// Releases a handle: a non-detached sandbox is stopped and removed
+    /// (nothing else can ever reach it); a detached one keeps running.
+    pub async fn close(&self, sb: &Arc<Sandbox>) -> Result<()> {
+        if sb.removed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if sb.stored.config.detached {
+            sb.disconnect();
+            if let Ok(mut o) = self.open.lock() {
+                o.remove(&sb.name);
+            }
+            return Ok(());
+        }
+        match self.remove(&sb.name).await {
+            Err(e) if e.code == ErrorCode::NotFound => Ok(()),
+            r => r,
+        }
+    }
+
+    pub fn volume_create(&self, name: &str) -> Result<VolumeInfo> {
+        volume::create(&self.layout, name)
+    }
+
+    pub fn volume_list(&self) -> Result<Vec<VolumeInfo>> {
+        volume::list(&self.layout)
+    }
+
+    pub fn volume_remove(&self, name: &str) -> Result<()> {
+        let users: Vec<String> = self
+            .list()?
+            .into_iter()
+            .filter(|s| s.status == "running")
+            .filter(|s| s.config.named_volumes.iter().any(|v| v.name == name))
+            .map(|s| s.name)
+            .collect();
+        volume::remove(&self.layout, name, &users)
+    }
+}
+
+fn hostname_for(cfg: &SandboxConfig, name: &str) -> String {
+    if let Some(h) = &cfg.hostname {
+        return h.clone();
+    }
+    let h: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    if h.is_empty() {
+        "sandbox".into()
+    } else {
+        h
+    }
+}
+
+/// Removes a half-made sandbox directory unless disarmed.
+struct DirGuard(Option<PathBuf>);
+impl DirGuard {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.take() {
+            let _ = remove_dir_all_forced(&d);
+        }
+    }
+}
+
+/// Kills a started helper and sweeps its cgroups unless disarmed.
+struct HelperGuard(Option<(u32, u64, lockbox_protocol::CgroupPaths)>);
+impl HelperGuard {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+impl Drop for HelperGuard {
+    fn drop(&mut self) {
+        if let Some((pid, start, cg)) = self.0.take() {
+            crate::launcher::kill_verified(pid, start);
+            std::thread::spawn(move || {
+                for _ in 0..200 {
+                    if process_start_time(pid) != Some(start) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                remove_cgroups(&cg);
+            });
+        }
+    }
+}

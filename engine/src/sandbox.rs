@@ -1,0 +1,328 @@
+//! One sandbox as seen from the engine: its stored config and state, its
+//! agent connection, and the lifecycle operations on it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ChildStdin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use lockbox_protocol::{ExecRequest, Message, NotEnforced};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::client::AgentClient;
+use crate::config::SandboxConfig;
+use crate::error::{EngineError, Result};
+use crate::exec::{ExecOutput, ExecProcess};
+use crate::launcher::{kill_verified, wait_exited};
+use crate::metrics::Metrics;
+use crate::state::{DirLock, SandboxState};
+
+/// `config.json`: what was asked for plus what it resolved to.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StoredConfig {
+    pub id: String,
+    pub name: String,
+    pub config: SandboxConfig,
+    pub lower: Vec<String>,
+    pub env: Vec<String>,
+    pub workdir: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub created_unix: i64,
+}
+
+/// What `Info` returns.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SandboxInfo {
+    pub name: String,
+    pub id: String,
+    /// "running" or "stopped".
+    pub status: String,
+    pub image: Option<String>,
+    pub rootfs: Option<String>,
+    pub detached: bool,
+    pub labels: BTreeMap<String, String>,
+    pub created_unix: i64,
+    pub helper_pid: u32,
+    pub enforced: Vec<String>,
+    pub not_enforced: Vec<NotEnforced>,
+    pub config: SandboxConfig,
+    pub dir: String,
+}
+
+/// Default grace period between the polite stop and SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+pub struct Sandbox {
+    pub name: String,
+    pub dir: PathBuf,
+    pub stored: StoredConfig,
+    pub(crate) state: Mutex<SandboxState>,
+    pub(crate) client: Mutex<Option<AgentClient>>,
+    /// Held while this process owns a non-detached sandbox.
+    pub(crate) lifeline: Mutex<Option<ChildStdin>>,
+    pub(crate) lock: Mutex<Option<DirLock>>,
+    pub(crate) exited: Mutex<Option<watch::Receiver<bool>>>,
+    pub(crate) removed: AtomicBool,
+}
+
+impl Sandbox {
+    pub fn id(&self) -> &str {
+        &self.stored.id
+    }
+
+    fn check_not_removed(&self) -> Result<()> {
+        if self.removed.load(Ordering::Acquire) {
+            return Err(EngineError::not_found(format!(
+                "sandbox {:?} was removed",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// The live agent connection, or `unavailable`.
+    pub fn client(&self) -> Result<AgentClient> {
+        self.check_not_removed()?;
+        let c = self
+            .client
+            .lock()
+            .map_err(|_| EngineError::internal("poisoned"))?;
+        match c.as_ref() {
+            Some(c) if !c.is_closed() => Ok(c.clone()),
+            _ => Err(EngineError::unavailable(format!(
+                "sandbox {:?} is not running",
+                self.name
+            ))),
+        }
+    }
+
+    pub fn state(&self) -> SandboxState {
+        self.state.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn is_running(&self) -> bool {
+        !self.removed.load(Ordering::Acquire)
+            && self.client().is_ok()
+            && self.state().helper_alive()
+    }
+
+    pub fn info(&self) -> Result<SandboxInfo> {
+        self.check_not_removed()?;
+        Ok(info_from(
+            &self.stored,
+            &self.state(),
+            &self.dir,
+            self.is_running(),
+        ))
+    }
+
+    pub fn metrics(&self) -> Result<Metrics> {
+        self.check_not_removed()?;
+        if !self.is_running() {
+            return Err(EngineError::unavailable(format!(
+                "sandbox {:?} is not running",
+                self.name
+            )));
+        }
+        crate::metrics::read(&self.state().report.cgroup)
+    }
+
+    /// Fills in the sandbox defaults (env, cwd, user) for an exec.
+    pub fn exec_request(&self, o: &ExecOptions) -> Result<ExecRequest> {
+        if o.argv.is_empty() || o.argv[0].is_empty() {
+            return Err(EngineError::invalid("exec needs a program name"));
+        }
+        for a in &o.argv {
+            if a.contains('\0') {
+                return Err(EngineError::invalid("an argument contains a NUL byte"));
+            }
+        }
+        let env = merge_env(&self.stored.env, &o.env)?;
+        let (uid, gid) = match &o.user {
+            Some(u) => crate::config::resolve_user(u, &self.stored.lower)?,
+            None => (self.stored.uid, self.stored.gid),
+        };
+        let cwd = match &o.cwd {
+            Some(c) => crate::config::guest_path("exec dir", c)?,
+            None => self.stored.workdir.clone(),
+        };
+        if o.timeout_ms == Some(0) {
+            return Err(EngineError::invalid("exec timeout must be positive"));
+        }
+        Ok(ExecRequest {
+            argv: o.argv.clone(),
+            env,
+            cwd: Some(cwd),
+            uid: Some(uid),
+            gid: Some(gid),
+            tty: o.tty,
+            timeout_ms: o.timeout_ms,
+            stdin: o.stdin,
+            rows: o.rows,
+            cols: o.cols,
+        })
+    }
+
+    pub async fn exec_start(&self, o: &ExecOptions) -> Result<ExecProcess> {
+        let req = self.exec_request(o)?;
+        ExecProcess::start(&self.client()?, req).await
+    }
+
+    pub async fn exec_collect(
+        &self,
+        o: &ExecOptions,
+        stdin: Option<Vec<u8>>,
+    ) -> Result<ExecOutput> {
+        let req = self.exec_request(o)?;
+        crate::exec::run_collect(&self.client()?, req, stdin).await
+    }
+
+    fn exited_rx(&self) -> Option<watch::Receiver<bool>> {
+        self.exited.lock().ok().and_then(|e| e.clone())
+    }
+
+    async fn wait_helper_exit(&self, d: Duration) -> bool {
+        match self.exited_rx() {
+            Some(mut rx) => wait_exited(&mut rx, d).await,
+            None => {
+                let st = self.state();
+                let deadline = tokio::time::Instant::now() + d;
+                while st.helper_alive() {
+                    if tokio::time::Instant::now() >= deadline {
+                        return false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                true
+            }
+        }
+    }
+
+    /// Graceful stop: ask the agent to end everything, SIGKILL after `grace`.
+    pub async fn stop(&self, grace: Duration) -> Result<()> {
+        self.check_not_removed()?;
+        if let Ok(c) = self.client() {
+            let ask = async {
+                let _ = c.call(&Message::Shutdown).await;
+            };
+            let _ = tokio::time::timeout(grace, ask).await;
+        }
+        if !self.wait_helper_exit(grace).await {
+            return self.kill().await;
+        }
+        self.after_exit();
+        Ok(())
+    }
+
+    /// SIGKILL the helper (PID 1 of the sandbox: the kernel kills the rest
+    /// of its pid namespace), then sweep the cgroup.
+    pub async fn kill(&self) -> Result<()> {
+        self.check_not_removed()?;
+        let st = self.state();
+        kill_verified(st.helper_pid, st.helper_start);
+        if !self.wait_helper_exit(Duration::from_secs(10)).await {
+            return Err(EngineError::new(
+                lockbox_protocol::ErrorCode::Timeout,
+                format!(
+                    "helper of sandbox {:?} did not exit after SIGKILL",
+                    self.name
+                ),
+            ));
+        }
+        self.after_exit();
+        Ok(())
+    }
+
+    fn after_exit(&self) {
+        if let Ok(mut c) = self.client.lock() {
+            if let Some(c) = c.take() {
+                c.close();
+            }
+        }
+        if let Ok(mut l) = self.lifeline.lock() {
+            l.take();
+        }
+        let cg = self.state().report.cgroup;
+        drop(tokio::task::spawn_blocking(move || {
+            crate::cleanup::remove_cgroups(&cg)
+        }));
+    }
+
+    /// Drops the connection without stopping anything (detached sandboxes).
+    pub fn disconnect(&self) {
+        if let Ok(mut c) = self.client.lock() {
+            if let Some(c) = c.take() {
+                c.close();
+            }
+        }
+    }
+}
+
+pub fn info_from(
+    stored: &StoredConfig,
+    st: &SandboxState,
+    dir: &std::path::Path,
+    running: bool,
+) -> SandboxInfo {
+    SandboxInfo {
+        name: stored.name.clone(),
+        id: stored.id.clone(),
+        status: if running { "running" } else { "stopped" }.into(),
+        image: stored.config.image.clone(),
+        rootfs: stored.config.rootfs.clone(),
+        detached: stored.config.detached,
+        labels: stored.config.labels.clone(),
+        created_unix: stored.created_unix,
+        helper_pid: st.helper_pid,
+        enforced: st.report.enforced.clone(),
+        not_enforced: st.report.not_enforced.clone(),
+        config: stored.config.clone(),
+        dir: dir.to_string_lossy().into_owned(),
+    }
+}
+
+/// Per-exec options as the C ABI receives them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExecOptions {
+    pub argv: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: Option<String>,
+    pub user: Option<String>,
+    pub timeout_ms: Option<u64>,
+    pub stdin: bool,
+    pub tty: bool,
+    pub rows: Option<u16>,
+    pub cols: Option<u16>,
+}
+
+/// `base` overridden key by key by `extra` (order: base keys first).
+pub fn merge_env(base: &[String], extra: &[String]) -> Result<Vec<String>> {
+    let mut out: Vec<String> = base.to_vec();
+    for e in extra {
+        crate::config::check_env("exec env", e)?;
+        let key = e.split('=').next().unwrap_or("");
+        match out.iter_mut().find(|b| b.split('=').next() == Some(key)) {
+            Some(slot) => *slot = e.clone(),
+            None => out.push(e.clone()),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_merges_by_key() {
+        let base = vec!["PATH=/bin".to_string(), "A=1".to_string()];
+        let m = merge_env(&base, &["A=2".into(), "B=3".into()]).unwrap();
+        assert_eq!(m, vec!["PATH=/bin", "A=2", "B=3"]);
+        assert!(merge_env(&base, &["bad".into()]).is_err());
+    }
+}

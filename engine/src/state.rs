@@ -1,0 +1,177 @@
+//! On-disk state: atomic JSON files, the per-sandbox lock, and the record of
+//! which helper process runs a sandbox.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::error::{EngineError, Result};
+
+/// Writes `bytes` to `path` so readers see the old or the new file, never a
+/// torn one: temp file in the same dir, fsync, rename, fsync the dir.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| EngineError::invalid(format!("{} has no parent", path.display())))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp.{}", crate::names::new_id()));
+    let res = (|| {
+        let mut f = File::create(&tmp).map_err(|e| EngineError::io(tmp.display(), e))?;
+        f.write_all(bytes)
+            .and_then(|_| f.sync_all())
+            .map_err(|e| EngineError::io(tmp.display(), e))?;
+        std::fs::rename(&tmp, path).map_err(|e| EngineError::io(path.display(), e))?;
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
+pub fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(v)
+        .map_err(|e| EngineError::internal(format!("encode {}: {e}", path.display())))?;
+    atomic_write(path, &bytes)
+}
+
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let bytes = std::fs::read(path).map_err(|e| EngineError::io(path.display(), e))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| EngineError::internal(format!("corrupt {}: {e}", path.display())))
+}
+
+/// An exclusive flock on a sandbox's `lock` file. The engine process that
+/// owns a non-detached sandbox holds it for the sandbox's lifetime, so a
+/// cleanup pass in another process can tell "owner alive" from "leftover".
+/// The fd is close-on-exec: helpers never inherit it.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+}
+
+impl DirLock {
+    /// Tries once; `Ok(None)` when another holder has it.
+    pub fn try_acquire(path: &Path) -> Result<Option<DirLock>> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| EngineError::io(path.display(), e))?;
+        // SAFETY: flock on an fd we own.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(Some(DirLock { _file: file }));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Ok(None)
+        } else {
+            Err(EngineError::io(format!("lock {}", path.display()), e))
+        }
+    }
+}
+
+/// What the engine records about a running sandbox (`state.json`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SandboxState {
+    pub id: String,
+    pub name: String,
+    pub helper_pid: u32,
+    /// The helper's start time in clock ticks since boot (from
+    /// /proc/<pid>/stat), so a recycled pid is never mistaken for it.
+    pub helper_start: u64,
+    pub detached: bool,
+    pub created_unix: i64,
+    pub report: lockbox_protocol::SandboxReport,
+}
+
+/// Start time of a process (field 22 of /proc/<pid>/stat), None if gone.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // comm may hold spaces and parens: fields start after the last ')'.
+    let rest = &s[s.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    // After ')' the fields are numbered from 3 (state); starttime is 22.
+    fields.nth(22 - 4).and_then(|v| v.parse().ok())
+}
+
+impl SandboxState {
+    /// Whether the helper recorded here still runs (and is the same process).
+    pub fn helper_alive(&self) -> bool {
+        self.helper_pid != 0 && process_start_time(self.helper_pid) == Some(self.helper_start)
+    }
+}
+
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.json");
+        write_json(&p, &vec![1, 2, 3]).unwrap();
+        write_json(&p, &vec![4]).unwrap();
+        let v: Vec<i32> = read_json(&p).unwrap();
+        assert_eq!(v, vec![4]);
+        let names: Vec<_> = std::fs::read_dir(d.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn corrupt_json_is_internal_not_panic() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.json");
+        std::fs::write(&p, b"{nope").unwrap();
+        let e = read_json::<SandboxState>(&p).unwrap_err();
+        assert_eq!(e.code, lockbox_protocol::ErrorCode::Internal);
+    }
+
+    #[test]
+    fn lock_is_exclusive_between_opens() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("lock");
+        let a = DirLock::try_acquire(&p).unwrap();
+        assert!(a.is_some());
+        assert!(DirLock::try_acquire(&p).unwrap().is_none());
+        drop(a);
+        assert!(DirLock::try_acquire(&p).unwrap().is_some());
+    }
+
+    #[test]
+    fn own_process_is_alive_and_bogus_is_not() {
+        let me = std::process::id();
+        let st = SandboxState {
+            helper_pid: me,
+            helper_start: process_start_time(me).unwrap(),
+            ..Default::default()
+        };
+        assert!(st.helper_alive());
+        let wrong = SandboxState {
+            helper_start: st.helper_start + 1,
+            ..st.clone()
+        };
+        assert!(!wrong.helper_alive());
+        assert!(process_start_time(u32::MAX - 1).is_none());
+    }
+}

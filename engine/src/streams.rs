@@ -1,0 +1,286 @@
+//! Byte streams of one operation, on top of the multiplexed connection.
+//!
+//! A demux task owns an operation's incoming channel and splits it into the
+//! data streams (read by `StreamReader`s), the credits for the stream the
+//! engine writes (used by `StreamWriter`), and control messages. A reader
+//! grants credit back only for bytes its consumer has taken, which is what
+//! carries backpressure from the host all the way to the process inside.
+
+use std::sync::Arc;
+
+use lockbox_protocol::{Frame, Message, DATA_CHUNK, INITIAL_WINDOW};
+use tokio::sync::{mpsc, Mutex};
+
+use crate::client::{Incoming, Op, Shared};
+use crate::error::{EngineError, Result};
+
+#[derive(Debug)]
+enum Chunk {
+    Data(Vec<u8>),
+    Eof,
+    Err(EngineError),
+}
+
+/// The pieces of a demultiplexed operation.
+pub(crate) struct Demuxed {
+    pub id: u32,
+    pub shared: Arc<Shared>,
+    pub control: mpsc::UnboundedReceiver<Result<Message>>,
+    /// Readers for the requested outgoing-from-agent streams, in order.
+    pub readers: Vec<StreamReader>,
+    pub credits: mpsc::UnboundedReceiver<Result<u32>>,
+}
+
+/// Splits `op` into streams. `streams` are the data streams the agent will
+/// send (and end with Eof). The task ends once a reply other than `Started`
+/// has arrived and every stream has ended, on an `Error`, or when the
+/// connection closes.
+pub(crate) fn demux(op: Op, streams: &[u8]) -> Demuxed {
+    let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+    let (cred_tx, cred_rx) = mpsc::unbounded_channel();
+    let mut readers = Vec::new();
+    let mut outs: Vec<(u8, Option<mpsc::UnboundedSender<Chunk>>)> = Vec::new();
+    for &s in streams {
+        let (tx, rx) = mpsc::unbounded_channel();
+        readers.push(StreamReader::new(op.shared.clone(), op.id, s, rx));
+        outs.push((s, Some(tx)));
+    }
+    let id = op.id;
+    let shared = op.shared.clone();
+    tokio::spawn(run_demux(op, ctl_tx, cred_tx, outs));
+    Demuxed {
+        id,
+        shared,
+        control: ctl_rx,
+        readers,
+        credits: cred_rx,
+    }
+}
+
+async fn run_demux(
+    mut op: Op,
+    ctl: mpsc::UnboundedSender<Result<Message>>,
+    cred: mpsc::UnboundedSender<Result<u32>>,
+    mut outs: Vec<(u8, Option<mpsc::UnboundedSender<Chunk>>)>,
+) {
+    let mut replied = false;
+    loop {
+        if replied && outs.iter().all(|(_, tx)| tx.is_none()) {
+            return;
+        }
+        match op.recv().await {
+            Incoming::Control(Message::Error(e)) => {
+                let e = EngineError::from(e);
+                for (_, tx) in outs.iter_mut() {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(Chunk::Err(e.clone()));
+                    }
+                }
+                let _ = cred.send(Err(e.clone()));
+                let _ = ctl.send(Err(e));
+                return;
+            }
+            Incoming::Control(m) => {
+                if !matches!(m, Message::Started { .. }) {
+                    replied = true;
+                }
+                let _ = ctl.send(Ok(m));
+            }
+            Incoming::Data(s, bytes) => {
+                let n = bytes.len() as u32;
+                let sent = outs
+                    .iter()
+                    .find(|(st, _)| *st == s)
+                    .and_then(|(_, tx)| tx.as_ref())
+                    .map(|tx| tx.send(Chunk::Data(bytes)).is_ok())
+                    .unwrap_or(false);
+                if !sent {
+                    // Unread or unexpected: drop it but keep the agent moving.
+                    let _ = op.shared.send(Frame::credit(op.id, s, n));
+                }
+            }
+            Incoming::Eof(s) => {
+                if let Some((_, tx)) = outs.iter_mut().find(|(st, _)| *st == s) {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(Chunk::Eof);
+                    }
+                }
+            }
+            Incoming::Credit(_, n) => {
+                let _ = cred.send(Ok(n));
+            }
+            Incoming::Closed(e) => {
+                for (_, tx) in outs.iter_mut() {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(Chunk::Err(e.clone()));
+                    }
+                }
+                let _ = cred.send(Err(e.clone()));
+                let _ = ctl.send(Err(e));
+                return;
+            }
+        }
+    }
+}
+
+struct ReaderState {
+    rx: mpsc::UnboundedReceiver<Chunk>,
+    buf: Vec<u8>,
+    pos: usize,
+    end: Option<Result<()>>,
+}
+
+/// The read side of one stream (exec stdout/stderr, a file's contents).
+/// Safe to share; reads are serialized. Dropping a pending `read` loses no
+/// bytes.
+pub struct StreamReader {
+    shared: Arc<Shared>,
+    id: u32,
+    stream: u8,
+    state: Mutex<ReaderState>,
+}
+
+impl StreamReader {
+    fn new(shared: Arc<Shared>, id: u32, stream: u8, rx: mpsc::UnboundedReceiver<Chunk>) -> Self {
+        StreamReader {
+            shared,
+            id,
+            stream,
+            state: Mutex::new(ReaderState {
+                rx,
+                buf: Vec::new(),
+                pos: 0,
+                end: None,
+            }),
+        }
+    }
+
+    /// Copies up to `out.len()` bytes; waits for at least one. 0 = EOF.
+    pub async fn read(&self, out: &mut [u8]) -> Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        let mut st = self.state.lock().await;
+        loop {
+            if st.pos < st.buf.len() {
+                let n = out.len().min(st.buf.len() - st.pos);
+                out[..n].copy_from_slice(&st.buf[st.pos..st.pos + n]);
+                st.pos += n;
+                if st.pos == st.buf.len() {
+                    let consumed = st.buf.len() as u32;
+                    st.buf = Vec::new();
+                    st.pos = 0;
+                    let _ = self
+                        .shared
+                        .send(Frame::credit(self.id, self.stream, consumed));
+                }
+                return Ok(n);
+            }
+            if let Some(end) = &st.end {
+                return end.clone().map(|_| 0);
+            }
+            match st.rx.recv().await {
+                Some(Chunk::Data(b)) => {
+                    st.buf = b;
+                    st.pos = 0;
+                }
+                Some(Chunk::Eof) => st.end = Some(Ok(())),
+                Some(Chunk::Err(e)) => st.end = Some(Err(e)),
+                None => {
+                    st.end = Some(Err(EngineError::unavailable(
+                        "stream ended without EOF (sandbox gone)",
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Reads everything until EOF.
+    pub async fn read_to_end(&self) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; DATA_CHUNK];
+        loop {
+            let n = self.read(&mut buf).await?;
+            if n == 0 {
+                return Ok(out);
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+}
+
+struct WriterState {
+    credit: i64,
+    credits: mpsc::UnboundedReceiver<Result<u32>>,
+    closed: bool,
+    failed: Option<EngineError>,
+}
+
+/// The write side of one stream (exec stdin, a file being written). Waits
+/// for credit from the agent before sending, so writing a huge file never
+/// buffers more than one window.
+pub struct StreamWriter {
+    shared: Arc<Shared>,
+    id: u32,
+    stream: u8,
+    state: Mutex<WriterState>,
+}
+
+impl StreamWriter {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        id: u32,
+        stream: u8,
+        credits: mpsc::UnboundedReceiver<Result<u32>>,
+    ) -> Self {
+        StreamWriter {
+            shared,
+            id,
+            stream,
+            state: Mutex::new(WriterState {
+                credit: INITIAL_WINDOW as i64,
+                credits,
+                closed: false,
+                failed: None,
+            }),
+        }
+    }
+
+    /// Sends all of `data` (waits for credit as needed).
+    pub async fn write_all(&self, data: &[u8]) -> Result<()> {
+        let mut st = self.state.lock().await;
+        if st.closed {
+            return Err(EngineError::invalid("write after close"));
+        }
+        for chunk in data.chunks(DATA_CHUNK) {
+            while st.credit < chunk.len() as i64 {
+                if let Some(e) = &st.failed {
+                    return Err(e.clone());
+                }
+                match st.credits.recv().await {
+                    Some(Ok(n)) => st.credit += n as i64,
+                    Some(Err(e)) => st.failed = Some(e),
+                    None => {
+                        st.failed = Some(EngineError::unavailable(
+                            "the other end stopped reading (process exited)",
+                        ))
+                    }
+                }
+            }
+            st.credit -= chunk.len() as i64;
+            self.shared
+                .send(Frame::data(self.id, self.stream, chunk.to_vec()))?;
+        }
+        Ok(())
+    }
+
+    /// Half-close: the reader inside sees EOF. Idempotent.
+    pub async fn close_write(&self) -> Result<()> {
+        let mut st = self.state.lock().await;
+        if st.closed {
+            return Ok(());
+        }
+        st.closed = true;
+        self.shared.send(Frame::eof(self.id, self.stream))
+    }
+}
