@@ -1,0 +1,381 @@
+package lockbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+)
+
+// Install errors; match with errors.Is. Offline without a complete
+// install gives ErrNotInstalled (errors.go).
+var (
+	// ErrVerification: a signature, hash, size, version, ABI or pin check
+	// failed. Nothing was installed: the SDK fails closed.
+	ErrVerification = errors.New("lockbox: release verification failed")
+	// ErrReleaseNotFound: the release source has no such version or file.
+	ErrReleaseNotFound = errors.New("lockbox: release not found")
+	// ErrDownload: transport failures that outlasted the retries.
+	ErrDownload = errors.New("lockbox: download failed")
+	// ErrNoReleaseURL: a download is needed and no source is configured.
+	ErrNoReleaseURL = errors.New("lockbox: no release URL")
+)
+
+// Installation is a completely installed, verified version.
+type Installation struct {
+	Version     string
+	Dir         string // <root>/versions/<version>
+	LibraryPath string // Dir/lib/liblockbox.so
+	HelperPath  string // Dir/bin/lockbox-helper
+	ImagesDir   string // Dir/images
+}
+
+// InstallEventKind names the steps EnsureInstalled reports to WithProgress.
+type InstallEventKind string
+
+const (
+	InstallAlreadyInstalled InstallEventKind = "already-installed"
+	InstallManifestVerified InstallEventKind = "manifest-verified"
+	InstallDownloading      InstallEventKind = "downloading" // Bytes of Total received for Artifact
+	InstallRetrying         InstallEventKind = "retrying"    // Attempt, Err
+	InstallArtifactVerified InstallEventKind = "artifact-verified"
+	InstallComplete         InstallEventKind = "complete"
+)
+
+// InstallEvent is one progress report.
+type InstallEvent struct {
+	Kind     InstallEventKind
+	Version  string
+	Artifact string // artifact path, e.g. "lib/liblockbox.so"
+	Bytes    int64
+	Total    int64
+	Attempt  int
+	Err      error
+}
+
+// lastInstalled is the library of the most recent successful
+// EnsureInstalled in this process: the loader's first choice (libpath.go).
+var lastInstalled atomic.Pointer[Installation]
+
+// EnsureInstalled makes sure the pinned version (or WithVersion's) is
+// completely installed and verified, downloading it if needed, and returns
+// where it is. When it already is, this is a marker check (no re-hash).
+//
+// Downloads are checked against the signature of a trusted key and, for
+// the pinned version, the manifest hash embedded in this SDK, and each
+// artifact's size and sha256 while streaming. Concurrent calls, also from
+// other processes, serialize on a file lock; a killed install leaves
+// nothing that looks installed.
+func EnsureInstalled(ctx context.Context, opts ...InstallOption) (*Installation, error) {
+	s, err := resolveInstallSettings(opts)
+	if err != nil {
+		return nil, err
+	}
+	in := newInstaller(s)
+	inst, err := in.run(ctx)
+	if err != nil {
+		return nil, err
+	}
+	lastInstalled.Store(inst)
+	return inst, nil
+}
+
+// IsInstalled reports whether the version is completely installed (the
+// same check as EnsureInstalled's warm path). It never downloads.
+func IsInstalled(opts ...InstallOption) bool {
+	s, err := resolveInstallSettings(opts)
+	if err != nil {
+		return false
+	}
+	inst, _ := newInstaller(s).checkComplete()
+	return inst != nil
+}
+
+type installer struct {
+	s     *installSettings
+	paths versionPaths
+	trust *embeddedTrust
+	keys  []trustedKey
+	// pinSHA256 is the manifest hash this install must have ("" when the
+	// version has no embedded pin: then the signature alone decides).
+	pinSHA256 string
+}
+
+func newInstaller(s *installSettings) *installer {
+	t := loadTrust()
+	in := &installer{s: s, paths: newVersionPaths(s.root, s.version), trust: t}
+	in.keys = append(append(in.keys, t.keys...), s.extraKeys...)
+	if s.version == Version && t.pinBytes != nil {
+		in.pinSHA256 = t.pinSHA256
+	}
+	return in
+}
+
+func (in *installer) emit(ev InstallEvent) {
+	if in.s.progress != nil {
+		ev.Version = in.s.version
+		in.s.progress(ev)
+	}
+}
+
+func (in *installer) installation(m *releaseManifest) *Installation {
+	inst := &Installation{
+		Version:   in.s.version,
+		Dir:       in.paths.dir,
+		ImagesDir: filepath.Join(in.paths.dir, "images"),
+	}
+	for _, a := range m.Platforms[platformName()] {
+		p := filepath.Join(in.paths.dir, filepath.FromSlash(a.Path))
+		switch {
+		case a.Kind == "library":
+			inst.LibraryPath = p
+		case a.Kind == "helper" && (inst.HelperPath == "" || a.Name == "lockbox-helper"):
+			inst.HelperPath = p
+		}
+	}
+	return inst
+}
+
+// checkComplete is the warm path. For the pinned version the marker must
+// equal the embedded manifest hash: one small read. Otherwise the
+// installed manifest must match the marker and carry a trusted signature.
+func (in *installer) checkComplete() (*Installation, error) {
+	marker, err := os.ReadFile(filepath.Join(in.paths.dir, markerFile))
+	if err != nil {
+		return nil, err
+	}
+	if in.pinSHA256 != "" {
+		if string(marker) != in.trust.pinMarkerStr || in.trust.pinManifest == nil {
+			return nil, errors.New("marker does not match the pinned manifest")
+		}
+		return in.installation(in.trust.pinManifest), nil
+	}
+	b, err := os.ReadFile(filepath.Join(in.paths.dir, manifestFile))
+	if err != nil {
+		return nil, err
+	}
+	if string(marker) != markerContent(sha256Hex(b)) {
+		return nil, errors.New("marker does not match the installed manifest")
+	}
+	sig, err := os.ReadFile(filepath.Join(in.paths.dir, signatureFile))
+	if err != nil {
+		return nil, err
+	}
+	m, err := in.verifyManifest(b, sig)
+	if err != nil {
+		return nil, err
+	}
+	return in.installation(m), nil
+}
+
+// verifyManifest: signature first, then pin, version and ABI, so nothing
+// unsigned is ever parsed for use.
+func (in *installer) verifyManifest(b, sig []byte) (*releaseManifest, error) {
+	if _, err := verifySignature(in.keys, b, sig); err != nil {
+		return nil, err
+	}
+	if in.pinSHA256 != "" && sha256Hex(b) != in.pinSHA256 {
+		return nil, fmt.Errorf("%w: manifest sha256 %s differs from the one pinned in this SDK (%s)", ErrVerification, sha256Hex(b), in.pinSHA256)
+	}
+	m, err := parseManifest(b)
+	if err != nil {
+		return nil, err
+	}
+	if m.Version != in.s.version {
+		return nil, fmt.Errorf("%w: manifest is for version %s, want %s", ErrVerification, m.Version, in.s.version)
+	}
+	if m.ABIVersion != manifestABIVersion {
+		return nil, fmt.Errorf("%w: manifest has ABI %d, this SDK speaks %d", ErrVerification, m.ABIVersion, manifestABIVersion)
+	}
+	return m, nil
+}
+
+func (in *installer) run(ctx context.Context) (*Installation, error) {
+	if in.trust.err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrVerification, in.trust.err)
+	}
+	if inst, err := in.checkComplete(); err == nil {
+		in.emit(InstallEvent{Kind: InstallAlreadyInstalled})
+		return inst, nil
+	}
+	if in.s.offline {
+		return nil, fmt.Errorf("%w (offline): %s", ErrNotInstalled, in.describeMissing())
+	}
+	if in.s.releaseURL == "" {
+		return nil, fmt.Errorf("%w: lockbox %s is not installed in %s and no release source is set: set LOCKBOX_RELEASE_URL (or WithReleaseURL) to an http(s):// mirror or a directory made by `make release`; there is no default download server",
+			ErrNoReleaseURL, in.s.version, in.paths.dir)
+	}
+	src, err := parseReleaseSource(in.s.releaseURL)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(in.paths.versions, 0o755); err != nil {
+		return nil, err
+	}
+	unlock, err := lockFile(ctx, in.paths.lock)
+	if err != nil {
+		return nil, fmt.Errorf("lockbox: install lock %s: %w", in.paths.lock, err)
+	}
+	defer unlock()
+	// Another process may have finished while we waited.
+	if inst, err := in.checkComplete(); err == nil {
+		in.emit(InstallEvent{Kind: InstallAlreadyInstalled})
+		return inst, nil
+	}
+	if err := in.clearLeftovers(); err != nil {
+		return nil, err
+	}
+	return in.fetchAndInstall(ctx, src)
+}
+
+func (in *installer) onRetry(artifact string) func(int, error) {
+	return func(attempt int, err error) {
+		in.emit(InstallEvent{Kind: InstallRetrying, Artifact: artifact, Attempt: attempt, Err: err})
+	}
+}
+
+func (in *installer) fetchAndInstall(ctx context.Context, src *releaseSource) (*Installation, error) {
+	v := in.s.version
+	mb, err := src.fetchSmall(ctx, v+"/"+manifestFile, maxManifestBytes, in.onRetry(manifestFile))
+	if err != nil {
+		return nil, err
+	}
+	sig, err := src.fetchSmall(ctx, v+"/"+signatureFile, maxSignatureBytes, in.onRetry(signatureFile))
+	if err != nil {
+		return nil, err
+	}
+	m, err := in.verifyManifest(mb, sig)
+	if err != nil {
+		return nil, err
+	}
+	in.emit(InstallEvent{Kind: InstallManifestVerified})
+	arts, err := m.artifactsFor(platformName())
+	if err != nil {
+		return nil, err
+	}
+	staging, err := in.paths.scratchDir("staging")
+	if err != nil {
+		return nil, err
+	}
+	if err := in.stage(ctx, src, staging, mb, sig, arts); err != nil {
+		os.RemoveAll(staging)
+		return nil, err
+	}
+	if err := os.Rename(staging, in.paths.dir); err != nil {
+		os.RemoveAll(staging)
+		return nil, err
+	}
+	if err := syncDir(in.paths.versions); err != nil {
+		return nil, err
+	}
+	if err := writeFileAtomic(filepath.Join(in.paths.dir, markerFile), []byte(markerContent(sha256Hex(mb))), 0o644); err != nil {
+		return nil, err
+	}
+	in.emit(InstallEvent{Kind: InstallComplete})
+	return in.installation(m), nil
+}
+
+func (in *installer) stage(ctx context.Context, src *releaseSource, staging string, mb, sig []byte, arts []releaseArtifact) error {
+	if err := writeFileSync(filepath.Join(staging, manifestFile), mb, 0o644); err != nil {
+		return err
+	}
+	if err := writeFileSync(filepath.Join(staging, signatureFile), sig, 0o644); err != nil {
+		return err
+	}
+	dirs := map[string]bool{}
+	for _, a := range arts {
+		dest := filepath.Join(staging, filepath.FromSlash(a.Path))
+		if err := os.MkdirAll(filepath.Dir(dest), 0o755); err != nil {
+			return err
+		}
+		dirs[filepath.Dir(dest)] = true
+		if err := in.downloadArtifact(ctx, src, a, dest); err != nil {
+			return err
+		}
+	}
+	for d := range dirs {
+		if err := syncDir(d); err != nil {
+			return err
+		}
+	}
+	if err := os.Chmod(staging, 0o755); err != nil { // MkdirTemp made it 0700
+		return err
+	}
+	return syncDir(staging)
+}
+
+func (in *installer) downloadArtifact(ctx context.Context, src *releaseSource, a releaseArtifact, dest string) error {
+	f, err := os.OpenFile(dest, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	progress := func(have int64) {
+		in.emit(InstallEvent{Kind: InstallDownloading, Artifact: a.Path, Bytes: have, Total: a.Size})
+	}
+	if err := src.download(ctx, in.s.version+"/"+a.Path, a, f, progress, in.onRetry(a.Path)); err != nil {
+		return err
+	}
+	if err := f.Chmod(os.FileMode(a.mode())); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	in.emit(InstallEvent{Kind: InstallArtifactVerified, Artifact: a.Path, Bytes: a.Size, Total: a.Size})
+	return f.Close()
+}
+
+// clearLeftovers runs under the lock: staging/trash dirs of this version
+// belong to killed installs, and a version dir without a valid marker is
+// not installed. Renamed aside first so no reader sees a half-deleted tree.
+func (in *installer) clearLeftovers() error {
+	entries, err := os.ReadDir(in.paths.versions)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		for _, p := range in.paths.scratchPrefixes() {
+			if strings.HasPrefix(e.Name(), p) {
+				if err := os.RemoveAll(filepath.Join(in.paths.versions, e.Name())); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	if _, err := os.Lstat(in.paths.dir); err == nil {
+		trash, err := in.paths.scratchDir("trash")
+		if err != nil {
+			return err
+		}
+		target := filepath.Join(trash, "old")
+		if err := os.Rename(in.paths.dir, target); err != nil {
+			return err
+		}
+		if err := syncDir(in.paths.versions); err != nil {
+			return err
+		}
+		return os.RemoveAll(trash)
+	}
+	return nil
+}
+
+func (in *installer) describeMissing() string {
+	b, err := os.ReadFile(filepath.Join(in.paths.dir, manifestFile))
+	var missing []string
+	if m, perr := parseManifest(b); err != nil || perr != nil {
+		missing = append(missing, in.paths.dir+" (no manifest)")
+	} else {
+		for _, a := range m.Platforms[platformName()] {
+			if _, err := os.Stat(filepath.Join(in.paths.dir, filepath.FromSlash(a.Path))); err != nil {
+				missing = append(missing, a.Path)
+			}
+		}
+		missing = append(missing, markerFile+" (not a complete, verified install)")
+	}
+	return fmt.Sprintf("version %s is not completely installed in %s; missing: %s",
+		in.s.version, in.paths.dir, strings.Join(missing, ", "))
+}

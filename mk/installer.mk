@@ -1,0 +1,60 @@
+# Releases and installs (installer/, manifests/, go/install*.go, tests/install*).
+#   make release        dist/$(VERSION)/ signed; refreshes the pin in manifests/ and go/internal/pin/
+#                       key: SIGNING_KEY=file, or LOCKBOX_SIGNING_KEY (base64 seed), else a local dev key
+#   make check-pin      manifests/ and the Go SDK's embedded copy agree
+#   make test-install   installer unit tests + end-to-end install tests over HTTP on 127.0.0.1
+#   make bench-install  warm EnsureInstalled p50; cold install throughput vs curl
+TEST_STEPS += check-pin test-install
+BENCH_STEPS += bench-install
+
+INSTALLER_RELEASE_BIN := $(RELEASE_DIR)/lockbox-installer
+INSTALLER_DEBUG_BIN    = $${CARGO_TARGET_DIR:-$(ROOT)/target}/debug/lockbox-installer
+DEV_SIGNING_KEY := $(BUILD)/dev-signing-key
+PIN_GO_DIR := $(ROOT)/go/internal/pin/data
+SIGNING_KEY ?=
+
+.PHONY: release release-only check-pin test-install bench-install installer-debug
+
+release: build release-only
+
+# Packs whatever `make build` (and `make images`, if run) left in target/release and build/images.
+release-only:
+	@if [ -n "$(SIGNING_KEY)" ]; then keyarg="--key $(SIGNING_KEY)"; \
+	elif [ -n "$${LOCKBOX_SIGNING_KEY:-}" ]; then keyarg=""; \
+	else \
+	  if [ ! -f $(DEV_SIGNING_KEY) ]; then \
+	    $(INSTALLER_RELEASE_BIN) keygen --out $(DEV_SIGNING_KEY) --public $(DEV_SIGNING_KEY).pub >/dev/null; fi; \
+	  echo "######################################################################"; \
+	  echo "# release: NO SIGNING KEY GIVEN - signing with the LOCAL DEVELOPMENT KEY"; \
+	  echo "#   $(DEV_SIGNING_KEY) (trusted via manifests/keys/dev.pub)"; \
+	  echo "#   for a real release: make release SIGNING_KEY=file (or LOCKBOX_SIGNING_KEY)"; \
+	  echo "######################################################################"; \
+	  $(INSTALLER_RELEASE_BIN) public-key --key $(DEV_SIGNING_KEY) > manifests/keys/dev.pub; \
+	  keyarg="--key $(DEV_SIGNING_KEY)"; \
+	fi; \
+	$(INSTALLER_RELEASE_BIN) release --version $(VERSION) --out $(DIST) --root $(ROOT) --pin manifests $$keyarg
+	@rm -rf $(PIN_GO_DIR)/keys $(PIN_GO_DIR)/$(VERSION)
+	@mkdir -p $(PIN_GO_DIR)/keys $(PIN_GO_DIR)/$(VERSION)
+	@cp manifests/keys/*.pub $(PIN_GO_DIR)/keys/
+	@cp manifests/$(VERSION)/manifest.json manifests/$(VERSION)/manifest.json.sig $(PIN_GO_DIR)/$(VERSION)/
+	@echo "release: $(DIST)/$(VERSION) (pin refreshed in manifests/$(VERSION) and go/internal/pin/data)"
+
+check-pin:
+	@diff -r manifests/keys $(PIN_GO_DIR)/keys
+	@for d in manifests/*/manifest.json; do [ -e "$$d" ] || continue; v=$$(basename $$(dirname $$d)); \
+	  diff -r manifests/$$v $(PIN_GO_DIR)/$$v || { echo "pin of $$v differs: run make release"; exit 1; }; done
+	@for d in $(PIN_GO_DIR)/*/manifest.json; do [ -e "$$d" ] || continue; v=$$(basename $$(dirname $$d)); \
+	  [ -d manifests/$$v ] || { echo "go/internal/pin has $$v, manifests/ does not"; exit 1; }; done
+	@echo "pin: manifests/ and go/internal/pin/data agree"
+
+installer-debug:
+	cargo build --locked -q -p lockbox-installer
+
+test-install: installer-debug
+	cargo test --locked -p lockbox-installer
+	cd tests && LOCKBOX_INSTALLER_BIN=$(INSTALLER_DEBUG_BIN) LOCKBOX_DIST=$(DIST) \
+	  go test -count=1 -run 'Install' ./...
+
+bench-install: installer-debug
+	cd tests && LOCKBOX_INSTALLER_BIN=$(INSTALLER_DEBUG_BIN) LOCKBOX_DIST=$(DIST) \
+	  go test -count=1 -run '^$$' -bench 'Install' -benchtime=1x ./...
