@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Builds the `python` image: a minimal Debian root file system with python3,
+# made by debootstrap from Debian's packages (the mirror apt is configured
+# with), stripped of docs, locales and apt lists. Needs root.
+# Output: OUT/python/rootfs and OUT/python.tar.zst. Cached by a hash of this
+# script, the package list and the suite: a rebuild with nothing changed is
+# instant.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/common.sh"
+out=${1:?usage: build-python.sh OUTDIR}
+suite=${SUITE:-bookworm}
+packages=${PACKAGES:-python3,ca-certificates}
+mkdir -p "$out"
+
+INPUT_STRINGS="suite=$suite packages=$packages"
+hash=$(inputs_hash "$here/build-python.sh" "$here/common.sh")
+if up_to_date python "$hash" "$out"; then
+  echo "python: up to date ($out/python.tar.zst)"; exit 0
+fi
+[ "$(id -u)" -eq 0 ] || { echo "build-python: debootstrap needs root" >&2; exit 1; }
+command -v debootstrap >/dev/null || { echo "build-python: apt-get install debootstrap" >&2; exit 1; }
+mirror=${MIRROR:-$("$here/apt-mirror.sh" "$suite")}
+
+staging=$(mktemp -d "$out/.python.XXXXXX")
+trap 'rm -rf "$staging"' EXIT
+echo "python: debootstrap $suite from $mirror (takes a few minutes)"
+debootstrap --variant=minbase --include="$packages" "$suite" "$staging" "$mirror" \
+  > "$out/python.debootstrap.log" 2>&1 ||
+  { tail -20 "$out/python.debootstrap.log" >&2; exit 1; }
+
+r=$staging
+# Only what runs programs stays: no docs, manuals, locales, apt indexes or
+# caches, logs, device nodes (the sandbox makes its own /dev), or host files
+# debootstrap copied in.
+rm -rf "$r"/usr/share/{doc,man,info,lintian,linda,locale}/* \
+       "$r"/var/lib/apt/lists/* "$r"/var/cache/apt/* "$r"/var/cache/debconf/*-old \
+       "$r"/var/cache/ldconfig/aux-cache "$r"/var/lib/dpkg/*-old \
+       "$r"/var/log/* "$r"/dev/* "$r"/tmp/* "$r"/run/* \
+       "$r"/etc/resolv.conf "$r"/etc/hostname "$r"/etc/machine-id
+find "$r/var/log" "$r/var/cache" -depth -mindepth 1 -type f -delete 2>/dev/null || true
+mkdir -p "$r/work"
+chmod 0755 "$r" "$r/work"
+chmod 1777 "$r/tmp"
+trap - EXIT
+finish python "$hash" "$out" "$staging"
