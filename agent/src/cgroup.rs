@@ -1,0 +1,240 @@
+//! The sandbox's cgroup, made by the supervisor in the host's cgroup
+//! namespace: v2 when a delegated hierarchy with the needed controllers is
+//! usable, else v1 (memory, cpu, cpuacct, pids). Every limit that could not
+//! be written ends up in the report with the reason.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use lockbox_protocol::{CgroupPaths, Limits};
+
+use crate::report::Report;
+
+pub struct Cgroup {
+    /// Every directory made, leaf first order does not matter (all leaves).
+    dirs: Vec<PathBuf>,
+    pub paths: CgroupPaths,
+}
+
+/// (controller list of the hierarchy, mount point) for every cgroup mount.
+fn cgroup_mounts() -> Vec<(String, Vec<String>, PathBuf)> {
+    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mut r = right.split(' ');
+        let fstype = r.next().unwrap_or("");
+        let _src = r.next();
+        let opts: Vec<String> = r
+            .next()
+            .unwrap_or("")
+            .split(',')
+            .map(String::from)
+            .collect();
+        let mnt = left.split(' ').nth(4).unwrap_or("");
+        if fstype == "cgroup" || fstype == "cgroup2" {
+            out.push((fstype.to_string(), opts, PathBuf::from(mnt)));
+        }
+    }
+    out
+}
+
+/// Our own cgroup path in the hierarchy whose /proc/self/cgroup key is `key`
+/// ("" for v2, else the comma-joined controller list).
+fn own_path(key: &str) -> Option<String> {
+    let text = fs::read_to_string("/proc/self/cgroup").ok()?;
+    text.lines().find_map(|l| {
+        let mut it = l.splitn(3, ':');
+        let _id = it.next()?;
+        let ctrl = it.next()?;
+        let path = it.next()?;
+        (ctrl == key).then(|| path.to_string())
+    })
+}
+
+fn join(mount: &Path, own: &str, id: &str) -> PathBuf {
+    mount
+        .join(own.trim_start_matches('/'))
+        .join("lockbox")
+        .join(id)
+}
+
+fn write(dir: &Path, file: &str, value: &str) -> io::Result<()> {
+    fs::write(dir.join(file), value)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}/{file}: {e}", dir.display())))
+}
+
+impl Cgroup {
+    /// Makes the cgroup and writes the limits. Never fails: what could not
+    /// be done is recorded in `report`.
+    pub fn create(id: &str, limits: &Limits, report: &mut Report) -> Cgroup {
+        match Self::try_v2(id, limits, report) {
+            Some(c) => c,
+            None => Self::v1(id, limits, report),
+        }
+    }
+
+    fn try_v2(id: &str, limits: &Limits, report: &mut Report) -> Option<Cgroup> {
+        let mounts = cgroup_mounts();
+        let (_, _, mnt) = mounts.iter().find(|(t, _, _)| t == "cgroup2")?;
+        let own = own_path("")?;
+        let base = mnt.join(own.trim_start_matches('/'));
+        let ctrls = fs::read_to_string(base.join("cgroup.controllers")).ok()?;
+        let have: Vec<&str> = ctrls.split_whitespace().collect();
+        if !["memory", "pids", "cpu"].iter().all(|c| have.contains(c)) {
+            return None;
+        }
+        let parent = base.join("lockbox");
+        fs::create_dir_all(&parent).ok()?;
+        // Enabling controllers for children fails in a cgroup that itself
+        // holds processes (v2's no-internal-process rule); then v2 is not
+        // usable from here and v1 gets its chance.
+        write(&base, "cgroup.subtree_control", "+memory +pids +cpu").ok()?;
+        write(&parent, "cgroup.subtree_control", "+memory +pids +cpu").ok()?;
+        let dir = parent.join(id);
+        fs::create_dir_all(&dir).ok()?;
+        if let Some(m) = limits.memory_mib {
+            let bytes = (m << 20).to_string();
+            report.outcome("memory", write(&dir, "memory.max", &bytes));
+            let _ = write(&dir, "memory.swap.max", "0");
+        }
+        if let Some(c) = limits.cpus {
+            let quota = ((c * 100_000.0) as u64).max(1000);
+            report.outcome("cpus", write(&dir, "cpu.max", &format!("{quota} 100000")));
+        }
+        if let Some(p) = limits.pids {
+            report.outcome("pids", write(&dir, "pids.max", &p.to_string()));
+        }
+        let s = dir.to_string_lossy().into_owned();
+        Some(Cgroup {
+            dirs: vec![dir],
+            paths: CgroupPaths {
+                version: 2,
+                memory: Some(s.clone()),
+                cpu: Some(s.clone()),
+                pids: Some(s),
+            },
+        })
+    }
+
+    fn v1(id: &str, limits: &Limits, report: &mut Report) -> Cgroup {
+        let mounts = cgroup_mounts();
+        let mut cg = Cgroup {
+            dirs: Vec::new(),
+            paths: CgroupPaths::default(),
+        };
+        let mut errors = Vec::new();
+        let mut make = |ctrl: &str| -> Option<PathBuf> {
+            let (_, opts, mnt) = mounts
+                .iter()
+                .find(|(t, o, _)| t == "cgroup" && o.iter().any(|x| x == ctrl))?;
+            let key: Vec<&str> = opts
+                .iter()
+                .map(String::as_str)
+                .filter(|o| {
+                    [
+                        "cpu", "cpuacct", "memory", "pids", "cpuset", "blkio", "devices",
+                    ]
+                    .contains(o)
+                        || o.starts_with("name=")
+                })
+                .collect();
+            let own = own_path(&key.join(","))?;
+            let dir = join(mnt, &own, id);
+            match fs::create_dir_all(&dir) {
+                Ok(()) => Some(dir),
+                Err(e) => {
+                    errors.push(format!("{ctrl}: cannot create {}: {e}", dir.display()));
+                    None
+                }
+            }
+        };
+        let memory = make("memory");
+        let cpu = make("cpu");
+        let cpuacct = make("cpuacct");
+        let pids = make("pids");
+        let reason = |what: &str| {
+            if errors.is_empty() {
+                format!("no usable cgroup v1 {what} hierarchy")
+            } else {
+                errors.join("; ")
+            }
+        };
+        for d in [&memory, &cpu, &cpuacct, &pids].into_iter().flatten() {
+            if !cg.dirs.contains(d) {
+                cg.dirs.push(d.clone());
+            }
+        }
+        if let Some(m) = limits.memory_mib {
+            match &memory {
+                Some(d) => {
+                    let bytes = (m << 20).to_string();
+                    let r = write(d, "memory.limit_in_bytes", &bytes);
+                    // memsw is only present with swap accounting; without it
+                    // there is no swap to escape into on this kind of host.
+                    if r.is_ok() && d.join("memory.memsw.limit_in_bytes").exists() {
+                        let _ = write(d, "memory.memsw.limit_in_bytes", &bytes);
+                    }
+                    report.outcome("memory", r);
+                }
+                None => report.not("memory", reason("memory")),
+            }
+        }
+        if let Some(c) = limits.cpus {
+            match &cpu {
+                Some(d) => {
+                    let quota = ((c * 100_000.0) as u64).max(1000);
+                    let r = write(d, "cpu.cfs_period_us", "100000")
+                        .and_then(|_| write(d, "cpu.cfs_quota_us", &quota.to_string()));
+                    report.outcome("cpus", r);
+                }
+                None => report.not("cpus", reason("cpu")),
+            }
+        }
+        if let Some(p) = limits.pids {
+            match &pids {
+                Some(d) => report.outcome("pids", write(d, "pids.max", &p.to_string())),
+                None => report.not("pids", reason("pids")),
+            }
+        }
+        let s = |p: &Option<PathBuf>| p.as_ref().map(|p| p.to_string_lossy().into_owned());
+        cg.paths = CgroupPaths {
+            version: if cg.dirs.is_empty() { 0 } else { 1 },
+            memory: s(&memory),
+            // Metrics read cpuacct.usage; it lives with cpu when co-mounted.
+            cpu: s(&cpuacct).or(s(&cpu)),
+            pids: s(&pids),
+        };
+        cg
+    }
+
+    /// Moves `pid` into every directory of the cgroup.
+    pub fn attach(&self, pid: libc::pid_t) -> io::Result<()> {
+        for d in &self.dirs {
+            write(d, "cgroup.procs", &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Removes the directories, waiting briefly for dying tasks to leave.
+    pub fn remove(&self) {
+        for d in &self.dirs {
+            for _ in 0..200 {
+                match fs::remove_dir(d) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+                }
+            }
+            if let Some(parent) = d.parent() {
+                // Shared by all sandboxes: only goes when the last one does.
+                let _ = fs::remove_dir(parent);
+            }
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! One engine connection: a reader that dispatches frames to operations,
+//! and a writer task that batches outgoing frames into the socket.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use lockbox_protocol::{
+    read_frame, stream, ErrorCode, Frame, FrameKind, Message, WireError, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+
+use super::window::Window;
+use super::Agent;
+
+pub enum Input {
+    Data(Vec<u8>),
+    Eof,
+}
+
+pub enum Ctl {
+    Signal(i32),
+    Resize(u16, u16),
+    /// The connection is gone: nobody will read the output.
+    Abandon,
+}
+
+pub struct OpEntry {
+    pub input: mpsc::UnboundedSender<Input>,
+    pub ctl: mpsc::UnboundedSender<Ctl>,
+    /// Outgoing windows, indexed by stream number.
+    pub windows: Rc<[Window; 3]>,
+}
+
+pub struct Conn {
+    out: mpsc::UnboundedSender<Frame>,
+    pub ops: RefCell<HashMap<u32, OpEntry>>,
+}
+
+impl Conn {
+    pub fn send(&self, f: Frame) {
+        let _ = self.out.send(f);
+    }
+
+    pub fn reply(&self, id: u32, m: &Message) {
+        self.send(Frame::control(id, m));
+    }
+
+    pub fn error(&self, id: u32, e: WireError) {
+        self.reply(id, &Message::Error(e));
+    }
+
+    pub fn finish(&self, id: u32) {
+        self.ops.borrow_mut().remove(&id);
+    }
+}
+
+/// Operation handles given to an op's task.
+pub struct OpIo {
+    pub input: mpsc::UnboundedReceiver<Input>,
+    pub ctl: mpsc::UnboundedReceiver<Ctl>,
+    pub windows: Rc<[Window; 3]>,
+}
+
+async fn writer(half: tokio::net::unix::OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Frame>) {
+    let mut w = BufWriter::with_capacity(256 * 1024, half);
+    while let Some(f) = rx.recv().await {
+        let mut next = Some(f);
+        while let Some(f) = next {
+            if w.write_all(&f.header()).await.is_err() || w.write_all(&f.payload).await.is_err() {
+                return;
+            }
+            next = rx.try_recv().ok();
+        }
+        if w.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+pub async fn serve(agent: Rc<Agent>, s: UnixStream) {
+    let (r, w) = s.into_split();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let writer_task = tokio::task::spawn_local(writer(w, rx));
+    let conn = Rc::new(Conn {
+        out: tx,
+        ops: RefCell::new(HashMap::new()),
+    });
+    let mut r = BufReader::with_capacity(256 * 1024, r);
+    if handshake(&agent, &conn, &mut r).await {
+        loop {
+            let f = match read_frame(&mut r).await {
+                Ok(f) => f,
+                Err(_) => break,
+            };
+            dispatch(&agent, &conn, f);
+        }
+    }
+    for (_, op) in conn.ops.borrow_mut().drain() {
+        let _ = op.ctl.send(Ctl::Abandon);
+    }
+    drop(conn);
+    let _ = writer_task.await;
+}
+
+async fn handshake(
+    agent: &Agent,
+    conn: &Conn,
+    r: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+) -> bool {
+    let f = match read_frame(r).await {
+        Ok(f) => f,
+        Err(_) => return false,
+    };
+    match (f.kind, f.message()) {
+        (FrameKind::Control, Ok(Message::Hello { version })) if version == PROTOCOL_VERSION => {
+            conn.reply(
+                0,
+                &Message::HelloAck {
+                    version: PROTOCOL_VERSION,
+                    agent_pid: agent.host_pid,
+                    sandbox: agent.spec.name.clone(),
+                },
+            );
+            true
+        }
+        (FrameKind::Control, Ok(Message::Hello { version })) => {
+            conn.error(
+                0,
+                WireError::new(
+                    ErrorCode::Unsupported,
+                    format!("protocol version {version} not supported (agent speaks {PROTOCOL_VERSION})"),
+                ),
+            );
+            false
+        }
+        _ => {
+            conn.error(
+                0,
+                WireError::new(
+                    ErrorCode::InvalidArgument,
+                    "expected Hello as the first frame",
+                ),
+            );
+            false
+        }
+    }
+}
+
+fn register(conn: &Conn, id: u32) -> Option<OpIo> {
+    let mut ops = conn.ops.borrow_mut();
+    if ops.contains_key(&id) || id == 0 {
+        return None;
+    }
+    let (itx, irx) = mpsc::unbounded_channel();
+    let (ctx, crx) = mpsc::unbounded_channel();
+    let windows = Rc::new([Window::default(), Window::default(), Window::default()]);
+    ops.insert(
+        id,
+        OpEntry {
+            input: itx,
+            ctl: ctx,
+            windows: windows.clone(),
+        },
+    );
+    Some(OpIo {
+        input: irx,
+        ctl: crx,
+        windows,
+    })
+}
+
+fn dispatch(agent: &Rc<Agent>, conn: &Rc<Conn>, f: Frame) {
+    match f.kind {
+        FrameKind::Data | FrameKind::Eof => {
+            if let Some(op) = conn.ops.borrow().get(&f.id) {
+                let input = if f.kind == FrameKind::Data {
+                    Input::Data(f.payload)
+                } else {
+                    Input::Eof
+                };
+                if f.stream == stream::STDIN {
+                    let _ = op.input.send(input);
+                }
+            }
+        }
+        FrameKind::Credit => {
+            if let (Ok(n), Some(op)) = (f.credit_bytes(), conn.ops.borrow().get(&f.id)) {
+                if let Some(w) = op.windows.get(f.stream as usize) {
+                    w.grant(n);
+                }
+            }
+        }
+        FrameKind::Control => {
+            let msg = match f.message() {
+                Ok(m) => m,
+                Err(e) => {
+                    conn.error(
+                        f.id,
+                        WireError::new(ErrorCode::InvalidArgument, e.to_string()),
+                    );
+                    return;
+                }
+            };
+            control(agent, conn, f.id, msg);
+        }
+    }
+}
+
+fn control(agent: &Rc<Agent>, conn: &Rc<Conn>, id: u32, msg: Message) {
+    match msg {
+        Message::Signal { signal } => {
+            if let Some(op) = conn.ops.borrow().get(&id) {
+                let _ = op.ctl.send(Ctl::Signal(signal));
+            }
+            return;
+        }
+        Message::Resize { rows, cols } => {
+            if let Some(op) = conn.ops.borrow().get(&id) {
+                let _ = op.ctl.send(Ctl::Resize(rows, cols));
+            }
+            return;
+        }
+        Message::Ping => return conn.reply(id, &Message::Ok),
+        Message::Shutdown => {
+            let (a, c) = (agent.clone(), conn.clone());
+            tokio::task::spawn_local(async move {
+                super::shutdown(&a).await;
+                c.reply(id, &Message::Ok);
+                // Let the writer flush the reply before PID 1 goes.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                a.done.notify_one();
+            });
+            return;
+        }
+        _ => {}
+    }
+    let Some(io) = register(conn, id) else {
+        return conn.error(
+            id,
+            WireError::new(
+                ErrorCode::InvalidArgument,
+                format!("operation id {id} is in use or reserved"),
+            ),
+        );
+    };
+    let (a, c) = (agent.clone(), conn.clone());
+    match msg {
+        Message::Exec(req) => {
+            tokio::task::spawn_local(async move {
+                super::exec::run(&a, &c, id, req, io).await;
+                c.finish(id);
+            });
+        }
+        Message::ReadFile { path } => {
+            tokio::task::spawn_local(async move {
+                super::files::read_file(&c, id, &path, &io).await;
+                c.finish(id);
+            });
+        }
+        Message::WriteFile { path, mode } => {
+            tokio::task::spawn_local(async move {
+                super::files::write_file(&c, id, &path, mode, io).await;
+                c.finish(id);
+            });
+        }
+        other => {
+            let reply = super::files::simple(other);
+            c.reply(id, &reply);
+            c.finish(id);
+        }
+    }
+}

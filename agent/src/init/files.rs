@@ -1,0 +1,218 @@
+//! File operations. They run in the agent, whose root and mount namespace
+//! are the sandbox's: every path, symlink and `..` resolves inside the
+//! sandbox, and /proc shows only the sandbox's processes, so no path can
+//! name a host file.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+use lockbox_protocol::{
+    stream, ErrorCode, FileInfo, FileKind, Frame, Message, WireError, DATA_CHUNK,
+};
+
+use super::conn::{Conn, Input, OpIo};
+
+pub fn wire(e: io::Error, what: &str) -> WireError {
+    let code = e
+        .raw_os_error()
+        .map(ErrorCode::from_errno)
+        .unwrap_or(ErrorCode::Internal);
+    WireError::new(code, format!("{what}: {e}"))
+}
+
+fn check_path(p: &str) -> Result<&Path, WireError> {
+    if !p.starts_with('/') || p.contains('\0') {
+        return Err(WireError::new(
+            ErrorCode::InvalidArgument,
+            format!("path {p:?} must be absolute"),
+        ));
+    }
+    Ok(Path::new(p))
+}
+
+fn info(name: String, path: &Path) -> io::Result<FileInfo> {
+    let m = fs::symlink_metadata(path)?;
+    let ft = m.file_type();
+    let kind = if ft.is_symlink() {
+        FileKind::Symlink
+    } else if ft.is_dir() {
+        FileKind::Dir
+    } else if ft.is_file() {
+        FileKind::File
+    } else {
+        FileKind::Other
+    };
+    Ok(FileInfo {
+        name,
+        kind,
+        size: m.len(),
+        mode: m.mode() & 0o7777,
+        mtime: m.mtime(),
+        link_target: if ft.is_symlink() {
+            fs::read_link(path)
+                .ok()
+                .map(|t| t.to_string_lossy().into_owned())
+        } else {
+            None
+        },
+    })
+}
+
+/// The one-shot operations: one request, one reply.
+pub fn simple(msg: Message) -> Message {
+    match run_simple(msg) {
+        Ok(m) => m,
+        Err(e) => Message::Error(e),
+    }
+}
+
+fn run_simple(msg: Message) -> Result<Message, WireError> {
+    match msg {
+        Message::Stat { path } => {
+            let p = check_path(&path)?;
+            Ok(Message::StatResult(
+                info(path.clone(), p).map_err(|e| wire(e, &path))?,
+            ))
+        }
+        Message::ReadDir { path } => {
+            let p = check_path(&path)?;
+            let mut entries = Vec::new();
+            for e in fs::read_dir(p).map_err(|e| wire(e, &path))? {
+                let e = e.map_err(|e| wire(e, &path))?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Ok(i) = info(name, &e.path()) {
+                    entries.push(i);
+                }
+            }
+            entries.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(Message::DirEntries { entries })
+        }
+        Message::MkdirAll { path, mode } => {
+            let p = check_path(&path)?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(if mode == 0 { 0o755 } else { mode & 0o7777 })
+                .create(p)
+                .map_err(|e| wire(e, &path))?;
+            Ok(Message::Ok)
+        }
+        Message::Remove { path } => {
+            let p = check_path(&path)?;
+            let m = fs::symlink_metadata(p).map_err(|e| wire(e, &path))?;
+            if m.is_dir() {
+                fs::remove_dir(p)
+            } else {
+                fs::remove_file(p)
+            }
+            .map_err(|e| wire(e, &path))?;
+            Ok(Message::Ok)
+        }
+        Message::RemoveAll { path } => {
+            let p = check_path(&path)?;
+            if path.trim_end_matches('/').is_empty() {
+                return Err(WireError::new(
+                    ErrorCode::InvalidArgument,
+                    "refusing to remove /",
+                ));
+            }
+            match fs::symlink_metadata(p) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(wire(e, &path)),
+                // remove_dir_all does not follow symlinks.
+                Ok(m) if m.is_dir() => fs::remove_dir_all(p).map_err(|e| wire(e, &path))?,
+                Ok(_) => fs::remove_file(p).map_err(|e| wire(e, &path))?,
+            }
+            Ok(Message::Ok)
+        }
+        Message::Rename { from, to } => {
+            fs::rename(check_path(&from)?, check_path(&to)?)
+                .map_err(|e| wire(e, &format!("rename {from} -> {to}")))?;
+            Ok(Message::Ok)
+        }
+        Message::Symlink { target, link } => {
+            std::os::unix::fs::symlink(&target, check_path(&link)?).map_err(|e| wire(e, &link))?;
+            Ok(Message::Ok)
+        }
+        other => Err(WireError::new(
+            ErrorCode::InvalidArgument,
+            format!("not a request: {:?}", std::mem::discriminant(&other)),
+        )),
+    }
+}
+
+pub async fn read_file(conn: &Conn, id: u32, path: &str, io: &OpIo) {
+    let file = check_path(path).and_then(|p| {
+        let f = fs::File::open(p).map_err(|e| wire(e, path))?;
+        if f.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+            return Err(WireError::new(
+                ErrorCode::InvalidArgument,
+                format!("{path} is a directory"),
+            ));
+        }
+        Ok(f)
+    });
+    let mut f = match file {
+        Ok(f) => f,
+        Err(e) => return conn.error(id, e),
+    };
+    conn.reply(id, &Message::Ok);
+    let w = &io.windows[stream::STDOUT as usize];
+    loop {
+        let n = w.acquire(DATA_CHUNK).await;
+        let mut buf = vec![0u8; n];
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => {
+                buf.truncate(k);
+                w.spend(k);
+                conn.send(Frame::data(id, stream::STDOUT, buf));
+                // Let the writer and other operations run between chunks.
+                tokio::task::yield_now().await;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                conn.error(id, wire(e, path));
+                break;
+            }
+        }
+    }
+    conn.send(Frame::eof(id, stream::STDOUT));
+}
+
+pub async fn write_file(conn: &Conn, id: u32, path: &str, mode: u32, mut io: OpIo) {
+    let file = check_path(path).and_then(|p| {
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(if mode == 0 { 0o644 } else { mode & 0o777 })
+            .open(p)
+            .map_err(|e| wire(e, path))
+    });
+    let mut f = match file {
+        Ok(f) => f,
+        Err(e) => return conn.error(id, e),
+    };
+    let mut total = 0u64;
+    let mut failed: Option<WireError> = None;
+    while let Some(inp) = io.input.recv().await {
+        match inp {
+            Input::Data(d) => {
+                if failed.is_none() {
+                    if let Err(e) = f.write_all(&d) {
+                        failed = Some(wire(e, path));
+                    }
+                    total += d.len() as u64;
+                }
+                conn.send(Frame::credit(id, stream::STDIN, d.len() as u32));
+            }
+            Input::Eof => break,
+        }
+    }
+    match failed {
+        Some(e) => conn.error(id, e),
+        None => conn.reply(id, &Message::Written { bytes: total }),
+    }
+}

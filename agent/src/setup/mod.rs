@@ -1,0 +1,127 @@
+//! The sandbox child: runs right after the namespace-creating clone, as
+//! PID 1 of the new pid namespace. It waits for the supervisor to write its
+//! id maps and hand over the prepared mounts, builds the root filesystem,
+//! and then turns into the agent (see `init`).
+
+pub mod devfs;
+pub mod net;
+pub mod plan;
+pub mod procfs;
+pub mod rootfs;
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+
+use anyhow::{Context, Result};
+use lockbox_protocol::{ErrorCode, LaunchSpec, NetworkMode};
+
+use crate::report::Report;
+use plan::{Plan, SetupResult};
+
+/// Never returns: exits with the agent's status.
+pub fn child_main(spec: LaunchSpec, sync: UnixStream, listener: OwnedFd) -> ! {
+    let mut report = Report::default();
+    let result = build(&spec, &sync, &mut report);
+    let (error, code) = match &result {
+        Ok(_) => (None, None),
+        Err(e) => (Some(format!("{e:#}")), Some(code_of(e))),
+    };
+    let msg = SetupResult {
+        error,
+        code,
+        report: report.clone(),
+    };
+    let mut s = &sync;
+    let _ = s.write_all(&serde_json::to_vec(&msg).unwrap_or_default());
+    drop(sync);
+    let status = match result {
+        Ok(confine) => crate::init::run(spec, listener, confine.0, confine.1),
+        Err(_) => 1,
+    };
+    std::process::exit(status)
+}
+
+fn code_of(e: &anyhow::Error) -> ErrorCode {
+    for c in e.chain() {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if let Some(n) = io.raw_os_error() {
+                return ErrorCode::from_errno(n);
+            }
+        }
+    }
+    ErrorCode::Internal
+}
+
+fn build(
+    spec: &LaunchSpec,
+    sync: &UnixStream,
+    report: &mut Report,
+) -> Result<(crate::confine::Confine, u32)> {
+    // Die with the supervisor: it owns the cgroup and the socket.
+    // SAFETY: prctl with plain integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    let fds = crate::sys::recv_fds(sync.as_raw_fd()).context("waiting for the supervisor")?;
+    let mut buf = Vec::new();
+    let mut s = sync;
+    let mut chunk = vec![0u8; 1 << 16];
+    let n = s.read(&mut chunk)?;
+    buf.extend_from_slice(&chunk[..n]);
+    let plan: Plan = serde_json::from_slice(&buf).context("bad plan from supervisor")?;
+    become_root(&plan)?;
+    // setuid cleared the death signal.
+    // SAFETY: as above.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    report.ok("userns");
+    report.ok("pidns");
+    report.ok("ipcns");
+    report.ok("utsns");
+    // Unshared only now, after the supervisor moved us into our cgroup, so
+    // that cgroup becomes the namespace's root.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).context("cgroup namespace")?;
+    report.ok("cgroupns");
+
+    rootfs::enter(spec, &plan, &fds, report)?;
+    report.ok("mountns");
+    devfs::populate().context("/dev")?;
+    procfs::mount_proc().context("/proc")?;
+    report.ok("proc_masked");
+    match procfs::mount_sys() {
+        Ok(()) => report.ok("sys_read_only"),
+        Err(e) => report.not("sys", format!("/sys left absent: {e:#}")),
+    }
+    rootfs::volumes(spec, &plan, &fds, report)?;
+    drop(fds);
+    rootfs::drop_old_root()?;
+
+    let host = if spec.hostname.is_empty() {
+        &spec.name
+    } else {
+        &spec.hostname
+    };
+    if !host.is_empty() {
+        nix::unistd::sethostname(host).context("sethostname")?;
+    }
+    net::loopback_up().context("bring up loopback")?;
+    match spec.network.mode {
+        NetworkMode::None => report.ok("netns"),
+        NetworkMode::Outbound => report.not("network_outbound", "not implemented"),
+    }
+    Ok((
+        crate::confine::Confine::prepare(spec, report)?,
+        plan.host_pid,
+    ))
+}
+
+fn become_root(plan: &Plan) -> Result<()> {
+    use nix::unistd::{setresgid, setresuid, Gid, Uid};
+    let root_g = Gid::from_raw(0);
+    let root_u = Uid::from_raw(0);
+    if !plan.rootless {
+        // Drop the host's supplementary groups (host gid 0 among them).
+        nix::unistd::setgroups(&[root_g]).context("setgroups")?;
+    }
+    setresgid(root_g, root_g, root_g).context("setresgid")?;
+    setresuid(root_u, root_u, root_u).context("setresuid")?;
+    Ok(())
+}

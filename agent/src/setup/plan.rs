@@ -1,0 +1,36 @@
+//! What the supervisor hands the sandbox child besides the spec: which
+//! layers and volumes arrive as prepared (idmapped) mount fds and which
+//! must be opened by path.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Source {
+    /// Index into the fds received with the plan.
+    Fd(usize),
+    Path(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    /// One per `rootfs.lower`, same order.
+    pub lowers: Vec<Source>,
+    /// The directory holding upper and work, plus their names inside it.
+    pub upper_base: Source,
+    pub upper_name: String,
+    pub work_name: String,
+    /// One per `MountSpec::Bind` in the spec, same order.
+    pub binds: Vec<Source>,
+    /// Mount fds already carry ro/nosuid/nodev; path sources need a remount.
+    pub rootless: bool,
+    /// PID 1's pid on the host (reported in HelloAck).
+    pub host_pid: u32,
+}
+
+/// The child's answer once the sandbox is set up (or failed).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetupResult {
+    pub error: Option<String>,
+    pub code: Option<lockbox_protocol::ErrorCode>,
+    pub report: crate::report::Report,
+}

@@ -1,0 +1,550 @@
+//! The outer process of `lockbox-helper run`: stays in the host's
+//! namespaces, owns the cgroup and the agent socket, creates the sandbox
+//! child, reports one `LaunchStatus` line, then watches the lifeline and
+//! cleans up when the sandbox ends.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use lockbox_protocol::{ErrorCode, LaunchSpec, LaunchStatus, MountSpec, NetworkMode};
+
+use crate::cgroup::Cgroup;
+use crate::report::Report;
+use crate::setup::plan::{Plan, SetupResult, Source};
+use crate::sys;
+
+/// Where sandbox uid/gid 0..65536 live on the host when we are root. A
+/// fixed range outside normal accounts (Debian hands out subuids from
+/// 100000 too): files the sandbox creates in its writable layer are owned
+/// by these ids on the host, never by host root.
+pub const HOST_ID_BASE: u32 = 100_000;
+pub const ID_RANGE: u32 = 65_536;
+
+pub struct Failure {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+fn fail(code: ErrorCode, message: impl Into<String>) -> Failure {
+    Failure {
+        code,
+        message: message.into(),
+    }
+}
+
+fn io_fail(what: &str, e: std::io::Error) -> Failure {
+    let code = e
+        .raw_os_error()
+        .map(ErrorCode::from_errno)
+        .unwrap_or(ErrorCode::Internal);
+    fail(code, format!("{what}: {e}"))
+}
+
+struct Running {
+    pid: libc::pid_t,
+    pidfd: OwnedFd,
+    cgroup: Cgroup,
+    socket: PathBuf,
+}
+
+/// Entry point of `run`. Returns the process exit status.
+pub fn run(spec_path: &Path) -> i32 {
+    let spec: Result<LaunchSpec, Failure> = fs::read(spec_path)
+        .map_err(|e| io_fail(&format!("read {}", spec_path.display()), e))
+        .and_then(|b| {
+            serde_json::from_slice(&b)
+                .map_err(|e| fail(ErrorCode::InvalidArgument, format!("bad launch spec: {e}")))
+        });
+    let launched = spec.and_then(|s| launch(&s).map(|r| (s, r)));
+    match launched {
+        Ok((spec, (running, report))) => {
+            status(LaunchStatus {
+                ok: true,
+                error: None,
+                code: None,
+                helper_pid: Some(std::process::id()),
+                report: Some(report.0),
+            });
+            watch(&spec, running)
+        }
+        Err(f) => {
+            eprintln!("lockbox-helper: launch failed: {}", f.message);
+            status(LaunchStatus {
+                ok: false,
+                error: Some(f.message),
+                code: Some(f.code),
+                helper_pid: Some(std::process::id()),
+                report: None,
+            });
+            1
+        }
+    }
+}
+
+/// Writes the one status line and closes stdout, so the engine's read
+/// ends even though we keep running.
+fn status(s: LaunchStatus) {
+    let mut line = serde_json::to_vec(&s).unwrap_or_default();
+    line.push(b'\n');
+    // SAFETY: fd 1 is ours to write and replace.
+    unsafe {
+        let mut out = std::fs::File::from_raw_fd(1);
+        let _ = out.write_all(&line);
+        std::mem::forget(out);
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
+        if null >= 0 {
+            libc::dup2(null, 1);
+            libc::close(null);
+        }
+    }
+}
+
+fn validate(spec: &LaunchSpec) -> Result<(), Failure> {
+    let bad = |m: String| Err(fail(ErrorCode::InvalidArgument, m));
+    if spec.id.is_empty() || spec.id.contains(['/', '\0']) || spec.id == ".." {
+        return bad(format!("invalid sandbox id {:?}", spec.id));
+    }
+    if spec.rootfs.lower.is_empty() {
+        return bad("rootfs.lower is empty".into());
+    }
+    for l in &spec.rootfs.lower {
+        if !Path::new(l).is_dir() {
+            return Err(fail(
+                ErrorCode::NotFound,
+                format!("rootfs layer {l} is not a directory"),
+            ));
+        }
+    }
+    let l = &spec.limits;
+    if l.memory_mib == Some(0) || l.pids == Some(0) || l.disk_mib == Some(0) || l.nofile == Some(0)
+    {
+        return bad("limits must be positive".into());
+    }
+    if let Some(c) = l.cpus {
+        if !(c > 0.0 && c <= 4096.0) {
+            return bad(format!("cpus {c} out of range"));
+        }
+    }
+    for m in &spec.mounts {
+        match m {
+            MountSpec::Bind { source, target, .. } => {
+                if !Path::new(source).exists() {
+                    return Err(fail(
+                        ErrorCode::NotFound,
+                        format!("volume source {source} does not exist"),
+                    ));
+                }
+                if !target.starts_with('/') {
+                    return bad(format!("mount target {target} must be absolute"));
+                }
+            }
+            MountSpec::Tmpfs { target, size_mib } => {
+                if !target.starts_with('/') || *size_mib == 0 {
+                    return bad(format!(
+                        "tmpfs {target}: absolute target and positive size needed"
+                    ));
+                }
+            }
+        }
+    }
+    if spec.network.mode == NetworkMode::Outbound {
+        return Err(fail(
+            ErrorCode::Unsupported,
+            "network mode outbound is not implemented by this helper yet",
+        ));
+    }
+    if !spec.network.ports.is_empty() {
+        return Err(fail(
+            ErrorCode::Unsupported,
+            "published ports are not implemented by this helper yet",
+        ));
+    }
+    Ok(())
+}
+
+/// Binds the agent socket. sun_path holds 107 bytes; longer paths are bound
+/// by their base name from inside the directory (we are single-threaded,
+/// so the chdir cannot race).
+fn bind_socket(path: &Path) -> Result<UnixListener, Failure> {
+    let _ = fs::remove_file(path);
+    if path.as_os_str().len() < 100 {
+        return UnixListener::bind(path)
+            .map_err(|e| io_fail(&format!("bind {}", path.display()), e));
+    }
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let name = path
+        .file_name()
+        .ok_or_else(|| fail(ErrorCode::InvalidArgument, "bad socket path"))?;
+    let back = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    std::env::set_current_dir(dir).map_err(|e| io_fail("chdir to socket dir", e))?;
+    let r = UnixListener::bind(name);
+    let _ = std::env::set_current_dir(back);
+    r.map_err(|e| io_fail(&format!("bind {}", path.display()), e))
+}
+
+fn launch(spec: &LaunchSpec) -> Result<(Running, Report), Failure> {
+    validate(spec)?;
+    let rootless = nix::unistd::geteuid().as_raw() != 0;
+    let mut report = Report::default();
+    block_signals();
+
+    let dir = Path::new(&spec.dir);
+    let stage = dir.join("mnt");
+    fs::create_dir_all(&stage).map_err(|e| io_fail("create staging dir", e))?;
+    for d in [&spec.rootfs.upper, &spec.rootfs.work] {
+        fs::create_dir_all(d).map_err(|e| io_fail(&format!("create {d}"), e))?;
+        if !rootless {
+            // Sandbox root is HOST_ID_BASE on the host: it must own its layer.
+            chown(d, Some(HOST_ID_BASE), Some(HOST_ID_BASE))
+                .map_err(|e| io_fail(&format!("chown {d}"), e))?;
+        }
+    }
+    let cgroup = Cgroup::create(&spec.id, &spec.limits, &mut report);
+    report.0.cgroup = cgroup.paths.clone();
+    let cleanup_cg = |f: Failure| {
+        cgroup.remove();
+        f
+    };
+    let listener = bind_socket(Path::new(&spec.socket_path)).map_err(cleanup_cg)?;
+    let _ = fs::set_permissions(&spec.socket_path, fs::Permissions::from_mode(0o600));
+    let (parent_sock, child_sock) =
+        seqpacket_pair().map_err(|e| cleanup_cg(io_fail("socketpair", e)))?;
+
+    let flags = libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWNET;
+    let pid = sys::clone_fork(flags).map_err(|e| cleanup_cg(io_fail("create namespaces", e)))?;
+    if pid == 0 {
+        drop(parent_sock);
+        unblock_signals();
+        let l: OwnedFd = listener.into();
+        crate::setup::child_main(spec.clone(), child_sock, l);
+    }
+    drop(child_sock);
+    drop(listener);
+    let kill_child = |f: Failure| {
+        // SAFETY: our own child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+        cgroup.remove();
+        let _ = fs::remove_file(&spec.socket_path);
+        f
+    };
+    let pidfd = sys::pidfd_open(pid).map_err(|e| kill_child(io_fail("pidfd_open", e)))?;
+    write_id_maps(pid, rootless).map_err(|e| kill_child(io_fail("write id maps", e)))?;
+    if let Err(e) = cgroup.attach(pid) {
+        for f in ["memory", "cpus", "pids"] {
+            if report.0.enforced.iter().any(|x| x == f) {
+                report.0.enforced.retain(|x| x != f);
+                report.not(f, format!("cannot join cgroup: {e}"));
+            }
+        }
+    }
+    if !rootless {
+        // The agent (PID 1) must outlive an OOM inside: the workloads reset
+        // this to 0 before exec.
+        let _ = fs::write(format!("/proc/{pid}/oom_score_adj"), "-1000");
+    }
+    let (plan, fds) = prepare_mounts(spec, pid, rootless, &mut report);
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    sys::send_fds(parent_sock.as_raw_fd(), &raw)
+        .map_err(|e| kill_child(io_fail("send mounts", e)))?;
+    drop(fds);
+    let plan_json = serde_json::to_vec(&plan).unwrap_or_default();
+    (&parent_sock)
+        .write_all(&plan_json)
+        .map_err(|e| kill_child(io_fail("send plan", e)))?;
+
+    let mut buf = vec![0u8; 1 << 20];
+    let n = (&parent_sock).read(&mut buf).unwrap_or(0);
+    if n == 0 {
+        return Err(kill_child(fail(
+            ErrorCode::Internal,
+            "sandbox setup died without a report (see helper.log)",
+        )));
+    }
+    let res: SetupResult = serde_json::from_slice(&buf[..n])
+        .map_err(|e| kill_child(fail(ErrorCode::Internal, format!("bad setup report: {e}"))))?;
+    if let Some(err) = res.error {
+        return Err(kill_child(fail(
+            res.code.unwrap_or(ErrorCode::Internal),
+            format!("sandbox setup: {err}"),
+        )));
+    }
+    report.merge(res.report);
+    if rootless {
+        report.not(
+            "uid_mapping",
+            "rootless: sandbox root is the calling user; only that one id is mapped",
+        );
+    } else {
+        report.ok("uid_mapping");
+    }
+    Ok((
+        Running {
+            pid,
+            pidfd,
+            cgroup,
+            socket: PathBuf::from(&spec.socket_path),
+        },
+        report,
+    ))
+}
+
+fn seqpacket_pair() -> std::io::Result<(UnixStream, UnixStream)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid 2-element array.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fresh fds from socketpair.
+    Ok(unsafe {
+        (
+            UnixStream::from_raw_fd(fds[0]),
+            UnixStream::from_raw_fd(fds[1]),
+        )
+    })
+}
+
+fn write_id_maps(pid: libc::pid_t, rootless: bool) -> std::io::Result<()> {
+    let base = format!("/proc/{pid}");
+    if rootless {
+        let uid = nix::unistd::geteuid().as_raw();
+        let gid = nix::unistd::getegid().as_raw();
+        fs::write(format!("{base}/setgroups"), "deny")?;
+        fs::write(format!("{base}/uid_map"), format!("0 {uid} 1"))?;
+        fs::write(format!("{base}/gid_map"), format!("0 {gid} 1"))?;
+    } else {
+        let m = format!("0 {HOST_ID_BASE} {ID_RANGE}");
+        fs::write(format!("{base}/uid_map"), &m)?;
+        fs::write(format!("{base}/gid_map"), &m)?;
+    }
+    Ok(())
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+
+/// As root: detached copies of the image layers, the writable layer's
+/// directory and the volumes, so the child needs no path access to the
+/// host. Layers and volumes are idmapped through the sandbox's user
+/// namespace, so host root's files appear owned by sandbox root instead of
+/// by nobody. Rootless (or if the kernel refuses): plain paths.
+fn prepare_mounts(
+    spec: &LaunchSpec,
+    pid: libc::pid_t,
+    rootless: bool,
+    report: &mut Report,
+) -> (Plan, Vec<OwnedFd>) {
+    let upper = Path::new(&spec.rootfs.upper);
+    let work = Path::new(&spec.rootfs.work);
+    let name = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let same_parent = upper.parent().is_some() && upper.parent() == work.parent();
+    let mut plan = Plan {
+        lowers: spec
+            .rootfs
+            .lower
+            .iter()
+            .map(|l| Source::Path(l.clone()))
+            .collect(),
+        upper_base: Source::Path(
+            upper
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .to_string_lossy()
+                .into_owned(),
+        ),
+        upper_name: name(upper),
+        work_name: name(work),
+        binds: Vec::new(),
+        rootless,
+        host_pid: pid as u32,
+    };
+    let bind_specs: Vec<(&String, bool)> = spec
+        .mounts
+        .iter()
+        .filter_map(|m| match m {
+            MountSpec::Bind {
+                source, read_only, ..
+            } => Some((source, *read_only)),
+            _ => None,
+        })
+        .collect();
+    plan.binds = bind_specs
+        .iter()
+        .map(|(s, _)| Source::Path(canonical(s)))
+        .collect();
+    if !same_parent {
+        plan.upper_base = Source::Path("/".into());
+        plan.upper_name = spec.rootfs.upper.clone();
+        plan.work_name = spec.rootfs.work.clone();
+    }
+    if rootless {
+        report.not(
+            "idmapped_layers",
+            "rootless: image files keep their owner; only the caller's uid is mapped",
+        );
+        return (plan, Vec::new());
+    }
+    let userns = match fs::File::open(format!("/proc/{pid}/ns/user")) {
+        Ok(f) => f,
+        Err(e) => {
+            report.not("idmapped_layers", format!("open user namespace: {e}"));
+            return (plan, Vec::new());
+        }
+    };
+    let mut fds = Vec::new();
+    let mut idmap_err = None;
+    let mut tree = |path: &Path, idmap: bool, ro: bool, fds: &mut Vec<OwnedFd>| -> Option<usize> {
+        let fd = sys::clone_tree(path).ok()?;
+        // Nothing from the host gets setuid or device semantics inside.
+        let mut attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+        if ro {
+            attrs |= MOUNT_ATTR_RDONLY;
+        }
+        if idmap {
+            if let Err(e) =
+                sys::set_tree_attrs(fd.as_raw_fd(), attrs, Some(userns.as_fd().as_raw_fd()))
+            {
+                idmap_err.get_or_insert(format!("{}: {e}", path.display()));
+                return None;
+            }
+        } else {
+            sys::set_tree_attrs(fd.as_raw_fd(), attrs, None).ok()?;
+        }
+        fds.push(fd);
+        Some(fds.len() - 1)
+    };
+    for (i, l) in spec.rootfs.lower.iter().enumerate() {
+        if let Some(k) = tree(Path::new(l), true, true, &mut fds) {
+            plan.lowers[i] = Source::Fd(k);
+        }
+    }
+    if same_parent {
+        if let Some(k) = tree(
+            upper.parent().unwrap_or(Path::new("/")),
+            false,
+            false,
+            &mut fds,
+        ) {
+            plan.upper_base = Source::Fd(k);
+        }
+    }
+    for (i, (src, ro)) in bind_specs.iter().enumerate() {
+        if let Some(k) = tree(Path::new(src.as_str()), true, *ro, &mut fds) {
+            plan.binds[i] = Source::Fd(k);
+        }
+    }
+    match idmap_err {
+        None => report.ok("idmapped_layers"),
+        Some(e) => report.not(
+            "idmapped_layers",
+            format!(
+                "kernel refused an idmapped mount ({e}); files owned by host root appear as nobody"
+            ),
+        ),
+    }
+    (plan, fds)
+}
+
+fn canonical(p: &str) -> String {
+    fs::canonicalize(p)
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| p.to_string())
+}
+
+fn sigset() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::Signal;
+    let mut s = nix::sys::signal::SigSet::empty();
+    s.add(Signal::SIGTERM);
+    s.add(Signal::SIGINT);
+    s.add(Signal::SIGHUP);
+    s
+}
+
+fn block_signals() {
+    let _ = sigset().thread_block();
+}
+
+fn unblock_signals() {
+    let _ = sigset().thread_unblock();
+}
+
+/// Waits for the sandbox to end: lifeline EOF (unless detached) kills it,
+/// SIGTERM/SIGINT/SIGHUP are forwarded to its PID 1 as SIGTERM (graceful).
+fn watch(spec: &LaunchSpec, r: Running) -> i32 {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let sfd = nix::sys::signalfd::SignalFd::new(&sigset()).ok();
+    // SAFETY: fd 0 stays open for our lifetime.
+    let stdin = unsafe { std::os::fd::BorrowedFd::borrow_raw(0) };
+    let mut lifeline_open = !spec.detached;
+    loop {
+        let mut fds = vec![PollFd::new(r.pidfd.as_fd(), PollFlags::POLLIN)];
+        if let Some(s) = &sfd {
+            fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
+        }
+        let lifeline_idx = fds.len();
+        if lifeline_open {
+            fds.push(PollFd::new(stdin, PollFlags::POLLIN));
+        }
+        if poll(&mut fds, PollTimeout::NONE).is_err() {
+            continue;
+        }
+        let ready = |i: usize| {
+            fds.get(i)
+                .and_then(|f| f.revents())
+                .is_some_and(|e| !e.is_empty())
+        };
+        let child_done = ready(0);
+        let sig = sfd.is_some() && ready(1);
+        let lifeline = lifeline_open && ready(lifeline_idx);
+        drop(fds);
+        if child_done {
+            break;
+        }
+        if sig {
+            if let Some(s) = &sfd {
+                let _ = s.read_signal();
+            }
+            // SAFETY: our own child.
+            unsafe { libc::kill(r.pid, libc::SIGTERM) };
+        }
+        if lifeline {
+            let mut b = [0u8; 512];
+            let n = nix::unistd::read(0, &mut b).unwrap_or(0);
+            if n == 0 {
+                eprintln!("lockbox-helper: lifeline closed, killing sandbox");
+                lifeline_open = false;
+                // SAFETY: our own child; PID 1 dying takes the namespace with it.
+                unsafe { libc::kill(r.pid, libc::SIGKILL) };
+            }
+        }
+    }
+    let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(r.pid), None);
+    r.cgroup.remove();
+    let _ = fs::remove_file(&r.socket);
+    match status {
+        Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => c,
+        _ => 0,
+    }
+}
