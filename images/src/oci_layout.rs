@@ -132,12 +132,18 @@ pub(crate) fn unpack(dir: &Path, plan: &Plan, unpacker: &mut Unpacker) -> Result
         let p = blob_path(dir, &layer.digest);
         let file = File::open(&p).ctx("open", &p)?;
         let mut hashing = HashingReader::new(file);
-        unpack_layer(&mut hashing, unpacker, LayerKind::OciLayer)?;
+        let applied = unpack_layer(&mut hashing, unpacker, LayerKind::OciLayer);
+        if let Err(ImageError::Canceled) = applied {
+            return applied;
+        }
         let (digest, size) = hashing.finish().ctx("read", &p)?;
-        check_size(layer, size)?;
+        // A corrupt blob usually breaks the tar first: say what is wrong
+        // with it (its digest) rather than what broke while reading it.
         layer
             .digest
             .verify(&digest, &format!("layer {}", layer.digest))?;
+        applied?;
+        check_size(layer, size)?;
     }
     Ok(())
 }

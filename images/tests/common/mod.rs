@@ -178,3 +178,132 @@ pub fn sha256_hex(data: &[u8]) -> String {
 pub fn scripts_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/images")
 }
+
+/// A two-layer image written as an OCI layout and as a `docker save`
+/// tarball from the same bytes.
+pub struct TwoLayerImage {
+    pub layer1_gz: Vec<u8>,
+    pub layer2: Vec<u8>,
+    pub config: Vec<u8>,
+}
+
+pub fn two_layer_image() -> TwoLayerImage {
+    let layer1 = tar_bytes(&[
+        E::Dir("etc", 0o755),
+        E::File("etc/a", 0o644, b"a"),
+        E::File("etc/b", 0o644, b"b"),
+        E::Dir("opq", 0o755),
+        E::File("opq/old", 0o644, b"old"),
+        E::Dir("data", 0o755),
+        E::File("data/f", 0o644, b"first"),
+        E::Hardlink("data/g", "data/f"),
+        E::Dir("ro", 0o555),
+        E::File("ro/inside", 0o444, b"in a read-only dir"),
+        E::Owned("owned", 1000, 1000, b"by uid 1000"),
+    ]);
+    let layer2 = tar_bytes(&[
+        E::File("etc/.wh.a", 0o644, b""),
+        E::Dir("opq", 0o755),
+        E::File("opq/new", 0o644, b"new"),
+        E::File("opq/.wh..wh..opq", 0o644, b""),
+        E::File("data/f", 0o644, b"second"),
+        E::File("ro/added", 0o644, b"later layer"),
+    ]);
+    let config = format!(
+        r#"{{"architecture":"amd64","os":"linux","config":{{"Env":["PATH=/bin","GREETING=hi"],"WorkingDir":"/srv","User":"1000:1000","Entrypoint":["/bin/sh","-c"],"Cmd":["echo hello"]}},"rootfs":{{"type":"layers","diff_ids":["sha256:{}","sha256:{}"]}}}}"#,
+        sha256_hex(&layer1),
+        sha256_hex(&layer2)
+    )
+    .into_bytes();
+    TwoLayerImage {
+        layer1_gz: gzip(&layer1),
+        layer2,
+        config,
+    }
+}
+
+fn blob(dir: &Path, data: &[u8]) -> String {
+    let hex = sha256_hex(data);
+    std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+    std::fs::write(dir.join("blobs/sha256").join(&hex), data).unwrap();
+    format!("sha256:{hex}")
+}
+
+fn desc(media: &str, digest: &str, size: usize) -> String {
+    format!(r#"{{"mediaType":"{media}","digest":"{digest}","size":{size}}}"#)
+}
+
+impl TwoLayerImage {
+    /// index.json -> image index (amd64 + arm64) -> manifest -> blobs.
+    pub fn write_oci_layout(&self, dir: &Path, ref_name: &str) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        let c = blob(dir, &self.config);
+        let l1 = blob(dir, &self.layer1_gz);
+        let l2 = blob(dir, &self.layer2);
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[{},{}]}}"#,
+            desc(
+                "application/vnd.oci.image.config.v1+json",
+                &c,
+                self.config.len()
+            ),
+            desc(
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+                &l1,
+                self.layer1_gz.len()
+            ),
+            desc(
+                "application/vnd.oci.image.layer.v1.tar",
+                &l2,
+                self.layer2.len()
+            ),
+        );
+        let m = blob(dir, manifest.as_bytes());
+        let other = format!("sha256:{}", "0".repeat(64));
+        let arch = if cfg!(target_arch = "x86_64") {
+            "amd64"
+        } else {
+            "arm64"
+        };
+        let not_arch = if arch == "amd64" { "arm64" } else { "amd64" };
+        let index = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
+              {{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{other}","size":10,"platform":{{"os":"linux","architecture":"{not_arch}"}}}},
+              {{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{m}","size":{},"platform":{{"os":"linux","architecture":"{arch}"}}}}]}}"#,
+            manifest.len()
+        );
+        let i = blob(dir, index.as_bytes());
+        let top = format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.index.v1+json","digest":"{i}","size":{},"annotations":{{"org.opencontainers.image.ref.name":"{ref_name}"}}}}]}}"#,
+            index.len()
+        );
+        std::fs::write(dir.join("index.json"), top).unwrap();
+    }
+
+    /// The legacy `docker save` form: manifest.json, <hex>.json, <id>/layer.tar.
+    pub fn write_docker_archive(&self, path: &Path, tag: &str) {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut add = |name: &str, data: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_entry_type(tar::EntryType::Regular);
+            b.append_data(&mut h, name, data).unwrap();
+        };
+        let config_name = format!("{}.json", sha256_hex(&self.config));
+        let l1 = "1111/layer.tar";
+        let l2 = format!("blobs/sha256/{}", sha256_hex(&self.layer2));
+        add(
+            "manifest.json",
+            format!(
+                r#"[{{"Config":"{config_name}","RepoTags":["{tag}"],"Layers":["{l1}","{l2}"]}}]"#
+            )
+            .as_bytes(),
+        );
+        add(&config_name, &self.config);
+        add(l1, &self.layer1_gz);
+        add(&l2, &self.layer2);
+        std::fs::write(path, b.into_inner().unwrap()).unwrap();
+    }
+}
