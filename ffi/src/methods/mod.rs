@@ -17,6 +17,10 @@ use std::future::Future;
 use std::sync::OnceLock;
 
 mod core;
+mod exec;
+mod fs;
+mod sandbox;
+mod volume;
 pub use self::core::version_json;
 #[cfg(feature = "test-hooks")]
 mod debug;
@@ -40,6 +44,10 @@ impl Table {
 fn build_table() -> Table {
     let mut t = Table::default();
     core::register(&mut t);
+    sandbox::register(&mut t);
+    exec::register(&mut t);
+    fs::register(&mut t);
+    volume::register(&mut t);
     #[cfg(feature = "test-hooks")]
     debug::register(&mut t);
     t

@@ -1,0 +1,165 @@
+//! sandbox.* methods, plus the glue every engine-backed method group shares:
+//! the process-wide engine, error mapping, and the sandbox handle object.
+use super::{params, CallCtx, Table};
+use crate::error::ApiError;
+use crate::registry::{self, Kind};
+use lockbox_engine::{Engine, EngineError, Sandbox, SandboxConfig};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub fn register(t: &mut Table) {
+    t.add("sandbox.create", create);
+    t.add("sandbox.get", get);
+    t.add("sandbox.list", list);
+    t.add("sandbox.remove", remove);
+    t.add("sandbox.info", info);
+    t.add("sandbox.metrics", metrics);
+    t.add("sandbox.stop", stop);
+    t.add("sandbox.kill", kill);
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        ApiError::new(e.code, e.message)
+    }
+}
+
+pub(crate) fn api(e: EngineError) -> ApiError {
+    e.into()
+}
+
+/// The engine over `$LOCKBOX_HOME`, made on first use. A failure (no home)
+/// is not cached, so fixing the environment and retrying works.
+pub(crate) fn engine() -> Result<Arc<Engine>, ApiError> {
+    static ENGINE: Mutex<Option<Arc<Engine>>> = Mutex::new(None);
+    let mut g = ENGINE
+        .lock()
+        .map_err(|_| ApiError::internal("engine lock poisoned"))?;
+    if let Some(e) = g.as_ref() {
+        return Ok(e.clone());
+    }
+    let e = Arc::new(Engine::new().map_err(api)?);
+    *g = Some(e.clone());
+    Ok(e)
+}
+
+/// What a sandbox handle holds. Releasing the last reference (closing the
+/// handle) stops and removes a non-detached sandbox; a detached one keeps
+/// running and only the connection goes.
+pub struct SandboxObj {
+    pub sb: Arc<Sandbox>,
+    engine: Arc<Engine>,
+}
+
+impl Drop for SandboxObj {
+    fn drop(&mut self) {
+        let (sb, engine) = (self.sb.clone(), self.engine.clone());
+        crate::runtime::runtime().spawn(async move {
+            let _ = engine.close(&sb).await;
+        });
+    }
+}
+
+pub(crate) fn sandbox(h: u64) -> Result<Arc<Sandbox>, ApiError> {
+    Ok(registry::global()
+        .get::<SandboxObj>(h, Kind::Sandbox)?
+        .sb
+        .clone())
+}
+
+fn issue(engine: Arc<Engine>, sb: Arc<Sandbox>) -> Result<Value, ApiError> {
+    let info = sb.info().map_err(api)?;
+    let h = registry::global().insert(Kind::Sandbox, Arc::new(SandboxObj { sb, engine }));
+    Ok(json!({ "handle": h, "name": info.name, "id": info.id, "info": info }))
+}
+
+fn create(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
+    let cfg: SandboxConfig = params("sandbox.create", p)?;
+    let engine = engine()?;
+    let sb = ctx.block_on(async { engine.create(cfg).await.map_err(api) })?;
+    issue(engine, sb)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NameParams {
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HandleParams {
+    handle: u64,
+}
+
+fn get(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
+    let p: NameParams = params("sandbox.get", p)?;
+    let engine = engine()?;
+    let sb = ctx.block_on(async { engine.get(&p.name).await.map_err(api) })?;
+    issue(engine, sb)
+}
+
+fn list(_: Value, _: &CallCtx) -> Result<Value, ApiError> {
+    let l = engine()?.list().map_err(api)?;
+    Ok(json!({ "sandboxes": l }))
+}
+
+fn remove(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct P {
+        name: Option<String>,
+        handle: Option<u64>,
+    }
+    let p: P = params("sandbox.remove", p)?;
+    let name = match (p.name, p.handle) {
+        (Some(n), None) => n,
+        (None, Some(h)) => sandbox(h)?.name.clone(),
+        _ => {
+            return Err(ApiError::invalid_argument(
+                "sandbox.remove: give name or handle",
+            ))
+        }
+    };
+    let engine = engine()?;
+    ctx.block_on(async { engine.remove(&name).await.map_err(api) })?;
+    Ok(json!({}))
+}
+
+fn info(p: Value, _: &CallCtx) -> Result<Value, ApiError> {
+    let p: HandleParams = params("sandbox.info", p)?;
+    serde_json::to_value(sandbox(p.handle)?.info().map_err(api)?)
+        .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+fn metrics(p: Value, _: &CallCtx) -> Result<Value, ApiError> {
+    let p: HandleParams = params("sandbox.metrics", p)?;
+    serde_json::to_value(sandbox(p.handle)?.metrics().map_err(api)?)
+        .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+fn stop(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct P {
+        handle: u64,
+        grace_ms: Option<u64>,
+    }
+    let p: P = params("sandbox.stop", p)?;
+    let sb = sandbox(p.handle)?;
+    let grace = p
+        .grace_ms
+        .map(Duration::from_millis)
+        .unwrap_or(lockbox_engine::sandbox::STOP_GRACE);
+    ctx.block_on(async { sb.stop(grace).await.map_err(api) })?;
+    Ok(json!({}))
+}
+
+fn kill(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
+    let p: HandleParams = params("sandbox.kill", p)?;
+    let sb = sandbox(p.handle)?;
+    ctx.block_on(async { sb.kill().await.map_err(api) })?;
+    Ok(json!({}))
+}
