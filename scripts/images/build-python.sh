@@ -39,6 +39,9 @@ rm -rf "$r"/usr/share/{doc,man,info,lintian,linda,locale}/* \
        "$r"/var/log/* "$r"/dev/* "$r"/tmp/* "$r"/run/* \
        "$r"/etc/resolv.conf "$r"/etc/hostname "$r"/etc/machine-id
 find "$r/var/log" "$r/var/cache" -depth -mindepth 1 -type f -delete 2>/dev/null || true
+# setuid/setgid bits are useless under no_new_privs and the store drops
+# them anyway; the dev rootfs should not carry them either.
+find "$r" -xdev -type f -perm /6000 -exec chmod ug-s {} +
 mkdir -p "$r/work"
 chmod 0755 "$r" "$r/work"
 chmod 1777 "$r/tmp"
