@@ -1,0 +1,74 @@
+//! End-to-end against the real lockbox-helper and the dev base image.
+//! Skips (with a message) when either is not built: `make image-base` and
+//! `cargo build -p lockbox-agent` first.
+
+use lockbox_engine::{fs, Engine, ExecOptions, SandboxConfig};
+use lockbox_protocol::ErrorCode;
+
+fn ready() -> bool {
+    let ok = lockbox_engine::paths::find_helper().is_ok()
+        && lockbox_engine::paths::resolve_image("base").is_ok();
+    if !ok {
+        eprintln!("skipping: lockbox-helper or the base image is not built");
+    }
+    ok
+}
+
+fn argv(a: &[&str]) -> ExecOptions {
+    ExecOptions {
+        argv: a.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_exec_files_remove() {
+    if !ready() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let engine = Engine::with_home(home.path().to_path_buf()).unwrap();
+    let sb = engine
+        .create(SandboxConfig {
+            name: Some("e2e".into()),
+            env: vec!["GREETING=hi".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let out = sb
+        .exec_collect(&argv(&["sh", "-c", "echo $GREETING; echo err >&2; exit 3"]), None)
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"hi\n");
+    assert_eq!(out.stderr, b"err\n");
+    assert_eq!(out.status.code, Some(3));
+
+    let out = sb
+        .exec_collect(&argv(&["cat"]), Some(b"piped".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"piped");
+
+    let e = sb.exec_collect(&argv(&["/no/such/bin"]), None).await;
+    match e {
+        Err(e) => assert_eq!(e.code, ErrorCode::NotFound, "{e}"),
+        Ok(o) => assert_eq!(o.status.code, Some(127)),
+    }
+
+    let c = sb.client().unwrap();
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    fs::write_file(&c, "/tmp/big", &big, 0o600).await.unwrap();
+    assert_eq!(fs::read_file(&c, "/tmp/big").await.unwrap(), big);
+    assert_eq!(fs::stat(&c, "/tmp/big").await.unwrap().size, big.len() as u64);
+
+    assert_eq!(
+        engine.create(SandboxConfig { name: Some("e2e".into()), ..Default::default() }).await.err().unwrap().code,
+        ErrorCode::AlreadyExists
+    );
+    assert_eq!(engine.list().unwrap().len(), 1);
+    engine.remove("e2e").await.unwrap();
+    assert!(engine.list().unwrap().is_empty());
+    assert_eq!(sb.exec_collect(&argv(&["true"]), None).await.unwrap_err().code, ErrorCode::NotFound);
+}
