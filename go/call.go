@@ -1,0 +1,224 @@
+package lockbox
+
+// The call path into liblockbox.so. Other files of this package use these
+// helpers; they load the library on first use, honour ctx (cancel ids, see
+// cancel.go) and return *Error values whose Op is the op argument:
+//
+//	call(ctx, op, method, params, result) error
+//	    JSON call. params: nil, json.RawMessage/[]byte (sent as is) or any
+//	    value json.Marshal accepts. result: nil (ignored) or a pointer to
+//	    json.Unmarshal into.
+//	callRaw(ctx, op, req []byte) ([]byte, error)
+//	    A whole request as bytes; returns the result JSON (copied).
+//	streamRead(ctx, op, h, buf) (int, error)    // io.EOF at end of stream
+//	streamWrite(ctx, op, h, p) (int, error)     // writes all of p
+//	streamCloseWrite(ctx, op, h) error          // half-close
+//	closeHandle(op, h) error                    // closing twice is fine
+//	newHandleRef(h) *handleRef                  // handle.go: owner with Close + finalizer
+//
+// Pointers are passed to purego.SyscallN as uintptr(unsafe.Pointer(...))
+// conversions written directly in its argument list: SyscallN is marked
+// go:uintptrescapes, which moves those objects to the heap (stacks can move
+// while C runs), and runtime.KeepAlive keeps them alive until it returns.
+
+import (
+	"context"
+	"encoding/json"
+	"runtime"
+	"sync"
+	"unsafe"
+
+	"github.com/ebitengine/purego"
+)
+
+const (
+	statusOK      = 0
+	statusErr     = 1
+	statusBadArgs = 2
+)
+
+// outParams receives a library-allocated buffer (and a count for streams).
+// Pooled and heap-allocated: C writes into it.
+type outParams struct {
+	ptr *byte
+	len uintptr
+	n   uintptr
+}
+
+var outPool = sync.Pool{New: func() any { return new(outParams) }}
+
+// reqBuf holds a request being built.
+type reqBuf struct{ b []byte }
+
+var reqPool = sync.Pool{New: func() any { return &reqBuf{b: make([]byte, 0, 256)} }}
+
+// take copies out the library buffer (if want) and frees it.
+func (l *library) take(o *outParams, want bool) []byte {
+	if o.ptr == nil {
+		return nil
+	}
+	var b []byte
+	if want {
+		b = append([]byte(nil), unsafe.Slice(o.ptr, o.len)...)
+	}
+	purego.SyscallN(l.fnFree, uintptr(unsafe.Pointer(o.ptr)), o.len)
+	o.ptr, o.len = nil, 0
+	return b
+}
+
+// errorFrom builds the *Error for a failed call from its error JSON.
+func (l *library) errorFrom(ctx context.Context, op string, o *outParams, status uintptr) error {
+	if status != statusErr {
+		l.take(o, false)
+		return &Error{Op: op, Code: CodeInternal, Message: "library returned unexpected status " + itoa(int(int32(status)))}
+	}
+	var body struct {
+		Code    Code   `json:"code"`
+		Message string `json:"message"`
+	}
+	raw := unsafe.Slice(o.ptr, o.len)
+	if o.ptr == nil || json.Unmarshal(raw, &body) != nil || body.Code == "" {
+		msg := string(raw)
+		l.take(o, false)
+		return &Error{Op: op, Code: CodeInternal, Message: "malformed error from library: " + msg}
+	}
+	l.take(o, false)
+	if body.Code == CodeCanceled {
+		if cerr := ctx.Err(); cerr != nil {
+			return ctxError(op, cerr)
+		}
+	}
+	return &Error{Op: op, Code: body.Code, Message: body.Message}
+}
+
+// call sends {"method": method, "params": params} and decodes the result.
+func call(ctx context.Context, op, method string, params, result any) error {
+	var p []byte
+	switch v := params.(type) {
+	case nil:
+	case json.RawMessage:
+		p = v
+	case []byte:
+		p = v
+	default:
+		b, err := json.Marshal(params)
+		if err != nil {
+			return &Error{Op: op, Code: CodeInvalidArgument, Message: "encode params: " + err.Error()}
+		}
+		p = b
+	}
+	rb := reqPool.Get().(*reqBuf)
+	rb.b = appendRequest(rb.b[:0], method, p)
+	err := invoke(ctx, op, rb.b, result, nil)
+	if cap(rb.b) <= 64<<10 {
+		reqPool.Put(rb)
+	}
+	return err
+}
+
+// callRaw sends a complete request and returns the result JSON.
+func callRaw(ctx context.Context, op string, req []byte) ([]byte, error) {
+	var out []byte
+	err := invoke(ctx, op, req, nil, &out)
+	return out, err
+}
+
+// appendRequest writes {"method":M[,"params":P]} without reflection.
+func appendRequest(b []byte, method string, params []byte) []byte {
+	b = append(b, `{"method":`...)
+	if plainMethod(method) {
+		b = append(b, '"')
+		b = append(b, method...)
+		b = append(b, '"')
+	} else {
+		q, _ := json.Marshal(method) // a string always encodes
+		b = append(b, q...)
+	}
+	if len(params) > 0 {
+		b = append(b, `,"params":`...)
+		b = append(b, params...)
+	}
+	return append(b, '}')
+}
+
+func plainMethod(m string) bool {
+	for i := 0; i < len(m); i++ {
+		c := m[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// invoke runs one lockbox_call. On success it decodes into result (if not
+// nil) or copies the bytes into *raw (if not nil).
+func invoke(ctx context.Context, op string, req []byte, result any, raw *[]byte) error {
+	l, err := lib()
+	if err != nil {
+		return withOp(err, op)
+	}
+	if err := ctx.Err(); err != nil {
+		return ctxError(op, err)
+	}
+	if len(req) == 0 {
+		return &Error{Op: op, Code: CodeInvalidArgument, Message: "empty request"}
+	}
+	o := outPool.Get().(*outParams)
+	c := l.arm(ctx)
+	st, _, _ := purego.SyscallN(l.fnCall,
+		uintptr(unsafe.Pointer(&req[0])), uintptr(len(req)), uintptr(c.id()),
+		uintptr(unsafe.Pointer(&o.ptr)), uintptr(unsafe.Pointer(&o.len)))
+	runtime.KeepAlive(req)
+	l.disarm(c)
+	if int32(st) != statusOK {
+		err = l.errorFrom(ctx, op, o, st)
+	} else {
+		switch {
+		case raw != nil:
+			*raw = l.take(o, true)
+		case result != nil && o.ptr != nil:
+			if jerr := json.Unmarshal(unsafe.Slice(o.ptr, o.len), result); jerr != nil {
+				err = &Error{Op: op, Code: CodeInternal, Message: "decode result: " + jerr.Error()}
+			}
+			l.take(o, false)
+		default:
+			l.take(o, false)
+		}
+	}
+	runtime.KeepAlive(o)
+	outPool.Put(o)
+	return err
+}
+
+// withOp names the operation on a load error.
+func withOp(err error, op string) error {
+	if e, ok := err.(*Error); ok && e.Op == "load" && op != "" {
+		cp := *e
+		cp.Op = op + ": load"
+		return &cp
+	}
+	return err
+}
+
+func itoa(i int) string {
+	if i == 0 {
+		return "0"
+	}
+	neg := i < 0
+	if neg {
+		i = -i
+	}
+	var b [20]byte
+	n := len(b)
+	for i > 0 {
+		n--
+		b[n] = byte('0' + i%10)
+		i /= 10
+	}
+	if neg {
+		n--
+		b[n] = '-'
+	}
+	return string(b[n:])
+}

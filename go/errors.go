@@ -1,0 +1,106 @@
+package lockbox
+
+import (
+	"context"
+	"errors"
+)
+
+// Code is a stable error code. The library (C ABI) returns the first ten;
+// the last two come from the Go side (finding and loading the library).
+type Code string
+
+// Error codes. They are stable: match on them, or better, use errors.Is
+// with the sentinels below.
+const (
+	CodeNotFound          Code = "not_found"
+	CodeAlreadyExists     Code = "already_exists"
+	CodeInvalidArgument   Code = "invalid_argument"
+	CodeTimeout           Code = "timeout"
+	CodeCanceled          Code = "canceled"
+	CodeUnsupported       Code = "unsupported"
+	CodePermissionDenied  Code = "permission_denied"
+	CodeUnavailable       Code = "unavailable"
+	CodeResourceExhausted Code = "resource_exhausted"
+	CodeInternal          Code = "internal"
+
+	// CodeNotInstalled: no library was found (no option, no LOCKBOX_LIB,
+	// nothing installed by EnsureInstalled).
+	CodeNotInstalled Code = "not_installed"
+	// CodeLibraryNotLoaded: a library was found but could not be loaded
+	// (missing file, wrong architecture, missing symbol, ABI mismatch, ...).
+	CodeLibraryNotLoaded Code = "library_not_loaded"
+)
+
+// Sentinel errors for errors.Is. Every error this package returns is an
+// *Error whose Code selects one of these.
+var (
+	ErrNotFound          = errors.New("lockbox: not found")
+	ErrAlreadyExists     = errors.New("lockbox: already exists")
+	ErrInvalidArgument   = errors.New("lockbox: invalid argument")
+	ErrTimeout           = errors.New("lockbox: timeout")
+	ErrCanceled          = errors.New("lockbox: canceled")
+	ErrUnsupported       = errors.New("lockbox: unsupported")
+	ErrPermission        = errors.New("lockbox: permission denied")
+	ErrUnavailable       = errors.New("lockbox: unavailable")
+	ErrResourceExhausted = errors.New("lockbox: resource exhausted")
+	ErrInternal          = errors.New("lockbox: internal error")
+	// ErrNotInstalled also matches ErrLibraryNotLoaded.
+	ErrNotInstalled     = errors.New("lockbox: engine not installed")
+	ErrLibraryNotLoaded = errors.New("lockbox: library not loaded")
+)
+
+var sentinels = map[Code]error{
+	CodeNotFound:          ErrNotFound,
+	CodeAlreadyExists:     ErrAlreadyExists,
+	CodeInvalidArgument:   ErrInvalidArgument,
+	CodeTimeout:           ErrTimeout,
+	CodeCanceled:          ErrCanceled,
+	CodeUnsupported:       ErrUnsupported,
+	CodePermissionDenied:  ErrPermission,
+	CodeUnavailable:       ErrUnavailable,
+	CodeResourceExhausted: ErrResourceExhausted,
+	CodeInternal:          ErrInternal,
+	CodeNotInstalled:      ErrNotInstalled,
+	CodeLibraryNotLoaded:  ErrLibraryNotLoaded,
+}
+
+// Error is the error type of this package.
+//
+// A call canceled through its context has Code canceled (or timeout when
+// the deadline passed) and also matches context.Canceled (or
+// context.DeadlineExceeded) with errors.Is.
+type Error struct {
+	Op      string // what was being done, e.g. "load", "sandbox.create"
+	Code    Code
+	Message string
+	cause   error // a context error or an OS error behind this one
+}
+
+func (e *Error) Error() string {
+	s := "lockbox: "
+	if e.Op != "" {
+		s += e.Op + ": "
+	}
+	return s + e.Message + " (" + string(e.Code) + ")"
+}
+
+// Is matches the sentinel for the error's code.
+func (e *Error) Is(target error) bool {
+	if s, ok := sentinels[e.Code]; ok && s == target {
+		return true
+	}
+	return e.Code == CodeNotInstalled && target == ErrLibraryNotLoaded
+}
+
+// Unwrap returns the cause: a context error for canceled calls, an OS
+// error for load failures, else nil.
+func (e *Error) Unwrap() error { return e.cause }
+
+// ctxError is the error of a call whose context ended.
+func ctxError(op string, err error) *Error {
+	code := CodeCanceled
+	if errors.Is(err, context.DeadlineExceeded) {
+		code = CodeTimeout
+	}
+	return &Error{Op: op, Code: code, Message: err.Error(), cause: err}
+}

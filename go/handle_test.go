@@ -1,0 +1,84 @@
+package lockbox
+
+import (
+	"context"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+)
+
+func kindOf(h uint64) (string, error) {
+	var r struct{ Kind string }
+	err := call(context.Background(), "t", "handle.kind", map[string]uint64{"handle": h}, &r)
+	return r.Kind, err
+}
+
+func TestHandleLifecycle(t *testing.T) {
+	h := newObject(t)
+	if h>>56 != 4 {
+		t.Fatalf("object kind not in the top byte: %#x", h)
+	}
+	if k, err := kindOf(h); err != nil || k != "object" {
+		t.Fatalf("kind %q %v", k, err)
+	}
+	if err := closeHandle("t", h); err != nil {
+		t.Fatal(err)
+	}
+	if err := closeHandle("t", h); err != nil {
+		t.Fatal("double close:", err)
+	}
+	_, err := kindOf(h)
+	wantCode(t, err, CodeNotFound, ErrNotFound)
+}
+
+func TestForgedAndWrongKindHandles(t *testing.T) {
+	forged := uint64(4)<<56 | (1<<56 - 1)
+	_, err := kindOf(forged)
+	wantCode(t, err, CodeNotFound, ErrNotFound)
+	wantCode(t, closeHandle("t", forged), CodeNotFound, ErrNotFound)
+	wantCode(t, closeHandle("t", 0), CodeNotFound, ErrNotFound)
+	wantCode(t, closeHandle("t", 0xee<<56|3), CodeNotFound, ErrNotFound)
+
+	obj := newObject(t)
+	defer closeHandle("t", obj)
+	_, err = streamRead(context.Background(), "t", obj, make([]byte, 8))
+	wantCode(t, err, CodeInvalidArgument, ErrInvalidArgument)
+	_, err = streamWrite(context.Background(), "t", obj, []byte("x"))
+	wantCode(t, err, CodeInvalidArgument, ErrInvalidArgument)
+	asStream := obj&(1<<56-1) | 3<<56
+	_, err = streamRead(context.Background(), "t", asStream, make([]byte, 8))
+	wantCode(t, err, CodeNotFound, ErrNotFound)
+}
+
+func TestHandleRefCloseIsIdempotentAcrossGoroutines(t *testing.T) {
+	r := newHandleRef(newObject(t))
+	var wg sync.WaitGroup
+	for i := 0; i < 32; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := r.close("t"); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	_, err := kindOf(r.id())
+	wantCode(t, err, CodeNotFound, ErrNotFound)
+}
+
+func TestFinalizerReleasesDroppedHandle(t *testing.T) {
+	h := func() uint64 {
+		r := newHandleRef(newObject(t))
+		return r.id()
+	}()
+	for i := 0; i < 100; i++ {
+		runtime.GC()
+		if _, err := kindOf(h); isErr(err, ErrNotFound) {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("handle %#x still open after the owner was dropped", h)
+}

@@ -1,0 +1,24 @@
+package lockbox
+
+import "context"
+
+// VersionInfo describes the loaded engine library.
+type VersionInfo struct {
+	Version   string `json:"version"`    // product version, e.g. "0.1.0"
+	ABI       uint32 `json:"abi"`        // C ABI version
+	GitCommit string `json:"git_commit"` // commit it was built from, or "unknown"
+	Profile   string `json:"profile"`    // "release" or "debug"
+	Path      string `json:"-"`          // the file it was loaded from
+}
+
+// LibraryVersion loads the library if needed and reports its version.
+func LibraryVersion(ctx context.Context) (VersionInfo, error) {
+	var v VersionInfo
+	if err := call(ctx, "version", "version", nil, &v); err != nil {
+		return VersionInfo{}, err
+	}
+	if l := loaded.Load(); l != nil {
+		v.Path = l.path
+	}
+	return v, nil
+}

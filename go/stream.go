@@ -1,0 +1,107 @@
+package lockbox
+
+import (
+	"context"
+	"io"
+	"runtime"
+	"unsafe"
+
+	"github.com/ebitengine/purego"
+)
+
+// streamRead reads into buf from stream handle h: at least one byte, or
+// io.EOF at the end of the stream.
+func streamRead(ctx context.Context, op string, h uint64, buf []byte) (int, error) {
+	if len(buf) == 0 {
+		return 0, nil
+	}
+	l, err := lib()
+	if err != nil {
+		return 0, withOp(err, op)
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, ctxError(op, err)
+	}
+	o := outPool.Get().(*outParams)
+	defer outPool.Put(o)
+	c := l.arm(ctx)
+	st, _, _ := purego.SyscallN(l.fnStreamRead, uintptr(h),
+		uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)), uintptr(c.id()),
+		uintptr(unsafe.Pointer(&o.n)), uintptr(unsafe.Pointer(&o.ptr)), uintptr(unsafe.Pointer(&o.len)))
+	runtime.KeepAlive(buf)
+	l.disarm(c)
+	if int32(st) != statusOK {
+		return 0, l.errorFrom(ctx, op, o, st)
+	}
+	n := int(o.n)
+	o.n = 0
+	if n == 0 {
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// streamWrite writes all of p to stream handle h.
+func streamWrite(ctx context.Context, op string, h uint64, p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	l, err := lib()
+	if err != nil {
+		return 0, withOp(err, op)
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, ctxError(op, err)
+	}
+	o := outPool.Get().(*outParams)
+	defer outPool.Put(o)
+	c := l.arm(ctx)
+	st, _, _ := purego.SyscallN(l.fnStreamWrite, uintptr(h),
+		uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), uintptr(c.id()),
+		uintptr(unsafe.Pointer(&o.n)), uintptr(unsafe.Pointer(&o.ptr)), uintptr(unsafe.Pointer(&o.len)))
+	runtime.KeepAlive(p)
+	l.disarm(c)
+	if int32(st) != statusOK {
+		return 0, l.errorFrom(ctx, op, o, st)
+	}
+	n := int(o.n)
+	o.n = 0
+	return n, nil
+}
+
+// streamCloseWrite half-closes stream handle h: its reader sees EOF.
+func streamCloseWrite(ctx context.Context, op string, h uint64) error {
+	l, err := lib()
+	if err != nil {
+		return withOp(err, op)
+	}
+	if err := ctx.Err(); err != nil {
+		return ctxError(op, err)
+	}
+	o := outPool.Get().(*outParams)
+	defer outPool.Put(o)
+	c := l.arm(ctx)
+	st, _, _ := purego.SyscallN(l.fnStreamCloseWrite, uintptr(h), uintptr(c.id()),
+		uintptr(unsafe.Pointer(&o.ptr)), uintptr(unsafe.Pointer(&o.len)))
+	l.disarm(c)
+	if int32(st) != statusOK {
+		return l.errorFrom(ctx, op, o, st)
+	}
+	return nil
+}
+
+// closeHandle releases handle h (any kind). Closing twice is fine.
+func closeHandle(op string, h uint64) error {
+	l, err := lib()
+	if err != nil {
+		return withOp(err, op)
+	}
+	o := outPool.Get().(*outParams)
+	defer outPool.Put(o)
+	st, _, _ := purego.SyscallN(l.fnClose, uintptr(h),
+		uintptr(unsafe.Pointer(&o.ptr)), uintptr(unsafe.Pointer(&o.len)))
+	if int32(st) != statusOK {
+		return l.errorFrom(context.Background(), op, o, st)
+	}
+	return nil
+}

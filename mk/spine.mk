@@ -1,0 +1,58 @@
+# The spine: the C ABI crate (ffi/ -> liblockbox.so) and the Go loader (go/).
+#   make ffi-release     release cdylib (what users load; `make build` builds it too)
+#   make ffi-test-lib    debug cdylib with the test-hooks methods, copied to
+#                        $(FFI_TEST_LIB) so other cargo builds cannot replace it
+#   make test-ffi        ffi unit tests + contract tests against the built cdylib
+#   make test-go         go vet + go test (CGO_ENABLED=0) in go/ against the test-hooks build
+#   make test-go-race    the same with the race detector (needs cgo; the SDK itself does not)
+#   make header          regenerate ffi/include/lockbox.h
+#   make check-header    fail if the committed header differs from the generated one
+#   make bench-ffi       per-call cost and memory from Go, against the release cdylib
+TEST_STEPS += check-header test-ffi test-go test-go-race
+BENCH_STEPS += bench-ffi
+
+SPINE_TARGET    := $(or $(CARGO_TARGET_DIR),$(ROOT)/target)
+FFI_TEST_LIB    := $(SPINE_TARGET)/lockbox-test-hooks/liblockbox.so
+FFI_RELEASE_LIB := $(SPINE_TARGET)/release/liblockbox.so
+FFI_HEADER      := ffi/include/lockbox.h
+CBINDGEN        := cbindgen -q --config ffi/cbindgen.toml --crate lockbox-ffi
+
+.PHONY: ffi-release ffi-test-lib test-ffi test-go test-go-race header check-header bench-ffi
+
+ffi-release:
+	cargo build --release --locked -p lockbox-ffi
+
+# Copied with a rename: a running test may have the old file mapped.
+ffi-test-lib:
+	cargo build --locked -p lockbox-ffi --features test-hooks
+	@mkdir -p $(dir $(FFI_TEST_LIB))
+	@cp $(SPINE_TARGET)/debug/liblockbox.so $(FFI_TEST_LIB).tmp && mv -f $(FFI_TEST_LIB).tmp $(FFI_TEST_LIB)
+
+test-ffi: ffi-test-lib
+	LOCKBOX_TEST_LIB=$(FFI_TEST_LIB) cargo test --locked -p lockbox-ffi --features test-hooks
+
+test-go: ffi-test-lib
+	cd go && CGO_ENABLED=0 go build ./... && CGO_ENABLED=0 go vet ./...
+	cd go && LOCKBOX_LIB=$(FFI_TEST_LIB) CGO_ENABLED=0 go test -count=1 ./...
+
+test-go-race: ffi-test-lib
+	cd go && LOCKBOX_LIB=$(FFI_TEST_LIB) CGO_ENABLED=1 go test -race -count=1 ./...
+
+header:
+	$(CBINDGEN) --output $(FFI_HEADER) ffi
+
+check-header:
+	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
+	$(CBINDGEN) --output $$tmp/lockbox.h ffi; \
+	if ! diff -u $(FFI_HEADER) $$tmp/lockbox.h; then \
+	  echo "check-header: $(FFI_HEADER) is stale: run make header and commit it"; exit 1; fi; \
+	printf '#include "lockbox.h"\nint main(void){return lockbox_abi_version()==LOCKBOX_ABI_VERSION?0:1;}\n' > $$tmp/use.c; \
+	gcc -std=c99 -Wall -Wextra -Werror -fsyntax-only -I ffi/include $$tmp/use.c; \
+	g++ -Wall -Werror -fsyntax-only -x c++ -I ffi/include $$tmp/use.c; \
+	echo "check-header: $(FFI_HEADER) is current and compiles as C and C++"
+
+bench-ffi: ffi-release
+	cd go && LOCKBOX_LIB=$(FFI_RELEASE_LIB) CGO_ENABLED=0 go test -count=1 -run '^$$' \
+	  -bench '^Benchmark(NoopCall|HandleCreateClose)$$' -benchmem .
+	cd go && LOCKBOX_LIB=$(FFI_RELEASE_LIB) CGO_ENABLED=0 go test -count=1 -run '^$$' \
+	  -bench '^Benchmark(Latency|Memory)' -benchtime 1x .
