@@ -227,7 +227,7 @@ func (r *received) stream(ctx context.Context, src io.Reader, progress func(int6
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			return retryable(fmt.Errorf("%s: %v", r.what, err))
+			return retryable(fmt.Errorf("%s: truncated at %d of %d bytes: %v", r.what, r.have, r.size, err))
 		}
 	}
 	if r.have < r.size {

@@ -1,0 +1,599 @@
+package tests
+
+// End-to-end tests of EnsureInstalled and the lockbox-installer CLI
+// against real HTTP servers on 127.0.0.1 serving releases made by the CLI.
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"lockbox.dev/lockbox"
+)
+
+const instLibPath = "/lib/liblockbox.so"
+
+func instOpts(rel *instRelease, url, root string) []lockbox.InstallOption {
+	return []lockbox.InstallOption{
+		lockbox.WithVersion(rel.version),
+		lockbox.WithReleaseURL(url),
+		lockbox.WithInstallDir(root),
+		lockbox.WithTrustedKey(rel.pubKey),
+	}
+}
+
+func TestInstallFreshThenWarm(t *testing.T) {
+	t.Parallel()
+	rel := instBuildRelease(t, "7.0.0-test", 3<<20)
+	srv := instServe(t, rel.dist, nil)
+	root := t.TempDir()
+	var mu sync.Mutex
+	kinds := map[lockbox.InstallEventKind]int{}
+	progress := lockbox.WithProgress(func(ev lockbox.InstallEvent) {
+		mu.Lock()
+		kinds[ev.Kind]++
+		mu.Unlock()
+	})
+	inst, err := lockbox.EnsureInstalled(context.Background(), append(instOpts(rel, srv.URL, root), progress)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(root, "versions", rel.version)
+	want := lockbox.Installation{
+		Version:     rel.version,
+		Dir:         dir,
+		LibraryPath: filepath.Join(dir, "lib", "liblockbox.so"),
+		HelperPath:  filepath.Join(dir, "bin", "lockbox-helper"),
+		ImagesDir:   filepath.Join(dir, "images"),
+	}
+	if *inst != want {
+		t.Fatalf("installation %+v, want %+v", *inst, want)
+	}
+	lib, err := os.ReadFile(inst.LibraryPath)
+	if err != nil || string(lib) != string(rel.lib) {
+		t.Fatalf("installed library differs from the release (%v)", err)
+	}
+	if st, err := os.Stat(inst.HelperPath); err != nil || st.Mode().Perm() != 0o755 {
+		t.Fatalf("helper mode: %v %v", st, err)
+	}
+	manifest, _ := os.ReadFile(filepath.Join(dir, "manifest.json"))
+	sum := sha256.Sum256(manifest)
+	if marker, _ := os.ReadFile(filepath.Join(dir, ".complete")); string(marker) != hex.EncodeToString(sum[:])+"\n" {
+		t.Fatalf(".complete = %q", marker)
+	}
+	if kinds[lockbox.InstallManifestVerified] != 1 || kinds[lockbox.InstallComplete] != 1 || kinds[lockbox.InstallDownloading] == 0 {
+		t.Fatalf("events: %v", kinds)
+	}
+	if got := instSnapshot(t, dir); len(got) == 0 || !reflect.DeepEqual(got, instDistPlusMarker(t, instSnapshot(t, filepath.Join(rel.dist, rel.version)), got)) {
+		t.Fatalf("installed tree differs from dist")
+	}
+	instMustCLI(t, "verify", dir, "--trusted-key", rel.keyFile+".pub")
+
+	// Warm: a marker check, nothing fetched.
+	before := len(srv.requests)
+	inst2, err := lockbox.EnsureInstalled(context.Background(), append(instOpts(rel, srv.URL, root), progress)...)
+	if err != nil || *inst2 != want {
+		t.Fatalf("warm: %+v %v", inst2, err)
+	}
+	if len(srv.requests) != before || kinds[lockbox.InstallAlreadyInstalled] != 1 {
+		t.Fatalf("warm path fetched %d requests; events %v", len(srv.requests)-before, kinds)
+	}
+	if !lockbox.IsInstalled(instOpts(rel, "", root)...) {
+		t.Fatal("IsInstalled = false after install")
+	}
+}
+
+// instDistPlusMarker returns dist's snapshot plus the installed marker:
+// dist has no .complete, everything else must be equal.
+func instDistPlusMarker(t *testing.T, dist, installed map[string]instFile) map[string]instFile {
+	dist[".complete"] = installed[".complete"]
+	return dist
+}
+
+func TestInstallCorruptedArtifact(t *testing.T) {
+	t.Parallel()
+	rel := instBuildRelease(t, "7.0.1-test", 1<<20)
+	srv := instServe(t, rel.dist, func(w http.ResponseWriter, r *http.Request, _ int) bool {
+		if !strings.HasSuffix(r.URL.Path, instLibPath) {
+			return false
+		}
+		instServeFile(t, w, rel.dist, r.URL.Path, func(b []byte) []byte { b[len(b)/2] ^= 1; return b })
+		return true
+	})
+	root := t.TempDir()
+	_, err := lockbox.EnsureInstalled(context.Background(), instOpts(rel, srv.URL, root)...)
+	if !errors.Is(err, lockbox.ErrVerification) || !strings.Contains(err.Error(), "sha256") {
+		t.Fatalf("corrupted artifact: %v", err)
+	}
+	instAssertNotInstalled(t, root, rel.version, lockbox.WithTrustedKey(rel.pubKey))
+}
+
+func TestInstallTruncatedDownload(t *testing.T) {
+	t.Parallel()
+	rel := instBuildRelease(t, "7.0.2-test", 1<<20)
+	srv := instServe(t, rel.dist, func(w http.ResponseWriter, r *http.Request, _ int) bool {
+		if !strings.HasSuffix(r.URL.Path, instLibPath) {
+			return false
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(rel.lib)))
+		w.Write(rel.lib[:len(rel.lib)/3]) // the server drops the connection
+		return true
+	})
+	root := t.TempDir()
+	_, err := lockbox.EnsureInstalled(context.Background(), instOpts(rel, srv.URL, root)...)
+	if !errors.Is(err, lockbox.ErrDownload) || !strings.Contains(err.Error(), "truncated") {
+		t.Fatalf("truncated download: %v", err)
+	}
+	if n := srv.count(instLibPath); n != 5 {
+		t.Fatalf("library requested %d times, want 5 attempts", n)
+	}
+	instAssertNotInstalled(t, root, rel.version, lockbox.WithTrustedKey(rel.pubKey))
+}
+
+func TestInstallResumesInterruptedDownload(t *testing.T) {
+	t.Parallel()
+	rel := instBuildRelease(t, "7.0.3-test", 4<<20)
+	cut := len(rel.lib) / 4
+	srv := instServe(t, rel.dist, func(w http.ResponseWriter, r *http.Request, hit int) bool {
+		if !strings.HasSuffix(r.URL.Path, instLibPath) || hit != 1 {
+			return false
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(rel.lib)))
+		w.Write(rel.lib[:cut])
+		return true
+	})
+	root := t.TempDir()
+	retried := false
+	inst, err := lockbox.EnsureInstalled(context.Background(), append(instOpts(rel, srv.URL, root),
+		lockbox.WithProgress(func(ev lockbox.InstallEvent) { retried = retried || ev.Kind == lockbox.InstallRetrying }))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ranges := srv.ranges(instLibPath)
+	if len(ranges) != 2 || ranges[0] != "" || !strings.HasPrefix(ranges[1], "bytes=") || ranges[1] == "bytes=0-" {
+		t.Fatalf("library requests' Range headers: %q (want a resume)", ranges)
+	}
+	if !retried {
+		t.Fatal("no retry event")
+	}
+	if b, _ := os.ReadFile(inst.LibraryPath); string(b) != string(rel.lib) {
+		t.Fatal("resumed library differs")
+	}
+}
+
+func TestInstallRetriesServerErrors(t *testing.T) {
+	t.Parallel()
+	rel := instBuildRelease(t, "7.0.4-test", 64<<10)
+	srv := instServe(t, rel.dist, func(w http.ResponseWriter, r *http.Request, hit int) bool {
+		if hit <= 2 && (strings.HasSuffix(r.URL.Path, "/manifest.json") || strings.HasSuffix(r.URL.Path, instLibPath)) {
+			http.Error(w, "busy", http.StatusServiceUnavailable)
+			return true
+		}
+		return false
+	})
+	if _, err := lockbox.EnsureInstalled(context.Background(), instOpts(rel, srv.URL, t.TempDir())...); err != nil {
+		t.Fatal(err)
+	}
+	if srv.count("/manifest.json") != 3 || srv.count(instLibPath) != 3 {
+		t.Fatalf("requests: manifest %d, library %d (want 3 each)", srv.count("/manifest.json"), srv.count(instLibPath))
+	}
+}
+
+func TestInstallWrongSize(t *testing.T) {
+	t.Parallel()
+	rel := instBuildRelease(t, "7.0.5-test", 256<<10)
+	for _, chunked := range []bool{false, true} {
+		srv := instServe(t, rel.dist, func(w http.ResponseWriter, r *http.Request, _ int) bool {
+			if !strings.HasSuffix(r.URL.Path, instLibPath) {
+				return false
+			}
+			if chunked { // no Content-Length: the reader must stop at the declared size
+				w.(http.Flusher).Flush()
+			}
+			w.Write(append(append([]byte{}, rel.lib...), "extra"...))
+			return true
+		})
+		root := t.TempDir()
+		_, err := lockbox.EnsureInstalled(context.Background(), instOpts(rel, srv.URL, root)...)
+		if !errors.Is(err, lockbox.ErrVerification) || !strings.Contains(err.Error(), "bytes") {
+			t.Fatalf("chunked=%v: oversized artifact: %v", chunked, err)
+		}
+		instAssertNotInstalled(t, root, rel.version, lockbox.WithTrustedKey(rel.pubKey))
+	}
+}
+
+func TestInstallTamperedManifest(t *testing.T) {
+	t.Parallel()
+	rel := instBuildRelease(t, "7.0.6-test", 64<<10)
+	srv := instServe(t, rel.dist, func(w http.ResponseWriter, r *http.Request, _ int) bool {
+		if !strings.HasSuffix(r.URL.Path, "/manifest.json") {
+			return false
+		}
+		instServeFile(t, w, rel.dist, r.URL.Path, func(b []byte) []byte {
+			return []byte(strings.Replace(string(b), `"kind": "helper"`, `"kind": "helper" `, 1))
+		})
+		return true
+	})
+	root := t.TempDir()
+	_, err := lockbox.EnsureInstalled(context.Background(), instOpts(rel, srv.URL, root)...)
+	if !errors.Is(err, lockbox.ErrVerification) || !strings.Contains(err.Error(), "signature") {
+		t.Fatalf("tampered manifest: %v", err)
+	}
+	if n := srv.count(instLibPath); n != 0 {
+		t.Fatalf("artifacts fetched (%d) for an unverified manifest", n)
+	}
+	instAssertNotInstalled(t, root, rel.version, lockbox.WithTrustedKey(rel.pubKey))
+}
+
+func TestInstallUntrustedKey(t *testing.T) {
+	t.Parallel()
+	rel := instBuildRelease(t, "7.0.7-test", 64<<10)
+	other := instBuildRelease(t, "7.0.7-other", 1024)
+	srv := instServe(t, rel.dist, nil)
+	root := t.TempDir()
+	// Trusted: the embedded keys and another test key, not the signer.
+	_, err := lockbox.EnsureInstalled(context.Background(), lockbox.WithVersion(rel.version),
+		lockbox.WithReleaseURL(srv.URL), lockbox.WithInstallDir(root), lockbox.WithTrustedKey(other.pubKey))
+	if !errors.Is(err, lockbox.ErrVerification) {
+		t.Fatalf("untrusted signer: %v", err)
+	}
+	instAssertNotInstalled(t, root, rel.version, lockbox.WithTrustedKey(other.pubKey))
+	if _, err := lockbox.EnsureInstalled(context.Background(), lockbox.WithTrustedKey("not a key")); err == nil {
+		t.Fatal("a malformed trusted key was accepted")
+	}
+}
+
+func TestInstallNotFound(t *testing.T) {
+	t.Parallel()
+	rel := instBuildRelease(t, "7.0.8-test", 64<<10)
+	srv := instServe(t, rel.dist, nil)
+	root := t.TempDir()
+	opts := append(instOpts(rel, srv.URL, root), lockbox.WithVersion("7.0.9-missing"))
+	if _, err := lockbox.EnsureInstalled(context.Background(), opts...); !errors.Is(err, lockbox.ErrReleaseNotFound) {
+		t.Fatalf("missing version: %v", err)
+	}
+	// A listed artifact the mirror does not have.
+	if err := os.Remove(filepath.Join(rel.dist, rel.version, "images", "base.tar.zst")); err != nil {
+		t.Fatal(err)
+	}
+	_, err := lockbox.EnsureInstalled(context.Background(), instOpts(rel, srv.URL, root)...)
+	if !errors.Is(err, lockbox.ErrReleaseNotFound) || !strings.Contains(err.Error(), "base.tar.zst") {
+		t.Fatalf("missing artifact: %v", err)
+	}
+	instAssertNotInstalled(t, root, rel.version, lockbox.WithTrustedKey(rel.pubKey))
+}
+
+func TestInstallStalledServerHonoursDeadline(t *testing.T) {
+	t.Parallel()
+	rel := instBuildRelease(t, "7.1.0-test", 2<<20)
+	srv := instServe(t, rel.dist, func(w http.ResponseWriter, r *http.Request, _ int) bool {
+		if !strings.HasSuffix(r.URL.Path, instLibPath) {
+			return false
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(rel.lib)))
+		w.Write(rel.lib[:1<<20])
+		w.(http.Flusher).Flush()
+		<-r.Context().Done() // stall until the client gives up
+		return true
+	})
+	root := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	_, err := lockbox.EnsureInstalled(ctx, instOpts(rel, srv.URL, root)...)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("stalled server: %v", err)
+	}
+	instAssertNotInstalled(t, root, rel.version, lockbox.WithTrustedKey(rel.pubKey))
+}
+
+func TestInstallConcurrentProcesses(t *testing.T) {
+	t.Parallel()
+	rel := instBuildRelease(t, "7.2.0-test", 8<<20)
+	srv := instServe(t, rel.dist, nil)
+	root := t.TempDir()
+	const n = 8
+	results := make([]map[string]string, n)
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cmd := instChild("LOCKBOX_HOME="+root, "LOCKBOX_RELEASE_URL="+srv.URL,
+				"LOCKBOX_INSTALL_CHILD_VERSION="+rel.version, "LOCKBOX_INSTALL_CHILD_KEY="+rel.pubKey)
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				errs <- fmt.Errorf("child %d: %v\n%s", i, err, out)
+				return
+			}
+			results[i] = instChildResult(t, out)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if t.Failed() {
+		return
+	}
+	for i, r := range results {
+		if r["dir"] != results[0]["dir"] || r["lib"] != results[0]["lib"] {
+			t.Fatalf("child %d installed %v, child 0 %v", i, r, results[0])
+		}
+	}
+	if got := srv.count(instLibPath); got != 1 {
+		t.Fatalf("library downloaded %d times by %d processes, want once", got, n)
+	}
+	instMustCLI(t, "verify", results[0]["dir"], "--trusted-key", rel.keyFile+".pub")
+}
+
+func TestInstallKilledMidwayThenRerun(t *testing.T) {
+	t.Parallel()
+	rel := instBuildRelease(t, "7.3.0-test", 4<<20)
+	started := make(chan struct{})
+	var once sync.Once
+	srv := instServe(t, rel.dist, func(w http.ResponseWriter, r *http.Request, hit int) bool {
+		if !strings.HasSuffix(r.URL.Path, instLibPath) || hit != 1 {
+			return false
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(rel.lib)))
+		w.Write(rel.lib[:1<<20])
+		w.(http.Flusher).Flush()
+		once.Do(func() { close(started) })
+		<-r.Context().Done()
+		return true
+	})
+	root := t.TempDir()
+	env := []string{"LOCKBOX_HOME=" + root, "LOCKBOX_RELEASE_URL=" + srv.URL,
+		"LOCKBOX_INSTALL_CHILD_VERSION=" + rel.version, "LOCKBOX_INSTALL_CHILD_KEY=" + rel.pubKey}
+	child := instChild(env...)
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-started:
+	case <-time.After(60 * time.Second):
+		child.Process.Kill()
+		t.Fatal("child never started downloading")
+	}
+	// Mid-download: only a staging dir exists.
+	entries, _ := os.ReadDir(filepath.Join(root, "versions"))
+	staging := 0
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".staging-"+rel.version+"-") {
+			staging++
+		}
+	}
+	if staging != 1 || lockbox.IsInstalled(instOpts(rel, "", root)...) {
+		t.Fatalf("mid-install state: %d staging dirs, entries %v", staging, entries)
+	}
+	if err := child.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	child.Wait()
+
+	// What the killed run left does not look installed, offline or to the loader.
+	if lockbox.IsInstalled(instOpts(rel, "", root)...) {
+		t.Fatal("killed install looks installed")
+	}
+	_, err := lockbox.EnsureInstalled(context.Background(), append(instOpts(rel, "", root), lockbox.WithOffline(true))...)
+	if !errors.Is(err, lockbox.ErrNotInstalled) {
+		t.Fatalf("offline after kill: %v", err)
+	}
+	loadOut, _ := instChild(append(env, "LOCKBOX_INSTALL_CHILD_MODE=load-only",
+		"LOCKBOX_INSTALL_CHILD_VERSION=")...).CombinedOutput()
+	if r := instChildResult(t, loadOut); r["not_installed"] != "true" {
+		t.Fatalf("loader after a killed install: %v", r)
+	}
+
+	out, err := instChild(env...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("re-run: %v\n%s", err, out)
+	}
+	dir := instChildResult(t, out)["dir"]
+	instMustCLI(t, "verify", dir, "--trusted-key", rel.keyFile+".pub")
+	entries, _ = os.ReadDir(filepath.Join(root, "versions"))
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".") {
+			t.Fatalf("leftover after re-run: %s", e.Name())
+		}
+	}
+}
+
+func TestInstallOffline(t *testing.T) {
+	t.Parallel()
+	rel := instBuildRelease(t, "7.4.0-test", 64<<10)
+	srv := instServe(t, rel.dist, nil)
+	root := t.TempDir()
+	offline := append(instOpts(rel, srv.URL, root), lockbox.WithOffline(true))
+	_, err := lockbox.EnsureInstalled(context.Background(), offline...)
+	if !errors.Is(err, lockbox.ErrNotInstalled) || !strings.Contains(err.Error(), "missing") {
+		t.Fatalf("offline, nothing installed: %v", err)
+	}
+	if len(srv.requests) != 0 {
+		t.Fatal("offline mode made requests")
+	}
+	if _, err := lockbox.EnsureInstalled(context.Background(), instOpts(rel, srv.URL, root)...); err != nil {
+		t.Fatal(err)
+	}
+	// A partial tree (marker gone) lists what is missing.
+	dir := filepath.Join(root, "versions", rel.version)
+	srv.Close()
+	inst, err := lockbox.EnsureInstalled(context.Background(), offline...)
+	if err != nil || inst.Dir != dir {
+		t.Fatalf("offline with a complete install: %v %v", inst, err)
+	}
+	os.Remove(filepath.Join(dir, "images", "base.tar.zst"))
+	os.Remove(filepath.Join(dir, ".complete"))
+	_, err = lockbox.EnsureInstalled(context.Background(), offline...)
+	if !errors.Is(err, lockbox.ErrNotInstalled) || !strings.Contains(err.Error(), "images/base.tar.zst") {
+		t.Fatalf("offline, partial tree: %v", err)
+	}
+}
+
+func TestInstallNoReleaseURL(t *testing.T) {
+	t.Parallel()
+	rel := instBuildRelease(t, "7.4.1-test", 1024)
+	_, err := lockbox.EnsureInstalled(context.Background(), instOpts(rel, "", t.TempDir())...)
+	if !errors.Is(err, lockbox.ErrNoReleaseURL) || !strings.Contains(err.Error(), "LOCKBOX_RELEASE_URL") {
+		t.Fatalf("no release URL: %v", err)
+	}
+}
+
+func TestInstallFromDirectoryAndTwoVersions(t *testing.T) {
+	t.Parallel()
+	rel := instBuildRelease(t, "7.5.0-test", 64<<10)
+	rel2 := instAddVersion(t, filepath.Dir(rel.dist), rel.keyFile, "7.5.1-test", 32<<10)
+	root := t.TempDir()
+	a, err := lockbox.EnsureInstalled(context.Background(), instOpts(rel, rel.dist, root)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := lockbox.EnsureInstalled(context.Background(), instOpts(rel2, "file://"+rel.dist, root)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, inst := range []*lockbox.Installation{a, b} {
+		instMustCLI(t, "verify", inst.Dir, "--trusted-key", rel.keyFile+".pub")
+	}
+	if !lockbox.IsInstalled(instOpts(rel, "", root)...) || !lockbox.IsInstalled(instOpts(rel2, "", root)...) {
+		t.Fatal("two versions do not coexist")
+	}
+}
+
+func TestInstallCLIAndSDKTreesIdentical(t *testing.T) {
+	t.Parallel()
+	rel := instBuildRelease(t, "7.6.0-test", 2<<20)
+	srv := instServe(t, rel.dist, nil)
+	cliRoot, sdkRoot := t.TempDir(), t.TempDir()
+	out := instMustCLI(t, "install", "--version", rel.version, "--from", srv.URL, "--dir", cliRoot,
+		"--trusted-key", rel.keyFile+".pub")
+	cliDir := strings.TrimSpace(out)
+	if cliDir != filepath.Join(cliRoot, "versions", rel.version) {
+		t.Fatalf("CLI printed %q", out)
+	}
+	inst, err := lockbox.EnsureInstalled(context.Background(), instOpts(rel, srv.URL, sdkRoot)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := instSnapshot(t, cliDir), instSnapshot(t, inst.Dir)
+	if !reflect.DeepEqual(a, b) {
+		t.Fatalf("trees differ:\nCLI %v\nSDK %v", a, b)
+	}
+	// Each accepts the other's install as complete (same marker rules).
+	if !lockbox.IsInstalled(instOpts(rel, "", cliRoot)...) {
+		t.Fatal("the SDK does not accept the CLI's install")
+	}
+	before := len(srv.requests)
+	instMustCLI(t, "install", "--version", rel.version, "--from", srv.URL, "--dir", sdkRoot,
+		"--trusted-key", rel.keyFile+".pub")
+	if len(srv.requests) != before {
+		t.Fatal("the CLI re-downloaded what the SDK installed")
+	}
+}
+
+func TestInstallCLIExitCodes(t *testing.T) {
+	t.Parallel()
+	rel := instBuildRelease(t, "7.7.0-test", 64<<10)
+	tampered := instServe(t, rel.dist, func(w http.ResponseWriter, r *http.Request, _ int) bool {
+		if !strings.HasSuffix(r.URL.Path, "/manifest.json") {
+			return false
+		}
+		instServeFile(t, w, rel.dist, r.URL.Path, func(b []byte) []byte { return append(b, ' ') })
+		return true
+	})
+	key := "--trusted-key=" + rel.keyFile + ".pub"
+	cases := []struct {
+		name string
+		args []string
+		code int
+	}{
+		{"usage", []string{"install"}, 2},
+		{"verification", []string{"install", "--version", rel.version, "--from", tampered.URL, "--dir", t.TempDir(), key}, 3},
+		{"network", []string{"install", "--version", rel.version, "--from", "http://127.0.0.1:1", "--dir", t.TempDir(), key}, 4},
+		{"not found", []string{"install", "--version", "9.9.9-none", "--from", rel.dist, "--dir", t.TempDir(), key}, 5},
+		{"offline", []string{"install", "--version", rel.version, "--offline", "--dir", t.TempDir(), key}, 6},
+		{"ok", []string{"install", "--version", rel.version, "--from", rel.dist, "--dir", t.TempDir(), key}, 0},
+	}
+	for _, c := range cases {
+		if _, stderr, code := instCLI(t, c.args...); code != c.code {
+			t.Errorf("%s: exit %d, want %d\n%s", c.name, code, c.code, stderr)
+		}
+	}
+}
+
+// TestInstallRealDist installs the release `make release` built (dist/)
+// through the SDK's pinned path, with only the embedded keys and pin,
+// then loads the installed library in a fresh process.
+func TestInstallRealDist(t *testing.T) {
+	dist := os.Getenv("LOCKBOX_DIST")
+	if dist == "" {
+		dist, _ = filepath.Abs("../dist")
+	}
+	if _, err := os.Stat(filepath.Join(dist, lockbox.Version, "manifest.json")); err != nil {
+		t.Skipf("no release in %s (make release makes one)", dist)
+	}
+	srv := instServe(t, dist, nil)
+	root := t.TempDir()
+	out, err := instChild("LOCKBOX_HOME="+root, "LOCKBOX_RELEASE_URL="+srv.URL, "LOCKBOX_INSTALL_CHILD_MODE=load").CombinedOutput()
+	if err != nil {
+		t.Fatalf("install + load of dist/%s: %v\n%s", lockbox.Version, err, out)
+	}
+	r := instChildResult(t, out)
+	if r["loaded_path"] != r["lib"] || !strings.HasPrefix(r["lib"], root) || r["lib_version"] != lockbox.Version {
+		t.Fatalf("loaded %v", r)
+	}
+	instMustCLI(t, "verify", r["dir"], "--trusted-key", "../manifests/keys/dev.pub")
+}
+
+// TestInstallChildProcess is the body of the child processes the tests
+// above start; it does nothing in a normal run.
+func TestInstallChildProcess(t *testing.T) {
+	if os.Getenv("LOCKBOX_INSTALL_CHILD") != "1" {
+		t.Skip("child process of the install tests")
+	}
+	var opts []lockbox.InstallOption
+	if v := os.Getenv("LOCKBOX_INSTALL_CHILD_VERSION"); v != "" {
+		opts = append(opts, lockbox.WithVersion(v))
+	}
+	if k := os.Getenv("LOCKBOX_INSTALL_CHILD_KEY"); k != "" {
+		opts = append(opts, lockbox.WithTrustedKey(k))
+	}
+	ctx := context.Background()
+	res := map[string]string{}
+	switch mode := os.Getenv("LOCKBOX_INSTALL_CHILD_MODE"); mode {
+	case "load-only":
+		err := lockbox.Load()
+		res["load_error"] = fmt.Sprint(err)
+		res["not_installed"] = strconv.FormatBool(errors.Is(err, lockbox.ErrNotInstalled))
+	default:
+		inst, err := lockbox.EnsureInstalled(ctx, opts...)
+		if err != nil {
+			t.Fatalf("EnsureInstalled: %v", err)
+		}
+		res["dir"], res["lib"] = inst.Dir, inst.LibraryPath
+		if mode == "load" {
+			v, err := lockbox.LibraryVersion(ctx)
+			if err != nil {
+				t.Fatalf("LibraryVersion: %v", err)
+			}
+			res["loaded_path"], res["lib_version"] = v.Path, v.Version
+		}
+	}
+	b, _ := json.Marshal(res)
+	fmt.Printf("RESULT %s\n", b)
+}
