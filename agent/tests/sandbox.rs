@@ -1,0 +1,391 @@
+//! End-to-end tests of lockbox-helper: real namespaces, a real busybox
+//! rootfs, the real binary, the real protocol.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use lockbox_protocol::*;
+
+fn req(argv: &[&str]) -> ExecRequest {
+    ExecRequest {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        env: vec!["PATH=/bin".into()],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn launch_reports_what_it_enforced() {
+    let sb = Sandbox::launch("report", |s, _| {
+        s.limits.memory_mib = Some(64);
+        s.limits.pids = Some(64);
+        s.limits.cpus = Some(0.5);
+    });
+    assert!(sb.status.ok, "{:?}", sb.status);
+    let r = sb.status.report.as_ref().unwrap();
+    for f in [
+        "userns", "mountns", "pidns", "netns", "utsns", "ipcns", "cgroupns", "seccomp", "caps",
+        "no_new_privs", "memory", "pids", "cpus",
+    ] {
+        assert!(
+            r.enforced.iter().any(|e| e == f) || r.not_enforced.iter().any(|n| n.feature == f),
+            "{f} missing from {r:?}"
+        );
+    }
+    assert!(r.enforced.iter().any(|e| e == "pidns"));
+}
+
+#[tokio::test]
+async fn exec_echo_exit_codes_stdin_and_missing_binary() {
+    let sb = Sandbox::launch("exec", |_, _| {});
+    assert!(sb.status.ok, "{:?}", sb.status);
+    let mut c = sb.client().await;
+    let r = c.exec_with(req(&["echo", "hello", "world"]), None).await;
+    assert_eq!(r.out(), "hello world\n");
+    assert_eq!(r.exited(), (Some(0), None, false));
+
+    let r = c.sh("echo err >&2; exit 7").await;
+    assert_eq!(r.exited().0, Some(7));
+    assert_eq!(r.stderr, b"err\n");
+
+    let mut q = req(&["cat"]);
+    q.stdin = true;
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let r = c.exec_with(q, Some(&data)).await;
+    assert_eq!(r.stdout, data);
+    assert_eq!(r.exited().0, Some(0));
+
+    let r = c.exec_with(req(&["no-such-binary"]), None).await;
+    assert_eq!(r.error().expect("error").code, ErrorCode::NotFound);
+    let r = c.exec_with(req(&["/bin/nope"]), None).await;
+    assert_eq!(r.error().expect("error").code, ErrorCode::NotFound);
+
+    let mut q = req(&["pwd"]);
+    q.cwd = Some("/tmp".into());
+    let r = c.exec_with(q, None).await;
+    assert_eq!(r.out(), "/tmp\n");
+
+    let mut q = req(&["id", "-u"]);
+    q.uid = Some(1000);
+    q.gid = Some(1000);
+    let r = c.exec_with(q, None).await;
+    assert_eq!(r.out(), "1000\n");
+}
+
+#[tokio::test]
+async fn signals_timeouts_tty_and_concurrency() {
+    let sb = Sandbox::launch("sig", |_, _| {});
+    let mut c = sb.client().await;
+    let id = c.start(Message::Exec(req(&["sleep", "100"]))).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.send(Frame::control(id, &Message::Signal { signal: libc::SIGTERM }))
+        .await;
+    let r = c.wait(&[id]).await.pop().unwrap();
+    assert_eq!(r.exited(), (None, Some(libc::SIGTERM), false));
+
+    let mut q = req(&["sleep", "100"]);
+    q.timeout_ms = Some(200);
+    let r = c.exec_with(q, None).await;
+    assert_eq!(r.exited(), (None, Some(libc::SIGKILL), true));
+
+    let mut q = req(&["sh", "-c", "tty; stty size"]);
+    q.tty = true;
+    q.rows = Some(33);
+    q.cols = Some(101);
+    let r = c.exec_with(q, None).await;
+    assert!(r.out().contains("/dev/pts/"), "{}", r.out());
+    assert!(r.out().contains("33 101"), "{}", r.out());
+
+    // Several at once on one connection, and a second connection.
+    let a = c.start(Message::Exec(req(&["sh", "-c", "sleep 0.3; echo a"]))).await;
+    let b = c.start(Message::Exec(req(&["sh", "-c", "echo b"]))).await;
+    let mut c2 = sb.client().await;
+    let r2 = c2.sh("echo c").await;
+    assert_eq!(r2.out(), "c\n");
+    let rs = c.wait(&[a, b]).await;
+    assert_eq!(rs[0].out(), "a\n");
+    assert_eq!(rs[1].out(), "b\n");
+}
+
+#[tokio::test]
+async fn files_round_trip_and_stay_inside() {
+    let sb = Sandbox::launch("files", |_, _| {});
+    let mut c = sb.client().await;
+    let r = c
+        .request(Message::MkdirAll {
+            path: "/work/sub".into(),
+            mode: 0o755,
+        })
+        .await;
+    assert_eq!(r.replies, vec![Message::Ok]);
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7) as u8).collect();
+    let r = c.write_file("/work/sub/f.bin", &data).await;
+    assert_eq!(r.replies, vec![Message::Written { bytes: data.len() as u64 }]);
+    let r = c.request(Message::ReadFile { path: "/work/sub/f.bin".into() }).await;
+    assert_eq!(r.stdout, data);
+    let r = c.request(Message::Stat { path: "/work/sub/f.bin".into() }).await;
+    match &r.replies[0] {
+        Message::StatResult(i) => assert_eq!(i.size, data.len() as u64),
+        o => panic!("{o:?}"),
+    }
+    let r = c.request(Message::ReadDir { path: "/work/sub".into() }).await;
+    match &r.replies[0] {
+        Message::DirEntries { entries } => assert_eq!(entries[0].name, "f.bin"),
+        o => panic!("{o:?}"),
+    }
+    let r = c.request(Message::Stat { path: "/nope".into() }).await;
+    assert_eq!(r.error().unwrap().code, ErrorCode::NotFound);
+    let r = c
+        .request(Message::Rename {
+            from: "/work/sub/f.bin".into(),
+            to: "/work/g.bin".into(),
+        })
+        .await;
+    assert_eq!(r.replies, vec![Message::Ok]);
+    let r = c.request(Message::RemoveAll { path: "/work".into() }).await;
+    assert_eq!(r.replies, vec![Message::Ok]);
+
+    // The image is never written: the write landed in the upper layer.
+    let r = c.write_file("/etc/added", b"x").await;
+    assert!(r.error().is_none(), "{r:?}");
+    let lower = std::path::Path::new(&sb.spec.rootfs.lower[0]);
+    assert!(!lower.join("etc/added").exists());
+    assert!(std::path::Path::new(&sb.spec.rootfs.upper).join("etc/added").exists());
+
+    // A host marker: a symlink to / inside the sandbox must not reach it.
+    let marker = sb.dir.path().join("host-marker");
+    std::fs::write(&marker, b"host").unwrap();
+    let r = c
+        .request(Message::Symlink {
+            target: "/".into(),
+            link: "/escape".into(),
+        })
+        .await;
+    assert_eq!(r.replies, vec![Message::Ok]);
+    let through = format!("/escape{}", marker.display());
+    let r = c.write_file(&through, b"pwned").await;
+    assert!(r.error().is_some(), "write through symlink reached something: {r:?}");
+    let r = c
+        .request(Message::Symlink {
+            target: "../../../../../../..".into(),
+            link: "/tmp/up".into(),
+        })
+        .await;
+    assert_eq!(r.replies, vec![Message::Ok]);
+    let r = c.write_file(&format!("/tmp/up{}", marker.display()), b"pwned").await;
+    assert!(r.error().is_some());
+    let r = c.request(Message::ReadFile { path: format!("/proc/1/root{}", marker.display()) }).await;
+    assert!(r.error().is_some());
+    assert_eq!(std::fs::read(&marker).unwrap(), b"host");
+    // And from a process: the same.
+    let r = c
+        .sh(&format!("cat {m}; echo pwned > {m}; cat /proc/1/root{m}", m = marker.display()))
+        .await;
+    assert_ne!(r.exited().0, Some(0));
+    assert_eq!(std::fs::read(&marker).unwrap(), b"host");
+}
+
+#[tokio::test]
+async fn isolation_hostname_pids_network_proc_mount() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sb = Sandbox::launch("iso", |_, _| {});
+    let mut c = sb.client().await;
+    let host_name = nix::unistd::gethostname().unwrap();
+    assert_eq!(c.sh("hostname").await.out(), "sandbox\n");
+    let r = c.sh("hostname evil; hostname").await;
+    assert_ne!(r.exited().0, Some(0));
+    assert_eq!(nix::unistd::gethostname().unwrap(), host_name);
+
+    let me = std::process::id();
+    let r = c.sh(&format!("test -e /proc/{me} && echo visible; ls /proc | grep -c '^[0-9]'")).await;
+    assert!(!r.out().contains("visible"));
+    let count: u32 = r.out().trim().parse().unwrap();
+    assert!(count < 10, "sandbox sees {count} processes");
+    assert_eq!(c.sh("echo $$").await.exited().0, Some(0));
+
+    let r = c.sh(&format!("echo hi | nc -w 2 127.0.0.1 {port}")).await;
+    assert_ne!(r.exited().0, Some(0));
+    assert!(listener.accept().is_err(), "sandbox reached the host's loopback");
+    let r = c.sh("ip link 2>/dev/null || cat /proc/net/dev").await;
+    assert!(!r.out().contains("eth0"), "{}", r.out());
+
+    let r = c.sh("wc -c < /proc/kcore").await;
+    assert_eq!(r.out().trim(), "0");
+    let r = c.sh("echo 1 > /proc/sysrq-trigger").await;
+    assert_ne!(r.exited().0, Some(0));
+    let r = c.sh("echo x > /proc/sys/kernel/hostname").await;
+    assert_ne!(r.exited().0, Some(0));
+    let r = c.sh("mkdir -p /mnt && mount -t tmpfs none /mnt").await;
+    assert_ne!(r.exited().0, Some(0));
+    let r = c.sh("mount --bind / /tmp").await;
+    assert_ne!(r.exited().0, Some(0));
+    let r = c.sh("touch /sys/x 2>&1; cat /proc/self/status | grep CapEff").await;
+    assert!(r.out().contains("CapEff"), "{}", r.out());
+    assert!(!r.out().contains("CapEff:\t000001ff"), "{}", r.out());
+    // setuid bits are refused.
+    let r = c.sh("cp /bin/busybox /tmp/b && chmod u+s /tmp/b").await;
+    assert_ne!(r.exited().0, Some(0));
+}
+
+#[tokio::test]
+async fn memory_pids_and_disk_limits() {
+    let sb = Sandbox::launch("limits", |s, _| {
+        s.limits.memory_mib = Some(48);
+        s.limits.pids = Some(20);
+        s.limits.disk_mib = Some(8);
+    });
+    assert!(sb.status.ok, "{:?}", sb.status);
+    let r = sb.status.report.clone().unwrap();
+    assert!(r.enforced.contains(&"memory".to_string()), "{r:?}");
+    let mut c = sb.client().await;
+    let r = c.sh("dd if=/dev/zero of=/dev/null bs=128M count=1").await;
+    assert_eq!(r.exited().1, Some(libc::SIGKILL), "{r:?}");
+    let r = c
+        .sh("i=0; while [ $i -lt 40 ]; do sleep 3 & i=$((i+1)); done; echo done")
+        .await;
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("fork"),
+        "{:?}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let r = c.sh("dd if=/dev/zero of=/big bs=1M count=16").await;
+    assert_ne!(r.exited().0, Some(0));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("space"), "{r:?}");
+    // The agent survived all of it.
+    assert_eq!(c.sh("echo alive").await.out(), "alive\n");
+}
+
+#[tokio::test]
+async fn volumes_and_tmpfs() {
+    let sb = Sandbox::launch("vol", |s, dir| {
+        let rw = dir.join("rw");
+        let ro = dir.join("ro");
+        std::fs::create_dir_all(&rw).unwrap();
+        std::fs::create_dir_all(&ro).unwrap();
+        std::fs::write(ro.join("f"), b"ro data").unwrap();
+        s.mounts = vec![
+            MountSpec::Bind { source: rw.to_string_lossy().into(), target: "/data".into(), read_only: false },
+            MountSpec::Bind { source: ro.to_string_lossy().into(), target: "/ro".into(), read_only: true },
+            MountSpec::Tmpfs { target: "/scratch".into(), size_mib: 4 },
+        ];
+    });
+    assert!(sb.status.ok, "{:?}", sb.status);
+    let mut c = sb.client().await;
+    let r = c.sh("echo hi > /data/out && cat /ro/f").await;
+    assert_eq!(r.out(), "ro data", "{r:?}");
+    assert_eq!(std::fs::read(sb.dir.path().join("rw/out")).unwrap(), b"hi\n");
+    let r = c.sh("echo x > /ro/g").await;
+    assert_ne!(r.exited().0, Some(0));
+    let r = c.write_file("/ro/h", b"x").await;
+    assert_eq!(r.error().unwrap().code, ErrorCode::PermissionDenied);
+    let r = c.sh("dd if=/dev/zero of=/scratch/x bs=1M count=8").await;
+    assert_ne!(r.exited().0, Some(0));
+}
+
+#[tokio::test]
+async fn handshake_rejects_wrong_version() {
+    let sb = Sandbox::launch("hello", |_, _| {});
+    let s = tokio::net::UnixStream::connect(&sb.spec.socket_path).await.unwrap();
+    let (mut r, mut w) = s.into_split();
+    write_frame(&mut w, &Frame::control(0, &Message::Hello { version: 999 }))
+        .await
+        .unwrap();
+    let f = read_frame(&mut r).await.unwrap();
+    match f.message().unwrap() {
+        Message::Error(e) => assert_eq!(e.code, ErrorCode::Unsupported),
+        o => panic!("{o:?}"),
+    }
+}
+
+fn wait_exit(child: &mut std::process::Child, limit: Duration) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if child.try_wait().unwrap().is_some() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[tokio::test]
+async fn lifeline_eof_tears_down() {
+    let mut sb = Sandbox::launch("life", |s, _| s.limits.memory_mib = Some(64));
+    let cg = sb.status.report.clone().unwrap().cgroup;
+    let mut c = sb.client().await;
+    let id = c.start(Message::Exec(req(&["sleep", "1000"]))).await;
+    let _ = id;
+    drop(sb.child.stdin.take());
+    assert!(wait_exit(&mut sb.child, Duration::from_secs(10)), "helper did not exit");
+    assert!(!std::path::Path::new(&sb.spec.socket_path).exists());
+    for d in [cg.memory, cg.cpu, cg.pids].into_iter().flatten() {
+        assert!(!std::path::Path::new(&d).exists(), "cgroup {d} left behind");
+    }
+}
+
+#[tokio::test]
+async fn shutdown_message_stops_everything() {
+    let mut sb = Sandbox::launch("stop", |_, _| {});
+    let mut c = sb.client().await;
+    let _ = c.start(Message::Exec(req(&["sleep", "1000"]))).await;
+    let r = c.request(Message::Shutdown).await;
+    assert_eq!(r.replies, vec![Message::Ok]);
+    assert!(wait_exit(&mut sb.child, Duration::from_secs(10)));
+}
+
+#[tokio::test]
+async fn bad_spec_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = spec_in(dir.path(), &dir.path().join("missing"), "bad");
+    std::fs::create_dir_all(&spec.dir).unwrap();
+    let (mut child, st) = start(&spec);
+    assert!(!st.ok);
+    assert_eq!(st.code, Some(ErrorCode::NotFound));
+    let _ = child.wait();
+    spec.rootfs.lower = vec![busybox_rootfs(dir.path()).to_string_lossy().into()];
+    spec.network.mode = NetworkMode::Outbound;
+    let (mut child, st) = start(&spec);
+    assert_eq!(st.code, Some(ErrorCode::Unsupported));
+    let _ = child.wait();
+}
+
+/// Not a test of behaviour: prints the exec round trip and the 256 MiB
+/// file stream throughput. Run with
+/// `cargo test -p lockbox-agent --release -- --ignored --nocapture bench`.
+#[tokio::test]
+#[ignore]
+async fn bench_exec_and_stream() {
+    let sb = Sandbox::launch("bench", |_, _| {});
+    let mut c = sb.client().await;
+    let mut times = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        let r = c.exec_with(req(&["true"]), None).await;
+        times.push(t.elapsed());
+        assert_eq!(r.exited().0, Some(0));
+    }
+    times.sort();
+    println!("exec round trip p50 {:?} p90 {:?}", times[100], times[180]);
+    let data = vec![0x5au8; 256 << 20];
+    let t = Instant::now();
+    let r = c.write_file("/tmp/big", &data).await;
+    assert!(r.error().is_none());
+    let w = t.elapsed();
+    let t = Instant::now();
+    let r = c.request(Message::ReadFile { path: "/tmp/big".into() }).await;
+    let rd = t.elapsed();
+    assert_eq!(r.stdout.len(), data.len());
+    let mb = 256.0 * 1.048576;
+    println!(
+        "256 MiB write {:?} ({:.0} MB/s), read {:?} ({:.0} MB/s), write+read {:.0} MB/s",
+        w,
+        mb / w.as_secs_f64(),
+        rd,
+        mb / rd.as_secs_f64(),
+        2.0 * mb / (w + rd).as_secs_f64()
+    );
+}
