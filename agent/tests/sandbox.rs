@@ -196,7 +196,7 @@ async fn isolation_hostname_pids_network_proc_mount() {
     let mut c = sb.client().await;
     let host_name = nix::unistd::gethostname().unwrap();
     assert_eq!(c.sh("hostname").await.out(), "sandbox\n");
-    let r = c.sh("hostname evil; hostname").await;
+    let r = c.sh("hostname evil").await;
     assert_ne!(r.exited().0, Some(0));
     assert_eq!(nix::unistd::gethostname().unwrap(), host_name);
 
@@ -213,8 +213,9 @@ async fn isolation_hostname_pids_network_proc_mount() {
     let r = c.sh("ip link 2>/dev/null || cat /proc/net/dev").await;
     assert!(!r.out().contains("eth0"), "{}", r.out());
 
-    let r = c.sh("wc -c < /proc/kcore").await;
-    assert_eq!(r.out().trim(), "0");
+    // kcore is absent on some kernels; either way nothing is readable.
+    let r = c.sh("test ! -s /proc/kcore && wc -c < /proc/kallsyms && wc -c < /proc/timer_list").await;
+    assert_eq!(r.out(), "0\n0\n", "{r:?}");
     let r = c.sh("echo 1 > /proc/sysrq-trigger").await;
     assert_ne!(r.exited().0, Some(0));
     let r = c.sh("echo x > /proc/sys/kernel/hostname").await;

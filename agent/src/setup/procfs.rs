@@ -40,7 +40,9 @@ pub fn mount_proc() -> Result<()> {
     for f in MASKED_FILES {
         let p = proc_.join(f);
         if p.exists() {
-            bind(Path::new("/dev/null"), &p, true)?;
+            // Not remounted read-only: that would add nodev and turn reads
+            // into EACCES; /dev/null reads empty and swallows writes anyway.
+            bind(Path::new("/dev/null"), &p, false)?;
         }
     }
     for d in MASKED_DIRS {

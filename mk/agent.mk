@@ -1,0 +1,11 @@
+# lockbox-helper (agent/): end-to-end sandbox tests with real namespaces.
+TEST_STEPS += test-agent
+BENCH_STEPS += bench-agent
+
+.PHONY: test-agent bench-agent
+test-agent:
+	cargo test -p lockbox-agent
+
+# Exec round trip and 256 MiB stream throughput through the agent protocol.
+bench-agent:
+	cargo test -p lockbox-agent --release --test sandbox -- --ignored --nocapture bench_exec_and_stream
