@@ -1,0 +1,132 @@
+package lockbox
+
+import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestEmbeddedTrustLoads(t *testing.T) {
+	tr := loadTrust()
+	if tr.err != nil {
+		t.Fatal(tr.err)
+	}
+	if len(tr.keys) == 0 {
+		t.Fatal("no embedded trusted keys (manifests/keys/*.pub via go/internal/pin)")
+	}
+	if tr.pinBytes != nil && tr.pinManifest.Version != Version {
+		t.Fatalf("embedded pin is for %s, SDK is %s", tr.pinManifest.Version, Version)
+	}
+}
+
+// signedManifest returns manifest bytes for version v, its signature file
+// content, and an installer trusting the signer.
+func signedManifest(t *testing.T, v string) ([]byte, []byte, *installer) {
+	return signedManifestABI(t, v, "1")
+}
+
+func signedManifestABI(t *testing.T, v, abi string) ([]byte, []byte, *installer) {
+	t.Helper()
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	m := `{"schema_version":1,"product":"lockbox","version":"` + v + `","abi_version":` + abi + `,"platforms":{"` + platformName() +
+		`":[{"name":"liblockbox.so","path":"lib/liblockbox.so","kind":"library","size":1,"sha256":"` + strings.Repeat("a", 64) + `"}]}}`
+	sig := base64.StdEncoding.EncodeToString(ed25519.Sign(priv, []byte(m))) + "\n"
+	s, err := resolveInstallSettings([]InstallOption{WithVersion(v), WithInstallDir(t.TempDir()),
+		WithTrustedKey(base64.StdEncoding.EncodeToString(pub))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return []byte(m), []byte(sig), newInstaller(s)
+}
+
+func TestPinnedManifestMustMatchEmbeddedHash(t *testing.T) {
+	mb, sig, in := signedManifest(t, Version)
+	if _, err := in.verifyManifest(mb, sig); err != nil {
+		t.Fatalf("unpinned, validly signed: %v", err)
+	}
+	// A validly signed manifest that is not the pinned one is refused.
+	in.pinSHA256 = sha256Hex([]byte("the pinned manifest"))
+	_, err := in.verifyManifest(mb, sig)
+	if !errors.Is(err, ErrVerification) || !strings.Contains(err.Error(), "pinned") {
+		t.Fatalf("pin mismatch: %v", err)
+	}
+	in.pinSHA256 = sha256Hex(mb)
+	if _, err := in.verifyManifest(mb, sig); err != nil {
+		t.Fatalf("pin match: %v", err)
+	}
+}
+
+func TestVersionAndABIChecked(t *testing.T) {
+	mb, sig, in := signedManifest(t, "1.0.0")
+	in.s.version = "1.0.1"
+	if _, err := in.verifyManifest(mb, sig); !errors.Is(err, ErrVerification) {
+		t.Fatalf("version mismatch: %v", err)
+	}
+	mb2, sig2, in2 := signedManifestABI(t, "1.0.0", "2")
+	if _, err := in2.verifyManifest(mb2, sig2); !errors.Is(err, ErrVerification) || !strings.Contains(err.Error(), "ABI") {
+		t.Fatalf("ABI 2: %v", err)
+	}
+}
+
+func TestWarmPathNeedsMatchingMarker(t *testing.T) {
+	mb, sig, in := signedManifest(t, "2.0.0")
+	dir := in.paths.dir
+	os.MkdirAll(dir, 0o755)
+	os.WriteFile(filepath.Join(dir, manifestFile), mb, 0o644)
+	os.WriteFile(filepath.Join(dir, signatureFile), sig, 0o644)
+	if _, err := in.checkComplete(); err == nil {
+		t.Fatal("complete without a marker")
+	}
+	os.WriteFile(filepath.Join(dir, markerFile), []byte(markerContent(sha256Hex([]byte("other")))), 0o644)
+	if _, err := in.checkComplete(); err == nil {
+		t.Fatal("complete with a stale marker")
+	}
+	os.WriteFile(filepath.Join(dir, markerFile), []byte(markerContent(sha256Hex(mb))), 0o644)
+	inst, err := in.checkComplete()
+	if err != nil || inst.LibraryPath != filepath.Join(dir, "lib", "liblockbox.so") {
+		t.Fatalf("complete install: %+v %v", inst, err)
+	}
+	// For the pinned version the marker must name the pin, not just the file.
+	in.pinSHA256 = "x"
+	in.trust = &embeddedTrust{pinMarkerStr: markerContent("y"), pinManifest: in.trust.pinManifest}
+	if _, err := in.checkComplete(); err == nil {
+		t.Fatal("a marker for another manifest passed the pinned warm path")
+	}
+}
+
+func TestManifestRejectsUnsafeArtifacts(t *testing.T) {
+	good := releaseArtifact{Name: "a", Path: "lib/a.so", Kind: "library", Size: 1, SHA256: strings.Repeat("0", 64)}
+	if err := good.validate(); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []func(*releaseArtifact){
+		func(a *releaseArtifact) { a.Path = "lib/../../etc/passwd" },
+		func(a *releaseArtifact) { a.Path = "/lib/a.so" },
+		func(a *releaseArtifact) { a.Path = "lib/.complete" },
+		func(a *releaseArtifact) { a.Path = "bin/a.so" },
+		func(a *releaseArtifact) { a.Path = "lib/x/a.so" },
+		func(a *releaseArtifact) { a.Kind = "script" },
+		func(a *releaseArtifact) { a.SHA256 = strings.Repeat("A", 64) },
+		func(a *releaseArtifact) { a.Size = -1 },
+	} {
+		a := good
+		bad(&a)
+		if a.validate() == nil {
+			t.Errorf("accepted %+v", a)
+		}
+	}
+}
+
+func TestRangeStartAndPlatform(t *testing.T) {
+	if rangeStart("bytes 100-199/200") != 100 || rangeStart("bytes */200") != -1 || rangeStart("") != -1 {
+		t.Fatal("rangeStart")
+	}
+	if p := platformName(); !strings.HasPrefix(p, "linux-") && !strings.Contains(p, "-") {
+		t.Fatalf("platform %q", p)
+	}
+}
