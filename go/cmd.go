@@ -1,0 +1,357 @@
+package lockbox
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"strconv"
+	"sync"
+	"syscall"
+)
+
+// Cmd is a command to run in a sandbox, shaped like os/exec.Cmd: set the
+// fields, then Run, Output, CombinedOutput, or Start and Wait.
+type Cmd struct {
+	Path string   // the program (looked up in PATH inside the sandbox)
+	Args []string // argv, including the program as Args[0]
+	Env  []string // extra KEY=VALUE entries on top of the sandbox's env
+	Dir  string   // working directory inside the sandbox
+	User string   // "uid", "uid:gid" or a user name; default: the sandbox's
+
+	Stdin  io.Reader
+	Stdout io.Writer
+	Stderr io.Writer
+
+	// Process is set by Start.
+	Process *Process
+	// ProcessState is set by Wait.
+	ProcessState *ProcessState
+
+	sb  *Sandbox
+	ctx context.Context
+
+	p         *process
+	copies    sync.WaitGroup
+	copyErr   error
+	copyMu    sync.Mutex
+	stopCtx   func() bool
+	pipeOut   bool
+	pipeErr   bool
+	pipeIn    *streamWriter
+	waitDone  bool
+	closeOnce sync.Once
+}
+
+// Process is a started command's process.
+type Process struct {
+	Pid int // pid inside the sandbox's pid namespace
+	p   *process
+}
+
+// Signal sends sig to the process (and its process group). Only
+// syscall.Signal values are supported.
+func (p *Process) Signal(sig os.Signal) error {
+	s, ok := sig.(syscall.Signal)
+	if !ok {
+		return &Error{Op: "exec.signal", Code: CodeInvalidArgument, Message: "unsupported signal type"}
+	}
+	return p.p.signal(s)
+}
+
+// Kill sends SIGKILL.
+func (p *Process) Kill() error { return p.p.signal(syscall.SIGKILL) }
+
+// ProcessState is how a command ended.
+type ProcessState struct {
+	st ExitStatus
+}
+
+// ExitCode is the exit code, or -1 if a signal ended the process.
+func (s *ProcessState) ExitCode() int {
+	if s.st.Signal != 0 {
+		return -1
+	}
+	return s.st.ExitCode
+}
+
+// Signal is the signal that ended the process, or 0.
+func (s *ProcessState) Signal() syscall.Signal { return syscall.Signal(s.st.Signal) }
+
+// TimedOut reports whether a timeout killed it.
+func (s *ProcessState) TimedOut() bool { return s.st.TimedOut }
+
+// Success reports a zero exit code.
+func (s *ProcessState) Success() bool { return s.st.Signal == 0 && s.st.ExitCode == 0 }
+
+func (s *ProcessState) String() string {
+	if s.st.Signal != 0 {
+		return "signal: " + syscall.Signal(s.st.Signal).String()
+	}
+	return "exit status " + strconv.Itoa(s.st.ExitCode)
+}
+
+// ExitError is returned by Run, Output, CombinedOutput and Wait when the
+// command ran but did not exit with 0.
+type ExitError struct {
+	*ProcessState
+	// Stderr holds the standard error output when Output collected it.
+	Stderr []byte
+}
+
+func (e *ExitError) Error() string { return e.ProcessState.String() }
+
+// Command returns a Cmd to run name with args in the sandbox.
+func (s *Sandbox) Command(name string, args ...string) *Cmd {
+	return s.CommandContext(context.Background(), name, args...)
+}
+
+// CommandContext is Command with a context: when ctx ends, the process is
+// killed (as with os/exec.CommandContext).
+func (s *Sandbox) CommandContext(ctx context.Context, name string, args ...string) *Cmd {
+	return &Cmd{Path: name, Args: append([]string{name}, args...), sb: s, ctx: ctx}
+}
+
+// String is the command line, for messages.
+func (c *Cmd) String() string {
+	var b bytes.Buffer
+	for i, a := range c.Args {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(a)
+	}
+	return b.String()
+}
+
+// Run starts the command and waits for it.
+func (c *Cmd) Run() error {
+	if err := c.Start(); err != nil {
+		return err
+	}
+	return c.Wait()
+}
+
+// Output runs the command and returns its stdout. On a non-zero exit the
+// error is an *ExitError holding stderr.
+func (c *Cmd) Output() ([]byte, error) {
+	if c.Stdout != nil {
+		return nil, errors.New("lockbox: Stdout already set")
+	}
+	var out, errb bytes.Buffer
+	c.Stdout = &out
+	captureErr := c.Stderr == nil
+	if captureErr {
+		c.Stderr = &errb
+	}
+	err := c.Run()
+	var ee *ExitError
+	if err != nil && captureErr && errors.As(err, &ee) {
+		ee.Stderr = errb.Bytes()
+	}
+	return out.Bytes(), err
+}
+
+// CombinedOutput runs the command and returns stdout and stderr together.
+func (c *Cmd) CombinedOutput() ([]byte, error) {
+	if c.Stdout != nil || c.Stderr != nil {
+		return nil, errors.New("lockbox: Stdout or Stderr already set")
+	}
+	var b syncBuffer
+	c.Stdout, c.Stderr = &b, &b
+	err := c.Run()
+	return b.Bytes(), err
+}
+
+// StdinPipe returns a pipe to the command's stdin; Close sends EOF.
+func (c *Cmd) StdinPipe() (io.WriteCloser, error) {
+	if c.Stdin != nil || c.pipeIn != nil {
+		return nil, errors.New("lockbox: Stdin already set")
+	}
+	if c.p != nil {
+		return nil, errors.New("lockbox: StdinPipe after Start")
+	}
+	c.pipeIn = &streamWriter{}
+	return &lazyWriter{c: c}, nil
+}
+
+// StdoutPipe returns a reader of the command's stdout. Read it to EOF
+// before Wait.
+func (c *Cmd) StdoutPipe() (io.ReadCloser, error) {
+	if c.Stdout != nil || c.pipeOut {
+		return nil, errors.New("lockbox: Stdout already set")
+	}
+	if c.p != nil {
+		return nil, errors.New("lockbox: StdoutPipe after Start")
+	}
+	c.pipeOut = true
+	return &lazyReader{c: c, stderr: false}, nil
+}
+
+// StderrPipe returns a reader of the command's stderr.
+func (c *Cmd) StderrPipe() (io.ReadCloser, error) {
+	if c.Stderr != nil || c.pipeErr {
+		return nil, errors.New("lockbox: Stderr already set")
+	}
+	if c.p != nil {
+		return nil, errors.New("lockbox: StderrPipe after Start")
+	}
+	c.pipeErr = true
+	return &lazyReader{c: c, stderr: true}, nil
+}
+
+// Start starts the command without waiting for it.
+func (c *Cmd) Start() error {
+	if c.p != nil {
+		return errors.New("lockbox: already started")
+	}
+	if c.sb == nil {
+		return errors.New("lockbox: Cmd not made by Sandbox.Command")
+	}
+	if c.ctx == nil {
+		c.ctx = context.Background()
+	}
+	if err := c.ctx.Err(); err != nil {
+		return ctxError("exec.start", err)
+	}
+	argv := c.Args
+	if len(argv) == 0 {
+		argv = []string{c.Path}
+	} else if c.Path != "" {
+		argv = append([]string{c.Path}, argv[1:]...)
+	}
+	cfg := &execConfig{Argv: argv, Env: c.Env, Cwd: c.Dir, User: c.User,
+		Stdin: c.Stdin != nil || c.pipeIn != nil}
+	p, err := c.sb.start(c.ctx, cfg)
+	if err != nil {
+		return err
+	}
+	c.p = p
+	c.Process = &Process{Pid: p.pid, p: p}
+	c.stopCtx = context.AfterFunc(c.ctx, func() { _ = p.signal(syscall.SIGKILL) })
+	// Output is read with a background context: after a kill, what the
+	// process wrote is still delivered up to EOF.
+	bg := context.Background()
+	if c.Stdout != nil {
+		c.copy(c.Stdout, p.stdout.reader(bg, "exec.stdout"))
+	} else if !c.pipeOut {
+		c.copy(io.Discard, p.stdout.reader(bg, "exec.stdout"))
+	}
+	if p.stderr != nil {
+		if c.Stderr != nil {
+			c.copy(c.Stderr, p.stderr.reader(bg, "exec.stderr"))
+		} else if !c.pipeErr {
+			c.copy(io.Discard, p.stderr.reader(bg, "exec.stderr"))
+		}
+	}
+	if p.stdin != nil {
+		w := p.stdin.writer(c.ctx, "exec.stdin")
+		if c.pipeIn != nil {
+			*c.pipeIn = *w
+		} else if c.Stdin != nil {
+			in := c.Stdin
+			go func() {
+				_, _ = io.Copy(w, in)
+				_ = w.Close()
+			}()
+		}
+	}
+	return nil
+}
+
+func (c *Cmd) copy(dst io.Writer, src io.Reader) {
+	c.copies.Add(1)
+	go func() {
+		defer c.copies.Done()
+		if _, err := io.Copy(dst, src); err != nil {
+			c.copyMu.Lock()
+			if c.copyErr == nil {
+				c.copyErr = err
+			}
+			c.copyMu.Unlock()
+		}
+	}()
+}
+
+// Wait waits for the command to exit and for its output to be copied.
+func (c *Cmd) Wait() error {
+	if c.p == nil {
+		return errors.New("lockbox: not started")
+	}
+	if c.waitDone {
+		return errors.New("lockbox: Wait was already called")
+	}
+	c.waitDone = true
+	c.copies.Wait()
+	st, err := c.p.wait(context.Background())
+	c.stopCtx()
+	c.closeOnce.Do(c.p.close)
+	if err != nil {
+		return err
+	}
+	c.ProcessState = &ProcessState{st: st}
+	if cerr := c.ctx.Err(); cerr != nil && !c.ProcessState.Success() {
+		return ctxError("exec", cerr)
+	}
+	if !c.ProcessState.Success() {
+		return &ExitError{ProcessState: c.ProcessState}
+	}
+	return c.copyErr
+}
+
+// lazyReader reads a pipe whose stream exists only after Start.
+type lazyReader struct {
+	c      *Cmd
+	stderr bool
+}
+
+func (r *lazyReader) Read(p []byte) (int, error) {
+	if r.c.p == nil {
+		return 0, errors.New("lockbox: read from pipe before Start")
+	}
+	s := r.c.p.stdout
+	if r.stderr {
+		s = r.c.p.stderr
+	}
+	if s == nil {
+		return 0, io.EOF
+	}
+	return s.read(context.Background(), "exec.pipe", p)
+}
+
+func (r *lazyReader) Close() error { return nil }
+
+type lazyWriter struct{ c *Cmd }
+
+func (w *lazyWriter) Write(p []byte) (int, error) {
+	if w.c.pipeIn == nil || w.c.pipeIn.s == nil {
+		return 0, errors.New("lockbox: write to pipe before Start")
+	}
+	return w.c.pipeIn.Write(p)
+}
+
+func (w *lazyWriter) Close() error {
+	if w.c.pipeIn == nil || w.c.pipeIn.s == nil {
+		return nil
+	}
+	return w.c.pipeIn.Close()
+}
+
+// syncBuffer is a bytes.Buffer safe for two concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) Bytes() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Bytes()
+}

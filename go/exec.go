@@ -1,0 +1,282 @@
+package lockbox
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"sync"
+	"syscall"
+)
+
+// ExecResult is what a finished process produced. A non-zero exit is a
+// result, not an error.
+type ExecResult struct {
+	ExitCode int    // the exit code, or 128+signal when a signal ended it
+	Signal   int    // the signal that ended it, or 0
+	TimedOut bool   // killed by WithExecTimeout
+	Stdout   []byte // everything written to stdout
+	Stderr   []byte // everything written to stderr
+}
+
+// ExitStatus is how a process ended.
+type ExitStatus struct {
+	ExitCode int
+	Signal   int
+	TimedOut bool
+}
+
+// WithStdin feeds r to the process's standard input (then EOF).
+func WithStdin(r io.Reader) ExecOption { return func(c *execConfig) { c.stdin = r } }
+
+// process is a started exec: its handle and its stdio stream handles.
+type process struct {
+	ref    *handleRef
+	pid    int
+	stdin  *streamRef
+	stdout *streamRef
+	stderr *streamRef
+}
+
+type startReply struct {
+	Exec   uint64  `json:"exec"`
+	Pid    int     `json:"pid"`
+	Stdin  *uint64 `json:"stdin"`
+	Stdout *uint64 `json:"stdout"`
+	Stderr *uint64 `json:"stderr"`
+}
+
+func (s *Sandbox) start(ctx context.Context, cfg *execConfig) (*process, error) {
+	if len(cfg.Argv) == 0 || cfg.Argv[0] == "" {
+		return nil, &Error{Op: "exec.start", Code: CodeInvalidArgument, Message: "no program given"}
+	}
+	if cfg.timeout > 0 {
+		ms := cfg.timeout.Milliseconds()
+		if ms == 0 {
+			ms = 1
+		}
+		cfg.TimeoutMs = uint64(ms)
+	}
+	var r startReply
+	err := s.ref.use("exec.start", func(h uint64) error {
+		p := struct {
+			Sandbox uint64 `json:"sandbox"`
+			*execConfig
+		}{h, cfg}
+		return call(ctx, "exec.start", "exec.start", &p, &r)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &process{
+		ref:    newHandleRef(r.Exec),
+		pid:    r.Pid,
+		stdin:  newStreamRef(r.Stdin),
+		stdout: newStreamRef(r.Stdout),
+		stderr: newStreamRef(r.Stderr),
+	}, nil
+}
+
+func (p *process) wait(ctx context.Context) (ExitStatus, error) {
+	var r struct {
+		ExitCode int  `json:"exit_code"`
+		Signal   *int `json:"signal"`
+		TimedOut bool `json:"timed_out"`
+	}
+	err := p.ref.use("exec.wait", func(h uint64) error {
+		return call(ctx, "exec.wait", "exec.wait", map[string]uint64{"exec": h}, &r)
+	})
+	if err != nil {
+		return ExitStatus{}, err
+	}
+	st := ExitStatus{ExitCode: r.ExitCode, TimedOut: r.TimedOut}
+	if r.Signal != nil {
+		st.Signal = *r.Signal
+	}
+	return st, nil
+}
+
+func (p *process) signal(sig syscall.Signal) error {
+	return p.ref.use("exec.signal", func(h uint64) error {
+		return call(context.Background(), "exec.signal", "exec.signal", map[string]any{"exec": h, "signal": int(sig)}, nil)
+	})
+}
+
+func (p *process) close() {
+	_ = p.stdin.close()
+	_ = p.stdout.close()
+	_ = p.stderr.close()
+	_ = p.ref.close("exec.close")
+}
+
+// Exec runs a program to completion and collects its output.
+func (s *Sandbox) Exec(ctx context.Context, name string, args ...string) (*ExecResult, error) {
+	return s.ExecArgs(ctx, append([]string{name}, args...))
+}
+
+// ExecArgs runs argv (argv[0] is looked up in PATH) with options.
+func (s *Sandbox) ExecArgs(ctx context.Context, argv []string, opts ...ExecOption) (*ExecResult, error) {
+	cfg := &execConfig{Argv: argv}
+	for _, o := range opts {
+		o(cfg)
+	}
+	in, _ := cfg.stdin.(io.Reader)
+	cfg.Stdin = in != nil
+	p, err := s.start(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer p.close()
+	stop := context.AfterFunc(ctx, func() { _ = p.signal(syscall.SIGKILL) })
+	defer stop()
+
+	var wg sync.WaitGroup
+	var outBuf, errBuf bytes.Buffer
+	var outErr, errErr error
+	wg.Add(2)
+	go func() { defer wg.Done(); _, outErr = io.Copy(&outBuf, p.stdout.reader(ctx, "exec.stdout")) }()
+	go func() {
+		defer wg.Done()
+		if p.stderr != nil {
+			_, errErr = io.Copy(&errBuf, p.stderr.reader(ctx, "exec.stderr"))
+		}
+	}()
+	if in != nil && p.stdin != nil {
+		go func() {
+			w := p.stdin.writer(ctx, "exec.stdin")
+			_, _ = io.Copy(w, in)
+			_ = w.Close()
+		}()
+	}
+	wg.Wait()
+	st, err := p.wait(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if outErr != nil {
+		return nil, outErr
+	}
+	if errErr != nil {
+		return nil, errErr
+	}
+	return &ExecResult{ExitCode: st.ExitCode, Signal: st.Signal, TimedOut: st.TimedOut,
+		Stdout: outBuf.Bytes(), Stderr: errBuf.Bytes()}, nil
+}
+
+// Shell runs script with /bin/sh -c.
+func (s *Sandbox) Shell(ctx context.Context, script string, opts ...ExecOption) (*ExecResult, error) {
+	return s.ExecArgs(ctx, []string{"/bin/sh", "-c", script}, opts...)
+}
+
+// EventKind says what an ExecEvent carries.
+type EventKind int
+
+const (
+	EventStdout EventKind = iota + 1
+	EventStderr
+	EventExit
+)
+
+// ExecEvent is one piece of a streaming exec: a chunk of output, or the
+// exit (always last).
+type ExecEvent struct {
+	Kind EventKind
+	Data []byte     // for EventStdout / EventStderr
+	Exit ExitStatus // for EventExit
+	Err  error      // set on EventExit when the exec failed
+}
+
+// ExecStream is a running process whose output arrives as events, in the
+// order each stream produced it.
+type ExecStream struct {
+	p      *process
+	events chan ExecEvent
+	stdin  io.WriteCloser
+	once   sync.Once
+	stop   func() bool
+}
+
+// ExecStream starts argv and delivers its output event by event. Read
+// Events until it is closed; the last event is EventExit.
+func (s *Sandbox) ExecStream(ctx context.Context, argv []string, opts ...ExecOption) (*ExecStream, error) {
+	cfg := &execConfig{Argv: argv, Stdin: true}
+	for _, o := range opts {
+		o(cfg)
+	}
+	p, err := s.start(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	es := &ExecStream{p: p, events: make(chan ExecEvent, 16)}
+	if p.stdin != nil {
+		es.stdin = p.stdin.writer(ctx, "exec.stdin")
+		if in, ok := cfg.stdin.(io.Reader); ok {
+			go func() { _, _ = io.Copy(es.stdin, in); _ = es.stdin.Close() }()
+		}
+	}
+	es.stop = context.AfterFunc(ctx, func() { _ = p.signal(syscall.SIGKILL) })
+	var wg sync.WaitGroup
+	pump := func(r *streamRef, kind EventKind, op string) {
+		defer wg.Done()
+		if r == nil {
+			return
+		}
+		rd := r.reader(ctx, op)
+		for {
+			buf := make([]byte, 64<<10)
+			n, err := rd.Read(buf)
+			if n > 0 {
+				es.events <- ExecEvent{Kind: kind, Data: buf[:n]}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}
+	wg.Add(2)
+	go pump(p.stdout, EventStdout, "exec.stdout")
+	go pump(p.stderr, EventStderr, "exec.stderr")
+	go func() {
+		wg.Wait()
+		st, err := p.wait(ctx)
+		es.events <- ExecEvent{Kind: EventExit, Exit: st, Err: err}
+		close(es.events)
+		es.stop()
+		p.close()
+	}()
+	return es, nil
+}
+
+// Events delivers output chunks and, last, the exit; then it is closed.
+func (e *ExecStream) Events() <-chan ExecEvent { return e.events }
+
+// Stdin is the process's standard input; Close it to send EOF.
+func (e *ExecStream) Stdin() io.WriteCloser {
+	if e.stdin == nil {
+		return nopWriteCloser{}
+	}
+	return e.stdin
+}
+
+// Pid is the process id inside the sandbox.
+func (e *ExecStream) Pid() int { return e.p.pid }
+
+// Signal sends sig to the process (and its process group).
+func (e *ExecStream) Signal(sig syscall.Signal) error { return e.p.signal(sig) }
+
+// Wait drains the remaining events and returns the exit status.
+func (e *ExecStream) Wait() (ExitStatus, error) {
+	var last ExecEvent
+	for ev := range e.events {
+		last = ev
+	}
+	if last.Kind != EventExit {
+		return ExitStatus{}, errors.New("lockbox: exec stream already drained")
+	}
+	return last.Exit, last.Err
+}
+
+type nopWriteCloser struct{}
+
+func (nopWriteCloser) Write(p []byte) (int, error) { return 0, io.ErrClosedPipe }
+func (nopWriteCloser) Close() error                { return nil }

@@ -1,0 +1,240 @@
+package lockbox
+
+import (
+	"context"
+	"errors"
+	"io"
+	"io/fs"
+	"path/filepath"
+	"time"
+)
+
+// FS is a sandbox's file system. Every path is absolute inside the sandbox
+// and resolved inside its root: no symlink, ".." or /proc trick reaches a
+// host path. File contents stream; nothing is base64-encoded.
+type FS struct{ sb *Sandbox }
+
+// FS returns the sandbox's file system.
+func (s *Sandbox) FS() *FS { return &FS{sb: s} }
+
+// FileInfo describes a file in a sandbox; it implements fs.FileInfo.
+type FileInfo struct {
+	name    string
+	size    int64
+	mode    fs.FileMode
+	modTime time.Time
+	link    string
+}
+
+func (f *FileInfo) Name() string       { return f.name }
+func (f *FileInfo) Size() int64        { return f.size }
+func (f *FileInfo) Mode() fs.FileMode  { return f.mode }
+func (f *FileInfo) ModTime() time.Time { return f.modTime }
+func (f *FileInfo) IsDir() bool        { return f.mode.IsDir() }
+func (f *FileInfo) Sys() any           { return nil }
+
+// LinkTarget is a symlink's target as stored ("" for other files).
+func (f *FileInfo) LinkTarget() string { return f.link }
+
+type wireFileInfo struct {
+	Name       string  `json:"name"`
+	Kind       string  `json:"kind"`
+	Size       int64   `json:"size"`
+	Mode       uint32  `json:"mode"`
+	Mtime      int64   `json:"mtime"`
+	LinkTarget *string `json:"link_target"`
+}
+
+func (w *wireFileInfo) info() *FileInfo {
+	m := fs.FileMode(w.Mode & 0o777)
+	if w.Mode&0o4000 != 0 {
+		m |= fs.ModeSetuid
+	}
+	if w.Mode&0o2000 != 0 {
+		m |= fs.ModeSetgid
+	}
+	if w.Mode&0o1000 != 0 {
+		m |= fs.ModeSticky
+	}
+	switch w.Kind {
+	case "dir":
+		m |= fs.ModeDir
+	case "symlink":
+		m |= fs.ModeSymlink
+	case "other":
+		m |= fs.ModeIrregular
+	}
+	fi := &FileInfo{name: w.Name, size: w.Size, mode: m, modTime: time.Unix(w.Mtime, 0)}
+	if w.LinkTarget != nil {
+		fi.link = *w.LinkTarget
+	}
+	return fi
+}
+
+func (f *FS) call(ctx context.Context, method string, params map[string]any, result any) error {
+	return f.sb.ref.use(method, func(h uint64) error {
+		params["sandbox"] = h
+		return call(ctx, method, method, params, result)
+	})
+}
+
+// Stat describes path (a symlink itself, not its target).
+func (f *FS) Stat(ctx context.Context, path string) (*FileInfo, error) {
+	var w wireFileInfo
+	if err := f.call(ctx, "fs.stat", map[string]any{"path": path}, &w); err != nil {
+		return nil, err
+	}
+	return w.info(), nil
+}
+
+// Exists reports whether path exists.
+func (f *FS) Exists(ctx context.Context, path string) (bool, error) {
+	_, err := f.Stat(ctx, path)
+	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// ReadDir lists a directory.
+func (f *FS) ReadDir(ctx context.Context, path string) ([]*FileInfo, error) {
+	var r struct {
+		Entries []wireFileInfo `json:"entries"`
+	}
+	if err := f.call(ctx, "fs.read_dir", map[string]any{"path": path}, &r); err != nil {
+		return nil, err
+	}
+	out := make([]*FileInfo, len(r.Entries))
+	for i := range r.Entries {
+		out[i] = r.Entries[i].info()
+	}
+	return out, nil
+}
+
+// MkdirAll makes path and any missing parents.
+func (f *FS) MkdirAll(ctx context.Context, path string, perm fs.FileMode) error {
+	return f.call(ctx, "fs.mkdir_all", map[string]any{"path": path, "mode": uint32(perm.Perm())}, nil)
+}
+
+// Remove deletes a file or an empty directory.
+func (f *FS) Remove(ctx context.Context, path string) error {
+	return f.call(ctx, "fs.remove", map[string]any{"path": path}, nil)
+}
+
+// RemoveAll deletes path and everything under it; a missing path is fine.
+func (f *FS) RemoveAll(ctx context.Context, path string) error {
+	return f.call(ctx, "fs.remove_all", map[string]any{"path": path}, nil)
+}
+
+// Rename moves from to to.
+func (f *FS) Rename(ctx context.Context, from, to string) error {
+	return f.call(ctx, "fs.rename", map[string]any{"from": from, "to": to}, nil)
+}
+
+// Symlink makes link point at target.
+func (f *FS) Symlink(ctx context.Context, target, link string) error {
+	return f.call(ctx, "fs.symlink", map[string]any{"target": target, "link": link}, nil)
+}
+
+// fileReader streams a sandbox file.
+type fileReader struct {
+	s *streamRef
+	*streamReader
+}
+
+func (r *fileReader) Close() error { return r.s.close() }
+
+// Open opens a file for reading; its contents stream as you read. Close it.
+func (f *FS) Open(ctx context.Context, path string) (io.ReadCloser, error) {
+	var r struct {
+		Stream uint64 `json:"stream"`
+	}
+	if err := f.call(ctx, "fs.open", map[string]any{"path": path}, &r); err != nil {
+		return nil, err
+	}
+	s := newStreamRef(&r.Stream)
+	return &fileReader{s: s, streamReader: s.reader(ctx, "fs.read")}, nil
+}
+
+// fileWriter streams into a sandbox file; Close completes it.
+type fileWriter struct {
+	s  *streamRef
+	w  *streamWriter
+	ok bool
+}
+
+func (w *fileWriter) Write(p []byte) (int, error) { return w.w.Write(p) }
+
+// Close finishes the file and reports any error writing it.
+func (w *fileWriter) Close() error {
+	if w.ok {
+		return nil
+	}
+	w.ok = true
+	err := w.w.Close()
+	_ = w.s.close()
+	return err
+}
+
+// Create creates or truncates a file (mode 0644) and returns a writer for
+// its contents. The file is complete once Close returns nil.
+func (f *FS) Create(ctx context.Context, path string) (io.WriteCloser, error) {
+	return f.CreateMode(ctx, path, 0o644)
+}
+
+// CreateMode is Create with a permission mode.
+func (f *FS) CreateMode(ctx context.Context, path string, perm fs.FileMode) (io.WriteCloser, error) {
+	var r struct {
+		Stream uint64 `json:"stream"`
+	}
+	if err := f.call(ctx, "fs.create", map[string]any{"path": path, "mode": uint32(perm.Perm())}, &r); err != nil {
+		return nil, err
+	}
+	s := newStreamRef(&r.Stream)
+	return &fileWriter{s: s, w: s.writer(ctx, "fs.write")}, nil
+}
+
+// ReadFile returns a file's contents.
+func (f *FS) ReadFile(ctx context.Context, path string) ([]byte, error) {
+	rc, err := f.Open(ctx, path)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	return io.ReadAll(rc)
+}
+
+// WriteFile writes data to a file, creating or truncating it.
+func (f *FS) WriteFile(ctx context.Context, path string, data []byte, perm fs.FileMode) error {
+	w, err := f.CreateMode(ctx, path, perm)
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(data); err != nil {
+		_ = w.Close()
+		return err
+	}
+	return w.Close()
+}
+
+// CopyFromHost copies a host file or directory tree into the sandbox at
+// sandboxPath. Host symlinks are copied as symlinks.
+func (f *FS) CopyFromHost(ctx context.Context, hostPath, sandboxPath string) error {
+	abs, err := filepath.Abs(hostPath)
+	if err != nil {
+		return &Error{Op: "fs.copy_from_host", Code: CodeInvalidArgument, Message: err.Error()}
+	}
+	return f.call(ctx, "fs.copy_from_host", map[string]any{"src": abs, "dst": sandboxPath}, nil)
+}
+
+// CopyToHost copies a sandbox file or directory tree to hostPath. Entries
+// are created under the destination without following any symlink, so a
+// symlink made in the sandbox is copied as a symlink and never written
+// through.
+func (f *FS) CopyToHost(ctx context.Context, sandboxPath, hostPath string) error {
+	abs, err := filepath.Abs(hostPath)
+	if err != nil {
+		return &Error{Op: "fs.copy_to_host", Code: CodeInvalidArgument, Message: err.Error()}
+	}
+	return f.call(ctx, "fs.copy_to_host", map[string]any{"src": sandboxPath, "dst": abs}, nil)
+}

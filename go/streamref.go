@@ -1,0 +1,96 @@
+package lockbox
+
+import (
+	"context"
+	"io"
+)
+
+// streamRef owns a stream handle and adapts it to io.Reader / io.Writer.
+type streamRef struct{ ref *handleRef }
+
+func newStreamRef(h *uint64) *streamRef {
+	if h == nil || *h == 0 {
+		return nil
+	}
+	return &streamRef{ref: newHandleRef(*h)}
+}
+
+func (s *streamRef) close() error {
+	if s == nil {
+		return nil
+	}
+	return s.ref.close("stream.close")
+}
+
+func (s *streamRef) read(ctx context.Context, op string, buf []byte) (int, error) {
+	var n int
+	err := s.ref.use(op, func(h uint64) error {
+		var err error
+		n, err = streamRead(ctx, op, h, buf)
+		return err
+	})
+	return n, err
+}
+
+func (s *streamRef) write(ctx context.Context, op string, p []byte) (int, error) {
+	var n int
+	err := s.ref.use(op, func(h uint64) error {
+		var err error
+		n, err = streamWrite(ctx, op, h, p)
+		return err
+	})
+	return n, err
+}
+
+func (s *streamRef) closeWrite(ctx context.Context, op string) error {
+	return s.ref.use(op, func(h uint64) error { return streamCloseWrite(ctx, op, h) })
+}
+
+type streamReader struct {
+	s   *streamRef
+	ctx context.Context
+	op  string
+}
+
+func (s *streamRef) reader(ctx context.Context, op string) *streamReader {
+	return &streamReader{s: s, ctx: ctx, op: op}
+}
+
+func (r *streamReader) Read(p []byte) (int, error) { return r.s.read(r.ctx, r.op, p) }
+
+// WriteTo lets io.Copy read in large chunks straight from the library.
+func (r *streamReader) WriteTo(w io.Writer) (int64, error) {
+	buf := make([]byte, 256<<10)
+	var total int64
+	for {
+		n, err := r.s.read(r.ctx, r.op, buf)
+		if n > 0 {
+			m, werr := w.Write(buf[:n])
+			total += int64(m)
+			if werr != nil {
+				return total, werr
+			}
+		}
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
+type streamWriter struct {
+	s   *streamRef
+	ctx context.Context
+	op  string
+}
+
+func (s *streamRef) writer(ctx context.Context, op string) *streamWriter {
+	return &streamWriter{s: s, ctx: ctx, op: op}
+}
+
+func (w *streamWriter) Write(p []byte) (int, error) { return w.s.write(w.ctx, w.op, p) }
+
+// Close half-closes the stream (the reader inside sees EOF).
+func (w *streamWriter) Close() error { return w.s.closeWrite(w.ctx, w.op) }
