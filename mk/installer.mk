@@ -7,8 +7,9 @@
 TEST_STEPS += check-pin test-install
 BENCH_STEPS += bench-install
 
-INSTALLER_RELEASE_BIN := $(RELEASE_DIR)/lockbox-installer
-INSTALLER_DEBUG_BIN    = $${CARGO_TARGET_DIR:-$(ROOT)/target}/debug/lockbox-installer
+INSTALLER_TARGET := $(or $(CARGO_TARGET_DIR),$(ROOT)/target)
+INSTALLER_RELEASE_BIN := $(INSTALLER_TARGET)/release/lockbox-installer
+INSTALLER_DEBUG_BIN := $(INSTALLER_TARGET)/debug/lockbox-installer
 DEV_SIGNING_KEY := $(BUILD)/dev-signing-key
 PIN_GO_DIR := $(ROOT)/go/internal/pin/data
 SIGNING_KEY ?=
@@ -32,7 +33,8 @@ release-only:
 	  $(INSTALLER_RELEASE_BIN) public-key --key $(DEV_SIGNING_KEY) > manifests/keys/dev.pub; \
 	  keyarg="--key $(DEV_SIGNING_KEY)"; \
 	fi; \
-	$(INSTALLER_RELEASE_BIN) release --version $(VERSION) --out $(DIST) --root $(ROOT) --pin manifests $$keyarg
+	$(INSTALLER_RELEASE_BIN) release --version $(VERSION) --out $(DIST) --root $(ROOT) --pin manifests $$keyarg \
+	  --lib $(INSTALLER_TARGET)/release/liblockbox.so --helper $(INSTALLER_TARGET)/release/lockbox-helper
 	@rm -rf $(PIN_GO_DIR)/keys $(PIN_GO_DIR)/$(VERSION)
 	@mkdir -p $(PIN_GO_DIR)/keys $(PIN_GO_DIR)/$(VERSION)
 	@cp manifests/keys/*.pub $(PIN_GO_DIR)/keys/

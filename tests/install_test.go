@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -596,4 +597,37 @@ func TestInstallChildProcess(t *testing.T) {
 	}
 	b, _ := json.Marshal(res)
 	fmt.Printf("RESULT %s\n", b)
+}
+
+func TestInstallCLIStallAndDeadline(t *testing.T) {
+	t.Parallel()
+	rel := instBuildRelease(t, "7.8.0-test", 2<<20)
+	var stallAlways atomic.Bool
+	srv := instServe(t, rel.dist, func(w http.ResponseWriter, r *http.Request, hit int) bool {
+		if !strings.HasSuffix(r.URL.Path, instLibPath) || (hit > 1 && !stallAlways.Load()) {
+			return false
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(rel.lib)))
+		w.Write(rel.lib[:1<<20])
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+		return true
+	})
+	key := "--trusted-key=" + rel.keyFile + ".pub"
+	// A stalled first attempt is abandoned and the download resumes.
+	root := t.TempDir()
+	if _, stderr, code := instCLI(t, "install", "--version", rel.version, "--from", srv.URL, "--dir", root, key, "--stall-timeout", "1"); code != 0 {
+		t.Fatalf("stall then resume: exit %d\n%s", code, stderr)
+	}
+	if r := srv.ranges(instLibPath); len(r) != 2 || r[1] != fmt.Sprintf("bytes=%d-", 1<<20) {
+		t.Fatalf("library requests' Range headers: %q", r)
+	}
+	// A server that always stalls runs into the overall deadline: exit 4.
+	stallAlways.Store(true)
+	root = t.TempDir()
+	_, stderr, code := instCLI(t, "install", "--version", rel.version, "--from", srv.URL, "--dir", root, key, "--timeout", "2")
+	if code != 4 || !strings.Contains(stderr, "deadline") {
+		t.Fatalf("always stalled: exit %d\n%s", code, stderr)
+	}
+	instAssertNotInstalled(t, root, rel.version, lockbox.WithTrustedKey(rel.pubKey))
 }

@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod fsutil;
+pub mod http_stream;
 pub mod install;
 pub mod layout;
 pub mod lock;

@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use lockbox_installer::error::{exit, Error};
@@ -71,6 +72,12 @@ enum Cmd {
         manifest_sha256: Option<String>,
         #[arg(long, default_value_t = current_platform())]
         platform: String,
+        /// Give up (exit 4) when the whole install takes longer than this many seconds.
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// Abandon and retry a download that receives nothing for this many seconds.
+        #[arg(long, default_value_t = 30)]
+        stall_timeout: u64,
         /// No progress on stderr.
         #[arg(long, short)]
         quiet: bool,
@@ -180,8 +187,12 @@ fn run(cmd: Cmd) -> Result<(), Error> {
             trusted_key,
             manifest_sha256,
             platform,
+            timeout,
+            stall_timeout,
             quiet,
         } => {
+            let deadline = timeout.map(|s| Instant::now() + Duration::from_secs(s));
+            let stall = Duration::from_secs(stall_timeout.max(1));
             let from = from.or_else(|| {
                 std::env::var("LOCKBOX_RELEASE_URL")
                     .ok()
@@ -190,7 +201,10 @@ fn run(cmd: Cmd) -> Result<(), Error> {
             let req = InstallRequest {
                 version,
                 root: layout::install_root(dir.as_deref())?,
-                source: from.as_deref().map(Source::parse).transpose()?,
+                source: from
+                    .as_deref()
+                    .map(|f| Source::parse(f).map(|s| s.with_limits(stall, deadline)))
+                    .transpose()?,
                 trusted: trusted_keys(&trusted_key)?,
                 offline: offline || env_flag("LOCKBOX_OFFLINE"),
                 platform,

@@ -10,19 +10,25 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use reqwest::blocking::{Client, Response};
-use reqwest::header::{CONTENT_RANGE, RANGE};
+use reqwest::blocking::Client;
 use reqwest::StatusCode;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::http_stream::{self, HttpStream, Limits};
 use crate::manifest::Artifact;
 
 const MAX_ATTEMPTS: u32 = 5;
 const BUF_SIZE: usize = 1 << 18;
+/// An attempt that receives nothing for this long is abandoned and retried.
+pub const DEFAULT_STALL: Duration = Duration::from_secs(30);
 
 pub enum Source {
-    Http { base: String, client: Client },
+    Http {
+        base: String,
+        client: Client,
+        limits: Limits,
+    },
     Dir(PathBuf),
 }
 
@@ -46,6 +52,10 @@ impl Source {
             Ok(Source::Http {
                 base: spec.trim_end_matches('/').to_string(),
                 client,
+                limits: Limits {
+                    stall: DEFAULT_STALL,
+                    deadline: None,
+                },
             })
         } else if let Some(p) = spec.strip_prefix("file://") {
             Ok(Source::Dir(PathBuf::from(p)))
@@ -55,6 +65,23 @@ impl Source {
             )))
         } else {
             Ok(Source::Dir(PathBuf::from(spec)))
+        }
+    }
+
+    /// Sets the stall timeout and an overall deadline (HTTP sources only).
+    pub fn with_limits(mut self, stall: Duration, deadline: Option<std::time::Instant>) -> Source {
+        if let Source::Http { limits, .. } = &mut self {
+            *limits = Limits { stall, deadline };
+        }
+        self
+    }
+
+    fn check_deadline(&self) -> Result<()> {
+        match self {
+            Source::Http { limits, .. } if limits.expired() => {
+                Err(Error::Network("deadline exceeded (--timeout)".into()))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -73,6 +100,7 @@ impl Source {
             if attempt > 0 {
                 std::thread::sleep(backoff(attempt));
             }
+            self.check_deadline()?;
             let reader: Box<dyn Read> = match self {
                 Source::Dir(d) => Box::new(File::open(d.join(rel)).map_err(|e| {
                     if e.kind() == std::io::ErrorKind::NotFound {
@@ -82,8 +110,8 @@ impl Source {
                     }
                 })?),
                 Source::Http { .. } => match self.get(rel, 0) {
-                    Ok(r) if r.status() == StatusCode::OK => Box::new(r),
-                    Ok(r) => match classify_status(r.status(), &what) {
+                    Ok((h, r)) if h.status == StatusCode::OK => Box::new(r),
+                    Ok((h, _)) => match classify_status(h.status, &what) {
                         Stop::Retry(m) => {
                             last = m;
                             continue;
@@ -134,6 +162,7 @@ impl Source {
             if attempt > 0 {
                 std::thread::sleep(backoff(attempt));
             }
+            self.check_deadline()?;
             let outcome = match self {
                 Source::Dir(d) => {
                     let path = d.join(rel);
@@ -160,6 +189,7 @@ impl Source {
             }
         }
         if got.have != artifact.size {
+            self.check_deadline()?;
             return Err(Error::Network(format!(
                 "{last} (after {MAX_ATTEMPTS} attempts, {} of {} bytes)",
                 got.have, artifact.size
@@ -175,16 +205,21 @@ impl Source {
         Ok(())
     }
 
-    fn get(&self, rel: &str, from: u64) -> std::result::Result<Response, String> {
-        let Source::Http { base, client } = self else {
+    fn get(
+        &self,
+        rel: &str,
+        from: u64,
+    ) -> std::result::Result<(http_stream::Head, HttpStream), String> {
+        let Source::Http {
+            base,
+            client,
+            limits,
+        } = self
+        else {
             unreachable!("get on a directory source")
         };
-        let url = format!("{base}/{rel}");
-        let mut req = client.get(&url);
-        if from > 0 {
-            req = req.header(RANGE, format!("bytes={from}-"));
-        }
-        req.send().map_err(|e| format!("{url}: {e}"))
+        let mut s = http_stream::get(client, &format!("{base}/{rel}"), from, *limits);
+        Ok((s.head()?, s))
     }
 
     fn http_attempt(
@@ -193,15 +228,10 @@ impl Source {
         got: &mut Received,
         progress: ProgressFn,
     ) -> std::result::Result<(), Stop> {
-        let resp = self.get(rel, got.have).map_err(Stop::Retry)?;
-        let status = resp.status();
-        match status {
+        let (head, resp) = self.get(rel, got.have).map_err(Stop::Retry)?;
+        match head.status {
             StatusCode::PARTIAL_CONTENT if got.have > 0 => {
-                let start = resp
-                    .headers()
-                    .get(CONTENT_RANGE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(range_start);
+                let start = head.content_range.as_deref().and_then(range_start);
                 if start != Some(got.have) {
                     got.restart().map_err(Stop::Fatal)?;
                     return Err(Stop::Retry(format!(
@@ -217,7 +247,7 @@ impl Source {
             }
             s => return Err(classify_status(s, got.what)),
         }
-        if let Some(len) = resp.content_length() {
+        if let Some(len) = head.content_length {
             if got.have + len != got.size {
                 return Err(Stop::Fatal(Error::Verification(format!(
                     "{}: server sends {} bytes, manifest says {}",
