@@ -262,3 +262,128 @@ fn describe_missing(paths: &VersionPaths, platform: &str) -> String {
         missing.join(", ")
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::release::{release, ReleaseRequest};
+    use crate::signing::generate_signing_key;
+
+    struct Fixture {
+        _tmp: tempfile::TempDir,
+        dist: PathBuf,
+        root: PathBuf,
+        trusted: TrustedKeys,
+    }
+
+    fn fixture(version: &str) -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        fs::create_dir_all(&src).unwrap();
+        fs::write(src.join("liblockbox.so"), vec![7u8; 100_000]).unwrap();
+        fs::write(src.join("lockbox-helper"), b"#!/bin/sh\n").unwrap();
+        let key = generate_signing_key();
+        let mut trusted = TrustedKeys::default();
+        trusted.add("test", key.verifying_key());
+        let dist = tmp.path().join("dist");
+        release(&ReleaseRequest {
+            version: version.into(),
+            out: dist.clone(),
+            key,
+            platform: crate::manifest::current_platform(),
+            library: src.join("liblockbox.so"),
+            helpers: vec![src.join("lockbox-helper")],
+            images_dir: None,
+            pin_dirs: vec![],
+        })
+        .unwrap();
+        Fixture {
+            root: tmp.path().join("home"),
+            dist,
+            trusted,
+            _tmp: tmp,
+        }
+    }
+
+    fn request(f: &Fixture, version: &str, offline: bool) -> InstallRequest {
+        InstallRequest {
+            version: version.into(),
+            root: f.root.clone(),
+            source: Some(Source::Dir(f.dist.clone())),
+            trusted: f.trusted.clone(),
+            offline,
+            platform: crate::manifest::current_platform(),
+            pinned_manifest_sha256: None,
+        }
+    }
+
+    #[test]
+    fn installs_then_takes_the_warm_path() {
+        let f = fixture("1.0.0");
+        let first = install(&request(&f, "1.0.0", false), &mut |_| {}).unwrap();
+        assert!(!first.warm);
+        crate::verify::verify_tree(&first.dir, &f.trusted, &crate::manifest::current_platform())
+            .unwrap();
+        let second = install(&request(&f, "1.0.0", true), &mut |_| {}).unwrap();
+        assert!(second.warm);
+    }
+
+    #[test]
+    fn pin_mismatch_and_tampering_install_nothing() {
+        let f = fixture("1.0.0");
+        let mut req = request(&f, "1.0.0", false);
+        req.pinned_manifest_sha256 = Some("0".repeat(64));
+        assert!(matches!(
+            install(&req, &mut |_| {}),
+            Err(Error::Verification(_))
+        ));
+
+        let manifest = f.dist.join("1.0.0").join(MANIFEST);
+        let mut bytes = fs::read(&manifest).unwrap();
+        bytes.push(b' ');
+        fs::write(&manifest, bytes).unwrap();
+        assert!(matches!(
+            install(&request(&f, "1.0.0", false), &mut |_| {}),
+            Err(Error::Verification(_))
+        ));
+        let versions = f.root.join("versions");
+        let left: Vec<_> = fs::read_dir(&versions)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            left,
+            vec!["1.0.0.lock".to_string()],
+            "left behind: {left:?}"
+        );
+    }
+
+    #[test]
+    fn leftovers_and_unmarked_trees_are_replaced() {
+        let f = fixture("2.0.0");
+        let paths = VersionPaths::new(&f.root, "2.0.0");
+        fs::create_dir_all(paths.dir.join("lib")).unwrap();
+        fs::write(paths.dir.join("lib/liblockbox.so"), b"partial").unwrap();
+        let stale = paths.new_scratch("staging");
+        fs::create_dir_all(&stale).unwrap();
+        assert!(matches!(
+            install(&request(&f, "2.0.0", true), &mut |_| {}),
+            Err(Error::Offline(_))
+        ));
+        let done = install(&request(&f, "2.0.0", false), &mut |_| {}).unwrap();
+        assert!(!stale.exists());
+        crate::verify::verify_tree(&done.dir, &f.trusted, &crate::manifest::current_platform())
+            .unwrap();
+    }
+
+    #[test]
+    fn wrong_version_in_manifest_is_refused() {
+        let f = fixture("3.0.0");
+        fs::rename(f.dist.join("3.0.0"), f.dist.join("3.0.1")).unwrap();
+        assert!(matches!(
+            install(&request(&f, "3.0.1", false), &mut |_| {}),
+            Err(Error::Verification(_))
+        ));
+    }
+}
