@@ -248,6 +248,40 @@ impl ImageStore {
         Ok(resolved)
     }
 
+    /// Pulls `reference` (`[registry/]repo[:tag][@sha256:..]`) from its
+    /// registry: https unless `opts.plain_http`; anonymous, basic or bearer
+    /// auth; an image index picks linux/<host arch>; every manifest and
+    /// blob is checked against its digest. Layers already in the store are
+    /// not downloaded (the image is keyed by its config digest). Recorded
+    /// under `reference` as given, so `resolve(reference)` finds it.
+    pub fn pull(
+        &self,
+        reference: &str,
+        opts: &crate::registry::PullOptions,
+        cancel: &Cancel,
+    ) -> Result<ResolvedImage> {
+        validate_name(reference)?;
+        let parsed = crate::reference::Reference::parse(reference)?;
+        cancel.check()?;
+        let mut session = crate::registry::Session::new(parsed, opts.clone())?;
+        let plan = crate::registry::plan(&mut session)?;
+        cancel.check()?;
+        let digest = plan.config_digest.clone();
+        let resolved = self.install(Some(&digest), cancel, |unpacker| {
+            crate::registry::unpack(&mut session, &plan, unpacker)?;
+            Ok(Filled {
+                digest: plan.config_digest.clone(),
+                config: plan.config.clone(),
+                source: format!(
+                    "registry:{}/{}",
+                    plan.reference.registry, plan.reference.repository
+                ),
+            })
+        })?;
+        self.set_ref(reference, &resolved.digest, None)?;
+        Ok(resolved)
+    }
+
     /// Every complete image with the names that point at it.
     pub fn list(&self) -> Result<Vec<ImageInfo>> {
         let refs = refs::all(&self.refs_dir())?;

@@ -15,6 +15,10 @@ hash=$(inputs_hash "$here/build-base.sh" "$here/common.sh" "$busybox")
 if up_to_date base "$hash" "$out"; then
   echo "base: up to date ($out/base.tar.zst)"; exit 0
 fi
+build_lock base "$out"
+if up_to_date base "$hash" "$out"; then
+  echo "base: up to date ($out/base.tar.zst), built by a concurrent run"; exit 0
+fi
 
 staging=$(mktemp -d "$out/.base.XXXXXX")
 trap 'rm -rf "$staging"' EXIT

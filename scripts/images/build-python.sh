@@ -18,6 +18,10 @@ hash=$(inputs_hash "$here/build-python.sh" "$here/common.sh")
 if up_to_date python "$hash" "$out"; then
   echo "python: up to date ($out/python.tar.zst)"; exit 0
 fi
+build_lock python "$out"
+if up_to_date python "$hash" "$out"; then
+  echo "python: up to date ($out/python.tar.zst), built by a concurrent run"; exit 0
+fi
 [ "$(id -u)" -eq 0 ] || { echo "build-python: debootstrap needs root" >&2; exit 1; }
 command -v debootstrap >/dev/null || { echo "build-python: apt-get install debootstrap" >&2; exit 1; }
 mirror=${MIRROR:-$("$here/apt-mirror.sh" "$suite")}

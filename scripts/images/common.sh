@@ -19,6 +19,13 @@ up_to_date() {
     [ -f "$out/$name.tar.zst" ] && [ -d "$out/$name/rootfs" ]
 }
 
+# build_lock NAME OUTDIR : one build of NAME at a time (two `make` runs in
+# one tree would otherwise swap directories under each other's tar).
+build_lock() {
+  exec 9>"$2/.$1.lock"
+  flock 9
+}
+
 # pack ROOTFS OUT.tar.zst : sorted names, fixed times, numeric owners, no
 # atime/ctime, so the archive depends on the content only.
 pack() {
