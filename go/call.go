@@ -16,10 +16,15 @@ package lockbox
 //	closeHandle(op, h) error                    // closing twice is fine
 //	newHandleRef(h) *handleRef                  // handle.go: owner with Close + finalizer
 //
-// Pointers are passed to purego.SyscallN as uintptr(unsafe.Pointer(...))
-// conversions written directly in its argument list: SyscallN is marked
-// go:uintptrescapes, which moves those objects to the heap (stacks can move
-// while C runs), and runtime.KeepAlive keeps them alive until it returns.
+// Pointers passed to C must not move while C runs. Where the memory is the
+// caller's (stream buffers), the uintptr(unsafe.Pointer(...)) conversion is
+// written directly in purego.SyscallN's argument list: SyscallN is marked
+// go:uintptrescapes, which moves those objects to the heap. That also puts
+// the variadic argument slice on the heap (one allocation per call), so the
+// hot JSON path instead passes a pooled, heap-allocated argument array
+// (outParams.args) and only pointers to heap memory it owns (pooled request
+// buffers, the pooled outParams itself, C memory); runtime.KeepAlive keeps
+// them alive until SyscallN returns.
 
 import (
 	"context"
@@ -40,9 +45,10 @@ const (
 // outParams receives a library-allocated buffer (and a count for streams).
 // Pooled and heap-allocated: C writes into it.
 type outParams struct {
-	ptr *byte
-	len uintptr
-	n   uintptr
+	ptr  *byte
+	len  uintptr
+	n    uintptr
+	args [5]uintptr
 }
 
 var outPool = sync.Pool{New: func() any { return new(outParams) }}
@@ -61,7 +67,8 @@ func (l *library) take(o *outParams, want bool) []byte {
 	if want {
 		b = append([]byte(nil), unsafe.Slice(o.ptr, o.len)...)
 	}
-	purego.SyscallN(l.fnFree, uintptr(unsafe.Pointer(o.ptr)), o.len)
+	o.args[0], o.args[1] = uintptr(unsafe.Pointer(o.ptr)), o.len
+	purego.SyscallN(l.fnFree, o.args[:2]...)
 	o.ptr, o.len = nil, 0
 	return b
 }
@@ -109,17 +116,24 @@ func call(ctx context.Context, op, method string, params, result any) error {
 	}
 	rb := reqPool.Get().(*reqBuf)
 	rb.b = appendRequest(rb.b[:0], method, p)
-	err := invoke(ctx, op, rb.b, result, nil)
+	err := invoke(ctx, op, rb, result, nil)
+	putReq(rb)
+	return err
+}
+
+func putReq(rb *reqBuf) {
 	if cap(rb.b) <= 64<<10 {
 		reqPool.Put(rb)
 	}
-	return err
 }
 
 // callRaw sends a complete request and returns the result JSON.
 func callRaw(ctx context.Context, op string, req []byte) ([]byte, error) {
 	var out []byte
-	err := invoke(ctx, op, req, nil, &out)
+	rb := reqPool.Get().(*reqBuf)
+	rb.b = append(rb.b[:0], req...)
+	err := invoke(ctx, op, rb, nil, &out)
+	putReq(rb)
 	return out, err
 }
 
@@ -151,9 +165,11 @@ func plainMethod(m string) bool {
 	return true
 }
 
-// invoke runs one lockbox_call. On success it decodes into result (if not
-// nil) or copies the bytes into *raw (if not nil).
-func invoke(ctx context.Context, op string, req []byte, result any, raw *[]byte) error {
+// invoke runs one lockbox_call with the request in rb (pooled, so on the
+// heap). On success it decodes into result (if not nil) or copies the bytes
+// into *raw (if not nil).
+func invoke(ctx context.Context, op string, rb *reqBuf, result any, raw *[]byte) error {
+	req := rb.b
 	l, err := lib()
 	if err != nil {
 		return withOp(err, op)
@@ -166,10 +182,10 @@ func invoke(ctx context.Context, op string, req []byte, result any, raw *[]byte)
 	}
 	o := outPool.Get().(*outParams)
 	c := l.arm(ctx)
-	st, _, _ := purego.SyscallN(l.fnCall,
-		uintptr(unsafe.Pointer(&req[0])), uintptr(len(req)), uintptr(c.id()),
-		uintptr(unsafe.Pointer(&o.ptr)), uintptr(unsafe.Pointer(&o.len)))
-	runtime.KeepAlive(req)
+	o.args = [5]uintptr{uintptr(unsafe.Pointer(&req[0])), uintptr(len(req)), uintptr(c.id()),
+		uintptr(unsafe.Pointer(&o.ptr)), uintptr(unsafe.Pointer(&o.len))}
+	st, _, _ := purego.SyscallN(l.fnCall, o.args[:]...)
+	runtime.KeepAlive(rb)
 	l.disarm(c)
 	if int32(st) != statusOK {
 		err = l.errorFrom(ctx, op, o, st)

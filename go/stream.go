@@ -98,8 +98,9 @@ func closeHandle(op string, h uint64) error {
 	}
 	o := outPool.Get().(*outParams)
 	defer outPool.Put(o)
-	st, _, _ := purego.SyscallN(l.fnClose, uintptr(h),
-		uintptr(unsafe.Pointer(&o.ptr)), uintptr(unsafe.Pointer(&o.len)))
+	o.args[0], o.args[1], o.args[2] = uintptr(h), uintptr(unsafe.Pointer(&o.ptr)), uintptr(unsafe.Pointer(&o.len))
+	st, _, _ := purego.SyscallN(l.fnClose, o.args[:3]...)
+	runtime.KeepAlive(o)
 	if int32(st) != statusOK {
 		return l.errorFrom(context.Background(), op, o, st)
 	}
