@@ -57,8 +57,11 @@ pub fn find_helper() -> Result<PathBuf> {
             dir.join("../bin/lockbox-helper"),
             dir.join("lockbox-helper"),
         ];
-        // cargo test binaries live in target/<profile>/deps.
+        // cargo test binaries live in target/<profile>/deps; test copies of
+        // the library in another dir under target/ use a cargo-built helper.
         candidates.push(dir.join("../lockbox-helper"));
+        candidates.push(dir.join("../release/lockbox-helper"));
+        candidates.push(dir.join("../debug/lockbox-helper"));
         for c in candidates {
             if c.is_file() {
                 return Ok(c);
