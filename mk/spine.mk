@@ -15,9 +15,15 @@ SPINE_TARGET    := $(or $(CARGO_TARGET_DIR),$(ROOT)/target)
 FFI_TEST_LIB    := $(SPINE_TARGET)/lockbox-test-hooks/liblockbox.so
 FFI_RELEASE_LIB := $(SPINE_TARGET)/release/liblockbox.so
 FFI_HEADER      := ffi/include/lockbox.h
+HELPER_DEBUG    := $(SPINE_TARGET)/debug/lockbox-helper
+# The Go package's tests include the sandbox API's, which start real
+# sandboxes: they need the helper (built here) and whatever other fragments
+# add (e.g. GO_TEST_DEPS += image-base, GO_TEST_ENV += LOCKBOX_IMAGES=...).
+GO_TEST_DEPS    += ffi-test-lib helper-debug
+GO_TEST_ENV     += LOCKBOX_LIB=$(FFI_TEST_LIB) LOCKBOX_HELPER=$(HELPER_DEBUG)
 CBINDGEN        := cbindgen -q --config ffi/cbindgen.toml --crate lockbox-ffi
 
-.PHONY: ffi-release ffi-test-lib test-ffi test-go test-go-race header check-header bench-ffi
+.PHONY: ffi-release ffi-test-lib helper-debug test-ffi test-go test-go-race header check-header bench-ffi
 
 ffi-release:
 	cargo build --release --locked -p lockbox-ffi
@@ -28,15 +34,18 @@ ffi-test-lib:
 	@mkdir -p $(dir $(FFI_TEST_LIB))
 	@cp $(SPINE_TARGET)/debug/liblockbox.so $(FFI_TEST_LIB).tmp && mv -f $(FFI_TEST_LIB).tmp $(FFI_TEST_LIB)
 
+helper-debug:
+	cargo build --locked -p lockbox-agent --bin lockbox-helper
+
 test-ffi: ffi-test-lib
 	LOCKBOX_TEST_LIB=$(FFI_TEST_LIB) cargo test --locked -p lockbox-ffi --features test-hooks
 
-test-go: ffi-test-lib
+test-go: $(GO_TEST_DEPS)
 	cd go && CGO_ENABLED=0 go build ./... && CGO_ENABLED=0 go vet ./...
-	cd go && LOCKBOX_LIB=$(FFI_TEST_LIB) CGO_ENABLED=0 go test -count=1 ./...
+	cd go && $(GO_TEST_ENV) CGO_ENABLED=0 go test -count=1 ./...
 
-test-go-race: ffi-test-lib
-	cd go && LOCKBOX_LIB=$(FFI_TEST_LIB) CGO_ENABLED=1 go test -race -count=1 ./...
+test-go-race: $(GO_TEST_DEPS)
+	cd go && $(GO_TEST_ENV) CGO_ENABLED=1 go test -race -count=1 ./...
 
 header:
 	$(CBINDGEN) --output $(FFI_HEADER) ffi
