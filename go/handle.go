@@ -25,7 +25,10 @@ func newHandleRef(h uint64) *handleRef {
 	r := &handleRef{h: h}
 	runtime.SetFinalizer(r, func(r *handleRef) {
 		if r.closed.CompareAndSwap(false, true) {
-			_ = closeHandle("finalize", r.h)
+			// Off the finalizer goroutine: releasing an engine object may
+			// take a while (a sandbox tearing down), and one slow release
+			// must not hold up every other finalizer in the program.
+			go func(h uint64) { _ = closeHandle("finalize", h) }(r.h)
 		}
 	})
 	return r
