@@ -174,7 +174,7 @@ func Test64GoroutinesAtOnce(t *testing.T) {
 		t.Error(err)
 	}
 	after := libStats(t)
-	if after.Handles != before.Handles || after.CancelSlots != 0 {
+	if after.Handles > before.Handles || after.CancelSlots != 0 {
 		t.Errorf("leak: before %+v after %+v", before, after)
 	}
 }
