@@ -125,6 +125,45 @@ int32_t lockbox_stream_close_write(uint64_t h, uint64_t id, uint8_t **e, size_t 
 	wantLoadError(t, err, so, "ABI mismatch: the library speaks ABI 99, this SDK (lockbox "+Version+") needs ABI 1")
 }
 
+// A real library that needs a glibc symbol version this system's glibc
+// lacks (GLIBC_9.99), as a library built on a much newer distribution
+// would: linked against a stub libc.so.6 that defines that version.
+func TestLoadNeedsNewerGlibc(t *testing.T) {
+	if _, err := exec.LookPath("gcc"); err != nil {
+		t.Skip("gcc not installed: cannot build the fixture library")
+	}
+	dir := t.TempDir()
+	stubDir := filepath.Join(dir, "stub")
+	files := map[string]string{
+		"stub.c": "void lockbox_fake_sym(void) {}\n",
+		"v.map":  "GLIBC_9.99 { global: lockbox_fake_sym; };\n",
+		"lib.c":  "extern void lockbox_fake_sym(void);\nvoid f(void) { lockbox_fake_sym(); }\n",
+	}
+	for name, body := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(stubDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	so := filepath.Join(dir, "liblockbox.so")
+	for _, args := range [][]string{
+		{"-shared", "-fPIC", "-nostdlib", "-Wl,-soname,libc.so.6", "-Wl,--version-script=" + filepath.Join(dir, "v.map"),
+			"-o", filepath.Join(stubDir, "libc.so.6"), filepath.Join(dir, "stub.c")},
+		{"-shared", "-fPIC", "-o", so, filepath.Join(dir, "lib.c"), "-L" + stubDir, "-l:libc.so.6"},
+	} {
+		if out, err := exec.Command("gcc", args...).CombinedOutput(); err != nil {
+			t.Fatalf("gcc %v: %v\n%s", args, err, out)
+		}
+	}
+	_, err := openLibrary(so)
+	wantLoadError(t, err, so, "needs a newer glibc than this system has")
+	if !strings.Contains(err.Error(), "GLIBC_9.99") {
+		t.Errorf("the error should name the missing version: %v", err)
+	}
+}
+
 func TestDescribeDlopenError(t *testing.T) {
 	msg := "/x/liblockbox.so: /lib/x86_64-linux-gnu/libc.so.6: version `GLIBC_2.99' not found (required by /x/liblockbox.so)"
 	if got := describeDlopenError(msg); !strings.HasPrefix(got, "needs a newer glibc than this system has") {
