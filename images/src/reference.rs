@@ -15,13 +15,16 @@ pub struct Reference {
 
 impl Reference {
     pub fn parse(s: &str) -> Result<Self> {
-        let bad = |why: &str| ImageError::InvalidArgument(format!("bad image reference {s:?}: {why}"));
+        let bad =
+            |why: &str| ImageError::InvalidArgument(format!("bad image reference {s:?}: {why}"));
         let (rest, digest) = match s.split_once('@') {
             Some((r, d)) => (r, Some(Digest::parse(d).map_err(|_| bad("bad digest"))?)),
             None => (s, None),
         };
         let (registry, path) = match rest.split_once('/') {
-            Some((first, p)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            Some((first, p))
+                if first.contains('.') || first.contains(':') || first == "localhost" =>
+            {
                 (first.to_string(), p.to_string())
             }
             _ => ("docker.io".to_string(), rest.to_string()),
@@ -48,7 +51,8 @@ impl Reference {
         if let Some(t) = &tag {
             let ok = !t.is_empty()
                 && t.len() <= 128
-                && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
             if !ok {
                 return Err(bad("bad tag"));
             }
@@ -92,11 +96,17 @@ mod tests {
     #[test]
     fn defaults_and_forms() {
         let r = Reference::parse("busybox").unwrap();
-        assert_eq!((r.registry.as_str(), r.repository.as_str()), ("docker.io", "library/busybox"));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            ("docker.io", "library/busybox")
+        );
         assert_eq!(r.tag.as_deref(), Some("latest"));
         assert_eq!(r.api_host(), "registry-1.docker.io");
         let r = Reference::parse("127.0.0.1:5000/a/b:1.2").unwrap();
-        assert_eq!((r.registry.as_str(), r.repository.as_str()), ("127.0.0.1:5000", "a/b"));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            ("127.0.0.1:5000", "a/b")
+        );
         assert_eq!(r.tag.as_deref(), Some("1.2"));
         let d = format!("sha256:{}", "a".repeat(64));
         let r = Reference::parse(&format!("localhost/x@{d}")).unwrap();

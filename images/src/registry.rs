@@ -170,7 +170,11 @@ impl Session {
 
     /// Fetches a manifest or index and checks it against `expected` (or
     /// the registry's Docker-Content-Digest when fetched by tag).
-    fn manifest(&mut self, reference: &str, expected: Option<&Descriptor>) -> Result<(Vec<u8>, String)> {
+    fn manifest(
+        &mut self,
+        reference: &str,
+        expected: Option<&Descriptor>,
+    ) -> Result<(Vec<u8>, String)> {
         let resp = self.get(&format!("manifests/{reference}"), Some(MANIFEST_TYPES))?;
         let media = resp
             .headers()
@@ -248,7 +252,11 @@ fn parse_challenge(s: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut rest = s.trim();
     while let Some((key, after)) = rest.split_once('=') {
-        let key = key.trim().trim_start_matches(',').trim().to_ascii_lowercase();
+        let key = key
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
         let (value, next) = if let Some(q) = after.strip_prefix('"') {
             let end = q.find('"').unwrap_or(q.len());
             (q[..end].to_string(), q.get(end + 1..).unwrap_or(""))
@@ -288,7 +296,7 @@ pub(crate) fn plan(session: &mut Session) -> Result<Plan> {
         body = r.0;
         media = chosen.media_type.clone();
     }
-    if media.contains("manifest.v1") {
+    if media.starts_with("application/vnd.docker.distribution.manifest.v1") {
         return Err(ImageError::invalid_image(
             "Docker schema 1 manifests are not supported",
         ));

@@ -260,7 +260,23 @@ impl TwoLayerImage {
             ),
         );
         let m = blob(dir, manifest.as_bytes());
-        let other = format!("sha256:{}", "0".repeat(64));
+        // The other platform's image has only the first layer: picking it
+        // by mistake shows in the result.
+        let other_manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[{}]}}"#,
+            desc(
+                "application/vnd.oci.image.config.v1+json",
+                &c,
+                self.config.len()
+            ),
+            desc(
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+                &l1,
+                self.layer1_gz.len()
+            ),
+        );
+        let other = blob(dir, other_manifest.as_bytes());
+        let other_size = other_manifest.len();
         let arch = if cfg!(target_arch = "x86_64") {
             "amd64"
         } else {
@@ -269,7 +285,7 @@ impl TwoLayerImage {
         let not_arch = if arch == "amd64" { "arm64" } else { "amd64" };
         let index = format!(
             r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
-              {{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{other}","size":10,"platform":{{"os":"linux","architecture":"{not_arch}"}}}},
+              {{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{other}","size":{other_size},"platform":{{"os":"linux","architecture":"{not_arch}"}}}},
               {{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{m}","size":{},"platform":{{"os":"linux","architecture":"{arch}"}}}}]}}"#,
             manifest.len()
         );
