@@ -127,6 +127,9 @@ func openLibrary(path string) (*library, error) {
 	if err := checkELF(abs); err != nil {
 		return nil, err
 	}
+	// dlerror() is per thread: keep dlopen and purego's dlerror on one.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	dl, err := purego.Dlopen(abs, purego.RTLD_NOW|purego.RTLD_LOCAL)
 	if err != nil {
 		return nil, loadError(abs, describeDlopenError(err.Error()), err)
