@@ -360,7 +360,9 @@ async fn bad_spec_is_a_clear_error() {
 #[tokio::test]
 #[ignore]
 async fn bench_exec_and_stream() {
-    let sb = Sandbox::launch("bench", |_, _| {});
+    // disk_mib puts the writable layer on tmpfs: this measures the protocol
+    // path, not this machine's disk.
+    let sb = Sandbox::launch("bench", |s, _| s.limits.disk_mib = Some(700));
     let mut c = sb.client().await;
     let mut times = Vec::new();
     for _ in 0..200 {
@@ -371,6 +373,11 @@ async fn bench_exec_and_stream() {
     }
     times.sort();
     println!("exec round trip p50 {:?} p90 {:?}", times[100], times[180]);
+    let t = Instant::now();
+    let r = c.sh("dd if=/dev/zero of=/tmp/dd bs=1M count=256 2>/dev/null; cat /tmp/dd > /dev/null").await;
+    assert_eq!(r.exited().0, Some(0));
+    println!("in-sandbox dd 256 MiB write+read {:?}", t.elapsed());
+    c.request(Message::Remove { path: "/tmp/dd".into() }).await;
     let data = vec![0x5au8; 256 << 20];
     let t = Instant::now();
     let r = c.write_file("/tmp/big", &data).await;

@@ -80,7 +80,27 @@ async fn writer(half: tokio::net::unix::OwnedWriteHalf, mut rx: mpsc::UnboundedR
     }
 }
 
+/// Bigger socket buffers: a 256 KiB data frame then moves in one wakeup
+/// instead of several.
+fn widen_buffers(s: &UnixStream) {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = 4 << 20;
+    for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
+        // SAFETY: setsockopt with a valid int option.
+        unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    }
+}
+
 pub async fn serve(agent: Rc<Agent>, s: UnixStream) {
+    widen_buffers(&s);
     let (r, w) = s.into_split();
     let (tx, rx) = mpsc::unbounded_channel();
     let writer_task = tokio::task::spawn_local(writer(w, rx));

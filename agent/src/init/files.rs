@@ -159,6 +159,7 @@ pub async fn read_file(conn: &Conn, id: u32, path: &str, io: &OpIo) {
     };
     conn.reply(id, &Message::Ok);
     let w = &io.windows[stream::STDOUT as usize];
+    let mut sent = 0usize;
     loop {
         let n = w.acquire(DATA_CHUNK).await;
         let mut buf = vec![0u8; n];
@@ -168,8 +169,12 @@ pub async fn read_file(conn: &Conn, id: u32, path: &str, io: &OpIo) {
                 buf.truncate(k);
                 w.spend(k);
                 conn.send(Frame::data(id, stream::STDOUT, buf));
-                // Let the writer and other operations run between chunks.
-                tokio::task::yield_now().await;
+                sent += k;
+                if sent >= 4 << 20 {
+                    // Let the writer and other operations run now and then.
+                    sent = 0;
+                    tokio::task::yield_now().await;
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
