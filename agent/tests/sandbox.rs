@@ -26,8 +26,19 @@ async fn launch_reports_what_it_enforced() {
     assert!(sb.status.ok, "{:?}", sb.status);
     let r = sb.status.report.as_ref().unwrap();
     for f in [
-        "userns", "mountns", "pidns", "netns", "utsns", "ipcns", "cgroupns", "seccomp", "caps",
-        "no_new_privs", "memory", "pids", "cpus",
+        "userns",
+        "mountns",
+        "pidns",
+        "netns",
+        "utsns",
+        "ipcns",
+        "cgroupns",
+        "seccomp",
+        "caps",
+        "no_new_privs",
+        "memory",
+        "pids",
+        "cpus",
     ] {
         assert!(
             r.enforced.iter().any(|e| e == f) || r.not_enforced.iter().any(|n| n.feature == f),
@@ -80,8 +91,13 @@ async fn signals_timeouts_tty_and_concurrency() {
     let mut c = sb.client().await;
     let id = c.start(Message::Exec(req(&["sleep", "100"]))).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    c.send(Frame::control(id, &Message::Signal { signal: libc::SIGTERM }))
-        .await;
+    c.send(Frame::control(
+        id,
+        &Message::Signal {
+            signal: libc::SIGTERM,
+        },
+    ))
+    .await;
     let r = c.wait(&[id]).await.pop().unwrap();
     assert_eq!(r.exited(), (None, Some(libc::SIGTERM), false));
 
@@ -99,7 +115,9 @@ async fn signals_timeouts_tty_and_concurrency() {
     assert!(r.out().contains("33 101"), "{}", r.out());
 
     // Several at once on one connection, and a second connection.
-    let a = c.start(Message::Exec(req(&["sh", "-c", "sleep 0.3; echo a"]))).await;
+    let a = c
+        .start(Message::Exec(req(&["sh", "-c", "sleep 0.3; echo a"])))
+        .await;
     let b = c.start(Message::Exec(req(&["sh", "-c", "echo b"]))).await;
     let mut c2 = sb.client().await;
     let r2 = c2.sh("echo c").await;
@@ -122,20 +140,41 @@ async fn files_round_trip_and_stay_inside() {
     assert_eq!(r.replies, vec![Message::Ok]);
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7) as u8).collect();
     let r = c.write_file("/work/sub/f.bin", &data).await;
-    assert_eq!(r.replies, vec![Message::Written { bytes: data.len() as u64 }]);
-    let r = c.request(Message::ReadFile { path: "/work/sub/f.bin".into() }).await;
+    assert_eq!(
+        r.replies,
+        vec![Message::Written {
+            bytes: data.len() as u64
+        }]
+    );
+    let r = c
+        .request(Message::ReadFile {
+            path: "/work/sub/f.bin".into(),
+        })
+        .await;
     assert_eq!(r.stdout, data);
-    let r = c.request(Message::Stat { path: "/work/sub/f.bin".into() }).await;
+    let r = c
+        .request(Message::Stat {
+            path: "/work/sub/f.bin".into(),
+        })
+        .await;
     match &r.replies[0] {
         Message::StatResult(i) => assert_eq!(i.size, data.len() as u64),
         o => panic!("{o:?}"),
     }
-    let r = c.request(Message::ReadDir { path: "/work/sub".into() }).await;
+    let r = c
+        .request(Message::ReadDir {
+            path: "/work/sub".into(),
+        })
+        .await;
     match &r.replies[0] {
         Message::DirEntries { entries } => assert_eq!(entries[0].name, "f.bin"),
         o => panic!("{o:?}"),
     }
-    let r = c.request(Message::Stat { path: "/nope".into() }).await;
+    let r = c
+        .request(Message::Stat {
+            path: "/nope".into(),
+        })
+        .await;
     assert_eq!(r.error().unwrap().code, ErrorCode::NotFound);
     let r = c
         .request(Message::Rename {
@@ -144,7 +183,11 @@ async fn files_round_trip_and_stay_inside() {
         })
         .await;
     assert_eq!(r.replies, vec![Message::Ok]);
-    let r = c.request(Message::RemoveAll { path: "/work".into() }).await;
+    let r = c
+        .request(Message::RemoveAll {
+            path: "/work".into(),
+        })
+        .await;
     assert_eq!(r.replies, vec![Message::Ok]);
 
     // The image is never written: the write landed in the upper layer.
@@ -152,7 +195,9 @@ async fn files_round_trip_and_stay_inside() {
     assert!(r.error().is_none(), "{r:?}");
     let lower = std::path::Path::new(&sb.spec.rootfs.lower[0]);
     assert!(!lower.join("etc/added").exists());
-    assert!(std::path::Path::new(&sb.spec.rootfs.upper).join("etc/added").exists());
+    assert!(std::path::Path::new(&sb.spec.rootfs.upper)
+        .join("etc/added")
+        .exists());
 
     // A host marker: a symlink to / inside the sandbox must not reach it.
     let marker = sb.dir.path().join("host-marker");
@@ -166,7 +211,10 @@ async fn files_round_trip_and_stay_inside() {
     assert_eq!(r.replies, vec![Message::Ok]);
     let through = format!("/escape{}", marker.display());
     let r = c.write_file(&through, b"pwned").await;
-    assert!(r.error().is_some(), "write through symlink reached something: {r:?}");
+    assert!(
+        r.error().is_some(),
+        "write through symlink reached something: {r:?}"
+    );
     let r = c
         .request(Message::Symlink {
             target: "../../../../../../..".into(),
@@ -174,14 +222,23 @@ async fn files_round_trip_and_stay_inside() {
         })
         .await;
     assert_eq!(r.replies, vec![Message::Ok]);
-    let r = c.write_file(&format!("/tmp/up{}", marker.display()), b"pwned").await;
+    let r = c
+        .write_file(&format!("/tmp/up{}", marker.display()), b"pwned")
+        .await;
     assert!(r.error().is_some());
-    let r = c.request(Message::ReadFile { path: format!("/proc/1/root{}", marker.display()) }).await;
+    let r = c
+        .request(Message::ReadFile {
+            path: format!("/proc/1/root{}", marker.display()),
+        })
+        .await;
     assert!(r.error().is_some());
     assert_eq!(std::fs::read(&marker).unwrap(), b"host");
     // And from a process: the same.
     let r = c
-        .sh(&format!("cat {m}; echo pwned > {m}; cat /proc/1/root{m}", m = marker.display()))
+        .sh(&format!(
+            "cat {m}; echo pwned > {m}; cat /proc/1/root{m}",
+            m = marker.display()
+        ))
         .await;
     assert_ne!(r.exited().0, Some(0));
     assert_eq!(std::fs::read(&marker).unwrap(), b"host");
@@ -201,7 +258,11 @@ async fn isolation_hostname_pids_network_proc_mount() {
     assert_eq!(nix::unistd::gethostname().unwrap(), host_name);
 
     let me = std::process::id();
-    let r = c.sh(&format!("test -e /proc/{me} && echo visible; ls /proc | grep -c '^[0-9]'")).await;
+    let r = c
+        .sh(&format!(
+            "test -e /proc/{me} && echo visible; ls /proc | grep -c '^[0-9]'"
+        ))
+        .await;
     assert!(!r.out().contains("visible"));
     let count: u32 = r.out().trim().parse().unwrap();
     assert!(count < 10, "sandbox sees {count} processes");
@@ -209,12 +270,17 @@ async fn isolation_hostname_pids_network_proc_mount() {
 
     let r = c.sh(&format!("echo hi | nc -w 2 127.0.0.1 {port}")).await;
     assert_ne!(r.exited().0, Some(0));
-    assert!(listener.accept().is_err(), "sandbox reached the host's loopback");
+    assert!(
+        listener.accept().is_err(),
+        "sandbox reached the host's loopback"
+    );
     let r = c.sh("ip link 2>/dev/null || cat /proc/net/dev").await;
     assert!(!r.out().contains("eth0"), "{}", r.out());
 
     // kcore is absent on some kernels; either way nothing is readable.
-    let r = c.sh("test ! -s /proc/kcore && wc -c < /proc/kallsyms && wc -c < /proc/timer_list").await;
+    let r = c
+        .sh("test ! -s /proc/kcore && wc -c < /proc/kallsyms && wc -c < /proc/timer_list")
+        .await;
     assert_eq!(r.out(), "0\n0\n", "{r:?}");
     let r = c.sh("echo 1 > /proc/sysrq-trigger").await;
     assert_ne!(r.exited().0, Some(0));
@@ -224,7 +290,9 @@ async fn isolation_hostname_pids_network_proc_mount() {
     assert_ne!(r.exited().0, Some(0));
     let r = c.sh("mount --bind / /tmp").await;
     assert_ne!(r.exited().0, Some(0));
-    let r = c.sh("touch /sys/x 2>&1; cat /proc/self/status | grep CapEff").await;
+    let r = c
+        .sh("touch /sys/x 2>&1; cat /proc/self/status | grep CapEff")
+        .await;
     assert!(r.out().contains("CapEff"), "{}", r.out());
     assert!(!r.out().contains("CapEff:\t000001ff"), "{}", r.out());
     // setuid bits are refused.
@@ -255,7 +323,10 @@ async fn memory_pids_and_disk_limits() {
     );
     let r = c.sh("dd if=/dev/zero of=/big bs=1M count=16").await;
     assert_ne!(r.exited().0, Some(0));
-    assert!(String::from_utf8_lossy(&r.stderr).contains("space"), "{r:?}");
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("space"),
+        "{r:?}"
+    );
     // The agent survived all of it.
     assert_eq!(c.sh("echo alive").await.out(), "alive\n");
 }
@@ -269,16 +340,30 @@ async fn volumes_and_tmpfs() {
         std::fs::create_dir_all(&ro).unwrap();
         std::fs::write(ro.join("f"), b"ro data").unwrap();
         s.mounts = vec![
-            MountSpec::Bind { source: rw.to_string_lossy().into(), target: "/data".into(), read_only: false },
-            MountSpec::Bind { source: ro.to_string_lossy().into(), target: "/ro".into(), read_only: true },
-            MountSpec::Tmpfs { target: "/scratch".into(), size_mib: 4 },
+            MountSpec::Bind {
+                source: rw.to_string_lossy().into(),
+                target: "/data".into(),
+                read_only: false,
+            },
+            MountSpec::Bind {
+                source: ro.to_string_lossy().into(),
+                target: "/ro".into(),
+                read_only: true,
+            },
+            MountSpec::Tmpfs {
+                target: "/scratch".into(),
+                size_mib: 4,
+            },
         ];
     });
     assert!(sb.status.ok, "{:?}", sb.status);
     let mut c = sb.client().await;
     let r = c.sh("echo hi > /data/out && cat /ro/f").await;
     assert_eq!(r.out(), "ro data", "{r:?}");
-    assert_eq!(std::fs::read(sb.dir.path().join("rw/out")).unwrap(), b"hi\n");
+    assert_eq!(
+        std::fs::read(sb.dir.path().join("rw/out")).unwrap(),
+        b"hi\n"
+    );
     let r = c.sh("echo x > /ro/g").await;
     assert_ne!(r.exited().0, Some(0));
     let r = c.write_file("/ro/h", b"x").await;
@@ -290,7 +375,9 @@ async fn volumes_and_tmpfs() {
 #[tokio::test]
 async fn handshake_rejects_wrong_version() {
     let sb = Sandbox::launch("hello", |_, _| {});
-    let s = tokio::net::UnixStream::connect(&sb.spec.socket_path).await.unwrap();
+    let s = tokio::net::UnixStream::connect(&sb.spec.socket_path)
+        .await
+        .unwrap();
     let (mut r, mut w) = s.into_split();
     write_frame(&mut w, &Frame::control(0, &Message::Hello { version: 999 }))
         .await
@@ -321,7 +408,10 @@ async fn lifeline_eof_tears_down() {
     let id = c.start(Message::Exec(req(&["sleep", "1000"]))).await;
     let _ = id;
     drop(sb.child.stdin.take());
-    assert!(wait_exit(&mut sb.child, Duration::from_secs(10)), "helper did not exit");
+    assert!(
+        wait_exit(&mut sb.child, Duration::from_secs(10)),
+        "helper did not exit"
+    );
     assert!(!std::path::Path::new(&sb.spec.socket_path).exists());
     for d in [cg.memory, cg.cpu, cg.pids].into_iter().flatten() {
         assert!(!std::path::Path::new(&d).exists(), "cgroup {d} left behind");
@@ -374,17 +464,26 @@ async fn bench_exec_and_stream() {
     times.sort();
     println!("exec round trip p50 {:?} p90 {:?}", times[100], times[180]);
     let t = Instant::now();
-    let r = c.sh("dd if=/dev/zero of=/tmp/dd bs=1M count=256 2>/dev/null; cat /tmp/dd > /dev/null").await;
+    let r = c
+        .sh("dd if=/dev/zero of=/tmp/dd bs=1M count=256 2>/dev/null; cat /tmp/dd > /dev/null")
+        .await;
     assert_eq!(r.exited().0, Some(0));
     println!("in-sandbox dd 256 MiB write+read {:?}", t.elapsed());
-    c.request(Message::Remove { path: "/tmp/dd".into() }).await;
+    c.request(Message::Remove {
+        path: "/tmp/dd".into(),
+    })
+    .await;
     let data = vec![0x5au8; 256 << 20];
     let t = Instant::now();
     let r = c.write_file("/tmp/big", &data).await;
     assert!(r.error().is_none());
     let w = t.elapsed();
     let t = Instant::now();
-    let r = c.request(Message::ReadFile { path: "/tmp/big".into() }).await;
+    let r = c
+        .request(Message::ReadFile {
+            path: "/tmp/big".into(),
+        })
+        .await;
     let rd = t.elapsed();
     assert_eq!(r.stdout.len(), data.len());
     let mb = 256.0 * 1.048576;

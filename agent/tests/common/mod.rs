@@ -18,7 +18,10 @@ pub fn busybox_rootfs(dir: &Path) -> PathBuf {
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
     // `busybox --install -s` would link to the host path of the binary;
     // relative links keep working after pivot_root.
-    let list = Command::new(root.join("bin/busybox")).arg("--list").output().unwrap();
+    let list = Command::new(root.join("bin/busybox"))
+        .arg("--list")
+        .output()
+        .unwrap();
     assert!(list.status.success());
     for applet in String::from_utf8_lossy(&list.stdout).lines() {
         if applet != "busybox" {
@@ -98,8 +101,8 @@ pub fn start(spec: &LaunchSpec) -> (Child, LaunchStatus) {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let status: LaunchStatus = serde_json::from_str(&line)
-        .unwrap_or_else(|e| panic!("bad status line {line:?}: {e}"));
+    let status: LaunchStatus =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad status line {line:?}: {e}"));
     (child, status)
 }
 
@@ -162,8 +165,13 @@ impl Client {
             next: 1,
             ops: HashMap::new(),
         };
-        c.send(Frame::control(0, &Message::Hello { version: PROTOCOL_VERSION }))
-            .await;
+        c.send(Frame::control(
+            0,
+            &Message::Hello {
+                version: PROTOCOL_VERSION,
+            },
+        ))
+        .await;
         let f = read_frame(&mut c.r).await.unwrap();
         assert!(matches!(f.message().unwrap(), Message::HelloAck { .. }));
         c
@@ -213,7 +221,9 @@ impl Client {
                     }
                     let id = f.id;
                     let st = f.stream;
-                    write_frame(&mut self.w, &Frame::credit(id, st, n)).await.unwrap();
+                    write_frame(&mut self.w, &Frame::credit(id, st, n))
+                        .await
+                        .unwrap();
                     self.w.flush().await.unwrap();
                 }
                 FrameKind::Eof => {
@@ -279,7 +289,9 @@ impl Client {
             while sent + c.len() > granted {
                 let f = read_frame(&mut self.r).await.unwrap();
                 match f.kind {
-                    FrameKind::Credit if f.id == id => granted += f.credit_bytes().unwrap() as usize,
+                    FrameKind::Credit if f.id == id => {
+                        granted += f.credit_bytes().unwrap() as usize
+                    }
                     FrameKind::Control if f.id == id => {
                         let op = &mut self.ops.get_mut(&id).unwrap().0;
                         op.replies.push(f.message().unwrap());
@@ -294,7 +306,9 @@ impl Client {
                 .unwrap();
             sent += c.len();
         }
-        write_frame(&mut self.w, &Frame::eof(id, stream::STDIN)).await.unwrap();
+        write_frame(&mut self.w, &Frame::eof(id, stream::STDIN))
+            .await
+            .unwrap();
         self.w.flush().await.unwrap();
         self.wait(&[id]).await.pop().unwrap()
     }
