@@ -103,11 +103,11 @@ func TestLogGoesOnlyWhereAsked(t *testing.T) {
 	requireHooks(t)
 	ctx := context.Background()
 	path := t.TempDir() + "/lockbox.log"
-	if err := call(ctx, "t", "log.set_level", map[string]any{"level": "debug", "file": path}, nil); err != nil {
+	if err := SetLibraryLog(ctx, "debug", path); err != nil {
 		t.Fatal(err)
 	}
 	_ = call(ctx, "t", "debug.panic", nil, nil)
-	if err := call(ctx, "t", "log.set_level", map[string]any{"level": "off"}, nil); err != nil {
+	if err := SetLibraryLog(ctx, "off", ""); err != nil {
 		t.Fatal(err)
 	}
 	b, err := os.ReadFile(path)
@@ -117,7 +117,8 @@ func TestLogGoesOnlyWhereAsked(t *testing.T) {
 	if !strings.Contains(string(b), "debug.panic was called") || !strings.Contains(string(b), "call debug.panic") {
 		t.Errorf("log file lacks the records: %q", b)
 	}
-	wantCode(t, call(ctx, "t", "log.set_level", map[string]any{"level": "loud"}, nil), CodeInvalidArgument, ErrInvalidArgument)
+	wantCode(t, SetLibraryLog(ctx, "loud", ""), CodeInvalidArgument, ErrInvalidArgument)
+	wantCode(t, SetLibraryLog(ctx, "info", t.TempDir()+"/no/such/dir/x.log"), CodeInvalidArgument, ErrInvalidArgument)
 }
 
 func Test64GoroutinesAtOnce(t *testing.T) {

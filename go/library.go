@@ -22,3 +22,14 @@ func LibraryVersion(ctx context.Context) (VersionInfo, error) {
 	}
 	return v, nil
 }
+
+// SetLibraryLog sets the engine library's log level ("off", "error",
+// "warn", "info" or "debug") and appends its records to file. The library
+// is silent by default and never writes to the process's stdout/stderr.
+func SetLibraryLog(ctx context.Context, level, file string) error {
+	params := struct {
+		Level string `json:"level"`
+		File  string `json:"file,omitempty"`
+	}{level, file}
+	return call(ctx, "log.set_level", "log.set_level", params, nil)
+}
