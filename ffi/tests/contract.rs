@@ -3,6 +3,10 @@
 //!
 //! The library path: $LOCKBOX_TEST_LIB, else $CARGO_TARGET_DIR/debug, else
 //! <workspace>/target/debug. `make test-ffi` sets LOCKBOX_TEST_LIB.
+//!
+//! Compiled only with `--features test-hooks` (the methods it drives exist
+//! only there), so a plain `cargo test --workspace` skips it.
+#![cfg(feature = "test-hooks")]
 use libloading::Library;
 use serde_json::{json, Value};
 use std::path::PathBuf;
