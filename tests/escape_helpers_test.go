@@ -33,6 +33,11 @@ var (
 func escapeProbe(t *testing.T) string {
 	t.Helper()
 	probeOnce.Do(func() {
+		// A prebuilt probe (the rootless run has no Go toolchain cache).
+		if d := os.Getenv("LOCKBOX_ESCAPE_PROBE_DIR"); d != "" {
+			probeDir = d
+			return
+		}
 		probeDir, probeErr = os.MkdirTemp("", "lockbox-probe-")
 		if probeErr != nil {
 			return
