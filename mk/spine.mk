@@ -37,7 +37,10 @@ ffi-test-lib:
 helper-debug:
 	cargo build --locked -p lockbox-agent --bin lockbox-helper
 
+# The unit tests run twice: without test-hooks they check that a release
+# build has no debug.* methods.
 test-ffi: ffi-test-lib
+	cargo test --locked -p lockbox-ffi --lib
 	LOCKBOX_TEST_LIB=$(FFI_TEST_LIB) cargo test --locked -p lockbox-ffi --features test-hooks
 
 test-go: $(GO_TEST_DEPS)

@@ -109,3 +109,43 @@ pub fn dispatch(req: &[u8], ctx: &CallCtx) -> Result<Value, ApiError> {
     crate::lb_log!(crate::log::Level::Debug, "call {}", req.method);
     handler(req.params, ctx)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lockbox_protocol::ErrorCode;
+
+    fn run(req: &[u8]) -> Result<Value, ApiError> {
+        dispatch(
+            req,
+            &CallCtx {
+                cancel: CancelToken::none(),
+            },
+        )
+    }
+
+    #[test]
+    fn debug_methods_exist_only_with_test_hooks() {
+        for m in ["debug.stats", "debug.sleep", "debug.panic", "debug.pipe"] {
+            let listed = table().methods.contains_key(m);
+            assert_eq!(listed, cfg!(feature = "test-hooks"), "{m}");
+        }
+        let r = run(br#"{"method":"debug.stats"}"#);
+        if cfg!(feature = "test-hooks") {
+            assert!(r.is_ok());
+        } else {
+            assert_eq!(r.unwrap_err().code, ErrorCode::Unsupported);
+        }
+    }
+
+    #[test]
+    fn core_methods() {
+        assert_eq!(run(br#"{"method":"noop"}"#).unwrap(), serde_json::json!({}));
+        let v = run(br#"{"method":"version","params":null,"id":7}"#).unwrap();
+        assert_eq!(v["abi"], serde_json::json!(crate::abi::ABI_VERSION));
+        assert_eq!(
+            v["test_hooks"],
+            serde_json::json!(cfg!(feature = "test-hooks"))
+        );
+    }
+}
