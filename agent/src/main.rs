@@ -5,6 +5,7 @@
 mod cgroup;
 mod confine;
 mod init;
+mod pasta;
 mod report;
 mod seccomp;
 mod setup;

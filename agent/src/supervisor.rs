@@ -49,6 +49,7 @@ struct Running {
     pidfd: OwnedFd,
     cgroup: Cgroup,
     socket: PathBuf,
+    pasta_pid: PathBuf,
 }
 
 /// Entry point of `run`. Returns the process exit status.
@@ -151,16 +152,10 @@ fn validate(spec: &LaunchSpec) -> Result<(), Failure> {
             }
         }
     }
-    if spec.network.mode == NetworkMode::Outbound {
+    if !spec.network.ports.is_empty() && spec.network.mode != NetworkMode::Outbound {
         return Err(fail(
-            ErrorCode::Unsupported,
-            "network mode outbound is not implemented by this helper yet",
-        ));
-    }
-    if !spec.network.ports.is_empty() {
-        return Err(fail(
-            ErrorCode::Unsupported,
-            "published ports are not implemented by this helper yet",
+            ErrorCode::InvalidArgument,
+            "published ports need network mode outbound",
         ));
     }
     Ok(())
@@ -239,6 +234,16 @@ fn launch(spec: &LaunchSpec) -> Result<(Running, Report), Failure> {
     };
     let pidfd = sys::pidfd_open(pid).map_err(|e| kill_child(io_fail("pidfd_open", e)))?;
     write_id_maps(pid, rootless).map_err(|e| kill_child(io_fail("write id maps", e)))?;
+    let pasta_pid = dir.join("pasta.pid");
+    if spec.network.mode == NetworkMode::Outbound {
+        crate::pasta::start(pid, &spec.network.ports, rootless, &pasta_pid).map_err(|e| {
+            kill_child(fail(ErrorCode::Unsupported, format!("outbound network: {e:#}")))
+        })?;
+        report.ok("network_outbound");
+        if !spec.network.ports.is_empty() {
+            report.ok("ports");
+        }
+    }
     if let Err(e) = cgroup.attach(pid) {
         for f in ["memory", "cpus", "pids"] {
             if report.0.enforced.iter().any(|x| x == f) {
@@ -293,6 +298,7 @@ fn launch(spec: &LaunchSpec) -> Result<(Running, Report), Failure> {
             pidfd,
             cgroup,
             socket: PathBuf::from(&spec.socket_path),
+            pasta_pid,
         },
         report,
     ))
@@ -541,6 +547,7 @@ fn watch(spec: &LaunchSpec, r: Running) -> i32 {
         }
     }
     let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(r.pid), None);
+    crate::pasta::stop(&r.pasta_pid);
     r.cgroup.remove();
     let _ = fs::remove_file(&r.socket);
     match status {

@@ -438,9 +438,9 @@ async fn bad_spec_is_a_clear_error() {
     assert_eq!(st.code, Some(ErrorCode::NotFound));
     let _ = child.wait();
     spec.rootfs.lower = vec![busybox_rootfs(dir.path()).to_string_lossy().into()];
-    spec.network.mode = NetworkMode::Outbound;
+    spec.network.ports = vec![PortSpec { host: 1, guest: 1 }];
     let (mut child, st) = start(&spec);
-    assert_eq!(st.code, Some(ErrorCode::Unsupported));
+    assert_eq!(st.code, Some(ErrorCode::InvalidArgument));
     let _ = child.wait();
 }
 
@@ -495,4 +495,75 @@ async fn bench_exec_and_stream() {
         mb / rd.as_secs_f64(),
         2.0 * mb / (w + rd).as_secs_f64()
     );
+}
+
+/// A non-loopback IPv4 address of this host, if it has one.
+fn host_ip() -> Option<String> {
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let word = text.split_whitespace().skip_while(|w| *w != "inet").nth(1)?;
+    Some(word.split('/').next()?.to_string())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn outbound_network_and_published_port() {
+    let host_port = free_port();
+    let sb = Sandbox::launch("net", |s, _| {
+        s.network.mode = NetworkMode::Outbound;
+        s.network.ports = vec![PortSpec { host: host_port, guest: 8080 }];
+    });
+    assert!(sb.status.ok, "{:?}", sb.status);
+    let mut c = sb.client().await;
+
+    // The host's loopback stays out of reach, also through the gateway.
+    let lo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    lo.set_nonblocking(true).unwrap();
+    let lo_port = lo.local_addr().unwrap().port();
+    for addr in ["127.0.0.1", "10.0.2.2"] {
+        let r = c.sh(&format!("echo x | nc -w 2 {addr} {lo_port}")).await;
+        assert_ne!(r.exited().0, Some(0), "reached host loopback via {addr}");
+    }
+    assert!(lo.accept().is_err());
+
+    // Outbound: a service on the host's own external address is reachable
+    // the way any remote service would be.
+    if let Some(ip) = host_ip() {
+        let l = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
+        let port = l.local_addr().unwrap().port();
+        let r = c.sh(&format!("echo out | nc -w 2 {ip} {port}")).await;
+        assert_eq!(r.exited().0, Some(0), "{r:?}");
+        let (mut s, _) = l.accept().unwrap();
+        let mut got = String::new();
+        std::io::Read::read_to_string(&mut s, &mut got).unwrap();
+        assert_eq!(got, "out\n");
+    }
+
+    // Published port: host 127.0.0.1:host_port -> sandbox :8080.
+    let id = c
+        .start(Message::Exec(req(&["sh", "-c", "echo served | nc -l -p 8080"])))
+        .await;
+    let mut got = String::new();
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", host_port)) {
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let _ = std::io::Read::read_to_string(&mut s, &mut got);
+            if !got.is_empty() {
+                break;
+            }
+        }
+    }
+    assert_eq!(got, "served\n");
+    let _ = c.wait(&[id]).await;
 }

@@ -103,9 +103,18 @@ fn build(
         nix::unistd::sethostname(host).context("sethostname")?;
     }
     net::loopback_up().context("bring up loopback")?;
-    match spec.network.mode {
-        NetworkMode::None => report.ok("netns"),
-        NetworkMode::Outbound => report.not("network_outbound", "not implemented"),
+    report.ok("netns");
+    if spec.network.mode == NetworkMode::Outbound {
+        // pasta answers DNS on its forwarder address.
+        let r = std::fs::create_dir_all("/etc").and_then(|_| {
+            std::fs::write(
+                "/etc/resolv.conf",
+                format!("nameserver {}\n", crate::pasta::DNS),
+            )
+        });
+        if let Err(e) = r {
+            report.not("dns", format!("cannot write /etc/resolv.conf: {e}"));
+        }
     }
     Ok((
         crate::confine::Confine::prepare(spec, report)?,
