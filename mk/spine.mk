@@ -42,6 +42,10 @@ helper-debug:
 test-ffi: ffi-test-lib
 	cargo test --locked -p lockbox-ffi --lib
 	LOCKBOX_TEST_LIB=$(FFI_TEST_LIB) cargo test --locked -p lockbox-ffi --features test-hooks
+	@d=$(dir $(FFI_TEST_LIB)); gcc -std=c99 -Wall -Wextra -Werror -I ffi/include ffi/tests/c/smoke.c \
+	  -L $$d -llockbox -Wl,-rpath,$$d -o $$d/c-smoke; \
+	  $$d/c-smoke 2>$$d/c-smoke.err || { cat $$d/c-smoke.err; exit 1; }; \
+	  if [ -s $$d/c-smoke.err ]; then echo "liblockbox wrote to the host's stderr:"; cat $$d/c-smoke.err; exit 1; fi
 
 test-go: $(GO_TEST_DEPS)
 	cd go && CGO_ENABLED=0 go build ./... && CGO_ENABLED=0 go vet ./...
