@@ -2,7 +2,8 @@
 #   make ffi-release     release cdylib (what users load; `make build` builds it too)
 #   make ffi-test-lib    debug cdylib with the test-hooks methods, copied to
 #                        $(FFI_TEST_LIB) so other cargo builds cannot replace it
-#   make test-ffi        ffi unit tests + contract tests against the built cdylib
+#   make test-ffi        ffi unit tests (with and without test-hooks), contract tests
+#                        (libloading) and a C smoke test against the built cdylib
 #   make test-go         go vet + go test (CGO_ENABLED=0) in go/ against the test-hooks build
 #   make test-go-race    the same with the race detector (needs cgo; the SDK itself does not)
 #   make header          regenerate ffi/include/lockbox.h
