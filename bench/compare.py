@@ -182,7 +182,7 @@ class LockboxRunner:
         if self.driver is None or not self.driver.exists():
             raise Unavailable(self.why_missing or "the Lockbox driver was not built")
         self.proc = subprocess.Popen(
-            [str(self.driver), "-case", self.case, "-rootfs", str(self.rootfs), "-stdin"],
+            [str(self.driver), "-case", self.case, "-rootfs", str(self.rootfs.resolve()), "-stdin"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env=self.env, text=True, bufsize=1)
         line = self.proc.stdout.readline()

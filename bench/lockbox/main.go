@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -74,7 +75,12 @@ func main() {
 	}
 	var opts []lockbox.Option
 	if *rootfs != "" {
-		opts = append(opts, lockbox.WithRootfs(*rootfs))
+		dir, err := filepath.Abs(*rootfs) // the engine wants absolute paths
+		if err != nil {
+			_ = out.Encode(readyLine{Error: err.Error()})
+			os.Exit(2)
+		}
+		opts = append(opts, lockbox.WithRootfs(dir))
 	} else {
 		opts = append(opts, lockbox.WithImage(*image))
 	}
@@ -119,9 +125,9 @@ func main() {
 }
 
 type bench struct {
-	opts []lockbox.Option
-	cmd  command
-	warm *lockbox.Sandbox // the running sandbox of the exec case
+	opts    []lockbox.Option
+	cmd     command
+	running *lockbox.Sandbox // the sandbox of the exec case
 }
 
 // prepare creates the long-lived sandbox of the exec case.
@@ -133,14 +139,14 @@ func (b *bench) prepare(ctx context.Context, warm bool) error {
 	if err != nil {
 		return fmt.Errorf("create sandbox: %w", err)
 	}
-	b.warm = sb
+	b.running = sb
 	return nil
 }
 
 func (b *bench) close(ctx context.Context) {
-	if b.warm != nil {
-		_ = b.warm.Remove(ctx)
-		b.warm = nil
+	if b.running != nil {
+		_ = b.running.Remove(ctx)
+		b.running = nil
 	}
 }
 
@@ -171,7 +177,7 @@ func (b *bench) cold(ctx context.Context) (first, done time.Duration, err error)
 // warm runs the command in the sandbox made by prepare.
 func (b *bench) warm(ctx context.Context) (first, done time.Duration, err error) {
 	start := time.Now()
-	res, err := b.warm.Exec(ctx, b.cmd.args[0], b.cmd.args[1:]...)
+	res, err := b.running.Exec(ctx, b.cmd.args[0], b.cmd.args[1:]...)
 	done = time.Since(start)
 	if err != nil {
 		return 0, 0, err
