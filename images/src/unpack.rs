@@ -122,7 +122,8 @@ impl<'a> Unpacker<'a> {
         if hidden == ".wh..opq" {
             // Opaque: drop what lower layers put in the directory, keep what
             // this layer already wrote there.
-            prepare_parents(&self.root, &dir_rel.join("x"), true)?;
+            let created = prepare_parents(&self.root, &dir_rel.join("x"), true)?;
+            self.record_implicit_dirs(created, 0);
             let dir = self.root.join(&dir_rel);
             let list = match std::fs::read_dir(&dir) {
                 Ok(l) => l,
@@ -184,14 +185,7 @@ impl<'a> Unpacker<'a> {
             return Ok(());
         }
         let created = prepare_parents(&self.root, rel, true)?;
-        for dir in created {
-            self.dirs.push(DirFixup {
-                path: dir,
-                mode: 0o755,
-                owner: self.opts.ownership.map(0).map(|(id, _)| (id, id)),
-                mtime,
-            });
-        }
+        self.record_implicit_dirs(created, mtime);
 
         match kind {
             EntryType::Directory => {
@@ -270,15 +264,19 @@ impl<'a> Unpacker<'a> {
                         "hard link {rel:?} points outside the root ({target:?})"
                     ))
                 })?;
-                prepare_parents(&self.root, &target_rel, false)?;
+                let not_there = || {
+                    ImageError::invalid_image(format!(
+                        "hard link {rel:?} names {target:?}, which is not a file in the image"
+                    ))
+                };
+                prepare_parents(&self.root, &target_rel, false).map_err(|e| match e {
+                    ImageError::Io { .. } => not_there(),
+                    e => e,
+                })?;
                 let target_path = self.root.join(&target_rel);
                 match std::fs::symlink_metadata(&target_path) {
                     Ok(m) if !m.is_dir() => {}
-                    _ => {
-                        return Err(ImageError::invalid_image(format!(
-                            "hard link {rel:?} names {target:?}, which is not a file in the image"
-                        )))
-                    }
+                    _ => return Err(not_there()),
                 }
                 if target_path != path {
                     remove_any(&path)?;
@@ -304,6 +302,18 @@ impl<'a> Unpacker<'a> {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Parents a layer did not list get 0755, owned by image root.
+    fn record_implicit_dirs(&mut self, created: Vec<PathBuf>, mtime: u64) {
+        for dir in created {
+            self.dirs.push(DirFixup {
+                path: dir,
+                mode: 0o755,
+                owner: self.opts.ownership.map(0).map(|(id, _)| (id, id)),
+                mtime,
+            });
+        }
     }
 
     fn charge(&mut self, size: u64, rel: &Path) -> Result<()> {

@@ -215,3 +215,11 @@ fn truncated_archive_is_refused() {
     assert_eq!(err.code(), "invalid_argument", "{err}");
     env.assert_outside_untouched();
 }
+
+#[test]
+fn hard_link_to_a_missing_file_is_refused() {
+    let env = Env::new();
+    let r = import(&env, &[E::Hardlink("h", "no/such/file")]);
+    assert_eq!(r.as_ref().unwrap_err().code(), "invalid_argument");
+    assert_refused(&env, r, "not a file in the image");
+}
