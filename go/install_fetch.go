@@ -19,6 +19,9 @@ import (
 const (
 	fetchAttempts = 5
 	fetchBufSize  = 256 << 10
+	// writebackEvery: how much a download writes before it asks the
+	// kernel to start flushing it (see startWriteback).
+	writebackEvery = 8 << 20
 )
 
 // stallTimeout: an attempt that receives no byte for this long is
@@ -185,18 +188,19 @@ func (s *releaseSource) fetchSmall(ctx context.Context, rel string, limit int64,
 
 // received is one artifact's bytes so far, hashed as they arrive.
 type received struct {
-	f    *os.File
-	h    hash.Hash
-	have int64
-	size int64
-	what string
+	f       *os.File
+	h       hash.Hash
+	have    int64
+	flushed int64 // writeback started up to here
+	size    int64
+	what    string
 }
 
 func (r *received) restart() error {
 	if r.have == 0 {
 		return nil
 	}
-	r.have = 0
+	r.have, r.flushed = 0, 0
 	r.h = sha256.New()
 	if err := r.f.Truncate(0); err != nil {
 		return err
@@ -218,6 +222,10 @@ func (r *received) stream(ctx context.Context, src io.Reader, progress func(int6
 			}
 			r.h.Write(buf[:n])
 			r.have += int64(n)
+			if r.have-r.flushed >= writebackEvery {
+				startWriteback(r.f, r.flushed, r.have-r.flushed)
+				r.flushed = r.have
+			}
 			progress(r.have)
 		}
 		if err == io.EOF {

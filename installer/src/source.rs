@@ -20,6 +20,9 @@ use crate::manifest::Artifact;
 
 const MAX_ATTEMPTS: u32 = 5;
 const BUF_SIZE: usize = 1 << 18;
+/// How much a download writes before it asks the kernel to start flushing
+/// it, so the final fsync finds most of it on disk already.
+const WRITEBACK_EVERY: u64 = 8 << 20;
 /// An attempt that receives nothing for this long is abandoned and retried.
 pub const DEFAULT_STALL: Duration = Duration::from_secs(30);
 
@@ -154,6 +157,7 @@ impl Source {
             file,
             hasher: Sha256::new(),
             have: 0,
+            flushed: 0,
             size: artifact.size,
             what: &what,
         };
@@ -266,6 +270,7 @@ struct Received<'a> {
     file: &'a mut File,
     hasher: Sha256,
     have: u64,
+    flushed: u64,
     size: u64,
     what: &'a str,
 }
@@ -279,6 +284,7 @@ impl Received<'_> {
                 .map_err(|e| Error::io(format!("truncate download of {}", self.what), e))?;
             self.hasher = Sha256::new();
             self.have = 0;
+            self.flushed = 0;
         }
         Ok(())
     }
@@ -303,6 +309,10 @@ impl Received<'_> {
                 .map_err(|e| Stop::Fatal(Error::io(format!("write {}", self.what), e)))?;
             self.hasher.update(&buf[..n]);
             self.have += n as u64;
+            if self.have - self.flushed >= WRITEBACK_EVERY {
+                start_writeback(self.file, self.flushed, self.have - self.flushed);
+                self.flushed = self.have;
+            }
             progress(self.have, self.size);
         }
         if self.have < self.size {
@@ -312,6 +322,22 @@ impl Received<'_> {
             )));
         }
         Ok(())
+    }
+}
+
+/// Asynchronous writeback of a written range (sync_file_range WRITE): a
+/// hint, so its result does not matter; the fsync afterwards is the
+/// durability point.
+fn start_writeback(file: &File, off: u64, len: u64) {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: a syscall on a descriptor we own, with no memory arguments.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            off as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
     }
 }
 
