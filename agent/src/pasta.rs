@@ -41,7 +41,8 @@ pub fn start(pid: libc::pid_t, ports: &[PortSpec], rootless: bool, pid_file: &Pa
         cmd.args(["-t", "none"]);
     }
     for p in ports {
-        cmd.arg("-t").arg(format!("127.0.0.1/{}:{}", p.host, p.guest));
+        cmd.arg("-t")
+            .arg(format!("127.0.0.1/{}:{}", p.host, p.guest));
     }
     cmd.arg(pid.to_string())
         .stdin(Stdio::null())

@@ -237,7 +237,10 @@ fn launch(spec: &LaunchSpec) -> Result<(Running, Report), Failure> {
     let pasta_pid = dir.join("pasta.pid");
     if spec.network.mode == NetworkMode::Outbound {
         crate::pasta::start(pid, &spec.network.ports, rootless, &pasta_pid).map_err(|e| {
-            kill_child(fail(ErrorCode::Unsupported, format!("outbound network: {e:#}")))
+            kill_child(fail(
+                ErrorCode::Unsupported,
+                format!("outbound network: {e:#}"),
+            ))
         })?;
         report.ok("network_outbound");
         if !spec.network.ports.is_empty() {

@@ -504,7 +504,10 @@ fn host_ip() -> Option<String> {
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let word = text.split_whitespace().skip_while(|w| *w != "inet").nth(1)?;
+    let word = text
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)?;
     Some(word.split('/').next()?.to_string())
 }
 
@@ -521,7 +524,10 @@ async fn outbound_network_and_published_port() {
     let host_port = free_port();
     let sb = Sandbox::launch("net", |s, _| {
         s.network.mode = NetworkMode::Outbound;
-        s.network.ports = vec![PortSpec { host: host_port, guest: 8080 }];
+        s.network.ports = vec![PortSpec {
+            host: host_port,
+            guest: 8080,
+        }];
     });
     assert!(sb.status.ok, "{:?}", sb.status);
     let mut c = sb.client().await;
@@ -531,7 +537,10 @@ async fn outbound_network_and_published_port() {
     lo.set_nonblocking(true).unwrap();
     let lo_port = lo.local_addr().unwrap().port();
     for addr in ["127.0.0.1", "10.0.2.2"] {
-        let r = c.sh(&format!("echo x | nc -w 2 {addr} {lo_port}")).await;
+        // busybox nc -w does not bound the connect; timeout does.
+        let r = c
+            .sh(&format!("echo x | timeout 2 nc {addr} {lo_port}"))
+            .await;
         assert_ne!(r.exited().0, Some(0), "reached host loopback via {addr}");
     }
     assert!(lo.accept().is_err());
@@ -541,17 +550,25 @@ async fn outbound_network_and_published_port() {
     if let Some(ip) = host_ip() {
         let l = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
         let port = l.local_addr().unwrap().port();
-        let r = c.sh(&format!("echo out | nc -w 2 {ip} {port}")).await;
+        // The host side reads one line and hangs up, which ends nc.
+        let server = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(s), &mut line).unwrap();
+            line
+        });
+        let r = c.sh(&format!("echo out | nc {ip} {port}")).await;
         assert_eq!(r.exited().0, Some(0), "{r:?}");
-        let (mut s, _) = l.accept().unwrap();
-        let mut got = String::new();
-        std::io::Read::read_to_string(&mut s, &mut got).unwrap();
+        let got = server.join().unwrap();
         assert_eq!(got, "out\n");
     }
-
     // Published port: host 127.0.0.1:host_port -> sandbox :8080.
     let id = c
-        .start(Message::Exec(req(&["sh", "-c", "echo served | nc -l -p 8080"])))
+        .start(Message::Exec(req(&[
+            "sh",
+            "-c",
+            "echo served | nc -l -p 8080",
+        ])))
         .await;
     let mut got = String::new();
     for _ in 0..50 {
