@@ -584,3 +584,32 @@ async fn outbound_network_and_published_port() {
     assert_eq!(got, "served\n");
     let _ = c.wait(&[id]).await;
 }
+
+#[tokio::test]
+async fn rootless_launch_runs_and_reports_missing_limits() {
+    let nobody = 65534;
+    let mut sb = Sandbox::launch_as("rootless", Some(nobody), |s, _| {
+        s.limits.memory_mib = Some(64);
+    });
+    assert!(sb.status.ok, "{:?}", sb.status);
+    let r = sb.status.report.clone().unwrap();
+    assert!(r.enforced.contains(&"userns".to_string()));
+    // No cgroup delegation for nobody on this kind of host: said, not hidden.
+    assert!(
+        r.enforced.contains(&"memory".to_string())
+            || r.not_enforced.iter().any(|n| n.feature == "memory"),
+        "{r:?}"
+    );
+    let mut c = sb.client().await;
+    let r = c.sh("id -u; hostname; echo hi > /tmp/f; cat /tmp/f").await;
+    assert_eq!(r.out(), "0\nsandbox\nhi\n", "{r:?}");
+    let r = c.sh("mount -t tmpfs none /tmp").await;
+    assert_ne!(r.exited().0, Some(0));
+    // Files the sandbox wrote belong to the unprivileged user on the host.
+    use std::os::unix::fs::MetadataExt;
+    let f = std::path::Path::new(&sb.spec.rootfs.upper).join("tmp/f");
+    assert_eq!(std::fs::metadata(f).unwrap().uid(), nobody);
+    drop(sb.child.stdin.take());
+    assert!(wait_exit(&mut sb.child, Duration::from_secs(10)));
+    assert!(!std::path::Path::new(&sb.spec.socket_path).exists());
+}

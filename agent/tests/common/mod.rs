@@ -65,12 +65,26 @@ pub fn spec_in(dir: &Path, rootfs: &Path, id: &str) -> LaunchSpec {
 impl Sandbox {
     /// Launches with a spec tweaked by `f`.
     pub fn launch(id: &str, f: impl FnOnce(&mut LaunchSpec, &Path)) -> Sandbox {
+        Self::launch_as(id, None, f)
+    }
+
+    /// Launches as the given host uid (and the same gid), as an
+    /// unprivileged user would.
+    pub fn launch_as(id: &str, uid: Option<u32>, f: impl FnOnce(&mut LaunchSpec, &Path)) -> Sandbox {
         let dir = tempfile::tempdir().unwrap();
         let rootfs = busybox_rootfs(dir.path());
         let mut spec = spec_in(dir.path(), &rootfs, id);
         std::fs::create_dir_all(&spec.dir).unwrap();
         f(&mut spec, dir.path());
-        let (child, status) = start(&spec);
+        if let Some(u) = uid {
+            let st = Command::new("chown")
+                .args(["-R", &format!("{u}:{u}")])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
+        let (child, status) = start_as(&spec, uid);
         Sandbox {
             dir,
             child,
@@ -86,10 +100,20 @@ impl Sandbox {
 
 /// Starts the helper: stdin = lifeline pipe, stdout = status pipe.
 pub fn start(spec: &LaunchSpec) -> (Child, LaunchStatus) {
+    start_as(spec, None)
+}
+
+pub fn start_as(spec: &LaunchSpec, uid: Option<u32>) -> (Child, LaunchStatus) {
     let launch = Path::new(&spec.dir).join("launch.json");
     std::fs::write(&launch, serde_json::to_vec(spec).unwrap()).unwrap();
     let log = std::fs::File::create(Path::new(&spec.dir).join("helper.log")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lockbox-helper"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lockbox-helper"));
+    if let Some(u) = uid {
+        use std::os::unix::process::CommandExt;
+        // std drops supplementary groups when root switches uid.
+        cmd.uid(u).gid(u);
+    }
+    let mut child = cmd
         .arg("run")
         .arg(&launch)
         .stdin(Stdio::piped())
