@@ -18,7 +18,9 @@ use crate::config::{SandboxConfig, DEFAULT_TMPFS_MIB};
 use crate::error::{EngineError, Result};
 use crate::paths::Layout;
 use crate::sandbox::{info_from, Sandbox, SandboxInfo, StoredConfig};
-use crate::state::{now_unix, process_start_time, read_json, write_json, DirLock, SandboxState};
+use crate::state::{
+    now_unix, process_start_time, read_json, write_json_with, DirLock, Durability, SandboxState,
+};
 use crate::volume::{self, VolumeInfo};
 
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -194,7 +196,12 @@ impl Engine {
             gid,
             created_unix: now_unix(),
         };
-        write_json(&dir.join("config.json"), &stored)?;
+        let durability = if cfg.detached {
+            Durability::Durable
+        } else {
+            Durability::ProcessCrashSafe
+        };
+        write_json_with(&dir.join("config.json"), &stored, durability)?;
         let (upper, work) = (dir.join("upper"), dir.join("work"));
         for d in [&upper, &work] {
             std::fs::create_dir(d).map_err(|e| EngineError::io(d.display(), e))?;
@@ -253,7 +260,7 @@ impl Engine {
             state.helper_start,
             state.report.cgroup.clone(),
         )));
-        write_json(&dir.join("state.json"), &state)?;
+        write_json_with(&dir.join("state.json"), &state, durability)?;
         let client = AgentClient::connect(&dir, &name).await?;
         kill_on_fail.disarm();
         made.disarm();

@@ -10,9 +10,27 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
 
+/// How hard a write tries to survive a machine crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// temp + fsync + rename + fsync(dir): survives power loss.
+    Durable,
+    /// temp + rename: never torn for readers and survives the writing
+    /// process dying, but not a power loss. For state that a reboot makes
+    /// meaningless anyway (a non-detached sandbox dies with its host
+    /// process); a torn or missing file after a power loss is cleaned up
+    /// like any leftover. fsync costs ~6 ms here, most of a create.
+    ProcessCrashSafe,
+}
+
 /// Writes `bytes` to `path` so readers see the old or the new file, never a
 /// torn one: temp file in the same dir, fsync, rename, fsync the dir.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    atomic_write_with(path, bytes, Durability::Durable)
+}
+
+pub fn atomic_write_with(path: &Path, bytes: &[u8], d: Durability) -> Result<()> {
+    let durable = d == Durability::Durable;
     let dir = path
         .parent()
         .ok_or_else(|| EngineError::invalid(format!("{} has no parent", path.display())))?;
@@ -21,11 +39,13 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     let res = (|| {
         let mut f = File::create(&tmp).map_err(|e| EngineError::io(tmp.display(), e))?;
         f.write_all(bytes)
-            .and_then(|_| f.sync_all())
+            .and_then(|_| if durable { f.sync_all() } else { Ok(()) })
             .map_err(|e| EngineError::io(tmp.display(), e))?;
         std::fs::rename(&tmp, path).map_err(|e| EngineError::io(path.display(), e))?;
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
+        if durable {
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
         }
         Ok(())
     })();
@@ -36,9 +56,13 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 pub fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+    write_json_with(path, v, Durability::Durable)
+}
+
+pub fn write_json_with<T: Serialize>(path: &Path, v: &T, d: Durability) -> Result<()> {
     let bytes = serde_json::to_vec_pretty(v)
         .map_err(|e| EngineError::internal(format!("encode {}: {e}", path.display())))?;
-    atomic_write(path, &bytes)
+    atomic_write_with(path, &bytes, d)
 }
 
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {

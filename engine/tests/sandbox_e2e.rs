@@ -38,7 +38,10 @@ async fn create_exec_files_remove() {
         .unwrap();
 
     let out = sb
-        .exec_collect(&argv(&["sh", "-c", "echo $GREETING; echo err >&2; exit 3"]), None)
+        .exec_collect(
+            &argv(&["sh", "-c", "echo $GREETING; echo err >&2; exit 3"]),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(out.stdout, b"hi\n");
@@ -61,14 +64,69 @@ async fn create_exec_files_remove() {
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     fs::write_file(&c, "/tmp/big", &big, 0o600).await.unwrap();
     assert_eq!(fs::read_file(&c, "/tmp/big").await.unwrap(), big);
-    assert_eq!(fs::stat(&c, "/tmp/big").await.unwrap().size, big.len() as u64);
+    assert_eq!(
+        fs::stat(&c, "/tmp/big").await.unwrap().size,
+        big.len() as u64
+    );
 
     assert_eq!(
-        engine.create(SandboxConfig { name: Some("e2e".into()), ..Default::default() }).await.err().unwrap().code,
+        engine
+            .create(SandboxConfig {
+                name: Some("e2e".into()),
+                ..Default::default()
+            })
+            .await
+            .err()
+            .unwrap()
+            .code,
         ErrorCode::AlreadyExists
     );
     assert_eq!(engine.list().unwrap().len(), 1);
     engine.remove("e2e").await.unwrap();
     assert!(engine.list().unwrap().is_empty());
-    assert_eq!(sb.exec_collect(&argv(&["true"]), None).await.unwrap_err().code, ErrorCode::NotFound);
+    assert_eq!(
+        sb.exec_collect(&argv(&["true"]), None)
+            .await
+            .unwrap_err()
+            .code,
+        ErrorCode::NotFound
+    );
+}
+
+/// Engine-level timings (no C ABI, no Go): `cargo test --release -p
+/// lockbox-engine --test sandbox_e2e -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn engine_timings() {
+    if !ready() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let engine = Engine::with_home(home.path().to_path_buf()).unwrap();
+    let mut create = Vec::new();
+    for _ in 0..30 {
+        let t = std::time::Instant::now();
+        let sb = engine.create(SandboxConfig::default()).await.unwrap();
+        let t1 = t.elapsed();
+        let out = sb.exec_collect(&argv(&["echo", "hi"]), None).await.unwrap();
+        assert_eq!(out.stdout, b"hi\n");
+        create.push((t1, t.elapsed()));
+        engine.remove(&sb.name).await.unwrap();
+    }
+    create.sort();
+    println!("create p50 {:?}; create+echo p50 {:?}", create[15].0, {
+        let mut v: Vec<_> = create.iter().map(|c| c.1).collect();
+        v.sort();
+        v[15]
+    });
+    let sb = engine.create(SandboxConfig::default()).await.unwrap();
+    let mut rt = Vec::new();
+    for _ in 0..300 {
+        let t = std::time::Instant::now();
+        sb.exec_collect(&argv(&["echo", "x"]), None).await.unwrap();
+        rt.push(t.elapsed());
+    }
+    rt.sort();
+    println!("exec round trip p50 {:?} p90 {:?}", rt[150], rt[270]);
+    engine.remove(&sb.name).await.unwrap();
 }
