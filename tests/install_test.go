@@ -528,7 +528,10 @@ func TestInstallCLIExitCodes(t *testing.T) {
 		{"network", []string{"install", "--version", rel.version, "--from", "http://127.0.0.1:1", "--dir", t.TempDir(), key}, 4},
 		{"not found", []string{"install", "--version", "9.9.9-none", "--from", rel.dist, "--dir", t.TempDir(), key}, 5},
 		{"offline", []string{"install", "--version", rel.version, "--offline", "--dir", t.TempDir(), key}, 6},
+		{"pin mismatch", []string{"install", "--version", rel.version, "--from", rel.dist, "--dir", t.TempDir(), key, "--pin-manifest", rel.keyFile + ".pub"}, 3},
 		{"ok", []string{"install", "--version", rel.version, "--from", rel.dist, "--dir", t.TempDir(), key}, 0},
+		{"ok pinned", []string{"install", "--version", rel.version, "--from", rel.dist, "--dir", t.TempDir(), key,
+			"--pin-manifest", filepath.Join(rel.dist, rel.version, "manifest.json")}, 0},
 	}
 	for _, c := range cases {
 		if _, stderr, code := instCLI(t, c.args...); code != c.code {
@@ -559,6 +562,15 @@ func TestInstallRealDist(t *testing.T) {
 		t.Fatalf("loaded %v", r)
 	}
 	instMustCLI(t, "verify", r["dir"], "--trusted-key", "../manifests/keys/dev.pub")
+
+	// CI's pinned install of the same bundle gives the same tree.
+	cliRoot := t.TempDir()
+	out = []byte(instMustCLI(t, "install", "--version", lockbox.Version, "--from", srv.URL, "--dir", cliRoot,
+		"--pin-manifest", filepath.Join("../manifests", lockbox.Version, "manifest.json"),
+		"--trusted-key", "../manifests/keys/dev.pub"))
+	if a, b := instSnapshot(t, strings.TrimSpace(string(out))), instSnapshot(t, r["dir"]); !reflect.DeepEqual(a, b) {
+		t.Fatalf("CLI and SDK trees of dist/%s differ", lockbox.Version)
+	}
 }
 
 // TestInstallChildProcess is the body of the child processes the tests

@@ -70,6 +70,10 @@ enum Cmd {
         /// Require the manifest to have exactly this sha256.
         #[arg(long)]
         manifest_sha256: Option<String>,
+        /// Require the manifest to be byte-identical to this file (e.g. the
+        /// pin manifests/<version>/manifest.json): the Go SDK's rule.
+        #[arg(long, conflicts_with = "manifest_sha256")]
+        pin_manifest: Option<PathBuf>,
         #[arg(long, default_value_t = current_platform())]
         platform: String,
         /// Give up (exit 4) when the whole install takes longer than this many seconds.
@@ -186,11 +190,18 @@ fn run(cmd: Cmd) -> Result<(), Error> {
             offline,
             trusted_key,
             manifest_sha256,
+            pin_manifest,
             platform,
             timeout,
             stall_timeout,
             quiet,
         } => {
+            let manifest_sha256 = match pin_manifest {
+                Some(p) => Some(lockbox_installer::fsutil::sha256_hex(
+                    &std::fs::read(&p).map_err(|e| Error::io_at("read", &p, e))?,
+                )),
+                None => manifest_sha256,
+            };
             let deadline = timeout.map(|s| Instant::now() + Duration::from_secs(s));
             let stall = Duration::from_secs(stall_timeout.max(1));
             let from = from.or_else(|| {
