@@ -33,7 +33,7 @@ test-escape: engine-release image-base
 	@rm -rf $(ENGINE_SCRATCH)/home && mkdir -p $(ENGINE_SCRATCH)/home
 	cd tests && LOCKBOX_LIB=$(ENGINE_LIB) LOCKBOX_HELPER=$(ENGINE_HELPER) \
 	  LOCKBOX_IMAGES=$(ENGINE_IMAGES) LOCKBOX_HOME=$(ENGINE_SCRATCH)/home \
-	  CGO_ENABLED=0 go test -count=1 -run 'Escape|Load' -v . 2>&1 | \
+	  CGO_ENABLED=0 go test -count=1 -run 'Escape|Load|Lifecycle' -v . 2>&1 | \
 	  grep -E '^(=== RUN|--- |PASS|FAIL|ok)|ESCAPE|CHANGED|probe ' ; exit $${PIPESTATUS[0]}
 
 # As an unprivileged user: the test binary, probe, library and helper are
@@ -47,7 +47,7 @@ test-escape-rootless: engine-release image-base
 	cp $(ENGINE_LIB) $(ENGINE_HELPER) $$d/; chmod -R a+rX $$d; chown 65534:65534 $$d/home; chmod 755 $(ENGINE_SCRATCH); \
 	cd /tmp && $(NOBODY) env -i PATH=/usr/bin:/bin HOME=$$d/home LOCKBOX_HOME=$$d/home \
 	  LOCKBOX_LIB=$$d/liblockbox.so LOCKBOX_HELPER=$$d/lockbox-helper LOCKBOX_IMAGES=$(ENGINE_IMAGES) \
-	  LOCKBOX_ESCAPE_PROBE_DIR=$$d $$d/tests.test -test.count=1 -test.run 'Escape' -test.v 2>&1 | \
+	  LOCKBOX_ESCAPE_PROBE_DIR=$$d $$d/tests.test -test.count=1 -test.run 'Escape|Lifecycle' -test.v 2>&1 | \
 	  grep -E '^(--- |PASS|FAIL|ok)|ESCAPE|CHANGED|not enforced' ; exit $${PIPESTATUS[0]}
 
 bench-engine: engine-release image-base
