@@ -438,6 +438,12 @@ func TestInstallOffline(t *testing.T) {
 	if err != nil || inst.Dir != dir {
 		t.Fatalf("offline with a complete install: %v %v", inst, err)
 	}
+	// LOCKBOX_OFFLINE=1 in another process, with a dead mirror configured.
+	out, err := instChild("LOCKBOX_HOME="+root, "LOCKBOX_RELEASE_URL="+srv.URL, "LOCKBOX_OFFLINE=1",
+		"LOCKBOX_INSTALL_CHILD_VERSION="+rel.version, "LOCKBOX_INSTALL_CHILD_KEY="+rel.pubKey).CombinedOutput()
+	if err != nil || instChildResult(t, out)["dir"] != dir {
+		t.Fatalf("LOCKBOX_OFFLINE=1 with a complete install: %v\n%s", err, out)
+	}
 	os.Remove(filepath.Join(dir, "images", "base.tar.zst"))
 	os.Remove(filepath.Join(dir, ".complete"))
 	_, err = lockbox.EnsureInstalled(context.Background(), offline...)
