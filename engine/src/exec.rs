@@ -35,8 +35,11 @@ pub struct ExecProcess {
     pub pid: u32,
     client: AgentClient,
     id: u32,
+    /// The stdio streams, until `take_stdio` hands them out. Whoever holds
+    /// a reader decides its fate: dropping it discards the rest of that
+    /// stream instead of stalling the process.
     pub stdin: Option<Arc<StreamWriter>>,
-    pub stdout: Arc<StreamReader>,
+    pub stdout: Option<Arc<StreamReader>>,
     /// Absent with a tty (the tty merges both).
     pub stderr: Option<Arc<StreamReader>>,
     exit: Mutex<ExitWait>,
@@ -75,7 +78,7 @@ impl ExecProcess {
             None => return Err(EngineError::unavailable("sandbox went away during exec")),
         };
         let mut readers = d.readers.into_iter();
-        let stdout = Arc::new(readers.next().expect("stdout reader"));
+        let stdout = readers.next().map(Arc::new);
         let stderr = readers.next().map(Arc::new);
         let stdin = wants_stdin.then(|| {
             Arc::new(StreamWriter::new(
@@ -97,6 +100,18 @@ impl ExecProcess {
                 result: None,
             }),
         })
+    }
+
+    /// Moves the stdio streams out: (stdin, stdout, stderr).
+    #[allow(clippy::type_complexity)]
+    pub fn take_stdio(
+        &mut self,
+    ) -> (
+        Option<Arc<StreamWriter>>,
+        Option<Arc<StreamReader>>,
+        Option<Arc<StreamReader>>,
+    ) {
+        (self.stdin.take(), self.stdout.take(), self.stderr.take())
     }
 
     /// Waits for the process to end (cancel-safe; may be called repeatedly).
@@ -162,22 +177,23 @@ pub async fn run_collect(
     stdin: Option<Vec<u8>>,
 ) -> Result<ExecOutput> {
     req.stdin = stdin.is_some();
-    let p = ExecProcess::start(client, req).await?;
+    let mut p = ExecProcess::start(client, req).await?;
+    let (w_in, r_out, r_err) = p.take_stdio();
     let feed = async {
-        if let (Some(w), Some(data)) = (&p.stdin, stdin) {
+        if let (Some(w), Some(data)) = (w_in, stdin) {
             // A process may exit without reading its input: not an error.
             if w.write_all(&data).await.is_ok() {
                 let _ = w.close_write().await;
             }
         }
     };
-    let err = async {
-        match &p.stderr {
+    let read_all = |r: Option<Arc<StreamReader>>| async move {
+        match r {
             Some(r) => r.read_to_end().await,
             None => Ok(Vec::new()),
         }
     };
-    let ((), out, err) = tokio::join!(feed, p.stdout.read_to_end(), err);
+    let ((), out, err) = tokio::join!(feed, read_all(r_out), read_all(r_err));
     let status = p.wait().await?;
     Ok(ExecOutput {
         status,

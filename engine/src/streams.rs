@@ -209,6 +209,29 @@ impl StreamReader {
     }
 }
 
+impl Drop for StreamReader {
+    /// Bytes that arrived but were never read still count against the
+    /// agent's window: give them back, and refuse the rest (the demux then
+    /// acknowledges it), so an abandoned stream never stalls its process.
+    fn drop(&mut self) {
+        let st = self.state.get_mut();
+        st.rx.close();
+        let mut unread = st.buf.len();
+        while let Ok(c) = st.rx.try_recv() {
+            if let Chunk::Data(b) = c {
+                unread += b.len();
+            }
+        }
+        while unread > 0 {
+            let n = unread.min(u32::MAX as usize);
+            let _ = self
+                .shared
+                .send(Frame::credit(self.id, self.stream, n as u32));
+            unread -= n;
+        }
+    }
+}
+
 struct WriterState {
     credit: i64,
     credits: mpsc::UnboundedReceiver<Result<u32>>,

@@ -60,6 +60,22 @@ async fn create_exec_files_remove() {
         Ok(o) => assert_eq!(o.status.code, Some(127)),
     }
 
+    // An output nobody reads is discarded once its reader is dropped; the
+    // process is not stalled by flow control.
+    let mut p = sb
+        .exec_start(&argv(&[
+            "sh",
+            "-c",
+            "head -c 30000000 /dev/zero; echo done >&2",
+        ]))
+        .await
+        .unwrap();
+    let (_, out, err) = p.take_stdio();
+    drop(out);
+    let err = err.unwrap().read_to_end().await.unwrap();
+    assert_eq!(err, b"done\n");
+    assert_eq!(p.wait().await.unwrap().code, Some(0));
+
     let c = sb.client().unwrap();
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     fs::write_file(&c, "/tmp/big", &big, 0o600).await.unwrap();

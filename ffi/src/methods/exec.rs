@@ -47,17 +47,14 @@ fn start(mut p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
         .ok_or_else(|| ApiError::invalid_argument("exec.start: missing sandbox handle"))?;
     let opts: ExecOptions = params("exec.start", p)?;
     let sb = sandbox(h)?;
-    let proc = ctx.block_on(async { sb.exec_start(&opts).await.map_err(api) })?;
+    let mut proc = ctx.block_on(async { sb.exec_start(&opts).await.map_err(api) })?;
+    // The stream handles own the streams: closing one discards the rest of
+    // that output instead of stalling the process.
+    let (w_in, r_out, r_err) = proc.take_stdio();
     let reg = registry::global();
-    let stdout = reg.insert_stream(Arc::new(ReadStream(proc.stdout.clone())));
-    let stderr = proc
-        .stderr
-        .clone()
-        .map(|r| reg.insert_stream(Arc::new(ReadStream(r))));
-    let stdin = proc
-        .stdin
-        .clone()
-        .map(|w| reg.insert_stream(Arc::new(WriteStream(w))));
+    let stdout = r_out.map(|r| reg.insert_stream(Arc::new(ReadStream(r))));
+    let stderr = r_err.map(|r| reg.insert_stream(Arc::new(ReadStream(r))));
+    let stdin = w_in.map(|w| reg.insert_stream(Arc::new(WriteStream(w))));
     let pid = proc.pid;
     let h = reg.insert(Kind::Exec, Arc::new(proc));
     Ok(json!({ "exec": h, "pid": pid, "stdin": stdin, "stdout": stdout, "stderr": stderr }))
