@@ -206,8 +206,9 @@ impl Cgroup {
         cg.paths = CgroupPaths {
             version: if cg.dirs.is_empty() { 0 } else { 1 },
             memory: s(&memory),
-            // Metrics read cpuacct.usage; it lives with cpu when co-mounted.
-            cpu: s(&cpuacct).or(s(&cpu)),
+            // The cpu controller's dir; when cpuacct is a separate hierarchy
+            // its dir is the same path under the cpuacct mount.
+            cpu: s(&cpu).or(s(&cpuacct)),
             pids: s(&pids),
         };
         cg

@@ -183,6 +183,11 @@ fn bind_socket(path: &Path) -> Result<UnixListener, Failure> {
 
 fn launch(spec: &LaunchSpec) -> Result<(Running, Report), Failure> {
     validate(spec)?;
+    if spec.detached {
+        // Out of the engine's session and process group: a Ctrl-C or hangup
+        // meant for the host program must not stop a detached sandbox.
+        let _ = nix::unistd::setsid();
+    }
     let rootless = nix::unistd::geteuid().as_raw() != 0;
     let mut report = Report::default();
     block_signals();

@@ -473,19 +473,14 @@ async fn bench_exec_and_stream() {
         path: "/tmp/dd".into(),
     })
     .await;
-    let data = vec![0x5au8; 256 << 20];
+    let total = 256usize << 20;
     let t = Instant::now();
-    let r = c.write_file("/tmp/big", &data).await;
-    assert!(r.error().is_none());
+    stream_write(&mut c, "/tmp/big", total).await;
     let w = t.elapsed();
     let t = Instant::now();
-    let r = c
-        .request(Message::ReadFile {
-            path: "/tmp/big".into(),
-        })
-        .await;
+    let got = stream_read(&mut c, "/tmp/big").await;
     let rd = t.elapsed();
-    assert_eq!(r.stdout.len(), data.len());
+    assert_eq!(got, total);
     let mb = 256.0 * 1.048576;
     println!(
         "256 MiB write {:?} ({:.0} MB/s), read {:?} ({:.0} MB/s), write+read {:.0} MB/s",
@@ -612,4 +607,89 @@ async fn rootless_launch_runs_and_reports_missing_limits() {
     drop(sb.child.stdin.take());
     assert!(wait_exit(&mut sb.child, Duration::from_secs(10)));
     assert!(!std::path::Path::new(&sb.spec.socket_path).exists());
+}
+
+/// Writes `total` bytes with as little client work as possible: the same
+/// chunk every time, header and payload written straight from memory.
+async fn stream_write(c: &mut Client, path: &str, total: usize) {
+    use tokio::io::AsyncWriteExt;
+    let id = c
+        .start(Message::WriteFile {
+            path: path.into(),
+            mode: 0o644,
+        })
+        .await;
+    let chunk = vec![0x5au8; DATA_CHUNK];
+    let mut granted = INITIAL_WINDOW as usize;
+    let mut sent = 0;
+    while sent < total {
+        while sent + DATA_CHUNK > granted {
+            let f = read_frame(&mut c.r).await.unwrap();
+            assert_eq!(f.kind, FrameKind::Credit, "{:?}", f.message());
+            granted += f.credit_bytes().unwrap() as usize;
+        }
+        let hdr = Frame {
+            kind: FrameKind::Data,
+            stream: stream::STDIN,
+            id,
+            payload: Vec::new(),
+        }
+        .header();
+        let len = (DATA_CHUNK + HEADER_LEN - 4) as u32;
+        let mut h = hdr;
+        h[0..4].copy_from_slice(&len.to_be_bytes());
+        c.w.write_all(&h).await.unwrap();
+        c.w.write_all(&chunk).await.unwrap();
+        sent += DATA_CHUNK;
+    }
+    c.send(Frame::eof(id, stream::STDIN)).await;
+    let r = c.wait(&[id]).await.pop().unwrap();
+    assert!(r.error().is_none(), "{r:?}");
+}
+
+/// Reads a file and only counts the bytes.
+async fn stream_read(c: &mut Client, path: &str) -> usize {
+    let id = c.start(Message::ReadFile { path: path.into() }).await;
+    let mut n = 0;
+    let mut unacked = 0u32;
+    loop {
+        let f = read_frame(&mut c.r).await.unwrap();
+        match f.kind {
+            FrameKind::Data => {
+                n += f.payload.len();
+                // Grant in batches, as a real client should.
+                unacked += f.payload.len() as u32;
+                if unacked >= 2 << 20 {
+                    c.send(Frame::credit(id, f.stream, unacked)).await;
+                    unacked = 0;
+                }
+            }
+            FrameKind::Eof => break,
+            _ => {}
+        }
+    }
+    c.ops.remove(&id);
+    n
+}
+
+#[tokio::test]
+async fn detached_ignores_lifeline_and_serves_reconnects() {
+    let mut sb = Sandbox::launch("detached", |s, _| s.detached = true);
+    assert!(sb.status.ok, "{:?}", sb.status);
+    drop(sb.child.stdin.take());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        sb.child.try_wait().unwrap().is_none(),
+        "detached sandbox died with its lifeline"
+    );
+    {
+        let mut c = sb.client().await;
+        c.write_file("/tmp/state", b"kept").await;
+    }
+    // A new connection (as after GetSandbox) sees the same sandbox.
+    let mut c = sb.client().await;
+    assert_eq!(c.sh("cat /tmp/state").await.out(), "kept");
+    let r = c.request(Message::Shutdown).await;
+    assert_eq!(r.replies, vec![Message::Ok]);
+    assert!(wait_exit(&mut sb.child, Duration::from_secs(10)));
 }

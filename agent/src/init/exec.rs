@@ -213,24 +213,25 @@ async fn feed(
     mut input: tokio::sync::mpsc::UnboundedReceiver<Input>,
 ) {
     let mut fd = fd;
+    let mut pending = 0usize;
     while let Some(i) = input.recv().await {
         match i {
             Input::Data(d) => {
                 if let Some(f) = &fd {
                     if f.write_all(&d).await.is_err() {
+                        // A reader that went away: keep granting credit so
+                        // the engine's writer does not stall; drop the bytes.
                         fd = None;
                     }
                 }
-                conn.send(Frame::credit(id, stream::STDIN, d.len() as u32));
+                pending += d.len();
+                if pending >= super::files::CREDIT_BATCH || input.is_empty() {
+                    conn.send(Frame::credit(id, stream::STDIN, pending as u32));
+                    pending = 0;
+                }
             }
-            Input::Eof => {
-                fd = None;
-            }
-        }
-        if fd.is_none() {
-            // Closing stdin (or a dead reader): keep granting credit so the
-            // engine's writer does not stall, but drop the bytes.
-            continue;
+            // Dropping the fd closes the process's stdin.
+            Input::Eof => fd = None,
         }
     }
 }

@@ -4,7 +4,7 @@
 //! name a host file.
 
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -13,6 +13,9 @@ use lockbox_protocol::{
 };
 
 use super::conn::{Conn, Input, OpIo};
+
+/// Bytes of stdin credit collected before a Credit frame goes out.
+pub const CREDIT_BATCH: usize = 1 << 20;
 
 pub fn wire(e: io::Error, what: &str) -> WireError {
     let code = e
@@ -162,11 +165,10 @@ pub async fn read_file(conn: &Conn, id: u32, path: &str, io: &OpIo) {
     let mut sent = 0usize;
     loop {
         let n = w.acquire(DATA_CHUNK).await;
-        let mut buf = vec![0u8; n];
-        match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(k) => {
-                buf.truncate(k);
+        match read_chunk(&mut f, n) {
+            Ok(buf) if buf.is_empty() => break,
+            Ok(buf) => {
+                let k = buf.len();
                 w.spend(k);
                 conn.send(Frame::data(id, stream::STDOUT, buf));
                 sent += k;
@@ -186,6 +188,21 @@ pub async fn read_file(conn: &Conn, id: u32, path: &str, io: &OpIo) {
     conn.send(Frame::eof(id, stream::STDOUT));
 }
 
+/// One read into a fresh, unzeroed buffer (the chunk becomes the frame's
+/// payload without another copy).
+fn read_chunk(f: &mut fs::File, n: usize) -> io::Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    let mut v: Vec<u8> = Vec::with_capacity(n);
+    // SAFETY: reading into the vector's spare capacity, then setting the
+    // length to what the kernel filled.
+    let r = unsafe { libc::read(f.as_raw_fd(), v.as_mut_ptr().cast(), n) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    unsafe { v.set_len(r as usize) };
+    Ok(v)
+}
+
 pub async fn write_file(conn: &Conn, id: u32, path: &str, mode: u32, mut io: OpIo) {
     let file = check_path(path).and_then(|p| {
         fs::OpenOptions::new()
@@ -201,6 +218,7 @@ pub async fn write_file(conn: &Conn, id: u32, path: &str, mode: u32, mut io: OpI
         Err(e) => return conn.error(id, e),
     };
     let mut total = 0u64;
+    let mut pending = 0usize;
     let mut failed: Option<WireError> = None;
     while let Some(inp) = io.input.recv().await {
         match inp {
@@ -211,7 +229,13 @@ pub async fn write_file(conn: &Conn, id: u32, path: &str, mode: u32, mut io: OpI
                     }
                     total += d.len() as u64;
                 }
-                conn.send(Frame::credit(id, stream::STDIN, d.len() as u32));
+                // Credit in batches: one frame per MiB instead of per chunk,
+                // but never hold it back while the engine may be waiting.
+                pending += d.len();
+                if pending >= CREDIT_BATCH || io.input.is_empty() {
+                    conn.send(Frame::credit(id, stream::STDIN, pending as u32));
+                    pending = 0;
+                }
             }
             Input::Eof => break,
         }

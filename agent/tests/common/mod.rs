@@ -70,7 +70,11 @@ impl Sandbox {
 
     /// Launches as the given host uid (and the same gid), as an
     /// unprivileged user would.
-    pub fn launch_as(id: &str, uid: Option<u32>, f: impl FnOnce(&mut LaunchSpec, &Path)) -> Sandbox {
+    pub fn launch_as(
+        id: &str,
+        uid: Option<u32>,
+        f: impl FnOnce(&mut LaunchSpec, &Path),
+    ) -> Sandbox {
         let dir = tempfile::tempdir().unwrap();
         let rootfs = busybox_rootfs(dir.path());
         let mut spec = spec_in(dir.path(), &rootfs, id);
