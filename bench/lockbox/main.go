@@ -45,6 +45,10 @@ type readyLine struct {
 	Ready   bool   `json:"ready"`
 	Version string `json:"version,omitempty"`
 	Error   string `json:"error,omitempty"`
+	// What the engine reports it enforces on this machine, so that the
+	// comparison describes Lockbox's isolation from facts, not claims.
+	Enforced    []string              `json:"enforced,omitempty"`
+	NotEnforced []lockbox.NotEnforced `json:"not_enforced,omitempty"`
 }
 
 // command is one case's guest command and the output it must print.
@@ -104,7 +108,11 @@ func main() {
 		b.close(ctx)
 		os.Exit(1)
 	}
-	_ = out.Encode(readyLine{Ready: true, Version: lockbox.Version})
+	ready := readyLine{Ready: true, Version: lockbox.Version}
+	if info, err := b.describe(ctx); err == nil {
+		ready.Enforced, ready.NotEnforced = info.Enforced, info.NotEnforced
+	}
+	_ = out.Encode(ready)
 
 	left := *n
 	next := func() bool { left--; return left >= 0 }
@@ -141,6 +149,19 @@ func (b *bench) prepare(ctx context.Context, warm bool) error {
 	}
 	b.running = sb
 	return nil
+}
+
+// describe reports what a sandbox made with the case's options enforces.
+func (b *bench) describe(ctx context.Context) (*lockbox.SandboxInfo, error) {
+	sb := b.running
+	if sb == nil {
+		var err error
+		if sb, err = lockbox.CreateSandbox(ctx, b.opts...); err != nil {
+			return nil, err
+		}
+		defer sb.Remove(ctx)
+	}
+	return sb.Info(ctx)
 }
 
 func (b *bench) close(ctx context.Context) {
