@@ -274,6 +274,7 @@ func (in *installer) fetchAndInstall(ctx context.Context, src *releaseSource) (*
 	if err := writeFileAtomic(filepath.Join(in.paths.dir, markerFile), []byte(markerContent(sha256Hex(mb))), 0o644); err != nil {
 		return nil, err
 	}
+	os.RemoveAll(in.paths.partial)
 	in.emit(InstallEvent{Kind: InstallComplete})
 	return in.installation(m), nil
 }
@@ -307,8 +308,14 @@ func (in *installer) stage(ctx context.Context, src *releaseSource, staging stri
 	return syncDir(staging)
 }
 
+// downloadArtifact fetches a into versions/.partial-<v>/<sha256> (kept if
+// the process dies, resumed next time) and moves it to dest once verified.
 func (in *installer) downloadArtifact(ctx context.Context, src *releaseSource, a releaseArtifact, dest string) error {
-	f, err := os.OpenFile(dest, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err := os.MkdirAll(in.paths.partial, 0o755); err != nil {
+		return err
+	}
+	part := filepath.Join(in.paths.partial, a.SHA256)
+	f, err := os.OpenFile(part, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return err
 	}
@@ -317,6 +324,9 @@ func (in *installer) downloadArtifact(ctx context.Context, src *releaseSource, a
 		in.emit(InstallEvent{Kind: InstallDownloading, Artifact: a.Path, Bytes: have, Total: a.Size})
 	}
 	if err := src.download(ctx, in.s.version+"/"+a.Path, a, f, progress, in.onRetry(a.Path)); err != nil {
+		if errors.Is(err, ErrVerification) {
+			os.Remove(part) // bad bytes must not be resumed
+		}
 		return err
 	}
 	if err := f.Chmod(os.FileMode(a.mode())); err != nil {
@@ -325,8 +335,14 @@ func (in *installer) downloadArtifact(ctx context.Context, src *releaseSource, a
 	if err := f.Sync(); err != nil {
 		return err
 	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(part, dest); err != nil {
+		return err
+	}
 	in.emit(InstallEvent{Kind: InstallArtifactVerified, Artifact: a.Path, Bytes: a.Size, Total: a.Size})
-	return f.Close()
+	return nil
 }
 
 // clearLeftovers runs under the lock: staging/trash dirs of this version

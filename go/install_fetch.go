@@ -209,6 +209,25 @@ func (r *received) restart() error {
 	return err
 }
 
+// resumeFrom picks up bytes an earlier (killed) install left in f: they
+// are hashed as if just received, and the download continues after them.
+func (r *received) resumeFrom() error {
+	st, err := r.f.Stat()
+	if err != nil {
+		return err
+	}
+	if st.Size() > r.size {
+		return r.f.Truncate(0)
+	}
+	n, err := io.Copy(r.h, io.NewSectionReader(r.f, 0, st.Size()))
+	if err != nil {
+		return err
+	}
+	r.have, r.flushed = n, n
+	_, err = r.f.Seek(n, io.SeekStart)
+	return err
+}
+
 func (r *received) stream(ctx context.Context, src io.Reader, progress func(int64)) error {
 	buf := make([]byte, fetchBufSize)
 	for {
@@ -244,10 +263,17 @@ func (r *received) stream(ctx context.Context, src io.Reader, progress func(int6
 	return nil
 }
 
-// download fetches one artifact into f (empty), checking size and sha256;
-// an interrupted HTTP transfer resumes with a Range request.
+// download fetches one artifact into f, checking size and sha256. Bytes
+// already in f (a killed install's) and an interrupted HTTP transfer are
+// resumed with a Range request.
 func (s *releaseSource) download(ctx context.Context, rel string, a releaseArtifact, f *os.File, progress func(int64), onRetry func(int, error)) error {
 	r := &received{f: f, h: sha256.New(), size: a.Size, what: s.describe(rel)}
+	if err := r.resumeFrom(); err != nil {
+		return err
+	}
+	if r.have == r.size { // a killed install had received it all
+		return r.check(a)
+	}
 	err := withRetries(ctx, r.what, onRetry, func(ctx context.Context) error {
 		actx, cancel := context.WithCancel(ctx)
 		defer cancel()
@@ -303,6 +329,10 @@ func (s *releaseSource) download(ctx context.Context, rel string, a releaseArtif
 	if err != nil {
 		return err
 	}
+	return r.check(a)
+}
+
+func (r *received) check(a releaseArtifact) error {
 	if sum := hex.EncodeToString(r.h.Sum(nil)); sum != a.SHA256 {
 		return fmt.Errorf("%w: %s: sha256 %s, manifest says %s", ErrVerification, r.what, sum, a.SHA256)
 	}

@@ -16,15 +16,18 @@ const (
 func markerContent(manifestSHA256 string) string { return manifestSHA256 + "\n" }
 
 // versionPaths names the parts of an install root for one version:
-// versions/<v>/ (installed iff .complete matches), versions/<v>.lock, and
-// versions/.staging-<v>-* / .trash-<v>-* left by installs in progress.
+// versions/<v>/ (installed iff .complete matches), versions/<v>.lock,
+// versions/.staging-<v>-* / .trash-<v>-* left by installs in progress, and
+// versions/.partial-<v>/<sha256> (downloads a killed install had begun:
+// the next one resumes them, and the sha256 check covers the whole file).
 type versionPaths struct {
-	versions, dir, lock, version string
+	versions, dir, lock, partial, version string
 }
 
 func newVersionPaths(root, version string) versionPaths {
 	v := filepath.Join(root, "versions")
-	return versionPaths{versions: v, dir: filepath.Join(v, version), lock: filepath.Join(v, version+".lock"), version: version}
+	return versionPaths{versions: v, dir: filepath.Join(v, version), lock: filepath.Join(v, version+".lock"),
+		partial: filepath.Join(v, ".partial-"+version), version: version}
 }
 
 func (p versionPaths) scratchPrefixes() []string {

@@ -204,6 +204,11 @@ func instServeFile(t testing.TB, w http.ResponseWriter, dist, urlPath string, ch
 	w.Write(b)
 }
 
+func instSHA256(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
 type instFile struct {
 	mode fs.FileMode
 	sum  string

@@ -120,6 +120,14 @@ func TestInstallCorruptedArtifact(t *testing.T) {
 		t.Fatalf("corrupted artifact: %v", err)
 	}
 	instAssertNotInstalled(t, root, rel.version, lockbox.WithTrustedKey(rel.pubKey))
+	// The bad bytes are not kept for a resume: an honest mirror then works.
+	if _, err := os.Stat(filepath.Join(root, "versions", ".partial-"+rel.version, instSHA256(rel.lib))); err == nil {
+		t.Fatal("corrupted download kept for resuming")
+	}
+	honest := instServe(t, rel.dist, nil)
+	if _, err := lockbox.EnsureInstalled(context.Background(), instOpts(rel, honest.URL, root)...); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestInstallTruncatedDownload(t *testing.T) {
@@ -382,6 +390,17 @@ func TestInstallKilledMidwayThenRerun(t *testing.T) {
 	if staging != 1 || lockbox.IsInstalled(instOpts(rel, "", root)...) {
 		t.Fatalf("mid-install state: %d staging dirs, entries %v", staging, entries)
 	}
+	// Kill once the child holds the first MiB, so the re-run can resume it.
+	part := filepath.Join(root, "versions", ".partial-"+rel.version, instSHA256(rel.lib))
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if st, err := os.Stat(part); err == nil && st.Size() == 1<<20 {
+			break
+		}
+		if time.Now().After(deadline) {
+			child.Process.Kill()
+			t.Fatalf("the child never wrote 1 MiB to %s", part)
+		}
+	}
 	if err := child.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -407,6 +426,9 @@ func TestInstallKilledMidwayThenRerun(t *testing.T) {
 	}
 	dir := instChildResult(t, out)["dir"]
 	instMustCLI(t, "verify", dir, "--trusted-key", rel.keyFile+".pub")
+	if r := srv.ranges(instLibPath); len(r) != 2 || r[1] != fmt.Sprintf("bytes=%d-", 1<<20) {
+		t.Fatalf("the re-run did not resume the killed download: Range headers %q", r)
+	}
 	entries, _ = os.ReadDir(filepath.Join(root, "versions"))
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), ".") {
