@@ -671,3 +671,64 @@ func TestInstallCLIStallAndDeadline(t *testing.T) {
 	}
 	instAssertNotInstalled(t, root, rel.version, lockbox.WithTrustedKey(rel.pubKey))
 }
+
+// A partial download with wrong bytes (left by a killed install fed by a
+// bad mirror) is resumed over HTTP, fails the sha256 check, and is
+// dropped, so the next run succeeds. The SDK and the CLI alike.
+func TestInstallBadPartialIsDiscarded(t *testing.T) {
+	t.Parallel()
+	rel := instBuildRelease(t, "7.9.0-test", 1<<20)
+	srv := instServe(t, rel.dist, nil)
+	plant := func(root string) string {
+		part := filepath.Join(root, "versions", ".partial-"+rel.version, instSHA256(rel.lib))
+		instWrite(t, part, []byte("not the library's first bytes"), 0o600)
+		return part
+	}
+	sdkRoot := t.TempDir()
+	part := plant(sdkRoot)
+	if _, err := lockbox.EnsureInstalled(context.Background(), instOpts(rel, srv.URL, sdkRoot)...); !errors.Is(err, lockbox.ErrVerification) {
+		t.Fatalf("SDK with a bad partial: %v", err)
+	}
+	if _, err := os.Stat(part); err == nil {
+		t.Fatal("SDK kept the bad partial")
+	}
+	if _, err := lockbox.EnsureInstalled(context.Background(), instOpts(rel, srv.URL, sdkRoot)...); err != nil {
+		t.Fatal(err)
+	}
+
+	cliRoot := t.TempDir()
+	part = plant(cliRoot)
+	args := []string{"install", "--version", rel.version, "--from", srv.URL, "--dir", cliRoot, "--trusted-key", rel.keyFile + ".pub"}
+	if _, stderr, code := instCLI(t, args...); code != 3 {
+		t.Fatalf("CLI with a bad partial: exit %d\n%s", code, stderr)
+	}
+	if _, err := os.Stat(part); err == nil {
+		t.Fatal("CLI kept the bad partial")
+	}
+	instMustCLI(t, args...)
+	if a, b := instSnapshot(t, filepath.Join(cliRoot, "versions", rel.version)), instSnapshot(t, filepath.Join(sdkRoot, "versions", rel.version)); !reflect.DeepEqual(a, b) {
+		t.Fatal("CLI and SDK trees differ")
+	}
+}
+
+// The first bytes a killed install left are resumed with Range, not
+// fetched again: the SDK and the CLI alike.
+func TestInstallResumesAKilledRunsPartial(t *testing.T) {
+	t.Parallel()
+	rel := instBuildRelease(t, "7.9.1-test", 1<<20)
+	srv := instServe(t, rel.dist, nil)
+	for _, viaCLI := range []bool{false, true} {
+		root := t.TempDir()
+		instWrite(t, filepath.Join(root, "versions", ".partial-"+rel.version, instSHA256(rel.lib)), rel.lib[:1000], 0o600)
+		before := len(srv.ranges(instLibPath))
+		if viaCLI {
+			instMustCLI(t, "install", "--version", rel.version, "--from", srv.URL, "--dir", root, "--trusted-key", rel.keyFile+".pub")
+		} else if _, err := lockbox.EnsureInstalled(context.Background(), instOpts(rel, srv.URL, root)...); err != nil {
+			t.Fatal(err)
+		}
+		if r := srv.ranges(instLibPath)[before:]; len(r) != 1 || r[0] != "bytes=1000-" {
+			t.Fatalf("cli=%v: Range headers %q, want one bytes=1000-", viaCLI, r)
+		}
+		instMustCLI(t, "verify", filepath.Join(root, "versions", rel.version), "--trusted-key", rel.keyFile+".pub")
+	}
+}

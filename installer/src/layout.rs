@@ -2,6 +2,7 @@
 //!   versions/<v>/          the installed tree (complete iff `.complete` matches)
 //!   versions/<v>.lock      cross-process install lock
 //!   versions/.staging-<v>-*  in-progress installs (removed by the next installer)
+//!   versions/.partial-<v>/<sha256>  downloads a killed install had begun (resumed)
 
 use std::path::{Path, PathBuf};
 
@@ -42,6 +43,10 @@ impl VersionPaths {
             versions,
             version: version.to_string(),
         }
+    }
+
+    pub fn partial(&self) -> PathBuf {
+        self.versions.join(format!(".partial-{}", self.version))
     }
 
     pub fn marker(&self) -> PathBuf {

@@ -143,8 +143,9 @@ impl Source {
         )))
     }
 
-    /// Downloads `rel` into `file` (empty, open for writing), checking the
-    /// artifact's size and sha256.
+    /// Downloads `rel` into `file` (read/write), checking the artifact's
+    /// size and sha256. Bytes already in `file` (a killed install's) and an
+    /// interrupted HTTP transfer are resumed with a Range request.
     pub fn download(
         &self,
         rel: &str,
@@ -161,8 +162,12 @@ impl Source {
             size: artifact.size,
             what: &what,
         };
+        got.resume()?;
         let mut last = String::new();
         for attempt in 0..MAX_ATTEMPTS {
+            if got.have == artifact.size {
+                break; // a killed install had received it all
+            }
             if attempt > 0 {
                 std::thread::sleep(backoff(attempt));
             }
@@ -276,6 +281,24 @@ struct Received<'a> {
 }
 
 impl Received<'_> {
+    /// Hashes what an earlier install left in the file and continues after it.
+    fn resume(&mut self) -> Result<()> {
+        let what = self.what;
+        let io_err = |e| Error::io(format!("resume download of {what}"), e);
+        let len = self.file.metadata().map_err(io_err)?.len();
+        if len > self.size {
+            self.file.set_len(0).map_err(io_err)?;
+            return Ok(());
+        }
+        self.file.seek(SeekFrom::Start(0)).map_err(io_err)?;
+        let copied =
+            std::io::copy(&mut (&mut *self.file).take(len), &mut self.hasher).map_err(io_err)?;
+        self.have = copied;
+        self.flushed = copied;
+        self.file.seek(SeekFrom::Start(copied)).map_err(io_err)?;
+        Ok(())
+    }
+
     fn restart(&mut self) -> Result<()> {
         if self.have > 0 {
             self.file
