@@ -193,8 +193,6 @@ fn launch(spec: &LaunchSpec) -> Result<(Running, Report), Failure> {
     block_signals();
 
     let dir = Path::new(&spec.dir);
-    let stage = dir.join("mnt");
-    fs::create_dir_all(&stage).map_err(|e| io_fail("create staging dir", e))?;
     for d in [&spec.rootfs.upper, &spec.rootfs.work] {
         fs::create_dir_all(d).map_err(|e| io_fail(&format!("create {d}"), e))?;
         if !rootless {
@@ -436,14 +434,16 @@ fn prepare_mounts(
         if ro {
             attrs |= MOUNT_ATTR_RDONLY;
         }
-        if idmap {
-            if let Err(e) =
-                sys::set_tree_attrs(fd.as_raw_fd(), attrs, Some(userns.as_fd().as_raw_fd()))
-            {
-                idmap_err.get_or_insert(format!("{}: {e}", path.display()));
-                return None;
-            }
-        } else {
+        let idmapped = idmap
+            && match sys::set_tree_attrs(fd.as_raw_fd(), attrs, Some(userns.as_fd().as_raw_fd())) {
+                Ok(()) => true,
+                Err(e) => {
+                    idmap_err.get_or_insert(format!("{}: {e}", path.display()));
+                    false
+                }
+            };
+        if !idmapped {
+            // Still handed over as an fd: the child cannot walk host paths.
             sys::set_tree_attrs(fd.as_raw_fd(), attrs, None).ok()?;
         }
         fds.push(fd);

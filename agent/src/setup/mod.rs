@@ -61,13 +61,13 @@ fn build(
     // Die with the supervisor: it owns the cgroup and the socket.
     // SAFETY: prctl with plain integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    let fds = crate::sys::recv_fds(sync.as_raw_fd()).context("waiting for the supervisor")?;
+    let mut fds = crate::sys::recv_fds(sync.as_raw_fd()).context("waiting for the supervisor")?;
     let mut buf = Vec::new();
     let mut s = sync;
     let mut chunk = vec![0u8; 1 << 16];
     let n = s.read(&mut chunk)?;
     buf.extend_from_slice(&chunk[..n]);
-    let plan: Plan = serde_json::from_slice(&buf).context("bad plan from supervisor")?;
+    let mut plan: Plan = serde_json::from_slice(&buf).context("bad plan from supervisor")?;
     become_root(&plan)?;
     // setuid cleared the death signal.
     // SAFETY: as above.
@@ -81,6 +81,7 @@ fn build(
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).context("cgroup namespace")?;
     report.ok("cgroupns");
 
+    rootfs::adopt_paths(spec, &mut plan, &mut fds)?;
     rootfs::enter(spec, &plan, &fds, report)?;
     report.ok("mountns");
     devfs::populate().context("/dev")?;

@@ -38,6 +38,63 @@ fn materialize(src: &Source, fds: &[OwnedFd], at: &Path) -> Result<PathBuf> {
     }
 }
 
+/// Where the staging tmpfs goes in our private mount namespace. Not under
+/// the sandbox dir: as sandbox root we are an unmapped stranger to host
+/// directories, and a private LOCKBOX_HOME (0700) would not let us through.
+/// Covering /tmp here is invisible to the host (nothing propagates) and
+/// ends when the old root is detached.
+fn staging_point(spec: &LaunchSpec) -> PathBuf {
+    ["/tmp", "/mnt", "/dev"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_dir())
+        .unwrap_or_else(|| Path::new(&spec.dir).join("mnt"))
+}
+
+/// Turns every path source of the plan (rootless, or where the supervisor
+/// could not prepare an fd) into a detached mount, while host paths are
+/// still visible: the staging tmpfs covers /tmp next.
+pub fn adopt_paths(spec: &LaunchSpec, plan: &mut Plan, fds: &mut Vec<OwnedFd>) -> Result<()> {
+    use crate::sys::{clone_tree, set_tree_attrs};
+    const RDONLY: u64 = 0x1;
+    const NOSUID_NODEV: u64 = 0x2 | 0x4;
+    let mut adopt = |src: &mut Source, attrs: u64| -> Result<()> {
+        if let Source::Path(p) = src {
+            let fd = clone_tree(Path::new(p)).with_context(|| format!("open {p}"))?;
+            set_tree_attrs(fd.as_raw_fd(), attrs, None)
+                .with_context(|| format!("mount flags for {p}"))?;
+            fds.push(fd);
+            *src = Source::Fd(fds.len() - 1);
+        }
+        Ok(())
+    };
+    for l in plan.lowers.iter_mut() {
+        adopt(l, RDONLY | NOSUID_NODEV)?;
+    }
+    if spec.limits.disk_mib.is_none() {
+        adopt(&mut plan.upper_base, NOSUID_NODEV)?;
+    }
+    let ro: Vec<bool> = spec
+        .mounts
+        .iter()
+        .filter_map(|m| match m {
+            MountSpec::Bind { read_only, .. } => Some(*read_only),
+            _ => None,
+        })
+        .collect();
+    for (b, ro) in plan.binds.iter_mut().zip(ro) {
+        adopt(
+            b,
+            if ro {
+                RDONLY | NOSUID_NODEV
+            } else {
+                NOSUID_NODEV
+            },
+        )?;
+    }
+    Ok(())
+}
+
 /// Mounts the overlay and pivots into it. Afterwards "/" is the sandbox
 /// root and the host root is at /.oldroot.
 pub fn enter(spec: &LaunchSpec, plan: &Plan, fds: &[OwnedFd], report: &mut Report) -> Result<()> {
@@ -49,7 +106,7 @@ pub fn enter(spec: &LaunchSpec, plan: &Plan, fds: &[OwnedFd], report: &mut Repor
         libc::MS_REC | libc::MS_PRIVATE,
         None,
     )?;
-    let stage = Path::new(&spec.dir).join("mnt");
+    let stage = staging_point(spec);
     mount(
         Some("lockbox-stage"),
         &stage,

@@ -18,10 +18,9 @@ pub fn busybox_rootfs(dir: &Path) -> PathBuf {
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
     // `busybox --install -s` would link to the host path of the binary;
     // relative links keep working after pivot_root.
-    let list = Command::new(root.join("bin/busybox"))
-        .arg("--list")
-        .output()
-        .unwrap();
+    // The host binary answers: running the fresh copy races with other
+    // tests' forks that briefly hold it open for writing (ETXTBSY).
+    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
     assert!(list.status.success());
     for applet in String::from_utf8_lossy(&list.stdout).lines() {
         if applet != "busybox" {
@@ -80,6 +79,10 @@ impl Sandbox {
         let mut spec = spec_in(dir.path(), &rootfs, id);
         std::fs::create_dir_all(&spec.dir).unwrap();
         f(&mut spec, dir.path());
+        // Like a private LOCKBOX_HOME: the sandbox's host-side ids must not
+        // need to traverse it.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
         if let Some(u) = uid {
             let st = Command::new("chown")
                 .args(["-R", &format!("{u}:{u}")])
