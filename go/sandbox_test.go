@@ -426,8 +426,11 @@ func TestDetachedSandboxIsFoundByName(t *testing.T) {
 		t.Fatal(err)
 	}
 	res, err := again.Exec(ctx, "cat", "/tmp/s")
-	if err != nil || string(res.Stdout) != "state\n" {
-		t.Fatalf("reattached: %v %q", err, res.Stdout)
+	if err != nil {
+		t.Fatalf("reattached: %v", err)
+	}
+	if string(res.Stdout) != "state\n" {
+		t.Fatalf("reattached: %q", res.Stdout)
 	}
 	if err := again.Remove(ctx); err != nil {
 		t.Fatal(err)
@@ -435,6 +438,18 @@ func TestDetachedSandboxIsFoundByName(t *testing.T) {
 	if _, err := GetSandbox(ctx, "detached-test"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("after remove: %v", err)
 	}
+}
+
+// stateHome is where the library keeps state (LOCKBOX_HOME or its default).
+func stateHome() string {
+	if h := os.Getenv("LOCKBOX_HOME"); h != "" {
+		return h
+	}
+	if x := os.Getenv("XDG_DATA_HOME"); x != "" {
+		return filepath.Join(x, "lockbox")
+	}
+	h, _ := os.UserHomeDir()
+	return filepath.Join(h, ".local", "share", "lockbox")
 }
 
 func TestCloseRemovesNonDetached(t *testing.T) {
@@ -446,10 +461,13 @@ func TestCloseRemovesNonDetached(t *testing.T) {
 	sb.Close()
 	sb.Close()
 	for i := 0; i < 100; i++ {
-		if _, err = GetSandbox(ctx, "close-test"); errors.Is(err, ErrNotFound) {
-			return
+		if _, err = os.Stat(filepath.Join(stateHome(), "sandboxes", "close-test")); os.IsNotExist(err) {
+			break
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err = GetSandbox(ctx, "close-test"); errors.Is(err, ErrNotFound) {
+		return
 	}
 	t.Fatalf("sandbox still there after Close: %v", err)
 }

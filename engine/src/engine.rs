@@ -90,6 +90,17 @@ impl Engine {
             .filter(|s| !s.removed.load(Ordering::Acquire))
     }
 
+    /// `open_sandbox` plus one more handle, atomically with `close`.
+    fn acquire_open(&self, name: &str) -> Option<Arc<Sandbox>> {
+        let o = self.open.lock().ok()?;
+        let s = o
+            .get(name)
+            .and_then(Weak::upgrade)
+            .filter(|s| !s.removed.load(Ordering::Acquire))?;
+        s.handles.fetch_add(1, Ordering::AcqRel);
+        Some(s)
+    }
+
     /// Creates and starts a sandbox.
     pub async fn create(&self, cfg: SandboxConfig) -> Result<Arc<Sandbox>> {
         let limits = cfg.check()?;
@@ -164,7 +175,7 @@ impl Engine {
         let dir = self.layout.sandbox(&name);
         if dir.exists() {
             if cfg.replace {
-                self.remove_inner(&name).await?;
+                self.remove_inner(&name, None).await?;
             } else {
                 return Err(EngineError::already_exists(format!(
                     "a sandbox named {name:?} already exists"
@@ -275,16 +286,18 @@ impl Engine {
             lock: std::sync::Mutex::new(if cfg.detached { None } else { Some(lock) }),
             exited: std::sync::Mutex::new(Some(launched.exited)),
             removed: Default::default(),
+            handles: 1.into(),
         });
         self.remember(&sb);
         Ok(sb)
     }
 
     /// Finds a sandbox by name: one this process has open, or one on disk
-    /// (a detached sandbox made by another process).
+    /// (a detached sandbox made by another process). Counts as one handle:
+    /// pair it with `close`.
     pub async fn get(&self, name: &str) -> Result<Arc<Sandbox>> {
         crate::names::validate("sandbox", name)?;
-        if let Some(s) = self.open_sandbox(name) {
+        if let Some(s) = self.acquire_open(name) {
             return Ok(s);
         }
         let dir = self.layout.sandbox(name);
@@ -319,6 +332,7 @@ impl Engine {
             lock: std::sync::Mutex::new(None),
             exited: std::sync::Mutex::new(exited),
             removed: Default::default(),
+            handles: 1.into(),
         });
         self.remember(&sb);
         Ok(sb)
@@ -355,15 +369,16 @@ impl Engine {
     pub async fn remove(&self, name: &str) -> Result<()> {
         crate::names::validate("sandbox", name)?;
         let _names = self.names.lock().await;
-        self.remove_inner(name).await
+        self.remove_inner(name, None).await
     }
 
-    async fn remove_inner(&self, name: &str) -> Result<()> {
+    /// `known`: the object being closed (it is no longer in the open table).
+    async fn remove_inner(&self, name: &str, known: Option<Arc<Sandbox>>) -> Result<()> {
         let dir = self.layout.sandbox(name);
         if !dir.exists() {
             return Err(EngineError::not_found(format!("no sandbox named {name:?}")));
         }
-        let sb = self.open_sandbox(name);
+        let sb = known.or_else(|| self.open_sandbox(name));
         let state: Option<SandboxState> = match &sb {
             Some(s) => Some(s.state()),
             None => read_json(&dir.join("state.json")).ok(),
@@ -395,6 +410,18 @@ impl Engine {
                 .sandboxes()
                 .join(format!(".trash-{}-{}", name, crate::names::new_id()));
         std::fs::rename(&dir, &trash).map_err(|e| EngineError::io(dir.display(), e))?;
+        // Any other object this process has for the name (a `get` that raced
+        // with this removal) now names a removed sandbox.
+        let other = self
+            .open
+            .lock()
+            .ok()
+            .and_then(|mut o| o.remove(name))
+            .and_then(|w| w.upgrade());
+        if let Some(o) = other {
+            o.removed.store(true, Ordering::Release);
+            o.disconnect();
+        }
         if let Some(s) = sb {
             if let Ok(mut l) = s.lock.lock() {
                 l.take();
@@ -404,20 +431,36 @@ impl Engine {
         Ok(())
     }
 
-    /// Releases a handle: a non-detached sandbox is stopped and removed
-    /// (nothing else can ever reach it); a detached one keeps running.
+    /// Releases one handle (from `create` or `get`). When the last one goes,
+    /// a non-detached sandbox is stopped and removed (nothing else can ever
+    /// reach it); a detached one keeps running and only the connection goes.
     pub async fn close(&self, sb: &Arc<Sandbox>) -> Result<()> {
-        if sb.removed.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        if sb.stored.config.detached {
-            sb.disconnect();
-            if let Ok(mut o) = self.open.lock() {
+        {
+            let mut o = self
+                .open
+                .lock()
+                .map_err(|_| EngineError::internal("poisoned"))?;
+            if sb.handles.fetch_sub(1, Ordering::AcqRel) > 1 {
+                return Ok(());
+            }
+            if sb.removed.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            // Unlisted under the lock: a concurrent `get` cannot pick up an
+            // object that is about to be disconnected.
+            if o.get(&sb.name)
+                .map(|w| w.as_ptr() == Arc::as_ptr(sb))
+                .unwrap_or(false)
+            {
                 o.remove(&sb.name);
             }
-            return Ok(());
+            if sb.stored.config.detached {
+                sb.disconnect();
+                return Ok(());
+            }
         }
-        match self.remove(&sb.name).await {
+        let _names = self.names.lock().await;
+        match self.remove_inner(&sb.name, Some(sb.clone())).await {
             Err(e) if e.code == ErrorCode::NotFound => Ok(()),
             r => r,
         }

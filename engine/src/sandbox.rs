@@ -67,6 +67,10 @@ pub struct Sandbox {
     pub(crate) lock: Mutex<Option<DirLock>>,
     pub(crate) exited: Mutex<Option<watch::Receiver<bool>>>,
     pub(crate) removed: AtomicBool,
+    /// Open handles (C ABI handles) on this object; guarded by the engine's
+    /// open-sandbox table lock. The last one closing stops a non-detached
+    /// sandbox.
+    pub(crate) handles: std::sync::atomic::AtomicUsize,
 }
 
 impl Sandbox {
