@@ -693,3 +693,26 @@ async fn detached_ignores_lifeline_and_serves_reconnects() {
     assert_eq!(r.replies, vec![Message::Ok]);
     assert!(wait_exit(&mut sb.child, Duration::from_secs(10)));
 }
+
+#[tokio::test]
+async fn exec_sees_only_its_stdio_fds() {
+    let sb = Sandbox::launch("fds", |_, _| {});
+    let mut c = sb.client().await;
+    // A tty exec running alongside must not leak its pty into others.
+    let mut q = req(&["sleep", "5"]);
+    q.tty = true;
+    let bg = c.start(Message::Exec(q)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = c.sh("ls /proc/self/fd | sort -n | tr '\\n' ' '").await;
+    // 0 1 2, plus the fd ls uses to read the directory.
+    assert_eq!(r.out(), "0 1 2 3 ", "{r:?}");
+    c.send(Frame::control(
+        bg,
+        &Message::Signal {
+            signal: libc::SIGKILL,
+        },
+    ))
+    .await;
+    let r = c.wait(&[bg]).await.pop().unwrap();
+    assert_eq!(r.exited().1, Some(libc::SIGKILL));
+}

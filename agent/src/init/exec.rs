@@ -122,6 +122,16 @@ fn spawn(agent: &Agent, req: &ExecRequest) -> Result<Spawned, WireError> {
         let p = nix::pty::openpty(Some(&ws), None)
             .map_err(|e| WireError::new(ErrorCode::Internal, format!("openpty: {e}")))?;
         let slave = p.slave;
+        // openpty's fds are inheritable: without CLOEXEC the slave would
+        // also leak into execs started while this one runs.
+        // SAFETY: fcntl on fds we own.
+        unsafe {
+            libc::fcntl(
+                std::os::fd::AsRawFd::as_raw_fd(&slave),
+                libc::F_SETFD,
+                libc::FD_CLOEXEC,
+            );
+        }
         let dup = |f: &OwnedFd| {
             f.try_clone()
                 .map(Stdio::from)
