@@ -120,6 +120,9 @@ pub async fn serve(agent: Rc<Agent>, s: UnixStream) {
     }
     for (_, op) in conn.ops.borrow_mut().drain() {
         let _ = op.ctl.send(Ctl::Abandon);
+        for w in op.windows.iter() {
+            w.close();
+        }
     }
     drop(conn);
     let _ = writer_task.await;

@@ -161,32 +161,41 @@ pub async fn read_file(conn: &Conn, id: u32, path: &str, io: &OpIo) {
         Err(e) => return conn.error(id, e),
     };
     conn.reply(id, &Message::Ok);
+    // The disk is read on a blocking thread a few chunks ahead, so reading
+    // the file and writing the socket overlap.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<Vec<u8>>>(READ_AHEAD);
+    let disk = tokio::task::spawn_blocking(move || loop {
+        let r = match read_chunk(&mut f, DATA_CHUNK) {
+            Ok(b) if b.is_empty() => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => r,
+        };
+        let stop = r.is_err();
+        if tx.blocking_send(r).is_err() || stop {
+            return;
+        }
+    });
     let w = &io.windows[stream::STDOUT as usize];
-    let mut sent = 0usize;
-    loop {
-        let n = w.acquire(DATA_CHUNK).await;
-        match read_chunk(&mut f, n) {
-            Ok(buf) if buf.is_empty() => break,
+    while let Some(item) = rx.recv().await {
+        match item {
             Ok(buf) => {
-                let k = buf.len();
-                w.spend(k);
+                w.acquire_at_least(buf.len()).await;
+                w.spend(buf.len());
                 conn.send(Frame::data(id, stream::STDOUT, buf));
-                sent += k;
-                if sent >= 4 << 20 {
-                    // Let the writer and other operations run now and then.
-                    sent = 0;
-                    tokio::task::yield_now().await;
-                }
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 conn.error(id, wire(e, path));
                 break;
             }
         }
     }
+    drop(rx);
+    let _ = disk.await;
     conn.send(Frame::eof(id, stream::STDOUT));
 }
+
+/// Chunks read ahead of (or queued behind) the socket per file stream.
+const READ_AHEAD: usize = 8;
 
 /// One read into a fresh, unzeroed buffer (the chunk becomes the frame's
 /// payload without another copy).
@@ -217,21 +226,34 @@ pub async fn write_file(conn: &Conn, id: u32, path: &str, mode: u32, mut io: OpI
         Ok(f) => f,
         Err(e) => return conn.error(id, e),
     };
-    let mut total = 0u64;
+    // Written on a blocking thread so receiving and writing overlap; the
+    // bounded queue is the backpressure (credit goes out once a chunk is
+    // queued).
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(READ_AHEAD);
+    let p = path.to_string();
+    let disk = tokio::task::spawn_blocking(move || -> Result<u64, WireError> {
+        let mut total = 0u64;
+        while let Some(d) = rx.blocking_recv() {
+            f.write_all(&d).map_err(|e| wire(e, &p))?;
+            total += d.len() as u64;
+        }
+        Ok(total)
+    });
+    let mut tx = Some(tx);
     let mut pending = 0usize;
-    let mut failed: Option<WireError> = None;
     while let Some(inp) = io.input.recv().await {
         match inp {
             Input::Data(d) => {
-                if failed.is_none() {
-                    if let Err(e) = f.write_all(&d) {
-                        failed = Some(wire(e, path));
+                let n = d.len();
+                if let Some(t) = &tx {
+                    if t.send(d).await.is_err() {
+                        // The writer failed: drain and discard, report below.
+                        tx = None;
                     }
-                    total += d.len() as u64;
                 }
                 // Credit in batches: one frame per MiB instead of per chunk,
                 // but never hold it back while the engine may be waiting.
-                pending += d.len();
+                pending += n;
                 if pending >= CREDIT_BATCH || io.input.is_empty() {
                     conn.send(Frame::credit(id, stream::STDIN, pending as u32));
                     pending = 0;
@@ -240,8 +262,15 @@ pub async fn write_file(conn: &Conn, id: u32, path: &str, mode: u32, mut io: OpI
             Input::Eof => break,
         }
     }
-    match failed {
-        Some(e) => conn.error(id, e),
-        None => conn.reply(id, &Message::Written { bytes: total }),
+    drop(tx);
+    let failed = match disk.await {
+        Ok(Ok(total)) => {
+            return conn.reply(id, &Message::Written { bytes: total });
+        }
+        Ok(Err(e)) => Some(e),
+        Err(e) => Some(WireError::new(ErrorCode::Internal, format!("writer: {e}"))),
+    };
+    if let Some(e) = failed {
+        conn.error(id, e);
     }
 }

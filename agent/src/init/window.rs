@@ -38,7 +38,23 @@ impl Window {
         }
     }
 
+    /// The peer is gone: nothing waits for credit any more (what is still
+    /// sent is dropped with the connection).
+    pub fn close(&self) {
+        self.avail.set(u64::MAX / 2);
+        self.notify.notify_waiters();
+    }
+
     pub fn spend(&self, n: usize) {
         self.avail.set(self.avail.get().saturating_sub(n as u64));
+    }
+
+    /// Waits until `n` bytes may be sent at once (n must not exceed the
+    /// initial window, which a well-behaved peer always returns to).
+    pub async fn acquire_at_least(&self, n: usize) {
+        let n = n.min(lockbox_protocol::INITIAL_WINDOW as usize) as u64;
+        while self.avail.get() < n {
+            self.notify.notified().await;
+        }
     }
 }
