@@ -1,14 +1,20 @@
 package lockbox
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 )
+
+// maxParallelDownloads bounds the artifacts fetched at once.
+const maxParallelDownloads = 4
 
 // Install errors; match with errors.Is. Offline without a complete
 // install gives ErrNotInstalled (errors.go).
@@ -102,6 +108,7 @@ type installer struct {
 	// pinSHA256 is the manifest hash this install must have ("" when the
 	// version has no embedded pin: then the signature alone decides).
 	pinSHA256 string
+	emitMu    sync.Mutex // artifacts download concurrently; progress calls do not overlap
 }
 
 func newInstaller(s *installSettings) *installer {
@@ -117,6 +124,8 @@ func newInstaller(s *installSettings) *installer {
 func (in *installer) emit(ev InstallEvent) {
 	if in.s.progress != nil {
 		ev.Version = in.s.version
+		in.emitMu.Lock()
+		defer in.emitMu.Unlock()
 		in.s.progress(ev)
 	}
 }
@@ -288,14 +297,44 @@ func (in *installer) stage(ctx context.Context, src *releaseSource, staging stri
 	}
 	dirs := map[string]bool{}
 	for _, a := range arts {
-		dest := filepath.Join(staging, filepath.FromSlash(a.Path))
-		if err := os.MkdirAll(filepath.Dir(dest), 0o755); err != nil {
+		d := filepath.Join(staging, filepath.Dir(filepath.FromSlash(a.Path)))
+		if err := os.MkdirAll(d, 0o755); err != nil {
 			return err
 		}
-		dirs[filepath.Dir(dest)] = true
-		if err := in.downloadArtifact(ctx, src, a, dest); err != nil {
-			return err
-		}
+		dirs[d] = true
+	}
+	// Artifacts download concurrently, largest first: one file's fsync and
+	// hashing overlap the others' transfers. The first failure cancels the rest.
+	order := slices.Clone(arts)
+	slices.SortStableFunc(order, func(a, b releaseArtifact) int { return cmp.Compare(b.Size, a.Size) })
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg       sync.WaitGroup
+		errOnce  sync.Once
+		firstErr error
+		slots    = make(chan struct{}, maxParallelDownloads)
+	)
+	for _, a := range order {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			slots <- struct{}{}
+			defer func() { <-slots }()
+			if ctx.Err() != nil {
+				return
+			}
+			if err := in.downloadArtifact(ctx, src, a, filepath.Join(staging, filepath.FromSlash(a.Path))); err != nil {
+				errOnce.Do(func() { firstErr = err; cancel() })
+			}
+		}()
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return firstErr
+	}
+	if err := ctx.Err(); err != nil {
+		return err
 	}
 	for d := range dirs {
 		if err := syncDir(d); err != nil {

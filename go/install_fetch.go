@@ -21,7 +21,7 @@ const (
 	fetchBufSize  = 256 << 10
 	// writebackEvery: how much a download writes before it asks the
 	// kernel to start flushing it (see startWriteback).
-	writebackEvery = 8 << 20
+	writebackEvery = 2 << 20
 )
 
 // stallTimeout: an attempt that receives no byte for this long is

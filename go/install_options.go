@@ -38,7 +38,8 @@ func WithInstallDir(d string) InstallOption { return func(s *installSettings) { 
 // is already completely installed, and otherwise lists what is missing.
 func WithOffline(offline bool) InstallOption { return func(s *installSettings) { s.offline = offline } }
 
-// WithProgress receives install events (called on the installing goroutine).
+// WithProgress receives install events. Artifacts download concurrently,
+// but calls are serialized: f never runs twice at once.
 func WithProgress(f func(InstallEvent)) InstallOption {
 	return func(s *installSettings) { s.progress = f }
 }
