@@ -295,6 +295,27 @@ async fn isolation_hostname_pids_network_proc_mount() {
         .await;
     assert!(r.out().contains("CapEff"), "{}", r.out());
     assert!(!r.out().contains("CapEff:\t000001ff"), "{}", r.out());
+    let r = c
+        .sh("grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status")
+        .await;
+    assert!(r.out().contains("Seccomp:\t2"), "{}", r.out());
+    assert!(r.out().contains("NoNewPrivs:\t1"), "{}", r.out());
+    // The agent (PID 1) is off limits: not dumpable, so no /proc access.
+    for probe in ["cat /proc/1/environ", "ls /proc/1/root/", "ls /proc/1/fd/"] {
+        let r = c.sh(probe).await;
+        assert_ne!(r.exited().0, Some(0), "{probe}: {r:?}");
+        let err = String::from_utf8_lossy(&r.stderr).into_owned();
+        assert!(err.contains("ermission denied"), "{probe}: {err}");
+    }
+    // No new user namespaces (seccomp), no namespace games.
+    let r = c.sh("unshare -U true").await;
+    assert_ne!(r.exited().0, Some(0), "{r:?}");
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("not permitted"),
+        "{r:?}"
+    );
+    let r = c.sh("unshare -m true").await;
+    assert_ne!(r.exited().0, Some(0), "{r:?}");
     // setuid bits are refused.
     let r = c.sh("cp /bin/busybox /tmp/b && chmod u+s /tmp/b").await;
     assert_ne!(r.exited().0, Some(0));
