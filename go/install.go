@@ -353,7 +353,7 @@ func (in *installer) downloadArtifact(ctx context.Context, src *releaseSource, a
 	if err := os.MkdirAll(in.paths.partial, 0o755); err != nil {
 		return err
 	}
-	part := filepath.Join(in.paths.partial, a.SHA256)
+	part := filepath.Join(in.paths.partial, a.partialName())
 	f, err := os.OpenFile(part, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return err

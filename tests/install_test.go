@@ -4,6 +4,7 @@ package tests
 // against real HTTP servers on 127.0.0.1 serving releases made by the CLI.
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -121,7 +122,7 @@ func TestInstallCorruptedArtifact(t *testing.T) {
 	}
 	instAssertNotInstalled(t, root, rel.version, lockbox.WithTrustedKey(rel.pubKey))
 	// The bad bytes are not kept for a resume: an honest mirror then works.
-	if _, err := os.Stat(filepath.Join(root, "versions", ".partial-"+rel.version, instSHA256(rel.lib))); err == nil {
+	if _, err := os.Stat(filepath.Join(root, "versions", ".partial-"+rel.version, instSHA256(rel.lib)+"-lib_liblockbox.so")); err == nil {
 		t.Fatal("corrupted download kept for resuming")
 	}
 	honest := instServe(t, rel.dist, nil)
@@ -391,7 +392,7 @@ func TestInstallKilledMidwayThenRerun(t *testing.T) {
 		t.Fatalf("mid-install state: %d staging dirs, entries %v", staging, entries)
 	}
 	// Kill once the child holds the first MiB, so the re-run can resume it.
-	part := filepath.Join(root, "versions", ".partial-"+rel.version, instSHA256(rel.lib))
+	part := filepath.Join(root, "versions", ".partial-"+rel.version, instSHA256(rel.lib)+"-lib_liblockbox.so")
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		if st, err := os.Stat(part); err == nil && st.Size() == 1<<20 {
 			break
@@ -680,7 +681,7 @@ func TestInstallBadPartialIsDiscarded(t *testing.T) {
 	rel := instBuildRelease(t, "7.9.0-test", 1<<20)
 	srv := instServe(t, rel.dist, nil)
 	plant := func(root string) string {
-		part := filepath.Join(root, "versions", ".partial-"+rel.version, instSHA256(rel.lib))
+		part := filepath.Join(root, "versions", ".partial-"+rel.version, instSHA256(rel.lib)+"-lib_liblockbox.so")
 		instWrite(t, part, []byte("not the library's first bytes"), 0o600)
 		return part
 	}
@@ -719,7 +720,7 @@ func TestInstallResumesAKilledRunsPartial(t *testing.T) {
 	srv := instServe(t, rel.dist, nil)
 	for _, viaCLI := range []bool{false, true} {
 		root := t.TempDir()
-		instWrite(t, filepath.Join(root, "versions", ".partial-"+rel.version, instSHA256(rel.lib)), rel.lib[:1000], 0o600)
+		instWrite(t, filepath.Join(root, "versions", ".partial-"+rel.version, instSHA256(rel.lib)+"-lib_liblockbox.so"), rel.lib[:1000], 0o600)
 		before := len(srv.ranges(instLibPath))
 		if viaCLI {
 			instMustCLI(t, "install", "--version", rel.version, "--from", srv.URL, "--dir", root, "--trusted-key", rel.keyFile+".pub")
@@ -731,4 +732,30 @@ func TestInstallResumesAKilledRunsPartial(t *testing.T) {
 		}
 		instMustCLI(t, "verify", filepath.Join(root, "versions", rel.version), "--trusted-key", rel.keyFile+".pub")
 	}
+}
+
+// Two artifacts with the same bytes download at the same time without
+// sharing a temp file.
+func TestInstallDuplicateContentArtifacts(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	key := filepath.Join(dir, "key")
+	instMustCLI(t, "keygen", "--out", key, "--public", key+".pub")
+	img := bytes.Repeat([]byte("same image bytes "), 200_000)
+	instWrite(t, filepath.Join(dir, "src", "liblockbox.so"), []byte("lib"), 0o644)
+	instWrite(t, filepath.Join(dir, "src", "lockbox-helper"), []byte("#!/bin/sh\n"), 0o755)
+	for _, name := range []string{"a.tar.zst", "b.tar.zst", "c.tar.zst"} {
+		instWrite(t, filepath.Join(dir, "src", "images", name), img, 0o644)
+	}
+	instMustCLI(t, "release", "--version", "7.9.2-test", "--out", filepath.Join(dir, "dist"), "--key", key,
+		"--lib", filepath.Join(dir, "src", "liblockbox.so"), "--helper", filepath.Join(dir, "src", "lockbox-helper"),
+		"--images", filepath.Join(dir, "src", "images"))
+	pub, _ := os.ReadFile(key + ".pub")
+	srv := instServe(t, filepath.Join(dir, "dist"), nil)
+	inst, err := lockbox.EnsureInstalled(context.Background(), lockbox.WithVersion("7.9.2-test"),
+		lockbox.WithReleaseURL(srv.URL), lockbox.WithInstallDir(t.TempDir()), lockbox.WithTrustedKey(string(pub)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	instMustCLI(t, "verify", inst.Dir, "--trusted-key", key+".pub")
 }

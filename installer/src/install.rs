@@ -84,7 +84,7 @@ pub fn install(req: &InstallRequest, on_event: &mut dyn FnMut(Event)) -> Result<
             fs::create_dir_all(parent).map_err(|e| Error::io_at("create", parent, e))?;
             // Downloaded under versions/.partial-<v>/<sha256>, which a killed
             // install leaves for the next one to resume.
-            let part = partial.join(&a.sha256);
+            let part = partial.join(a.partial_name());
             let mut f = OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -401,7 +401,11 @@ mod tests {
         let paths = VersionPaths::new(&f.root, "4.0.0");
         fs::create_dir_all(paths.partial()).unwrap();
         // A correct prefix is kept and completed.
-        fs::write(paths.partial().join(&sum), &lib[..1000]).unwrap();
+        fs::write(
+            paths.partial().join(format!("{sum}-lib_liblockbox.so")),
+            &lib[..1000],
+        )
+        .unwrap();
         let done = install(&request(&f, "4.0.0", false), &mut |_| {}).unwrap();
         assert_eq!(fs::read(done.dir.join("lib/liblockbox.so")).unwrap(), lib);
         assert!(!paths.partial().exists());
@@ -412,7 +416,11 @@ mod tests {
         let sum = crate::fsutil::sha256_hex(&lib);
         let paths = VersionPaths::new(&g.root, "4.0.1");
         fs::create_dir_all(paths.partial()).unwrap();
-        fs::write(paths.partial().join(&sum), b"garbage").unwrap();
+        fs::write(
+            paths.partial().join(format!("{sum}-lib_liblockbox.so")),
+            b"garbage",
+        )
+        .unwrap();
         install(&request(&g, "4.0.1", false), &mut |_| {}).unwrap();
     }
 
