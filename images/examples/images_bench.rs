@@ -163,6 +163,27 @@ fn bench_image(images: &Path, name: &str, work: &Path, registry: Option<&str>) {
         bytes as f64 / 1048576.0,
         bytes as f64 / 1048576.0 / cold.as_secs_f64()
     );
+    // The same unpack by GNU tar (no path checks, no hashing, no store).
+    let mut gnu = Vec::new();
+    for i in 0..REPS {
+        let dest = work.join(format!("{name}-gnutar-{i}"));
+        std::fs::create_dir_all(&dest).unwrap();
+        let (d, _) = time(|| {
+            run(Command::new("sh").arg("-c").arg(format!(
+                "zstd -dc '{}' | tar -x -C '{}'",
+                asset.display(),
+                dest.display()
+            )))
+        });
+        gnu.push(d);
+        std::fs::remove_dir_all(&dest).unwrap();
+    }
+    let gnu = median(gnu);
+    println!(
+        "zstd -dc | tar -x (GNU tar, same archive): {}  (lockbox/that = {:.2})",
+        secs(gnu),
+        cold.as_secs_f64() / gnu.as_secs_f64()
+    );
     println!(
         "warm resolve (cached image, a stat): {:.1} us",
         median(warm).as_secs_f64() * 1e6
