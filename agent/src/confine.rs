@@ -179,6 +179,14 @@ struct CapData {
 fn apply(c: &ExecCreds, nofile: Option<u64>, last_cap: u32, rootless: bool) -> io::Result<()> {
     // SAFETY: every call below is a plain system call on this process.
     unsafe {
+        // The agent blocks SIGCHLD/SIGTERM (it reads them from a signalfd).
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        cvt(libc::sigprocmask(
+            libc::SIG_SETMASK,
+            &empty,
+            std::ptr::null_mut(),
+        ))?;
         cvt(libc::setsid())?;
         if c.tty {
             cvt(libc::ioctl(0, libc::TIOCSCTTY, 0))?;

@@ -9,6 +9,7 @@ mod exec;
 mod fdio;
 mod files;
 mod reaper;
+mod signals;
 mod window;
 
 use std::os::fd::OwnedFd;
@@ -16,7 +17,6 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use lockbox_protocol::LaunchSpec;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
 
 use crate::confine::Confine;
@@ -38,6 +38,10 @@ pub fn run(spec: LaunchSpec, listener: OwnedFd, confine: Confine, host_pid: u32)
     // dumpable means they cannot ptrace it or open its /proc files.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0) };
+    if let Err(e) = signals::Signals::block() {
+        eprintln!("agent: block signals: {e}");
+        return 1;
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -59,8 +63,14 @@ pub fn run(spec: LaunchSpec, listener: OwnedFd, confine: Confine, host_pid: u32)
                 return 1;
             }
         };
+        let signals = match signals::Signals::new() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("agent: signalfd: {e}");
+                return 1;
+            }
+        };
         let reaper = Rc::new(reaper::Reaper::default());
-        tokio::task::spawn_local(reaper.clone().run());
         let agent = Rc::new(Agent {
             spec,
             confine,
@@ -70,10 +80,20 @@ pub fn run(spec: LaunchSpec, listener: OwnedFd, confine: Confine, host_pid: u32)
         });
         let a = agent.clone();
         tokio::task::spawn_local(async move {
-            if let Ok(mut t) = signal(SignalKind::terminate()) {
-                t.recv().await;
-                shutdown(&a).await;
-                a.done.notify_one();
+            a.reaper.reap();
+            let mut stopping = false;
+            while let Ok(sig) = signals.next().await {
+                if sig == libc::SIGCHLD {
+                    a.reaper.reap();
+                } else if sig == libc::SIGTERM && !stopping {
+                    // Stop: forward to every process, grace, then kill.
+                    stopping = true;
+                    let a2 = a.clone();
+                    tokio::task::spawn_local(async move {
+                        shutdown(&a2).await;
+                        a2.done.notify_one();
+                    });
+                }
             }
         });
         loop {

@@ -3,11 +3,9 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::rc::Rc;
 
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::oneshot;
 
 #[derive(Default)]
@@ -28,7 +26,8 @@ impl Reaper {
         self.waiting.borrow().len()
     }
 
-    fn reap(&self) {
+    /// Collects every exited child; called on each SIGCHLD.
+    pub fn reap(&self) {
         loop {
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
@@ -39,18 +38,6 @@ impl Reaper {
                         }
                     }
                 }
-            }
-        }
-    }
-
-    pub async fn run(self: Rc<Self>) {
-        let Ok(mut sig) = signal(SignalKind::child()) else {
-            return;
-        };
-        loop {
-            self.reap();
-            if sig.recv().await.is_none() {
-                return;
             }
         }
     }
