@@ -64,6 +64,20 @@ fn join(mount: &Path, own: &str, id: &str) -> PathBuf {
         .join(id)
 }
 
+/// create_dir_all that survives a concurrent sandbox removing the shared
+/// `lockbox` parent between our mkdirs (it removes it when it was the last).
+fn make_dir(dir: &Path) -> io::Result<()> {
+    let mut last = None;
+    for _ in 0..5 {
+        match fs::create_dir_all(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("cgroup dir vanished")))
+}
+
 fn write(dir: &Path, file: &str, value: &str) -> io::Result<()> {
     fs::write(dir.join(file), value)
         .map_err(|e| io::Error::new(e.kind(), format!("{}/{file}: {e}", dir.display())))
@@ -97,7 +111,7 @@ impl Cgroup {
         write(&base, "cgroup.subtree_control", "+memory +pids +cpu").ok()?;
         write(&parent, "cgroup.subtree_control", "+memory +pids +cpu").ok()?;
         let dir = parent.join(id);
-        fs::create_dir_all(&dir).ok()?;
+        make_dir(&dir).ok()?;
         if let Some(m) = limits.memory_mib {
             let bytes = (m << 20).to_string();
             report.outcome("memory", write(&dir, "memory.max", &bytes));
@@ -146,7 +160,7 @@ impl Cgroup {
                 .collect();
             let own = own_path(&key.join(","))?;
             let dir = join(mnt, &own, id);
-            match fs::create_dir_all(&dir) {
+            match make_dir(&dir) {
                 Ok(()) => Some(dir),
                 Err(e) => {
                     errors.push(format!("{ctrl}: cannot create {}: {e}", dir.display()));

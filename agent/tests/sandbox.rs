@@ -114,6 +114,27 @@ async fn signals_timeouts_tty_and_concurrency() {
     assert!(r.out().contains("/dev/pts/"), "{}", r.out());
     assert!(r.out().contains("33 101"), "{}", r.out());
 
+    let mut q = req(&["sh", "-c", "sleep 0.5; stty size"]);
+    q.tty = true;
+    let id = c.start(Message::Exec(q)).await;
+    c.send(Frame::control(
+        id,
+        &Message::Resize {
+            rows: 40,
+            cols: 120,
+        },
+    ))
+    .await;
+    let r = c.wait(&[id]).await.pop().unwrap();
+    assert!(r.out().contains("40 120"), "{}", r.out());
+
+    // A background child that keeps stdout open does not hold up Exited.
+    let t = Instant::now();
+    let r = c.sh("sleep 30 & echo hi").await;
+    assert_eq!(r.out(), "hi\n");
+    assert_eq!(r.exited().0, Some(0));
+    assert!(t.elapsed() < Duration::from_secs(10));
+
     // Several at once on one connection, and a second connection.
     let a = c
         .start(Message::Exec(req(&["sh", "-c", "sleep 0.3; echo a"])))
@@ -769,5 +790,45 @@ async fn rootless_outbound_works_or_says_why() {
             sb.status
         );
         assert!(sb.status.error.as_deref().unwrap_or("").contains("pasta"));
+    }
+}
+
+#[tokio::test]
+async fn dropped_connection_kills_its_execs() {
+    let sb = Sandbox::launch("drop", |_, _| {});
+    {
+        let mut c = sb.client().await;
+        let _ = c.start(Message::Exec(req(&["sleep", "1000"]))).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let r = c.sh("ps -o comm | grep -c '^sleep$'").await;
+        assert_eq!(r.out().trim(), "1", "{r:?}");
+    }
+    let mut c = sb.client().await;
+    let mut left = String::new();
+    for _ in 0..50 {
+        left = c.sh("ps -o comm | grep -c '^sleep$'").await.out();
+        if left.trim() == "0" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(left.trim(), "0");
+}
+
+#[tokio::test]
+async fn many_sandboxes_at_once() {
+    let launches: Vec<_> = (0..8)
+        .map(|i| {
+            std::thread::spawn(move || {
+                Sandbox::launch(&format!("many{i}"), |s, _| s.limits.pids = Some(32))
+            })
+        })
+        .collect();
+    let sbs: Vec<Sandbox> = launches.into_iter().map(|h| h.join().unwrap()).collect();
+    for (i, sb) in sbs.iter().enumerate() {
+        assert!(sb.status.ok, "{:?}", sb.status);
+        let mut c = sb.client().await;
+        let r = c.sh(&format!("echo {i}")).await;
+        assert_eq!(r.out(), format!("{i}\n"));
     }
 }
