@@ -175,9 +175,13 @@ fn rootless_unpack_as_nobody() {
     )
     .unwrap();
     std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+    // A copy of this test binary nobody can reach (the build tree's
+    // parents may be closed to other users).
+    let exe = dir.path().join("test-binary");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(std::env::current_exe().unwrap())
+        .arg(&exe)
         .args(["--exact", "rootless_unpack_as_nobody", "--nocapture"])
         .env("LOCKBOX_IMAGES_ROOTLESS_CHILD", dir.path())
         .output()
