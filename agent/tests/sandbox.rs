@@ -50,9 +50,10 @@ async fn launch_reports_what_it_enforced() {
 
 #[tokio::test]
 async fn exec_echo_exit_codes_stdin_and_missing_binary() {
-    let sb = Sandbox::launch("exec", |_, _| {});
+    let sb = Sandbox::launch("exec", |s, _| s.workdir = "/work/dir".into());
     assert!(sb.status.ok, "{:?}", sb.status);
     let mut c = sb.client().await;
+    assert_eq!(c.sh("pwd").await.out(), "/work/dir\n");
     let r = c.exec_with(req(&["echo", "hello", "world"]), None).await;
     assert_eq!(r.out(), "hello world\n");
     assert_eq!(r.exited(), (Some(0), None, false));

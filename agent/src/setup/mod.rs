@@ -12,6 +12,7 @@ pub mod rootfs;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use lockbox_protocol::{ErrorCode, LaunchSpec, NetworkMode};
@@ -95,6 +96,11 @@ fn build(
     drop(fds);
     rootfs::drop_old_root()?;
 
+    if spec.workdir.starts_with('/') && !Path::new(&spec.workdir).exists() {
+        // Like an image WORKDIR: the default cwd of every exec must exist.
+        std::fs::create_dir_all(&spec.workdir)
+            .with_context(|| format!("create workdir {}", spec.workdir))?;
+    }
     let host = if spec.hostname.is_empty() {
         &spec.name
     } else {
