@@ -20,8 +20,11 @@ release: build release-only
 
 # Packs whatever `make build` (and `make images`, if run) left in target/release and build/images.
 release-only:
-	@if [ -n "$(SIGNING_KEY)" ]; then keyarg="--key $(SIGNING_KEY)"; \
-	elif [ -n "$${LOCKBOX_SIGNING_KEY:-}" ]; then keyarg=""; \
+	@if [ -n "$(SIGNING_KEY)$${LOCKBOX_SIGNING_KEY:-}" ]; then \
+	  if [ -n "$(SIGNING_KEY)" ]; then keyarg="--key $(SIGNING_KEY)"; else keyarg=""; fi; \
+	  pub=$$($(INSTALLER_RELEASE_BIN) public-key $$keyarg); \
+	  grep -qxF "$$pub" manifests/keys/*.pub || { \
+	    echo "release: the signing key's public key ($$pub) is not in manifests/keys/: add it there first"; exit 1; }; \
 	else \
 	  if [ ! -f $(DEV_SIGNING_KEY) ]; then \
 	    $(INSTALLER_RELEASE_BIN) keygen --out $(DEV_SIGNING_KEY) --public $(DEV_SIGNING_KEY).pub >/dev/null; fi; \

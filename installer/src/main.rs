@@ -101,10 +101,10 @@ enum Cmd {
         #[arg(long)]
         public: PathBuf,
     },
-    /// Print the public key of a signing key file.
+    /// Print the public key of a signing key file (default: LOCKBOX_SIGNING_KEY).
     PublicKey {
         #[arg(long)]
-        key: PathBuf,
+        key: Option<PathBuf>,
     },
 }
 
@@ -278,7 +278,15 @@ fn run(cmd: Cmd) -> Result<(), Error> {
             Ok(())
         }
         Cmd::PublicKey { key } => {
-            let k = signing::parse_signing_key(&read_text(&key)?)?;
+            let text = match key {
+                Some(p) => read_text(&p)?,
+                None => std::env::var("LOCKBOX_SIGNING_KEY").map_err(|_| {
+                    Error::Usage(
+                        "no signing key: pass --key FILE or set LOCKBOX_SIGNING_KEY".into(),
+                    )
+                })?,
+            };
+            let k = signing::parse_signing_key(&text)?;
             print!("{}", signing::encode_public_key(&k.verifying_key()));
             Ok(())
         }
