@@ -103,6 +103,51 @@ fn named_digest(name: &str) -> Option<Digest> {
     (hex.len() == 64).then(|| Digest::parse(hex).ok()).flatten()
 }
 
+/// A `docker save | gzip` (or zstd) tarball is decompressed once into the
+/// store's temp dir, within the unpack budget, so its members can be read
+/// in place. Plain tarballs are used as they are.
+pub(crate) fn plain_tarball(tarball: &Path, tmp_dir: &Path, budget: u64) -> Result<PlainTarball> {
+    use std::io::BufRead;
+    let mut head = std::io::BufReader::new(File::open(tarball).ctx("open", tarball)?);
+    let magic = head.fill_buf().ctx("read", tarball)?;
+    let compressed =
+        magic.starts_with(&[0x1f, 0x8b]) || magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
+    if !compressed {
+        return Ok(PlainTarball {
+            path: tarball.to_path_buf(),
+            temp: false,
+        });
+    }
+    let path = tmp_dir.join(format!("{}.tar", crate::fsutil::unique_suffix()));
+    let out = PlainTarball { path, temp: true };
+    let mut stream = crate::decompress::decompressed(head)?.take(budget + 1);
+    let mut file = File::create(&out.path).ctx("create", &out.path)?;
+    let n = std::io::copy(&mut stream, &mut file).map_err(|e| {
+        ImageError::invalid_image(format!("decompressing {}: {e}", tarball.display()))
+    })?;
+    if n > budget {
+        return Err(ImageError::TooLarge(format!(
+            "{} decompresses to more than {budget} bytes",
+            tarball.display()
+        )));
+    }
+    Ok(out)
+}
+
+/// The tarball to read; removed on drop when it was a temp copy.
+pub(crate) struct PlainTarball {
+    pub path: std::path::PathBuf,
+    temp: bool,
+}
+
+impl Drop for PlainTarball {
+    fn drop(&mut self) {
+        if self.temp {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 pub(crate) fn plan(tarball: &Path, reference: Option<&str>) -> Result<Plan> {
     let members = index_members(tarball)?;
     let manifest_body = read_small(tarball, &members, "manifest.json")?;

@@ -218,7 +218,8 @@ impl ImageStore {
     }
 
     /// Imports a `docker save` tarball (legacy `manifest.json` format, and
-    /// the OCI-in-tar form newer Docker writes). `reference` picks one of
+    /// the OCI-in-tar form newer Docker writes), plain or gzip/zstd
+    /// compressed. `reference` picks one of
     /// several images by its RepoTag. Layer content is checked against the
     /// config's diff_ids, and the config against its file name.
     pub fn import_docker_archive(
@@ -228,14 +229,19 @@ impl ImageStore {
         name: Option<&str>,
         cancel: &Cancel,
     ) -> Result<ResolvedImage> {
-        let plan = crate::docker_archive::plan(tarball, reference)?;
+        let plain = crate::docker_archive::plain_tarball(
+            tarball,
+            &self.root.join("tmp"),
+            self.opts.max_unpacked_bytes,
+        )?;
+        let plan = crate::docker_archive::plan(&plain.path, reference)?;
         let ref_name = name.map(str::to_string).or_else(|| plan.ref_name.clone());
         if let Some(n) = &ref_name {
             validate_name(n)?;
         }
         let digest = plan.config_digest.clone();
         let resolved = self.install(Some(&digest), cancel, |unpacker| {
-            crate::docker_archive::unpack(tarball, &plan, unpacker)?;
+            crate::docker_archive::unpack(&plain.path, &plan, unpacker)?;
             Ok(Filled {
                 digest: plan.config_digest.clone(),
                 config: plan.config.clone(),

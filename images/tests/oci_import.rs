@@ -89,6 +89,28 @@ fn docker_archive_is_imported_to_the_same_image() {
 }
 
 #[test]
+fn gzipped_docker_archive_is_imported() {
+    let env = Env::new();
+    let tarball = env.path("saved.tar");
+    two_layer_image().write_docker_archive(&tarball, "demo:latest");
+    let gz = env.path("saved.tar.gz");
+    std::fs::write(&gz, common::gzip(&std::fs::read(&tarball).unwrap())).unwrap();
+    let img = env
+        .store()
+        .import_docker_archive(&gz, Some("demo:latest"), None, &Cancel::never())
+        .unwrap();
+    assert_two_layer_result(&img);
+    env.assert_outside_untouched();
+    // Past the budget, the decompressed copy is refused and removed.
+    let small = env.store_with(|o| o.max_unpacked_bytes = 1024);
+    let err = small
+        .import_docker_archive(&gz, Some("demo:latest"), Some("again"), &Cancel::never())
+        .unwrap_err();
+    assert_eq!(err.code(), "resource_exhausted", "{err}");
+    env.assert_outside_untouched();
+}
+
+#[test]
 fn tampered_layer_blob_is_refused() {
     let env = Env::new();
     let image = two_layer_image();
