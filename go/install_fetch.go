@@ -3,6 +3,7 @@ package lockbox
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -150,6 +151,12 @@ func (s *releaseSource) open(ctx context.Context, rel string, from int64) (io.Re
 		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", from))
 	}
 	resp, err := installHTTP.Do(req)
+	var certErr *tls.CertificateVerificationError
+	if errors.As(err, &certErr) {
+		// Retrying does not make a certificate trusted. A private CA can be
+		// added with SSL_CERT_FILE / SSL_CERT_DIR.
+		return nil, nil, fmt.Errorf("%w: %v", ErrDownload, err)
+	}
 	if err != nil {
 		return nil, nil, retryable(err)
 	}

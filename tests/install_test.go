@@ -7,11 +7,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -758,4 +760,39 @@ func TestInstallDuplicateContentArtifacts(t *testing.T) {
 		t.Fatal(err)
 	}
 	instMustCLI(t, "verify", inst.Dir, "--trusted-key", key+".pub")
+}
+
+// An https mirror with a private CA: the SDK trusts it through
+// SSL_CERT_FILE, the CLI through --ca-cert, and neither without it.
+func TestInstallOverHTTPSWithPrivateCA(t *testing.T) {
+	t.Parallel()
+	rel := instBuildRelease(t, "7.9.3-test", 256<<10)
+	caPEM, leaf := instTestCA(t)
+	srv := httptest.NewUnstartedServer(http.FileServer(http.Dir(rel.dist)))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{leaf}}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	instWrite(t, ca, caPEM, 0o644)
+
+	sdkRoot, cliRoot := t.TempDir(), t.TempDir()
+	env := []string{"LOCKBOX_HOME=" + sdkRoot, "LOCKBOX_RELEASE_URL=" + srv.URL,
+		"LOCKBOX_INSTALL_CHILD_VERSION=" + rel.version, "LOCKBOX_INSTALL_CHILD_KEY=" + rel.pubKey}
+	if out, err := instChild(env...).CombinedOutput(); err == nil || !strings.Contains(string(out), "certificate") {
+		t.Fatalf("the SDK trusted an unknown CA:\n%s", out)
+	}
+	out, err := instChild(append(env, "SSL_CERT_FILE="+ca)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("SDK over https: %v\n%s", err, out)
+	}
+	sdkDir := instChildResult(t, out)["dir"]
+
+	args := []string{"install", "--version", rel.version, "--from", srv.URL, "--dir", cliRoot, "--trusted-key", rel.keyFile + ".pub"}
+	if _, stderr, code := instCLI(t, args...); code != 4 || !strings.Contains(stderr, "certificate") {
+		t.Fatalf("CLI with an unknown CA: exit %d\n%s", code, stderr)
+	}
+	cliDir := strings.TrimSpace(instMustCLI(t, append(args, "--ca-cert", ca)...))
+	if !reflect.DeepEqual(instSnapshot(t, cliDir), instSnapshot(t, sdkDir)) {
+		t.Fatal("CLI and SDK trees differ")
+	}
 }

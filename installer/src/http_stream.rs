@@ -66,7 +66,7 @@ pub fn get(client: &Client, url: &str, from: u64, limits: Limits) -> HttpStream 
         let mut resp = match req.send() {
             Ok(r) => r,
             Err(e) => {
-                let _ = tx.send(Msg::Fail(format!("{url}: {e}")));
+                let _ = tx.send(Msg::Fail(format!("{url}: {}", error_chain(&e))));
                 return;
             }
         };
@@ -107,6 +107,18 @@ pub fn get(client: &Client, url: &str, from: u64, limits: Limits) -> HttpStream 
         pos: 0,
         eof: false,
     }
+}
+
+/// reqwest's Display says only "error sending request": the cause (TLS,
+/// refused connection, ...) is in the source chain.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out += &format!(": {c}");
+        cur = c.source();
+    }
+    out
 }
 
 impl HttpStream {

@@ -76,6 +76,9 @@ enum Cmd {
         pin_manifest: Option<PathBuf>,
         #[arg(long, default_value_t = current_platform())]
         platform: String,
+        /// Also trust this PEM CA certificate for https mirrors. Repeatable.
+        #[arg(long)]
+        ca_cert: Vec<PathBuf>,
         /// Give up (exit 4) when the whole install takes longer than this many seconds.
         #[arg(long)]
         timeout: Option<u64>,
@@ -192,6 +195,7 @@ fn run(cmd: Cmd) -> Result<(), Error> {
             manifest_sha256,
             pin_manifest,
             platform,
+            ca_cert,
             timeout,
             stall_timeout,
             quiet,
@@ -202,6 +206,10 @@ fn run(cmd: Cmd) -> Result<(), Error> {
                 )),
                 None => manifest_sha256,
             };
+            let roots = ca_cert
+                .iter()
+                .map(|p| std::fs::read(p).map_err(|e| Error::io_at("read", p, e)))
+                .collect::<Result<Vec<_>, _>>()?;
             let deadline = timeout.map(|s| Instant::now() + Duration::from_secs(s));
             let stall = Duration::from_secs(stall_timeout.max(1));
             let from = from.or_else(|| {
@@ -214,7 +222,9 @@ fn run(cmd: Cmd) -> Result<(), Error> {
                 root: layout::install_root(dir.as_deref())?,
                 source: from
                     .as_deref()
-                    .map(|f| Source::parse(f).map(|s| s.with_limits(stall, deadline)))
+                    .map(|f| {
+                        Source::parse_with_roots(f, &roots).map(|s| s.with_limits(stall, deadline))
+                    })
                     .transpose()?,
                 trusted: trusted_keys(&trusted_key)?,
                 offline: offline || env_flag("LOCKBOX_OFFLINE"),

@@ -46,10 +46,22 @@ enum Stop {
 
 impl Source {
     pub fn parse(spec: &str) -> Result<Source> {
+        Source::parse_with_roots(spec, &[])
+    }
+
+    /// `extra_roots`: PEM certificates trusted for https mirrors in
+    /// addition to the bundled web PKI roots (a private CA).
+    pub fn parse_with_roots(spec: &str, extra_roots: &[Vec<u8>]) -> Result<Source> {
         if spec.starts_with("http://") || spec.starts_with("https://") {
-            let client = Client::builder()
+            let mut builder = Client::builder()
                 .connect_timeout(Duration::from_secs(10))
-                .timeout(None::<Duration>)
+                .timeout(None::<Duration>);
+            for pem in extra_roots {
+                let cert = reqwest::Certificate::from_pem(pem)
+                    .map_err(|e| Error::Usage(format!("CA certificate: {e}")))?;
+                builder = builder.add_root_certificate(cert);
+            }
+            let client = builder
                 .build()
                 .map_err(|e| Error::Network(format!("HTTP client: {e}")))?;
             Ok(Source::Http {
@@ -121,10 +133,11 @@ impl Source {
                         }
                         Stop::Fatal(e) => return Err(e),
                     },
-                    Err(m) => {
+                    Err(Stop::Retry(m)) => {
                         last = m;
                         continue;
                     }
+                    Err(Stop::Fatal(e)) => return Err(e),
                 },
             };
             let mut out = Vec::new();
@@ -218,7 +231,7 @@ impl Source {
         &self,
         rel: &str,
         from: u64,
-    ) -> std::result::Result<(http_stream::Head, HttpStream), String> {
+    ) -> std::result::Result<(http_stream::Head, HttpStream), Stop> {
         let Source::Http {
             base,
             client,
@@ -228,7 +241,14 @@ impl Source {
             unreachable!("get on a directory source")
         };
         let mut s = http_stream::get(client, &format!("{base}/{rel}"), from, *limits);
-        Ok((s.head()?, s))
+        match s.head() {
+            Ok(h) => Ok((h, s)),
+            // A certificate the trusted roots do not vouch for stays so.
+            Err(m) if m.contains("invalid peer certificate") => Err(Stop::Fatal(Error::Network(
+                format!("{m} (a private CA can be trusted with --ca-cert)"),
+            ))),
+            Err(m) => Err(Stop::Retry(m)),
+        }
     }
 
     fn http_attempt(
@@ -237,7 +257,7 @@ impl Source {
         got: &mut Received,
         progress: ProgressFn,
     ) -> std::result::Result<(), Stop> {
-        let (head, resp) = self.get(rel, got.have).map_err(Stop::Retry)?;
+        let (head, resp) = self.get(rel, got.have)?;
         match head.status {
             StatusCode::PARTIAL_CONTENT if got.have > 0 => {
                 let start = head.content_range.as_deref().and_then(range_start);
