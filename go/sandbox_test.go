@@ -471,3 +471,25 @@ func TestCloseRemovesNonDetached(t *testing.T) {
 	}
 	t.Fatalf("sandbox still there after Close: %v", err)
 }
+
+func TestImagePythonFromTheStore(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	sb, err := CreateSandbox(ctx, WithImage("python"))
+	if errors.Is(err, ErrNotFound) {
+		t.Skipf("python image not built (make image-python): %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Remove(ctx)
+	res, err := sb.Exec(ctx, "python3", "-c", "print(6*7)")
+	if err != nil || string(res.Stdout) != "42\n" {
+		t.Fatalf("python3: %v %+v", err, res)
+	}
+	// The image's files are owned by the sandbox's root, not nobody.
+	res, _ = sb.Shell(ctx, "stat -c %u /usr/bin/python3 /etc/passwd | sort -u")
+	if strings.TrimSpace(string(res.Stdout)) != "0" {
+		t.Fatalf("image file owners inside: %q", res.Stdout)
+	}
+}

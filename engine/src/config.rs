@@ -142,6 +142,11 @@ impl SandboxConfig {
         if let Some(n) = &self.name {
             crate::names::validate("sandbox", n)?;
         }
+        if let Some(i) = &self.image {
+            if !i.starts_with("sha256:") {
+                crate::names::validate("image", i)?;
+            }
+        }
         if self.image.is_some() && self.rootfs.is_some() {
             return Err(EngineError::invalid(
                 "give either an image or a rootfs directory, not both",

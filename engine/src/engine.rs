@@ -125,7 +125,8 @@ impl Engine {
             }
             (img, None) => {
                 let img = img.as_deref().unwrap_or(DEFAULT_IMAGE);
-                vec![crate::paths::resolve_image(img)?
+                vec![crate::images::resolve(&self.layout.home, img)
+                    .await?
                     .to_string_lossy()
                     .into_owned()]
             }
