@@ -493,3 +493,32 @@ func TestImagePythonFromTheStore(t *testing.T) {
 		t.Fatalf("image file owners inside: %q", res.Stdout)
 	}
 }
+
+func TestUserWorkdirHostnameAndReadOnlyVolume(t *testing.T) {
+	ctx := context.Background()
+	ro := t.TempDir()
+	os.WriteFile(filepath.Join(ro, "f"), []byte("keep"), 0o644)
+	sb := newSandbox(t, WithUser("1000:1000"), WithWorkdir("/tmp"), WithHostname("box1"),
+		WithVolume(ro, "/ro", true), WithTmpfs("/scratch", 8))
+	res, err := sb.Shell(ctx, "id -u; id -g; pwd; hostname")
+	if err != nil || string(res.Stdout) != "1000\n1000\n/tmp\nbox1\n" {
+		t.Fatalf("defaults: %v %q", err, res.Stdout)
+	}
+	res, err = sb.Shell(ctx, "id -u", WithExecUser("0"))
+	if err != nil || string(res.Stdout) != "0\n" {
+		t.Fatalf("exec user: %v %q", err, res.Stdout)
+	}
+	if err := sb.FS().WriteFile(ctx, "/ro/f", []byte("x"), 0o644); !errors.Is(err, ErrPermission) {
+		t.Fatalf("write to read-only volume: %v", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(ro, "f")); string(b) != "keep" {
+		t.Fatalf("read-only volume changed: %q", b)
+	}
+	res, _ = sb.Shell(ctx, "head -c 16777216 /dev/zero > /scratch/big", WithExecUser("0"))
+	if res.ExitCode == 0 {
+		t.Fatal("tmpfs size limit not applied")
+	}
+	if _, err := sb.Shell(ctx, "true", WithExecUser("no-such-user")); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("unknown user: %v", err)
+	}
+}
