@@ -1,5 +1,5 @@
-//! Root-filesystem archives (the release assets): one tar, maybe
-//! compressed, hashed while it is unpacked.
+//! Root-filesystem archives (the release assets) and image layers: a tar,
+//! maybe compressed, hashed while it is unpacked.
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -31,4 +31,51 @@ pub(crate) fn unpack_layer<R: Read>(
     std::io::copy(&mut stream, &mut std::io::sink())
         .map_err(|e| ImageError::invalid_image(format!("reading layer: {e}")))?;
     Ok(())
+}
+
+/// What a layer must hash to: its blob (compressed bytes) when the source
+/// names one, and always its diff_id (the uncompressed tar) from the image
+/// config, so the config digest the store keys images by pins the content.
+pub(crate) struct LayerCheck<'a> {
+    pub blob: Option<(&'a Digest, Option<u64>)>,
+    pub diff_id: &'a Digest,
+    pub what: &'a str,
+}
+
+/// Applies one image layer and checks both digests. A blob that fails its
+/// digest is reported as such even when it broke the tar first.
+pub(crate) fn unpack_checked_layer<R: Read>(
+    raw: R,
+    unpacker: &mut Unpacker,
+    check: LayerCheck,
+) -> Result<()> {
+    let mut hashing = HashingReader::new(raw);
+    let applied = (|| {
+        let stream = decompressed(BufReader::with_capacity(256 << 10, &mut hashing))?;
+        let mut plain = HashingReader::new(stream);
+        unpacker.apply(&mut plain, LayerKind::OciLayer)?;
+        plain
+            .finish()
+            .map(|(d, _)| d)
+            .map_err(|e| ImageError::invalid_image(format!("reading {}: {e}", check.what)))
+    })();
+    if let Err(ImageError::Canceled) = applied {
+        return Err(ImageError::Canceled);
+    }
+    let (blob_digest, size) = hashing
+        .finish()
+        .map_err(|e| ImageError::invalid_image(format!("reading {}: {e}", check.what)))?;
+    if let Some((expected, expected_size)) = check.blob {
+        expected.verify(&blob_digest, check.what)?;
+        if let Some(n) = expected_size.filter(|&n| n != size) {
+            return Err(ImageError::invalid_image(format!(
+                "{} is {size} bytes, its descriptor says {n}",
+                check.what
+            )));
+        }
+    }
+    let diff = applied?;
+    check
+        .diff_id
+        .verify(&diff, &format!("{} (diff_id)", check.what))
 }

@@ -8,12 +8,12 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::archive::unpack_layer;
+use crate::archive::{unpack_checked_layer, LayerCheck};
 use crate::config::ImageConfig;
-use crate::digest::{Digest, HashingReader};
+use crate::digest::Digest;
 use crate::error::{ImageError, IoContext, Result};
 use crate::oci::{self, MAX_JSON};
-use crate::unpack::{LayerKind, Unpacker};
+use crate::unpack::Unpacker;
 
 pub(crate) struct Plan {
     pub config_digest: Digest,
@@ -31,17 +31,6 @@ struct Entry {
     #[serde(default)]
     repo_tags: Option<Vec<String>>,
     layers: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct RootFs {
-    #[serde(default)]
-    diff_ids: Vec<Digest>,
-}
-
-#[derive(Deserialize)]
-struct ConfigRootFs {
-    rootfs: RootFs,
 }
 
 fn index_members(tarball: &Path) -> Result<HashMap<String, (u64, u64)>> {
@@ -179,16 +168,7 @@ pub(crate) fn plan(tarball: &Path, reference: Option<&str>) -> Result<Plan> {
     if let Some(promised) = named_digest(&entry.config) {
         promised.verify(&config_digest, &format!("config {}", entry.config))?;
     }
-    let diff_ids = oci::parse::<ConfigRootFs>(&config_body, "image config")?
-        .rootfs
-        .diff_ids;
-    if diff_ids.len() != entry.layers.len() {
-        return Err(ImageError::invalid_image(format!(
-            "the config lists {} layers, manifest.json {}",
-            diff_ids.len(),
-            entry.layers.len()
-        )));
-    }
+    let diff_ids = oci::diff_ids(&config_body, entry.layers.len())?;
     let config = ImageConfig::from_oci_json(&config_body)
         .map_err(|e| ImageError::invalid_image(format!("image config: {e}")))?;
     Ok(Plan {
@@ -205,33 +185,17 @@ pub(crate) fn plan(tarball: &Path, reference: Option<&str>) -> Result<Plan> {
 pub(crate) fn unpack(tarball: &Path, plan: &Plan, unpacker: &mut Unpacker) -> Result<()> {
     for (name, diff_id) in &plan.layers {
         let (raw, _) = member(tarball, &plan.members, name)?;
-        let mut raw_hash = HashingReader::new(raw);
-        // diff_id is the digest of the uncompressed tar: hash after
-        // decompression, so hash the stream unpack_layer reads.
-        let actual_diff = {
-            let mut plain = DiffIdReader::new(&mut raw_hash)?;
-            unpack_layer(&mut plain.reader, unpacker, LayerKind::OciLayer)?;
-            plain.reader.finish().ctx("read", tarball)?.0
-        };
-        diff_id.verify(&actual_diff, &format!("layer {name} (diff_id)"))?;
-        let (raw_digest, _) = raw_hash.finish().ctx("read", tarball)?;
-        if let Some(promised) = named_digest(name) {
-            promised.verify(&raw_digest, &format!("layer {name}"))?;
-        }
+        // Newer Docker names layers by their blob digest: check it too.
+        let promised = named_digest(name);
+        unpack_checked_layer(
+            raw,
+            unpacker,
+            LayerCheck {
+                blob: promised.as_ref().map(|d| (d, None)),
+                diff_id,
+                what: &format!("layer {name}"),
+            },
+        )?;
     }
     Ok(())
-}
-
-/// A decompressed view of a layer whose bytes are hashed as they are read.
-struct DiffIdReader<'a> {
-    reader: HashingReader<Box<dyn Read + 'a>>,
-}
-
-impl<'a> DiffIdReader<'a> {
-    fn new<R: Read + 'a>(raw: R) -> Result<Self> {
-        let stream = crate::decompress::decompressed(std::io::BufReader::new(raw))?;
-        Ok(DiffIdReader {
-            reader: HashingReader::new(stream),
-        })
-    }
 }

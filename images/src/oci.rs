@@ -72,16 +72,22 @@ pub(crate) fn host_arch() -> &'static str {
     }
 }
 
-/// The linux/<this arch> entry of an index.
-pub(crate) fn pick_platform(index: &Index) -> Result<&Descriptor> {
-    let arch = host_arch();
+/// The entry of an index for `wanted` (`os/arch`), by default
+/// linux/<this arch>.
+pub(crate) fn pick_platform<'a>(index: &'a Index, wanted: Option<&str>) -> Result<&'a Descriptor> {
+    let (os, arch) = match wanted {
+        Some(w) => w
+            .split_once('/')
+            .ok_or_else(|| ImageError::InvalidArgument(format!("platform {w:?} is not os/arch")))?,
+        None => ("linux", host_arch()),
+    };
     index
         .manifests
         .iter()
         .find(|d| {
             d.platform
                 .as_ref()
-                .is_some_and(|p| p.os == "linux" && p.architecture == arch)
+                .is_some_and(|p| p.os == os && p.architecture == arch)
         })
         .ok_or_else(|| {
             let have: Vec<String> = index
@@ -91,7 +97,7 @@ pub(crate) fn pick_platform(index: &Index) -> Result<&Descriptor> {
                 .map(|p| format!("{}/{}", p.os, p.architecture))
                 .collect();
             ImageError::NotFound(format!(
-                "no linux/{arch} image in the index (it has: {})",
+                "no {os}/{arch} image in the index (it has: {})",
                 have.join(", ")
             ))
         })
@@ -99,4 +105,25 @@ pub(crate) fn pick_platform(index: &Index) -> Result<&Descriptor> {
 
 pub(crate) fn parse<'a, T: Deserialize<'a>>(body: &'a [u8], what: &str) -> Result<T> {
     serde_json::from_slice(body).map_err(|e| ImageError::invalid_image(format!("{what}: {e}")))
+}
+
+/// `rootfs.diff_ids` of an image config, one per layer of `layers`.
+pub(crate) fn diff_ids(config: &[u8], layers: usize) -> Result<Vec<Digest>> {
+    #[derive(Deserialize)]
+    struct RootFs {
+        #[serde(default)]
+        diff_ids: Vec<Digest>,
+    }
+    #[derive(Deserialize)]
+    struct Config {
+        rootfs: RootFs,
+    }
+    let ids = parse::<Config>(config, "image config")?.rootfs.diff_ids;
+    if ids.len() != layers {
+        return Err(ImageError::invalid_image(format!(
+            "the image config lists {} layers, the manifest {layers}",
+            ids.len()
+        )));
+    }
+    Ok(ids)
 }

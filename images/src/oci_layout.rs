@@ -4,18 +4,19 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::archive::unpack_layer;
+use crate::archive::{unpack_checked_layer, LayerCheck};
 use crate::config::ImageConfig;
-use crate::digest::{Digest, HashingReader};
+use crate::digest::Digest;
 use crate::error::{ImageError, IoContext, Result};
 use crate::oci::{self, Descriptor, Index, Manifest, MAX_JSON, REF_NAME};
-use crate::unpack::{LayerKind, Unpacker};
+use crate::unpack::Unpacker;
 
 /// What to unpack, worked out (and checked) before anything is written.
 pub(crate) struct Plan {
     pub config_digest: Digest,
     pub config: ImageConfig,
     pub layers: Vec<Descriptor>,
+    pub diff_ids: Vec<Digest>,
     pub ref_name: Option<String>,
 }
 
@@ -105,10 +106,12 @@ pub(crate) fn plan(dir: &Path, reference: Option<&str>) -> Result<Plan> {
     let config_body = read_json_blob(dir, &manifest.config)?;
     let config = ImageConfig::from_oci_json(&config_body)
         .map_err(|e| ImageError::invalid_image(format!("image config: {e}")))?;
+    let diff_ids = oci::diff_ids(&config_body, manifest.layers.len())?;
     Ok(Plan {
         config_digest: manifest.config.digest.clone(),
         config,
         layers: manifest.layers,
+        diff_ids,
         ref_name,
     })
 }
@@ -121,29 +124,25 @@ fn resolve_manifest(dir: &Path, desc: Descriptor, depth: u32) -> Result<Manifest
     let body = read_json_blob(dir, &desc)?;
     if oci::is_index(&desc, &body) {
         let index: Index = oci::parse(&body, "image index")?;
-        let chosen = oci::pick_platform(&index)?.clone();
+        let chosen = oci::pick_platform(&index, None)?.clone();
         return resolve_manifest(dir, chosen, depth + 1);
     }
     oci::parse(&body, "image manifest")
 }
 
 pub(crate) fn unpack(dir: &Path, plan: &Plan, unpacker: &mut Unpacker) -> Result<()> {
-    for layer in &plan.layers {
+    for (layer, diff_id) in plan.layers.iter().zip(&plan.diff_ids) {
         let p = blob_path(dir, &layer.digest);
         let file = File::open(&p).ctx("open", &p)?;
-        let mut hashing = HashingReader::new(file);
-        let applied = unpack_layer(&mut hashing, unpacker, LayerKind::OciLayer);
-        if let Err(ImageError::Canceled) = applied {
-            return applied;
-        }
-        let (digest, size) = hashing.finish().ctx("read", &p)?;
-        // A corrupt blob usually breaks the tar first: say what is wrong
-        // with it (its digest) rather than what broke while reading it.
-        layer
-            .digest
-            .verify(&digest, &format!("layer {}", layer.digest))?;
-        applied?;
-        check_size(layer, size)?;
+        unpack_checked_layer(
+            file,
+            unpacker,
+            LayerCheck {
+                blob: Some((&layer.digest, Some(layer.size))),
+                diff_id,
+                what: &format!("layer {}", layer.digest),
+            },
+        )?;
     }
     Ok(())
 }

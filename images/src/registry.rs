@@ -10,13 +10,13 @@ use reqwest::blocking::{Client, Response};
 use reqwest::header::{ACCEPT, AUTHORIZATION, WWW_AUTHENTICATE};
 use reqwest::StatusCode;
 
-use crate::archive::unpack_layer;
+use crate::archive::{unpack_checked_layer, LayerCheck};
 use crate::config::ImageConfig;
-use crate::digest::{Digest, HashingReader};
+use crate::digest::Digest;
 use crate::error::{ImageError, Result};
 use crate::oci::{self, Descriptor, Index, Manifest, MAX_JSON};
 use crate::reference::Reference;
-use crate::unpack::{LayerKind, Unpacker};
+use crate::unpack::Unpacker;
 
 /// How to reach the registry.
 #[derive(Clone, Debug, Default)]
@@ -26,6 +26,9 @@ pub struct PullOptions {
     pub credentials: Option<(String, String)>,
     /// Talk plain HTTP. Only when asked: never a fallback.
     pub plain_http: bool,
+    /// `os/arch` to pick from an image index; default linux/<this arch>.
+    /// (Running a foreign architecture needs binfmt emulation on the host.)
+    pub platform: Option<String>,
 }
 
 const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, \
@@ -38,6 +41,7 @@ pub(crate) struct Plan {
     pub config_digest: Digest,
     pub config: ImageConfig,
     pub layers: Vec<Descriptor>,
+    pub diff_ids: Vec<Digest>,
 }
 
 enum Auth {
@@ -291,7 +295,7 @@ pub(crate) fn plan(session: &mut Session) -> Result<Plan> {
             return Err(ImageError::invalid_image("image indexes nest too deep"));
         }
         let index: Index = oci::parse(&body, "image index")?;
-        let chosen = oci::pick_platform(&index)?.clone();
+        let chosen = oci::pick_platform(&index, session.opts.platform.as_deref())?.clone();
         let r = session.manifest(&chosen.digest.to_string(), Some(&chosen))?;
         body = r.0;
         media = chosen.media_type.clone();
@@ -313,35 +317,28 @@ pub(crate) fn plan(session: &mut Session) -> Result<Plan> {
     )?;
     let config = ImageConfig::from_oci_json(&config_body)
         .map_err(|e| ImageError::invalid_image(format!("image config: {e}")))?;
+    let diff_ids = oci::diff_ids(&config_body, manifest.layers.len())?;
     Ok(Plan {
         reference: session.reference.clone(),
         config_digest: manifest.config.digest.clone(),
         config,
         layers: manifest.layers,
+        diff_ids,
     })
 }
 
 pub(crate) fn unpack(session: &mut Session, plan: &Plan, unpacker: &mut Unpacker) -> Result<()> {
-    for layer in &plan.layers {
+    for (layer, diff_id) in plan.layers.iter().zip(&plan.diff_ids) {
         let resp = session.blob(&layer.digest)?;
-        let mut hashing = HashingReader::new(resp);
-        let applied = unpack_layer(&mut hashing, unpacker, LayerKind::OciLayer);
-        if let Err(ImageError::Canceled) = applied {
-            return applied;
-        }
-        let (digest, size) = hashing
-            .finish()
-            .map_err(|e| ImageError::io("http read", layer.digest.to_string(), e))?;
-        layer
-            .digest
-            .verify(&digest, &format!("layer {}", layer.digest))?;
-        applied?;
-        if size != layer.size {
-            return Err(ImageError::invalid_image(format!(
-                "layer {} is {size} bytes, its descriptor says {}",
-                layer.digest, layer.size
-            )));
-        }
+        unpack_checked_layer(
+            resp,
+            unpacker,
+            LayerCheck {
+                blob: Some((&layer.digest, Some(layer.size))),
+                diff_id,
+                what: &format!("layer {}", layer.digest),
+            },
+        )?;
     }
     Ok(())
 }

@@ -213,3 +213,21 @@ fn ids_are_shifted_into_the_sandbox_range_when_root() {
         1000
     );
 }
+
+#[test]
+fn layers_must_match_the_configs_diff_ids() {
+    // A manifest whose layer is not what the config says: the config
+    // digest (the store key) would not pin the content, so it is refused.
+    let env = Env::new();
+    let mut image = two_layer_image();
+    image.layer2 = common::tar_bytes(&[common::E::File("other", 0o644, b"not in the config")]);
+    let layout = env.path("layout");
+    image.write_oci_layout(&layout, "demo");
+    let err = env
+        .store()
+        .import_oci_layout(&layout, None, None, &Cancel::never())
+        .unwrap_err();
+    assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
+    assert!(err.to_string().contains("diff_id"), "{err}");
+    env.assert_outside_untouched();
+}

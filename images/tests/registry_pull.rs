@@ -139,6 +139,29 @@ fn pull_from_a_loopback_registry() {
         img.digest.hex(),
         common::sha256_hex(&two_layer_image().config)
     );
+    // The other platform of the index is the one-layer image.
+    let other = if cfg!(target_arch = "x86_64") {
+        "linux/arm64"
+    } else {
+        "linux/amd64"
+    };
+    let foreign = PullOptions {
+        platform: Some(other.into()),
+        ..plain_http()
+    };
+    let home2 = env.path("home2");
+    let store2 = lockbox_images::ImageStore::open(&home2).unwrap();
+    let f = store2.pull(&reference, &foreign, &Cancel::never()).unwrap();
+    assert!(f.rootfs.join("etc/a").exists() && !f.rootfs.join("opq/new").exists());
+    let none = PullOptions {
+        platform: Some("windows/amd64".into()),
+        ..plain_http()
+    };
+    let err = store2
+        .pull(&reference, &none, &Cancel::never())
+        .unwrap_err();
+    assert_eq!(err.code(), "not_found", "{err}");
+    assert!(err.to_string().contains("linux/amd64"), "{err}");
     // Found again by name without the network.
     drop(reg);
     let again = store
@@ -204,6 +227,7 @@ fn pull_with_basic_auth() {
     let wrong = PullOptions {
         credentials: Some(("lockbox".into(), "wrong".into())),
         plain_http: true,
+        ..Default::default()
     };
     let err = store
         .pull(&reference, &wrong, &Cancel::never())
@@ -212,6 +236,7 @@ fn pull_with_basic_auth() {
     let right = PullOptions {
         credentials: Some(("lockbox".into(), "secret".into())),
         plain_http: true,
+        ..Default::default()
     };
     let img = store.pull(&reference, &right, &Cancel::never()).unwrap();
     assert_eq!(

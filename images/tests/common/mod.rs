@@ -262,12 +262,26 @@ impl TwoLayerImage {
         let m = blob(dir, manifest.as_bytes());
         // The other platform's image has only the first layer: picking it
         // by mistake shows in the result.
+        let layer1 = {
+            let mut plain = Vec::new();
+            std::io::Read::read_to_end(
+                &mut flate2::read::GzDecoder::new(&self.layer1_gz[..]),
+                &mut plain,
+            )
+            .unwrap();
+            plain
+        };
+        let other_config = format!(
+            r#"{{"architecture":"other","os":"linux","config":{{}},"rootfs":{{"type":"layers","diff_ids":["sha256:{}"]}}}}"#,
+            sha256_hex(&layer1)
+        );
+        let oc = blob(dir, other_config.as_bytes());
         let other_manifest = format!(
             r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[{}]}}"#,
             desc(
                 "application/vnd.oci.image.config.v1+json",
-                &c,
-                self.config.len()
+                &oc,
+                other_config.len()
             ),
             desc(
                 "application/vnd.oci.image.layer.v1.tar+gzip",
