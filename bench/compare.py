@@ -359,6 +359,14 @@ def first_line(argv: list[str]) -> str:
         return "not installed"
 
 
+def load_average() -> str:
+    """Other work on a shared machine moves every figure: say how much."""
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+LOAD_BEFORE = load_average()
+
+
 def cgroup_layout() -> str:
     try:
         fs = subprocess.run(["stat", "-f", "-c", "%T", "/sys/fs/cgroup"],
@@ -398,6 +406,7 @@ def machine_details(lockbox_info: dict) -> list[tuple[str, str]]:
         ("distribution", distro),
         ("cgroup layout", cgroup_layout()),
         ("running as", "root" if os.geteuid() == 0 else f"uid {os.geteuid()}"),
+        ("load average (1/5/15 min) before → after", f"{LOAD_BEFORE} → {load_average()}"),
         ("bubblewrap", first_line(["bwrap", "--version"])),
         ("runc", first_line(["runc", "--version"])),
         ("crun", first_line(["crun", "--version"])),
