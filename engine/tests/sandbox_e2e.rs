@@ -146,3 +146,25 @@ async fn engine_timings() {
     println!("exec round trip p50 {:?} p90 {:?}", rt[150], rt[270]);
     engine.remove(&sb.name).await.unwrap();
 }
+
+/// State paths longer than a Unix socket address (108 bytes) still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_state_path() {
+    if !ready() {
+        return;
+    }
+    let base = tempfile::tempdir().unwrap();
+    let home = base.path().join("a".repeat(60)).join("b".repeat(60));
+    let engine = Engine::with_home(home).unwrap();
+    let sb = engine
+        .create(SandboxConfig {
+            name: Some("n".repeat(60)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(sb.dir.join("agent.sock").to_string_lossy().len() > 108);
+    let out = sb.exec_collect(&argv(&["echo", "ok"]), None).await.unwrap();
+    assert_eq!(out.stdout, b"ok\n");
+    engine.remove(&sb.name).await.unwrap();
+}
