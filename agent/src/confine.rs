@@ -1,26 +1,28 @@
-//! What every process the agent starts goes through between fork and exec:
-//! its own session, resource limits, a reduced capability set (bounding
-//! set included), the requested user, no_new_privs, Landlock and seccomp.
-//! Everything that allocates is prepared once in `prepare`; the per-exec
-//! part only makes system calls.
+//! Confinement. The agent (PID 1) confines itself once, right after setup:
+//! bounding set and capabilities reduced to a minimal set, no_new_privs,
+//! Landlock (all access beneath the sandbox root, nothing outside it) and
+//! the seccomp filter. Every process it starts inherits all of that through
+//! fork and exec, so the per-exec part (between fork and exec, system calls
+//! only) is small: signal mask, session, OOM score, rlimits, user, cwd.
+//! Installing the filter once also spares a BPF JIT per exec, and a
+//! compromised agent is held by the same walls as the workloads.
 
 use std::ffi::CString;
 use std::io;
-use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use landlock::{
-    Access, AccessFs, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreated,
-    RulesetCreatedAttr, RulesetStatus, ABI,
+    Access, AccessFs, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus,
+    ABI,
 };
 use lockbox_protocol::LaunchSpec;
-use seccompiler::BpfProgram;
 
 use crate::report::Report;
 
-/// Kept for sandbox root: what ordinary package installs and servers need.
-/// Everything else (SYS_ADMIN, NET_ADMIN, SYS_PTRACE, DAC_READ_SEARCH,
-/// SETFCAP, MKNOD, NET_RAW, ...) is gone, including from the bounding set.
+/// What sandbox root keeps: what ordinary package installs and servers
+/// need. Everything else (SYS_ADMIN, NET_ADMIN, SYS_PTRACE,
+/// DAC_READ_SEARCH, SETFCAP, MKNOD, NET_RAW, SETPCAP, ...) is gone,
+/// including from the bounding set, so no exec can regain it.
 const KEEP_CAPS: [u32; 9] = [
     0,  // CHOWN
     1,  // DAC_OVERRIDE
@@ -34,16 +36,13 @@ const KEEP_CAPS: [u32; 9] = [
 ];
 
 pub struct Confine {
-    seccomp: Arc<Vec<BpfProgram>>,
-    landlock: Option<RulesetCreated>,
     nofile: Option<u64>,
-    last_cap: u32,
     rootless: bool,
     pub default_uid: u32,
     pub default_gid: u32,
 }
 
-/// The per-exec settings handed to `apply`.
+/// The per-exec settings handed to `pre_exec`.
 pub struct ExecCreds {
     pub uid: u32,
     pub gid: u32,
@@ -56,102 +55,6 @@ fn last_cap() -> u32 {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(40)
-}
-
-fn landlock_ruleset() -> Result<RulesetCreated> {
-    let abi = ABI::V5;
-    Ok(Ruleset::default()
-        .handle_access(AccessFs::from_all(abi))?
-        .create()?
-        .add_rule(PathBeneath::new(PathFd::new("/")?, AccessFs::from_all(abi)))?)
-}
-
-/// Finds out whether this kernel enforces Landlock by restricting a
-/// throwaway child (the agent itself must stay unrestricted).
-fn landlock_enforced(rs: &RulesetCreated) -> Result<bool, String> {
-    let probe = rs.try_clone().map_err(|e| e.to_string())?;
-    // SAFETY: single-threaded here (before the runtime starts); the child
-    // only makes system calls and exits.
-    match unsafe { libc::fork() } {
-        -1 => Err(io::Error::last_os_error().to_string()),
-        0 => {
-            let ok = matches!(
-                probe.restrict_self().map(|s| s.ruleset),
-                Ok(RulesetStatus::FullyEnforced) | Ok(RulesetStatus::PartiallyEnforced)
-            );
-            // SAFETY: leave without running anything of the parent's.
-            unsafe { libc::_exit(if ok { 0 } else { 1 }) }
-        }
-        pid => {
-            let st = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-            Ok(matches!(st, Ok(nix::sys::wait::WaitStatus::Exited(_, 0))))
-        }
-    }
-}
-
-impl Confine {
-    pub fn prepare(spec: &LaunchSpec, report: &mut Report) -> Result<Confine> {
-        let seccomp = crate::seccomp::program()?;
-        report.ok("seccomp");
-        report.ok("no_new_privs");
-        report.ok("caps");
-        report.ok("rlimits");
-        let landlock = match landlock_ruleset() {
-            Ok(rs) => match landlock_enforced(&rs) {
-                Ok(true) => {
-                    report.ok("landlock");
-                    Some(rs)
-                }
-                Ok(false) => {
-                    report.not("landlock", "the kernel does not enforce Landlock");
-                    None
-                }
-                Err(e) => {
-                    report.not("landlock", format!("probe failed: {e}"));
-                    None
-                }
-            },
-            Err(e) => {
-                report.not("landlock", format!("{e}"));
-                None
-            }
-        };
-        Ok(Confine {
-            seccomp: Arc::new(seccomp),
-            landlock,
-            nofile: spec.limits.nofile,
-            last_cap: last_cap(),
-            rootless: std::fs::read_to_string("/proc/self/setgroups")
-                .map(|s| s.trim() == "deny")
-                .unwrap_or(false),
-            default_uid: spec.uid,
-            default_gid: spec.gid,
-        })
-    }
-
-    /// Builds the closure run in the child between fork and exec.
-    pub fn pre_exec(
-        &self,
-        creds: ExecCreds,
-    ) -> impl FnMut() -> io::Result<()> + Send + Sync + 'static {
-        let seccomp = self.seccomp.clone();
-        let mut landlock = self.landlock.as_ref().and_then(|r| r.try_clone().ok());
-        let nofile = self.nofile;
-        let last_cap = self.last_cap;
-        let rootless = self.rootless;
-        move || {
-            apply(&creds, nofile, last_cap, rootless)?;
-            if let Some(rs) = landlock.take() {
-                rs.restrict_self()
-                    .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e.to_string()))?;
-            }
-            for p in seccomp.iter() {
-                seccompiler::apply_filter(p)
-                    .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e.to_string()))?;
-            }
-            Ok(())
-        }
-    }
 }
 
 fn cvt(r: libc::c_int) -> io::Result<()> {
@@ -176,7 +79,108 @@ struct CapData {
     inheritable: u32,
 }
 
-fn apply(c: &ExecCreds, nofile: Option<u64>, last_cap: u32, rootless: bool) -> io::Result<()> {
+/// Bounding set, ambient, inheritable, permitted and effective sets all
+/// reduced to KEEP_CAPS.
+fn reduce_caps() -> io::Result<()> {
+    let mask = KEEP_CAPS.iter().fold(0u64, |m, c| m | (1u64 << c));
+    // SAFETY: plain prctl/capset calls on this process.
+    unsafe {
+        for cap in 0..=last_cap() {
+            if !KEEP_CAPS.contains(&cap) {
+                cvt(libc::prctl(
+                    libc::PR_CAPBSET_DROP,
+                    cap as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ))?;
+            }
+        }
+        cvt(libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ))?;
+        let mut hdr = CapHeader {
+            version: 0x2008_0522,
+            pid: 0,
+        };
+        let data = [
+            CapData {
+                effective: mask as u32,
+                permitted: mask as u32,
+                inheritable: 0,
+            },
+            CapData {
+                effective: (mask >> 32) as u32,
+                permitted: (mask >> 32) as u32,
+                inheritable: 0,
+            },
+        ];
+        cvt(libc::syscall(libc::SYS_capset, &mut hdr, data.as_ptr()) as libc::c_int)?;
+    }
+    Ok(())
+}
+
+fn landlock_self() -> Result<RulesetStatus> {
+    let abi = ABI::V5;
+    let status = Ruleset::default()
+        .handle_access(AccessFs::from_all(abi))?
+        .create()?
+        .add_rule(PathBeneath::new(PathFd::new("/")?, AccessFs::from_all(abi)))?
+        .restrict_self()?;
+    Ok(status.ruleset)
+}
+
+impl Confine {
+    /// Confines the calling process (the agent, after setup, while it is
+    /// still single-threaded) and records what took effect.
+    pub fn lock_agent(spec: &LaunchSpec, report: &mut Report) -> Result<Confine> {
+        let filters = crate::seccomp::program()?;
+        reduce_caps().context("reduce capabilities")?;
+        report.ok("caps");
+        // SAFETY: prctl with integer arguments.
+        cvt(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
+            .context("no_new_privs")?;
+        report.ok("no_new_privs");
+        match landlock_self() {
+            Ok(RulesetStatus::FullyEnforced) | Ok(RulesetStatus::PartiallyEnforced) => {
+                report.ok("landlock")
+            }
+            Ok(RulesetStatus::NotEnforced) => {
+                report.not("landlock", "the kernel does not enforce Landlock")
+            }
+            Err(e) => report.not("landlock", format!("{e}")),
+        }
+        for p in &filters {
+            seccompiler::apply_filter(p).context("install seccomp filter")?;
+        }
+        report.ok("seccomp");
+        report.ok("rlimits");
+        Ok(Confine {
+            nofile: spec.limits.nofile,
+            rootless: std::fs::read_to_string("/proc/self/setgroups")
+                .map(|s| s.trim() == "deny")
+                .unwrap_or(false),
+            default_uid: spec.uid,
+            default_gid: spec.gid,
+        })
+    }
+
+    /// Builds the closure run in the child between fork and exec.
+    pub fn pre_exec(
+        &self,
+        creds: ExecCreds,
+    ) -> impl FnMut() -> io::Result<()> + Send + Sync + 'static {
+        let nofile = self.nofile;
+        let rootless = self.rootless;
+        move || apply(&creds, nofile, rootless)
+    }
+}
+
+fn apply(c: &ExecCreds, nofile: Option<u64>, rootless: bool) -> io::Result<()> {
     // SAFETY: every call below is a plain system call on this process.
     unsafe {
         // The agent blocks SIGCHLD/SIGTERM (it reads them from a signalfd).
@@ -212,57 +216,14 @@ fn apply(c: &ExecCreds, nofile: Option<u64>, last_cap: u32, rootless: bool) -> i
             };
             cvt(libc::setrlimit(libc::RLIMIT_NOFILE, &l))?;
         }
-        for cap in 0..=last_cap {
-            if !KEEP_CAPS.contains(&cap) {
-                cvt(libc::prctl(
-                    libc::PR_CAPBSET_DROP,
-                    cap as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                ))?;
-            }
-        }
-        cvt(libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-            0,
-            0,
-            0,
-        ))?;
         if !rootless {
             let g = c.gid;
             cvt(libc::setgroups(1, &g))?;
         }
         cvt(libc::setresgid(c.gid, c.gid, c.gid))?;
+        // Root keeps the (already reduced) set; any other uid loses all.
         cvt(libc::setresuid(c.uid, c.uid, c.uid))?;
-        // A non-root uid lost all capabilities in setresuid; root keeps the
-        // minimal set.
-        let mask = KEEP_CAPS.iter().fold(0u64, |m, c| m | (1u64 << c));
-        let (keep_lo, keep_hi) = if c.uid == 0 {
-            (mask as u32, (mask >> 32) as u32)
-        } else {
-            (0, 0)
-        };
-        let mut hdr = CapHeader {
-            version: 0x2008_0522,
-            pid: 0,
-        };
-        let data = [
-            CapData {
-                effective: keep_lo,
-                permitted: keep_lo,
-                inheritable: 0,
-            },
-            CapData {
-                effective: keep_hi,
-                permitted: keep_hi,
-                inheritable: 0,
-            },
-        ];
-        cvt(libc::syscall(libc::SYS_capset, &mut hdr, data.as_ptr()) as libc::c_int)?;
         cvt(libc::chdir(c.cwd.as_ptr()))?;
-        cvt(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
     }
     Ok(())
 }

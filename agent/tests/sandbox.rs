@@ -46,6 +46,11 @@ async fn launch_reports_what_it_enforced() {
         );
     }
     assert!(r.enforced.iter().any(|e| e == "pidns"));
+    // Where the kernel runs Landlock, it is in force.
+    let lsm = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
+    if lsm.contains("landlock") {
+        assert!(r.enforced.iter().any(|e| e == "landlock"), "{r:?}");
+    }
 }
 
 #[tokio::test]
@@ -513,6 +518,34 @@ async fn bench_exec_and_stream() {
     }
     times.sort();
     println!("exec round trip p50 {:?} p90 {:?}", times[100], times[180]);
+    // Where it goes: request -> Started (spawn) and Started -> Exited.
+    let (mut to_start, mut to_exit) = (Vec::new(), Vec::new());
+    for _ in 0..200 {
+        let t = Instant::now();
+        let id = c.start(Message::Exec(req(&["true"]))).await;
+        let mut started = None;
+        loop {
+            let f = read_frame(&mut c.r).await.unwrap();
+            if f.id != id || f.kind != FrameKind::Control {
+                continue;
+            }
+            match f.message().unwrap() {
+                Message::Started { .. } => started = Some(t.elapsed()),
+                Message::Exited { .. } => break,
+                m => panic!("{m:?}"),
+            }
+        }
+        let s = started.unwrap();
+        to_start.push(s);
+        to_exit.push(t.elapsed() - s);
+        c.ops.remove(&id);
+    }
+    to_start.sort();
+    to_exit.sort();
+    println!(
+        "  request->Started p50 {:?}, Started->Exited p50 {:?}",
+        to_start[100], to_exit[100]
+    );
     let t = Instant::now();
     let r = c
         .sh("dd if=/dev/zero of=/tmp/dd bs=1M count=256 2>/dev/null; cat /tmp/dd > /dev/null")

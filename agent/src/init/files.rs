@@ -96,7 +96,7 @@ fn run_simple(msg: Message) -> Result<Message, WireError> {
             let p = check_path(&path)?;
             fs::DirBuilder::new()
                 .recursive(true)
-                .mode(if mode == 0 { 0o755 } else { mode & 0o7777 })
+                .mode(if mode == 0 { 0o755 } else { mode & 0o777 })
                 .create(p)
                 .map_err(|e| wire(e, &path))?;
             Ok(Message::Ok)

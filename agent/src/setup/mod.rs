@@ -124,7 +124,7 @@ fn build(
         }
     }
     Ok((
-        crate::confine::Confine::prepare(spec, report)?,
+        crate::confine::Confine::lock_agent(spec, report)?,
         plan.host_pid,
     ))
 }
