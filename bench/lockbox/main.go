@@ -34,11 +34,14 @@ import (
 
 // runLine is what the harness reads for one run.
 type runLine struct {
-	Run     int    `json:"run"`
-	OK      bool   `json:"ok"`
-	FirstNs int64  `json:"first_ns,omitempty"`
-	DoneNs  int64  `json:"done_ns,omitempty"`
-	Error   string `json:"error,omitempty"`
+	Run int  `json:"run"`
+	OK  bool `json:"ok"`
+	// CreateNs is when CreateSandbox returned (cold cases): where the time
+	// to first output goes.
+	CreateNs int64  `json:"create_ns,omitempty"`
+	FirstNs  int64  `json:"first_ns,omitempty"`
+	DoneNs   int64  `json:"done_ns,omitempty"`
+	Error    string `json:"error,omitempty"`
 }
 
 type readyLine struct {
@@ -103,7 +106,7 @@ func main() {
 		os.Exit(1)
 	}
 	defer b.close(ctx)
-	if _, _, err := run(ctx); err != nil {
+	if _, err := run(ctx); err != nil {
 		_ = out.Encode(readyLine{Error: err.Error()})
 		b.close(ctx)
 		os.Exit(1)
@@ -121,8 +124,9 @@ func main() {
 		next = func() bool { _, err := in.ReadString('\n'); return err == nil }
 	}
 	for i := 1; next(); i++ {
-		first, done, err := run(ctx)
-		line := runLine{Run: i, OK: err == nil, FirstNs: first.Nanoseconds(), DoneNs: done.Nanoseconds()}
+		t, err := run(ctx)
+		line := runLine{Run: i, OK: err == nil, CreateNs: t.created.Nanoseconds(),
+			FirstNs: t.first.Nanoseconds(), DoneNs: t.done.Nanoseconds()}
 		if err != nil {
 			line.Error = err.Error()
 		}
@@ -171,44 +175,50 @@ func (b *bench) close(ctx context.Context) {
 	}
 }
 
+// timings are offsets from the start of one run.
+type timings struct {
+	created, first, done time.Duration
+}
+
 // cold creates a sandbox, runs the command and removes the sandbox.
-func (b *bench) cold(ctx context.Context) (first, done time.Duration, err error) {
+func (b *bench) cold(ctx context.Context) (timings, error) {
 	start := time.Now()
 	sb, err := lockbox.CreateSandbox(ctx, b.opts...)
 	if err != nil {
-		return 0, 0, fmt.Errorf("create sandbox: %w", err)
+		return timings{}, fmt.Errorf("create sandbox: %w", err)
 	}
+	created := time.Since(start)
 	stdout := &firstByteClock{start: start}
 	var stderr bytes.Buffer
 	c := sb.CommandContext(ctx, b.cmd.args[0], b.cmd.args[1:]...)
 	c.Stdout, c.Stderr = stdout, &stderr
 	runErr := c.Run()
 	rmErr := sb.Remove(ctx)
-	done = time.Since(start)
+	done := time.Since(start)
 	if err := errors.Join(runErr, rmErr); err != nil {
-		return 0, 0, fmt.Errorf("%w (stderr %q)", err, stderr.String())
+		return timings{}, fmt.Errorf("%w (stderr %q)", err, stderr.String())
 	}
 	first, got := stdout.result()
 	if got != b.cmd.expect {
-		return 0, 0, fmt.Errorf("stdout %q, want %q (stderr %q)", got, b.cmd.expect, stderr.String())
+		return timings{}, fmt.Errorf("stdout %q, want %q (stderr %q)", got, b.cmd.expect, stderr.String())
 	}
-	return first, done, nil
+	return timings{created, first, done}, nil
 }
 
 // warm runs the command in the sandbox made by prepare.
-func (b *bench) warm(ctx context.Context) (first, done time.Duration, err error) {
+func (b *bench) warm(ctx context.Context) (timings, error) {
 	start := time.Now()
 	res, err := b.running.Exec(ctx, b.cmd.args[0], b.cmd.args[1:]...)
-	done = time.Since(start)
+	done := time.Since(start)
 	if err != nil {
-		return 0, 0, err
+		return timings{}, err
 	}
 	if res.ExitCode != 0 || string(res.Stdout) != b.cmd.expect {
-		return 0, 0, fmt.Errorf("exit %d, stdout %q, stderr %q", res.ExitCode, res.Stdout, res.Stderr)
+		return timings{}, fmt.Errorf("exit %d, stdout %q, stderr %q", res.ExitCode, res.Stdout, res.Stderr)
 	}
 	// Exec returns the whole result at once: its first byte and its end
 	// reach the caller at the same moment.
-	return done, done, nil
+	return timings{first: done, done: done}, nil
 }
 
 // firstByteClock is a stdout sink that remembers when the first byte came.
