@@ -3,7 +3,13 @@ package lockbox
 import (
 	"context"
 	"io"
+	"sync"
 )
+
+// copyBufs are the buffers WriteTo reads into: one library call moves up
+// to one agent data chunk (256 KiB), and execs should not allocate two of
+// them each.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
 
 // streamRef owns a stream handle and adapts it to io.Reader / io.Writer.
 type streamRef struct{ ref *handleRef }
@@ -60,7 +66,9 @@ func (r *streamReader) Read(p []byte) (int, error) { return r.s.read(r.ctx, r.op
 
 // WriteTo lets io.Copy read in large chunks straight from the library.
 func (r *streamReader) WriteTo(w io.Writer) (int64, error) {
-	buf := make([]byte, 256<<10)
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
 	var total int64
 	for {
 		n, err := r.s.read(r.ctx, r.op, buf)
