@@ -3,7 +3,7 @@
 //! how it ended.
 
 use std::ffi::CString;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -349,11 +349,4 @@ pub async fn run(agent: &Agent, conn: &Rc<Conn>, id: u32, req: ExecRequest, io: 
             timed_out,
         },
     );
-}
-
-/// Adopts a raw fd (used by tests of this module's helpers).
-#[allow(dead_code)]
-fn owned(fd: i32) -> OwnedFd {
-    // SAFETY: caller passes an fd it owns.
-    unsafe { OwnedFd::from_raw_fd(fd) }
 }
