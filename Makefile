@@ -28,14 +28,24 @@ help:
 deps:
 	@bash scripts/deps.sh
 
-include mk/*.mk
+# Order matters: cheap static checks first, then each area.
+include mk/checks.mk mk/spine.mk mk/agent.mk mk/engine.mk mk/images.mk mk/installer.mk mk/bench.mk
 
 build: deps
 	cargo build --release --locked -p lockbox-ffi -p lockbox-agent -p lockbox-installer
 
+# Runs every step even after a failure, so one run shows every problem;
+# exits non-zero if any step failed.
 test: deps
-	@for s in $(TEST_STEPS); do echo "==> $$s"; $(MAKE) --no-print-directory $$s; done
-	@echo "==> all test steps passed"
+	@failed=""; start=$$(date +%s); \
+	for s in $(TEST_STEPS); do \
+	  t0=$$(date +%s); echo "==> $$s"; \
+	  if $(MAKE) --no-print-directory $$s; then echo "<== $$s ok ($$(( $$(date +%s) - t0 ))s)"; \
+	  else echo "<== $$s FAILED"; failed="$$failed $$s"; fi; \
+	done; \
+	echo "==> test steps took $$(( $$(date +%s) - start ))s"; \
+	if [ -n "$$failed" ]; then echo "==> FAILED steps:$$failed"; exit 1; fi; \
+	echo "==> all test steps passed"
 
 bench: deps
 	@for s in $(BENCH_STEPS); do echo "==> $$s"; $(MAKE) --no-print-directory $$s; done

@@ -51,7 +51,11 @@ pub struct RootfsSpec {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum MountSpec {
     /// Bind a host path (file or directory) at `target` inside.
-    Bind { source: String, target: String, read_only: bool },
+    Bind {
+        source: String,
+        target: String,
+        read_only: bool,
+    },
     /// A fresh tmpfs at `target` of at most `size_mib`.
     Tmpfs { target: String, size_mib: u64 },
 }
