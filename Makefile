@@ -50,6 +50,11 @@ test: deps
 bench: deps
 	@for s in $(BENCH_STEPS); do echo "==> $$s"; $(MAKE) --no-print-directory $$s; done
 
+# build -> images -> signed release in dist/ -> HTTP on 127.0.0.1 ->
+# EnsureInstalled into a fresh LOCKBOX_HOME -> a real sandbox.
+run: deps
+	@bash scripts/run.sh
+
 fmt:
 	cargo fmt --all
 	gofmt -w go examples tests
