@@ -14,7 +14,7 @@ BENCH_ROOTFS_DEV := $(BUILD)/bench-rootfs
 BASE_ROOTFS   := $(BUILD)/images/base/rootfs
 PYTHON_ROOTFS := $(BUILD)/images/python/rootfs
 # Dev builds load the library straight from the cargo output; sandbox
-# state goes under build/ (the default under a 0700 /root trips the engine).
+# state goes under build/, apart from the user's own.
 BENCH_LIB    := $(RELEASE_DIR)/liblockbox.so
 BENCH_HOME   := $(BENCH_WORK)/home
 
@@ -88,9 +88,7 @@ EXAMPLES_WORK := $(BUILD)/examples
 .PHONY: test-examples
 test-examples: image-base release
 	@mkdir -p $(EXAMPLES_WORK); rm -f $(EXAMPLES_WORK)/url
-	@# 0755: mktemp's 0700 makes sandbox setup fail (EACCES mounting under
-	@# LOCKBOX_HOME, as with the default under a 0700 /root); see the report.
-	@home=$$(mktemp -d /tmp/lockbox-examples.XXXXXX); chmod 755 $$home; \
+	@home=$$(mktemp -d /tmp/lockbox-examples.XXXXXX); \
 	scripts/serve-dist $(DIST) -url-file $(EXAMPLES_WORK)/url -q >/dev/null & pid=$$!; \
 	trap 'kill $$pid 2>/dev/null; rm -rf "$$home"' EXIT; \
 	for i in $$(seq 600); do [ -s $(EXAMPLES_WORK)/url ] && break; sleep 0.1; done; \
