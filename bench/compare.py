@@ -518,6 +518,9 @@ def write_markdown(path: Path, cases: list[Case], machine, args, plot_note: str,
             "and library loading happen once per program, not per sandbox, and are "
             "not included.",
             "- Cold means a new sandbox/container per run; the page cache is warm.",
+            "- Lockbox is this tree's build: `make build`'s target/release/liblockbox.so "
+            "(LOCKBOX_LIB) with the lockbox-helper next to it; the version row below names "
+            "the commit.",
             "", "## Machine", "", "| | |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in machine] + [""]
     out += ["## Plot", "", plot_note, ""]

@@ -46,7 +46,7 @@ type runLine struct {
 
 type readyLine struct {
 	Ready   bool   `json:"ready"`
-	Version string `json:"version,omitempty"`
+	Version string `json:"version,omitempty"` // library version, commit, profile, path
 	Error   string `json:"error,omitempty"`
 	// What the engine reports it enforces on this machine, so that the
 	// comparison describes Lockbox's isolation from facts, not claims.
@@ -112,6 +112,9 @@ func main() {
 		os.Exit(1)
 	}
 	ready := readyLine{Ready: true, Version: lockbox.Version}
+	if v, err := lockbox.LibraryVersion(ctx); err == nil {
+		ready.Version = fmt.Sprintf("%s (commit %s, %s build, %s)", v.Version, v.GitCommit, v.Profile, v.Path)
+	}
 	if info, err := b.describe(ctx); err == nil {
 		ready.Enforced, ready.NotEnforced = info.Enforced, info.NotEnforced
 	}
