@@ -70,7 +70,10 @@ impl Session {
     pub(crate) fn new(reference: Reference, opts: PullOptions) -> Result<Self> {
         let http = Client::builder()
             .connect_timeout(Duration::from_secs(30))
-            .timeout(None)
+            // reqwest's blocking timeout bounds the headers and each body
+            // read, not the whole transfer: a stalled registry fails after
+            // a minute, a slow but live one may take as long as it needs.
+            .timeout(Duration::from_secs(60))
             .user_agent(concat!("lockbox/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(net)?;

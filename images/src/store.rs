@@ -358,6 +358,13 @@ impl ImageStore {
             std::fs::remove_dir_all(ent.path()).ctx("remove", &ent.path())?;
             report.removed_temp_dirs += 1;
         }
+        // No unpack runs under the exclusive lock: every digest lock file
+        // is free to go.
+        let locks = self.root.join("locks");
+        for ent in std::fs::read_dir(&locks).ctx("readdir", &locks)? {
+            let ent = ent.ctx("readdir", &locks)?;
+            let _ = std::fs::remove_file(ent.path());
+        }
         let named: Vec<Digest> = refs::all(&self.refs_dir())?
             .into_iter()
             .map(|r| r.digest)
