@@ -21,6 +21,7 @@ import os
 import platform
 import random
 import re
+import select
 import shutil
 import statistics
 import subprocess
@@ -33,6 +34,10 @@ from pathlib import Path
 # The same PATH inside every sandbox, so every tool resolves `echo` and
 # `python3` to the same binaries of the root filesystem.
 GUEST_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
+
+# A run that takes longer than this is hung: it is killed and counted as a
+# failure, so that one stuck tool cannot stall the whole comparison.
+RUN_TIMEOUT_S = 120
 
 # After this many failed runs a tool is dropped from a case and reported as
 # failing, with the last error, instead of being retried forever.
@@ -105,10 +110,10 @@ class ProcessRunner:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=err)
             fd = proc.stdout.fileno()
-            first = os.read(fd, 65536)
+            first = read_or_kill(proc, fd)
             t1 = time.perf_counter_ns()
             out = first
-            while chunk := os.read(fd, 65536):
+            while chunk := read_or_kill(proc, fd):
                 out += chunk
             rc = proc.wait()
             t2 = time.perf_counter_ns()
@@ -119,6 +124,16 @@ class ProcessRunner:
                 msg = err.read().decode(errors="replace").strip()
                 raise RunFailed(f"exit {rc}, stdout {out!r}, stderr {msg[:300]!r}")
         return Sample(t1 - t0, t2 - t0)
+
+
+def read_or_kill(proc: subprocess.Popen, fd: int) -> bytes:
+    """os.read with a deadline; a hung tool is killed, not waited for."""
+    ready, _, _ = select.select([fd], [], [], RUN_TIMEOUT_S)
+    if not ready:
+        proc.kill()
+        proc.wait()
+        raise RunFailed(f"no output within {RUN_TIMEOUT_S} s; killed")
+    return os.read(fd, 65536)
 
 
 class OciRunner(ProcessRunner):
@@ -202,6 +217,13 @@ class LockboxRunner:
         assert self.proc is not None
         self.proc.stdin.write("\n")
         self.proc.stdin.flush()
+        # One request, one line back: nothing sits in the pipe's buffer, so
+        # select sees the line's arrival.
+        ready, _, _ = select.select([self.proc.stdout], [], [], RUN_TIMEOUT_S)
+        if not ready:
+            self.proc.kill()
+            self.proc.wait()
+            raise RunFailed(f"the driver did not answer within {RUN_TIMEOUT_S} s; killed")
         line = self.proc.stdout.readline()
         if not line:
             raise RunFailed("driver exited: " + self.proc.stderr.read().strip()[-400:])
