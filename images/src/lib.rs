@@ -24,6 +24,7 @@ mod docker_archive;
 mod error;
 mod fsutil;
 mod lock;
+mod meter;
 mod oci;
 mod oci_layout;
 mod options;

@@ -20,6 +20,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,7 @@ use tar::EntryType;
 
 use crate::cancel::Cancel;
 use crate::error::{ImageError, IoContext, Result};
+use crate::meter::{Meter, MeteredReader, METADATA_LIMIT};
 use crate::options::StoreOptions;
 use crate::safe_path::{clean_relative, prepare_parents, remove_any};
 
@@ -78,15 +80,27 @@ impl<'a> Unpacker<'a> {
 
     /// Applies one uncompressed tar stream.
     pub(crate) fn apply<R: Read>(&mut self, reader: R, kind: LayerKind) -> Result<()> {
-        let mut archive = tar::Archive::new(reader);
+        let meter = Rc::new(Meter::default());
+        let mut archive = tar::Archive::new(MeteredReader {
+            inner: reader,
+            meter: meter.clone(),
+        });
         let mut this_layer: HashSet<PathBuf> = HashSet::new();
-        let entries = archive
-            .entries()
-            .map_err(|e| ImageError::invalid_image(format!("reading tar: {e}")))?;
-        for entry in entries {
+        let read_err = |e: io::Error| {
+            if meter.tripped() {
+                ImageError::TooLarge(e.to_string())
+            } else {
+                ImageError::invalid_image(format!("reading tar: {e}"))
+            }
+        };
+        let mut entries = archive.entries().map_err(read_err)?;
+        loop {
             self.cancel.check()?;
-            let mut entry =
-                entry.map_err(|e| ImageError::invalid_image(format!("reading tar: {e}")))?;
+            meter.arm(METADATA_LIMIT);
+            let next = entries.next();
+            meter.disarm();
+            let Some(entry) = next else { break };
+            let mut entry = entry.map_err(read_err)?;
             self.stats.entries += 1;
             if self.stats.entries > self.opts.max_entries {
                 return Err(ImageError::TooLarge(format!(

@@ -223,3 +223,40 @@ fn hard_link_to_a_missing_file_is_refused() {
     assert_eq!(r.as_ref().unwrap_err().code(), "invalid_argument");
     assert_refused(&env, r, "not a file in the image");
 }
+
+#[test]
+fn huge_long_name_record_is_refused_without_reading_it_into_memory() {
+    // A GNU long-name record declaring 64 MiB (zeros: a tiny zstd file).
+    // The tar reader would buffer it whole; the store stops it at 4 MiB.
+    let env = Env::new();
+    let size: u64 = 64 << 20;
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::GNULongName);
+    h.set_path("././@LongLink").unwrap();
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append(&h, std::io::Read::take(std::io::repeat(0), size))
+        .unwrap();
+    let mut f = tar::Header::new_gnu();
+    f.set_entry_type(tar::EntryType::Regular);
+    f.set_path("f").unwrap();
+    f.set_size(0);
+    f.set_cksum();
+    b.append(&f, std::io::empty()).unwrap();
+    let packed = common::zstd(&b.into_inner().unwrap());
+    assert!(
+        packed.len() < 1 << 20,
+        "the bomb should be small: {}",
+        packed.len()
+    );
+    let archive = write(&env.path("bomb.tar.zst"), &packed);
+    let err = env
+        .store()
+        .import_archive(&archive, None, None, &Cancel::never())
+        .unwrap_err();
+    assert_eq!(err.code(), "resource_exhausted", "{err}");
+    assert!(err.to_string().contains("metadata record"), "{err}");
+    env.assert_outside_untouched();
+}
