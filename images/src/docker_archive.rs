@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
+use std::rc::Rc;
 
 use serde::Deserialize;
 
@@ -12,6 +13,7 @@ use crate::archive::{unpack_checked_layer, LayerCheck};
 use crate::config::ImageConfig;
 use crate::digest::Digest;
 use crate::error::{ImageError, IoContext, Result};
+use crate::meter::{Meter, MeteredReader, METADATA_LIMIT};
 use crate::oci::{self, MAX_JSON};
 use crate::unpack::Unpacker;
 
@@ -35,15 +37,26 @@ struct Entry {
 
 fn index_members(tarball: &Path) -> Result<HashMap<String, (u64, u64)>> {
     let file = File::open(tarball).ctx("open", tarball)?;
-    let mut archive = tar::Archive::new(file);
+    let meter = Rc::new(Meter::default());
+    let mut archive = tar::Archive::new(MeteredReader {
+        inner: file,
+        meter: meter.clone(),
+    });
     let mut members = HashMap::new();
-    let entries = archive
-        .entries_with_seek()
-        .map_err(|e| ImageError::invalid_image(format!("reading {}: {e}", tarball.display())))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| {
+    let read_err = |e: std::io::Error| {
+        if meter.tripped() {
+            ImageError::TooLarge(format!("{}: {e}", tarball.display()))
+        } else {
             ImageError::invalid_image(format!("reading {}: {e}", tarball.display()))
-        })?;
+        }
+    };
+    let mut entries = archive.entries_with_seek().map_err(read_err)?;
+    loop {
+        meter.arm(METADATA_LIMIT);
+        let next = entries.next();
+        meter.disarm();
+        let Some(entry) = next else { break };
+        let entry = entry.map_err(read_err)?;
         if !entry.header().entry_type().is_file() {
             continue;
         }

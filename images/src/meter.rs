@@ -8,7 +8,7 @@
 //! finding the next entry is capped here.
 
 use std::cell::Cell;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::rc::Rc;
 
 /// Metadata between two entries (long names, pax records, padding).
@@ -61,5 +61,12 @@ impl<R: Read> Read for MeteredReader<R> {
         let n = self.inner.read(buf)?;
         m.count.set(m.count.get() + n as u64);
         Ok(n)
+    }
+}
+
+/// Seeks (skipping member data) are not metadata and are not counted.
+impl<R: Seek> Seek for MeteredReader<R> {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        self.inner.seek(pos)
     }
 }

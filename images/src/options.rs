@@ -70,7 +70,7 @@ impl Default for StoreOptions {
         StoreOptions {
             ownership: Ownership::for_current_user(),
             max_unpacked_bytes: 16 << 30,
-            max_entries: 2_000_000,
+            max_entries: 1_000_000,
         }
     }
 }

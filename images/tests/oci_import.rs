@@ -231,3 +231,31 @@ fn layers_must_match_the_configs_diff_ids() {
     assert!(err.to_string().contains("diff_id"), "{err}");
     env.assert_outside_untouched();
 }
+
+#[test]
+fn docker_archive_with_a_huge_metadata_record_is_refused() {
+    let env = Env::new();
+    let size: u64 = 64 << 20;
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::GNULongName);
+    h.set_path("././@LongLink").unwrap();
+    h.set_size(size);
+    h.set_cksum();
+    b.append(&h, std::io::Read::take(std::io::repeat(b'a'), size))
+        .unwrap();
+    let mut m = tar::Header::new_gnu();
+    m.set_entry_type(tar::EntryType::Regular);
+    m.set_path("manifest.json").unwrap();
+    m.set_size(2);
+    m.set_cksum();
+    b.append(&m, &b"[]"[..]).unwrap();
+    let gz = env.path("bomb.tar.gz");
+    std::fs::write(&gz, common::gzip(&b.into_inner().unwrap())).unwrap();
+    let err = env
+        .store()
+        .import_docker_archive(&gz, None, None, &Cancel::never())
+        .unwrap_err();
+    assert_eq!(err.code(), "resource_exhausted", "{err}");
+    env.assert_outside_untouched();
+}
