@@ -31,8 +31,10 @@ const (
 	CodeLibraryNotLoaded Code = "library_not_loaded"
 )
 
-// Sentinel errors for errors.Is. Every error this package returns is an
-// *Error whose Code selects one of these.
+// Sentinel errors for errors.Is. Errors from the engine and the loader are
+// an *Error whose Code selects one of these; EnsureInstalled's errors wrap
+// ErrVerification, ErrReleaseNotFound, ErrDownload, ErrNoReleaseURL or
+// ErrNotInstalled (and the context's error when it ended the install).
 var (
 	ErrNotFound          = errors.New("lockbox: not found")
 	ErrAlreadyExists     = errors.New("lockbox: already exists")
