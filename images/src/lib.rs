@@ -23,6 +23,7 @@ mod digest;
 mod docker_archive;
 mod error;
 mod fsutil;
+mod imports;
 mod lock;
 mod meter;
 mod oci;
