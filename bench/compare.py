@@ -468,6 +468,30 @@ def table(case: Case) -> list[str]:
     return lines
 
 
+def summary(cases: list[Case]) -> list[str]:
+    """One line per case, in words: faster or slower than each peer."""
+    lines = []
+    for c in cases:
+        lb = next((r for r in c.results if r.label == "lockbox" and r.samples), None)
+        if c.skipped or lb is None:
+            continue
+        a = statistics.median(lb.values_ms(c.metric))
+        parts = []
+        for r in c.results:
+            if r is lb or not r.samples or r.label.startswith("host"):
+                continue
+            b = statistics.median(r.values_ms(c.metric))
+            parts.append(f"{a / b:.2f}× the time of {r.label} ({b / a:.1f}× faster)" if a < b
+                         else f"{a / b:.2f}× the time of {r.label} ({a / b:.1f}× slower)")
+        if parts:
+            lines.append(f"- {c.title}: Lockbox median {a:.2f} ms, " + "; ".join(parts) + ".")
+    if lines:
+        lines.append("- Peer figures include spawning the tool's binary from the harness "
+                     "(the host spawn floor row); Lockbox's are timed inside one Go process "
+                     "and do not. See \"How it is measured\".")
+    return ["## Summary", "", *lines, ""] if lines else []
+
+
 def lockbox_split(case: Case) -> list[str]:
     """Where Lockbox's cold time goes, from the driver's own timestamps."""
     lb = next((r for r in case.results if r.label == "lockbox" and r.samples), None)
@@ -501,6 +525,7 @@ def write_markdown(path: Path, cases: list[Case], machine, args, plot_note: str,
            "(one run of each tool per round, the order rotating every round) after "
            f"{args.warmup} unrecorded warm-up runs. Median and p90 are nearest-rank. "
            "A ratio below 1 means Lockbox is faster than that tool.", ""]
+    out += summary(cases)
     for c in cases:
         out += [f"## {c.title}", ""]
         if c.skipped:
