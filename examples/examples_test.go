@@ -72,7 +72,8 @@ var rootless = []struct {
 	{"memory-limit", []string{
 		// Without cgroup delegation the limit cannot be enforced: then the
 		// example must say so, with the engine's reason.
-		`(?s)memory limit enforced: true\n|memory limit enforced: false\n.*not enforced: memory \(`,
+		`(?s)memory limit enforced: true\n.*the allocation was stopped: |` +
+			`memory limit enforced: false\n.*not enforced: memory \(`,
 		`(?m)^afterwards the sandbox says: still alive$`,
 	}},
 	{"fanout", []string{`(?m)^20 sandboxes answered$`}},

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log"
 	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -42,9 +43,9 @@ func main() {
 		fmt.Printf("not enforced: %s (%s)\n", ne.Feature, ne.Reason)
 	}
 
-	// awk doubles a string until it no longer fits: around 32 MiB in, at
-	// the limit, the kernel's OOM killer ends it with SIGKILL.
-	res, err := sb.Exec(ctx, "awk", `BEGIN { s = "x"; for (i = 0; i < 40; i++) s = s s; print length(s) }`)
+	// awk doubles a string up to 128 MiB, four times the limit: around
+	// 32 MiB in, the kernel's OOM killer ends it with SIGKILL.
+	res, err := sb.Exec(ctx, "awk", `BEGIN { s = "x"; for (i = 0; i < 27; i++) s = s s; print length(s) }`)
 	if err != nil {
 		log.Fatalf("exec: %v", err)
 	}
@@ -55,7 +56,8 @@ func main() {
 	case res.ExitCode != 0:
 		fmt.Printf("the allocation was stopped: exit code %d, stderr %q\n", res.ExitCode, res.Stderr)
 	default:
-		fmt.Printf("the allocation was NOT stopped: %s", res.Stdout)
+		fmt.Printf("the allocation was NOT stopped (no limit in force): a string of %s bytes\n",
+			strings.TrimSpace(string(res.Stdout)))
 	}
 	// The cgroup remembers the high-water mark: right at the limit.
 	if m, err := sb.Metrics(ctx); err == nil && m.MemoryPeakBytes > 0 {
