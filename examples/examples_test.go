@@ -29,6 +29,8 @@ var examples = []struct {
 	{"streaming", nil, []string{
 		`(?m)^tick 1$`, `(?m)^tick 5$`, `(?m)^done$`,
 		`(?m)^output arrived in ([2-9]|\d\d+) separate writes$`,
+		`(?m)^\[stdout\] compiling$`, `(?m)^\[stderr\] warning: unused variable$`,
+		`(?m)^\[stdout\] linked$`, `(?m)^\[exit\] code 2$`,
 	}},
 	{"cmd-stdin", nil, []string{
 		`(?m)^tr said: UNTRUSTED INPUT, SHOUTED BACK$`,

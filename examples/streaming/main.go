@@ -3,7 +3,8 @@
 //	go run ./streaming
 //
 // A Cmd works like os/exec.Cmd: set Stdout to any io.Writer and the
-// sandboxed process's output is copied there as it is produced.
+// sandboxed process's output is copied there as it is produced. ExecStream
+// gives the same output as a channel of events instead.
 package main
 
 import (
@@ -43,6 +44,27 @@ func main() {
 	// Had the output been collected and handed over at the end, it would
 	// have come in one write; streamed, it comes as it is produced.
 	fmt.Printf("output arrived in %d separate writes\n", out.writes())
+
+	// ExecStream is the lower-level form: one event per chunk of output,
+	// tagged with the stream it came from, and the exit status last.
+	stream, err := sb.ExecStream(ctx, []string{"sh", "-c",
+		`echo compiling; sleep 0.1; echo "warning: unused variable" >&2; sleep 0.1; echo linked; exit 2`})
+	if err != nil {
+		log.Fatalf("exec stream: %v", err)
+	}
+	for ev := range stream.Events() {
+		switch ev.Kind {
+		case lockbox.EventStdout:
+			fmt.Printf("[stdout] %s", ev.Data)
+		case lockbox.EventStderr:
+			fmt.Printf("[stderr] %s", ev.Data)
+		case lockbox.EventExit:
+			if ev.Err != nil {
+				log.Fatalf("exec stream: %v", ev.Err)
+			}
+			fmt.Printf("[exit] code %d\n", ev.Exit.ExitCode)
+		}
+	}
 }
 
 // countingWriter passes bytes on and counts the writes. Stdout and Stderr
