@@ -53,6 +53,6 @@ test-escape-rootless: engine-release image-base
 bench-engine: engine-release image-base
 	@rm -rf $(ENGINE_SCRATCH)/bench-home && mkdir -p $(ENGINE_SCRATCH)/bench-home
 	cd tests && LOCKBOX_LIB=$(ENGINE_LIB) LOCKBOX_HELPER=$(ENGINE_HELPER) \
-	  LOCKBOX_IMAGES=$(ENGINE_IMAGES) LOCKBOX_HOME=$(ENGINE_SCRATCH)/bench-home \
+	  LOCKBOX_IMAGES=$(ENGINE_IMAGES) LOCKBOX_HOME=$(ENGINE_SCRATCH)/bench-home LOCKBOX_ENGINE_BENCH=1 \
 	  CGO_ENABLED=0 go test -count=1 -run '^TestEngineBench$$' -v -timeout 20m . 2>&1 | \
 	  grep -E '^(--- |PASS|FAIL|ok)|bench:' ; exit $${PIPESTATUS[0]}
