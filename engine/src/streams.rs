@@ -298,6 +298,7 @@ impl StreamWriter {
     }
 
     /// Half-close: the reader inside sees EOF. Idempotent.
+    /// (Dropping the writer does the same, like closing a pipe or file.)
     pub async fn close_write(&self) -> Result<()> {
         let mut st = self.state.lock().await;
         if st.closed {
@@ -305,5 +306,15 @@ impl StreamWriter {
         }
         st.closed = true;
         self.shared.send(Frame::eof(self.id, self.stream))
+    }
+}
+
+impl Drop for StreamWriter {
+    /// An abandoned writer ends its stream like a closed pipe, so the agent
+    /// never waits for bytes that will not come.
+    fn drop(&mut self) {
+        if !self.state.get_mut().closed {
+            let _ = self.shared.send(Frame::eof(self.id, self.stream));
+        }
     }
 }
