@@ -102,6 +102,12 @@ func (p *process) signal(sig syscall.Signal) error {
 	})
 }
 
+func (p *process) resize(rows, cols uint16) error {
+	return p.ref.use("exec.resize", func(h uint64) error {
+		return call(context.Background(), "exec.resize", "exec.resize", map[string]any{"exec": h, "rows": rows, "cols": cols}, nil)
+	})
+}
+
 func (p *process) close() {
 	_ = p.stdin.close()
 	_ = p.stdout.close()
@@ -263,6 +269,9 @@ func (e *ExecStream) Pid() int { return e.p.pid }
 
 // Signal sends sig to the process (and its process group).
 func (e *ExecStream) Signal(sig syscall.Signal) error { return e.p.signal(sig) }
+
+// Resize changes the terminal size of a process started WithTTY.
+func (e *ExecStream) Resize(rows, cols uint16) error { return e.p.resize(rows, cols) }
 
 // Wait drains the remaining events and returns the exit status.
 func (e *ExecStream) Wait() (ExitStatus, error) {

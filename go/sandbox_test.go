@@ -522,3 +522,35 @@ func TestUserWorkdirHostnameAndReadOnlyVolume(t *testing.T) {
 		t.Fatalf("unknown user: %v", err)
 	}
 }
+
+func TestExecStreamWithTTY(t *testing.T) {
+	sb := newSandbox(t)
+	es, err := sb.ExecStream(context.Background(), []string{"sh", "-c", "stty size; read x; stty size"}, WithTTY(24, 80))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []byte
+	resized := false
+	for ev := range es.Events() {
+		switch ev.Kind {
+		case EventStdout:
+			out = append(out, ev.Data...)
+			if !resized && strings.Contains(string(out), "24 80") {
+				resized = true
+				if err := es.Resize(40, 100); err != nil {
+					t.Fatal(err)
+				}
+				io.WriteString(es.Stdin(), "go\n")
+			}
+		case EventStderr:
+			t.Fatalf("stderr event with a tty: %q", ev.Data)
+		case EventExit:
+			if ev.Err != nil || ev.Exit.ExitCode != 0 {
+				t.Fatalf("exit: %+v", ev)
+			}
+		}
+	}
+	if !strings.Contains(string(out), "24 80") || !strings.Contains(string(out), "40 100") {
+		t.Fatalf("tty output %q", out)
+	}
+}
