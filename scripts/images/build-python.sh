@@ -43,6 +43,13 @@ rm -rf "$r"/usr/share/{doc,man,info,lintian,linda,locale}/* \
        "$r"/var/log/* "$r"/dev/* "$r"/tmp/* "$r"/run/* \
        "$r"/etc/resolv.conf "$r"/etc/hostname "$r"/etc/machine-id
 find "$r/var/log" "$r/var/cache" -depth -mindepth 1 -type f -delete 2>/dev/null || true
+# Reproducibility: password ages count days since the epoch (the build
+# day), and the *- files are backups of the previous state.
+day=$((SOURCE_DATE_EPOCH / 86400))
+for f in shadow gshadow; do
+  [ -f "$r/etc/$f" ] && sed -i -E "s/^([^:]*:[^:]*:)[0-9]+:/\1$day:/" "$r/etc/$f"
+done
+rm -f "$r"/etc/{passwd,group,shadow,gshadow,subuid,subgid}-
 # setuid/setgid bits are useless under no_new_privs and the store drops
 # them anyway; the dev rootfs should not carry them either.
 find "$r" -xdev -type f -perm /6000 -exec chmod ug-s {} +
