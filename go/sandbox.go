@@ -2,6 +2,7 @@ package lockbox
 
 import (
 	"context"
+	"errors"
 	"time"
 )
 
@@ -153,7 +154,18 @@ func (s *Sandbox) Remove(ctx context.Context) error {
 }
 
 // Close releases the handle. A sandbox made without WithDetached is
-// stopped and removed; a detached one keeps running. Safe to call twice.
+// stopped and removed (Close returns once it is gone); a detached one keeps
+// running. Safe to call twice.
 func (s *Sandbox) Close() error {
-	return s.ref.close("sandbox.close")
+	err := s.ref.use("sandbox.close", func(h uint64) error {
+		return call(context.Background(), "sandbox.close", "sandbox.close", map[string]uint64{"handle": h}, nil)
+	})
+	if cerr := s.ref.close("sandbox.close"); err == nil {
+		err = cerr
+	}
+	if errors.Is(err, ErrNotFound) {
+		// Already closed: closing twice is fine.
+		return nil
+	}
+	return err
 }

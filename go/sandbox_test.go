@@ -458,14 +458,21 @@ func TestCloseRemovesNonDetached(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sb.Close()
-	sb.Close()
-	for i := 0; i < 100; i++ {
-		if _, err = os.Stat(filepath.Join(stateHome(), "sandboxes", "close-test")); os.IsNotExist(err) {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
+	if err := sb.Close(); err != nil {
+		t.Fatal(err)
 	}
+	if err := sb.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	// Close returned once the sandbox was gone: the name is free at once.
+	if _, err = os.Stat(filepath.Join(stateHome(), "sandboxes", "close-test")); !os.IsNotExist(err) {
+		t.Fatalf("sandbox dir after Close: %v", err)
+	}
+	sb2, err := CreateSandbox(ctx, WithName("close-test"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb2.Close()
 	if _, err = GetSandbox(ctx, "close-test"); errors.Is(err, ErrNotFound) {
 		return
 	}

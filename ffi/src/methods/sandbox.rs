@@ -18,6 +18,7 @@ pub fn register(t: &mut Table) {
     t.add("sandbox.metrics", metrics);
     t.add("sandbox.stop", stop);
     t.add("sandbox.kill", kill);
+    t.add("sandbox.close", close);
 }
 
 impl From<EngineError> for ApiError {
@@ -51,15 +52,44 @@ pub(crate) fn engine() -> Result<Arc<Engine>, ApiError> {
 pub struct SandboxObj {
     pub sb: Arc<Sandbox>,
     engine: Arc<Engine>,
+    /// Set once the engine-side close has been started (by `sandbox.close`
+    /// or by the drop): it runs exactly once per handle.
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl SandboxObj {
+    fn start_close(&self) -> Option<tokio::task::JoinHandle<()>> {
+        if self.closed.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return None;
+        }
+        let (sb, engine) = (self.sb.clone(), self.engine.clone());
+        Some(crate::runtime::runtime().spawn(async move {
+            let _ = engine.close(&sb).await;
+        }))
+    }
 }
 
 impl Drop for SandboxObj {
     fn drop(&mut self) {
-        let (sb, engine) = (self.sb.clone(), self.engine.clone());
-        crate::runtime::runtime().spawn(async move {
-            let _ = engine.close(&sb).await;
-        });
+        self.start_close();
     }
+}
+
+/// Closes a sandbox handle and waits until the engine has finished with it
+/// (a non-detached sandbox is then gone), unlike `lockbox_close`, which
+/// returns at once and finishes in the background. If the call is
+/// canceled, the close still completes in the background.
+fn close(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
+    let p: HandleParams = params("sandbox.close", p)?;
+    if let Some(obj) = registry::global().take::<SandboxObj>(p.handle, Kind::Sandbox)? {
+        if let Some(task) = obj.start_close() {
+            ctx.block_on(async {
+                task.await
+                    .map_err(|e| ApiError::internal(format!("close task failed: {e}")))
+            })?;
+        }
+    }
+    Ok(json!({}))
 }
 
 pub(crate) fn sandbox(h: u64) -> Result<Arc<Sandbox>, ApiError> {
@@ -71,7 +101,14 @@ pub(crate) fn sandbox(h: u64) -> Result<Arc<Sandbox>, ApiError> {
 
 fn issue(engine: Arc<Engine>, sb: Arc<Sandbox>) -> Result<Value, ApiError> {
     let info = sb.info().map_err(api)?;
-    let h = registry::global().insert(Kind::Sandbox, Arc::new(SandboxObj { sb, engine }));
+    let h = registry::global().insert(
+        Kind::Sandbox,
+        Arc::new(SandboxObj {
+            sb,
+            engine,
+            closed: Default::default(),
+        }),
+    );
     Ok(json!({ "handle": h, "name": info.name, "id": info.id, "info": info }))
 }
 
