@@ -56,12 +56,18 @@ func TestExecCollectsOutputAndExitCode(t *testing.T) {
 
 func TestExecMissingBinaryIsClear(t *testing.T) {
 	sb := newSandbox(t)
-	res, err := sb.Exec(context.Background(), "/no/such/program")
-	if err == nil && res.ExitCode != 127 {
-		t.Fatalf("missing binary: %+v", res)
+	for _, name := range []string{"/no/such/program", "no-such-program-in-path"} {
+		_, err := sb.Exec(context.Background(), name)
+		if !errors.Is(err, ErrNotFound) {
+			t.Fatalf("exec %s: want ErrNotFound, got %v", name, err)
+		}
+		if !strings.Contains(err.Error(), "no-such-program") && !strings.Contains(err.Error(), "/no/such") {
+			t.Fatalf("error does not name the program: %v", err)
+		}
 	}
-	if err != nil && !errors.Is(err, ErrNotFound) {
-		t.Fatalf("missing binary: want ErrNotFound, got %v", err)
+	// The sandbox is fine afterwards.
+	if res, err := sb.Exec(context.Background(), "true"); err != nil || res.ExitCode != 0 {
+		t.Fatalf("after a failed exec: %v", err)
 	}
 }
 
