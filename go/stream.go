@@ -12,37 +12,21 @@ import (
 // streamRead reads into buf from stream handle h: at least one byte, or
 // io.EOF at the end of the stream.
 func streamRead(ctx context.Context, op string, h uint64, buf []byte) (int, error) {
-	if len(buf) == 0 {
-		return 0, nil
-	}
-	l, err := lib()
-	if err != nil {
-		return 0, withOp(err, op)
-	}
-	if err := ctx.Err(); err != nil {
-		return 0, ctxError(op, err)
-	}
-	o := outPool.Get().(*outParams)
-	defer outPool.Put(o)
-	c := l.arm(ctx)
-	st, _, _ := purego.SyscallN(l.fnStreamRead, uintptr(h),
-		uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)), uintptr(c.id()),
-		uintptr(unsafe.Pointer(&o.n)), uintptr(unsafe.Pointer(&o.ptr)), uintptr(unsafe.Pointer(&o.len)))
-	runtime.KeepAlive(buf)
-	l.disarm(c)
-	if int32(st) != statusOK {
-		return 0, l.errorFrom(ctx, op, o, st)
-	}
-	n := int(o.n)
-	o.n = 0
-	if n == 0 {
+	n, err := streamIO(ctx, op, h, buf, func(l *library) uintptr { return l.fnStreamRead })
+	if err == nil && n == 0 && len(buf) > 0 {
 		return 0, io.EOF
 	}
-	return n, nil
+	return n, err
 }
 
 // streamWrite writes all of p to stream handle h.
 func streamWrite(ctx context.Context, op string, h uint64, p []byte) (int, error) {
+	return streamIO(ctx, op, h, p, func(l *library) uintptr { return l.fnStreamWrite })
+}
+
+// streamIO makes one lockbox_stream_read or lockbox_stream_write call: both
+// take (handle, buf, len, cancel id, *n, *err, *err_len).
+func streamIO(ctx context.Context, op string, h uint64, p []byte, fn func(*library) uintptr) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
@@ -56,7 +40,7 @@ func streamWrite(ctx context.Context, op string, h uint64, p []byte) (int, error
 	o := outPool.Get().(*outParams)
 	defer outPool.Put(o)
 	c := l.arm(ctx)
-	st, _, _ := purego.SyscallN(l.fnStreamWrite, uintptr(h),
+	st, _, _ := purego.SyscallN(fn(l), uintptr(h),
 		uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), uintptr(c.id()),
 		uintptr(unsafe.Pointer(&o.n)), uintptr(unsafe.Pointer(&o.ptr)), uintptr(unsafe.Pointer(&o.len)))
 	runtime.KeepAlive(p)
