@@ -19,6 +19,7 @@ use std::sync::OnceLock;
 mod core;
 mod exec;
 mod fs;
+mod image;
 mod sandbox;
 mod volume;
 pub use self::core::version_json;
@@ -47,6 +48,7 @@ fn build_table() -> Table {
     sandbox::register(&mut t);
     exec::register(&mut t);
     fs::register(&mut t);
+    image::register(&mut t);
     volume::register(&mut t);
     #[cfg(feature = "test-hooks")]
     debug::register(&mut t);

@@ -1,0 +1,282 @@
+package lockbox
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"testing"
+	"time"
+)
+
+// staticBusybox finds the busybox of the dev base image (make image-base),
+// a static binary an image can carry without a libc.
+func staticBusybox(t *testing.T) []byte {
+	t.Helper()
+	roots := []string{filepath.Join("..", "build", "images")}
+	if r := os.Getenv("LOCKBOX_IMAGES"); r != "" {
+		roots = append([]string{r}, roots...)
+	}
+	for _, r := range roots {
+		if b, err := os.ReadFile(filepath.Join(r, "base", "rootfs", "bin", "busybox")); err == nil {
+			return b
+		}
+	}
+	t.Skip("no static busybox: run `make image-base`")
+	return nil
+}
+
+// writeOCILayout writes an OCI image layout by hand: one uncompressed
+// layer with busybox (as /bin/busybox, /bin/sh, /bin/cat) and
+// /etc/msg.txt, a config with Env and Cmd, a manifest and index.json.
+// refName, if set, is the manifest's ref-name annotation.
+func writeOCILayout(t *testing.T, dir string, busybox []byte, msg, refName string) {
+	t.Helper()
+	var layer bytes.Buffer
+	tw := tar.NewWriter(&layer)
+	for _, d := range []string{"bin/", "dev/", "etc/", "proc/", "sys/", "tmp/", "root/", "work/"} {
+		mode := int64(0o755)
+		if d == "tmp/" {
+			mode = 0o1777
+		}
+		must(t, tw.WriteHeader(&tar.Header{Name: d, Typeflag: tar.TypeDir, Mode: mode}))
+	}
+	files := []struct {
+		name string
+		mode int64
+		body []byte
+	}{{"bin/busybox", 0o755, busybox}, {"etc/msg.txt", 0o644, []byte(msg)}}
+	for _, f := range files {
+		must(t, tw.WriteHeader(&tar.Header{Name: f.name, Typeflag: tar.TypeReg, Mode: f.mode, Size: int64(len(f.body))}))
+		_, err := tw.Write(f.body)
+		must(t, err)
+	}
+	for _, l := range []string{"bin/sh", "bin/cat"} {
+		must(t, tw.WriteHeader(&tar.Header{Name: l, Typeflag: tar.TypeSymlink, Linkname: "busybox", Mode: 0o777}))
+	}
+	must(t, tw.Close())
+
+	blobs := filepath.Join(dir, "blobs", "sha256")
+	must(t, os.MkdirAll(blobs, 0o755))
+	type desc struct {
+		MediaType   string            `json:"mediaType"`
+		Digest      string            `json:"digest"`
+		Size        int               `json:"size"`
+		Annotations map[string]string `json:"annotations,omitempty"`
+	}
+	put := func(mediaType string, b []byte) desc {
+		sum := sha256.Sum256(b)
+		h := hex.EncodeToString(sum[:])
+		must(t, os.WriteFile(filepath.Join(blobs, h), b, 0o644))
+		return desc{MediaType: mediaType, Digest: "sha256:" + h, Size: len(b)}
+	}
+	toJSON := func(v any) []byte {
+		b, err := json.Marshal(v)
+		must(t, err)
+		return b
+	}
+	layerDesc := put("application/vnd.oci.image.layer.v1.tar", layer.Bytes())
+	config := put("application/vnd.oci.image.config.v1+json", toJSON(map[string]any{
+		"architecture": runtime.GOARCH,
+		"os":           "linux",
+		"config": map[string]any{
+			"Env": []string{"PATH=/bin", "MSG=imported"},
+			"Cmd": []string{"/bin/sh"},
+		},
+		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{layerDesc.Digest}},
+	}))
+	manifest := put("application/vnd.oci.image.manifest.v1+json", toJSON(map[string]any{
+		"schemaVersion": 2,
+		"mediaType":     "application/vnd.oci.image.manifest.v1+json",
+		"config":        config,
+		"layers":        []desc{layerDesc},
+	}))
+	if refName != "" {
+		manifest.Annotations = map[string]string{"org.opencontainers.image.ref.name": refName}
+	}
+	must(t, os.WriteFile(filepath.Join(dir, "index.json"), toJSON(map[string]any{
+		"schemaVersion": 2,
+		"manifests":     []desc{manifest},
+	}), 0o644))
+	must(t, os.WriteFile(filepath.Join(dir, "oci-layout"), []byte(`{"imageLayoutVersion":"1.0.0"}`), 0o644))
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func listed(t *testing.T, digest string) *ImageInfo {
+	t.Helper()
+	all, err := Images().List(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range all {
+		if all[i].Digest == digest {
+			return &all[i]
+		}
+	}
+	return nil
+}
+
+func TestImageImportRunRemove(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	bb := staticBusybox(t)
+	dir := t.TempDir()
+	// The message makes the content (and so the digest) unique to this run.
+	msg := fmt.Sprintf("hello from the layer %d %d\n", os.Getpid(), time.Now().UnixNano())
+	writeOCILayout(t, dir, bb, msg, "v1")
+	name := fmt.Sprintf("imgapi-test-%d", os.Getpid())
+
+	info, err := Images().Import(ctx, dir, WithImageName(name))
+	if err != nil {
+		t.Fatalf("Import: %v", err)
+	}
+	t.Cleanup(func() { _ = Images().Remove(context.Background(), info.Digest) })
+	if len(info.Digest) != len("sha256:")+64 || !slices.Contains(info.Names, name) {
+		t.Fatalf("Import: %+v", info)
+	}
+	if !slices.Contains(info.Config.Env, "MSG=imported") || !slices.Equal(info.Config.Cmd, []string{"/bin/sh"}) {
+		t.Fatalf("config not read: %+v", info.Config)
+	}
+	if info.Stats.Layers != 1 || info.Stats.Entries < 10 || info.Created.IsZero() {
+		t.Fatalf("stats: %+v created %v", info.Stats, info.Created)
+	}
+	if l := listed(t, info.Digest); l == nil || !slices.Contains(l.Names, name) {
+		t.Fatalf("List: %+v", l)
+	}
+	for _, key := range []string{name, info.Digest} {
+		got, err := Images().Inspect(ctx, key)
+		if err != nil || got.Digest != info.Digest || got.Rootfs != info.Rootfs {
+			t.Fatalf("Inspect(%s): %v %+v", key, err, got)
+		}
+	}
+
+	sb, err := CreateSandbox(ctx, WithImage(name))
+	if err != nil {
+		t.Fatalf("CreateSandbox(WithImage(%q)): %v", name, err)
+	}
+	defer sb.Remove(context.Background())
+	res, err := sb.Exec(ctx, "cat", "/etc/msg.txt")
+	if err != nil || res.ExitCode != 0 || string(res.Stdout) != msg {
+		t.Fatalf("cat in the imported image: %v %+v stdout %q stderr %q", err, res, res.Stdout, res.Stderr)
+	}
+
+	// In use: neither the name nor the content may go.
+	for _, key := range []string{name, info.Digest} {
+		wantCode(t, Images().Remove(ctx, key), CodeUnavailable, ErrUnavailable)
+	}
+	if got, err := Images().Inspect(ctx, name); err != nil || got.Digest != info.Digest {
+		t.Fatalf("after refused remove: %v %+v", err, got)
+	}
+
+	if err := sb.Remove(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := Images().Remove(ctx, name); err != nil {
+		t.Fatalf("Remove after the sandbox went: %v", err)
+	}
+	_, err = Images().Inspect(ctx, name)
+	wantCode(t, err, CodeNotFound, ErrNotFound)
+	if l := listed(t, info.Digest); l != nil {
+		t.Fatalf("still listed after its last name went: %+v", l)
+	}
+	if _, err := os.Stat(info.Rootfs); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("rootfs left behind: %v", err)
+	}
+}
+
+func TestImagePruneKeepsImagesInUse(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	bb := staticBusybox(t)
+	dir := t.TempDir()
+	msg := fmt.Sprintf("unnamed %d %d\n", os.Getpid(), time.Now().UnixNano())
+	writeOCILayout(t, dir, bb, msg, "")
+
+	// No name and no ref annotation: an unnamed image, what Prune collects.
+	info, err := Images().Import(ctx, dir)
+	if err != nil {
+		t.Fatalf("Import: %v", err)
+	}
+	t.Cleanup(func() { _ = Images().Remove(context.Background(), info.Digest) })
+	if len(info.Names) != 0 {
+		t.Fatalf("names: %v", info.Names)
+	}
+	sb, err := CreateSandbox(ctx, WithImage(info.Digest))
+	if err != nil {
+		t.Fatalf("CreateSandbox(WithImage(digest)): %v", err)
+	}
+	defer sb.Remove(context.Background())
+	res, err := sb.Exec(ctx, "cat", "/etc/msg.txt")
+	if err != nil || string(res.Stdout) != msg {
+		t.Fatalf("cat: %v %q", err, res.Stdout)
+	}
+
+	rep, err := Images().Prune(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(rep.KeptInUse, info.Digest) || slices.Contains(rep.Removed, info.Digest) {
+		t.Fatalf("prune with the sandbox live: %+v", rep)
+	}
+	if _, err := Images().Inspect(ctx, info.Digest); err != nil {
+		t.Fatalf("pruned while in use: %v", err)
+	}
+
+	if err := sb.Remove(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rep, err = Images().Prune(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(rep.Removed, info.Digest) {
+		t.Fatalf("prune after the sandbox went: %+v", rep)
+	}
+	_, err = Images().Inspect(ctx, info.Digest)
+	wantCode(t, err, CodeNotFound, ErrNotFound)
+}
+
+func TestImageBadInputIsTyped(t *testing.T) {
+	ctx := context.Background()
+	_, err := Images().Inspect(ctx, "imgapi-no-such-image")
+	wantCode(t, err, CodeNotFound, ErrNotFound)
+	_, err = Images().Inspect(ctx, "sha256:"+fmt.Sprintf("%064x", 7))
+	wantCode(t, err, CodeNotFound, ErrNotFound)
+	wantCode(t, Images().Remove(ctx, "imgapi-no-such-image"), CodeNotFound, ErrNotFound)
+
+	for _, ref := range []string{"Has Spaces", "example.com/UPPER/case:tag", "repo:bad:tag:", ""} {
+		_, err = Images().Pull(ctx, ref)
+		wantCode(t, err, CodeInvalidArgument, ErrInvalidArgument)
+	}
+	_, err = Images().Pull(ctx, "127.0.0.1:1/x", WithPlatform("not-a-platform"), WithPlainHTTP())
+	if err == nil {
+		t.Fatal("pull from a closed port succeeded")
+	}
+
+	_, err = Images().Import(ctx, filepath.Join(t.TempDir(), "missing"))
+	wantCode(t, err, CodeNotFound, ErrNotFound)
+	// A directory that is not an OCI layout, and a file that is not a tar.
+	empty := t.TempDir()
+	_, err = Images().Import(ctx, empty)
+	if err == nil {
+		t.Fatal("import of an empty dir succeeded")
+	}
+	junk := filepath.Join(empty, "junk.tar")
+	must(t, os.WriteFile(junk, []byte("not a tarball"), 0o644))
+	_, err = Images().Import(ctx, junk)
+	wantCode(t, err, CodeInvalidArgument, ErrInvalidArgument)
+}
