@@ -26,10 +26,15 @@ use crate::sandbox::StoredConfig;
 pub use lockbox_images::PullOptions;
 
 /// The store's error with its ABI code kept (`ImageError::code()` gives
-/// the same strings `ErrorCode` serializes to).
+/// the same strings `ErrorCode` serializes to). A registry that cannot be
+/// reached or answers with a server error is `unavailable` (worth a
+/// retry), not `internal`.
 fn image_error(e: ImageError) -> EngineError {
-    let code = serde_json::from_value::<ErrorCode>(serde_json::Value::from(e.code()))
+    let mut code = serde_json::from_value::<ErrorCode>(serde_json::Value::from(e.code()))
         .unwrap_or(ErrorCode::Internal);
+    if code == ErrorCode::Internal && matches!(&e, ImageError::Io { op: "http", .. }) {
+        code = ErrorCode::Unavailable;
+    }
     EngineError::new(code, format!("image: {e}"))
 }
 
@@ -247,5 +252,11 @@ mod tests {
         assert_eq!(e.code, ErrorCode::NotFound);
         let e = image_error(ImageError::TooLarge("x".into()));
         assert_eq!(e.code, ErrorCode::ResourceExhausted);
+        let e = image_error(ImageError::Io {
+            op: "http",
+            path: "http://127.0.0.1:1/v2/".into(),
+            source: std::io::Error::other("connection refused"),
+        });
+        assert_eq!(e.code, ErrorCode::Unavailable);
     }
 }
