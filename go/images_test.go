@@ -9,9 +9,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -313,5 +315,117 @@ func TestImagePullHonoursCancel(t *testing.T) {
 	}
 	if hits.Load() == 0 {
 		t.Fatal("the registry was never asked")
+	}
+}
+
+// startRegistry runs Debian's docker-registry on a free 127.0.0.1 port
+// (anonymous, plain HTTP) until the test ends, and returns its address.
+func startRegistry(t *testing.T) string {
+	t.Helper()
+	bin, err := exec.LookPath("docker-registry")
+	if err != nil {
+		t.Fatalf("docker-registry (Debian package, scripts/deps.sh): %v", err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	addr := l.Addr().String()
+	l.Close()
+	dir := t.TempDir()
+	cfg := fmt.Sprintf("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n",
+		filepath.Join(dir, "data"), addr)
+	must(t, os.WriteFile(filepath.Join(dir, "config.yml"), []byte(cfg), 0o644))
+	var logBuf bytes.Buffer
+	cmd := exec.Command(bin, "serve", filepath.Join(dir, "config.yml"))
+	cmd.Stderr = &logBuf
+	must(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return addr
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("registry did not start: %s", logBuf.String())
+		}
+	}
+}
+
+// An image pushed by skopeo to a real registry on 127.0.0.1, pulled and run.
+func TestImagePullFromLoopbackRegistry(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	bb := staticBusybox(t)
+	skopeo, err := exec.LookPath("skopeo")
+	if err != nil {
+		t.Fatalf("skopeo (Debian package, scripts/deps.sh): %v", err)
+	}
+	addr := startRegistry(t)
+	layout := t.TempDir()
+	msg := fmt.Sprintf("pulled %d %d\n", os.Getpid(), time.Now().UnixNano())
+	writeOCILayout(t, layout, bb, msg, "1.0")
+	ref := addr + "/lockbox/imgapi:1.0"
+	out, err := exec.CommandContext(ctx, skopeo, "--insecure-policy", "copy", "--quiet",
+		"--dest-tls-verify=false", "oci:"+layout+":1.0", "docker://"+ref).CombinedOutput()
+	if err != nil {
+		t.Fatalf("skopeo copy: %v: %s", err, out)
+	}
+
+	// HTTPS is the default and never falls back to plain HTTP.
+	_, err = Images().Pull(ctx, ref)
+	if err == nil {
+		t.Fatal("pulled over plain HTTP without WithPlainHTTP")
+	}
+	info, err := Images().Pull(ctx, ref, WithPlainHTTP(), WithPlatform("linux/"+runtime.GOARCH))
+	if err != nil {
+		t.Fatalf("Pull: %v", err)
+	}
+	t.Cleanup(func() { _ = Images().Remove(context.Background(), info.Digest) })
+	if !slices.Contains(info.Names, ref) || !slices.Contains(info.Config.Env, "MSG=imported") {
+		t.Fatalf("pulled: %+v", info)
+	}
+	if got, err := Images().Inspect(ctx, ref); err != nil || got.Digest != info.Digest {
+		t.Fatalf("Inspect(ref): %v %+v", err, got)
+	}
+	sb, err := CreateSandbox(ctx, WithImage(info.Digest))
+	if err != nil {
+		t.Fatalf("CreateSandbox: %v", err)
+	}
+	defer sb.Remove(context.Background())
+	res, err := sb.Exec(ctx, "cat", "/etc/msg.txt")
+	if err != nil || string(res.Stdout) != msg {
+		t.Fatalf("cat: %v %q", err, res.Stdout)
+	}
+	wantCode(t, Images().Remove(ctx, ref), CodeUnavailable, ErrUnavailable)
+	must(t, sb.Remove(ctx))
+	must(t, Images().Remove(ctx, ref))
+
+	_, err = Images().Pull(ctx, addr+"/lockbox/missing:1.0", WithPlainHTTP())
+	wantCode(t, err, CodeNotFound, ErrNotFound)
+}
+
+// Credentials reach the registry: a 127.0.0.1 server that wants basic
+// auth refuses the anonymous pull and sees the user and password given.
+func TestImagePullSendsRegistryAuth(t *testing.T) {
+	var seen atomic.Value
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u, p, ok := r.BasicAuth()
+		if !ok {
+			w.Header().Set("WWW-Authenticate", `Basic realm="lockbox-test"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		seen.Store(u + ":" + p)
+		http.NotFound(w, r) // authenticated, but there is no such image
+	}))
+	t.Cleanup(srv.Close)
+	ctx := context.Background()
+	ref := strings.TrimPrefix(srv.URL, "http://") + "/private/app:1"
+
+	_, err := Images().Pull(ctx, ref, WithPlainHTTP())
+	wantCode(t, err, CodePermissionDenied, ErrPermission)
+	_, err = Images().Pull(ctx, ref, WithPlainHTTP(), WithRegistryAuth("alice", "s3cret"))
+	wantCode(t, err, CodeNotFound, ErrNotFound)
+	if got, _ := seen.Load().(string); got != "alice:s3cret" {
+		t.Fatalf("registry saw credentials %q", got)
 	}
 }
