@@ -4,8 +4,6 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -40,11 +38,9 @@ func staticBusybox(t *testing.T) []byte {
 	return nil
 }
 
-// writeOCILayout writes an OCI image layout by hand: one uncompressed
-// layer with busybox (as /bin/busybox, /bin/sh, /bin/cat) and
-// /etc/msg.txt, a config with Env and Cmd, a manifest and index.json.
-// refName, if set, is the manifest's ref-name annotation.
-func writeOCILayout(t *testing.T, dir string, busybox []byte, msg, refName string) {
+// testLayer is one uncompressed layer with busybox (as /bin/busybox,
+// /bin/sh, /bin/cat) and /etc/msg.txt holding msg.
+func testLayer(t *testing.T, busybox []byte, msg string) []byte {
 	t.Helper()
 	var layer bytes.Buffer
 	tw := tar.NewWriter(&layer)
@@ -69,7 +65,32 @@ func writeOCILayout(t *testing.T, dir string, busybox []byte, msg, refName strin
 		must(t, tw.WriteHeader(&tar.Header{Name: l, Typeflag: tar.TypeSymlink, Linkname: "busybox", Mode: 0o777}))
 	}
 	must(t, tw.Close())
+	return layer.Bytes()
+}
 
+// testConfig is an image config with Env and Cmd over one layer whose
+// uncompressed digest is diffID.
+func testConfig(t *testing.T, diffID string) []byte {
+	t.Helper()
+	b, err := json.Marshal(map[string]any{
+		"architecture": runtime.GOARCH,
+		"os":           "linux",
+		"config": map[string]any{
+			"Env": []string{"PATH=/bin", "MSG=imported"},
+			"Cmd": []string{"/bin/sh"},
+		},
+		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{diffID}},
+	})
+	must(t, err)
+	return b
+}
+
+// writeOCILayout writes an OCI image layout by hand: testLayer, testConfig,
+// a manifest and index.json. refName, if set, is the manifest's ref-name
+// annotation.
+func writeOCILayout(t *testing.T, dir string, busybox []byte, msg, refName string) {
+	t.Helper()
+	layer := testLayer(t, busybox, msg)
 	blobs := filepath.Join(dir, "blobs", "sha256")
 	must(t, os.MkdirAll(blobs, 0o755))
 	type desc struct {
@@ -79,8 +100,7 @@ func writeOCILayout(t *testing.T, dir string, busybox []byte, msg, refName strin
 		Annotations map[string]string `json:"annotations,omitempty"`
 	}
 	put := func(mediaType string, b []byte) desc {
-		sum := sha256.Sum256(b)
-		h := hex.EncodeToString(sum[:])
+		h := sha256Hex(b)
 		must(t, os.WriteFile(filepath.Join(blobs, h), b, 0o644))
 		return desc{MediaType: mediaType, Digest: "sha256:" + h, Size: len(b)}
 	}
@@ -89,16 +109,8 @@ func writeOCILayout(t *testing.T, dir string, busybox []byte, msg, refName strin
 		must(t, err)
 		return b
 	}
-	layerDesc := put("application/vnd.oci.image.layer.v1.tar", layer.Bytes())
-	config := put("application/vnd.oci.image.config.v1+json", toJSON(map[string]any{
-		"architecture": runtime.GOARCH,
-		"os":           "linux",
-		"config": map[string]any{
-			"Env": []string{"PATH=/bin", "MSG=imported"},
-			"Cmd": []string{"/bin/sh"},
-		},
-		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{layerDesc.Digest}},
-	}))
+	layerDesc := put("application/vnd.oci.image.layer.v1.tar", layer)
+	config := put("application/vnd.oci.image.config.v1+json", testConfig(t, layerDesc.Digest))
 	manifest := put("application/vnd.oci.image.manifest.v1+json", toJSON(map[string]any{
 		"schemaVersion": 2,
 		"mediaType":     "application/vnd.oci.image.manifest.v1+json",
@@ -428,4 +440,74 @@ func TestImagePullSendsRegistryAuth(t *testing.T) {
 	if got, _ := seen.Load().(string); got != "alice:s3cret" {
 		t.Fatalf("registry saw credentials %q", got)
 	}
+}
+
+// writeDockerArchive writes a `docker save` tarball by hand (legacy
+// format): manifest.json, <config hex>.json, <layer>/layer.tar.
+func writeDockerArchive(t *testing.T, path string, busybox []byte, msg, repoTag string) {
+	t.Helper()
+	layer := testLayer(t, busybox, msg)
+	layerHex := sha256Hex(layer)
+	config := testConfig(t, "sha256:"+layerHex)
+	manifest, err := json.Marshal([]map[string]any{{
+		"Config":   sha256Hex(config) + ".json",
+		"RepoTags": []string{repoTag},
+		"Layers":   []string{layerHex + "/layer.tar"},
+	}})
+	must(t, err)
+	f, err := os.Create(path)
+	must(t, err)
+	defer f.Close()
+	tw := tar.NewWriter(f)
+	for _, e := range []struct {
+		name string
+		body []byte
+	}{{"manifest.json", manifest}, {sha256Hex(config) + ".json", config}, {layerHex + "/layer.tar", layer}} {
+		must(t, tw.WriteHeader(&tar.Header{Name: e.name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(e.body))}))
+		_, err := tw.Write(e.body)
+		must(t, err)
+	}
+	must(t, tw.Close())
+}
+
+// A `docker save` tarball imports under its RepoTag or a given name.
+func TestImageImportDockerArchive(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	bb := staticBusybox(t)
+	msg := fmt.Sprintf("docker save %d %d\n", os.Getpid(), time.Now().UnixNano())
+	tarball := filepath.Join(t.TempDir(), "image.tar")
+	writeDockerArchive(t, tarball, bb, msg, "imgapi/docker:1")
+
+	_, err := Images().Import(ctx, tarball, WithImageReference("imgapi/other:1"))
+	wantCode(t, err, CodeNotFound, ErrNotFound)
+
+	name := fmt.Sprintf("imgapi-docker-%d", os.Getpid())
+	info, err := Images().Import(ctx, tarball, WithImageReference("imgapi/docker:1"), WithImageName(name))
+	if err != nil {
+		t.Fatalf("Import: %v", err)
+	}
+	t.Cleanup(func() { _ = Images().Remove(context.Background(), info.Digest) })
+	if !slices.Equal(info.Names, []string{name}) || !strings.HasPrefix(info.Source, "docker-archive:") {
+		t.Fatalf("Import: %+v", info)
+	}
+	sb, err := CreateSandbox(ctx, WithImage(name))
+	if err != nil {
+		t.Fatalf("CreateSandbox: %v", err)
+	}
+	defer sb.Remove(context.Background())
+	res, err := sb.Exec(ctx, "cat", "/etc/msg.txt")
+	if err != nil || string(res.Stdout) != msg {
+		t.Fatalf("cat: %v %q", err, res.Stdout)
+	}
+
+	// Without a name it is recorded under its RepoTag: a second name on
+	// the same content.
+	again, err := Images().Import(ctx, tarball)
+	if err != nil || again.Digest != info.Digest || !slices.Contains(again.Names, "imgapi/docker:1") || !slices.Contains(again.Names, name) {
+		t.Fatalf("re-import: %v %+v", err, again)
+	}
+	// Dropping one name while the sandbox runs is fine: the content stays.
+	must(t, Images().Remove(ctx, "imgapi/docker:1"))
+	wantCode(t, Images().Remove(ctx, name), CodeUnavailable, ErrUnavailable)
 }
