@@ -284,6 +284,21 @@ func TestImageBadInputIsTyped(t *testing.T) {
 	_, err = Images().Pull(ctx, "127.0.0.1:1/x:1", WithPlainHTTP(), WithRegistryAuth("u", "p"))
 	wantCode(t, err, CodeUnavailable, ErrUnavailable)
 
+	// Raw params the Go API never sends are refused by the library too.
+	for _, c := range []struct {
+		method string
+		params map[string]any
+	}{
+		{"image.pull", map[string]any{"reference": "x:1", "username": "only-user"}},
+		{"image.pull", map[string]any{"reference": "x:1", "insecure": true}},
+		{"image.import", map[string]any{"kind": "zip", "path": "/tmp"}},
+		{"image.import", map[string]any{"kind": "oci_layout", "path": ""}},
+		{"image.inspect", map[string]any{}},
+	} {
+		err := call(ctx, "t", c.method, c.params, nil)
+		wantCode(t, err, CodeInvalidArgument, ErrInvalidArgument)
+	}
+
 	_, err = Images().Import(ctx, filepath.Join(t.TempDir(), "missing"))
 	wantCode(t, err, CodeNotFound, ErrNotFound)
 	// A directory that is not an OCI layout, and a file that is not a tar.
