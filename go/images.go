@@ -127,9 +127,15 @@ func WithImageReference(ref string) ImportOption {
 // Pull downloads ref ("[registry/]repository[:tag][@sha256:...]") and
 // unpacks it into the store, recorded under ref as given. Every manifest,
 // config and layer is checked against its digest, and layers are unpacked
-// safely (nothing escapes the image root). A malformed reference or unsafe
-// content is ErrInvalidArgument; an image over the unpack budget
-// ErrResourceExhausted; an unknown image ErrNotFound.
+// safely (nothing escapes the image root). Errors: a malformed reference
+// or unsafe content ErrInvalidArgument; an image over the unpack budget
+// ErrResourceExhausted; an unknown image ErrNotFound; refused credentials
+// ErrPermission; an unreachable or failing registry ErrUnavailable.
+// Canceling ctx returns at once; the work behind it stops at its next tar
+// entry (a stalled download at the 60 s read timeout) and is discarded.
+//
+// The image is recorded under ref; WithImage takes its Digest (a
+// reference with '/' or ':' is not a WithImage name yet).
 func (*ImageService) Pull(ctx context.Context, ref string, opts ...PullOption) (*ImageInfo, error) {
 	p := pullParams{Reference: ref}
 	for _, o := range opts {
