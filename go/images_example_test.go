@@ -33,7 +33,8 @@ func ExampleImages() {
 	fmt.Printf("%s", res.Stdout)
 	_ = sb.Remove(ctx)
 
-	// While a sandbox uses it, Remove fails with ErrUnavailable.
+	// The sandbox is gone, so the image may go too (while a sandbox uses
+	// it, Remove fails with ErrUnavailable).
 	if err := lockbox.Images().Remove(ctx, img.Digest); err != nil {
 		log.Fatal(err)
 	}
