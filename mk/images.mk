@@ -20,3 +20,11 @@ test-images: image-base
 
 bench-images: images
 	cargo run --locked --release -q -p lockbox-images --example images_bench -- $(IMAGES_OUT)
+
+# The python image is built from Debian's packages (debootstrap, a few
+# minutes on a cold cache) and must run python3 in a real sandbox.
+TEST_STEPS += test-image-python
+.PHONY: test-image-python
+test-image-python: image-python $(GO_TEST_DEPS)
+	cd go && $(GO_TEST_ENV) LOCKBOX_REQUIRE_PYTHON=1 CGO_ENABLED=0 \
+	  go test -count=1 -run '^TestImagePythonFromTheStore$$' -v . | grep -E '^(=== RUN|--- |ok|FAIL|PASS)'

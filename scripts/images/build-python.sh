@@ -29,9 +29,17 @@ mirror=${MIRROR:-$("$here/apt-mirror.sh" "$suite")}
 staging=$(mktemp -d "$out/.python.XXXXXX")
 trap 'rm -rf "$staging"' EXIT
 echo "python: debootstrap $suite from $mirror (takes a few minutes)"
-debootstrap --variant=minbase --include="$packages" "$suite" "$staging" "$mirror" \
-  > "$out/python.debootstrap.log" 2>&1 ||
-  { tail -20 "$out/python.debootstrap.log" >&2; exit 1; }
+# A mirror hiccup should not fail a whole CI run: retry once from scratch.
+for attempt in 1 2; do
+  if debootstrap --variant=minbase --include="$packages" "$suite" "$staging" "$mirror" \
+    > "$out/python.debootstrap.log" 2>&1; then
+    break
+  fi
+  tail -20 "$out/python.debootstrap.log" >&2
+  [ "$attempt" -eq 2 ] && exit 1
+  echo "python: debootstrap failed, retrying once" >&2
+  rm -rf "$staging" && mkdir -p "$staging"
+done
 
 r=$staging
 # Only what runs programs stays: no docs, manuals, locales, apt indexes or
