@@ -44,7 +44,7 @@ func testLayer(t *testing.T, busybox []byte, msg string) []byte {
 	t.Helper()
 	var layer bytes.Buffer
 	tw := tar.NewWriter(&layer)
-	for _, d := range []string{"bin/", "dev/", "etc/", "proc/", "sys/", "tmp/", "root/", "work/"} {
+	for _, d := range []string{"bin/", "data/", "dev/", "etc/", "proc/", "sys/", "tmp/", "root/", "work/"} {
 		mode := int64(0o755)
 		if d == "tmp/" {
 			mode = 0o1777
@@ -61,25 +61,28 @@ func testLayer(t *testing.T, busybox []byte, msg string) []byte {
 		_, err := tw.Write(f.body)
 		must(t, err)
 	}
-	for _, l := range []string{"bin/sh", "bin/cat"} {
+	for _, l := range []string{"bin/sh", "bin/cat", "bin/id", "bin/pwd", "bin/echo"} {
 		must(t, tw.WriteHeader(&tar.Header{Name: l, Typeflag: tar.TypeSymlink, Linkname: "busybox", Mode: 0o777}))
 	}
 	must(t, tw.Close())
 	return layer.Bytes()
 }
 
-// testConfig is an image config with Env and Cmd over one layer whose
-// uncompressed digest is diffID.
-func testConfig(t *testing.T, diffID string) []byte {
+// defaultTestConfig is the runtime part of testConfig's image config.
+var defaultTestConfig = map[string]any{
+	"Env": []string{"PATH=/bin", "MSG=imported"},
+	"Cmd": []string{"/bin/sh"},
+}
+
+// testConfig is an image config with runtime config cfg over one layer
+// whose uncompressed digest is diffID.
+func testConfig(t *testing.T, diffID string, cfg map[string]any) []byte {
 	t.Helper()
 	b, err := json.Marshal(map[string]any{
 		"architecture": runtime.GOARCH,
 		"os":           "linux",
-		"config": map[string]any{
-			"Env": []string{"PATH=/bin", "MSG=imported"},
-			"Cmd": []string{"/bin/sh"},
-		},
-		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{diffID}},
+		"config":       cfg,
+		"rootfs":       map[string]any{"type": "layers", "diff_ids": []string{diffID}},
 	})
 	must(t, err)
 	return b
@@ -89,6 +92,13 @@ func testConfig(t *testing.T, diffID string) []byte {
 // a manifest and index.json. refName, if set, is the manifest's ref-name
 // annotation.
 func writeOCILayout(t *testing.T, dir string, busybox []byte, msg, refName string) {
+	t.Helper()
+	writeOCILayoutWithConfig(t, dir, busybox, msg, refName, defaultTestConfig)
+}
+
+// writeOCILayoutWithConfig is writeOCILayout with the image's runtime
+// config (Env, WorkingDir, User, Entrypoint, Cmd) given.
+func writeOCILayoutWithConfig(t *testing.T, dir string, busybox []byte, msg, refName string, cfg map[string]any) {
 	t.Helper()
 	layer := testLayer(t, busybox, msg)
 	blobs := filepath.Join(dir, "blobs", "sha256")
@@ -110,7 +120,7 @@ func writeOCILayout(t *testing.T, dir string, busybox []byte, msg, refName strin
 		return b
 	}
 	layerDesc := put("application/vnd.oci.image.layer.v1.tar", layer)
-	config := put("application/vnd.oci.image.config.v1+json", testConfig(t, layerDesc.Digest))
+	config := put("application/vnd.oci.image.config.v1+json", testConfig(t, layerDesc.Digest, cfg))
 	manifest := put("application/vnd.oci.image.manifest.v1+json", toJSON(map[string]any{
 		"schemaVersion": 2,
 		"mediaType":     "application/vnd.oci.image.manifest.v1+json",
@@ -463,7 +473,7 @@ func writeDockerArchive(t *testing.T, path string, busybox []byte, msg, repoTag 
 	t.Helper()
 	layer := testLayer(t, busybox, msg)
 	layerHex := sha256Hex(layer)
-	config := testConfig(t, "sha256:"+layerHex)
+	config := testConfig(t, "sha256:"+layerHex, defaultTestConfig)
 	manifest, err := json.Marshal([]map[string]any{{
 		"Config":   sha256Hex(config) + ".json",
 		"RepoTags": []string{repoTag},
@@ -525,4 +535,94 @@ func TestImageImportDockerArchive(t *testing.T) {
 	// Dropping one name while the sandbox runs is fine: the content stays.
 	must(t, Images().Remove(ctx, "imgapi/docker:1"))
 	wantCode(t, Images().Remove(ctx, name), CodeUnavailable, ErrUnavailable)
+}
+
+// An imported image's config is the sandbox's default env, workdir and
+// user; WithEnv overrides per key; a reference-form name works in
+// WithImage, and its entrypoint/cmd and digest are in the sandbox's info.
+func TestImageConfigAppliedByReference(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	bb := staticBusybox(t)
+	dir := t.TempDir()
+	msg := fmt.Sprintf("config test %d %d\n", os.Getpid(), time.Now().UnixNano())
+	ref := fmt.Sprintf("example.test/app-%d:1", os.Getpid())
+	writeOCILayoutWithConfig(t, dir, bb, msg, ref, map[string]any{
+		"Env":        []string{"PATH=/bin", "FOO=bar"},
+		"WorkingDir": "/data",
+		"User":       "1000",
+		"Entrypoint": []string{"/bin/sh", "-c"},
+		"Cmd":        []string{"echo default"},
+	})
+	info, err := Images().Import(ctx, dir, WithImageReference(ref))
+	if err != nil {
+		t.Fatalf("Import: %v", err)
+	}
+	t.Cleanup(func() { _ = Images().Remove(context.Background(), info.Digest) })
+	if !slices.Contains(info.Names, ref) {
+		t.Fatalf("not recorded under %q: %+v", ref, info)
+	}
+
+	const script = "echo $FOO; pwd; id -u"
+	sb := newSandbox(t, WithImage(ref))
+	res, err := sb.Exec(ctx, "sh", "-c", script)
+	if err != nil || res.ExitCode != 0 || string(res.Stdout) != "bar\n/data\n1000\n" {
+		t.Fatalf("image config not applied: %v %+v stdout %q stderr %q", err, res, res.Stdout, res.Stderr)
+	}
+	si, err := sb.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"/bin/sh", "-c", "echo default"}
+	if si.Image != ref || si.ImageUsed == nil || si.ImageUsed.Digest != info.Digest ||
+		!slices.Equal(si.ImageUsed.DefaultCommand(), want) {
+		t.Fatalf("info: image %q used %+v, want digest %s command %q", si.Image, si.ImageUsed, info.Digest, want)
+	}
+	res, err = sb.Exec(ctx, si.ImageUsed.DefaultCommand()[0], si.ImageUsed.DefaultCommand()[1:]...)
+	if err != nil || string(res.Stdout) != "default\n" {
+		t.Fatalf("default command: %v %q %q", err, res.Stdout, res.Stderr)
+	}
+	// The recorded digest protects the image while the sandbox exists.
+	wantCode(t, Images().Remove(ctx, info.Digest), CodeUnavailable, ErrUnavailable)
+
+	// The sandbox's own settings win over the image's.
+	sb2 := newSandbox(t, WithImage(info.Digest), WithEnv("FOO", "x"), WithWorkdir("/tmp"), WithUser("7"))
+	res, err = sb2.Exec(ctx, "sh", "-c", script)
+	if err != nil || string(res.Stdout) != "x\n/tmp\n7\n" {
+		t.Fatalf("overrides: %v stdout %q stderr %q", err, res.Stdout, res.Stderr)
+	}
+	res, err = sb2.Exec(ctx, "sh", "-c", "echo $PATH")
+	if err != nil || string(res.Stdout) != "/bin\n" {
+		t.Fatalf("image PATH is not the base env: %v %q", err, res.Stdout)
+	}
+
+	// A reference that is not in the store is not found, by name; a
+	// malformed one is invalid. Neither pulls.
+	missing := fmt.Sprintf("127.0.0.1:1/nothing-%d:1", os.Getpid())
+	_, err = CreateSandbox(ctx, WithImage(missing))
+	wantCode(t, err, CodeNotFound, ErrNotFound)
+	if err == nil || !strings.Contains(err.Error(), missing) {
+		t.Fatalf("error does not name the image: %v", err)
+	}
+	_, err = CreateSandbox(ctx, WithImage("example.test/UPPER:1"))
+	wantCode(t, err, CodeInvalidArgument, ErrInvalidArgument)
+}
+
+// The named images keep their behaviour: PATH from the defaults, "/" as
+// the workdir, root, and /bin/sh as the recorded default command.
+func TestNamedImageDefaults(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	sb := newSandbox(t)
+	res, err := sb.Shell(ctx, "pwd; id -u; echo $PATH")
+	if err != nil || string(res.Stdout) != "/\n0\n/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n" {
+		t.Fatalf("named image defaults: %v stdout %q stderr %q", err, res.Stdout, res.Stderr)
+	}
+	si, err := sb.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if si.ImageUsed != nil && !slices.Equal(si.ImageUsed.DefaultCommand(), []string{"/bin/sh"}) {
+		t.Fatalf("named image command: %+v", si.ImageUsed)
+	}
 }

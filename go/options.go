@@ -66,8 +66,21 @@ type portMap struct {
 // '_', '.', '-'). Without it a name is generated.
 func WithName(name string) Option { return func(c *sandboxConfig) { c.Name = name } }
 
-// WithImage uses a named image ("base", "python", ...) as the read-only
-// root. The default is "base".
+// WithImage uses an image as the read-only root. The default is "base".
+// image is one of:
+//   - a named image ("base", "python"): the release asset, else an image
+//     imported or pulled under that name;
+//   - an OCI reference ("127.0.0.1:5000/repo:tag", "docker.io/library/alpine:3",
+//     "name@sha256:..."): an image already in the store under it, imported
+//     (WithImageReference/WithImageName) or pulled with Images().Pull.
+//     CreateSandbox does not pull: a reference not in the store is ErrNotFound;
+//   - a content digest "sha256:<hex>" of a stored image.
+//
+// The image's config is the sandbox's default: its Env is the base
+// environment (WithEnv overrides per key), its WorkingDir the workdir
+// (unless WithWorkdir), its User the user (unless WithUser). Its
+// Entrypoint and Cmd are in SandboxInfo.ImageUsed. Anything else is
+// ErrInvalidArgument.
 func WithImage(name string) Option { return func(c *sandboxConfig) { c.Image = name } }
 
 // WithRootfs uses a host directory as the read-only root instead of an

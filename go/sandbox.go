@@ -40,8 +40,29 @@ type SandboxInfo struct {
 	// NotEnforced lists what was asked for (or is normally applied) but
 	// could not be, with the reason. Never silently empty.
 	NotEnforced []NotEnforced `json:"not_enforced"`
+	// ImageUsed is the stored image the sandbox was made from: nil for
+	// WithRootfs and for a dev tree's unpacked image directory.
+	ImageUsed *SandboxImage `json:"image_used"`
 
 	CreatedUnix int64 `json:"created_unix"`
+}
+
+// SandboxImage is what a sandbox took from its image: the content digest
+// (usable in WithImage to get the same image again) and the image's
+// default command.
+type SandboxImage struct {
+	Digest     string   `json:"digest"`
+	Entrypoint []string `json:"entrypoint"`
+	Cmd        []string `json:"cmd"`
+}
+
+// DefaultCommand is the image's entrypoint followed by its cmd: what to
+// Exec to run the image as its author meant. Empty if the image names none.
+func (i *SandboxImage) DefaultCommand() []string {
+	if i == nil {
+		return nil
+	}
+	return append(append([]string{}, i.Entrypoint...), i.Cmd...)
 }
 
 // Running reports whether the sandbox is running.

@@ -14,7 +14,8 @@ use crate::error::{EngineError, Result};
 #[serde(default, deny_unknown_fields)]
 pub struct SandboxConfig {
     pub name: Option<String>,
-    /// Named image (resolved through the image store).
+    /// A named image, an OCI reference or a `sha256:` digest (resolved
+    /// through the image store, see images.rs).
     pub image: Option<String>,
     /// A host directory used read-only as the root (instead of an image).
     pub rootfs: Option<String>,
@@ -143,9 +144,7 @@ impl SandboxConfig {
             crate::names::validate("sandbox", n)?;
         }
         if let Some(i) = &self.image {
-            if !i.starts_with("sha256:") {
-                crate::names::validate("image", i)?;
-            }
+            crate::images::form_of(i)?;
         }
         if self.image.is_some() && self.rootfs.is_some() {
             return Err(EngineError::invalid(
@@ -345,6 +344,8 @@ mod tests {
         assert!(cfg(r#"{"ports": [{"host": 0, "guest": 80}]}"#).is_err());
         assert!(cfg(r#"{"image": "a", "rootfs": "/b"}"#).is_err());
         assert!(cfg(r#"{"name": "../x"}"#).is_err());
+        cfg(r#"{"image": "127.0.0.1:5000/repo:tag"}"#).unwrap();
+        assert!(cfg(r#"{"image": "../x"}"#).is_err());
     }
 
     #[test]

@@ -105,7 +105,7 @@ impl Engine {
     pub async fn create(&self, cfg: SandboxConfig) -> Result<Arc<Sandbox>> {
         let limits = cfg.check()?;
         let helper = self.helper()?;
-        let lower = match (&cfg.image, &cfg.rootfs) {
+        let (lower, image) = match (&cfg.image, &cfg.rootfs) {
             (_, Some(r)) => {
                 let p = Path::new(r);
                 if !p.is_absolute() {
@@ -118,19 +118,22 @@ impl Engine {
                         "rootfs directory {r:?} does not exist"
                     )));
                 }
-                vec![std::fs::canonicalize(p)
-                    .map_err(|e| EngineError::io(r, e))?
-                    .to_string_lossy()
-                    .into_owned()]
+                let dir = std::fs::canonicalize(p).map_err(|e| EngineError::io(r, e))?;
+                (vec![dir.to_string_lossy().into_owned()], None)
             }
             (img, None) => {
                 let img = img.as_deref().unwrap_or(DEFAULT_IMAGE);
-                vec![crate::images::resolve(&self.layout.home, img)
-                    .await?
-                    .to_string_lossy()
-                    .into_owned()]
+                let resolved = crate::images::resolve(&self.layout.home, img).await?;
+                (
+                    vec![resolved.rootfs.to_string_lossy().into_owned()],
+                    Some(resolved),
+                )
             }
         };
+        let defaults = image
+            .as_ref()
+            .map(crate::images::Resolved::sandbox_defaults)
+            .unwrap_or_default();
         let mut mounts = Vec::new();
         for v in &cfg.volumes {
             let src = std::fs::canonicalize(&v.host_path)
@@ -155,7 +158,7 @@ impl Engine {
                 size_mib: t.size_mib.map(|s| s as u64).unwrap_or(DEFAULT_TMPFS_MIB),
             });
         }
-        let (uid, gid) = match &cfg.user {
+        let (uid, gid) = match cfg.user.as_ref().or(defaults.user.as_ref()) {
             Some(u) => crate::config::resolve_user(u, &lower)?,
             None => (0, 0),
         };
@@ -166,8 +169,9 @@ impl Engine {
             format!("HOME={}", if uid == 0 { "/root" } else { "/" }),
             format!("HOSTNAME={}", hostname_for(&cfg, &name)),
         ];
+        env = crate::sandbox::merge_env(&env, &defaults.env)?;
         env = crate::sandbox::merge_env(&env, &cfg.env)?;
-        let workdir = match &cfg.workdir {
+        let workdir = match cfg.workdir.as_ref().or(defaults.workdir.as_ref()) {
             Some(w) => crate::config::guest_path("workdir", w)?,
             None => "/".into(),
         };
@@ -207,6 +211,13 @@ impl Engine {
             uid,
             gid,
             created_unix: now_unix(),
+            image: image.as_ref().and_then(|i| {
+                Some(crate::sandbox::ImageUsed {
+                    digest: i.digest.as_ref()?.to_string(),
+                    entrypoint: i.config.entrypoint.clone(),
+                    cmd: i.config.cmd.clone(),
+                })
+            }),
         };
         let durability = if cfg.detached {
             Durability::Durable

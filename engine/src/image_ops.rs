@@ -4,11 +4,12 @@
 //! future sets the store's cancel flag, which stops an unpack between tar
 //! entries.
 //!
-//! Images in use: a sandbox's `config.json` records the lower directories
-//! it was made from (`StoredConfig::lower`), not the image digest. A lower
-//! inside the store is `<home>/images/<key>/rootfs`, and `<key>` is the
-//! digest's hex (plus `-u<base>` for a shifted-ownership copy), so the
-//! digest is read back from that path. Every sandbox directory with a
+//! Images in use: a sandbox's `config.json` records the image digest it
+//! was made from (`StoredConfig::image`). Configs written before that was
+//! recorded have only the lower directories (`StoredConfig::lower`); a
+//! lower inside the store is `<home>/images/<key>/rootfs`, and `<key>` is
+//! the digest's hex (plus `-u<base>` for a shifted-ownership copy), so the
+//! digest is read back from that path too. Every sandbox directory with a
 //! config counts, running or stopped: a stopped one still has its upper dir
 //! over that lower. Known gap: a create that has resolved its image but not
 //! yet written `config.json` is not seen; a remove racing it can take the
@@ -170,6 +171,15 @@ pub fn in_use(sandboxes: &Path, store_root: &Path) -> Vec<Digest> {
         else {
             continue;
         };
+        if let Some(d) = cfg
+            .image
+            .as_ref()
+            .and_then(|i| Digest::parse(&i.digest).ok())
+        {
+            if !out.contains(&d) {
+                out.push(d);
+            }
+        }
         for lower in &cfg.lower {
             if let Some(d) = digest_of_lower(Path::new(lower), store_root) {
                 if !out.contains(&d) {
@@ -241,6 +251,25 @@ mod tests {
         }
         std::fs::create_dir_all(sandboxes.join("half-made")).unwrap();
         assert_eq!(in_use(&sandboxes, &root), vec![Digest::parse(HEX).unwrap()]);
+        // A recorded digest counts even when the lower is not a store path.
+        let other = "fedcba9876543210".repeat(4);
+        let dir = sandboxes.join("c");
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = StoredConfig {
+            lower: vec!["/moved/rootfs".into()],
+            image: Some(crate::sandbox::ImageUsed {
+                digest: format!("sha256:{other}"),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        crate::state::write_json(&dir.join("config.json"), &cfg).unwrap();
+        let mut got = in_use(&sandboxes, &root);
+        got.sort_by(|a, b| a.hex().cmp(b.hex()));
+        assert_eq!(
+            got,
+            vec![Digest::parse(HEX).unwrap(), Digest::parse(&other).unwrap()]
+        );
         assert!(in_use(&d.path().join("none"), &root).is_empty());
     }
 

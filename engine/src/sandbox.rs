@@ -32,6 +32,19 @@ pub struct StoredConfig {
     pub uid: u32,
     pub gid: u32,
     pub created_unix: i64,
+    /// The image it was made from (absent for a rootfs directory, a dev
+    /// tree image, and configs written before it was recorded).
+    #[serde(default)]
+    pub image: Option<ImageUsed>,
+}
+
+/// The store image a sandbox was made from and its default command.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageUsed {
+    /// `sha256:<hex>`: what the image store's in-use scan protects.
+    pub digest: String,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
 }
 
 /// What `Info` returns.
@@ -51,6 +64,8 @@ pub struct SandboxInfo {
     pub not_enforced: Vec<NotEnforced>,
     pub config: SandboxConfig,
     pub dir: String,
+    /// Digest and default command (entrypoint + cmd) of the image.
+    pub image_used: Option<ImageUsed>,
 }
 
 /// Default grace period between the polite stop and SIGKILL.
@@ -286,6 +301,7 @@ pub fn info_from(
         not_enforced: st.report.not_enforced.clone(),
         config: stored.config.clone(),
         dir: dir.to_string_lossy().into_owned(),
+        image_used: stored.image.clone(),
     }
 }
 
