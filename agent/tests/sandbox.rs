@@ -484,6 +484,18 @@ async fn shutdown_message_stops_everything() {
 }
 
 #[tokio::test]
+async fn sigterm_from_inside_does_not_stop_the_sandbox() {
+    let mut sb = Sandbox::launch("selfterm", |_, _| {});
+    let mut c = sb.client().await;
+    let r = c.sh("kill -TERM 1; sleep 0.3; echo alive").await;
+    assert_eq!(r.out(), "alive\n");
+    // The agent still serves, and the helper is still running.
+    let r = c.sh("echo still here").await;
+    assert_eq!(r.out(), "still here\n");
+    assert!(sb.child.try_wait().unwrap().is_none());
+}
+
+#[tokio::test]
 async fn bad_spec_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let mut spec = spec_in(dir.path(), &dir.path().join("missing"), "bad");

@@ -37,6 +37,15 @@ impl Signals {
         loop {
             let mut g = self.0.readable().await?;
             match g.try_io(|fd| fd.get_ref().read_signal().map_err(io::Error::from)) {
+                // A SIGTERM sent from inside the sandbox (its sender is in
+                // our pid namespace, so ssi_pid != 0) is not a stop request:
+                // only the supervisor, outside the namespace (seen as pid
+                // 0), may stop the sandbox.
+                Ok(Ok(Some(info)))
+                    if info.ssi_signo as i32 == libc::SIGTERM && info.ssi_pid != 0 =>
+                {
+                    continue
+                }
                 Ok(Ok(Some(info))) => return Ok(info.ssi_signo as i32),
                 Ok(Ok(None)) => g.clear_ready(),
                 Ok(Err(e)) => return Err(e),
