@@ -131,11 +131,24 @@ fn resolve_manifest(dir: &Path, desc: Descriptor, depth: u32) -> Result<Manifest
 }
 
 pub(crate) fn unpack(dir: &Path, plan: &Plan, unpacker: &mut Unpacker) -> Result<()> {
-    for (layer, diff_id) in plan.layers.iter().zip(&plan.diff_ids) {
-        let p = blob_path(dir, &layer.digest);
-        let file = File::open(&p).ctx("open", &p)?;
+    unpack_layers(&plan.layers, &plan.diff_ids, unpacker, |digest| {
+        let p = blob_path(dir, digest);
+        File::open(&p).ctx("open", &p)
+    })
+}
+
+/// Applies an image's layers in order, each checked against its blob
+/// digest and size and its diff_id; `open` fetches a layer's blob (from a
+/// layout dir or a registry).
+pub(crate) fn unpack_layers<R: Read>(
+    layers: &[Descriptor],
+    diff_ids: &[Digest],
+    unpacker: &mut Unpacker,
+    mut open: impl FnMut(&Digest) -> Result<R>,
+) -> Result<()> {
+    for (layer, diff_id) in layers.iter().zip(diff_ids) {
         unpack_checked_layer(
-            file,
+            open(&layer.digest)?,
             unpacker,
             LayerCheck {
                 blob: Some((&layer.digest, Some(layer.size))),

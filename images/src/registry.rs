@@ -10,7 +10,6 @@ use reqwest::blocking::{Client, Response};
 use reqwest::header::{ACCEPT, AUTHORIZATION, WWW_AUTHENTICATE};
 use reqwest::StatusCode;
 
-use crate::archive::{unpack_checked_layer, LayerCheck};
 use crate::config::ImageConfig;
 use crate::digest::Digest;
 use crate::error::{ImageError, Result};
@@ -331,19 +330,9 @@ pub(crate) fn plan(session: &mut Session) -> Result<Plan> {
 }
 
 pub(crate) fn unpack(session: &mut Session, plan: &Plan, unpacker: &mut Unpacker) -> Result<()> {
-    for (layer, diff_id) in plan.layers.iter().zip(&plan.diff_ids) {
-        let resp = session.blob(&layer.digest)?;
-        unpack_checked_layer(
-            resp,
-            unpacker,
-            LayerCheck {
-                blob: Some((&layer.digest, Some(layer.size))),
-                diff_id,
-                what: &format!("layer {}", layer.digest),
-            },
-        )?;
-    }
-    Ok(())
+    crate::oci_layout::unpack_layers(&plan.layers, &plan.diff_ids, unpacker, |digest| {
+        session.blob(digest)
+    })
 }
 
 #[cfg(test)]

@@ -156,20 +156,10 @@ impl ImageStore {
     pub fn list(&self) -> Result<Vec<ImageInfo>> {
         let refs = refs::all(&self.refs_dir())?;
         let mut out = Vec::new();
-        let suffix = self.opts.ownership.dir_suffix();
-        for ent in std::fs::read_dir(&self.root).ctx("readdir", &self.root)? {
-            let ent = ent.ctx("readdir", &self.root)?;
-            let key = ent.file_name().to_string_lossy().into_owned();
-            let Some(hex) = key.strip_suffix(suffix.as_str()) else {
-                continue;
-            };
-            let Ok(digest) = Digest::parse(hex) else {
-                continue;
-            };
-            if hex.len() != 64 || !self.is_complete(&digest) {
-                continue;
+        for digest in self.stored_digests()? {
+            if self.is_complete(&digest) {
+                out.push(self.info(&digest, &refs)?);
             }
-            out.push(self.info(&digest, &refs)?);
         }
         out.sort_by(|a, b| a.names.cmp(&b.names).then(a.digest.cmp(&b.digest)));
         Ok(out)
@@ -233,17 +223,8 @@ impl ImageStore {
             .into_iter()
             .map(|r| r.digest)
             .collect();
-        let suffix = self.opts.ownership.dir_suffix();
-        for ent in std::fs::read_dir(&self.root).ctx("readdir", &self.root)? {
-            let ent = ent.ctx("readdir", &self.root)?;
-            let key = ent.file_name().to_string_lossy().into_owned();
-            let Some(hex) = key.strip_suffix(suffix.as_str()) else {
-                continue;
-            };
-            let Ok(digest) = Digest::parse(hex) else {
-                continue;
-            };
-            if hex.len() != 64 || named.contains(&digest) {
+        for digest in self.stored_digests()? {
+            if named.contains(&digest) {
                 continue;
             }
             if in_use.contains(&digest) {
@@ -257,6 +238,27 @@ impl ImageStore {
     }
 
     // ---- internals ----
+
+    /// Digests of every image directory of this store's ownership, complete
+    /// or not (other entries: refs, tmp, locks, other ownerships, are skipped).
+    fn stored_digests(&self) -> Result<Vec<Digest>> {
+        let suffix = self.opts.ownership.dir_suffix();
+        let mut out = Vec::new();
+        for ent in std::fs::read_dir(&self.root).ctx("readdir", &self.root)? {
+            let ent = ent.ctx("readdir", &self.root)?;
+            let key = ent.file_name().to_string_lossy().into_owned();
+            let Some(hex) = key.strip_suffix(suffix.as_str()) else {
+                continue;
+            };
+            let Ok(digest) = Digest::parse(hex) else {
+                continue;
+            };
+            if hex.len() == 64 {
+                out.push(digest);
+            }
+        }
+        Ok(out)
+    }
 
     fn refs_dir(&self) -> PathBuf {
         self.root.join("refs")
