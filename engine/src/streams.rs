@@ -70,15 +70,7 @@ async fn run_demux(
         }
         match op.recv().await {
             Incoming::Control(Message::Error(e)) => {
-                let e = EngineError::from(e);
-                for (_, tx) in outs.iter_mut() {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(Chunk::Err(e.clone()));
-                    }
-                }
-                let _ = cred.send(Err(e.clone()));
-                let _ = ctl.send(Err(e));
-                return;
+                return fail_all(&mut outs, &cred, &ctl, EngineError::from(e))
             }
             Incoming::Control(m) => {
                 if !matches!(m, Message::Started { .. }) {
@@ -109,18 +101,26 @@ async fn run_demux(
             Incoming::Credit(_, n) => {
                 let _ = cred.send(Ok(n));
             }
-            Incoming::Closed(e) => {
-                for (_, tx) in outs.iter_mut() {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(Chunk::Err(e.clone()));
-                    }
-                }
-                let _ = cred.send(Err(e.clone()));
-                let _ = ctl.send(Err(e));
-                return;
-            }
+            Incoming::Closed(e) => return fail_all(&mut outs, &cred, &ctl, e),
         }
     }
+}
+
+/// Ends an operation with `e`: every open output stream, the credit
+/// channel and the control channel see the same error.
+fn fail_all(
+    outs: &mut [(u8, Option<mpsc::UnboundedSender<Chunk>>)],
+    cred: &mpsc::UnboundedSender<Result<u32>>,
+    ctl: &mpsc::UnboundedSender<Result<Message>>,
+    e: EngineError,
+) {
+    for (_, tx) in outs.iter_mut() {
+        if let Some(tx) = tx.take() {
+            let _ = tx.send(Chunk::Err(e.clone()));
+        }
+    }
+    let _ = cred.send(Err(e.clone()));
+    let _ = ctl.send(Err(e));
 }
 
 struct ReaderState {
