@@ -4,6 +4,7 @@
 //! and then turns into the agent (see `init`).
 
 pub mod devfs;
+pub mod mountfd;
 pub mod net;
 pub mod plan;
 pub mod procfs;
@@ -45,6 +46,9 @@ pub fn child_main(spec: LaunchSpec, sync: UnixStream, listener: OwnedFd) -> ! {
 
 fn code_of(e: &anyhow::Error) -> ErrorCode {
     for c in e.chain() {
+        if let Some(t) = c.downcast_ref::<mountfd::TargetError>() {
+            return ErrorCode::from_errno(t.errno());
+        }
         if let Some(io) = c.downcast_ref::<std::io::Error>() {
             if let Some(n) = io.raw_os_error() {
                 return ErrorCode::from_errno(n);
@@ -82,19 +86,21 @@ fn build(
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).context("cgroup namespace")?;
     report.ok("cgroupns");
 
+    // Everything the host provides is taken as fds now: after `enter` the
+    // host's root is gone.
     rootfs::adopt_paths(spec, &mut plan, &mut fds)?;
-    rootfs::enter(spec, &plan, &fds, report)?;
+    let devices = devfs::HostDevices::clone().context("/dev")?;
+    let root = rootfs::enter(spec, &plan, &fds, report)?;
     report.ok("mountns");
-    devfs::populate().context("/dev")?;
-    procfs::mount_proc().context("/proc")?;
+    let dev_null = devfs::populate(&root, devices).context("/dev")?;
+    procfs::mount_proc(&root, &dev_null).context("/proc")?;
     report.ok("proc_masked");
-    match procfs::mount_sys() {
+    match procfs::mount_sys(&root) {
         Ok(()) => report.ok("sys_read_only"),
         Err(e) => report.not("sys", format!("/sys left absent: {e:#}")),
     }
-    rootfs::volumes(spec, &plan, &fds, report)?;
+    rootfs::volumes(spec, &root, &plan, &fds, report)?;
     drop(fds);
-    rootfs::drop_old_root()?;
 
     if spec.workdir.starts_with('/') && !Path::new(&spec.workdir).exists() {
         // Like an image WORKDIR: the default cwd of every exec must exist.

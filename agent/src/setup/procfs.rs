@@ -2,13 +2,13 @@
 //! leak host information or poke the host kernel masked, and the tunables
 //! read-only. /sys is read-only.
 
-use std::fs;
-use std::path::Path;
+use std::os::fd::{AsRawFd, OwnedFd};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
-use super::rootfs::bind;
-use crate::sys::mount;
+use super::mountfd::{
+    self, Kind, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY,
+};
 
 /// Files hidden behind /dev/null.
 const MASKED_FILES: [&str; 12] = [
@@ -30,37 +30,48 @@ const MASKED_DIRS: [&str; 3] = ["acpi", "scsi", "asound"];
 /// Left visible but read-only.
 const READ_ONLY: [&str; 5] = ["sys", "sysrq-trigger", "bus", "fs", "irq"];
 
-const NOSUID_NODEV_NOEXEC: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+const NOSUID_NODEV_NOEXEC: u64 = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
 
-/// Needs /dev/null in place first.
-pub fn mount_proc() -> Result<()> {
-    let proc_ = Path::new("/proc");
-    fs::create_dir_all(proc_)?;
-    mount(Some("proc"), proc_, Some("proc"), NOSUID_NODEV_NOEXEC, None)?;
+/// Mounts the sandbox's procfs on the image's /proc (whatever the image
+/// had there is covered) and masks it. `dev_null` is the sandbox's
+/// /dev/null, whose mount is cloned over each masked file.
+pub fn mount_proc(root: &OwnedFd, dev_null: &OwnedFd) -> Result<()> {
+    let target = mountfd::open_target(root, "/proc", Kind::Dir)?;
+    let m = mountfd::new_fs("proc", &[], &[], NOSUID_NODEV_NOEXEC)?;
+    mountfd::attach(&m, &target).context("mount proc")?;
+    // The kernel's own tree from here on: no image content below /proc.
+    let proc_ = mountfd::open_target(root, "/proc", Kind::Dir)?;
     for f in MASKED_FILES {
-        let p = proc_.join(f);
-        if p.exists() {
+        if let Some(t) = mountfd::open_existing(&proc_, f)? {
             // Not remounted read-only: that would add nodev and turn reads
             // into EACCES; /dev/null reads empty and swallows writes anyway.
-            bind(Path::new("/dev/null"), &p, false)?;
+            let null = mountfd::clone_at(dev_null)?;
+            mountfd::attach(&null, &t).with_context(|| format!("mask /proc/{f}"))?;
         }
     }
     for d in MASKED_DIRS {
-        let p = proc_.join(d);
-        if p.is_dir() {
-            mount(
-                Some("tmpfs"),
-                &p,
-                Some("tmpfs"),
-                NOSUID_NODEV_NOEXEC | libc::MS_RDONLY,
-                Some("size=0"),
-            )?;
+        if let Some(t) = mountfd::open_existing(&proc_, d)? {
+            if mountfd::is_dir(&t) {
+                let empty = mountfd::new_fs(
+                    "tmpfs",
+                    &[],
+                    &[("size", "0")],
+                    NOSUID_NODEV_NOEXEC | MOUNT_ATTR_RDONLY,
+                )?;
+                mountfd::attach(&empty, &t).with_context(|| format!("mask /proc/{d}"))?;
+            }
         }
     }
     for d in READ_ONLY {
-        let p = proc_.join(d);
-        if p.exists() {
-            bind(&p, &p, true)?;
+        if let Some(t) = mountfd::open_existing(&proc_, d)? {
+            let ro = mountfd::clone_at(&t)?;
+            crate::sys::set_tree_attrs(
+                ro.as_raw_fd(),
+                MOUNT_ATTR_RDONLY | NOSUID_NODEV_NOEXEC,
+                None,
+            )
+            .with_context(|| format!("read-only /proc/{d}"))?;
+            mountfd::attach(&ro, &t).with_context(|| format!("read-only /proc/{d}"))?;
         }
     }
     Ok(())
@@ -68,25 +79,22 @@ pub fn mount_proc() -> Result<()> {
 
 /// sysfs for the sandbox's network namespace, read-only; absent when the
 /// kernel refuses it (the caller records that).
-pub fn mount_sys() -> Result<()> {
-    let sys = Path::new("/sys");
-    fs::create_dir_all(sys)?;
-    mount(
-        Some("sysfs"),
-        sys,
-        Some("sysfs"),
-        NOSUID_NODEV_NOEXEC | libc::MS_RDONLY,
-        None,
-    )?;
-    let fw = sys.join("firmware");
-    if fw.is_dir() {
-        let _ = mount(
-            Some("tmpfs"),
-            &fw,
-            Some("tmpfs"),
-            NOSUID_NODEV_NOEXEC | libc::MS_RDONLY,
-            Some("size=0"),
-        );
+pub fn mount_sys(root: &OwnedFd) -> Result<()> {
+    let target = mountfd::open_target(root, "/sys", Kind::Dir)?;
+    let m = mountfd::new_fs("sysfs", &[], &[], NOSUID_NODEV_NOEXEC | MOUNT_ATTR_RDONLY)?;
+    mountfd::attach(&m, &target).context("mount sysfs")?;
+    let sys = mountfd::open_target(root, "/sys", Kind::Dir)?;
+    if let Some(fw) = mountfd::open_existing(&sys, "firmware")? {
+        if mountfd::is_dir(&fw) {
+            if let Ok(empty) = mountfd::new_fs(
+                "tmpfs",
+                &[],
+                &[("size", "0")],
+                NOSUID_NODEV_NOEXEC | MOUNT_ATTR_RDONLY,
+            ) {
+                let _ = mountfd::attach(&empty, &fw);
+            }
+        }
     }
     Ok(())
 }

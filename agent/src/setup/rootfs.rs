@@ -1,7 +1,10 @@
 //! The sandbox's root: an overlay of the read-only image layers and the
 //! per-sandbox writable layer, assembled in a private staging tmpfs and
-//! then made the root with pivot_root. The host's root stays reachable at
-//! /.oldroot only until /dev is populated and volumes are attached.
+//! then made the root with pivot_root. The host's root is detached in the
+//! same step, before a single image-controlled path is resolved: whatever
+//! the host must provide (layers, volumes, device nodes) is taken as mount
+//! fds beforehand, and every later mount goes onto a target found by an
+//! fd walk that refuses symlinks (see `mountfd`).
 
 use std::fs;
 use std::io;
@@ -11,11 +14,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use lockbox_protocol::{LaunchSpec, MountSpec};
 
+use super::mountfd::{self, Kind};
 use super::plan::{Plan, Source};
 use crate::report::Report;
 use crate::sys::{attach_tree, mount, pivot_root};
-
-const OLD_ROOT: &str = "/.oldroot";
 
 /// Overlay option values separate entries with ':' and ','.
 fn overlay_safe(p: &Path) -> Result<String> {
@@ -95,9 +97,16 @@ pub fn adopt_paths(spec: &LaunchSpec, plan: &mut Plan, fds: &mut Vec<OwnedFd>) -
     Ok(())
 }
 
-/// Mounts the overlay and pivots into it. Afterwards "/" is the sandbox
-/// root and the host root is at /.oldroot.
-pub fn enter(spec: &LaunchSpec, plan: &Plan, fds: &[OwnedFd], report: &mut Report) -> Result<()> {
+/// Mounts the overlay, pivots into it and detaches the host's root in the
+/// same breath. Afterwards "/" is the sandbox root and nothing of the host
+/// is reachable by any path; the returned fd is that root, where every
+/// later mount-target walk starts.
+pub fn enter(
+    spec: &LaunchSpec,
+    plan: &Plan,
+    fds: &[OwnedFd],
+    report: &mut Report,
+) -> Result<OwnedFd> {
     // Nothing we mount may propagate back to the host.
     mount(
         None,
@@ -160,138 +169,63 @@ pub fn enter(spec: &LaunchSpec, plan: &Plan, fds: &[OwnedFd], report: &mut Repor
     )?;
     report.ok("overlay");
 
+    // pivot_root(".", "."): the old root ends up stacked on top of the new
+    // one at "/", and is detached at once. No directory of the image is
+    // used as the put-old point, and no host mount stays reachable while
+    // image paths are resolved.
     std::env::set_current_dir(&root)?;
-    fs::create_dir_all(root.join(&OLD_ROOT[1..]))?;
-    pivot_root(Path::new("."), Path::new(&OLD_ROOT[1..])).context("pivot_root")?;
+    pivot_root(Path::new("."), Path::new(".")).context("pivot_root")?;
+    // SAFETY: constant C string.
+    if unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) } != 0 {
+        return Err(io::Error::last_os_error()).context("detach the host's root");
+    }
     std::env::set_current_dir("/")?;
-    Ok(())
+    mountfd::open_root().context("open the new root")
 }
 
-/// Remount flags that must be kept when remounting a bind in a user
-/// namespace (the kernel refuses to clear flags locked by a more
-/// privileged namespace).
-fn locked_flags(p: &Path) -> libc::c_ulong {
-    let Ok(c) = crate::sys::cstr(p) else { return 0 };
-    // SAFETY: statvfs into a zeroed struct.
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
-        return 0;
-    }
-    let mut f = 0;
-    for (st, ms) in [
-        (libc::ST_NOSUID, libc::MS_NOSUID),
-        (libc::ST_NODEV, libc::MS_NODEV),
-        (libc::ST_NOEXEC, libc::MS_NOEXEC),
-        (libc::ST_NOATIME, libc::MS_NOATIME),
-        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
-        (libc::ST_RELATIME, libc::MS_RELATIME),
-    ] {
-        if s.f_flag & st != 0 {
-            f |= ms;
-        }
-    }
-    f
-}
-
-/// Bind `src` over `target` (both inside the current root), read-only if asked.
-pub fn bind(src: &Path, target: &Path, read_only: bool) -> io::Result<()> {
-    mount(
-        Some(&src.to_string_lossy()),
-        target,
-        None,
-        libc::MS_BIND | libc::MS_REC,
-        None,
-    )?;
-    if read_only {
-        let flags = libc::MS_BIND
-            | libc::MS_REMOUNT
-            | libc::MS_RDONLY
-            | libc::MS_NOSUID
-            | libc::MS_NODEV
-            | locked_flags(target);
-        mount(None, target, None, flags, None)?;
-    }
-    Ok(())
-}
-
-/// Makes the mount point: a directory, or an empty file when the source is
-/// a file. Paths resolve inside the new root, so image symlinks cannot
-/// steer a mount point outside it.
-fn mount_point(target: &Path, is_dir: bool) -> io::Result<()> {
-    if is_dir {
-        fs::create_dir_all(target)
-    } else {
-        if let Some(p) = target.parent() {
-            fs::create_dir_all(p)?;
-        }
-        if !target.exists() {
-            fs::File::create(target)?;
-        }
-        Ok(())
-    }
-}
-
-/// Attaches the volumes and tmpfs mounts of the spec.
-pub fn volumes(spec: &LaunchSpec, plan: &Plan, fds: &[OwnedFd], report: &mut Report) -> Result<()> {
+/// Attaches the volumes and tmpfs mounts of the spec, each on a target
+/// walked from `root` without following symlinks. Volume sources arrive
+/// as mount fds only: the host's paths are gone by now.
+pub fn volumes(
+    spec: &LaunchSpec,
+    root: &OwnedFd,
+    plan: &Plan,
+    fds: &[OwnedFd],
+    report: &mut Report,
+) -> Result<()> {
     let mut binds = plan.binds.iter();
     for m in &spec.mounts {
         match m {
-            MountSpec::Bind {
-                target, read_only, ..
-            } => {
+            MountSpec::Bind { target, .. } => {
                 let src = binds.next().context("plan lacks a bind source")?;
-                let t = Path::new(target);
-                match src {
-                    Source::Fd(i) => {
-                        let fd = fds.get(*i).context("plan names a missing fd")?;
-                        // The fd's own type decides the mount point kind.
-                        let st = nix::sys::stat::fstat(fd.as_raw_fd())?;
-                        let dir = (st.st_mode & libc::S_IFMT) == libc::S_IFDIR;
-                        mount_point(t, dir)?;
-                        attach_tree(fd.as_raw_fd(), t)
-                            .with_context(|| format!("attach volume at {target}"))?;
-                    }
-                    Source::Path(p) => {
-                        let host = Path::new(OLD_ROOT).join(p.trim_start_matches('/'));
-                        let dir = fs::metadata(&host)
-                            .with_context(|| format!("volume source {p}"))?
-                            .is_dir();
-                        mount_point(t, dir)?;
-                        bind(&host, t, *read_only)
-                            .with_context(|| format!("volume {p} at {target}"))?;
-                    }
-                }
+                let Source::Fd(i) = src else {
+                    bail!("volume at {target}: source was not opened before the root changed");
+                };
+                let fd = fds.get(*i).context("plan names a missing fd")?;
+                // The fd's own type decides the mount point kind.
+                let st = nix::sys::stat::fstat(fd.as_raw_fd())?;
+                let kind = if (st.st_mode & libc::S_IFMT) == libc::S_IFDIR {
+                    Kind::Dir
+                } else {
+                    Kind::File
+                };
+                let t = mountfd::open_target(root, target, kind)?;
+                mountfd::attach(fd, &t).with_context(|| format!("attach volume at {target}"))?;
                 report.ok("volumes");
             }
             MountSpec::Tmpfs { target, size_mib } => {
-                let t = Path::new(target);
-                fs::create_dir_all(t)?;
-                mount(
-                    Some("tmpfs"),
-                    t,
-                    Some("tmpfs"),
-                    libc::MS_NOSUID | libc::MS_NODEV,
-                    Some(&format!("mode=1777,size={size_mib}m")),
+                let t = mountfd::open_target(root, target, Kind::Dir)?;
+                let size = format!("{size_mib}m");
+                let m = mountfd::new_fs(
+                    "tmpfs",
+                    &[],
+                    &[("mode", "1777"), ("size", &size)],
+                    mountfd::MOUNT_ATTR_NOSUID | mountfd::MOUNT_ATTR_NODEV,
                 )?;
+                mountfd::attach(&m, &t).with_context(|| format!("tmpfs at {target}"))?;
                 report.ok("tmpfs");
             }
         }
     }
     Ok(())
-}
-
-/// Detaches the host root: from here on nothing of the host is reachable
-/// by path.
-pub fn drop_old_root() -> Result<()> {
-    // SAFETY: valid C string.
-    let r = unsafe { libc::umount2(c"/.oldroot".as_ptr(), libc::MNT_DETACH) };
-    if r != 0 {
-        return Err(io::Error::last_os_error()).context("detach old root");
-    }
-    let _ = fs::remove_dir(OLD_ROOT);
-    Ok(())
-}
-
-pub fn old_root() -> &'static Path {
-    Path::new(OLD_ROOT)
 }
