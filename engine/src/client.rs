@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use lockbox_protocol::{
-    read_frame, write_frame, Frame, FrameError, FrameKind, Message, PROTOCOL_VERSION,
+    read_frame, write_frame, Frame, FrameError, FrameKind, Message, MAX_PAYLOAD, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
@@ -43,6 +43,16 @@ impl Shared {
     pub(crate) fn send(&self, f: Frame) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             return Err(EngineError::unavailable("the sandbox is not running"));
+        }
+        // Refused here, before the wire: a frame the agent cannot take
+        // would otherwise end the writer and with it every operation of
+        // the sandbox.
+        if f.payload.len() > MAX_PAYLOAD {
+            return Err(EngineError::invalid(format!(
+                "request of {} bytes is larger than the {MAX_PAYLOAD}-byte protocol limit \
+                 (arguments, environment and paths together)",
+                f.payload.len()
+            )));
         }
         self.tx
             .send(f)
@@ -262,12 +272,12 @@ async fn write_loop(
             f = rx.recv() => match f { Some(f) => f, None => break },
             _ = stop.wait_for(|s| *s) => break,
         };
-        if write_frame(&mut wr, &f).await.is_err() {
+        if !write_one(&mut wr, &f).await {
             return;
         }
         // Batch: only flush when nothing else is queued.
         while let Ok(f) = rx.try_recv() {
-            if write_frame(&mut wr, &f).await.is_err() {
+            if !write_one(&mut wr, &f).await {
                 return;
             }
         }
@@ -276,6 +286,17 @@ async fn write_loop(
         }
     }
     let _ = wr.shutdown().await;
+}
+
+/// Writes one frame; false once the socket is unusable. An oversized frame
+/// (`Shared::send` refuses them, so only a bug gets here) is dropped
+/// before any byte of it is written, which keeps the stream in step.
+async fn write_one(wr: &mut BufWriter<tokio::net::unix::OwnedWriteHalf>, f: &Frame) -> bool {
+    match write_frame(wr, f).await {
+        Ok(()) => true,
+        Err(FrameError::Protocol(_)) => true,
+        Err(_) => false,
+    }
 }
 
 async fn read_loop(mut rd: tokio::net::unix::OwnedReadHalf, shared: Arc<Shared>) {
@@ -330,5 +351,68 @@ async fn read_loop(mut rd: tokio::net::unix::OwnedReadHalf, shared: Arc<Shared>)
         .unwrap_or_default();
     for tx in routes {
         let _ = tx.send(Incoming::Closed(reason.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lockbox_protocol::{ErrorCode, ExecRequest};
+
+    /// A minimal agent on a real socket: answers the handshake and every
+    /// Ping, and records the size of every frame it receives.
+    async fn fake_agent(l: tokio::net::UnixListener, seen: Arc<Mutex<Vec<usize>>>) {
+        let (s, _) = l.accept().await.unwrap();
+        let (mut r, w) = s.into_split();
+        let mut w = BufWriter::new(w);
+        while let Ok(f) = read_frame(&mut r).await {
+            seen.lock().unwrap().push(f.payload.len());
+            let reply = match f.message() {
+                Ok(Message::Hello { .. }) => Message::HelloAck {
+                    version: PROTOCOL_VERSION,
+                    agent_pid: 1,
+                    sandbox: "fake".into(),
+                },
+                _ => Message::Ok,
+            };
+            write_frame(&mut w, &Frame::control(f.id, &reply))
+                .await
+                .unwrap();
+            w.flush().await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn oversized_request_is_invalid_and_the_connection_lives() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = tokio::net::UnixListener::bind(dir.path().join("agent.sock")).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        tokio::spawn(fake_agent(l, seen.clone()));
+        let c = AgentClient::connect(dir.path(), "fake").await.unwrap();
+
+        let big = ExecRequest {
+            argv: vec!["echo".into(), "x".repeat(MAX_PAYLOAD + 1)],
+            ..Default::default()
+        };
+        let e = c.call(&Message::Exec(big)).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidArgument, "{e}");
+        // The same connection still answers, and the agent never saw a
+        // byte of the refused request.
+        assert!(matches!(c.call(&Message::Ping).await, Ok(Message::Ok)));
+        assert!(!c.is_closed());
+        let sizes = seen.lock().unwrap().clone();
+        assert_eq!(sizes.len(), 2, "{sizes:?}");
+        assert!(sizes.iter().all(|n| *n <= MAX_PAYLOAD));
+
+        // Control: a request just under the limit does go out.
+        let fits = ExecRequest {
+            argv: vec!["echo".into(), "x".repeat(MAX_PAYLOAD - 4096)],
+            ..Default::default()
+        };
+        assert!(matches!(
+            c.call(&Message::Exec(fits)).await,
+            Ok(Message::Ok)
+        ));
+        assert!(seen.lock().unwrap().iter().any(|n| *n > MAX_PAYLOAD - 4096));
     }
 }

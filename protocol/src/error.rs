@@ -44,9 +44,16 @@ impl ErrorCode {
             libc_errno::EACCES | libc_errno::EPERM | libc_errno::EROFS => {
                 ErrorCode::PermissionDenied
             }
-            libc_errno::EINVAL | libc_errno::EISDIR | libc_errno::ELOOP | libc_errno::EXDEV => {
-                ErrorCode::InvalidArgument
-            }
+            // E2BIG: argv/env over the kernel's limits; ENAMETOOLONG: a path
+            // or name component too long; ENXIO: a FIFO or device that
+            // cannot be opened the way asked. All are the caller's input.
+            libc_errno::EINVAL
+            | libc_errno::EISDIR
+            | libc_errno::ELOOP
+            | libc_errno::EXDEV
+            | libc_errno::E2BIG
+            | libc_errno::ENAMETOOLONG
+            | libc_errno::ENXIO => ErrorCode::InvalidArgument,
             libc_errno::ENOSPC | libc_errno::EDQUOT | libc_errno::ENOMEM | libc_errno::EAGAIN => {
                 ErrorCode::ResourceExhausted
             }
@@ -65,6 +72,8 @@ impl std::fmt::Display for ErrorCode {
 mod libc_errno {
     pub const EPERM: i32 = 1;
     pub const ENOENT: i32 = 2;
+    pub const ENXIO: i32 = 6;
+    pub const E2BIG: i32 = 7;
     pub const EAGAIN: i32 = 11;
     pub const ENOMEM: i32 = 12;
     pub const EACCES: i32 = 13;
@@ -76,6 +85,7 @@ mod libc_errno {
     pub const ENOSPC: i32 = 28;
     pub const EROFS: i32 = 30;
     pub const ENOTEMPTY: i32 = 39;
+    pub const ENAMETOOLONG: i32 = 36;
     pub const ELOOP: i32 = 40;
     pub const EDQUOT: i32 = 122;
 }
@@ -94,5 +104,19 @@ impl WireError {
             code,
             message: message.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caller_input_errnos_are_invalid_argument() {
+        for e in [7, 36, 6, 22, 40] {
+            assert_eq!(ErrorCode::from_errno(e), ErrorCode::InvalidArgument, "{e}");
+        }
+        assert_eq!(ErrorCode::from_errno(13), ErrorCode::PermissionDenied);
+        assert_eq!(ErrorCode::from_errno(5), ErrorCode::Internal);
     }
 }

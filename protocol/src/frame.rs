@@ -152,6 +152,75 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, FrameE
     })
 }
 
+/// A frame whose header was sound but that cannot be accepted (payload
+/// above `MAX_PAYLOAD`, unknown kind). Its payload has been read and
+/// dropped, so the stream is still in step and the receiver can answer
+/// the operation with an error instead of closing the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub kind: u8,
+    pub stream: u8,
+    pub id: u32,
+    pub len: usize,
+    pub reason: String,
+}
+
+/// Payloads up to this size are read past (without buffering) when
+/// rejected; a larger length is taken for corrupt framing and ends the
+/// connection, since skipping it could stall the reader for gigabytes.
+pub const MAX_SKIP: usize = 64 * 1024 * 1024;
+
+/// Like `read_frame`, but a frame that is well delimited yet unacceptable
+/// comes back as `Ok(Err(Rejected))` with the stream positioned at the
+/// next frame. Only broken framing (a length below the header size or
+/// above `MAX_SKIP`) and I/O errors are `Err`.
+pub async fn read_frame_or_reject<R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> Result<Result<Frame, Rejected>, FrameError> {
+    let mut h = [0u8; HEADER_LEN];
+    match r.read_exact(&mut h[..4]).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
+    if len < HEADER_LEN - 4 || len - (HEADER_LEN - 4) > MAX_SKIP {
+        return Err(FrameError::Protocol(format!("bad frame length {len}")));
+    }
+    r.read_exact(&mut h[4..]).await?;
+    let plen = len - (HEADER_LEN - 4);
+    let id = u32::from_be_bytes([h[6], h[7], h[8], h[9]]);
+    let kind = FrameKind::from_u8(h[4]);
+    let reason = match kind {
+        None => Some(format!("unknown frame kind {}", h[4])),
+        Some(_) if plen > MAX_PAYLOAD => Some(format!(
+            "frame of {plen} bytes exceeds the {MAX_PAYLOAD}-byte limit"
+        )),
+        Some(_) => None,
+    };
+    if let Some(reason) = reason {
+        let skipped = tokio::io::copy(&mut r.take(plen as u64), &mut tokio::io::sink()).await?;
+        if skipped != plen as u64 {
+            return Err(FrameError::Closed);
+        }
+        return Ok(Err(Rejected {
+            kind: h[4],
+            stream: h[5],
+            id,
+            len: plen,
+            reason,
+        }));
+    }
+    let mut payload = vec![0u8; plen];
+    r.read_exact(&mut payload).await?;
+    Ok(Ok(Frame {
+        kind: kind.expect("checked above"),
+        stream: h[5],
+        id,
+        payload,
+    }))
+}
+
 /// Writes one frame (not flushed: callers batch and flush).
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: &Frame) -> Result<(), FrameError> {
     if f.payload.len() > MAX_PAYLOAD {
@@ -192,6 +261,36 @@ mod tests {
         let bad_kind = [0u8, 0, 0, 6, 99, 0, 0, 0, 0, 0];
         assert!(matches!(
             read_frame(&mut &bad_kind[..]).await,
+            Err(FrameError::Protocol(_))
+        ));
+    }
+
+    /// An oversized or unknown frame between two good ones is reported
+    /// with its id, and the good frame after it still decodes.
+    #[tokio::test]
+    async fn rejected_frames_keep_the_stream_in_step() {
+        let big = MAX_PAYLOAD + 1;
+        let mut buf = Vec::new();
+        buf.extend_from_slice(&((big + HEADER_LEN - 4) as u32).to_be_bytes());
+        buf.extend_from_slice(&[FrameKind::Control as u8, 0, 0, 0, 0, 42]);
+        buf.resize(buf.len() + big, b'x');
+        buf.extend_from_slice(&[0u8, 0, 0, 9, 99, 0, 0, 0, 0, 43, 1, 2, 3]);
+        let after = Frame::control(44, &crate::Message::Ping);
+        write_frame(&mut buf, &after).await.unwrap();
+        let mut r = buf.as_slice();
+        let rej = read_frame_or_reject(&mut r).await.unwrap().unwrap_err();
+        assert_eq!((rej.id, rej.len), (42, big));
+        let rej = read_frame_or_reject(&mut r).await.unwrap().unwrap_err();
+        assert_eq!((rej.id, rej.kind, rej.len), (43, 99, 3));
+        assert_eq!(read_frame_or_reject(&mut r).await.unwrap().unwrap(), after);
+        assert!(matches!(
+            read_frame_or_reject(&mut r).await,
+            Err(FrameError::Closed)
+        ));
+        // Beyond MAX_SKIP the length is not trusted at all.
+        let huge = [0xffu8, 0xff, 0xff, 0xff, 1, 0, 0, 0, 0, 0];
+        assert!(matches!(
+            read_frame_or_reject(&mut &huge[..]).await,
             Err(FrameError::Protocol(_))
         ));
     }

@@ -15,7 +15,10 @@ mod launch;
 mod message;
 
 pub use error::{ErrorCode, WireError};
-pub use frame::{read_frame, write_frame, Frame, FrameError, FrameKind, HEADER_LEN, MAX_PAYLOAD};
+pub use frame::{
+    read_frame, read_frame_or_reject, write_frame, Frame, FrameError, FrameKind, Rejected,
+    HEADER_LEN, MAX_PAYLOAD, MAX_SKIP,
+};
 pub use launch::*;
 pub use message::*;
 

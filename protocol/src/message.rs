@@ -90,6 +90,15 @@ pub enum Message {
     Written {
         bytes: u64,
     },
+    /// Runs one file request (any of the above) as `uid`/`gid` with
+    /// `gid` as its only group, instead of as the sandbox's configured
+    /// user, which is what an unwrapped file request acts as. The reply
+    /// and streams are those of `request`, under this frame's id.
+    AsUser {
+        uid: u32,
+        gid: u32,
+        request: Box<Message>,
+    },
 
     // ----- sandbox -----
     /// Cgroup-independent view of the sandbox from inside (process count).
