@@ -170,7 +170,12 @@ pub struct ExecOutput {
     pub stderr: Vec<u8>,
 }
 
-/// Runs to completion, feeding `stdin` (if any) and collecting output.
+/// What `run_collect` keeps of each output stream. Past it the process is
+/// killed and the call fails with `resource_exhausted` ("output limit").
+pub const DEFAULT_OUTPUT_LIMIT: u64 = 16 << 20;
+
+/// Runs to completion, feeding `stdin` (if any) and collecting output (at
+/// most `DEFAULT_OUTPUT_LIMIT` bytes per stream).
 pub async fn run_collect(
     client: &AgentClient,
     mut req: ExecRequest,
@@ -187,11 +192,18 @@ pub async fn run_collect(
             }
         }
     };
+    let p = &p;
     let read_all = |r: Option<Arc<StreamReader>>| async move {
-        match r {
-            Some(r) => r.read_to_end().await,
+        let r = match r {
+            Some(r) => r.read_to_end_max(DEFAULT_OUTPUT_LIMIT).await,
             None => Ok(Vec::new()),
+        };
+        if r.is_err() {
+            // Nobody will read the rest: end the process rather than let
+            // it run on writing into a stream that is only drained.
+            let _ = p.signal(libc::SIGKILL);
         }
+        r
     };
     let ((), out, err) = tokio::join!(feed, read_all(r_out), read_all(r_err));
     let status = p.wait().await?;

@@ -36,6 +36,20 @@ pub(crate) struct Demuxed {
 /// has arrived and every stream has ended, on an `Error`, or when the
 /// connection closes.
 pub(crate) fn demux(op: Op, streams: &[u8]) -> Demuxed {
+    demux_drain(op, streams, None)
+}
+
+/// Bytes of an abandoned file stream the engine still acknowledges. Past
+/// this, nothing more is acknowledged: an agent streaming a device that
+/// never ends (a file swapped for `/dev/zero`) stalls on its window
+/// instead of streaming into the void for ever. Files are drained below
+/// it, so an abandoned read of an ordinary file still ends.
+pub(crate) const FILE_DRAIN_LIMIT: u64 = 16 << 20;
+
+/// `demux`, but once a reader is gone, at most `drain_limit` bytes (all
+/// streams together) are still acknowledged; `None` drains for ever, which
+/// suits processes (they end, or the caller kills them).
+pub(crate) fn demux_drain(op: Op, streams: &[u8], drain_limit: Option<u64>) -> Demuxed {
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
     let (cred_tx, cred_rx) = mpsc::unbounded_channel();
     let mut readers = Vec::new();
@@ -47,7 +61,7 @@ pub(crate) fn demux(op: Op, streams: &[u8]) -> Demuxed {
     }
     let id = op.id;
     let shared = op.shared.clone();
-    tokio::spawn(run_demux(op, ctl_tx, cred_tx, outs));
+    tokio::spawn(run_demux(op, ctl_tx, cred_tx, outs, drain_limit));
     Demuxed {
         id,
         shared,
@@ -62,8 +76,10 @@ async fn run_demux(
     ctl: mpsc::UnboundedSender<Result<Message>>,
     cred: mpsc::UnboundedSender<Result<u32>>,
     mut outs: Vec<(u8, Option<mpsc::UnboundedSender<Chunk>>)>,
+    drain_limit: Option<u64>,
 ) {
     let mut replied = false;
+    let mut drained = 0u64;
     loop {
         if replied && outs.iter().all(|(_, tx)| tx.is_none()) {
             return;
@@ -87,8 +103,16 @@ async fn run_demux(
                     .map(|tx| tx.send(Chunk::Data(bytes)).is_ok())
                     .unwrap_or(false);
                 if !sent {
-                    // Unread or unexpected: drop it but keep the agent moving.
-                    let _ = op.shared.send(Frame::credit(op.id, s, n));
+                    // Unread or unexpected: drop it but keep the agent
+                    // moving, up to the drain limit.
+                    drained += n as u64;
+                    let keep_going = match drain_limit {
+                        None => true,
+                        Some(l) => drained <= l,
+                    };
+                    if keep_going {
+                        let _ = op.shared.send(Frame::credit(op.id, s, n));
+                    }
                 }
             }
             Incoming::Eof(s) => {
@@ -197,12 +221,25 @@ impl StreamReader {
 
     /// Reads everything until EOF.
     pub async fn read_to_end(&self) -> Result<Vec<u8>> {
+        self.read_to_end_max(u64::MAX).await
+    }
+
+    /// Reads everything until EOF, or fails with `resource_exhausted`
+    /// ("output limit: ...") as soon as more than `max` bytes arrived, so
+    /// a stream the sandbox controls never grows the host without bound.
+    pub async fn read_to_end_max(&self, max: u64) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         let mut buf = vec![0u8; DATA_CHUNK];
         loop {
             let n = self.read(&mut buf).await?;
             if n == 0 {
                 return Ok(out);
+            }
+            if (out.len() + n) as u64 > max {
+                return Err(EngineError::new(
+                    lockbox_protocol::ErrorCode::ResourceExhausted,
+                    format!("output limit: the stream passed {max} bytes"),
+                ));
             }
             out.extend_from_slice(&buf[..n]);
         }

@@ -81,6 +81,10 @@ fn dir_mode() -> u32 {
     0o755
 }
 
+fn copy_max_bytes() -> u64 {
+    fs::DEFAULT_COPY_MAX_BYTES
+}
+
 fn file_mode() -> u32 {
     0o644
 }
@@ -128,9 +132,25 @@ fn symlink(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
 }
 
 fn open(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
-    let p: PathParams = params("fs.open", p)?;
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct P {
+        sandbox: u64,
+        path: String,
+        /// Refuse anything but a regular file (after following links).
+        #[serde(default)]
+        regular: bool,
+    }
+    let p: P = params("fs.open", p)?;
     let c = sandbox(p.sandbox)?.client().map_err(api)?;
-    let r = ctx.block_on(async { fs::open(&c, &p.path).await.map_err(api) })?;
+    let r = ctx.block_on(async {
+        if p.regular {
+            fs::open_regular(&c, &p.path).await
+        } else {
+            fs::open(&c, &p.path).await
+        }
+        .map_err(api)
+    })?;
     let h = registry::global().insert_stream(Arc::new(ReadStream(Arc::new(r))));
     Ok(json!({ "stream": h }))
 }
@@ -160,7 +180,17 @@ struct CopyParams {
 }
 
 fn copy_to_host(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
-    let p: CopyParams = params("fs.copy_to_host", p)?;
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct P {
+        sandbox: u64,
+        src: String,
+        dst: String,
+        /// Cap on the file bytes written to the host (default 1 GiB).
+        #[serde(default = "copy_max_bytes")]
+        max_bytes: u64,
+    }
+    let p: P = params("fs.copy_to_host", p)?;
     let c = sandbox(p.sandbox)?.client().map_err(api)?;
     let dst = PathBuf::from(&p.dst);
     if !dst.is_absolute() {
@@ -168,7 +198,11 @@ fn copy_to_host(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
             "fs.copy_to_host: dst must be an absolute host path",
         ));
     }
-    let n = ctx.block_on(async { fs::copy_to_host(&c, &p.src, &dst).await.map_err(api) })?;
+    let n = ctx.block_on(async {
+        fs::copy_to_host(&c, &p.src, &dst, p.max_bytes)
+            .await
+            .map_err(api)
+    })?;
     Ok(json!({ "bytes": n }))
 }
 
