@@ -119,8 +119,12 @@ pub fn guest_path(what: &str, p: &str) -> Result<String> {
 
 fn mount_target(what: &str, p: &str) -> Result<String> {
     let g = guest_path(what, p)?;
-    if g == "/" || g == "/proc" || g.starts_with("/proc/") || g == "/dev" || g.starts_with("/dev/")
-    {
+    // The kernel filesystems the helper mounts itself: a mount over or
+    // under them would hide a mask or a read-only flag.
+    let kernel = ["/proc", "/dev", "/sys"]
+        .iter()
+        .any(|k| g == *k || g.starts_with(&format!("{k}/")));
+    if g == "/" || kernel {
         return Err(EngineError::invalid(format!(
             "{what} cannot be mounted at {g}"
         )));
@@ -340,6 +344,8 @@ mod tests {
         cfg(r#"{"env": ["A=b=c", "E="]}"#).unwrap();
         assert!(cfg(r#"{"volumes": [{"host_path": "rel", "guest_path": "/x"}]}"#).is_err());
         assert!(cfg(r#"{"tmpfs": [{"guest_path": "/proc"}]}"#).is_err());
+        assert!(cfg(r#"{"tmpfs": [{"guest_path": "/sys/fs"}]}"#).is_err());
+        assert!(cfg(r#"{"tmpfs": [{"guest_path": "/system"}]}"#).is_ok());
         assert!(cfg(r#"{"tmpfs": [{"guest_path": "/a"}, {"guest_path": "/a/"}]}"#).is_err());
         assert!(cfg(r#"{"ports": [{"host": 0, "guest": 80}]}"#).is_err());
         assert!(cfg(r#"{"image": "a", "rootfs": "/b"}"#).is_err());

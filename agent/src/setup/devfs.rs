@@ -83,7 +83,13 @@ pub fn populate(root: &OwnedFd, devices: HostDevices) -> Result<OwnedFd> {
     ] {
         symlink_at(&dev, to, link).with_context(|| format!("/dev/{link}"))?;
     }
-    mountfd::open_target(&dev, "null", Kind::File).context("/dev/null")
+    // The bound node, not the empty file it covers.
+    let null = mountfd::open_existing(&dev, "null")?.context("/dev/null vanished")?;
+    let st = nix::sys::stat::fstat(null.as_raw_fd())?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFCHR {
+        anyhow::bail!("/dev/null is not the device it was bound to");
+    }
+    Ok(null)
 }
 
 fn symlink_at(dir: &OwnedFd, target: &str, name: &str) -> io::Result<()> {

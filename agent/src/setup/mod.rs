@@ -90,12 +90,13 @@ fn build(
     // host's root is gone.
     rootfs::adopt_paths(spec, &mut plan, &mut fds)?;
     let devices = devfs::HostDevices::clone().context("/dev")?;
+    let kernel = procfs::KernelMounts::create().context("/proc")?;
     let root = rootfs::enter(spec, &plan, &fds, report)?;
     report.ok("mountns");
     let dev_null = devfs::populate(&root, devices).context("/dev")?;
-    procfs::mount_proc(&root, &dev_null).context("/proc")?;
+    procfs::mount_proc(&root, &kernel, &dev_null).context("/proc")?;
     report.ok("proc_masked");
-    match procfs::mount_sys(&root) {
+    match procfs::mount_sys(&root, kernel) {
         Ok(()) => report.ok("sys_read_only"),
         Err(e) => report.not("sys", format!("/sys left absent: {e:#}")),
     }

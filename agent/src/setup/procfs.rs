@@ -32,13 +32,33 @@ const READ_ONLY: [&str; 5] = ["sys", "sysrq-trigger", "bus", "fs", "irq"];
 
 const NOSUID_NODEV_NOEXEC: u64 = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
 
+/// New procfs and sysfs instances for the sandbox's pid and network
+/// namespaces, made while the host's own /proc and /sys are still in the
+/// mount namespace: in a user namespace the kernel only grants a new proc
+/// or sysfs mount when an unobstructed one is visible ("mount too
+/// revealing"), and once the root changed none is.
+pub struct KernelMounts {
+    proc_: OwnedFd,
+    /// The kernel may refuse sysfs (the caller reports why).
+    sys: Result<OwnedFd>,
+}
+
+impl KernelMounts {
+    pub fn create() -> Result<KernelMounts> {
+        Ok(KernelMounts {
+            proc_: mountfd::new_fs("proc", &[], &[], NOSUID_NODEV_NOEXEC).context("new procfs")?,
+            sys: mountfd::new_fs("sysfs", &[], &[], NOSUID_NODEV_NOEXEC | MOUNT_ATTR_RDONLY)
+                .context("new sysfs"),
+        })
+    }
+}
+
 /// Mounts the sandbox's procfs on the image's /proc (whatever the image
 /// had there is covered) and masks it. `dev_null` is the sandbox's
 /// /dev/null, whose mount is cloned over each masked file.
-pub fn mount_proc(root: &OwnedFd, dev_null: &OwnedFd) -> Result<()> {
+pub fn mount_proc(root: &OwnedFd, kernel: &KernelMounts, dev_null: &OwnedFd) -> Result<()> {
     let target = mountfd::open_target(root, "/proc", Kind::Dir)?;
-    let m = mountfd::new_fs("proc", &[], &[], NOSUID_NODEV_NOEXEC)?;
-    mountfd::attach(&m, &target).context("mount proc")?;
+    mountfd::attach(&kernel.proc_, &target).context("mount proc")?;
     // The kernel's own tree from here on: no image content below /proc.
     let proc_ = mountfd::open_target(root, "/proc", Kind::Dir)?;
     for f in MASKED_FILES {
@@ -79,9 +99,9 @@ pub fn mount_proc(root: &OwnedFd, dev_null: &OwnedFd) -> Result<()> {
 
 /// sysfs for the sandbox's network namespace, read-only; absent when the
 /// kernel refuses it (the caller records that).
-pub fn mount_sys(root: &OwnedFd) -> Result<()> {
+pub fn mount_sys(root: &OwnedFd, kernel: KernelMounts) -> Result<()> {
+    let m = kernel.sys?;
     let target = mountfd::open_target(root, "/sys", Kind::Dir)?;
-    let m = mountfd::new_fs("sysfs", &[], &[], NOSUID_NODEV_NOEXEC | MOUNT_ATTR_RDONLY)?;
     mountfd::attach(&m, &target).context("mount sysfs")?;
     let sys = mountfd::open_target(root, "/sys", Kind::Dir)?;
     if let Some(fw) = mountfd::open_existing(&sys, "firmware")? {

@@ -1,0 +1,295 @@
+package tests
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"lockbox.dev/lockbox"
+)
+
+// Attacks from a hostile image: the image's content (symlinks where the
+// helper mounts things, setuid files, device nodes) is the attacker's.
+// Each image is the base image copied and then altered by the test, and is
+// used through WithRootfs exactly as a user would use an imported image.
+
+// hostileRootfs copies the base image's rootfs into a fresh directory and
+// lets alter change it. The copy is world-readable so the rootless run
+// (as nobody) can use it.
+func hostileRootfs(t *testing.T, alter func(root string)) string {
+	t.Helper()
+	images := os.Getenv("LOCKBOX_IMAGES")
+	if images == "" {
+		t.Skip("LOCKBOX_IMAGES is not set: run `make test-escape`")
+	}
+	base := filepath.Join(images, "base", "rootfs")
+	dir, err := os.MkdirTemp(scratchParent(), "lockbox-hostile-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	root := filepath.Join(dir, "rootfs")
+	if out, err := exec.Command("cp", "-a", base, root).CombinedOutput(); err != nil {
+		t.Fatalf("copy base rootfs: %v\n%s", err, out)
+	}
+	alter(root)
+	return root
+}
+
+// scratchParent is a directory the test's user may write and that is not
+// under /tmp: the helper covers /tmp in its own mount namespace while it
+// assembles the root, so a host path there would not show an escape.
+func scratchParent() string {
+	if h := os.Getenv("LOCKBOX_HOME"); h != "" {
+		return h
+	}
+	return os.TempDir()
+}
+
+func replaceWithSymlink(t *testing.T, root, guest, target string) {
+	t.Helper()
+	p := filepath.Join(root, guest)
+	if err := os.RemoveAll(p); err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(filepath.Dir(p), 0o755)
+	if err := os.Symlink(target, p); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// hostRootVisible reports the mount points inside sb under which a host
+// file (the engine library, which no image holds) is reachable, i.e.
+// where some part of the host's own tree is mounted.
+func hostRootVisible(t *testing.T, sb *lockbox.Sandbox) []string {
+	t.Helper()
+	lib, err := filepath.Abs(os.Getenv("LOCKBOX_LIB"))
+	if err != nil || lib == "" {
+		t.Fatalf("LOCKBOX_LIB: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	script := `for m in $(cut -d' ' -f5 /proc/self/mountinfo) /.oldroot /tmp/root; do
+  [ -e "$m$1" ] && echo "$m"; done; echo END`
+	res, err := sb.ExecArgs(ctx, []string{"/bin/sh", "-c", script, "sh", lib})
+	if err != nil {
+		t.Fatalf("host-root detector: %v", err)
+	}
+	out := strings.TrimSpace(string(res.Stdout))
+	if !strings.HasSuffix(out, "END") {
+		t.Fatalf("host-root detector did not finish: %q %q", out, res.Stderr)
+	}
+	var seen []string
+	for _, l := range strings.Split(out, "\n") {
+		if l != "END" && l != "" {
+			seen = append(seen, l)
+		}
+	}
+	return seen
+}
+
+// The detector itself, against a sandbox that really does see the host's
+// root: without this, an empty answer would prove nothing.
+func TestEscapeImageDetectorSeesHostRoot(t *testing.T) {
+	needEngine(t)
+	sb := newSandbox(t, lockbox.WithVolume("/", "/hostroot", true))
+	seen := hostRootVisible(t, sb)
+	if len(seen) == 0 {
+		t.Fatal("the detector does not see the host root even when it is mounted at /hostroot")
+	}
+	t.Logf("control: host root seen at %v", seen)
+}
+
+// createHostile creates a sandbox that is expected to be refused. If the
+// engine accepts it, the host root must still be invisible inside.
+func createHostile(t *testing.T, opts ...lockbox.Option) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	opts = append([]lockbox.Option{lockbox.WithVolume(escapeProbe(t), "/probe", true)}, opts...)
+	sb, err := lockbox.CreateSandbox(ctx, opts...)
+	if err != nil {
+		return err
+	}
+	defer sb.Remove(context.Background())
+	if seen := hostRootVisible(t, sb); len(seen) > 0 {
+		t.Fatalf("ESCAPE: the host's root is visible inside at %v", seen)
+	}
+	return nil
+}
+
+func TestEscapeImageSymlinkedKernelMounts(t *testing.T) {
+	needEngine(t)
+	for _, c := range []struct{ guest, target string }{
+		{"proc", "/.oldroot"},
+		{"proc", "../../.."},
+		{"sys", "/.oldroot"},
+		{"sys", "/.oldroot/proc"},
+		{"dev", "/.oldroot/dev"},
+		{"dev", "/proc/1/root"},
+	} {
+		t.Run(c.guest+"->"+c.target, func(t *testing.T) {
+			root := hostileRootfs(t, func(root string) { replaceWithSymlink(t, root, c.guest, c.target) })
+			err := createHostile(t, lockbox.WithRootfs(root))
+			if err == nil {
+				t.Fatalf("an image with /%s -> %s was accepted", c.guest, c.target)
+			}
+			if !errors.Is(err, lockbox.ErrInvalidArgument) || !strings.Contains(err.Error(), "symlink") {
+				t.Fatalf("want invalid_argument naming the symlink, got %v", err)
+			}
+		})
+	}
+}
+
+// Mount targets below an image symlink: the helper must neither mount
+// through it nor create anything where it points.
+func TestEscapeImageSymlinkedMountTargets(t *testing.T) {
+	needEngine(t)
+	hostDir, err := os.MkdirTemp(scratchParent(), "lockbox-target-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(hostDir)
+	os.Chmod(hostDir, 0o777)
+	volDir := t.TempDir()
+	os.Chmod(volDir, 0o755)
+	cases := []struct {
+		name string
+		opt  lockbox.Option
+	}{
+		{"tmpfs", lockbox.WithTmpfs("/data/x", 1)},
+		{"tmpfs-at-link", lockbox.WithTmpfs("/data", 1)},
+		{"volume", lockbox.WithVolume(volDir, "/data/y", true)},
+		{"named-volume", lockbox.WithNamedVolume("hostile-image-vol", "/data/z", false)},
+	}
+	for _, c := range cases {
+		for _, link := range []string{"/.oldroot" + hostDir, "/tmp/root" + hostDir, hostDir, "../../../../../../../.." + hostDir} {
+			t.Run(c.name+"/"+link, func(t *testing.T) {
+				root := hostileRootfs(t, func(root string) { replaceWithSymlink(t, root, "data", link) })
+				err := createHostile(t, lockbox.WithRootfs(root), c.opt)
+				if err == nil {
+					t.Fatalf("a mount target through the image symlink /data -> %s was accepted", link)
+				}
+				if !strings.Contains(err.Error(), "symlink") {
+					t.Fatalf("want an error naming the symlink, got %v", err)
+				}
+				if ents, _ := os.ReadDir(hostDir); len(ents) != 0 {
+					t.Fatalf("HOST CHANGED: the helper created %v in %s", ents, hostDir)
+				}
+			})
+		}
+	}
+}
+
+// Guest paths that name where the helper keeps (or kept) its own mounts
+// are either refused or harmless: the host's root never shows up.
+func TestEscapeInternalGuestPaths(t *testing.T) {
+	needEngine(t)
+	vol := t.TempDir()
+	os.Chmod(vol, 0o755)
+	for _, g := range []string{"/.oldroot", "/tmp", "/tmp/root", "/mnt", "/sys", "/sys/fs"} {
+		for _, kind := range []string{"tmpfs", "volume", "named"} {
+			t.Run(kind+g, func(t *testing.T) {
+				var opt lockbox.Option
+				switch kind {
+				case "tmpfs":
+					opt = lockbox.WithTmpfs(g, 1)
+				case "volume":
+					opt = lockbox.WithVolume(vol, g, true)
+				default:
+					opt = lockbox.WithNamedVolume("internal-paths", g, false)
+				}
+				err := createHostile(t, opt)
+				t.Logf("%s at %s: %v", kind, g, err)
+				if err != nil && !errors.Is(err, lockbox.ErrInvalidArgument) {
+					t.Fatalf("want success or invalid_argument, got %v", err)
+				}
+			})
+		}
+	}
+}
+
+// A setuid-root binary in the image gives a user inside nothing.
+func TestEscapeImageSetuidBinary(t *testing.T) {
+	needEngine(t)
+	root := hostileRootfs(t, func(root string) {
+		b, err := os.ReadFile(filepath.Join(root, "bin", "busybox"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(root, "suid-busybox")
+		if err := os.WriteFile(p, b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		// As the rootless user the file is ours, not root's; the mode bits
+		// still say setuid, which is what the kernel must ignore.
+		if err := os.Chmod(p, 0o4755|os.ModeSetuid); err != nil {
+			t.Fatal(err)
+		}
+	})
+	sb := newSandbox(t, lockbox.WithRootfs(root))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// Control: the detector reads 0 for root.
+	res, err := sb.ExecArgs(ctx, []string{"/suid-busybox", "id", "-u"})
+	if err != nil || strings.TrimSpace(string(res.Stdout)) != "0" {
+		t.Fatalf("control: root runs the copy: %q %v", res.Stdout, err)
+	}
+	res, err = sb.ExecArgs(ctx, []string{"/suid-busybox", "id", "-u"}, lockbox.WithExecUser("1000"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.TrimSpace(string(res.Stdout)); got != "1000" {
+		t.Fatalf("ESCAPE: a setuid file from the image ran with euid %q", got)
+	}
+}
+
+// A device node in the image (the host's own root disk, readable by all)
+// opens to nothing inside. Only root can make the node on the host.
+func TestEscapeImageDeviceNode(t *testing.T) {
+	needEngine(t)
+	if os.Getuid() != 0 {
+		t.Skip("making a device node needs root on the host")
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat("/", &st); err != nil {
+		t.Fatal(err)
+	}
+	dev := uint64(st.Dev)
+	var node string
+	root := hostileRootfs(t, func(root string) {
+		node = filepath.Join(root, "rootdisk")
+		if err := syscall.Mknod(node, syscall.S_IFBLK|0o666, int(dev)); err != nil {
+			t.Fatalf("mknod: %v", err)
+		}
+	})
+	// Control: on the host the node reads (the detector can see success).
+	f, err := os.Open(node)
+	if err != nil {
+		t.Skipf("the host's own root device does not open here (%v): nothing to test", err)
+	}
+	buf := make([]byte, 512)
+	_, rerr := f.Read(buf)
+	f.Close()
+	if rerr != nil {
+		t.Skipf("the host's root device reads nothing here (%v)", rerr)
+	}
+	sb := newSandbox(t, lockbox.WithRootfs(root))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res, err := sb.ExecArgs(ctx, []string{"/bin/sh", "-c", "head -c 512 /rootdisk | wc -c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.TrimSpace(string(res.Stdout)); n != "0" {
+		t.Fatalf("ESCAPE: the host's root disk read %s bytes through an image device node (%s)", n, fmt.Sprint(res.Stderr))
+	}
+}
