@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -28,6 +29,11 @@ var (
 	ErrDownload = errors.New("lockbox: download failed")
 	// ErrNoReleaseURL: a download is needed and no source is configured.
 	ErrNoReleaseURL = errors.New("lockbox: no release URL")
+	// ErrInstallDirUnsafe: the install dir, a directory above it or a file
+	// in it could be changed by another user (owned by someone else than
+	// this user or root, writable by group or others, a symbolic link
+	// where a file belongs). Nothing is installed into it or loaded from it.
+	ErrInstallDirUnsafe = errors.New("lockbox: install dir is not safe to use")
 )
 
 // Installation is a completely installed, verified version.
@@ -62,19 +68,32 @@ type InstallEvent struct {
 	Err      error
 }
 
-// lastInstalled is the library of the most recent successful
-// EnsureInstalled in this process: the loader's first choice (libpath.go).
-var lastInstalled atomic.Pointer[Installation]
+// lastInstalled is the most recent successful EnsureInstalled in this
+// process, with the settings that re-check it: the loader's first choice
+// (libpath.go).
+var lastInstalled atomic.Pointer[installedRef]
+
+type installedRef struct {
+	inst *Installation
+	s    *installSettings
+}
 
 // EnsureInstalled makes sure the pinned version (or WithVersion's) is
 // completely installed and verified, downloading it if needed, and returns
-// where it is. When it already is, this is a marker check (no re-hash).
+// where it is. When it already is, this is a marker check plus an lstat
+// of every artifact (owner, mode, size; no re-hash: the loader re-hashes
+// the library before loading it).
 //
 // Downloads are checked against the signature of a trusted key and, for
 // the pinned version, the manifest hash embedded in this SDK, and each
 // artifact's size and sha256 while streaming. Concurrent calls, also from
 // other processes, serialize on a file lock; a killed install leaves
-// nothing that looks installed.
+// nothing that looks installed and nothing the next install reuses.
+//
+// The install dir and every directory above it must be owned by this user
+// or root and not writable by others (a sticky directory such as /tmp may
+// be above it): otherwise ErrInstallDirUnsafe. Directories the installer
+// creates are 0700.
 func EnsureInstalled(ctx context.Context, opts ...InstallOption) (*Installation, error) {
 	s, err := resolveInstallSettings(opts)
 	if err != nil {
@@ -85,7 +104,7 @@ func EnsureInstalled(ctx context.Context, opts ...InstallOption) (*Installation,
 	if err != nil {
 		return nil, err
 	}
-	lastInstalled.Store(inst)
+	lastInstalled.Store(&installedRef{inst, s})
 	return inst, nil
 }
 
@@ -130,14 +149,14 @@ func (in *installer) emit(ev InstallEvent) {
 	}
 }
 
-func (in *installer) installation(m *releaseManifest) *Installation {
+func (in *installer) installation(paths versionPaths, m *releaseManifest) *Installation {
 	inst := &Installation{
 		Version:   in.s.version,
-		Dir:       in.paths.dir,
-		ImagesDir: filepath.Join(in.paths.dir, "images"),
+		Dir:       paths.dir,
+		ImagesDir: filepath.Join(paths.dir, "images"),
 	}
 	for _, a := range m.Platforms[platformName()] {
-		p := filepath.Join(in.paths.dir, filepath.FromSlash(a.Path))
+		p := filepath.Join(paths.dir, filepath.FromSlash(a.Path))
 		switch {
 		case a.Kind == "library":
 			inst.LibraryPath = p
@@ -148,36 +167,104 @@ func (in *installer) installation(m *releaseManifest) *Installation {
 	return inst
 }
 
-// checkComplete is the warm path. For the pinned version the marker must
-// equal the embedded manifest hash: one small read. Otherwise the
-// installed manifest must match the marker and carry a trusted signature.
+// notCompleteError: there is no install to look at (no tree, no marker,
+// or a marker for another manifest). Any other checkComplete error means
+// an install is there but must not be used.
+type notCompleteError struct{ err error }
+
+func (e *notCompleteError) Error() string { return e.err.Error() }
+func (e *notCompleteError) Unwrap() error { return e.err }
+
+// checkComplete is the warm path, and the check before every load. The
+// marker is public (the manifest's hash), so it only says which manifest
+// to check against: every artifact must then be a regular file of the
+// manifest's size, owned by this user or root and not writable by
+// others, in directories with the same property all the way up to /.
+// For the pinned version the marker must equal the embedded manifest
+// hash; otherwise the installed manifest must match the marker and carry
+// a trusted signature.
 func (in *installer) checkComplete() (*Installation, error) {
-	marker, err := os.ReadFile(filepath.Join(in.paths.dir, markerFile))
-	if err != nil {
-		return nil, err
+	inst, _, err := in.check()
+	return inst, err
+}
+
+func (in *installer) check() (*Installation, *releaseManifest, error) {
+	root, err := resolveRoot(in.s.root, false)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, &notCompleteError{err}
+	} else if err != nil {
+		return nil, nil, err
 	}
+	paths := newVersionPaths(root, in.s.version)
+	for _, d := range []string{paths.versions, paths.dir} {
+		if err := checkDir(d); errors.Is(err, fs.ErrNotExist) {
+			return nil, nil, &notCompleteError{err}
+		} else if err != nil {
+			return nil, nil, err
+		}
+	}
+	marker, err := readTrusted(filepath.Join(paths.dir, markerFile), 256)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, &notCompleteError{err}
+	} else if err != nil {
+		return nil, nil, err
+	}
+	var m *releaseManifest
 	if in.pinSHA256 != "" {
 		if string(marker) != in.trust.pinMarkerStr || in.trust.pinManifest == nil {
-			return nil, errors.New("marker does not match the pinned manifest")
+			return nil, nil, &notCompleteError{errors.New("marker does not match the pinned manifest")}
 		}
-		return in.installation(in.trust.pinManifest), nil
+		m = in.trust.pinManifest
+	} else {
+		b, err := readTrusted(filepath.Join(paths.dir, manifestFile), maxManifestBytes)
+		if err != nil {
+			return nil, nil, err
+		}
+		if string(marker) != markerContent(sha256Hex(b)) {
+			return nil, nil, &notCompleteError{errors.New("marker does not match the installed manifest")}
+		}
+		sig, err := readTrusted(filepath.Join(paths.dir, signatureFile), maxSignatureBytes)
+		if err != nil {
+			return nil, nil, err
+		}
+		if m, err = in.verifyManifest(b, sig); err != nil {
+			return nil, nil, err
+		}
 	}
-	b, err := os.ReadFile(filepath.Join(in.paths.dir, manifestFile))
+	arts, err := m.artifactsFor(platformName())
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if string(marker) != markerContent(sha256Hex(b)) {
-		return nil, errors.New("marker does not match the installed manifest")
+	checked := map[string]bool{}
+	for _, a := range arts {
+		p := filepath.Join(paths.dir, filepath.FromSlash(a.Path))
+		if d := filepath.Dir(p); !checked[d] {
+			if err := checkDir(d); err != nil {
+				return nil, nil, fmt.Errorf("%s is marked complete but: %w", paths.dir, err)
+			}
+			checked[d] = true
+		}
+		if err := checkArtifactFile(p, a); err != nil {
+			return nil, nil, fmt.Errorf("%s is marked complete but: %w", paths.dir, err)
+		}
 	}
-	sig, err := os.ReadFile(filepath.Join(in.paths.dir, signatureFile))
+	return in.installation(paths, m), m, nil
+}
+
+// checkArtifactFile: an lstat'ed regular file, owned by this user or
+// root, not writable by others, of the manifest's size.
+func checkArtifactFile(p string, a releaseArtifact) error {
+	fi, err := os.Lstat(p)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	m, err := in.verifyManifest(b, sig)
-	if err != nil {
-		return nil, err
+	if err := checkNode(p, fi, false, true); err != nil {
+		return err
 	}
-	return in.installation(m), nil
+	if fi.Size() != a.Size {
+		return fmt.Errorf("%w: %s has %d bytes, the manifest says %d", ErrVerification, p, fi.Size(), a.Size)
+	}
+	return nil
 }
 
 // verifyManifest: signature first, then pin, version and ABI, so nothing
@@ -206,12 +293,17 @@ func (in *installer) run(ctx context.Context) (*Installation, error) {
 	if in.trust.err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrVerification, in.trust.err)
 	}
-	if inst, err := in.checkComplete(); err == nil {
+	inst, cerr := in.checkComplete()
+	if cerr == nil {
 		in.emit(InstallEvent{Kind: InstallAlreadyInstalled})
 		return inst, nil
 	}
 	if in.s.offline {
-		return nil, fmt.Errorf("%w (offline): %s", ErrNotInstalled, in.describeMissing())
+		var nc *notCompleteError
+		if errors.As(cerr, &nc) {
+			return nil, fmt.Errorf("%w (offline): %s", ErrNotInstalled, in.describeMissing())
+		}
+		return nil, fmt.Errorf("%w (offline): %s: %w", ErrNotInstalled, in.describeMissing(), cerr)
 	}
 	if in.s.releaseURL == "" {
 		return nil, fmt.Errorf("%w: lockbox %s is not installed in %s and no release source is set: set LOCKBOX_RELEASE_URL (or WithReleaseURL) to an http(s):// mirror or a directory made by `make release`; there is no default download server",
@@ -221,8 +313,19 @@ func (in *installer) run(ctx context.Context) (*Installation, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(in.paths.versions, 0o755); err != nil {
-		return nil, err
+	if in.s.installTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, in.s.installTimeout)
+		defer cancel()
+	}
+	src.stall, src.minBytes = in.s.stallTimeout, max(1, int64(in.s.stallTimeout.Seconds()*float64(in.s.minRate)))
+	root, err := resolveRoot(in.s.root, true)
+	if err != nil {
+		return nil, fmt.Errorf("lockbox: install dir %s: %w", in.s.root, err)
+	}
+	in.paths = newVersionPaths(root, in.s.version)
+	if err := ensureDir(in.paths.versions); err != nil {
+		return nil, fmt.Errorf("lockbox: install dir %s: %w", in.s.root, err)
 	}
 	unlock, err := lockFile(ctx, in.paths.lock)
 	if err != nil {
@@ -269,6 +372,10 @@ func (in *installer) fetchAndInstall(ctx context.Context, src *releaseSource) (*
 	if err != nil {
 		return nil, err
 	}
+	if err := checkDir(staging); err != nil {
+		os.RemoveAll(staging)
+		return nil, err
+	}
 	if err := in.stage(ctx, src, staging, mb, sig, arts); err != nil {
 		os.RemoveAll(staging)
 		return nil, err
@@ -283,9 +390,8 @@ func (in *installer) fetchAndInstall(ctx context.Context, src *releaseSource) (*
 	if err := writeFileAtomic(filepath.Join(in.paths.dir, markerFile), []byte(markerContent(sha256Hex(mb))), 0o644); err != nil {
 		return nil, err
 	}
-	os.RemoveAll(in.paths.partial)
 	in.emit(InstallEvent{Kind: InstallComplete})
-	return in.installation(m), nil
+	return in.installation(in.paths, m), nil
 }
 
 func (in *installer) stage(ctx context.Context, src *releaseSource, staging string, mb, sig []byte, arts []releaseArtifact) error {
@@ -298,8 +404,10 @@ func (in *installer) stage(ctx context.Context, src *releaseSource, staging stri
 	dirs := map[string]bool{}
 	for _, a := range arts {
 		d := filepath.Join(staging, filepath.Dir(filepath.FromSlash(a.Path)))
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return err
+		if !dirs[d] {
+			if err := ensureDir(d); err != nil {
+				return err
+			}
 		}
 		dirs[d] = true
 	}
@@ -341,31 +449,29 @@ func (in *installer) stage(ctx context.Context, src *releaseSource, staging stri
 			return err
 		}
 	}
-	if err := os.Chmod(staging, 0o755); err != nil { // MkdirTemp made it 0700
-		return err
-	}
 	return syncDir(staging)
 }
 
-// downloadArtifact fetches a into versions/.partial-<v>/<sha256> (kept if
-// the process dies, resumed next time) and moves it to dest once verified.
+// downloadArtifact fetches a into a new file of unpredictable name next
+// to dest (inside the staging dir this install made) and gives it dest's
+// name once its size and sha256 are verified. A failed download is
+// deleted, and anything a killed one left goes with its staging dir.
 func (in *installer) downloadArtifact(ctx context.Context, src *releaseSource, a releaseArtifact, dest string) error {
-	if err := os.MkdirAll(in.paths.partial, 0o755); err != nil {
-		return err
-	}
-	part := filepath.Join(in.paths.partial, a.partialName())
-	f, err := os.OpenFile(part, os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := createExclusive(filepath.Dir(dest), ".download-")
 	if err != nil {
 		return err
 	}
-	defer f.Close()
+	tmp := f.Name()
+	defer func() {
+		if f != nil {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
 	progress := func(have int64) {
 		in.emit(InstallEvent{Kind: InstallDownloading, Artifact: a.Path, Bytes: have, Total: a.Size})
 	}
 	if err := src.download(ctx, in.s.version+"/"+a.Path, a, f, progress, in.onRetry(a.Path)); err != nil {
-		if errors.Is(err, ErrVerification) {
-			os.Remove(part) // bad bytes must not be resumed
-		}
 		return err
 	}
 	if err := f.Chmod(os.FileMode(a.mode())); err != nil {
@@ -374,10 +480,13 @@ func (in *installer) downloadArtifact(ctx context.Context, src *releaseSource, a
 	if err := f.Sync(); err != nil {
 		return err
 	}
-	if err := f.Close(); err != nil {
-		return err
+	err = f.Close()
+	f = nil
+	if err == nil {
+		err = os.Rename(tmp, dest)
 	}
-	if err := os.Rename(part, dest); err != nil {
+	if err != nil {
+		os.Remove(tmp)
 		return err
 	}
 	in.emit(InstallEvent{Kind: InstallArtifactVerified, Artifact: a.Path, Bytes: a.Size, Total: a.Size})
@@ -394,7 +503,7 @@ func (in *installer) clearLeftovers() error {
 	}
 	for _, e := range entries {
 		for _, p := range in.paths.scratchPrefixes() {
-			if strings.HasPrefix(e.Name(), p) {
+			if strings.HasPrefix(e.Name(), p) || e.Name() == in.paths.legacyPartial() {
 				if err := os.RemoveAll(filepath.Join(in.paths.versions, e.Name())); err != nil {
 					return err
 				}
@@ -419,13 +528,13 @@ func (in *installer) clearLeftovers() error {
 }
 
 func (in *installer) describeMissing() string {
-	b, err := os.ReadFile(filepath.Join(in.paths.dir, manifestFile))
+	b, err := readTrusted(filepath.Join(in.paths.dir, manifestFile), maxManifestBytes)
 	var missing []string
 	if m, perr := parseManifest(b); err != nil || perr != nil {
 		missing = append(missing, in.paths.dir+" (no manifest)")
 	} else {
 		for _, a := range m.Platforms[platformName()] {
-			if _, err := os.Stat(filepath.Join(in.paths.dir, filepath.FromSlash(a.Path))); err != nil {
+			if _, err := os.Lstat(filepath.Join(in.paths.dir, filepath.FromSlash(a.Path))); err != nil {
 				missing = append(missing, a.Path)
 			}
 		}

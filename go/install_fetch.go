@@ -25,9 +25,14 @@ const (
 	writebackEvery = 2 << 20
 )
 
-// stallTimeout: an attempt that receives no byte for this long is
-// abandoned and retried (with Range) even if the caller's ctx has no deadline.
-var stallTimeout = 30 * time.Second
+// Defaults of WithStallTimeout, WithMinDownloadRate and WithInstallTimeout.
+// A server that drips bytes defeats a plain "no byte for N s" timeout, so
+// each stall window must bring a minimum number of bytes.
+const (
+	defaultStallTimeout   = 30 * time.Second
+	defaultMinRate        = 1024 // bytes per second, averaged over a stall window
+	defaultInstallTimeout = time.Hour
+)
 
 // installHTTP does not ask for compression: Range offsets and sizes are
 // about the bytes on the server, and transparent gunzip would hide them.
@@ -42,18 +47,22 @@ var installHTTP = &http.Client{Transport: func() http.RoundTripper {
 type releaseSource struct {
 	url string // http(s) base without trailing slash; "" for a directory
 	dir string
+	// An attempt that receives fewer than minBytes in a stall window is
+	// abandoned and retried (with Range), whatever the caller's ctx says.
+	stall    time.Duration
+	minBytes int64
 }
 
 func parseReleaseSource(spec string) (*releaseSource, error) {
 	switch {
 	case strings.HasPrefix(spec, "http://"), strings.HasPrefix(spec, "https://"):
-		return &releaseSource{url: strings.TrimRight(spec, "/")}, nil
+		return &releaseSource{url: strings.TrimRight(spec, "/"), stall: defaultStallTimeout, minBytes: 1}, nil
 	case strings.HasPrefix(spec, "file://"):
-		return &releaseSource{dir: strings.TrimPrefix(spec, "file://")}, nil
+		return &releaseSource{dir: strings.TrimPrefix(spec, "file://"), stall: defaultStallTimeout, minBytes: 1}, nil
 	case strings.Contains(spec, "://"):
 		return nil, fmt.Errorf("lockbox: release URL %q: want http(s)://, file:// or a directory", spec)
 	default:
-		return &releaseSource{dir: spec}, nil
+		return &releaseSource{dir: spec, stall: defaultStallTimeout, minBytes: 1}, nil
 	}
 }
 
@@ -120,28 +129,41 @@ func statusError(code int, what string) error {
 	}
 }
 
-// stallGuard cancels an attempt when no byte arrived for stallTimeout.
+// stallGuard cancels an attempt (through timer) when a stall window
+// passes without minBytes arriving: the timer is pushed back only once
+// that many have come since the last push.
 type stallGuard struct {
 	r     io.Reader
 	timer *time.Timer
+	src   *releaseSource
+	got   int64
 }
 
 func (g *stallGuard) Read(p []byte) (int, error) {
 	n, err := g.r.Read(p)
-	if n > 0 {
-		g.timer.Reset(stallTimeout)
+	g.got += int64(n)
+	if g.got >= g.src.minBytes {
+		g.got = 0
+		g.timer.Reset(g.src.stall)
 	}
 	return n, err
+}
+
+func (s *releaseSource) stallError(what string) error {
+	return retryable(fmt.Errorf("%s: fewer than %d bytes in %v (too slow or stalled)", what, s.minBytes, s.stall))
 }
 
 func (s *releaseSource) open(ctx context.Context, rel string, from int64) (io.ReadCloser, *http.Response, error) {
 	what := s.describe(rel)
 	if s.url == "" {
-		f, err := os.Open(filepath.Join(s.dir, rel))
+		f, err := openSourceFile(filepath.Join(s.dir, rel))
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, nil, fmt.Errorf("%w: %s", ErrReleaseNotFound, what)
 		}
-		return f, nil, err
+		if err != nil {
+			return nil, nil, err
+		}
+		return f, nil, nil
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, what, nil)
 	if err != nil {
@@ -170,18 +192,24 @@ func (s *releaseSource) fetchSmall(ctx context.Context, rel string, limit int64,
 	err := withRetries(ctx, what, onRetry, func(ctx context.Context) error {
 		actx, cancel := context.WithCancel(ctx)
 		defer cancel()
-		timer := time.AfterFunc(stallTimeout, cancel)
+		timer := time.AfterFunc(s.stall, cancel)
 		defer timer.Stop()
 		body, resp, err := s.open(actx, rel, 0)
 		if err != nil {
+			if ctx.Err() == nil && actx.Err() != nil {
+				return s.stallError(what)
+			}
 			return err
 		}
 		defer body.Close()
 		if resp != nil && resp.StatusCode != http.StatusOK {
 			return statusError(resp.StatusCode, what)
 		}
-		b, err := io.ReadAll(io.LimitReader(&stallGuard{body, timer}, limit+1))
+		b, err := io.ReadAll(io.LimitReader(&stallGuard{r: body, timer: timer, src: s}, limit+1))
 		if err != nil {
+			if ctx.Err() == nil && actx.Err() != nil {
+				return s.stallError(what)
+			}
 			return retryable(fmt.Errorf("%s: %v", what, err))
 		}
 		if int64(len(b)) > limit {
@@ -213,25 +241,6 @@ func (r *received) restart() error {
 		return err
 	}
 	_, err := r.f.Seek(0, io.SeekStart)
-	return err
-}
-
-// resumeFrom picks up bytes an earlier (killed) install left in f: they
-// are hashed as if just received, and the download continues after them.
-func (r *received) resumeFrom() error {
-	st, err := r.f.Stat()
-	if err != nil {
-		return err
-	}
-	if st.Size() > r.size {
-		return r.f.Truncate(0)
-	}
-	n, err := io.Copy(r.h, io.NewSectionReader(r.f, 0, st.Size()))
-	if err != nil {
-		return err
-	}
-	r.have, r.flushed = n, n
-	_, err = r.f.Seek(n, io.SeekStart)
 	return err
 }
 
@@ -270,24 +279,22 @@ func (r *received) stream(ctx context.Context, src io.Reader, progress func(int6
 	return nil
 }
 
-// download fetches one artifact into f, checking size and sha256. Bytes
-// already in f (a killed install's) and an interrupted HTTP transfer are
-// resumed with a Range request.
+// download fetches one artifact into f (new and empty), hashing while it
+// streams and checking size and sha256. An interrupted HTTP transfer is
+// resumed with a Range request within this call; nothing is resumed
+// across calls.
 func (s *releaseSource) download(ctx context.Context, rel string, a releaseArtifact, f *os.File, progress func(int64), onRetry func(int, error)) error {
 	r := &received{f: f, h: sha256.New(), size: a.Size, what: s.describe(rel)}
-	if err := r.resumeFrom(); err != nil {
-		return err
-	}
-	if r.have == r.size { // a killed install had received it all
-		return r.check(a)
-	}
 	err := withRetries(ctx, r.what, onRetry, func(ctx context.Context) error {
 		actx, cancel := context.WithCancel(ctx)
 		defer cancel()
-		timer := time.AfterFunc(stallTimeout, cancel)
+		timer := time.AfterFunc(s.stall, cancel)
 		defer timer.Stop()
 		body, resp, err := s.open(actx, rel, r.have)
 		if err != nil {
+			if ctx.Err() == nil && actx.Err() != nil {
+				return s.stallError(r.what)
+			}
 			return err
 		}
 		defer body.Close()
@@ -327,9 +334,9 @@ func (s *releaseSource) download(ctx context.Context, rel string, a releaseArtif
 		if resp.ContentLength >= 0 && r.have+resp.ContentLength != r.size {
 			return fmt.Errorf("%w: %s: server sends %d bytes, manifest says %d", ErrVerification, r.what, r.have+resp.ContentLength, r.size)
 		}
-		err = r.stream(actx, &stallGuard{body, timer}, progress)
+		err = r.stream(actx, &stallGuard{r: body, timer: timer, src: s}, progress)
 		if err != nil && ctx.Err() == nil && actx.Err() != nil {
-			return retryable(fmt.Errorf("%s: no data for %v", r.what, stallTimeout))
+			return s.stallError(r.what)
 		}
 		return err
 	})

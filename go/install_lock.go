@@ -12,8 +12,15 @@ import (
 // Rust CLI takes). The kernel drops it when a holder dies, so a killed
 // install never blocks the next. Waiting polls so ctx is honoured.
 func lockFile(ctx context.Context, path string) (unlock func(), err error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|noFollow, 0o600)
 	if err != nil {
+		return nil, err
+	}
+	if fi, err := f.Stat(); err != nil || checkNode(path, fi, false, true) != nil {
+		f.Close()
+		if err == nil {
+			err = checkNode(path, fi, false, true)
+		}
 		return nil, err
 	}
 	wait := time.Millisecond

@@ -5,19 +5,23 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 )
 
 // InstallOption configures EnsureInstalled and IsInstalled.
 type InstallOption func(*installSettings)
 
 type installSettings struct {
-	version    string
-	releaseURL string
-	root       string
-	offline    bool
-	progress   func(InstallEvent)
-	extraKeys  []trustedKey
-	optErr     error
+	version        string
+	releaseURL     string
+	root           string
+	offline        bool
+	progress       func(InstallEvent)
+	extraKeys      []trustedKey
+	stallTimeout   time.Duration
+	minRate        int64
+	installTimeout time.Duration
+	optErr         error
 }
 
 // WithVersion installs another version than the one this SDK pins. Its
@@ -58,6 +62,43 @@ func WithTrustedKey(keyText string) InstallOption {
 	}
 }
 
+// WithStallTimeout sets the stall window (default 30s): a download
+// attempt that receives less than WithMinDownloadRate's worth of bytes in
+// one window is abandoned and retried from where it stopped.
+func WithStallTimeout(d time.Duration) InstallOption {
+	return func(s *installSettings) {
+		if d <= 0 {
+			s.optErr = fmt.Errorf("WithStallTimeout: %v is not positive", d)
+		}
+		s.stallTimeout = d
+	}
+}
+
+// WithMinDownloadRate sets the rate, in bytes per second averaged over a
+// stall window, below which a download attempt counts as stalled (default
+// 1024; 0: any byte is progress). It stops a server that drips a byte now
+// and then from holding an install for ever.
+func WithMinDownloadRate(bytesPerSecond int64) InstallOption {
+	return func(s *installSettings) {
+		if bytesPerSecond < 0 {
+			s.optErr = fmt.Errorf("WithMinDownloadRate: %d is negative", bytesPerSecond)
+		}
+		s.minRate = bytesPerSecond
+	}
+}
+
+// WithInstallTimeout bounds an EnsureInstalled that has to install
+// (default 1h; 0: only ctx bounds it), including the wait for another
+// process's install lock. Past it the error matches context.DeadlineExceeded.
+func WithInstallTimeout(d time.Duration) InstallOption {
+	return func(s *installSettings) {
+		if d < 0 {
+			s.optErr = fmt.Errorf("WithInstallTimeout: %v is negative", d)
+		}
+		s.installTimeout = d
+	}
+}
+
 func envFlag(name string) bool {
 	switch os.Getenv(name) {
 	case "1", "true", "yes":
@@ -85,9 +126,12 @@ func defaultRoot() (string, error) {
 
 func resolveInstallSettings(opts []InstallOption) (*installSettings, error) {
 	s := &installSettings{
-		version:    Version,
-		releaseURL: os.Getenv("LOCKBOX_RELEASE_URL"),
-		offline:    envFlag("LOCKBOX_OFFLINE"),
+		version:        Version,
+		releaseURL:     os.Getenv("LOCKBOX_RELEASE_URL"),
+		offline:        envFlag("LOCKBOX_OFFLINE"),
+		stallTimeout:   defaultStallTimeout,
+		minRate:        defaultMinRate,
+		installTimeout: defaultInstallTimeout,
 	}
 	for _, o := range opts {
 		o(s)

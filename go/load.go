@@ -94,13 +94,23 @@ func load(cfg loadConfig) (*library, error) {
 }
 
 func resolveLibraryPath(cfg loadConfig) (string, error) {
-	for _, p := range []string{cfg.path, os.Getenv("LOCKBOX_LIB"), installedLibraryPath()} {
+	for _, p := range []string{cfg.path, os.Getenv("LOCKBOX_LIB")} {
 		if p != "" {
 			return p, nil
 		}
 	}
 	if l := loaded.Load(); l != nil {
 		return l.path, nil
+	}
+	// The installed copy is loaded only after its tree and bytes pass the
+	// installer's checks (libpath.go): a planted or swapped library must
+	// never reach dlopen, where its constructors would run.
+	p, err := installedLibrary()
+	if err != nil {
+		return "", loadError("installed engine library", "refusing to load it: "+err.Error(), err)
+	}
+	if p != "" {
+		return p, nil
 	}
 	return "", &Error{Op: "load", Code: CodeNotInstalled,
 		Message: "no engine library: call EnsureInstalled, set LOCKBOX_LIB, or pass WithLibraryPath"}

@@ -25,6 +25,10 @@ pub enum Error {
     /// Transport failures that outlasted the retries.
     #[error("network: {0}")]
     Network(String),
+    /// The install dir, a directory above it or a file in it could be
+    /// changed by another user: nothing is installed into it or used from it.
+    #[error("unsafe install dir: {0}")]
+    Unsafe(String),
     /// Offline mode and the version is not (completely) installed.
     #[error("offline and not installed: {0}")]
     Offline(String),
@@ -42,7 +46,7 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Verification(_) => exit::VERIFICATION,
+            Error::Verification(_) | Error::Unsafe(_) => exit::VERIFICATION,
             Error::NotFound(_) => exit::NOT_FOUND,
             Error::Network(_) => exit::NETWORK,
             Error::Offline(_) => exit::OFFLINE,

@@ -26,10 +26,13 @@ enum Msg {
     Fail(String),
 }
 
-/// How long to wait for the next byte, and for everything.
+/// How much must arrive in how long, and the bound on everything. A
+/// window of `stall` must bring `min_bytes`: a server that drips a byte
+/// now and then is as stalled as a silent one.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub stall: Duration,
+    pub min_bytes: u64,
     pub deadline: Option<Instant>,
 }
 
@@ -38,11 +41,12 @@ impl Limits {
         self.deadline.is_some_and(|d| Instant::now() >= d)
     }
 
-    fn wait(&self) -> Duration {
-        match self.deadline {
-            Some(d) => self.stall.min(d.saturating_duration_since(Instant::now())),
-            None => self.stall,
-        }
+    fn wait(&self, window_end: Instant) -> Duration {
+        let end = match self.deadline {
+            Some(d) => window_end.min(d),
+            None => window_end,
+        };
+        end.saturating_duration_since(Instant::now())
     }
 }
 
@@ -52,6 +56,9 @@ pub struct HttpStream {
     pending: Vec<u8>,
     pos: usize,
     eof: bool,
+    /// The current stall window ends here unless `min_bytes` arrive first.
+    window_end: Instant,
+    window_bytes: u64,
 }
 
 /// Starts the request; `head` waits for the status and headers.
@@ -106,6 +113,8 @@ pub fn get(client: &Client, url: &str, from: u64, limits: Limits) -> HttpStream 
         pending: Vec::new(),
         pos: 0,
         eof: false,
+        window_end: Instant::now() + limits.stall,
+        window_bytes: 0,
     }
 }
 
@@ -122,15 +131,33 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 impl HttpStream {
-    fn next(&self) -> io::Result<Msg> {
-        match self.rx.recv_timeout(self.limits.wait()) {
-            Ok(m) => Ok(m),
+    fn next(&mut self) -> io::Result<Msg> {
+        let timeout = self.limits.wait(self.window_end);
+        let msg = if timeout.is_zero() {
+            Err(RecvTimeoutError::Timeout)
+        } else {
+            self.rx.recv_timeout(timeout)
+        };
+        match msg {
+            Ok(m) => {
+                if let Msg::Data(d) = &m {
+                    self.window_bytes += d.len() as u64;
+                    if self.window_bytes >= self.limits.min_bytes || d.is_empty() {
+                        self.window_bytes = 0;
+                        self.window_end = Instant::now() + self.limits.stall;
+                    }
+                }
+                Ok(m)
+            }
             Err(RecvTimeoutError::Timeout) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 if self.limits.expired() {
                     "deadline exceeded".to_string()
                 } else {
-                    format!("no data for {:?}", self.limits.stall)
+                    format!(
+                        "fewer than {} bytes in {:?} (too slow or stalled)",
+                        self.limits.min_bytes, self.limits.stall
+                    )
                 },
             )),
             Err(RecvTimeoutError::Disconnected) => Err(io::Error::other("download thread ended")),

@@ -1,13 +1,23 @@
 //! The install algorithm, identical in the Go SDK (go/install*.go):
 //! warm check -> lock -> re-check -> fetch + verify manifest -> stage and
 //! verify every artifact -> fsync -> rename into place -> `.complete` last.
+//!
+//! Every directory it makes is 0700, every file is opened without
+//! following links, and an install tree is used only if it and every
+//! directory above it belong to this user or root and are not writable by
+//! others (fsutil.rs). Downloads go to unpredictable names inside the
+//! staging dir and are never resumed across runs.
 
 use std::fs::{self, OpenOptions};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::fsutil::{remove_tree, sha256_hex, sync_dir, write_atomic};
+use crate::fsutil::{
+    check_dir, check_node, create_exclusive, ensure_dir, read_trusted, remove_tree, resolve_root,
+    sha256_hex, sync_dir, write_atomic, PRIVATE_DIR_MODE,
+};
 use crate::layout::{marker_content, VersionPaths, MANIFEST, SIGNATURE};
 use crate::lock::InstallLock;
 use crate::manifest::{Manifest, ABI_VERSION, MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES};
@@ -23,6 +33,9 @@ pub struct InstallRequest {
     pub platform: String,
     /// When set, the manifest must hash to exactly this (a pinned install).
     pub pinned_manifest_sha256: Option<String>,
+    /// Bounds the wait for another process's install lock (the source's
+    /// limits bound the downloads).
+    pub deadline: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -42,11 +55,20 @@ pub enum Event<'a> {
 
 pub fn install(req: &InstallRequest, on_event: &mut dyn FnMut(Event)) -> Result<Installed> {
     crate::manifest::validate_version(&req.version)?;
-    let paths = VersionPaths::new(&req.root, &req.version);
-    if let Some(m) = check_complete(&paths, req)? {
-        return Ok(installed(&paths, m, true));
+    match check_complete(req) {
+        Ok(Some((paths, m))) => return Ok(installed(&paths, m, true)),
+        Ok(None) => {}
+        Err(e) if req.offline => {
+            let paths = VersionPaths::new(&req.root, &req.version);
+            return Err(Error::Offline(format!(
+                "{} ({e})",
+                describe_missing(&paths, &req.platform)
+            )));
+        }
+        Err(_) => {} // replaced under the lock, or refused by resolve_root below
     }
     if req.offline {
+        let paths = VersionPaths::new(&req.root, &req.version);
         return Err(Error::Offline(describe_missing(&paths, &req.platform)));
     }
     let source = req.source.as_ref().ok_or_else(|| {
@@ -56,10 +78,12 @@ pub fn install(req: &InstallRequest, on_event: &mut dyn FnMut(Event)) -> Result<
                 .into(),
         )
     })?;
-    fs::create_dir_all(&paths.versions).map_err(|e| Error::io_at("create", &paths.versions, e))?;
-    let _lock = InstallLock::acquire(&paths.lock)?;
+    let root = resolve_root(&req.root, true)?.expect("created");
+    let paths = VersionPaths::new(&root, &req.version);
+    ensure_dir(&paths.versions)?;
+    let _lock = InstallLock::acquire(&paths.lock, req.deadline)?;
     // Another process may have finished while we waited for the lock.
-    if let Some(m) = check_complete(&paths, req)? {
+    if let Ok(Some((paths, m))) = check_complete(req) {
         return Ok(installed(&paths, m, true));
     }
     clear_leftovers(&paths)?;
@@ -73,48 +97,41 @@ pub fn install(req: &InstallRequest, on_event: &mut dyn FnMut(Event)) -> Result<
 
     let staging = paths.new_scratch("staging");
     let staged = (|| {
-        fs::create_dir(&staging).map_err(|e| Error::io_at("create", &staging, e))?;
+        fs::DirBuilder::new()
+            .mode(PRIVATE_DIR_MODE)
+            .create(&staging)
+            .map_err(|e| Error::io_at("create", &staging, e))?;
+        check_dir(&staging)?;
         write_file(&staging.join(MANIFEST), &manifest_bytes)?;
         write_file(&staging.join(SIGNATURE), &sig_bytes)?;
-        let partial = paths.partial();
-        fs::create_dir_all(&partial).map_err(|e| Error::io_at("create", &partial, e))?;
         for a in artifacts {
             let dest = staging.join(&a.path);
             let parent = dest.parent().expect("artifact path has a directory");
-            fs::create_dir_all(parent).map_err(|e| Error::io_at("create", parent, e))?;
-            // Downloaded under versions/.partial-<v>/<sha256>, which a killed
-            // install leaves for the next one to resume.
-            let part = partial.join(a.partial_name());
-            let mut f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .open(&part)
-                .map_err(|e| Error::io_at("create", &part, e))?;
-            let fetched = source.download(
-                &format!("{}/{}", req.version, a.path),
-                a,
-                &mut f,
-                &mut |have, size| {
-                    on_event(Event::Artifact {
-                        path: &a.path,
-                        have,
-                        size,
-                    })
-                },
-            );
+            ensure_dir(parent)?;
+            let (mut f, part) = create_exclusive(parent, ".download-")?;
+            let fetched = source
+                .download(
+                    &format!("{}/{}", req.version, a.path),
+                    a,
+                    &mut f,
+                    &mut |have, size| {
+                        on_event(Event::Artifact {
+                            path: &a.path,
+                            have,
+                            size,
+                        })
+                    },
+                )
+                .and_then(|_| {
+                    f.set_permissions(fs::Permissions::from_mode(a.kind.mode()))
+                        .and_then(|_| f.sync_all())
+                        .map_err(|e| Error::io_at("finish", &part, e))
+                });
+            drop(f);
             if let Err(e) = fetched {
-                if matches!(e, Error::Verification(_)) {
-                    let _ = fs::remove_file(&part); // bad bytes must not be resumed
-                }
+                let _ = fs::remove_file(&part);
                 return Err(e);
             }
-            f.set_permissions(fs::Permissions::from_mode(a.kind.mode()))
-                .and_then(|_| f.sync_all())
-                .map_err(|e| Error::io_at("finish", &part, e))?;
-            drop(f);
             fs::rename(&part, &dest).map_err(|e| Error::io_at("move into", &dest, e))?;
         }
         for sub in ["lib", "bin", "images"] {
@@ -123,9 +140,7 @@ pub fn install(req: &InstallRequest, on_event: &mut dyn FnMut(Event)) -> Result<
                 sync_dir(&d)?;
             }
         }
-        sync_dir(&staging)?;
-        fs::set_permissions(&staging, fs::Permissions::from_mode(0o755))
-            .map_err(|e| Error::io_at("chmod", &staging, e))
+        sync_dir(&staging)
     })();
     if let Err(e) = staged {
         let _ = remove_tree(&staging);
@@ -138,7 +153,6 @@ pub fn install(req: &InstallRequest, on_event: &mut dyn FnMut(Event)) -> Result<
         marker_content(&sha256_hex(&manifest_bytes)).as_bytes(),
         0o644,
     )?;
-    let _ = remove_tree(&paths.partial());
     on_event(Event::Complete);
     Ok(installed(&paths, manifest, false))
 }
@@ -156,6 +170,7 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
         .write(true)
         .create_new(true)
         .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .map_err(|e| Error::io_at("create", path, e))?;
     std::io::Write::write_all(&mut f, bytes)
@@ -200,34 +215,58 @@ fn verify_manifest(
     Ok(m)
 }
 
-/// The warm path: the marker matches the installed manifest (and the pin),
-/// and that manifest is still signed by a trusted key. Artifacts are not
-/// re-hashed (that is `verify`).
-fn check_complete(paths: &VersionPaths, req: &InstallRequest) -> Result<Option<Manifest>> {
-    let Ok(marker) = fs::read_to_string(paths.marker()) else {
+/// The warm path. The marker is public (the manifest's hash), so it only
+/// says which manifest to check: that manifest must match it (and the pin)
+/// and still carry a trusted signature, and every artifact must be a
+/// regular file of the manifest's size, owned by this user or root and not
+/// writable by others, in directories with the same property up to /.
+/// Artifacts are not re-hashed (that is `verify`). `Ok(None)`: nothing
+/// complete is there; `Err`: something is there that must not be used.
+fn check_complete(req: &InstallRequest) -> Result<Option<(VersionPaths, Manifest)>> {
+    let Some(root) = resolve_root(&req.root, false)? else {
         return Ok(None);
     };
-    let (Ok(bytes), Ok(sig)) = (
-        fs::read(paths.dir.join(MANIFEST)),
-        fs::read(paths.dir.join(SIGNATURE)),
-    ) else {
-        return Ok(None);
-    };
-    let sum = sha256_hex(&bytes);
-    if marker != marker_content(&sum) {
-        return Ok(None);
+    let paths = VersionPaths::new(&root, &req.version);
+    for d in [&paths.versions, &paths.dir] {
+        match fs::symlink_metadata(d) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io_at("stat", d, e)),
+            Ok(m) => check_node(d, &m, true, true)?,
+        }
     }
-    if req
-        .pinned_manifest_sha256
-        .as_ref()
-        .is_some_and(|p| p != &sum)
+    let marker = match read_trusted(&paths.marker(), 256) {
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(None)
+        }
+        r => r?,
+    };
+    let bytes = read_trusted(&paths.dir.join(MANIFEST), MAX_MANIFEST_BYTES)?;
+    let sum = sha256_hex(&bytes);
+    if marker != marker_content(&sum).as_bytes()
+        || req
+            .pinned_manifest_sha256
+            .as_ref()
+            .is_some_and(|p| p != &sum)
     {
         return Ok(None);
     }
-    match verify_manifest(req, &bytes, &sig, &mut |_| {}) {
-        Ok(m) => Ok(Some(m)),
-        Err(_) => Ok(None),
+    let sig = read_trusted(&paths.dir.join(SIGNATURE), MAX_SIGNATURE_BYTES)?;
+    let m = verify_manifest(req, &bytes, &sig, &mut |_| {})?;
+    for a in m.artifacts_for(&req.platform)? {
+        let p = paths.dir.join(&a.path);
+        check_dir(p.parent().expect("artifact path has a directory"))?;
+        let meta = fs::symlink_metadata(&p).map_err(|e| Error::io_at("stat", &p, e))?;
+        check_node(&p, &meta, false, true)?;
+        if meta.size() != a.size {
+            return Err(Error::Verification(format!(
+                "{}: {} bytes, the manifest says {}",
+                p.display(),
+                meta.size(),
+                a.size
+            )));
+        }
     }
+    Ok(Some((paths, m)))
 }
 
 /// Under the lock: staging/trash dirs of this version are from a killed
@@ -239,7 +278,7 @@ fn clear_leftovers(paths: &VersionPaths) -> Result<()> {
         .flatten()
     {
         let name = e.file_name().to_string_lossy().into_owned();
-        if prefixes.iter().any(|p| name.starts_with(p)) {
+        if prefixes.iter().any(|p| name.starts_with(p)) || e.path() == paths.legacy_partial() {
             remove_tree(&e.path())?;
         }
     }
@@ -255,18 +294,18 @@ fn clear_leftovers(paths: &VersionPaths) -> Result<()> {
 
 fn describe_missing(paths: &VersionPaths, platform: &str) -> String {
     let mut missing = Vec::new();
-    match fs::read(paths.dir.join(MANIFEST))
+    match read_trusted(&paths.dir.join(MANIFEST), MAX_MANIFEST_BYTES)
         .ok()
         .and_then(|b| Manifest::parse(&b).ok())
     {
         None => missing.push(format!("{} (no manifest)", paths.dir.display())),
         Some(m) => {
             for a in m.platforms.get(platform).into_iter().flatten() {
-                if !paths.dir.join(&a.path).is_file() {
+                if fs::symlink_metadata(paths.dir.join(&a.path)).is_err() {
                     missing.push(a.path.clone());
                 }
             }
-            if !paths.marker().is_file() {
+            if fs::symlink_metadata(paths.marker()).is_err() {
                 missing.push(crate::layout::MARKER.to_string());
             }
         }
@@ -330,6 +369,7 @@ mod tests {
             offline,
             platform: crate::manifest::current_platform(),
             pinned_manifest_sha256: None,
+            deadline: None,
         }
     }
 
@@ -394,34 +434,46 @@ mod tests {
     }
 
     #[test]
-    fn resumes_and_discards_partial_downloads() {
+    fn an_older_installers_partial_is_deleted_unread() {
         let f = fixture("4.0.0");
-        let lib = fs::read(f.dist.join("4.0.0/lib/liblockbox.so")).unwrap();
-        let sum = crate::fsutil::sha256_hex(&lib);
         let paths = VersionPaths::new(&f.root, "4.0.0");
-        fs::create_dir_all(paths.partial()).unwrap();
-        // A correct prefix is kept and completed.
+        fs::create_dir_all(paths.legacy_partial()).unwrap();
         fs::write(
-            paths.partial().join(format!("{sum}-lib_liblockbox.so")),
-            &lib[..1000],
-        )
-        .unwrap();
-        let done = install(&request(&f, "4.0.0", false), &mut |_| {}).unwrap();
-        assert_eq!(fs::read(done.dir.join("lib/liblockbox.so")).unwrap(), lib);
-        assert!(!paths.partial().exists());
-        // A local source is copied whole: a wrong prefix does no harm
-        // (over HTTP it fails the hash and is dropped: tests/install_test.go).
-        let g = fixture("4.0.1");
-        let lib = fs::read(g.dist.join("4.0.1/lib/liblockbox.so")).unwrap();
-        let sum = crate::fsutil::sha256_hex(&lib);
-        let paths = VersionPaths::new(&g.root, "4.0.1");
-        fs::create_dir_all(paths.partial()).unwrap();
-        fs::write(
-            paths.partial().join(format!("{sum}-lib_liblockbox.so")),
+            paths.legacy_partial().join("x-lib_liblockbox.so"),
             b"garbage",
         )
         .unwrap();
-        install(&request(&g, "4.0.1", false), &mut |_| {}).unwrap();
+        let done = install(&request(&f, "4.0.0", false), &mut |_| {}).unwrap();
+        crate::verify::verify_tree(&done.dir, &f.trusted, &crate::manifest::current_platform())
+            .unwrap();
+        assert!(!paths.legacy_partial().exists());
+    }
+
+    #[test]
+    fn a_tree_others_can_write_is_refused() {
+        let f = fixture("5.0.0");
+        install(&request(&f, "5.0.0", false), &mut |_| {}).unwrap();
+        let versions = f.root.join("versions");
+        fs::set_permissions(&versions, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = install(&request(&f, "5.0.0", true), &mut |_| {}).unwrap_err();
+        assert!(
+            err.to_string().contains("writable by group or others"),
+            "{err}"
+        );
+        assert!(matches!(
+            install(&request(&f, "5.0.0", false), &mut |_| {}),
+            Err(Error::Unsafe(_))
+        ));
+        fs::set_permissions(&versions, fs::Permissions::from_mode(0o700)).unwrap();
+        // A forged marker over a symlinked library is not an install.
+        let lib = versions.join("5.0.0/lib/liblockbox.so");
+        fs::remove_file(&lib).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", &lib).unwrap();
+        assert!(install(&request(&f, "5.0.0", true), &mut |_| {}).is_err());
+        let done = install(&request(&f, "5.0.0", false), &mut |_| {}).unwrap();
+        assert!(fs::symlink_metadata(done.dir.join("lib/liblockbox.so"))
+            .unwrap()
+            .is_file());
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Where things live in an install root ($LOCKBOX_HOME):
 //!   versions/<v>/          the installed tree (complete iff `.complete` matches)
 //!   versions/<v>.lock      cross-process install lock
-//!   versions/.staging-<v>-*  in-progress installs (removed by the next installer)
-//!   versions/.partial-<v>/<sha256>  downloads a killed install had begun (resumed)
+//!   versions/.staging-<v>-*  in-progress installs (removed by the next installer);
+//!                          downloads land only in there, under unpredictable names
+//!   versions/.partial-<v>/ resumable downloads of older installers: deleted, never read
 
 use std::path::{Path, PathBuf};
 
@@ -45,7 +46,9 @@ impl VersionPaths {
         }
     }
 
-    pub fn partial(&self) -> PathBuf {
+    /// Where older installers kept downloads across runs. Those bytes were
+    /// never verified: the next install deletes them unread.
+    pub fn legacy_partial(&self) -> PathBuf {
         self.versions.join(format!(".partial-{}", self.version))
     }
 

@@ -79,12 +79,19 @@ enum Cmd {
         /// Also trust this PEM CA certificate for https mirrors. Repeatable.
         #[arg(long)]
         ca_cert: Vec<PathBuf>,
-        /// Give up (exit 4) when the whole install takes longer than this many seconds.
-        #[arg(long)]
-        timeout: Option<u64>,
-        /// Abandon and retry a download that receives nothing for this many seconds.
+        /// Give up (exit 4) when the whole install, including the wait for
+        /// another process's install lock, takes longer than this many
+        /// seconds (0: no bound).
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+        /// Abandon and retry a download that receives less than
+        /// --min-rate's worth of bytes in this many seconds.
         #[arg(long, default_value_t = 30)]
         stall_timeout: u64,
+        /// Bytes per second a download must average over each stall window
+        /// (0: any byte is progress).
+        #[arg(long, default_value_t = 1024)]
+        min_rate: u64,
         /// No progress on stderr.
         #[arg(long, short)]
         quiet: bool,
@@ -198,6 +205,7 @@ fn run(cmd: Cmd) -> Result<(), Error> {
             ca_cert,
             timeout,
             stall_timeout,
+            min_rate,
             quiet,
         } => {
             let manifest_sha256 = match pin_manifest {
@@ -210,8 +218,9 @@ fn run(cmd: Cmd) -> Result<(), Error> {
                 .iter()
                 .map(|p| std::fs::read(p).map_err(|e| Error::io_at("read", p, e)))
                 .collect::<Result<Vec<_>, _>>()?;
-            let deadline = timeout.map(|s| Instant::now() + Duration::from_secs(s));
+            let deadline = (timeout > 0).then(|| Instant::now() + Duration::from_secs(timeout));
             let stall = Duration::from_secs(stall_timeout.max(1));
+            let min_bytes = min_rate.saturating_mul(stall.as_secs());
             let from = from.or_else(|| {
                 std::env::var("LOCKBOX_RELEASE_URL")
                     .ok()
@@ -223,13 +232,15 @@ fn run(cmd: Cmd) -> Result<(), Error> {
                 source: from
                     .as_deref()
                     .map(|f| {
-                        Source::parse_with_roots(f, &roots).map(|s| s.with_limits(stall, deadline))
+                        Source::parse_with_roots(f, &roots)
+                            .map(|s| s.with_limits(stall, min_bytes, deadline))
                     })
                     .transpose()?,
                 trusted: trusted_keys(&trusted_key)?,
                 offline: offline || env_flag("LOCKBOX_OFFLINE"),
                 platform,
                 pinned_manifest_sha256: manifest_sha256,
+                deadline,
             };
             let mut last_pct = u64::MAX;
             let installed = install(&req, &mut |ev| {

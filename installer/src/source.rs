@@ -69,6 +69,7 @@ impl Source {
                 client,
                 limits: Limits {
                     stall: DEFAULT_STALL,
+                    min_bytes: 1,
                     deadline: None,
                 },
             })
@@ -83,10 +84,21 @@ impl Source {
         }
     }
 
-    /// Sets the stall timeout and an overall deadline (HTTP sources only).
-    pub fn with_limits(mut self, stall: Duration, deadline: Option<std::time::Instant>) -> Source {
+    /// Sets the stall window, the bytes each window must bring (a minimum
+    /// rate: a server dripping bytes is a stalled one) and an overall
+    /// deadline (HTTP sources only).
+    pub fn with_limits(
+        mut self,
+        stall: Duration,
+        min_bytes: u64,
+        deadline: Option<std::time::Instant>,
+    ) -> Source {
         if let Source::Http { limits, .. } = &mut self {
-            *limits = Limits { stall, deadline };
+            *limits = Limits {
+                stall,
+                min_bytes: min_bytes.max(1),
+                deadline,
+            };
         }
         self
     }
@@ -117,13 +129,7 @@ impl Source {
             }
             self.check_deadline()?;
             let reader: Box<dyn Read> = match self {
-                Source::Dir(d) => Box::new(File::open(d.join(rel)).map_err(|e| {
-                    if e.kind() == std::io::ErrorKind::NotFound {
-                        Error::NotFound(what.clone())
-                    } else {
-                        Error::io_at("open", &d.join(rel), e)
-                    }
-                })?),
+                Source::Dir(d) => Box::new(open_dir_file(&d.join(rel), &what)?),
                 Source::Http { .. } => match self.get(rel, 0) {
                     Ok((h, r)) if h.status == StatusCode::OK => Box::new(r),
                     Ok((h, _)) => match classify_status(h.status, &what) {
@@ -156,9 +162,10 @@ impl Source {
         )))
     }
 
-    /// Downloads `rel` into `file` (read/write), checking the artifact's
-    /// size and sha256. Bytes already in `file` (a killed install's) and an
-    /// interrupted HTTP transfer are resumed with a Range request.
+    /// Downloads `rel` into `file` (new and empty), hashing while it streams
+    /// and checking the artifact's size and sha256. An interrupted HTTP
+    /// transfer is resumed with a Range request within this call; nothing
+    /// is resumed across calls.
     pub fn download(
         &self,
         rel: &str,
@@ -175,26 +182,15 @@ impl Source {
             size: artifact.size,
             what: &what,
         };
-        got.resume()?;
         let mut last = String::new();
         for attempt in 0..MAX_ATTEMPTS {
-            if got.have == artifact.size {
-                break; // a killed install had received it all
-            }
             if attempt > 0 {
                 std::thread::sleep(backoff(attempt));
             }
             self.check_deadline()?;
             let outcome = match self {
                 Source::Dir(d) => {
-                    let path = d.join(rel);
-                    let f = File::open(&path).map_err(|e| {
-                        if e.kind() == std::io::ErrorKind::NotFound {
-                            Error::NotFound(what.clone())
-                        } else {
-                            Error::io_at("open", &path, e)
-                        }
-                    })?;
+                    let f = open_dir_file(&d.join(rel), &what)?;
                     got.restart()?;
                     // A local file does not get longer by retrying.
                     got.stream(f, progress).map_err(|s| match s {
@@ -301,24 +297,6 @@ struct Received<'a> {
 }
 
 impl Received<'_> {
-    /// Hashes what an earlier install left in the file and continues after it.
-    fn resume(&mut self) -> Result<()> {
-        let what = self.what;
-        let io_err = |e| Error::io(format!("resume download of {what}"), e);
-        let len = self.file.metadata().map_err(io_err)?.len();
-        if len > self.size {
-            self.file.set_len(0).map_err(io_err)?;
-            return Ok(());
-        }
-        self.file.seek(SeekFrom::Start(0)).map_err(io_err)?;
-        let copied =
-            std::io::copy(&mut (&mut *self.file).take(len), &mut self.hasher).map_err(io_err)?;
-        self.have = copied;
-        self.flushed = copied;
-        self.file.seek(SeekFrom::Start(copied)).map_err(io_err)?;
-        Ok(())
-    }
-
     fn restart(&mut self) -> Result<()> {
         if self.have > 0 {
             self.file
@@ -366,6 +344,21 @@ impl Received<'_> {
         }
         Ok(())
     }
+}
+
+/// A file of a directory mirror: a regular file, opened without following
+/// a link or blocking (a FIFO there must not hold the install).
+fn open_dir_file(path: &std::path::Path, what: &str) -> Result<File> {
+    crate::fsutil::open_source_file(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::NotFound(what.to_string()),
+        std::io::ErrorKind::InvalidInput => {
+            Error::Verification(format!("{what}: not a regular file"))
+        }
+        _ if e.raw_os_error() == Some(libc::ELOOP) => {
+            Error::Verification(format!("{what}: a symbolic link"))
+        }
+        _ => Error::io_at("open", path, e),
+    })
 }
 
 /// Asynchronous writeback of a written range (sync_file_range WRITE): a
