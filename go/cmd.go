@@ -24,6 +24,12 @@ type Cmd struct {
 	Stdout io.Writer
 	Stderr io.Writer
 
+	// OutputLimit caps what Output and CombinedOutput collect: 0 means
+	// DefaultOutputLimit, NoLimit none. Past it the process is killed and
+	// the error matches ErrOutputLimit. Writers you set yourself are not
+	// capped.
+	OutputLimit int64
+
 	// Process is set by Start.
 	Process *Process
 	// ProcessState is set by Wait.
@@ -133,19 +139,43 @@ func (c *Cmd) Run() error {
 	return c.Wait()
 }
 
-// Output runs the command and returns its stdout. On a non-zero exit the
-// error is an *ExitError holding stderr.
+// limit is the effective OutputLimit.
+func (c *Cmd) limit() int64 {
+	if c.OutputLimit == 0 {
+		return DefaultOutputLimit
+	}
+	return c.OutputLimit
+}
+
+// capped is a buffer of at most OutputLimit bytes that kills the process
+// when it fills.
+func (c *Cmd) capped() *capBuffer {
+	return &capBuffer{limit: c.limit(), over: func() {
+		if c.p != nil {
+			_ = c.p.signal(syscall.SIGKILL)
+		}
+	}}
+}
+
+// Output runs the command and returns its stdout (at most OutputLimit
+// bytes). On a non-zero exit the error is an *ExitError holding stderr.
 func (c *Cmd) Output() ([]byte, error) {
 	if c.Stdout != nil {
 		return nil, errors.New("lockbox: Stdout already set")
 	}
-	var out, errb bytes.Buffer
-	c.Stdout = &out
+	out, errb := c.capped(), c.capped()
+	c.Stdout = out
 	captureErr := c.Stderr == nil
 	if captureErr {
-		c.Stderr = &errb
+		c.Stderr = errb
 	}
 	err := c.Run()
+	if out.exceeded() {
+		return out.Bytes(), outputLimitError("exec.output", "stdout", c.limit())
+	}
+	if errb.exceeded() {
+		return out.Bytes(), outputLimitError("exec.output", "stderr", c.limit())
+	}
 	var ee *ExitError
 	if err != nil && captureErr && errors.As(err, &ee) {
 		ee.Stderr = errb.Bytes()
@@ -153,14 +183,18 @@ func (c *Cmd) Output() ([]byte, error) {
 	return out.Bytes(), err
 }
 
-// CombinedOutput runs the command and returns stdout and stderr together.
+// CombinedOutput runs the command and returns stdout and stderr together
+// (at most OutputLimit bytes in all).
 func (c *Cmd) CombinedOutput() ([]byte, error) {
 	if c.Stdout != nil || c.Stderr != nil {
 		return nil, errors.New("lockbox: Stdout or Stderr already set")
 	}
-	var b syncBuffer
-	c.Stdout, c.Stderr = &b, &b
+	b := c.capped()
+	c.Stdout, c.Stderr = b, b
 	err := c.Run()
+	if b.exceeded() {
+		return b.Bytes(), outputLimitError("exec.combined_output", "output", c.limit())
+	}
 	return b.Bytes(), err
 }
 
@@ -336,22 +370,4 @@ func (w *lazyWriter) Close() error {
 		return nil
 	}
 	return w.c.pipeIn.Close()
-}
-
-// syncBuffer is a bytes.Buffer safe for two concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) Bytes() []byte {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Bytes()
 }

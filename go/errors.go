@@ -49,7 +49,23 @@ var (
 	// ErrNotInstalled also matches ErrLibraryNotLoaded.
 	ErrNotInstalled     = errors.New("lockbox: engine not installed")
 	ErrLibraryNotLoaded = errors.New("lockbox: library not loaded")
+
+	// ErrOutputLimit: a process wrote more than the output limit to a
+	// stream that Exec, Shell, Output or CombinedOutput collects (see
+	// WithOutputLimit). The error also matches ErrResourceExhausted.
+	ErrOutputLimit = errors.New("lockbox: output limit exceeded")
+	// ErrSizeLimit: ReadFile or CopyToHost would pass its byte cap (see
+	// WithMaxBytes). The error also matches ErrResourceExhausted.
+	ErrSizeLimit = errors.New("lockbox: size limit exceeded")
 )
+
+// limitError is a resource_exhausted *Error that also matches sentinel.
+func limitError(op, msg string, sentinel error) *Error {
+	return &Error{Op: op, Code: CodeResourceExhausted, Message: msg, cause: sentinel}
+}
+
+// NoLimit, given to WithOutputLimit or WithMaxBytes, removes the cap.
+const NoLimit int64 = -1
 
 var sentinels = map[Code]error{
 	CodeNotFound:          ErrNotFound,

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strconv"
 	"sync"
 	"syscall"
 )
@@ -24,6 +25,67 @@ type ExitStatus struct {
 	ExitCode int
 	Signal   int
 	TimedOut bool
+}
+
+// DefaultOutputLimit is how much of each output stream Exec, ExecArgs,
+// Shell and Cmd.Output keep (CombinedOutput: both streams together)
+// unless WithOutputLimit or Cmd.OutputLimit says otherwise. Whatever runs
+// in the sandbox decides how much it writes; the cap keeps that from
+// deciding how much memory your process uses.
+const DefaultOutputLimit int64 = 16 << 20
+
+// WithOutputLimit caps each collected output stream at n bytes (NoLimit:
+// no cap). A process that writes more is killed, as if its context had
+// ended, and the call returns what was collected (the first n bytes of
+// that stream) together with an error matching ErrOutputLimit (and
+// ErrResourceExhausted). ExecStream is not capped: its events are
+// delivered as you read them.
+func WithOutputLimit(n int64) ExecOption { return func(c *execConfig) { c.outputLimit = &n } }
+
+// capBuffer keeps up to limit bytes (limit < 0: no cap). The write that
+// passes the limit keeps what still fits and calls over once (which kills
+// the process); later bytes are discarded, not refused, so the stream
+// still drains to its end and the process's exit is still reported.
+type capBuffer struct {
+	mu    sync.Mutex
+	b     bytes.Buffer
+	limit int64
+	over  func()
+	hit   bool
+}
+
+func (c *capBuffer) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.hit {
+		return len(p), nil
+	}
+	if c.limit >= 0 && int64(c.b.Len())+int64(len(p)) > c.limit {
+		c.b.Write(p[:c.limit-int64(c.b.Len())])
+		c.hit = true
+		if c.over != nil {
+			c.over()
+		}
+		return len(p), nil
+	}
+	return c.b.Write(p)
+}
+
+func (c *capBuffer) Bytes() []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.b.Bytes()
+}
+
+func (c *capBuffer) exceeded() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.hit
+}
+
+func outputLimitError(op, what string, limit int64) *Error {
+	return limitError(op, what+" passed the output limit of "+strconv.FormatInt(limit, 10)+
+		" bytes; the process was killed", ErrOutputLimit)
 }
 
 // WithStdin feeds r to the process's standard input (then EOF).
@@ -121,10 +183,18 @@ func (s *Sandbox) Exec(ctx context.Context, name string, args ...string) (*ExecR
 }
 
 // ExecArgs runs argv (argv[0] is looked up in PATH) with options.
+//
+// Each output stream is collected up to DefaultOutputLimit bytes (see
+// WithOutputLimit); past it the process is killed and ExecArgs returns the
+// result so far with an error matching ErrOutputLimit.
 func (s *Sandbox) ExecArgs(ctx context.Context, argv []string, opts ...ExecOption) (*ExecResult, error) {
 	cfg := &execConfig{Argv: argv}
 	for _, o := range opts {
 		o(cfg)
+	}
+	limit := DefaultOutputLimit
+	if cfg.outputLimit != nil {
+		limit = *cfg.outputLimit
 	}
 	in, _ := cfg.stdin.(io.Reader)
 	cfg.Stdin = in != nil
@@ -137,14 +207,16 @@ func (s *Sandbox) ExecArgs(ctx context.Context, argv []string, opts ...ExecOptio
 	defer stop()
 
 	var wg sync.WaitGroup
-	var outBuf, errBuf bytes.Buffer
+	kill := func() { _ = p.signal(syscall.SIGKILL) }
+	outBuf := &capBuffer{limit: limit, over: kill}
+	errBuf := &capBuffer{limit: limit, over: kill}
 	var outErr, errErr error
 	wg.Add(2)
-	go func() { defer wg.Done(); _, outErr = io.Copy(&outBuf, p.stdout.reader(ctx, "exec.stdout")) }()
+	go func() { defer wg.Done(); _, outErr = io.Copy(outBuf, p.stdout.reader(ctx, "exec.stdout")) }()
 	go func() {
 		defer wg.Done()
 		if p.stderr != nil {
-			_, errErr = io.Copy(&errBuf, p.stderr.reader(ctx, "exec.stderr"))
+			_, errErr = io.Copy(errBuf, p.stderr.reader(ctx, "exec.stderr"))
 		}
 	}()
 	if in != nil && p.stdin != nil {
@@ -159,14 +231,21 @@ func (s *Sandbox) ExecArgs(ctx context.Context, argv []string, opts ...ExecOptio
 	if err != nil {
 		return nil, err
 	}
+	res := &ExecResult{ExitCode: st.ExitCode, Signal: st.Signal, TimedOut: st.TimedOut,
+		Stdout: outBuf.Bytes(), Stderr: errBuf.Bytes()}
+	if outBuf.exceeded() {
+		return res, outputLimitError("exec", "stdout", limit)
+	}
+	if errBuf.exceeded() {
+		return res, outputLimitError("exec", "stderr", limit)
+	}
 	if outErr != nil {
 		return nil, outErr
 	}
 	if errErr != nil {
 		return nil, errErr
 	}
-	return &ExecResult{ExitCode: st.ExitCode, Signal: st.Signal, TimedOut: st.TimedOut,
-		Stdout: outBuf.Bytes(), Stderr: errBuf.Bytes()}, nil
+	return res, nil
 }
 
 // Shell runs script with /bin/sh -c.

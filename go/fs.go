@@ -5,9 +5,42 @@ import (
 	"errors"
 	"io"
 	"io/fs"
+	"math"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 )
+
+// DefaultReadLimit is the most ReadFile returns unless WithMaxBytes says
+// otherwise.
+const DefaultReadLimit int64 = 64 << 20
+
+// DefaultCopyLimit is the most file content one CopyToHost writes to the
+// host unless WithMaxBytes says otherwise. A sparse file counts with its
+// apparent size (the host copy is written in full).
+const DefaultCopyLimit int64 = 1 << 30
+
+// FileOption changes one ReadFile or CopyToHost call.
+type FileOption func(*fileConfig)
+
+type fileConfig struct{ maxBytes *int64 }
+
+// WithMaxBytes caps what ReadFile returns or what CopyToHost writes to
+// the host at n bytes (NoLimit: no cap). Past it the call fails with an
+// error matching ErrSizeLimit (and ErrResourceExhausted).
+func WithMaxBytes(n int64) FileOption { return func(c *fileConfig) { c.maxBytes = &n } }
+
+func fileOptions(def int64, opts []FileOption) int64 {
+	var c fileConfig
+	for _, o := range opts {
+		o(&c)
+	}
+	if c.maxBytes == nil {
+		return def
+	}
+	return *c.maxBytes
+}
 
 // FS is a sandbox's file system. Every path is absolute inside the sandbox
 // and resolved inside its root: no symlink, ".." or /proc trick reaches a
@@ -194,14 +227,33 @@ func (f *FS) CreateMode(ctx context.Context, path string, perm fs.FileMode) (io.
 	return &fileWriter{s: s, w: s.writer(ctx, "fs.write")}, nil
 }
 
-// ReadFile returns a file's contents.
-func (f *FS) ReadFile(ctx context.Context, path string) ([]byte, error) {
-	rc, err := f.Open(ctx, path)
+// ReadFile returns a regular file's contents (symlinks inside the sandbox
+// are followed), at most DefaultReadLimit bytes unless WithMaxBytes says
+// otherwise. A FIFO, device or socket is ErrInvalidArgument; a file larger
+// than the limit is ErrSizeLimit. Use Open to stream anything bigger.
+func (f *FS) ReadFile(ctx context.Context, path string, opts ...FileOption) ([]byte, error) {
+	limit := fileOptions(DefaultReadLimit, opts)
+	var r struct {
+		Stream uint64 `json:"stream"`
+	}
+	if err := f.call(ctx, "fs.open", map[string]any{"path": path, "regular": true}, &r); err != nil {
+		return nil, err
+	}
+	s := newStreamRef(&r.Stream)
+	defer s.close()
+	rd := io.Reader(s.reader(ctx, "fs.read"))
+	if limit < 0 {
+		return io.ReadAll(rd)
+	}
+	b, err := io.ReadAll(io.LimitReader(rd, limit+1))
 	if err != nil {
 		return nil, err
 	}
-	defer rc.Close()
-	return io.ReadAll(rc)
+	if int64(len(b)) > limit {
+		return nil, limitError("fs.read_file", path+" is larger than the read limit of "+
+			strconv.FormatInt(limit, 10)+" bytes", ErrSizeLimit)
+	}
+	return b, nil
 }
 
 // WriteFile writes data to a file, creating or truncating it.
@@ -218,7 +270,11 @@ func (f *FS) WriteFile(ctx context.Context, path string, data []byte, perm fs.Fi
 }
 
 // CopyFromHost copies a host file or directory tree into the sandbox at
-// sandboxPath. Host symlinks are copied as symlinks.
+// sandboxPath. hostPath must not pass through a symlink (ErrInvalidArgument
+// names it): any directory on it may sit in a volume a sandbox can write.
+// Below it nothing is followed: host symlinks are copied as symlinks, only
+// regular files and directories are copied, and a file is copied up to
+// the size it had when it was opened.
 func (f *FS) CopyFromHost(ctx context.Context, hostPath, sandboxPath string) error {
 	abs, err := filepath.Abs(hostPath)
 	if err != nil {
@@ -227,14 +283,30 @@ func (f *FS) CopyFromHost(ctx context.Context, hostPath, sandboxPath string) err
 	return f.call(ctx, "fs.copy_from_host", map[string]any{"src": abs, "dst": sandboxPath}, nil)
 }
 
-// CopyToHost copies a sandbox file or directory tree to hostPath. Entries
-// are created under the destination without following any symlink, so a
-// symlink made in the sandbox is copied as a symlink and never written
-// through.
-func (f *FS) CopyToHost(ctx context.Context, sandboxPath, hostPath string) error {
+// CopyToHost copies a sandbox file or directory tree to hostPath. The
+// directory holding hostPath must be named without passing through a
+// symlink (ErrInvalidArgument names it). Entries are created under it
+// without following any symlink, so a symlink made in the sandbox is
+// copied as a symlink and never written through, and an existing host
+// file at a destination name is replaced, never written through. Only
+// regular files, directories and symlinks are copied; each file up to the
+// size the sandbox reported for it. At most DefaultCopyLimit bytes of file
+// content are written unless WithMaxBytes says otherwise; past it the copy
+// stops with ErrSizeLimit (what was written stays).
+func (f *FS) CopyToHost(ctx context.Context, sandboxPath, hostPath string, opts ...FileOption) error {
 	abs, err := filepath.Abs(hostPath)
 	if err != nil {
 		return &Error{Op: "fs.copy_to_host", Code: CodeInvalidArgument, Message: err.Error()}
 	}
-	return f.call(ctx, "fs.copy_to_host", map[string]any{"src": sandboxPath, "dst": abs}, nil)
+	limit := fileOptions(DefaultCopyLimit, opts)
+	maxBytes := uint64(math.MaxUint64)
+	if limit >= 0 {
+		maxBytes = uint64(limit)
+	}
+	err = f.call(ctx, "fs.copy_to_host", map[string]any{"src": sandboxPath, "dst": abs, "max_bytes": maxBytes}, nil)
+	var e *Error
+	if errors.As(err, &e) && e.Code == CodeResourceExhausted && strings.Contains(e.Message, "size limit:") {
+		e.cause = ErrSizeLimit
+	}
+	return err
 }

@@ -96,7 +96,10 @@ func WithMemory(mib int64) Option { return func(c *sandboxConfig) { c.MemoryMiB 
 // WithPids limits the number of processes and threads.
 func WithPids(n int64) Option { return func(c *sandboxConfig) { c.Pids = &n } }
 
-// WithDisk limits the size of the sandbox's writable layer to mib MiB.
+// WithDisk limits the size of the sandbox's writable layer to mib MiB
+// (default 1024; Info().DiskMiB reports it). The layer is a tmpfs whose
+// pages count against the sandbox's memory limit. WithDisk(0) asks for no
+// budget: writes then go to the host disk under LOCKBOX_HOME, unbounded.
 func WithDisk(mib int64) Option { return func(c *sandboxConfig) { c.DiskMiB = &mib } }
 
 // WithEnv sets an environment variable for every process in the sandbox.
@@ -184,8 +187,9 @@ type execConfig struct {
 	Rows      uint16   `json:"rows,omitempty"`
 	Cols      uint16   `json:"cols,omitempty"`
 
-	stdin   any // io.Reader, set by WithStdin
-	timeout time.Duration
+	stdin       any // io.Reader, set by WithStdin
+	timeout     time.Duration
+	outputLimit *int64 // WithOutputLimit (exec.go)
 }
 
 // WithExecEnv adds an environment variable for this process (it overrides

@@ -43,6 +43,9 @@ type SandboxInfo struct {
 	// ImageUsed is the stored image the sandbox was made from: nil for
 	// WithRootfs and for a dev tree's unpacked image directory.
 	ImageUsed *SandboxImage `json:"image_used"`
+	// DiskMiB is the writable layer's budget in MiB (WithDisk, or 1024
+	// by default); 0 when WithDisk(0) asked for none.
+	DiskMiB int64 `json:"disk_mib"`
 
 	CreatedUnix int64 `json:"created_unix"`
 }
