@@ -77,6 +77,10 @@ pub const MAX_CPUS: f64 = 1024.0;
 pub const MAX_PIDS: i64 = 1 << 22;
 pub const MAX_DISK_MIB: i64 = 1 << 24; // 16 TiB
 pub const DEFAULT_TMPFS_MIB: u64 = 64;
+/// The writable layer's budget when `disk_mib` is not given. Without one,
+/// what the sandbox writes lands on the host's disk with no bound; 0 asks
+/// for exactly that (no budget) explicitly.
+pub const DEFAULT_DISK_MIB: u64 = 1024;
 
 fn in_range(what: &str, v: Option<i64>, min: i64, max: i64) -> Result<Option<u64>> {
     match v {
@@ -142,6 +146,16 @@ pub struct CheckedLimits {
 }
 
 impl SandboxConfig {
+    /// The writable layer's budget in MiB as applied (the default when none
+    /// was given), or `None` when the caller asked for no budget (0).
+    pub fn effective_disk_mib(&self) -> Option<u64> {
+        match self.disk_mib {
+            None => Some(DEFAULT_DISK_MIB),
+            Some(v) if v <= 0 => None,
+            Some(v) => Some(v as u64),
+        }
+    }
+
     /// Validates everything that does not need the filesystem.
     pub fn check(&self) -> Result<CheckedLimits> {
         if let Some(n) = &self.name {
@@ -171,7 +185,11 @@ impl SandboxConfig {
             )?,
             cpus: self.cpus,
             pids: in_range("pids", self.pids, 1, MAX_PIDS)?,
-            disk_mib: in_range("disk (MiB)", self.disk_mib, 1, MAX_DISK_MIB)?,
+            disk_mib: match self.disk_mib {
+                None => Some(DEFAULT_DISK_MIB),
+                Some(0) => None,
+                v => in_range("disk (MiB)", v, 1, MAX_DISK_MIB)?,
+            },
         };
         for e in &self.env {
             check_env("env", e)?;
@@ -327,6 +345,18 @@ mod tests {
         let l = cfg(r#"{"memory_mib": 64, "cpus": 0.5, "pids": 32, "disk_mib": 10}"#).unwrap();
         assert_eq!(l.memory_mib, Some(64));
         assert_eq!(l.pids, Some(32));
+        assert_eq!(l.disk_mib, Some(10));
+    }
+
+    #[test]
+    fn the_writable_layer_has_a_budget_unless_asked_otherwise() {
+        assert_eq!(cfg("{}").unwrap().disk_mib, Some(DEFAULT_DISK_MIB));
+        assert_eq!(cfg(r#"{"disk_mib": 0}"#).unwrap().disk_mib, None);
+        assert!(cfg(r#"{"disk_mib": -1}"#).is_err());
+        let c: SandboxConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(c.effective_disk_mib(), Some(DEFAULT_DISK_MIB));
+        let c: SandboxConfig = serde_json::from_str(r#"{"disk_mib": 0}"#).unwrap();
+        assert_eq!(c.effective_disk_mib(), None);
     }
 
     #[test]

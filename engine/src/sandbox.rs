@@ -66,6 +66,9 @@ pub struct SandboxInfo {
     pub dir: String,
     /// Digest and default command (entrypoint + cmd) of the image.
     pub image_used: Option<ImageUsed>,
+    /// The writable layer's budget in MiB; `None`: no budget (disk_mib 0).
+    #[serde(default)]
+    pub disk_mib: Option<u64>,
 }
 
 /// Default grace period between the polite stop and SIGKILL.
@@ -302,6 +305,7 @@ pub fn info_from(
         config: stored.config.clone(),
         dir: dir.to_string_lossy().into_owned(),
         image_used: stored.image.clone(),
+        disk_mib: stored.config.effective_disk_mib(),
     }
 }
 
