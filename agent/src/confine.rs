@@ -37,6 +37,7 @@ const KEEP_CAPS: [u32; 9] = [
 
 pub struct Confine {
     nofile: Option<u64>,
+    exec_filter: std::sync::Arc<seccompiler::BpfProgram>,
     rootless: bool,
     pub default_uid: u32,
     pub default_gid: u32,
@@ -139,6 +140,7 @@ impl Confine {
     /// still single-threaded) and records what took effect.
     pub fn lock_agent(spec: &LaunchSpec, report: &mut Report) -> Result<Confine> {
         let filters = crate::seccomp::program()?;
+        let exec_filter = std::sync::Arc::new(crate::seccomp::exec_program()?);
         reduce_caps().context("reduce capabilities")?;
         report.ok("caps");
         // SAFETY: prctl with integer arguments.
@@ -161,6 +163,7 @@ impl Confine {
         report.ok("rlimits");
         Ok(Confine {
             nofile: spec.limits.nofile,
+            exec_filter,
             rootless: std::fs::read_to_string("/proc/self/setgroups")
                 .map(|s| s.trim() == "deny")
                 .unwrap_or(false),
@@ -176,7 +179,13 @@ impl Confine {
     ) -> impl FnMut() -> io::Result<()> + Send + Sync + 'static {
         let nofile = self.nofile;
         let rootless = self.rootless;
-        move || apply(&creds, nofile, rootless)
+        let filter = self.exec_filter.clone();
+        move || {
+            apply(&creds, nofile, rootless)?;
+            // Last, so nothing above depends on what it refuses. Built
+            // before the fork: this is two system calls, no allocation.
+            seccompiler::apply_filter(&filter).map_err(|_| io::Error::last_os_error())
+        }
     }
 }
 

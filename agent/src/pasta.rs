@@ -4,9 +4,25 @@
 //! ordinary host sockets. The gateway is not mapped to the host
 //! (`--no-map-gw`), so the host's 127.0.0.1 services stay unreachable.
 //! Published ports are pasta's `-t 127.0.0.1/HOST:GUEST` forwards.
+//!
+//! pasta relays to whatever address the sandbox asks for, the host's own
+//! among them, and cannot filter destinations. So before the sandbox runs
+//! anything, an nftables table in the sandbox's network namespace rejects
+//! the host's addresses and the private, shared, link-local and multicast
+//! ranges. The sandbox keeps no CAP_NET_ADMIN, so it cannot change it.
+//!
+//! pasta runs in the foreground as the helper's child with a clean signal
+//! mask and a parent-death signal: it goes when the helper goes, however
+//! the helper goes.
 
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use lockbox_protocol::PortSpec;
@@ -17,24 +33,90 @@ pub const GATEWAY: &str = "10.0.2.2";
 /// pasta answers DNS here by forwarding to the host's resolver.
 pub const DNS: &str = "10.0.2.3";
 
+/// Never reachable from an outbound sandbox: this network, private
+/// (RFC 1918), shared address space (CGNAT), loopback, link-local, IETF
+/// protocol assignments, benchmarking, multicast and reserved/broadcast.
+const CLOSED_V4: &[&str] = &[
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+];
+/// Unspecified, loopback, IPv4-mapped, NAT64, ULA, link-local, multicast.
+const CLOSED_V6: &[&str] = &[
+    "::/127",
+    "::ffff:0:0/96",
+    "64:ff9b::/96",
+    "fc00::/7",
+    "fe80::/10",
+    "ff00::/8",
+];
+
 fn binary() -> String {
     std::env::var("LOCKBOX_PASTA").unwrap_or_else(|_| "pasta".into())
 }
 
-/// Starts pasta for the namespaces of `pid`. Returns once the interface is
-/// configured (pasta daemonizes then); pasta quits by itself when `pid`
-/// ends. Its pid is written to `pid_file` for cleanup.
-pub fn start(pid: libc::pid_t, ports: &[PortSpec], rootless: bool, pid_file: &Path) -> Result<()> {
+/// In the child between fork and exec: the helper blocks SIGTERM, SIGINT
+/// and SIGHUP, and a child inherits that mask (pasta would then ignore a
+/// plain kill); and the child dies with the helper, even by SIGKILL.
+fn child_of_helper(helper: libc::pid_t) -> std::io::Result<()> {
+    // SAFETY: plain system calls on this process.
+    unsafe {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // The helper may have died before the prctl.
+        if libc::getppid() != helper {
+            libc::_exit(1);
+        }
+    }
+    Ok(())
+}
+
+/// Starts pasta for the namespaces of `pid` and returns once the interface
+/// is configured (pasta writes `pid_file` then). The caller kills the
+/// returned child when the sandbox ends.
+pub fn start(
+    pid: libc::pid_t,
+    ports: &[PortSpec],
+    rootless: bool,
+    pid_file: &Path,
+) -> Result<Child> {
+    let _ = std::fs::remove_file(pid_file);
+    // By fd, not by pid: pasta drops its capabilities before it opens the
+    // namespaces, and the sandbox's processes are not ours to inspect then
+    // (they run as the namespace's owner or as sandbox ids).
+    let userns = std::fs::File::open(format!("/proc/{pid}/ns/user")).context("open user ns")?;
+    let netns = std::fs::File::open(format!("/proc/{pid}/ns/net")).context("open net ns")?;
+    let (u, n) = (userns.as_raw_fd(), netns.as_raw_fd());
     let mut cmd = Command::new(binary());
-    cmd.args(["--config-net", "--no-map-gw", "--quiet", "-4"])
-        .args(["-a", GUEST_ADDR, "-n", "24", "-g", GATEWAY])
-        .args(["--dns-forward", DNS])
-        .args(["-u", "none", "-T", "none", "-U", "none"])
-        .arg("-P")
-        .arg(pid_file);
+    cmd.args([
+        "--config-net",
+        "--no-map-gw",
+        "--quiet",
+        "-4",
+        "--foreground",
+    ])
+    .args(["-a", GUEST_ADDR, "-n", "24", "-g", GATEWAY])
+    .args(["--dns-forward", DNS])
+    .args(["-u", "none", "-T", "none", "-U", "none"])
+    .arg("-P")
+    .arg(pid_file);
     if !rootless {
         // pasta drops root to nobody by default, and nobody may not join a
-        // user namespace owned by root.
+        // user namespace owned by another user.
         cmd.args(["--runas", "0"]);
     }
     if ports.is_empty() {
@@ -44,27 +126,176 @@ pub fn start(pid: libc::pid_t, ports: &[PortSpec], rootless: bool, pid_file: &Pa
         cmd.arg("-t")
             .arg(format!("127.0.0.1/{}:{}", p.host, p.guest));
     }
-    cmd.arg(pid.to_string())
+    let helper = std::process::id() as libc::pid_t;
+    cmd.arg("--userns")
+        .arg(format!("/proc/self/fd/{u}"))
+        .arg("--netns")
+        .arg(format!("/proc/self/fd/{n}"))
+        // We stop it; its own watch would poll /proc.
+        .arg("--no-netns-quit")
         .stdin(Stdio::null())
         .stdout(Stdio::null());
-    let st = cmd
-        .status()
-        .with_context(|| format!("run {} (install Debian's passt package)", binary()))?;
-    if !st.success() {
-        bail!("pasta failed ({st}); see helper.log");
+    // SAFETY: the hook makes only async-signal-safe system calls.
+    unsafe {
+        cmd.pre_exec(move || {
+            child_of_helper(helper)?;
+            for fd in [u, n] {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        })
+    };
+    let spawned = cmd
+        .spawn()
+        .with_context(|| format!("run {} (install Debian's passt package)", binary()));
+    drop((userns, netns));
+    let mut child = spawned?;
+    // In the foreground pasta writes its pid file once the namespace side
+    // is configured: that is the readiness signal.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if std::fs::metadata(pid_file).is_ok_and(|m| m.len() > 0) {
+            return Ok(child);
+        }
+        if let Some(st) = child.try_wait()? {
+            bail!("pasta failed ({st}); see helper.log");
+        }
+        if Instant::now() > deadline {
+            stop(child);
+            bail!("pasta did not configure the network within 10s");
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
-    Ok(())
 }
 
-/// Stops pasta if it is still there (normally it has quit with the sandbox).
-pub fn stop(pid_file: &Path) {
-    if let Ok(s) = std::fs::read_to_string(pid_file) {
-        if let Ok(pid) = s.trim().parse::<i32>() {
-            if pid > 1 {
-                // SAFETY: plain kill of the pid pasta wrote for us.
-                unsafe { libc::kill(pid, libc::SIGTERM) };
-            }
+/// Kills and reaps pasta.
+pub fn stop(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The host's own addresses, on every interface.
+fn host_addrs() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below; each
+    // sockaddr is read according to its family.
+    unsafe {
+        if libc::getifaddrs(&mut head) != 0 {
+            return out;
         }
-        let _ = std::fs::remove_file(pid_file);
+        let mut p = head;
+        while !p.is_null() {
+            let a = (*p).ifa_addr;
+            if !a.is_null() {
+                match (*a).sa_family as i32 {
+                    libc::AF_INET => {
+                        let s = &*(a as *const libc::sockaddr_in);
+                        out.push(IpAddr::from(u32::from_be(s.sin_addr.s_addr).to_be_bytes()));
+                    }
+                    libc::AF_INET6 => {
+                        let s = &*(a as *const libc::sockaddr_in6);
+                        out.push(IpAddr::from(s.sin6_addr.s6_addr));
+                    }
+                    _ => {}
+                }
+            }
+            p = (*p).ifa_next;
+        }
+        libc::freeifaddrs(head);
     }
+    out
+}
+
+/// The nftables ruleset closing the host and private ranges.
+fn ruleset(host: &[IpAddr]) -> String {
+    let set = |fixed: &[&str], v4: bool| {
+        let mut e: Vec<String> = fixed.iter().map(|s| s.to_string()).collect();
+        e.extend(
+            host.iter()
+                .filter(|a| a.is_ipv4() == v4)
+                .map(|a| a.to_string()),
+        );
+        e.join(", ")
+    };
+    let mut r = String::new();
+    let _ = write!(
+        r,
+        "table inet lockbox {{
+  set closed4 {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {} }} }}
+  set closed6 {{ type ipv6_addr; flags interval; auto-merge; elements = {{ {} }} }}
+  chain out {{
+    type filter hook output priority 0; policy accept;
+    oifname \"lo\" accept
+    ct state established,related accept
+    ip daddr {DNS} meta l4proto {{ tcp, udp }} th dport 53 accept
+    ip daddr @closed4 meta l4proto tcp reject with tcp reset
+    ip daddr @closed4 reject with icmpx type admin-prohibited
+    ip6 daddr @closed6 meta l4proto tcp reject with tcp reset
+    ip6 daddr @closed6 reject with icmpx type admin-prohibited
+  }}
+}}
+",
+        set(CLOSED_V4, true),
+        set(CLOSED_V6, false)
+    );
+    r
+}
+
+fn nft_binary() -> String {
+    std::env::var("LOCKBOX_NFT").unwrap_or_else(|_| "nft".into())
+}
+
+/// Installs the outbound ruleset in the network namespace of `pid`. `nft`
+/// runs in the sandbox's network namespace; rootless also in its user
+/// namespace, where the caller is root (as host root we keep our own
+/// credentials: host root would be no one inside, and exec would drop its
+/// capabilities).
+pub fn close_host_ranges(pid: libc::pid_t, rootless: bool) -> Result<()> {
+    let userns = std::fs::File::open(format!("/proc/{pid}/ns/user")).context("open user ns")?;
+    let netns = std::fs::File::open(format!("/proc/{pid}/ns/net")).context("open net ns")?;
+    let rules = ruleset(&host_addrs());
+    let (u, n) = (userns.as_raw_fd(), netns.as_raw_fd());
+    let mut cmd = Command::new(nft_binary());
+    cmd.args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let helper = std::process::id() as libc::pid_t;
+    // SAFETY: setns and prctl only; the fds stay open until after spawn.
+    unsafe {
+        cmd.pre_exec(move || {
+            child_of_helper(helper)?;
+            for (fd, t) in [(u, libc::CLONE_NEWUSER), (n, libc::CLONE_NEWNET)] {
+                if t == libc::CLONE_NEWUSER && !rootless {
+                    continue;
+                }
+                if libc::setns(fd, t) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        })
+    };
+    let mut child = cmd.spawn().with_context(|| {
+        format!(
+            "run {} (outbound mode closes the host's addresses with nftables: install Debian's nftables package)",
+            nft_binary()
+        )
+    })?;
+    if let Some(mut i) = child.stdin.take() {
+        i.write_all(rules.as_bytes()).context("write ruleset")?;
+    }
+    let out = child.wait_with_output().context("wait for nft")?;
+    drop((userns, netns));
+    if !out.status.success() {
+        bail!(
+            "nft refused the outbound ruleset ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }

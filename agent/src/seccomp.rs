@@ -2,8 +2,11 @@
 //! with EPERM for what a workload has no business doing and that widens
 //! the kernel's attack surface: module loading, kexec, bpf, perf, keyrings,
 //! userfaultfd, file handles, mounts, new user namespaces, io_uring, and
-//! setting setuid/setgid bits (volumes are idmapped, so such a file would
-//! be a setuid file of a host user).
+//! setting setuid/setgid bits by any call that takes a mode (chmod*, open*
+//! with O_CREAT or O_TMPFILE, creat, mknod*): a file in a writable volume
+//! is a host file, and a setuid one would be a way up for any host user
+//! who can reach it. x32 system call numbers (the x86_64 arch with bit 30
+//! set) kill the process: no rule above would see them otherwise.
 
 use std::collections::BTreeMap;
 
@@ -98,19 +101,23 @@ pub fn program() -> Result<Vec<BpfProgram>> {
         )?])?],
     );
     let creat = libc::O_CREAT as u64;
+    // O_TMPFILE makes a file with `mode` that linkat can then name.
+    let tmpfile = 0o20_000_000u64; // __O_TMPFILE, without O_DIRECTORY
     rules.insert(libc::SYS_chmod, suid_mode_rules(1, None)?);
     rules.insert(libc::SYS_fchmod, suid_mode_rules(1, None)?);
     rules.insert(libc::SYS_fchmodat, suid_mode_rules(2, None)?);
     rules.insert(452 /* fchmodat2 */, suid_mode_rules(2, None)?);
     rules.insert(libc::SYS_creat, suid_mode_rules(1, None)?);
-    rules.insert(
-        libc::SYS_open,
-        suid_mode_rules(2, Some(cond(1, Op::MaskedEq(creat), creat)?))?,
-    );
-    rules.insert(
-        libc::SYS_openat,
-        suid_mode_rules(3, Some(cond(2, Op::MaskedEq(creat), creat)?))?,
-    );
+    rules.insert(libc::SYS_mknod, suid_mode_rules(1, None)?);
+    rules.insert(libc::SYS_mknodat, suid_mode_rules(2, None)?);
+    for (nr, flags, mode) in [(libc::SYS_open, 1, 2), (libc::SYS_openat, 2, 3)] {
+        let mut r = suid_mode_rules(mode, Some(cond(flags, Op::MaskedEq(creat), creat)?))?;
+        r.extend(suid_mode_rules(
+            mode,
+            Some(cond(flags, Op::MaskedEq(tmpfile), tmpfile)?),
+        )?);
+        rules.insert(nr, r);
+    }
     // personality() that turns off ASLR or makes data executable.
     let persona: Vec<SeccompRule> = [0x0040000u64, 0x0400000u64]
         .iter()
@@ -139,5 +146,54 @@ pub fn program() -> Result<Vec<BpfProgram>> {
         SeccompAction::Errno(libc::ENOSYS as u32),
         std::env::consts::ARCH.try_into().context("seccomp arch")?,
     )?;
-    Ok(vec![deny.try_into()?, clone3.try_into()?])
+    let mut progs = vec![deny.try_into()?, clone3.try_into()?];
+    progs.extend(x32_kill());
+    Ok(progs)
+}
+
+/// The filter each workload gets on top, installed between fork and exec:
+/// openat2 passes its mode inside a struct no filter can read, so it is
+/// ENOSYS (libcs then fall back to openat, whose mode the filter checks).
+/// The agent keeps openat2 for its own resolve-in-root walks; it never
+/// passes a mode with setuid bits.
+pub fn exec_program() -> Result<BpfProgram> {
+    let mut r = BTreeMap::new();
+    r.insert(libc::SYS_openat2, vec![]);
+    let f = SeccompFilter::new(
+        r,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        std::env::consts::ARCH.try_into().context("seccomp arch")?,
+    )?;
+    Ok(f.try_into()?)
+}
+
+/// x86_64 only: x32 calls carry the x86_64 arch tag and bit 30 in the
+/// number, so a filter keyed on x86_64 numbers lets them all through.
+/// Classic BPF: seccompiler cannot match a range of numbers.
+#[cfg(target_arch = "x86_64")]
+fn x32_kill() -> Option<BpfProgram> {
+    const BPF_LD_W_ABS: u16 = 0x20;
+    const BPF_JMP_JEQ_K: u16 = 0x15;
+    const BPF_JMP_JGE_K: u16 = 0x35;
+    const BPF_RET_K: u16 = 0x06;
+    const SECCOMP_RET_KILL_PROCESS: u32 = 0x8000_0000;
+    const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
+    const AUDIT_ARCH_X86_64: u32 = 62 | 0x8000_0000 | 0x4000_0000;
+    let insn = |code, jt, jf, k| seccompiler::sock_filter { code, jt, jf, k };
+    const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+    Some(vec![
+        insn(BPF_LD_W_ABS, 0, 0, 4), // seccomp_data.arch
+        insn(BPF_JMP_JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
+        insn(BPF_RET_K, 0, 0, SECCOMP_RET_KILL_PROCESS),
+        insn(BPF_LD_W_ABS, 0, 0, 0), // seccomp_data.nr
+        insn(BPF_JMP_JGE_K, 0, 1, X32_SYSCALL_BIT),
+        insn(BPF_RET_K, 0, 0, SECCOMP_RET_KILL_PROCESS),
+        insn(BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
+    ])
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn x32_kill() -> Option<BpfProgram> {
+    None
 }

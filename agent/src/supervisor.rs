@@ -23,6 +23,12 @@ use crate::sys;
 /// by these ids on the host, never by host root.
 pub const HOST_ID_BASE: u32 = 100_000;
 pub const ID_RANGE: u32 = 65_536;
+/// When we are root, the host id that owns each sandbox's user namespace.
+/// The kernel charges a namespace's per-user quotas (inotify instances and
+/// watches, namespaces, fanotify groups) to its owner as well: with host
+/// root as the owner, a sandbox could use up host root's share. This id
+/// runs nothing on the host and is outside the range sandbox files get.
+pub const NS_OWNER_ID: u32 = HOST_ID_BASE - 1;
 
 pub struct Failure {
     pub code: ErrorCode,
@@ -49,7 +55,7 @@ struct Running {
     pidfd: OwnedFd,
     cgroup: Cgroup,
     socket: PathBuf,
-    pasta_pid: PathBuf,
+    pasta: Option<std::process::Child>,
 }
 
 /// Entry point of `run`. Returns the process exit status.
@@ -218,10 +224,12 @@ fn launch(spec: &LaunchSpec) -> Result<(Running, Report), Failure> {
         | libc::CLONE_NEWUTS
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWNET;
-    let pid = sys::clone_fork(flags).map_err(|e| cleanup_cg(io_fail("create namespaces", e)))?;
+    let pid =
+        clone_as_owner(flags, rootless).map_err(|e| cleanup_cg(io_fail("create namespaces", e)))?;
     if pid == 0 {
         drop(parent_sock);
         unblock_signals();
+        hide_host_strings();
         let l: OwnedFd = listener.into();
         crate::setup::child_main(spec.clone(), child_sock, l);
     }
@@ -237,14 +245,22 @@ fn launch(spec: &LaunchSpec) -> Result<(Running, Report), Failure> {
     };
     let pidfd = sys::pidfd_open(pid).map_err(|e| kill_child(io_fail("pidfd_open", e)))?;
     write_id_maps(pid, rootless).map_err(|e| kill_child(io_fail("write id maps", e)))?;
-    let pasta_pid = dir.join("pasta.pid");
+    set_userns_limits(pid).map_err(|e| kill_child(io_fail("user namespace limits", e)))?;
+    report.ok("userns_limits");
+    let mut pasta = None;
     if spec.network.mode == NetworkMode::Outbound {
-        crate::pasta::start(pid, &spec.network.ports, rootless, &pasta_pid).map_err(|e| {
+        let outbound_fail = |e: anyhow::Error| {
             kill_child(fail(
                 ErrorCode::Unsupported,
                 format!("outbound network: {e:#}"),
             ))
-        })?;
+        };
+        crate::pasta::close_host_ranges(pid, rootless).map_err(outbound_fail)?;
+        report.ok("outbound_host_ranges_closed");
+        pasta = Some(
+            crate::pasta::start(pid, &spec.network.ports, rootless, &dir.join("pasta.pid"))
+                .map_err(outbound_fail)?,
+        );
         report.ok("network_outbound");
         if !spec.network.ports.is_empty() {
             report.ok("ports");
@@ -304,7 +320,7 @@ fn launch(spec: &LaunchSpec) -> Result<(Running, Report), Failure> {
             pidfd,
             cgroup,
             socket: PathBuf::from(&spec.socket_path),
-            pasta_pid,
+            pasta,
         },
         report,
     ))
@@ -333,6 +349,166 @@ fn seqpacket_pair() -> std::io::Result<(UnixStream, UnixStream)> {
     })
 }
 
+/// clone_fork, with the new user namespace owned by NS_OWNER_ID when we are
+/// root (its owner is our effective id at the time of the clone).
+fn clone_as_owner(flags: libc::c_int, rootless: bool) -> std::io::Result<libc::pid_t> {
+    if rootless {
+        return sys::clone_fork(flags);
+    }
+    const KEEP: u32 = u32::MAX; // -1: leave that id as it is
+                                // SAFETY: credential calls on this single-threaded process; the real
+                                // and saved ids stay 0, so switching back is always allowed.
+    unsafe {
+        if libc::setresgid(KEEP, NS_OWNER_ID, KEEP) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::setresuid(KEEP, NS_OWNER_ID, KEEP) != 0 {
+            let e = std::io::Error::last_os_error();
+            libc::setresgid(KEEP, 0, KEEP);
+            return Err(e);
+        }
+    }
+    let r = sys::clone_fork(flags);
+    if !matches!(r, Ok(0)) {
+        // SAFETY: as above.
+        let back = unsafe { libc::setresuid(KEEP, 0, KEEP) | libc::setresgid(KEEP, 0, KEEP) };
+        if back != 0 {
+            // Never go on with host root half dropped.
+            std::process::abort();
+        }
+    }
+    r
+}
+
+/// In the sandbox child, before anything of the sandbox runs: argv and the
+/// environment hold host paths (the helper's, the launch spec's,
+/// LOCKBOX_HOME), and every process inside can read PID 1's argv in
+/// /proc/1/cmdline. Both are overwritten in place; the agent reads neither.
+fn hide_host_strings() {
+    let Ok(stat) = fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    // Fields after the command name, which may hold spaces: state is
+    // field 3, arg_start..env_end are fields 48..51.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let (Some(&arg_start), Some(&arg_end), Some(&env_start), Some(&env_end)) =
+        (f.get(45), f.get(46), f.get(47), f.get(48))
+    else {
+        return;
+    };
+    // SAFETY: clearenv only drops libc's table; nothing holds entries.
+    unsafe { libc::clearenv() };
+    let Ok(mem) = fs::OpenOptions::new().write(true).open("/proc/self/mem") else {
+        return;
+    };
+    use std::os::unix::fs::FileExt;
+    for (a, b) in [(arg_start, arg_end), (env_start, env_end)] {
+        if a < b && b - a < (1 << 24) {
+            let _ = mem.write_all_at(&vec![0u8; (b - a) as usize], a);
+        }
+    }
+    let name = b"lockbox-agent\0";
+    if arg_end - arg_start >= name.len() as u64 {
+        let _ = mem.write_all_at(name, arg_start);
+    }
+}
+
+/// Per-user-namespace quotas of the sandbox, written from inside its user
+/// namespace (a forked child joins it: there we hold CAP_SYS_RESOURCE).
+/// The kernel checks them per user of the sandbox and charges every use to
+/// the namespace's owner too: rootless the sandbox has one user, so these
+/// cap all it can take from the caller's quotas; as root the owner is
+/// NS_OWNER_ID, never host root. Nested namespaces: only what setup itself
+/// makes (seccomp and the dropped capabilities already refuse them to
+/// workloads; this holds if those ever fail).
+fn set_userns_limits(pid: libc::pid_t) -> std::io::Result<()> {
+    let host = |name: &str, dflt: u64| {
+        fs::read_to_string(format!("/proc/sys/user/{name}"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(dflt)
+    };
+    // A quarter of the host's per-user share: rootless that share is the
+    // caller's own, and the rest stays theirs.
+    let quarter = |name: &str, dflt: u64| (host(name, dflt) / 4).max(1);
+    let limits: Vec<(String, u64)> = vec![
+        (
+            "max_inotify_instances".into(),
+            quarter("max_inotify_instances", 128),
+        ),
+        (
+            "max_inotify_watches".into(),
+            quarter("max_inotify_watches", 8192),
+        ),
+        (
+            "max_fanotify_groups".into(),
+            quarter("max_fanotify_groups", 128),
+        ),
+        (
+            "max_fanotify_marks".into(),
+            quarter("max_fanotify_marks", 8192),
+        ),
+        ("max_user_namespaces".into(), 0),
+        // Setup's detached mounts (open_tree, fsmount) count as mount
+        // namespaces while they are detached; pasta makes one.
+        ("max_mnt_namespaces".into(), 64),
+        ("max_pid_namespaces".into(), 0),
+        ("max_net_namespaces".into(), 0),
+        // pasta joins the sandbox's user namespace and isolates itself
+        // there in new ipc, uts and mount namespaces.
+        ("max_ipc_namespaces".into(), 1),
+        ("max_uts_namespaces".into(), 1),
+        ("max_time_namespaces".into(), 0),
+        // setup's own unshare(CLONE_NEWCGROUP).
+        ("max_cgroup_namespaces".into(), 1),
+    ];
+    let files: Vec<(std::ffi::CString, String)> = limits
+        .into_iter()
+        .filter_map(|(n, v)| {
+            let p = std::ffi::CString::new(format!("/proc/sys/user/{n}")).ok()?;
+            Some((p, v.to_string()))
+        })
+        .collect();
+    let userns = fs::File::open(format!("/proc/{pid}/ns/user"))?;
+    // SAFETY: we are single-threaded; the child makes system calls only.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Child => {
+            // SAFETY: system calls on prepared buffers, then _exit.
+            unsafe {
+                if libc::setns(userns.as_raw_fd(), libc::CLONE_NEWUSER) != 0 {
+                    libc::_exit(2);
+                }
+                let mut bad = 0;
+                for (path, v) in &files {
+                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        // Older kernels lack some of these files.
+                        continue;
+                    }
+                    if libc::write(fd, v.as_ptr().cast(), v.len()) != v.len() as isize {
+                        bad = 3;
+                    }
+                    libc::close(fd);
+                }
+                libc::_exit(bad);
+            }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(userns);
+            match nix::sys::wait::waitpid(child, None)? {
+                nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
+                st => Err(std::io::Error::other(format!(
+                    "writing /proc/sys/user limits failed: {st:?}"
+                ))),
+            }
+        }
+    }
+}
+
 fn write_id_maps(pid: libc::pid_t, rootless: bool) -> std::io::Result<()> {
     let base = format!("/proc/{pid}");
     if rootless {
@@ -353,11 +529,68 @@ const MOUNT_ATTR_RDONLY: u64 = 0x1;
 const MOUNT_ATTR_NOSUID: u64 = 0x2;
 const MOUNT_ATTR_NODEV: u64 = 0x4;
 
+/// How a tree is seen from inside.
+#[derive(Clone, Copy, PartialEq)]
+enum Idmap {
+    /// As the host sees it: sandbox id N is host id HOST_ID_BASE + N.
+    Plain,
+    /// Read-only trees: through the sandbox's own user namespace, so host
+    /// root's files appear owned by sandbox root instead of by nobody.
+    Sandbox,
+    /// Writable volumes: see `volume_maps`.
+    Volume,
+}
+
+/// The uid or gid map of a writable volume's idmapped mount, for a volume
+/// root owned by `owner`; None when a plain mount already does it.
+///
+/// Sandbox id N always writes as host id HOST_ID_BASE + N, as in the
+/// writable layer, never as a host id outside that range: so no host root
+/// files, and no files of other host users. One exception keeps a volume
+/// usable: the volume's owner (an ordinary host user, not root) is seen
+/// as, and written as by, sandbox root. A volume owned by host root is
+/// plain: hand it over owned by HOST_ID_BASE (named volumes are) or
+/// writable by others.
+fn volume_map(owner: u32) -> Option<String> {
+    let range = HOST_ID_BASE..HOST_ID_BASE + ID_RANGE;
+    if owner == 0 || range.contains(&owner) {
+        return None;
+    }
+    let rest = HOST_ID_BASE + 1;
+    Some(format!(
+        "{owner} {HOST_ID_BASE} 1\n{rest} {rest} {}\n",
+        ID_RANGE - 1
+    ))
+}
+
+/// A user namespace with the given maps, to idmap a mount with: a child
+/// enters it, we write the maps and keep the namespace by fd.
+fn mapped_userns(uid_map: &str, gid_map: &str) -> std::io::Result<OwnedFd> {
+    let pid = sys::clone_fork(libc::CLONE_NEWUSER)?;
+    if pid == 0 {
+        // SAFETY: the child only waits for its SIGKILL.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            loop {
+                libc::pause();
+            }
+        }
+    }
+    let r = (|| {
+        fs::write(format!("/proc/{pid}/uid_map"), uid_map)?;
+        fs::write(format!("/proc/{pid}/gid_map"), gid_map)?;
+        fs::File::open(format!("/proc/{pid}/ns/user")).map(OwnedFd::from)
+    })();
+    // SAFETY: our own child.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+    r
+}
+
 /// As root: detached copies of the image layers, the writable layer's
 /// directory and the volumes, so the child needs no path access to the
-/// host. Layers and volumes are idmapped through the sandbox's user
-/// namespace, so host root's files appear owned by sandbox root instead of
-/// by nobody. Rootless (or if the kernel refuses): plain paths.
+/// host, idmapped as `Idmap` says. Rootless (or if the kernel refuses):
+/// plain paths.
 fn prepare_mounts(
     spec: &LaunchSpec,
     pid: libc::pid_t,
@@ -427,21 +660,41 @@ fn prepare_mounts(
     };
     let mut fds = Vec::new();
     let mut idmap_err = None;
-    let mut tree = |path: &Path, idmap: bool, ro: bool, fds: &mut Vec<OwnedFd>| -> Option<usize> {
+    let mut tree = |path: &Path, idmap: Idmap, ro: bool, fds: &mut Vec<OwnedFd>| -> Option<usize> {
         let fd = sys::clone_tree(path).ok()?;
         // Nothing from the host gets setuid or device semantics inside.
         let mut attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
         if ro {
             attrs |= MOUNT_ATTR_RDONLY;
         }
-        let idmapped = idmap
-            && match sys::set_tree_attrs(fd.as_raw_fd(), attrs, Some(userns.as_fd().as_raw_fd())) {
+        let ns: Option<Result<OwnedFd, std::io::Error>> = match idmap {
+            Idmap::Plain => None,
+            Idmap::Sandbox => Some(userns.try_clone().map(OwnedFd::from)),
+            Idmap::Volume => {
+                // The root of the tree we hold, not the path again.
+                let st = nix::sys::stat::fstat(fd.as_raw_fd()).ok()?;
+                let ident = format!("{HOST_ID_BASE} {HOST_ID_BASE} {ID_RANGE}\n");
+                match (volume_map(st.st_uid), volume_map(st.st_gid)) {
+                    (None, None) => None,
+                    (u, g) => Some(mapped_userns(
+                        &u.unwrap_or_else(|| ident.clone()),
+                        &g.unwrap_or(ident),
+                    )),
+                }
+            }
+        };
+        let idmapped = match ns {
+            None => false,
+            Some(ns) => match ns
+                .and_then(|ns| sys::set_tree_attrs(fd.as_raw_fd(), attrs, Some(ns.as_raw_fd())))
+            {
                 Ok(()) => true,
                 Err(e) => {
                     idmap_err.get_or_insert(format!("{}: {e}", path.display()));
                     false
                 }
-            };
+            },
+        };
         if !idmapped {
             // Still handed over as an fd: the child cannot walk host paths.
             sys::set_tree_attrs(fd.as_raw_fd(), attrs, None).ok()?;
@@ -450,14 +703,14 @@ fn prepare_mounts(
         Some(fds.len() - 1)
     };
     for (i, l) in spec.rootfs.lower.iter().enumerate() {
-        if let Some(k) = tree(Path::new(l), true, true, &mut fds) {
+        if let Some(k) = tree(Path::new(l), Idmap::Sandbox, true, &mut fds) {
             plan.lowers[i] = Source::Fd(k);
         }
     }
     if same_parent {
         if let Some(k) = tree(
             upper.parent().unwrap_or(Path::new("/")),
-            false,
+            Idmap::Plain,
             false,
             &mut fds,
         ) {
@@ -465,7 +718,8 @@ fn prepare_mounts(
         }
     }
     for (i, (src, ro)) in bind_specs.iter().enumerate() {
-        if let Some(k) = tree(Path::new(src.as_str()), true, *ro, &mut fds) {
+        let how = if *ro { Idmap::Sandbox } else { Idmap::Volume };
+        if let Some(k) = tree(Path::new(src.as_str()), how, *ro, &mut fds) {
             plan.binds[i] = Source::Fd(k);
         }
     }
@@ -555,7 +809,9 @@ fn watch(spec: &LaunchSpec, r: Running) -> i32 {
         }
     }
     let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(r.pid), None);
-    crate::pasta::stop(&r.pasta_pid);
+    if let Some(p) = r.pasta {
+        crate::pasta::stop(p);
+    }
     r.cgroup.remove();
     let _ = fs::remove_file(&r.socket);
     match status {
