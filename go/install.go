@@ -33,7 +33,7 @@ var (
 	// in it could be changed by another user (owned by someone else than
 	// this user or root, writable by group or others, a symbolic link
 	// where a file belongs). Nothing is installed into it or loaded from it.
-	ErrInstallDirUnsafe = errors.New("lockbox: install dir is not safe to use")
+	ErrInstallDirUnsafe = errors.New("lockbox: unsafe install dir")
 )
 
 // Installation is a completely installed, verified version.
@@ -320,11 +320,14 @@ func (in *installer) run(ctx context.Context) (*Installation, error) {
 	}
 	src.stall, src.minBytes = in.s.stallTimeout, max(1, int64(in.s.stallTimeout.Seconds()*float64(in.s.minRate)))
 	root, err := resolveRoot(in.s.root, true)
-	if err != nil {
-		return nil, fmt.Errorf("lockbox: install dir %s: %w", in.s.root, err)
+	if err == nil {
+		in.paths = newVersionPaths(root, in.s.version)
+		err = ensureDir(in.paths.versions)
 	}
-	in.paths = newVersionPaths(root, in.s.version)
-	if err := ensureDir(in.paths.versions); err != nil {
+	if err != nil {
+		if errors.Is(err, ErrInstallDirUnsafe) {
+			return nil, err // it names the path and the reason
+		}
 		return nil, fmt.Errorf("lockbox: install dir %s: %w", in.s.root, err)
 	}
 	unlock, err := lockFile(ctx, in.paths.lock)

@@ -25,8 +25,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -324,4 +327,130 @@ func instChildResult(t testing.TB, out []byte) map[string]string {
 	}
 	t.Fatalf("child printed no result:\n%s", out)
 	return nil
+}
+
+// instBuildPlantedLib builds, with gcc, the library a hostile local user
+// would plant: its constructor creates ranFile, so a test can tell
+// whether it was ever dlopen()ed. pad grows it with zeros to that size
+// (0: as built).
+func instBuildPlantedLib(t testing.TB, dir, ranFile string, pad int64) string {
+	t.Helper()
+	if _, err := exec.LookPath("gcc"); err != nil {
+		t.Skip("gcc is needed to build the planted library")
+	}
+	src := filepath.Join(dir, "planted.c")
+	instWrite(t, src, []byte(`#include <fcntl.h>
+#include <unistd.h>
+__attribute__((constructor)) static void planted(void) {
+	int fd = open(RAN_FILE, O_CREAT | O_WRONLY, 0644);
+	if (fd >= 0) close(fd);
+}
+`), 0o644)
+	lib := filepath.Join(dir, "libplanted.so")
+	if out, err := exec.Command("gcc", "-shared", "-fPIC", "-o", lib, `-DRAN_FILE="`+ranFile+`"`, src).CombinedOutput(); err != nil {
+		t.Fatalf("gcc: %v\n%s", err, out)
+	}
+	if pad > 0 {
+		st, err := os.Stat(lib)
+		if err != nil || st.Size() > pad {
+			t.Fatalf("planted library larger than %d bytes (%v)", pad, err)
+		}
+		if err := os.Truncate(lib, pad); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return lib
+}
+
+// instPinned is the manifest this SDK pins (manifests/<Version>): its
+// artifacts for this platform and the .complete content that names it.
+// Both are public, so an attacker can forge a marker from them.
+type instPinned struct {
+	marker    string
+	artifacts []struct {
+		Path   string `json:"path"`
+		Kind   string `json:"kind"`
+		Size   int64  `json:"size"`
+		SHA256 string `json:"sha256"`
+	}
+}
+
+func instPinnedManifest(t testing.TB) *instPinned {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "manifests", lockbox.Version, "manifest.json"))
+	if err != nil {
+		t.Skipf("no pinned manifest for %s: %v", lockbox.Version, err)
+	}
+	var m struct {
+		Platforms map[string]json.RawMessage `json:"platforms"`
+	}
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	p := &instPinned{marker: instSHA256(b) + "\n"}
+	for name, arts := range m.Platforms {
+		if strings.HasSuffix(name, map[string]string{"amd64": "x86_64", "arm64": "aarch64"}[runtime.GOARCH]) {
+			if err := json.Unmarshal(arts, &p.artifacts); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if len(p.artifacts) == 0 {
+		t.Skipf("the pinned manifest has nothing for %s", runtime.GOARCH)
+	}
+	return p
+}
+
+// instLoadChild runs lockbox.Load() in a fresh process with
+// LOCKBOX_HOME=root (and env) and returns its result.
+func instLoadChild(t testing.TB, root string, env ...string) map[string]string {
+	t.Helper()
+	out, _ := instChild(append([]string{"LOCKBOX_HOME=" + root, "LOCKBOX_INSTALL_CHILD_MODE=load-only"}, env...)...).CombinedOutput()
+	return instChildResult(t, out)
+}
+
+// instFlock holds an exclusive flock on path (created 0600, its
+// directory 0700) until the returned func is called: another install in
+// progress, as far as any installer can tell.
+func instFlock(t testing.TB, path string) func() {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	release := func() { once.Do(func() { f.Close() }) }
+	t.Cleanup(release)
+	return release
+}
+
+// instCLITimed runs the CLI and also returns how long it took.
+func instCLITimed(t testing.TB, args ...string) (string, int, time.Duration) {
+	t.Helper()
+	start := time.Now()
+	_, stderr, code := instCLI(t, args...)
+	return stderr, code, time.Since(start)
+}
+
+// instDrip answers a request for body with its headers and then one byte
+// every interval until the client goes away: a server that is never
+// silent for long, yet never finishes.
+func instDrip(w http.ResponseWriter, r *http.Request, body []byte, chunk int, interval time.Duration) {
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(http.StatusOK)
+	for off := 0; off < len(body); off += chunk {
+		w.Write(body[off:min(off+chunk, len(body))])
+		w.(http.Flusher).Flush()
+		select {
+		case <-r.Context().Done():
+			return
+		case <-time.After(interval):
+		}
+	}
 }

@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strconv"
@@ -778,5 +779,533 @@ func TestInstallOverHTTPSWithPrivateCA(t *testing.T) {
 	cliDir := strings.TrimSpace(instMustCLI(t, append(args, "--ca-cert", ca)...))
 	if !reflect.DeepEqual(instSnapshot(t, cliDir), instSnapshot(t, sdkDir)) {
 		t.Fatal("CLI and SDK trees differ")
+	}
+}
+
+// Attacks on the installer (item 10 of issue 9): a hostile release server
+// and a hostile local user (simulated by files chowned to uid 65534 and
+// directories others can write). Each asserts that the attack failed and
+// that nothing of the attacker's was installed or loaded, and first shows
+// that its detector sees a real success.
+
+const instAttackerUID = 65534
+
+func instNeedRoot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("chowning files to another user (the simulated attacker) needs root")
+	}
+}
+
+// (b) A marker forged from the public pinned manifest, over planted
+// files, must never get a library dlopen()ed: the planted library's
+// constructor would run in the caller.
+func TestInstallAttackPlantedLibraryIsNeverLoaded(t *testing.T) {
+	t.Parallel()
+	instNeedRoot(t)
+	pin := instPinnedManifest(t)
+	var libSize int64
+	for _, a := range pin.artifacts {
+		if a.Kind == "library" {
+			libSize = a.Size
+		}
+	}
+	work := t.TempDir()
+	ran := filepath.Join(work, "constructor-ran")
+	planted := instBuildPlantedLib(t, work, ran, libSize)
+
+	// Control: loading the planted library directly runs its constructor,
+	// so a missing ran file below means it was never loaded.
+	if r := instLoadChild(t, t.TempDir(), "LOCKBOX_LIB="+planted); !strings.Contains(r["load_error"], "missing symbol") {
+		t.Fatalf("control load: %v", r)
+	}
+	if _, err := os.Stat(ran); err != nil {
+		t.Fatal("control: the planted library's constructor did not run, the probe is blind")
+	}
+	os.Remove(ran)
+
+	// plant makes a tree that looks installed for the pinned version: the
+	// forged marker and, unless told otherwise, every artifact at its
+	// manifest size (the library being the planted one), owned by us.
+	plant := func(mutate func(root, dir, lib string)) string {
+		root := t.TempDir()
+		dir := filepath.Join(root, "versions", lockbox.Version)
+		instWrite(t, filepath.Join(dir, ".complete"), []byte(pin.marker), 0o644)
+		for _, a := range pin.artifacts {
+			p := filepath.Join(dir, filepath.FromSlash(a.Path))
+			if a.Kind == "library" {
+				b, _ := os.ReadFile(planted)
+				instWrite(t, p, b, 0o644)
+			} else {
+				instWrite(t, p, nil, 0o644)
+				os.Truncate(p, a.Size)
+			}
+		}
+		mutate(root, dir, filepath.Join(dir, "lib", "liblockbox.so"))
+		return root
+	}
+	chown := func(p string) {
+		if err := os.Lchown(p, instAttackerUID, instAttackerUID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cases := []struct {
+		name, want string
+		mutate     func(root, dir, lib string)
+	}{
+		{"marker alone, no files", "no such file", func(root, dir, lib string) {
+			for _, sub := range []string{"lib", "bin", "images"} {
+				os.RemoveAll(filepath.Join(dir, sub))
+			}
+		}},
+		{"library owned by another user", "owned by uid 65534", func(root, dir, lib string) { chown(lib) }},
+		{"library is a symlink to the attacker's file", "symbolic link", func(root, dir, lib string) {
+			os.Remove(lib)
+			os.Symlink(planted, lib)
+		}},
+		{"library writable by others", "writable by group or others", func(root, dir, lib string) { os.Chmod(lib, 0o666) }},
+		{"lib dir writable by others", "writable by group or others", func(root, dir, lib string) { os.Chmod(filepath.Dir(lib), 0o777) }},
+		{"install dir owned by another user", "owned by uid 65534", func(root, dir, lib string) { chown(root) }},
+		{"wrong size", "bytes, the manifest says", func(root, dir, lib string) { os.Truncate(lib, libSize-1) }},
+		// Owned by us, right size, wrong bytes (a restored cache, a file
+		// swapped after the install): only the re-hash before load sees it.
+		{"right size, wrong bytes", "sha256", func(root, dir, lib string) {}},
+	}
+	for _, c := range cases {
+		root := plant(c.mutate)
+		if c.name != "right size, wrong bytes" && lockbox.IsInstalled(lockbox.WithInstallDir(root)) {
+			t.Errorf("%s: IsInstalled = true", c.name)
+		}
+		r := instLoadChild(t, root)
+		if !strings.Contains(r["load_error"], "refusing to load") || !strings.Contains(r["load_error"], c.want) {
+			t.Errorf("%s: load error %q, want it to refuse with %q", c.name, r["load_error"], c.want)
+		}
+		if _, err := os.Stat(ran); err == nil {
+			t.Fatalf("%s: the planted library was loaded (its constructor ran)", c.name)
+		}
+	}
+}
+
+// (b) for any version: a copy of the public signed manifest with its
+// marker, and no files, is not an install.
+func TestInstallAttackForgedMarkerWithoutFiles(t *testing.T) {
+	t.Parallel()
+	rel := instBuildRelease(t, "7.10.1-test", 64<<10)
+	root := t.TempDir()
+	dir := filepath.Join(root, "versions", rel.version)
+	manifest, _ := os.ReadFile(filepath.Join(rel.dist, rel.version, "manifest.json"))
+	sig, _ := os.ReadFile(filepath.Join(rel.dist, rel.version, "manifest.json.sig"))
+	instWrite(t, filepath.Join(dir, "manifest.json"), manifest, 0o644)
+	instWrite(t, filepath.Join(dir, "manifest.json.sig"), sig, 0o644)
+	instWrite(t, filepath.Join(dir, ".complete"), []byte(instSHA256(manifest)+"\n"), 0o644)
+	os.Chmod(filepath.Join(root, "versions"), 0o700)
+	os.Chmod(dir, 0o700)
+	// Control: with the files in place the same tree counts as installed.
+	okRoot := t.TempDir()
+	if _, err := lockbox.EnsureInstalled(context.Background(), instOpts(rel, rel.dist, okRoot)...); err != nil {
+		t.Fatal(err)
+	}
+	if !lockbox.IsInstalled(instOpts(rel, "", okRoot)...) {
+		t.Fatal("control: a real install is not reported installed")
+	}
+	if lockbox.IsInstalled(instOpts(rel, "", root)...) {
+		t.Fatal("a forged marker without files counts as installed")
+	}
+	_, err := lockbox.EnsureInstalled(context.Background(), append(instOpts(rel, "", root), lockbox.WithOffline(true))...)
+	if !errors.Is(err, lockbox.ErrNotInstalled) || !strings.Contains(err.Error(), "lib/liblockbox.so") {
+		t.Fatalf("offline over a forged marker: %v", err)
+	}
+	_, stderr, code := instCLI(t, "install", "--version", rel.version, "--offline", "--dir", root, "--trusted-key", rel.keyFile+".pub")
+	if code != 6 {
+		t.Fatalf("CLI offline over a forged marker: exit %d\n%s", code, stderr)
+	}
+	// The next online install replaces it with the real thing.
+	inst, err := lockbox.EnsureInstalled(context.Background(), instOpts(rel, rel.dist, root)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	instMustCLI(t, "verify", inst.Dir, "--trusted-key", rel.keyFile+".pub")
+}
+
+// (a) Symlinks planted at every path an installer could predict: the
+// download path older installers used, and the version dir itself. The
+// install writes through none of them, and what it installs is a regular
+// file with the release's bytes. The SDK and the CLI alike.
+func TestInstallAttackSymlinksAtPredictablePaths(t *testing.T) {
+	t.Parallel()
+	rel := instBuildRelease(t, "7.10.2-test", 256<<10)
+	srv := instServe(t, rel.dist, nil)
+	attacker := t.TempDir()
+	victim := filepath.Join(attacker, "victim")
+	instWrite(t, victim, []byte("the attacker's file"), 0o644)
+	fakeTree := filepath.Join(attacker, "fake-version")
+	instWrite(t, filepath.Join(fakeTree, "lib", "liblockbox.so"), []byte("planted"), 0o644)
+	before := instSnapshot(t, attacker)
+
+	// Control: opening the planted link the way the old installer did
+	// (O_RDWR|O_CREATE, following it) writes the victim.
+	probeVictim := filepath.Join(t.TempDir(), "probe-victim")
+	instWrite(t, probeVictim, []byte("x"), 0o644)
+	probeLink := filepath.Join(t.TempDir(), "probe-link")
+	os.Symlink(probeVictim, probeLink)
+	if f, err := os.OpenFile(probeLink, os.O_RDWR|os.O_CREATE, 0o600); err == nil {
+		f.WriteAt([]byte("y"), 0)
+		f.Close()
+	}
+	if b, _ := os.ReadFile(probeVictim); string(b) != "y" {
+		t.Fatal("control: a write through the planted link did not reach the victim, the probe is blind")
+	}
+
+	for _, viaCLI := range []bool{false, true} {
+		root := t.TempDir()
+		versions := filepath.Join(root, "versions")
+		partDir := filepath.Join(versions, ".partial-"+rel.version)
+		if err := os.MkdirAll(partDir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		os.Chmod(versions, 0o700)
+		os.Symlink(victim, filepath.Join(partDir, instSHA256(rel.lib)+"-lib_liblockbox.so"))
+		os.Symlink(fakeTree, filepath.Join(versions, rel.version))
+		var dir string
+		if viaCLI {
+			dir = strings.TrimSpace(instMustCLI(t, "install", "--version", rel.version, "--from", srv.URL, "--dir", root, "--trusted-key", rel.keyFile+".pub"))
+		} else {
+			inst, err := lockbox.EnsureInstalled(context.Background(), instOpts(rel, srv.URL, root)...)
+			if err != nil {
+				t.Fatalf("SDK: %v", err)
+			}
+			dir = inst.Dir
+		}
+		for _, p := range []string{dir, filepath.Join(dir, "lib"), filepath.Join(dir, "lib", "liblockbox.so")} {
+			if fi, err := os.Lstat(p); err != nil || fi.Mode()&os.ModeSymlink != 0 {
+				t.Fatalf("cli=%v: %s is not a real file or directory: %v %v", viaCLI, p, fi, err)
+			}
+		}
+		if b, _ := os.ReadFile(filepath.Join(dir, "lib", "liblockbox.so")); !bytes.Equal(b, rel.lib) {
+			t.Fatalf("cli=%v: installed library differs from the release", viaCLI)
+		}
+		instMustCLI(t, "verify", dir, "--trusted-key", rel.keyFile+".pub")
+		if after := instSnapshot(t, attacker); !reflect.DeepEqual(before, after) {
+			t.Fatalf("cli=%v: the attacker's files changed", viaCLI)
+		}
+	}
+}
+
+// A shared install dir, writable by another local user, or owned by one,
+// is refused with a clear error before anything is written; a sticky
+// world-writable parent (like /tmp) is fine. The SDK and the CLI alike.
+func TestInstallAttackSharedInstallDir(t *testing.T) {
+	t.Parallel()
+	instNeedRoot(t)
+	rel := instBuildRelease(t, "7.10.3-test", 64<<10)
+	srv := instServe(t, rel.dist, nil)
+	cli := func(root string) (string, int) {
+		_, stderr, code := instCLI(t, "install", "--version", rel.version, "--from", srv.URL, "--dir", root, "--trusted-key", rel.keyFile+".pub")
+		return stderr, code
+	}
+	refused := func(name, root, want string) {
+		t.Helper()
+		_, err := lockbox.EnsureInstalled(context.Background(), instOpts(rel, srv.URL, root)...)
+		if !errors.Is(err, lockbox.ErrInstallDirUnsafe) || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: SDK: %v (want ErrInstallDirUnsafe, %q)", name, err, want)
+		}
+		if stderr, code := cli(root); code != 3 || !strings.Contains(stderr, want) {
+			t.Errorf("%s: CLI: exit %d\n%s", name, code, stderr)
+		}
+		if lockbox.IsInstalled(instOpts(rel, "", root)...) {
+			t.Errorf("%s: IsInstalled = true", name)
+		}
+	}
+
+	// A world-writable parent: the attacker could swap the root; it has
+	// already planted a link where older installers downloaded.
+	shared := t.TempDir()
+	os.Chmod(shared, 0o777)
+	root := filepath.Join(shared, "lockbox")
+	victim := filepath.Join(t.TempDir(), "victim")
+	instWrite(t, victim, []byte("victim"), 0o644)
+	link := filepath.Join(root, "versions", ".partial-"+rel.version, instSHA256(rel.lib)+"-lib_liblockbox.so")
+	os.MkdirAll(filepath.Dir(link), 0o777)
+	os.Symlink(victim, link)
+	for _, p := range []string{root, filepath.Dir(filepath.Dir(link)), filepath.Dir(link), link} {
+		os.Lchown(p, instAttackerUID, instAttackerUID)
+	}
+	refused("world-writable parent", root, "writable by group or others")
+	if b, _ := os.ReadFile(victim); string(b) != "victim" {
+		t.Fatal("the installer wrote through the attacker's link")
+	}
+	if _, err := os.Lstat(filepath.Join(root, "versions", rel.version)); err == nil {
+		t.Fatal("something was installed into the shared dir")
+	}
+
+	// An install root owned by another user.
+	owned := t.TempDir()
+	os.Chown(owned, instAttackerUID, instAttackerUID)
+	refused("root owned by uid 65534", owned, "owned by uid 65534")
+	if entries, _ := os.ReadDir(owned); len(entries) != 0 {
+		t.Fatalf("written into a dir owned by another user: %v", entries)
+	}
+
+	// A good install whose versions dir is later opened to everyone stops
+	// counting as installed and is not installed into again.
+	good := t.TempDir()
+	if _, err := lockbox.EnsureInstalled(context.Background(), instOpts(rel, srv.URL, good)...); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(filepath.Join(good, "versions"), 0o777)
+	refused("versions dir opened to others after the install", good, "writable by group or others")
+
+	// Control: under a sticky world-writable dir, as under /tmp, it works,
+	// and every directory the installer made is 0700.
+	sticky := t.TempDir()
+	os.Chmod(sticky, 0o777|os.ModeSticky)
+	inst, err := lockbox.EnsureInstalled(context.Background(), instOpts(rel, srv.URL, filepath.Join(sticky, "sdk"))...)
+	if err != nil {
+		t.Fatalf("under a sticky dir: %v", err)
+	}
+	if stderr, code := cli(filepath.Join(sticky, "cli")); code != 0 {
+		t.Fatalf("CLI under a sticky dir: exit %d\n%s", code, stderr)
+	}
+	for _, d := range []string{filepath.Join(sticky, "sdk"), filepath.Join(sticky, "sdk", "versions"), inst.Dir, filepath.Join(sticky, "cli"), filepath.Join(sticky, "cli", "versions", rel.version, "lib")} {
+		if fi, err := os.Stat(d); err != nil || fi.Mode().Perm() != 0o700 {
+			t.Errorf("%s: %v %v, want a 0700 directory", d, fi, err)
+		}
+	}
+}
+
+// (c) A canceled or failed install, fed wrong bytes by a hostile server,
+// leaves nothing the next install trusts: the next honest install
+// succeeds first time and fetches everything. The SDK and the CLI alike.
+func TestInstallAttackCanceledInstallLeavesNothing(t *testing.T) {
+	t.Parallel()
+	rel := instBuildRelease(t, "7.10.4-test", 4<<20)
+	hostile := func(w http.ResponseWriter, r *http.Request, hit int) bool {
+		if !strings.HasSuffix(r.URL.Path, instLibPath) || hit != 1 {
+			return false
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(rel.lib)))
+		w.Write(bytes.Repeat([]byte{0xAA}, 1<<20)) // not the library's bytes
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+		return true
+	}
+	assertClean := func(root string) {
+		t.Helper()
+		instAssertNotInstalled(t, root, rel.version, lockbox.WithTrustedKey(rel.pubKey))
+		entries, _ := os.ReadDir(filepath.Join(root, "versions"))
+		for _, e := range entries {
+			if strings.HasPrefix(e.Name(), ".") {
+				t.Fatalf("left behind: %s", e.Name())
+			}
+		}
+	}
+	// SDK: canceled once the wrong MiB is in.
+	srv := instServe(t, rel.dist, hostile)
+	root := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	_, err := lockbox.EnsureInstalled(ctx, append(instOpts(rel, srv.URL, root), lockbox.WithProgress(func(ev lockbox.InstallEvent) {
+		if ev.Kind == lockbox.InstallDownloading && ev.Bytes >= 1<<20 {
+			cancel()
+		}
+	}))...)
+	cancel()
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("canceled install: %v", err)
+	}
+	assertClean(root)
+	if _, err := lockbox.EnsureInstalled(context.Background(), instOpts(rel, srv.URL, root)...); err != nil {
+		t.Fatalf("first honest install after a canceled one: %v", err)
+	}
+	if r := srv.ranges(instLibPath); len(r) != 2 || r[1] != "" {
+		t.Fatalf("Range headers %q: the canceled install's bytes were reused", r)
+	}
+
+	// CLI: the same server, the install ends at --timeout.
+	srv = instServe(t, rel.dist, hostile)
+	root = t.TempDir()
+	args := []string{"install", "--version", rel.version, "--from", srv.URL, "--dir", root, "--trusted-key", rel.keyFile + ".pub"}
+	if stderr, code, _ := instCLITimed(t, append(args, "--timeout", "1")...); code != 4 {
+		t.Fatalf("CLI against a stalling server: exit %d\n%s", code, stderr)
+	}
+	assertClean(root)
+	instMustCLI(t, args...)
+	if r := srv.ranges(instLibPath); len(r) != 2 || r[1] != "" {
+		t.Fatalf("CLI: Range headers %q: the failed install's bytes were reused", r)
+	}
+}
+
+// (d) A server that drips bytes (never silent for a whole stall window)
+// is abandoned by the minimum rate; one that keeps up the rate but never
+// finishes runs into the overall bound. The SDK and the CLI alike.
+func TestInstallAttackDripServer(t *testing.T) {
+	t.Parallel()
+	rel := instBuildRelease(t, "7.10.5-test", 1<<20)
+	dripFirst := instServe(t, rel.dist, func(w http.ResponseWriter, r *http.Request, hit int) bool {
+		if !strings.HasSuffix(r.URL.Path, instLibPath) || hit != 1 {
+			return false
+		}
+		instDrip(w, r, rel.lib, 1, 100*time.Millisecond)
+		return true
+	})
+	var retryErr error
+	start := time.Now()
+	_, err := lockbox.EnsureInstalled(context.Background(), append(instOpts(rel, dripFirst.URL, t.TempDir()),
+		lockbox.WithStallTimeout(time.Second),
+		lockbox.WithProgress(func(ev lockbox.InstallEvent) {
+			if ev.Kind == lockbox.InstallRetrying {
+				retryErr = ev.Err
+			}
+		}))...)
+	if err != nil || retryErr == nil || !strings.Contains(retryErr.Error(), "fewer than") {
+		t.Fatalf("drip then honest: %v (retry: %v)", err, retryErr)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("the drip held the install %v", d)
+	}
+
+	dripAlways := instServe(t, rel.dist, func(w http.ResponseWriter, r *http.Request, hit int) bool {
+		if !strings.HasSuffix(r.URL.Path, instLibPath) {
+			return false
+		}
+		instDrip(w, r, rel.lib, 1, 100*time.Millisecond)
+		return true
+	})
+	// Control: without a minimum rate the drip is progress, and only the
+	// overall bound ends the install: no attempt was ever abandoned.
+	retryErr = nil
+	root := t.TempDir()
+	_, err = lockbox.EnsureInstalled(context.Background(), append(instOpts(rel, dripAlways.URL, root),
+		lockbox.WithStallTimeout(time.Second), lockbox.WithMinDownloadRate(0), lockbox.WithInstallTimeout(1500*time.Millisecond),
+		lockbox.WithProgress(func(ev lockbox.InstallEvent) {
+			if ev.Kind == lockbox.InstallRetrying {
+				retryErr = ev.Err
+			}
+		}))...)
+	if !errors.Is(err, context.DeadlineExceeded) || retryErr != nil {
+		t.Fatalf("control, no minimum rate: %v (retry: %v)", err, retryErr)
+	}
+	instAssertNotInstalled(t, root, rel.version, lockbox.WithTrustedKey(rel.pubKey))
+
+	// Fast enough for the minimum rate (40 KiB/s), too slow to finish in
+	// the overall bound: the bound ends it.
+	slow := instServe(t, rel.dist, func(w http.ResponseWriter, r *http.Request, hit int) bool {
+		if !strings.HasSuffix(r.URL.Path, instLibPath) {
+			return false
+		}
+		instDrip(w, r, rel.lib, 4<<10, 100*time.Millisecond)
+		return true
+	})
+	root = t.TempDir()
+	start = time.Now()
+	_, err = lockbox.EnsureInstalled(context.Background(), append(instOpts(rel, slow.URL, root), lockbox.WithInstallTimeout(1500*time.Millisecond))...)
+	if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 5*time.Second {
+		t.Fatalf("overall bound: %v after %v", err, time.Since(start))
+	}
+	instAssertNotInstalled(t, root, rel.version, lockbox.WithTrustedKey(rel.pubKey))
+
+	// The CLI: a drip is abandoned after a stall window and the retry
+	// completes; an endless drip ends at --timeout.
+	dripFirstCLI := instServe(t, rel.dist, func(w http.ResponseWriter, r *http.Request, hit int) bool {
+		if !strings.HasSuffix(r.URL.Path, instLibPath) || hit != 1 {
+			return false
+		}
+		instDrip(w, r, rel.lib, 1, 100*time.Millisecond)
+		return true
+	})
+	key := "--trusted-key=" + rel.keyFile + ".pub"
+	if stderr, code, d := instCLITimed(t, "install", "--version", rel.version, "--from", dripFirstCLI.URL, "--dir", t.TempDir(), key, "--stall-timeout", "1"); code != 0 || d > 10*time.Second {
+		t.Fatalf("CLI drip then honest: exit %d after %v\n%s", code, d, stderr)
+	}
+	root = t.TempDir()
+	stderr, code, d := instCLITimed(t, "install", "--version", rel.version, "--from", dripAlways.URL, "--dir", root, key, "--stall-timeout", "1", "--timeout", "3")
+	if code != 4 || d > 10*time.Second || !strings.Contains(stderr, "deadline") {
+		t.Fatalf("CLI endless drip: exit %d after %v\n%s", code, d, stderr)
+	}
+	instAssertNotInstalled(t, root, rel.version, lockbox.WithTrustedKey(rel.pubKey))
+}
+
+// (d) Waiting for another process's install lock ends at the deadline:
+// the SDK's ctx or WithInstallTimeout, the CLI's --timeout.
+func TestInstallLockWaitHonoursDeadline(t *testing.T) {
+	t.Parallel()
+	rel := instBuildRelease(t, "7.10.6-test", 64<<10)
+	srv := instServe(t, rel.dist, nil)
+	root := t.TempDir()
+	release := instFlock(t, filepath.Join(root, "versions", rel.version+".lock"))
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if _, err := lockbox.EnsureInstalled(ctx, instOpts(rel, srv.URL, root)...); !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 3*time.Second {
+		t.Fatalf("SDK waiting for the lock: %v after %v", err, time.Since(start))
+	}
+	start = time.Now()
+	if _, err := lockbox.EnsureInstalled(context.Background(), append(instOpts(rel, srv.URL, root), lockbox.WithInstallTimeout(500*time.Millisecond))...); !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 3*time.Second {
+		t.Fatalf("SDK waiting for the lock, WithInstallTimeout: %v after %v", err, time.Since(start))
+	}
+	args := []string{"install", "--version", rel.version, "--from", srv.URL, "--dir", root, "--trusted-key", rel.keyFile + ".pub"}
+	stderr, code, d := instCLITimed(t, append(args, "--timeout", "1")...)
+	if code != 4 || d > 5*time.Second || !strings.Contains(stderr, "lock") {
+		t.Fatalf("CLI waiting for the lock: exit %d after %v\n%s", code, d, stderr)
+	}
+	// Control: the lock was what held them; released, both install.
+	release()
+	instMustCLI(t, append(args, "--timeout", "30")...)
+	if _, err := lockbox.EnsureInstalled(context.Background(), instOpts(rel, srv.URL, root)...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// (d) A FIFO (or any non-regular file) in a directory mirror is refused
+// at once instead of blocking the install. The SDK and the CLI alike.
+func TestInstallDirectoryMirrorFIFO(t *testing.T) {
+	t.Parallel()
+	rel := instBuildRelease(t, "7.10.7-test", 64<<10)
+	// Control: an ordinary open of a FIFO blocks (until a writer comes).
+	probe := filepath.Join(t.TempDir(), "fifo")
+	if err := syscall.Mkfifo(probe, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	opened := make(chan struct{})
+	go func() {
+		if f, err := os.Open(probe); err == nil {
+			f.Close()
+		}
+		close(opened)
+	}()
+	select {
+	case <-opened:
+		t.Fatal("control: opening a FIFO did not block, the probe is blind")
+	case <-time.After(200 * time.Millisecond):
+	}
+	if w, err := os.OpenFile(probe, os.O_WRONLY, 0); err == nil {
+		w.Close()
+	}
+	<-opened
+
+	for _, name := range []string{"lib/liblockbox.so", "manifest.json.sig"} {
+		mirror := filepath.Join(t.TempDir(), "mirror")
+		if out, err := exec.Command("cp", "-a", rel.dist, mirror).CombinedOutput(); err != nil {
+			t.Fatalf("cp: %v\n%s", err, out)
+		}
+		p := filepath.Join(mirror, rel.version, filepath.FromSlash(name))
+		os.Remove(p)
+		if err := syscall.Mkfifo(p, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		root := t.TempDir()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		start := time.Now()
+		_, err := lockbox.EnsureInstalled(ctx, instOpts(rel, mirror, root)...)
+		cancel()
+		if !errors.Is(err, lockbox.ErrVerification) || !strings.Contains(err.Error(), "not a regular file") || time.Since(start) > 2*time.Second {
+			t.Fatalf("%s a FIFO: SDK: %v after %v", name, err, time.Since(start))
+		}
+		instAssertNotInstalled(t, root, rel.version, lockbox.WithTrustedKey(rel.pubKey))
+		root = t.TempDir()
+		stderr, code, d := instCLITimed(t, "install", "--version", rel.version, "--from", mirror, "--dir", root,
+			"--trusted-key", rel.keyFile+".pub", "--timeout", "10")
+		if code != 3 || !strings.Contains(stderr, "not a regular file") || d > 5*time.Second {
+			t.Fatalf("%s a FIFO: CLI: exit %d after %v\n%s", name, code, d, stderr)
+		}
+		instAssertNotInstalled(t, root, rel.version, lockbox.WithTrustedKey(rel.pubKey))
 	}
 }
