@@ -77,6 +77,33 @@ pub const MAX_CPUS: f64 = 1024.0;
 pub const MAX_PIDS: i64 = 1 << 22;
 pub const MAX_DISK_MIB: i64 = 1 << 24; // 16 TiB
 pub const DEFAULT_TMPFS_MIB: u64 = 64;
+
+// Bounds on what a caller hands the engine, so input can cost neither
+// unbounded memory (every ListSandboxes returns labels and config again)
+// nor unbounded time. docs/configuration.md ("Input limits") lists them;
+// past one the call is `invalid_argument`.
+
+/// Largest `lockbox_call` request, checked before the JSON is parsed (a
+/// parse can take ~16x its input in memory).
+pub const MAX_REQUEST_BYTES: usize = 8 << 20;
+/// Sandbox and volume names (they become directory and cgroup names).
+pub const MAX_NAME_BYTES: usize = 63;
+/// Host names: the kernel takes 64 bytes (HOST_NAME_MAX); 63 is one DNS
+/// label.
+pub const MAX_HOSTNAME_BYTES: usize = 63;
+/// Entries in one environment: a sandbox's, an exec's, and the merged
+/// environment a process starts with.
+pub const MAX_ENV_ENTRIES: usize = 4096;
+pub const MAX_ENV_KEY_BYTES: usize = 256;
+/// One `KEY=VALUE` entry: the kernel's per-string limit for execve
+/// (MAX_ARG_STRLEN, 128 KiB with the terminating NUL).
+pub const MAX_ENV_ENTRY_BYTES: usize = 128 * 1024 - 1;
+/// All entries of one environment together, one NUL each included.
+pub const MAX_ENV_TOTAL_BYTES: usize = 1 << 20;
+pub const MAX_LABELS: usize = 64;
+pub const MAX_LABEL_KEY_BYTES: usize = 128;
+pub const MAX_LABEL_VALUE_BYTES: usize = 4096;
+
 /// The writable layer's budget when `disk_mib` is not given. Without one,
 /// what the sandbox writes lands on the host's disk with no bound; 0 asks
 /// for exactly that (no budget) explicitly.
@@ -162,6 +189,11 @@ impl SandboxConfig {
             crate::names::validate("sandbox", n)?;
         }
         if let Some(i) = &self.image {
+            if i.is_empty() {
+                return Err(EngineError::invalid(
+                    "image is empty; leave it out for the default image",
+                ));
+            }
             crate::images::form_of(i)?;
         }
         if self.image.is_some() && self.rootfs.is_some() {
@@ -191,15 +223,13 @@ impl SandboxConfig {
                 v => in_range("disk (MiB)", v, 1, MAX_DISK_MIB)?,
             },
         };
-        for e in &self.env {
-            check_env("env", e)?;
-        }
+        check_env_list("env", &self.env)?;
         if let Some(w) = &self.workdir {
             guest_path("workdir", w)?;
         }
         if let Some(h) = &self.hostname {
             let ok = !h.is_empty()
-                && h.len() <= 63
+                && h.len() <= MAX_HOSTNAME_BYTES
                 && h.chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
             if !ok {
@@ -246,13 +276,7 @@ impl SandboxConfig {
                 )));
             }
         }
-        for k in self.labels.keys() {
-            if k.is_empty() || k.len() > 253 {
-                return Err(EngineError::invalid(format!(
-                    "label key {k:?} is not valid"
-                )));
-            }
-        }
+        check_labels(&self.labels)?;
         if let Some(u) = &self.user {
             if u.is_empty() {
                 return Err(EngineError::invalid("user is empty"));
@@ -262,13 +286,100 @@ impl SandboxConfig {
     }
 }
 
-pub fn check_env(what: &str, e: &str) -> Result<()> {
-    match e.split_once('=') {
-        Some((k, _)) if !k.is_empty() && !k.contains('\0') && !e.contains('\0') => Ok(()),
-        _ => Err(EngineError::invalid(format!(
-            "{what} entry {e:?} must look like KEY=VALUE"
-        ))),
+/// An error message quotes at most this much of what it rejects.
+fn shown(s: &str) -> String {
+    const SHOW: usize = 64;
+    if s.len() <= SHOW {
+        return format!("{s:?}");
     }
+    let mut end = SHOW;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}... ({} bytes)", &s[..end], s.len())
+}
+
+/// One `KEY=VALUE` entry: the key is what precedes the first '=', so a key
+/// can never hold '=' here; the SDKs reject such keys before joining them.
+pub fn check_env(what: &str, e: &str) -> Result<()> {
+    let Some((k, _)) = e.split_once('=') else {
+        return Err(EngineError::invalid(format!(
+            "{what} entry {} must look like KEY=VALUE",
+            shown(e)
+        )));
+    };
+    if k.is_empty() || e.contains('\0') {
+        return Err(EngineError::invalid(format!(
+            "{what} entry {} needs a non-empty key and no NUL byte",
+            shown(e)
+        )));
+    }
+    if k.len() > MAX_ENV_KEY_BYTES {
+        return Err(EngineError::invalid(format!(
+            "{what} key {} is longer than {MAX_ENV_KEY_BYTES} bytes",
+            shown(k)
+        )));
+    }
+    if e.len() > MAX_ENV_ENTRY_BYTES {
+        return Err(EngineError::invalid(format!(
+            "{what} entry {} is longer than {MAX_ENV_ENTRY_BYTES} bytes",
+            shown(e)
+        )));
+    }
+    Ok(())
+}
+
+/// The count and total size bounds of one environment, then each entry.
+/// The count is checked first so a huge list is refused in O(1).
+pub fn check_env_list(what: &str, env: &[String]) -> Result<()> {
+    check_env_size(what, env)?;
+    for e in env {
+        check_env(what, e)?;
+    }
+    Ok(())
+}
+
+/// Only the count and total size (for an environment whose entries were
+/// checked already, or come from the image).
+pub fn check_env_size(what: &str, env: &[String]) -> Result<()> {
+    if env.len() > MAX_ENV_ENTRIES {
+        return Err(EngineError::invalid(format!(
+            "{what} has {} entries; at most {MAX_ENV_ENTRIES}",
+            env.len()
+        )));
+    }
+    let total: usize = env.iter().map(|e| e.len() + 1).sum();
+    if total > MAX_ENV_TOTAL_BYTES {
+        return Err(EngineError::invalid(format!(
+            "{what} is {total} bytes; at most {MAX_ENV_TOTAL_BYTES}"
+        )));
+    }
+    Ok(())
+}
+
+fn check_labels(labels: &BTreeMap<String, String>) -> Result<()> {
+    if labels.len() > MAX_LABELS {
+        return Err(EngineError::invalid(format!(
+            "{} labels; at most {MAX_LABELS}",
+            labels.len()
+        )));
+    }
+    for (k, v) in labels {
+        if k.is_empty() || k.len() > MAX_LABEL_KEY_BYTES || k.contains('\0') {
+            return Err(EngineError::invalid(format!(
+                "label key {} is not valid (1..={MAX_LABEL_KEY_BYTES} bytes, no NUL)",
+                shown(k)
+            )));
+        }
+        if v.len() > MAX_LABEL_VALUE_BYTES {
+            return Err(EngineError::invalid(format!(
+                "label {} has a value of {} bytes; at most {MAX_LABEL_VALUE_BYTES}",
+                shown(k),
+                v.len()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Resolves "uid", "uid:gid" or a user name (looked up in the root
@@ -382,6 +493,92 @@ mod tests {
         assert!(cfg(r#"{"name": "../x"}"#).is_err());
         cfg(r#"{"image": "127.0.0.1:5000/repo:tag"}"#).unwrap();
         assert!(cfg(r#"{"image": "../x"}"#).is_err());
+    }
+
+    fn with_env(env: Vec<String>) -> Result<CheckedLimits> {
+        SandboxConfig {
+            env,
+            ..Default::default()
+        }
+        .check()
+    }
+
+    fn code(r: Result<CheckedLimits>) -> lockbox_protocol::ErrorCode {
+        r.unwrap_err().code
+    }
+
+    #[test]
+    fn env_bounds() {
+        use lockbox_protocol::ErrorCode::InvalidArgument;
+        let at = |n: usize| (0..n).map(|i| format!("K{i}=v")).collect::<Vec<_>>();
+        with_env(at(MAX_ENV_ENTRIES)).unwrap();
+        assert_eq!(code(with_env(at(MAX_ENV_ENTRIES + 1))), InvalidArgument);
+        let key = "K".repeat(MAX_ENV_KEY_BYTES);
+        with_env(vec![format!("{key}=v")]).unwrap();
+        assert_eq!(code(with_env(vec![format!("{key}K=v")])), InvalidArgument);
+        let entry = |len: usize| format!("V={}", "x".repeat(len - 2));
+        with_env(vec![entry(MAX_ENV_ENTRY_BYTES)]).unwrap();
+        assert_eq!(
+            code(with_env(vec![entry(MAX_ENV_ENTRY_BYTES + 1)])),
+            InvalidArgument
+        );
+        // 9 entries of 120 KiB: each fine, together over 1 MiB; 8 fit.
+        let big: Vec<String> = (0..9)
+            .map(|i| format!("K{i}={}", "x".repeat(120 << 10)))
+            .collect();
+        let e = with_env(big.clone()).unwrap_err();
+        assert!(e.message.contains("bytes; at most"), "{}", e.message);
+        with_env(big[..8].to_vec()).unwrap();
+        for bad in ["A", "=v", "A=\0", "\0=v"] {
+            assert_eq!(code(with_env(vec![bad.into()])), InvalidArgument, "{bad:?}");
+        }
+        // A long rejected entry is quoted in part, not whole.
+        let e = with_env(vec!["x".repeat(1 << 20)]).unwrap_err();
+        assert!(e.message.len() < 300, "{}", e.message.len());
+    }
+
+    #[test]
+    fn label_name_hostname_image_bounds() {
+        use lockbox_protocol::ErrorCode::InvalidArgument;
+        let labels = |n: usize, k: usize, v: usize| SandboxConfig {
+            labels: (0..n)
+                .map(|i| (format!("{i:0k$}"), "v".repeat(v)))
+                .collect(),
+            ..Default::default()
+        };
+        labels(MAX_LABELS, MAX_LABEL_KEY_BYTES, MAX_LABEL_VALUE_BYTES)
+            .check()
+            .unwrap();
+        for c in [
+            labels(MAX_LABELS + 1, 8, 1),
+            labels(1, MAX_LABEL_KEY_BYTES + 1, 1),
+            labels(1, 8, MAX_LABEL_VALUE_BYTES + 1),
+        ] {
+            assert_eq!(c.check().unwrap_err().code, InvalidArgument);
+        }
+        let named = |n: &str| SandboxConfig {
+            name: Some(n.into()),
+            ..Default::default()
+        };
+        named(&"a".repeat(MAX_NAME_BYTES)).check().unwrap();
+        assert_eq!(
+            code(named(&"a".repeat(MAX_NAME_BYTES + 1)).check()),
+            InvalidArgument
+        );
+        let host = |h: &str| SandboxConfig {
+            hostname: Some(h.into()),
+            ..Default::default()
+        };
+        host(&"h".repeat(MAX_HOSTNAME_BYTES)).check().unwrap();
+        assert_eq!(
+            code(host(&"h".repeat(MAX_HOSTNAME_BYTES + 1)).check()),
+            InvalidArgument
+        );
+        // Only a missing image means the default one.
+        let e = cfg(r#"{"image": ""}"#).unwrap_err();
+        assert_eq!(e.code, InvalidArgument);
+        assert!(e.message.contains("leave it out"), "{}", e.message);
+        cfg(r#"{}"#).unwrap();
     }
 
     #[test]

@@ -104,6 +104,84 @@ impl DirLock {
     }
 }
 
+/// An exclusive flock on `<home>/locks/sandbox-<name>.lock`, held across
+/// the check-remove-create of a name (and across a removal), so two
+/// processes never both find the name free, or both remove what the other
+/// just made. The file is unlinked by its holder before the lock goes, and
+/// a new holder checks that the path still names the inode it locked, so
+/// lock files never pile up for generated names and never split one name
+/// into two locks.
+#[derive(Debug)]
+pub struct NameLock {
+    file: File,
+    path: std::path::PathBuf,
+}
+
+impl NameLock {
+    /// Tries once; `Ok(None)` while another holder (any process, or another
+    /// open in this one) has it.
+    pub fn try_acquire(path: &Path) -> Result<Option<NameLock>> {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        loop {
+            // O_NOFOLLOW: a planted symlink is an error, never a lock on
+            // (or the creation of) some other file.
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+                .map_err(|e| EngineError::io(path.display(), e))?;
+            // SAFETY: flock on an fd we own.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc != 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                    return Ok(None);
+                }
+                return Err(EngineError::io(format!("lock {}", path.display()), e));
+            }
+            let held = file
+                .metadata()
+                .map_err(|e| EngineError::io(path.display(), e))?;
+            match std::fs::symlink_metadata(path) {
+                Ok(m) if m.dev() == held.dev() && m.ino() == held.ino() => {
+                    return Ok(Some(NameLock {
+                        file,
+                        path: path.to_path_buf(),
+                    }))
+                }
+                // The previous holder unlinked it after we opened it: that
+                // inode locks nothing any more.
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(EngineError::io(path.display(), e)),
+            }
+        }
+    }
+
+    /// Waits until it has the lock; cancel by dropping the future.
+    pub async fn acquire(path: &Path) -> Result<NameLock> {
+        loop {
+            if let Some(l) = Self::try_acquire(path)? {
+                return Ok(l);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl Drop for NameLock {
+    fn drop(&mut self) {
+        // Unlinked while still locked: a waiter on this inode sees the path
+        // gone (or naming a newer inode) and retries.
+        let _ = std::fs::remove_file(&self.path);
+        let _ = &self.file;
+    }
+}
+
 /// What the engine records about a running sandbox (`state.json`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SandboxState {
@@ -180,6 +258,59 @@ mod tests {
         assert!(DirLock::try_acquire(&p).unwrap().is_none());
         drop(a);
         assert!(DirLock::try_acquire(&p).unwrap().is_some());
+    }
+
+    #[test]
+    fn name_lock_is_exclusive_and_leaves_no_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("sandbox-a.lock");
+        let a = NameLock::try_acquire(&p).unwrap().unwrap();
+        assert!(NameLock::try_acquire(&p).unwrap().is_none());
+        drop(a);
+        assert!(!p.exists(), "lock file left behind");
+        let b = NameLock::try_acquire(&p).unwrap();
+        assert!(b.is_some());
+    }
+
+    /// A waiter that opened the file before the holder unlinked it must not
+    /// think it holds the name while a newer holder has the new file.
+    #[test]
+    fn name_lock_survives_unlink_races() {
+        let d = tempfile::tempdir().unwrap();
+        let p = std::sync::Arc::new(d.path().join("sandbox-a.lock"));
+        let held = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (p, held) = (p.clone(), held.clone());
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_time()
+                        .build()
+                        .unwrap();
+                    for _ in 0..200 {
+                        let l = rt.block_on(NameLock::acquire(&p)).unwrap();
+                        let n = held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        assert_eq!(n, 0, "two holders of one name");
+                        std::thread::yield_now();
+                        held.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                        drop(l);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn name_lock_refuses_a_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("elsewhere");
+        let p = d.path().join("sandbox-a.lock");
+        std::os::unix::fs::symlink(&target, &p).unwrap();
+        assert!(NameLock::try_acquire(&p).is_err());
+        assert!(!target.exists(), "followed the link");
     }
 
     #[test]

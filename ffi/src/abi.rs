@@ -122,6 +122,15 @@ pub unsafe extern "C" fn lockbox_call(
     *out = ptr::null_mut();
     *out_len = 0;
     let r = panic::catch(|| {
+        // Refused before parsing: a JSON value can take many times its
+        // text in memory, and no method needs a request this large (the
+        // wire frame to a sandbox is 4 MiB).
+        if req_len > lockbox_engine::config::MAX_REQUEST_BYTES {
+            return Err(ApiError::invalid_argument(format!(
+                "request is {req_len} bytes; at most {}",
+                lockbox_engine::config::MAX_REQUEST_BYTES
+            )));
+        }
         let req = bytes_in(req, req_len, "request")?;
         let scope = cancel::table().begin(cancel_id)?;
         let ctx = CallCtx {
@@ -268,4 +277,50 @@ pub unsafe extern "C" fn lockbox_stream_close_write(
 #[no_mangle]
 pub unsafe extern "C" fn lockbox_close(handle: u64, err: *mut *mut u8, err_len: *mut usize) -> i32 {
     run(err, err_len, || registry::global().close(handle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call_raw(req: &[u8]) -> (i32, serde_json::Value) {
+        let (mut out, mut len) = (ptr::null_mut(), 0usize);
+        // SAFETY: req is a live slice; out/len are valid for writes; the
+        // result is freed with lockbox_free.
+        let rc = unsafe { lockbox_call(req.as_ptr(), req.len(), 0, &mut out, &mut len) };
+        let v = unsafe {
+            let v = serde_json::from_slice(slice::from_raw_parts(out, len)).unwrap();
+            lockbox_free(out, len);
+            v
+        };
+        (rc, v)
+    }
+
+    /// Past the bound the request is refused by its length alone (the
+    /// message says so); one byte under it, the same bytes reach the JSON
+    /// parser (a different message), so the check is what refused it.
+    #[test]
+    fn oversized_request_is_refused_before_parsing() {
+        let max = lockbox_engine::config::MAX_REQUEST_BYTES;
+        let mut req = br#"{"method":"noop","params":{"pad":""#.to_vec();
+        req.resize(max + 1, b'a');
+        let (rc, v) = call_raw(&req);
+        assert_eq!(rc, LOCKBOX_ERR);
+        assert_eq!(v["code"], "invalid_argument");
+        assert!(
+            v["message"].as_str().unwrap().starts_with("request is"),
+            "{v}"
+        );
+        req.truncate(max);
+        let (rc, v) = call_raw(&req);
+        assert_eq!(rc, LOCKBOX_ERR);
+        assert_eq!(v["code"], "invalid_argument");
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("malformed request"),
+            "{v}"
+        );
+    }
 }

@@ -24,11 +24,32 @@ pub fn version_json() -> Value {
     })
 }
 
-fn version(_: Value, _: &CallCtx) -> Result<Value, ApiError> {
+/// For methods that take no params (docs/abi.md: "–"): null or `{}`, as
+/// for any method, unknown fields are `invalid_argument`.
+fn no_params(method: &str, p: &Value) -> Result<(), ApiError> {
+    match p {
+        Value::Null => Ok(()),
+        Value::Object(m) if m.is_empty() => Ok(()),
+        _ => Err(ApiError::invalid_argument(format!(
+            "{method}: bad params: takes none, got {}",
+            match p {
+                Value::Object(m) => format!(
+                    "unknown field(s) {:?}",
+                    m.keys().take(4).collect::<Vec<_>>()
+                ),
+                _ => "a non-object".into(),
+            }
+        ))),
+    }
+}
+
+fn version(p: Value, _: &CallCtx) -> Result<Value, ApiError> {
+    no_params("version", &p)?;
     Ok(version_json())
 }
 
-fn noop(_: Value, _: &CallCtx) -> Result<Value, ApiError> {
+fn noop(p: Value, _: &CallCtx) -> Result<Value, ApiError> {
+    no_params("noop", &p)?;
     Ok(Value::Object(Map::new()))
 }
 
@@ -36,7 +57,8 @@ fn noop(_: Value, _: &CallCtx) -> Result<Value, ApiError> {
 /// handle lifecycle without an engine.
 struct Inert;
 
-fn handle_create(_: Value, _: &CallCtx) -> Result<Value, ApiError> {
+fn handle_create(p: Value, _: &CallCtx) -> Result<Value, ApiError> {
+    no_params("handle.create", &p)?;
     let h = registry::global().insert(Kind::Object, Arc::new(Inert));
     Ok(json!({ "handle": h }))
 }

@@ -143,6 +143,19 @@ mod tests {
     #[test]
     fn core_methods() {
         assert_eq!(run(br#"{"method":"noop"}"#).unwrap(), serde_json::json!({}));
+        assert_eq!(
+            run(br#"{"method":"noop","params":{}}"#).unwrap(),
+            serde_json::json!({})
+        );
+        for bad in [
+            &br#"{"method":"noop","params":{"x":1}}"#[..],
+            br#"{"method":"noop","params":[1]}"#,
+            br#"{"method":"version","params":{"x":1}}"#,
+            br#"{"method":"handle.create","params":{"x":1}}"#,
+        ] {
+            let e = run(bad).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidArgument, "{e:?}");
+        }
         let v = run(br#"{"method":"version","params":null,"id":7}"#).unwrap();
         assert_eq!(v["abi"], serde_json::json!(crate::abi::ABI_VERSION));
         assert_eq!(
