@@ -371,6 +371,29 @@ fn open_host_parent(path: &Path) -> Result<(OwnedFd, Option<OsString>)> {
     }
 }
 
+/// A host path the caller gave for a volume, checked as every host path
+/// is: absolute, without `..`, existing, and without a symlink anywhere on
+/// it (its directories may be another sandbox's volume). Returned in its
+/// clean form, so nothing downstream needs to resolve it again.
+pub fn host_path_without_links(p: &str) -> Result<PathBuf> {
+    let path = Path::new(p);
+    let (dir, name) = open_host_parent(path)?;
+    if let Some(name) = &name {
+        let c = cstr_os(name)?;
+        let st = lstat_at(dir.as_raw_fd(), &c).map_err(|e| EngineError::io(p, e))?;
+        if is_kind(&st, libc::S_IFLNK) {
+            return Err(EngineError::invalid(format!(
+                "host path {p} is a symlink; lockbox never follows host symlinks \
+                 (resolve the path yourself if you trust every link on it)"
+            )));
+        }
+    }
+    Ok(path
+        .components()
+        .filter(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+        .collect())
+}
+
 fn openat(dir: RawFd, name: &str, flags: i32, mode: u32) -> Result<OwnedFd> {
     let c = cstr(name)?;
     // SAFETY: openat relative to a dir fd we hold.
@@ -816,5 +839,20 @@ mod tests {
         }
         assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
         assert_eq!(std::fs::read(d.path().join("out")).unwrap(), b"new");
+    }
+
+    #[test]
+    fn volume_host_paths_without_links_only() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("real")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("real"), d.path().join("link")).unwrap();
+        let real = d.path().join("real");
+        let p = host_path_without_links(&format!("{}/./", real.display())).unwrap();
+        assert_eq!(p, real);
+        for bad in ["link", "link/", "real/../link"] {
+            let e = host_path_without_links(&format!("{}/{bad}", d.path().display()));
+            assert!(e.is_err(), "{bad}");
+        }
+        assert!(host_path_without_links("relative").is_err());
     }
 }
