@@ -19,7 +19,8 @@ use crate::error::{EngineError, Result};
 use crate::paths::Layout;
 use crate::sandbox::{info_from, Sandbox, SandboxInfo, StoredConfig};
 use crate::state::{
-    now_unix, process_start_time, read_json, write_json_with, DirLock, Durability, SandboxState,
+    now_unix, process_start_time, read_json, write_json_with, DirLock, Durability, NameLock,
+    SandboxState,
 };
 use crate::volume::{self, VolumeInfo};
 
@@ -46,7 +47,12 @@ impl Engine {
     /// An engine over `home`; cleans up what dead sandboxes left there.
     pub fn with_home(home: PathBuf) -> Result<Engine> {
         let layout = Layout::new(home);
-        for d in [layout.home.clone(), layout.sandboxes(), layout.volumes()] {
+        for d in [
+            layout.home.clone(),
+            layout.sandboxes(),
+            layout.volumes(),
+            layout.home.join("locks"),
+        ] {
             std::fs::create_dir_all(&d).map_err(|e| EngineError::io(d.display(), e))?;
         }
         let startup_cleanup = cleanup_stale(&layout);
@@ -61,6 +67,14 @@ impl Engine {
 
     pub fn home(&self) -> &Path {
         &self.layout.home
+    }
+
+    /// The lock of one sandbox name, shared by every process over this home.
+    fn name_lock_path(&self, name: &str) -> PathBuf {
+        self.layout
+            .home
+            .join("locks")
+            .join(format!("sandbox-{name}.lock"))
     }
 
     fn helper(&self) -> Result<PathBuf> {
@@ -171,14 +185,24 @@ impl Engine {
             format!("HOME={}", if uid == 0 { "/root" } else { "/" }),
             format!("HOSTNAME={}", hostname_for(&cfg, &name)),
         ];
-        env = crate::sandbox::merge_env(&env, &defaults.env)?;
-        env = crate::sandbox::merge_env(&env, &cfg.env)?;
+        // The image's env is image content: bounded like the caller's.
+        env = crate::sandbox::merge_env("image env", &env, &defaults.env)?;
+        env = crate::sandbox::merge_env("env", &env, &cfg.env)?;
         let workdir = match cfg.workdir.as_ref().or(defaults.workdir.as_ref()) {
             Some(w) => crate::config::guest_path("workdir", w)?,
             None => "/".into(),
         };
 
         let _names = self.names.lock().await;
+        // Held until the sandbox runs (or the create fails): no other
+        // process can find the name free, or remove what this one is
+        // making, in between. Not waited for: two creates of one name at
+        // once have one winner, the other gets already_exists.
+        let _name_lock = NameLock::try_acquire(&self.name_lock_path(&name))?.ok_or_else(|| {
+            EngineError::already_exists(format!(
+                "sandbox {name:?} is being created, replaced or removed by another caller"
+            ))
+        })?;
         let dir = self.layout.sandbox(&name);
         if dir.exists() {
             if cfg.replace {
@@ -383,6 +407,7 @@ impl Engine {
     pub async fn remove(&self, name: &str) -> Result<()> {
         crate::names::validate("sandbox", name)?;
         let _names = self.names.lock().await;
+        let _name_lock = NameLock::acquire(&self.name_lock_path(name)).await?;
         self.remove_inner(name, None).await
     }
 
@@ -392,7 +417,27 @@ impl Engine {
         if !dir.exists() {
             return Err(EngineError::not_found(format!("no sandbox named {name:?}")));
         }
-        let sb = known.or_else(|| self.open_sandbox(name));
+        let closing = known.is_some();
+        let mut sb = known.or_else(|| self.open_sandbox(name));
+        // Another process may have replaced the sandbox this object was for:
+        // the directory then holds a different sandbox, which this object
+        // must neither stand for (its state) nor remove when closing.
+        let on_disk = read_json::<StoredConfig>(&dir.join("config.json"))
+            .ok()
+            .map(|c| c.id);
+        if let (Some(s), Some(id)) = (&sb, &on_disk) {
+            if s.id() != id {
+                s.removed.store(true, Ordering::Release);
+                s.disconnect();
+                if let Ok(mut l) = s.lifeline.lock() {
+                    l.take();
+                }
+                if closing {
+                    return Ok(());
+                }
+                sb = None;
+            }
+        }
         let state: Option<SandboxState> = match &sb {
             Some(s) => Some(s.state()),
             None => read_json(&dir.join("state.json")).ok(),
@@ -474,6 +519,7 @@ impl Engine {
             }
         }
         let _names = self.names.lock().await;
+        let _name_lock = NameLock::acquire(&self.name_lock_path(&sb.name)).await?;
         match self.remove_inner(&sb.name, Some(sb.clone())).await {
             Err(e) if e.code == ErrorCode::NotFound => Ok(()),
             r => r,
