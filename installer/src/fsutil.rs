@@ -227,9 +227,8 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Size and sha256 of a file, read in one pass.
-pub fn hash_file(path: &Path) -> Result<(u64, String)> {
-    let mut f = File::open(path).map_err(|e| Error::io_at("open", path, e))?;
+/// Size and sha256 of what `f` (opened from `path`) holds, in one pass.
+pub fn hash_reader(mut f: File, path: &Path) -> Result<(u64, String)> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 18];
     let mut size = 0u64;

@@ -8,14 +8,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::fsutil::{hash_file, sha256_hex};
+use crate::fsutil::{hash_reader, open_trusted, read_trusted, sha256_hex};
 use crate::layout::{marker_content, MANIFEST, MARKER, SIGNATURE};
-use crate::manifest::{Manifest, ABI_VERSION};
+use crate::manifest::{Manifest, ABI_VERSION, MAX_MANIFEST_BYTES};
 use crate::signing::TrustedKeys;
 
 pub fn verify_tree(dir: &Path, trusted: &TrustedKeys, platform: &str) -> Result<Manifest> {
-    let read =
-        |name: &str| fs::read(dir.join(name)).map_err(|e| Error::io_at("read", &dir.join(name), e));
+    // Only regular files, never through a link, never blocking on a FIFO.
+    let read = |name: &str| read_trusted(&dir.join(name), MAX_MANIFEST_BYTES);
     let bytes = read(MANIFEST)?;
     trusted.verify(&bytes, &read(SIGNATURE)?)?;
     let manifest = Manifest::parse(&bytes)?;
@@ -33,8 +33,8 @@ pub fn verify_tree(dir: &Path, trusted: &TrustedKeys, platform: &str) -> Result<
             manifest.version
         )));
     }
-    let marker = fs::read_to_string(dir.join(MARKER)).unwrap_or_default();
-    if marker != marker_content(&sha256_hex(&bytes)) {
+    let marker = read(MARKER).unwrap_or_default();
+    if marker != marker_content(&sha256_hex(&bytes)).as_bytes() {
         return Err(Error::Verification(format!(
             "{} is missing or does not match the manifest",
             dir.join(MARKER).display()
@@ -43,7 +43,8 @@ pub fn verify_tree(dir: &Path, trusted: &TrustedKeys, platform: &str) -> Result<
     let mut expected: HashSet<String> = [MANIFEST, SIGNATURE, MARKER].map(String::from).into();
     for a in manifest.artifacts_for(platform)? {
         let p = dir.join(&a.path);
-        let (size, sum) = hash_file(&p)?;
+        let (f, _) = open_trusted(&p)?;
+        let (size, sum) = hash_reader(f, &p)?;
         if size != a.size || sum != a.sha256 {
             return Err(Error::Verification(format!(
                 "{}: {size} bytes sha256 {sum}, manifest says {} bytes sha256 {}",
