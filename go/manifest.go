@@ -129,14 +129,6 @@ func (a releaseArtifact) validate() error {
 	return nil
 }
 
-// partialName names an unfinished download in versions/.partial-<v>/:
-// unique per artifact (two paths may hold the same bytes and download at
-// once) and stable across runs, so a later install resumes it. The Rust
-// installer uses the same name.
-func (a releaseArtifact) partialName() string {
-	return a.SHA256 + "-" + strings.Replace(a.Path, "/", "_", 1)
-}
-
 func (a releaseArtifact) mode() uint32 {
 	if a.Kind == "helper" {
 		return 0o755

@@ -166,12 +166,6 @@ impl Manifest {
 }
 
 impl Artifact {
-    /// The name of an unfinished download in versions/.partial-<v>/: unique
-    /// per artifact and stable across runs (the Go SDK uses the same).
-    pub fn partial_name(&self) -> String {
-        format!("{}-{}", self.sha256, self.path.replacen('/', "_", 1))
-    }
-
     /// The path must be `<kind dir>/<file name>`: nothing can land outside
     /// the version directory or over the manifest and marker files.
     pub fn validate(&self) -> std::result::Result<(), String> {
