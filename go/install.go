@@ -306,6 +306,9 @@ func (in *installer) run(ctx context.Context) (*Installation, error) {
 		return nil, fmt.Errorf("%w (offline): %s: %w", ErrNotInstalled, in.describeMissing(), cerr)
 	}
 	if in.s.releaseURL == "" {
+		if errors.Is(cerr, ErrInstallDirUnsafe) {
+			return nil, cerr // say why the tree there is not used
+		}
 		return nil, fmt.Errorf("%w: lockbox %s is not installed in %s and no release source is set: set LOCKBOX_RELEASE_URL (or WithReleaseURL) to an http(s):// mirror or a directory made by `make release`; there is no default download server",
 			ErrNoReleaseURL, in.s.version, in.paths.dir)
 	}
