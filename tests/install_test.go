@@ -639,6 +639,12 @@ func TestInstallChildProcess(t *testing.T) {
 		err := lockbox.Load()
 		res["load_error"] = fmt.Sprint(err)
 		res["not_installed"] = strconv.FormatBool(errors.Is(err, lockbox.ErrNotInstalled))
+	case "install-load": // the library need not be an engine: report Load's error
+		inst, err := lockbox.EnsureInstalled(ctx, opts...)
+		if err != nil {
+			t.Fatalf("EnsureInstalled: %v", err)
+		}
+		res["lib"], res["load_error"] = inst.LibraryPath, fmt.Sprint(lockbox.Load())
 	default:
 		inst, err := lockbox.EnsureInstalled(ctx, opts...)
 		if err != nil {
@@ -1307,5 +1313,62 @@ func TestInstallDirectoryMirrorFIFO(t *testing.T) {
 			t.Fatalf("%s a FIFO: CLI: exit %d after %v\n%s", name, code, d, stderr)
 		}
 		instAssertNotInstalled(t, root, rel.version, lockbox.WithTrustedKey(rel.pubKey))
+	}
+}
+
+// (b) The positive side of the load checks: a library installed and
+// verified through EnsureInstalled is what the loader dlopen()s (its
+// constructor runs); the same file changed in place afterwards, keeping
+// its size, owner and mode, is refused by the re-hash before load.
+func TestInstallLoaderRehashesTheLibrary(t *testing.T) {
+	t.Parallel()
+	work := t.TempDir()
+	ran := filepath.Join(work, "constructor-ran")
+	lib := instBuildPlantedLib(t, work, ran, 0)
+	key := filepath.Join(work, "key")
+	instMustCLI(t, "keygen", "--out", key, "--public", key+".pub")
+	instWrite(t, filepath.Join(work, "lockbox-helper"), []byte("#!/bin/sh\n"), 0o755)
+	dist := filepath.Join(work, "dist")
+	instMustCLI(t, "release", "--version", "7.10.8-test", "--out", dist, "--key", key,
+		"--lib", lib, "--helper", filepath.Join(work, "lockbox-helper"), "--images", filepath.Join(work, "no-images"))
+	pub, _ := os.ReadFile(key + ".pub")
+	root := t.TempDir()
+	env := []string{"LOCKBOX_HOME=" + root, "LOCKBOX_RELEASE_URL=" + dist, "LOCKBOX_INSTALL_CHILD_MODE=install-load",
+		"LOCKBOX_INSTALL_CHILD_VERSION=7.10.8-test", "LOCKBOX_INSTALL_CHILD_KEY=" + string(pub)}
+	run := func() map[string]string {
+		out, err := instChild(env...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("child: %v\n%s", err, out)
+		}
+		return instChildResult(t, out)
+	}
+	r := run()
+	if !strings.Contains(r["load_error"], "missing symbol") || !strings.HasPrefix(r["lib"], root) {
+		t.Fatalf("verified install: %v", r)
+	}
+	if _, err := os.Stat(ran); err != nil {
+		t.Fatal("control: the verified library was not loaded through the installer path")
+	}
+	os.Remove(ran)
+	b, err := os.ReadFile(r["lib"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)-1] ^= 0xff // trailing bytes: still a loadable library
+	if err := os.WriteFile(r["lib"], b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r = run()
+	if !strings.Contains(r["load_error"], "refusing to load") || !strings.Contains(r["load_error"], "sha256") {
+		t.Fatalf("changed library: %v", r)
+	}
+	if _, err := os.Stat(ran); err == nil {
+		t.Fatal("the changed library was loaded (its constructor ran)")
+	}
+	// Control: the changed file is still a library whose constructor runs
+	// when loaded without the checks (LOCKBOX_LIB).
+	instLoadChild(t, t.TempDir(), "LOCKBOX_LIB="+r["lib"])
+	if _, err := os.Stat(ran); err != nil {
+		t.Fatal("control: the changed library does not load at all, the probe is blind")
 	}
 }
