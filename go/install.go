@@ -500,19 +500,21 @@ func (in *installer) downloadArtifact(ctx context.Context, src *releaseSource, a
 }
 
 // clearLeftovers runs under the lock: staging/trash dirs of this version
-// belong to killed installs, and a version dir without a valid marker is
-// not installed. Renamed aside first so no reader sees a half-deleted tree.
+// belong to killed installs, an older installer's partial downloads are
+// unverified, and a version dir that failed checkComplete is not installed. Renamed aside first so no reader sees a half-deleted tree.
 func (in *installer) clearLeftovers() error {
 	entries, err := os.ReadDir(in.paths.versions)
 	if err != nil {
 		return err
 	}
 	for _, e := range entries {
+		leftover := e.Name() == in.paths.legacyPartial()
 		for _, p := range in.paths.scratchPrefixes() {
-			if strings.HasPrefix(e.Name(), p) || e.Name() == in.paths.legacyPartial() {
-				if err := os.RemoveAll(filepath.Join(in.paths.versions, e.Name())); err != nil {
-					return err
-				}
+			leftover = leftover || strings.HasPrefix(e.Name(), p)
+		}
+		if leftover {
+			if err := os.RemoveAll(filepath.Join(in.paths.versions, e.Name())); err != nil {
+				return err
 			}
 		}
 	}
