@@ -65,6 +65,8 @@ pub fn install(req: &InstallRequest, on_event: &mut dyn FnMut(Event)) -> Result<
                 describe_missing(&paths, &req.platform)
             )));
         }
+        // Say why the tree there is not used, rather than "no source".
+        Err(e @ Error::Unsafe(_)) if req.source.is_none() => return Err(e),
         Err(_) => {} // replaced under the lock, or refused by resolve_root below
     }
     if req.offline {
