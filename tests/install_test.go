@@ -993,6 +993,20 @@ func TestInstallAttackSymlinksAtPredictablePaths(t *testing.T) {
 		if after := instSnapshot(t, attacker); !reflect.DeepEqual(before, after) {
 			t.Fatalf("cli=%v: the attacker's files changed", viaCLI)
 		}
+		// The old failure: the installed library a link to a file with the
+		// right bytes elsewhere still counted as installed and verified.
+		copyOfLib := filepath.Join(attacker, fmt.Sprintf("lib-copy-%v", viaCLI))
+		instWrite(t, copyOfLib, rel.lib, 0o644)
+		lib := filepath.Join(dir, "lib", "liblockbox.so")
+		os.Remove(lib)
+		os.Symlink(copyOfLib, lib)
+		if lockbox.IsInstalled(instOpts(rel, "", root)...) {
+			t.Fatalf("cli=%v: a symlinked library counts as installed", viaCLI)
+		}
+		if _, stderr, code := instCLI(t, "verify", dir, "--trusted-key", rel.keyFile+".pub"); code == 0 || !strings.Contains(stderr, "symbolic link") {
+			t.Fatalf("cli=%v: verify of a symlinked library: exit %d\n%s", viaCLI, code, stderr)
+		}
+		before = instSnapshot(t, attacker)
 	}
 }
 
