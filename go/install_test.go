@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -80,7 +81,7 @@ func TestVersionAndABIChecked(t *testing.T) {
 func TestWarmPathNeedsMatchingMarker(t *testing.T) {
 	mb, sig, in := signedManifest(t, "2.0.0")
 	dir := in.paths.dir
-	os.MkdirAll(dir, 0o755)
+	os.MkdirAll(dir, 0o700)
 	os.WriteFile(filepath.Join(dir, manifestFile), mb, 0o644)
 	os.WriteFile(filepath.Join(dir, signatureFile), sig, 0o644)
 	if _, err := in.checkComplete(); err == nil {
@@ -91,9 +92,19 @@ func TestWarmPathNeedsMatchingMarker(t *testing.T) {
 		t.Fatal("complete with a stale marker")
 	}
 	os.WriteFile(filepath.Join(dir, markerFile), []byte(markerContent(sha256Hex(mb))), 0o644)
+	// The marker is public: without the files it names, it is no install.
+	if _, err := in.checkComplete(); err == nil {
+		t.Fatal("complete with a marker and no library")
+	}
+	os.Mkdir(filepath.Join(dir, "lib"), 0o700)
+	os.WriteFile(filepath.Join(dir, "lib", "liblockbox.so"), []byte("x"), 0o644) // the manifest's size: 1
 	inst, err := in.checkComplete()
 	if err != nil || inst.LibraryPath != filepath.Join(dir, "lib", "liblockbox.so") {
 		t.Fatalf("complete install: %+v %v", inst, err)
+	}
+	// The loader's re-hash sees that these are not the manifest's bytes.
+	if _, err := installedLibraryFor(in); !errors.Is(err, ErrVerification) || !strings.Contains(err.Error(), "sha256") {
+		t.Fatalf("re-hash before load: %v", err)
 	}
 	// For the pinned version the marker must name the pin, not just the file.
 	in.pinSHA256 = "x"
@@ -132,5 +143,34 @@ func TestRangeStartAndPlatform(t *testing.T) {
 	}
 	if p := platformName(); !strings.HasPrefix(p, "linux-") && !strings.Contains(p, "-") {
 		t.Fatalf("platform %q", p)
+	}
+}
+
+// BenchmarkPreloadCheck: what the loader adds before dlopen of an
+// installed library of the pinned library's size (8302712 bytes): the
+// tree walk of checkComplete plus the library's re-hash.
+func BenchmarkPreloadCheck(b *testing.B) {
+	lib := make([]byte, 8302712)
+	rand.Read(lib)
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	m := `{"schema_version":1,"product":"lockbox","version":"3.0.0","abi_version":1,"platforms":{"` + platformName() +
+		`":[{"name":"liblockbox.so","path":"lib/liblockbox.so","kind":"library","size":` + strconv.Itoa(len(lib)) + `,"sha256":"` + sha256Hex(lib) + `"}]}}`
+	s, err := resolveInstallSettings([]InstallOption{WithVersion("3.0.0"), WithInstallDir(b.TempDir()),
+		WithTrustedKey(base64.StdEncoding.EncodeToString(pub))})
+	if err != nil {
+		b.Fatal(err)
+	}
+	in := newInstaller(s)
+	dir := in.paths.dir
+	os.MkdirAll(filepath.Join(dir, "lib"), 0o700)
+	os.WriteFile(filepath.Join(dir, "lib", "liblockbox.so"), lib, 0o644)
+	os.WriteFile(filepath.Join(dir, manifestFile), []byte(m), 0o644)
+	os.WriteFile(filepath.Join(dir, signatureFile), []byte(base64.StdEncoding.EncodeToString(ed25519.Sign(priv, []byte(m)))), 0o644)
+	os.WriteFile(filepath.Join(dir, markerFile), []byte(markerContent(sha256Hex([]byte(m)))), 0o644)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := installedLibraryFor(in); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

@@ -33,7 +33,10 @@ func installedLibrary() (string, error) {
 			return "", nil
 		}
 	}
-	in := newInstaller(s)
+	return installedLibraryFor(newInstaller(s))
+}
+
+func installedLibraryFor(in *installer) (string, error) {
 	if in.trust.err != nil {
 		return "", nil
 	}
