@@ -11,17 +11,16 @@
 //! the host's addresses and the private, shared, link-local and multicast
 //! ranges. The sandbox keeps no CAP_NET_ADMIN, so it cannot change it.
 //!
-//! pasta runs in the foreground as the helper's child with a clean signal
-//! mask and a parent-death signal: it goes when the helper goes, however
-//! the helper goes.
+//! pasta runs in the foreground under a watchdog that kills it when the
+//! helper ends, however the helper ends (see `start`).
 
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -85,22 +84,78 @@ fn child_of_helper(helper: libc::pid_t) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A running pasta, held through its watchdog (see `start`).
+pub struct Pasta {
+    watchdog: libc::pid_t,
+    /// Closing it (explicitly, or by the helper's death) makes the
+    /// watchdog kill pasta.
+    stop: std::os::fd::OwnedFd,
+}
+
 /// Starts pasta for the namespaces of `pid` and returns once the interface
-/// is configured (pasta writes `pid_file` then). The caller kills the
-/// returned child when the sandbox ends.
+/// is configured (pasta writes `pid_file` then).
+///
+/// pasta must run as root here (it opens /dev/net/tun, which may be
+/// root-only), and joins the sandbox's user namespace, which root does not
+/// own: the kernel then clears a parent-death signal. So a watchdog, a
+/// fork of the helper, starts pasta as its own child and kills it when the
+/// helper's end of a pipe closes: on `stop`, or when the helper dies,
+/// however it dies. The watchdog is the only process that can reap pasta,
+/// so the pid it kills is always pasta's.
 pub fn start(
     pid: libc::pid_t,
     ports: &[PortSpec],
     rootless: bool,
     pid_file: &Path,
-) -> Result<Child> {
+) -> Result<Pasta> {
+    use std::os::fd::FromRawFd;
     let _ = std::fs::remove_file(pid_file);
-    // By fd, not by pid: pasta drops its capabilities before it opens the
-    // namespaces, and the sandbox's processes are not ours to inspect then
-    // (they run as the namespace's owner or as sandbox ids).
-    let userns = std::fs::File::open(format!("/proc/{pid}/ns/user")).context("open user ns")?;
-    let netns = std::fs::File::open(format!("/proc/{pid}/ns/net")).context("open net ns")?;
-    let (u, n) = (userns.as_raw_fd(), netns.as_raw_fd());
+    let pipe = || -> Result<(std::fs::File, std::fs::File)> {
+        let mut fds = [0; 2];
+        // SAFETY: fds is a valid 2-element array.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("pipe");
+        }
+        // SAFETY: fresh fds.
+        Ok(unsafe {
+            (
+                std::fs::File::from_raw_fd(fds[0]),
+                std::fs::File::from_raw_fd(fds[1]),
+            )
+        })
+    };
+    let (ready_rd, ready_wr) = pipe()?;
+    let (stop_rd, stop_wr) = pipe()?;
+    let cmd = command(ports, rootless, pid_file);
+    // SAFETY: we are single-threaded (the helper's design); the watchdog
+    // only runs the code below and exits.
+    match unsafe { nix::unistd::fork() }.context("fork the pasta watchdog")? {
+        nix::unistd::ForkResult::Child => {
+            drop((ready_rd, stop_wr));
+            let code = watchdog(cmd, pid, ready_wr, stop_rd, pid_file);
+            // SAFETY: leave without running the helper's exit path.
+            unsafe { libc::_exit(code) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop((ready_wr, stop_rd));
+            let p = Pasta {
+                watchdog: child.as_raw(),
+                stop: stop_wr.into(),
+            };
+            let mut b = [0u8; 1];
+            let mut r = &ready_rd;
+            match std::io::Read::read(&mut r, &mut b) {
+                Ok(1) => Ok(p),
+                _ => {
+                    stop(p);
+                    bail!("pasta failed to configure the network; see helper.log")
+                }
+            }
+        }
+    }
+}
+
+fn command(ports: &[PortSpec], rootless: bool, pid_file: &Path) -> Command {
     let mut cmd = Command::new(binary());
     cmd.args([
         "--config-net",
@@ -126,19 +181,58 @@ pub fn start(
         cmd.arg("-t")
             .arg(format!("127.0.0.1/{}:{}", p.host, p.guest));
     }
-    let helper = std::process::id() as libc::pid_t;
+    cmd.stdin(Stdio::null()).stdout(Stdio::null());
+    cmd
+}
+
+/// The watchdog's life: start pasta, say when it is ready, and kill it
+/// when `stop` reports EOF. Returns the exit status.
+fn watchdog(
+    mut cmd: Command,
+    sandbox: libc::pid_t,
+    ready: std::fs::File,
+    stop: std::fs::File,
+    pid_file: &Path,
+) -> i32 {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    // Everything of the helper's but stderr (helper.log) and the two pipes:
+    // the sandbox's setup socket, the lifeline, the status pipe.
+    // SAFETY: plain fd calls on this fresh process.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        libc::dup2(null, 0);
+        libc::dup2(null, 1);
+        let keep = [ready.as_raw_fd(), stop.as_raw_fd()];
+        for fd in 3..1024 {
+            if !keep.contains(&fd) {
+                libc::close(fd);
+            }
+        }
+    }
+    // By fd, not by pid: pasta drops its capabilities before it opens the
+    // namespaces, and the sandbox's processes are not its to inspect then.
+    let ns = |t: &str| std::fs::File::open(format!("/proc/{sandbox}/ns/{t}"));
+    let (Ok(userns), Ok(netns)) = (ns("user"), ns("net")) else {
+        eprintln!("lockbox-helper: pasta: cannot open the sandbox's namespaces");
+        return 1;
+    };
+    let (u, n) = (userns.as_raw_fd(), netns.as_raw_fd());
     cmd.arg("--userns")
         .arg(format!("/proc/self/fd/{u}"))
         .arg("--netns")
         .arg(format!("/proc/self/fd/{n}"))
         // We stop it; its own watch would poll /proc.
-        .arg("--no-netns-quit")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
+        .arg("--no-netns-quit");
     // SAFETY: the hook makes only async-signal-safe system calls.
     unsafe {
         cmd.pre_exec(move || {
-            child_of_helper(helper)?;
+            // The helper blocks SIGTERM, SIGINT and SIGHUP, and a child
+            // inherits the mask: pasta would ignore a plain kill.
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             for fd in [u, n] {
                 if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
@@ -147,33 +241,71 @@ pub fn start(
             Ok(())
         })
     };
-    let spawned = cmd
-        .spawn()
-        .with_context(|| format!("run {} (install Debian's passt package)", binary()));
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "lockbox-helper: run {} (install Debian's passt package): {e}",
+                binary()
+            );
+            return 1;
+        }
+    };
     drop((userns, netns));
-    let mut child = spawned?;
     // In the foreground pasta writes its pid file once the namespace side
     // is configured: that is the readiness signal.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if std::fs::metadata(pid_file).is_ok_and(|m| m.len() > 0) {
-            return Ok(child);
+            break;
         }
-        if let Some(st) = child.try_wait()? {
-            bail!("pasta failed ({st}); see helper.log");
-        }
-        if Instant::now() > deadline {
-            stop(child);
-            bail!("pasta did not configure the network within 10s");
+        match child.try_wait() {
+            Ok(None) if Instant::now() < deadline => {}
+            r => {
+                eprintln!("lockbox-helper: pasta did not configure the network: {r:?}");
+                let _ = child.kill();
+                let _ = child.wait();
+                return 1;
+            }
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-}
-
-/// Kills and reaps pasta.
-pub fn stop(mut child: Child) {
+    let _ = (&ready).write_all(b"1");
+    drop(ready);
+    // SAFETY: plain syscall; a non-negative result is a new fd.
+    let pfd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+    loop {
+        let stop_fd = PollFd::new(stop.as_fd(), PollFlags::POLLIN);
+        let mut fds = vec![stop_fd];
+        // SAFETY: pfd stays open while we poll.
+        let borrowed =
+            (pfd >= 0).then(|| unsafe { std::os::fd::BorrowedFd::borrow_raw(pfd as i32) });
+        if let Some(b) = &borrowed {
+            fds.push(PollFd::new(b.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => break,
+            Ok(_) => {}
+        }
+        let hit = |i: usize| {
+            fds.get(i)
+                .and_then(|f| f.revents())
+                .is_some_and(|e| !e.is_empty())
+        };
+        if hit(0) || hit(1) {
+            break;
+        }
+    }
     let _ = child.kill();
     let _ = child.wait();
+    0
+}
+
+/// Stops pasta: the watchdog kills it, and we reap the watchdog.
+pub fn stop(p: Pasta) {
+    drop(p.stop);
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(p.watchdog), None);
 }
 
 /// The host's own addresses, on every interface.

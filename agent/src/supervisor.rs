@@ -55,7 +55,7 @@ struct Running {
     pidfd: OwnedFd,
     cgroup: Cgroup,
     socket: PathBuf,
-    pasta: Option<std::process::Child>,
+    pasta: Option<crate::pasta::Pasta>,
 }
 
 /// Entry point of `run`. Returns the process exit status.
@@ -401,19 +401,21 @@ fn hide_host_strings() {
         return;
     };
     // SAFETY: clearenv only drops libc's table; nothing holds entries.
-    unsafe { libc::clearenv() };
-    let Ok(mem) = fs::OpenOptions::new().write(true).open("/proc/self/mem") else {
-        return;
-    };
-    use std::os::unix::fs::FileExt;
-    for (a, b) in [(arg_start, arg_end), (env_start, env_end)] {
-        if a < b && b - a < (1 << 24) {
-            let _ = mem.write_all_at(&vec![0u8; (b - a) as usize], a);
+    // The two ranges are this process's own argv and environment strings
+    // (the kernel's record of where they are), writable stack memory that
+    // nothing reads after this point. /proc/self/mem is no way to do it:
+    // after the id switch of clone_as_owner it belongs to host root.
+    unsafe {
+        libc::clearenv();
+        for (a, b) in [(arg_start, arg_end), (env_start, env_end)] {
+            if a < b && b - a < (1 << 24) {
+                std::ptr::write_bytes(a as usize as *mut u8, 0, (b - a) as usize);
+            }
         }
-    }
-    let name = b"lockbox-agent\0";
-    if arg_end - arg_start >= name.len() as u64 {
-        let _ = mem.write_all_at(name, arg_start);
+        let name = b"lockbox-agent";
+        if arg_end - arg_start > name.len() as u64 {
+            std::ptr::copy_nonoverlapping(name.as_ptr(), arg_start as usize as *mut u8, name.len());
+        }
     }
 }
 
