@@ -373,3 +373,40 @@ func TestEscapeHostFilesWritableLayerBudget(t *testing.T) {
 		t.Fatalf("HOST CHANGED: the sandbox's writes took %d bytes of host disk", du)
 	}
 }
+
+func TestEscapeHostFilesVolumeThroughPlantedLink(t *testing.T) {
+	needEngine(t)
+	victim, secretFile, unchanged := hostMarker(t)
+	vol := volumeDir(t)
+	sb := newSandbox(t, lockbox.WithVolume(vol, "/vol", false))
+	hfShell(t, sb, "mkdir /vol/real && ln -s "+victim+" /vol/sub")
+	// Control: followed on the host, the planted link is the victim dir;
+	// a volume on a real directory mounts and shows its files.
+	if _, err := os.Stat(filepath.Join(vol, "sub", filepath.Base(secretFile))); err != nil {
+		t.Fatalf("control: the planted link does not lead to the victim dir: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(vol, "real", "seen"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ok := newSandbox(t, lockbox.WithVolume(filepath.Join(vol, "real"), "/v", false))
+	if out := hfShell(t, ok, "ls /v"); !strings.Contains(out, "seen") {
+		t.Fatalf("control: a volume on a real dir shows %q", out)
+	}
+
+	// Attack: another sandbox's volume path passes through the link.
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for _, p := range []string{filepath.Join(vol, "sub"), filepath.Join(vol, "sub") + "/"} {
+		sb2, err := lockbox.CreateSandbox(ctx, lockbox.WithVolume(p, "/v", false))
+		t.Logf("probe WithVolume(%s): %v", p, err)
+		if err == nil {
+			out, _ := sb2.Shell(ctx, "ls /v")
+			_ = sb2.Remove(context.Background())
+			t.Fatalf("ESCAPE: a volume through a planted link mounted (ls: %q)", out.Stdout)
+		}
+		if !errors.Is(err, lockbox.ErrInvalidArgument) {
+			t.Fatalf("WithVolume through a planted link: %v", err)
+		}
+	}
+	unchanged()
+}
