@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use lockbox_protocol::{
-    read_frame, stream, ErrorCode, Frame, FrameKind, Message, WireError, PROTOCOL_VERSION,
+    read_frame, read_frame_or_reject, stream, ErrorCode, Frame, FrameKind, Message, Rejected,
+    WireError, MAX_PAYLOAD, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::UnixStream;
@@ -18,6 +19,8 @@ use super::Agent;
 pub enum Input {
     Data(Vec<u8>),
     Eof,
+    /// A frame of this input was refused: the operation must fail.
+    Abort(WireError),
 }
 
 pub enum Ctl {
@@ -41,6 +44,20 @@ pub struct Conn {
 
 impl Conn {
     pub fn send(&self, f: Frame) {
+        // The engine drops the connection on a frame above the limit, so a
+        // reply that grew too large (a listing, an echoed path) goes out
+        // as an error for its operation instead.
+        if f.kind == FrameKind::Control && f.payload.len() > MAX_PAYLOAD {
+            let e = WireError::new(
+                ErrorCode::ResourceExhausted,
+                format!(
+                    "reply of {} bytes exceeds the protocol limit",
+                    f.payload.len()
+                ),
+            );
+            let _ = self.out.send(Frame::control(f.id, &Message::Error(e)));
+            return;
+        }
         let _ = self.out.send(f);
     }
 
@@ -111,11 +128,11 @@ pub async fn serve(agent: Rc<Agent>, s: UnixStream) {
     let mut r = BufReader::with_capacity(256 * 1024, r);
     if handshake(&agent, &conn, &mut r).await {
         loop {
-            let f = match read_frame(&mut r).await {
-                Ok(f) => f,
+            match read_frame_or_reject(&mut r).await {
+                Ok(Ok(f)) => dispatch(&agent, &conn, f),
+                Ok(Err(rej)) => reject(&conn, rej),
                 Err(_) => break,
-            };
-            dispatch(&agent, &conn, f);
+            }
         }
     }
     for (_, op) in conn.ops.borrow_mut().drain() {
@@ -195,6 +212,23 @@ fn register(conn: &Conn, id: u32) -> Option<OpIo> {
     })
 }
 
+/// A well-delimited frame we cannot take: its operation fails with
+/// `invalid_argument`, the connection and every other operation go on.
+fn reject(conn: &Conn, rej: Rejected) {
+    let e = WireError::new(ErrorCode::InvalidArgument, rej.reason.clone());
+    if let Some(op) = conn.ops.borrow().get(&rej.id) {
+        // Part of a running operation's input: that operation fails.
+        let _ = op.input.send(Input::Abort(e));
+        return;
+    }
+    // A request (or a frame of a kind this agent does not know) that
+    // started nothing: answer it; the engine drops replies for ids it no
+    // longer waits on.
+    if rej.id != 0 {
+        conn.error(rej.id, e);
+    }
+}
+
 fn dispatch(agent: &Rc<Agent>, conn: &Rc<Conn>, f: Frame) {
     match f.kind {
         FrameKind::Data | FrameKind::Eof => {
@@ -260,6 +294,25 @@ fn control(agent: &Rc<Agent>, conn: &Rc<Conn>, id: u32, msg: Message) {
         }
         _ => {}
     }
+    let default = super::files::Creds {
+        uid: agent.confine.default_uid,
+        gid: agent.confine.default_gid,
+    };
+    let (creds, msg) = match msg {
+        Message::AsUser { uid, gid, request } if super::files::is_file_request(&request) => {
+            (super::files::Creds { uid, gid }, *request)
+        }
+        Message::AsUser { .. } => {
+            return conn.error(
+                id,
+                WireError::new(
+                    ErrorCode::InvalidArgument,
+                    "AsUser wraps file requests only",
+                ),
+            )
+        }
+        m => (default, m),
+    };
     let Some(io) = register(conn, id) else {
         return conn.error(
             id,
@@ -279,19 +332,28 @@ fn control(agent: &Rc<Agent>, conn: &Rc<Conn>, id: u32, msg: Message) {
         }
         Message::ReadFile { path } => {
             tokio::task::spawn_local(async move {
-                super::files::read_file(&c, id, &path, &io).await;
+                super::files::read_file(&c, id, &path, creds, &io).await;
                 c.finish(id);
             });
         }
         Message::WriteFile { path, mode } => {
             tokio::task::spawn_local(async move {
-                super::files::write_file(&c, id, &path, mode, io).await;
+                super::files::write_file(&c, id, &path, mode, creds, io).await;
                 c.finish(id);
             });
         }
-        other => {
-            let reply = super::files::simple(other);
-            c.reply(id, &reply);
+        other if super::files::is_file_request(&other) => {
+            tokio::task::spawn_local(async move {
+                let reply = super::files::simple(creds, other).await;
+                c.reply(id, &reply);
+                c.finish(id);
+            });
+        }
+        _ => {
+            c.error(
+                id,
+                WireError::new(ErrorCode::InvalidArgument, "not a request the agent serves"),
+            );
             c.finish(id);
         }
     }

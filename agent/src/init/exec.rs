@@ -160,13 +160,11 @@ fn spawn(agent: &Agent, req: &ExecRequest) -> Result<Spawned, WireError> {
     }
     // SAFETY: the closure only makes system calls (see confine.rs).
     unsafe { cmd.pre_exec(agent.confine.pre_exec(creds)) };
-    let mut child = cmd.spawn().map_err(|e| {
-        let code = e
-            .raw_os_error()
-            .map(ErrorCode::from_errno)
-            .unwrap_or(ErrorCode::Internal);
-        WireError::new(code, format!("exec {argv0}: {e}"))
-    })?;
+    // E2BIG (arguments over the kernel's limits) and NUL bytes are the
+    // caller's input: invalid_argument, like any other bad request.
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| super::files::wire(e, &format!("exec {argv0}")))?;
     let pid = child.id() as i32;
     let wrap = |f: Option<OwnedFd>| f.and_then(|f| Fd::new(f).ok());
     let mut s = Spawned {
@@ -241,7 +239,7 @@ async fn feed(
                 }
             }
             // Dropping the fd closes the process's stdin.
-            Input::Eof => fd = None,
+            Input::Eof | Input::Abort(_) => fd = None,
         }
     }
 }

@@ -100,6 +100,11 @@ impl Sandbox {
         }
     }
 
+    /// Whether the helper (and so the sandbox) is still running.
+    pub fn child_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub async fn client(&self) -> Client {
         Client::connect(&self.spec.socket_path).await
     }
@@ -217,7 +222,11 @@ impl Client {
     pub async fn start(&mut self, m: Message) -> u32 {
         let id = self.next;
         self.next += 1;
-        let streams = matches!(m, Message::ReadFile { .. });
+        let streams = match &m {
+            Message::ReadFile { .. } => true,
+            Message::AsUser { request, .. } => matches!(**request, Message::ReadFile { .. }),
+            _ => false,
+        };
         self.ops.insert(id, (OpResult::default(), streams));
         self.send(Frame::control(id, &m)).await;
         id
