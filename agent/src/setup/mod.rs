@@ -96,9 +96,9 @@ fn build(
     let dev_null = devfs::populate(&root, devices).context("/dev")?;
     procfs::mount_proc(&root, &kernel, &dev_null).context("/proc")?;
     report.ok("proc_masked");
-    match procfs::mount_sys(&root, kernel) {
-        Ok(()) => report.ok("sys_read_only"),
-        Err(e) => report.not("sys", format!("/sys left absent: {e:#}")),
+    match procfs::mount_sys(&root, kernel).context("/sys")? {
+        None => report.ok("sys_read_only"),
+        Some(why) => report.not("sys", format!("/sys left absent: {why}")),
     }
     rootfs::volumes(spec, &root, &plan, &fds, report)?;
     drop(fds);

@@ -97,11 +97,16 @@ pub fn mount_proc(root: &OwnedFd, kernel: &KernelMounts, dev_null: &OwnedFd) -> 
     Ok(())
 }
 
-/// sysfs for the sandbox's network namespace, read-only; absent when the
-/// kernel refuses it (the caller records that).
-pub fn mount_sys(root: &OwnedFd, kernel: KernelMounts) -> Result<()> {
-    let m = kernel.sys?;
+/// sysfs for the sandbox's network namespace, read-only. Returns why it is
+/// absent when the kernel refused it (the caller reports that); a mount
+/// target the image made unusable (a symlink at /sys) is an error like any
+/// other, never a quiet absence.
+pub fn mount_sys(root: &OwnedFd, kernel: KernelMounts) -> Result<Option<String>> {
     let target = mountfd::open_target(root, "/sys", Kind::Dir)?;
+    let m = match kernel.sys {
+        Ok(m) => m,
+        Err(e) => return Ok(Some(format!("{e:#}"))),
+    };
     mountfd::attach(&m, &target).context("mount sysfs")?;
     let sys = mountfd::open_target(root, "/sys", Kind::Dir)?;
     if let Some(fw) = mountfd::open_existing(&sys, "firmware")? {
@@ -116,5 +121,5 @@ pub fn mount_sys(root: &OwnedFd, kernel: KernelMounts) -> Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(None)
 }
