@@ -1,6 +1,11 @@
 package lockbox
 
-import "time"
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+)
 
 // Network selects a sandbox's network access.
 type Network string
@@ -19,14 +24,15 @@ type Option func(*sandboxConfig)
 
 // sandboxConfig is the JSON the engine's sandbox.create takes.
 type sandboxConfig struct {
-	Name         string            `json:"name,omitempty"`
-	Image        string            `json:"image,omitempty"`
+	Name  string  `json:"name,omitempty"`
+	Image *string `json:"image,omitempty"` // nil: the default image; "" is an error
+
 	Rootfs       string            `json:"rootfs,omitempty"`
 	CPUs         *float64          `json:"cpus,omitempty"`
 	MemoryMiB    *int64            `json:"memory_mib,omitempty"`
 	Pids         *int64            `json:"pids,omitempty"`
 	DiskMiB      *int64            `json:"disk_mib,omitempty"`
-	Env          []string          `json:"env,omitempty"`
+	Env          []envEntry        `json:"env,omitempty"`
 	Workdir      string            `json:"workdir,omitempty"`
 	Hostname     string            `json:"hostname,omitempty"`
 	User         string            `json:"user,omitempty"`
@@ -38,6 +44,19 @@ type sandboxConfig struct {
 	Detached     bool              `json:"detached,omitempty"`
 	Replace      bool              `json:"replace,omitempty"`
 	Labels       map[string]string `json:"labels,omitempty"`
+}
+
+// envEntry is one WithEnv variable. A key that would read back as a
+// different variable ('=' in it: WithEnv("A=B", "c") is A="B=c") or that
+// execve cannot carry (empty, NUL) fails the create with
+// ErrInvalidArgument when the request is encoded.
+type envEntry struct{ key, value string }
+
+func (e envEntry) MarshalJSON() ([]byte, error) {
+	if e.key == "" || strings.ContainsAny(e.key, "=\x00") {
+		return nil, fmt.Errorf("WithEnv key %q: must be non-empty, without '=' or NUL", e.key)
+	}
+	return json.Marshal(e.key + "=" + e.value)
 }
 
 type volumeMount struct {
@@ -66,7 +85,8 @@ type portMap struct {
 // '_', '.', '-'). Without it a name is generated.
 func WithName(name string) Option { return func(c *sandboxConfig) { c.Name = name } }
 
-// WithImage uses an image as the read-only root. The default is "base".
+// WithImage uses an image as the read-only root. Without WithImage it is
+// "base"; WithImage("") is ErrInvalidArgument.
 // image is one of:
 //   - a named image ("base", "python"): the release asset, else an image
 //     imported or pulled under that name;
@@ -81,7 +101,7 @@ func WithName(name string) Option { return func(c *sandboxConfig) { c.Name = nam
 // (unless WithWorkdir), its User the user (unless WithUser). Its
 // Entrypoint and Cmd are in SandboxInfo.ImageUsed. Anything else is
 // ErrInvalidArgument.
-func WithImage(name string) Option { return func(c *sandboxConfig) { c.Image = name } }
+func WithImage(name string) Option { return func(c *sandboxConfig) { c.Image = &name } }
 
 // WithRootfs uses a host directory as the read-only root instead of an
 // image. Writes go to the sandbox's own layer; dir is never modified.
@@ -102,9 +122,13 @@ func WithPids(n int64) Option { return func(c *sandboxConfig) { c.Pids = &n } }
 // budget: writes then go to the host disk under LOCKBOX_HOME, unbounded.
 func WithDisk(mib int64) Option { return func(c *sandboxConfig) { c.DiskMiB = &mib } }
 
-// WithEnv sets an environment variable for every process in the sandbox.
+// WithEnv sets an environment variable for every process in the sandbox
+// (a later WithEnv of the same key wins). The key must be non-empty and
+// hold no '=' or NUL, or CreateSandbox fails with ErrInvalidArgument. At
+// most 4096 variables, keys of at most 256 bytes, KEY=VALUE under 128 KiB
+// and 1 MiB in all (docs/configuration.md, "Input limits").
 func WithEnv(key, value string) Option {
-	return func(c *sandboxConfig) { c.Env = append(c.Env, key+"="+value) }
+	return func(c *sandboxConfig) { c.Env = append(c.Env, envEntry{key, value}) }
 }
 
 // WithWorkdir sets the default working directory of execs.
@@ -158,10 +182,19 @@ func WithPort(hostPort, guestPort int) Option {
 // SIGKILL) and Close removes it.
 func WithDetached() Option { return func(c *sandboxConfig) { c.Detached = true } }
 
-// WithReplace removes an existing sandbox of the same name first.
+// WithReplace removes an existing sandbox of the same name first (stopping
+// it, whichever process owns it). The check, the removal and the create
+// are one step for the name across every process using the same
+// LOCKBOX_HOME: when two callers (processes or goroutines) create one name
+// at the same moment, exactly one gets the sandbox and every other fails
+// with ErrAlreadyExists, with or without WithReplace; none is left without
+// a sandbox by the other's removal. A create that starts after another one
+// finished replaces that sandbox like any other.
 func WithReplace() Option { return func(c *sandboxConfig) { c.Replace = true } }
 
-// WithLabels attaches key/value labels, returned by Info and ListSandboxes.
+// WithLabels attaches key/value labels, returned by Info and ListSandboxes:
+// at most 64, keys of 1 to 128 bytes, values of at most 4 KiB (else
+// ErrInvalidArgument).
 func WithLabels(labels map[string]string) Option {
 	return func(c *sandboxConfig) {
 		if c.Labels == nil {

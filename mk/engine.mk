@@ -33,7 +33,7 @@ test-escape: engine-release image-base
 	@rm -rf $(ENGINE_SCRATCH)/home && mkdir -p $(ENGINE_SCRATCH)/home
 	cd tests && LOCKBOX_LIB=$(ENGINE_LIB) LOCKBOX_HELPER=$(ENGINE_HELPER) \
 	  LOCKBOX_IMAGES=$(ENGINE_IMAGES) LOCKBOX_HOME=$(ENGINE_SCRATCH)/home \
-	  CGO_ENABLED=0 go test -count=1 -run 'Escape|Load|Lifecycle' -v . 2>&1 | \
+	  CGO_ENABLED=0 go test -count=1 -run 'Escape|Load|Lifecycle|Reliab' -v . 2>&1 | \
 	  grep -E '^(=== RUN|--- |PASS|FAIL|ok)|ESCAPE|CHANGED|probe ' ; exit $${PIPESTATUS[0]}
 
 # As an unprivileged user: the test binary, probe, library and helper are
