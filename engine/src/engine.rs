@@ -193,16 +193,17 @@ impl Engine {
             None => "/".into(),
         };
 
-        let _names = self.names.lock().await;
         // Held until the sandbox runs (or the create fails): no other
-        // process can find the name free, or remove what this one is
-        // making, in between. Not waited for: two creates of one name at
-        // once have one winner, the other gets already_exists.
+        // caller, in any process, can find the name free, or remove what
+        // this one is making, in between. Not waited for: two creates of
+        // one name at once have one winner, the other gets already_exists.
+        // Always taken before `names` (remove and close too): one order.
         let _name_lock = NameLock::try_acquire(&self.name_lock_path(&name))?.ok_or_else(|| {
             EngineError::already_exists(format!(
                 "sandbox {name:?} is being created, replaced or removed by another caller"
             ))
         })?;
+        let _names = self.names.lock().await;
         let dir = self.layout.sandbox(&name);
         if dir.exists() {
             if cfg.replace {
@@ -406,8 +407,8 @@ impl Engine {
     /// Stops (if running) and deletes a sandbox and its files.
     pub async fn remove(&self, name: &str) -> Result<()> {
         crate::names::validate("sandbox", name)?;
-        let _names = self.names.lock().await;
         let _name_lock = NameLock::acquire(&self.name_lock_path(name)).await?;
+        let _names = self.names.lock().await;
         self.remove_inner(name, None).await
     }
 
@@ -518,8 +519,8 @@ impl Engine {
                 return Ok(());
             }
         }
-        let _names = self.names.lock().await;
         let _name_lock = NameLock::acquire(&self.name_lock_path(&sb.name)).await?;
+        let _names = self.names.lock().await;
         match self.remove_inner(&sb.name, Some(sb.clone())).await {
             Err(e) if e.code == ErrorCode::NotFound => Ok(()),
             r => r,
