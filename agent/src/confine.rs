@@ -204,13 +204,22 @@ fn apply(c: &ExecCreds, nofile: Option<u64>, rootless: bool) -> io::Result<()> {
         if c.tty {
             cvt(libc::ioctl(0, libc::TIOCSCTTY, 0))?;
         }
-        // The agent is shielded from the OOM killer; its children are not.
+        // The OOM killer takes workloads first: the agent is at -1000 where
+        // the supervisor may set that, but a host without CAP_SYS_RESOURCE
+        // (rootless, some containers) leaves it at 0, and memory held
+        // outside any resident set (tmpfs, pipes) would then make the
+        // agent, with the largest resident set, the victim. Raising needs
+        // no privilege, but while this copy of the agent is not dumpable
+        // its /proc files belong to host root, which no id here can open:
+        // dumpable just for the open (exec resets it anyway).
+        libc::prctl(libc::PR_SET_DUMPABLE, 1);
         let fd = libc::open(
             c"/proc/self/oom_score_adj".as_ptr(),
             libc::O_WRONLY | libc::O_CLOEXEC,
         );
+        libc::prctl(libc::PR_SET_DUMPABLE, 0);
         if fd >= 0 {
-            libc::write(fd, b"0".as_ptr().cast(), 1);
+            libc::write(fd, b"1000".as_ptr().cast(), 4);
             libc::close(fd);
         }
         let core = libc::rlimit {

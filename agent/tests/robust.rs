@@ -369,3 +369,29 @@ async fn file_calls_act_as_the_sandbox_user() {
     .await;
     assert_eq!(code(&r), Some(ErrorCode::InvalidArgument), "{r:?}");
 }
+
+/// Memory the sandbox holds outside any process's resident set (a deleted
+/// tmpfs file kept open) fills the memory limit. The cgroup's OOM killer
+/// must pick the workload, never the agent, whose resident set is larger:
+/// the agent keeps serving on the same connection.
+#[tokio::test]
+async fn the_agent_outlives_an_oom_inside() {
+    let mut sb = Sandbox::launch("oom", |s, _| {
+        s.limits.memory_mib = Some(48);
+    });
+    assert!(sb.status.ok, "{:?}", sb.status);
+    let mut c = sb.client().await;
+    let r = sh(
+        &mut c,
+        "exec 3>/dev/shm/held; rm /dev/shm/held; \
+         dd if=/dev/zero bs=1M count=60 >&3 2>/dev/null; echo dd=$?; \
+         cat /proc/self/oom_score_adj",
+    )
+    .await;
+    // Control: the limit was really reached (the writer was killed), and
+    // the victim was a workload.
+    assert_eq!(r.out(), "dd=137\n1000\n", "{r:?}");
+    let r = sh(&mut c, "echo alive").await;
+    assert_eq!(r.out(), "alive\n", "{r:?}");
+    assert!(sb.child_alive());
+}
