@@ -393,5 +393,27 @@ async fn the_agent_outlives_an_oom_inside() {
     assert_eq!(r.out(), "dd=137\n1000\n", "{r:?}");
     let r = sh(&mut c, "echo alive").await;
     assert_eq!(r.out(), "alive\n", "{r:?}");
+    // The review's case: /dev/shm filled to the limit, and the memory
+    // stays taken after its writer is gone. Filled twice over.
+    for _ in 0..2 {
+        let r = sh(
+            &mut c,
+            "dd if=/dev/zero of=/dev/shm/fill bs=1M count=64 2>/dev/null; echo dd=$?",
+        )
+        .await;
+        assert_eq!(r.out(), "dd=137\n", "{r:?}");
+    }
+    for _ in 0..3 {
+        let r = sh(&mut c, "echo alive").await;
+        assert_eq!(r.out(), "alive\n", "{r:?}");
+    }
+    let r = request(
+        &mut c,
+        Message::Stat {
+            path: "/dev/shm/fill".into(),
+        },
+    )
+    .await;
+    assert!(r.error().is_none(), "{r:?}");
     assert!(sb.child_alive());
 }
