@@ -290,9 +290,10 @@ func (f *FS) CopyFromHost(ctx context.Context, hostPath, sandboxPath string) err
 // copied as a symlink and never written through, and an existing host
 // file at a destination name is replaced, never written through. Only
 // regular files, directories and symlinks are copied; each file up to the
-// size the sandbox reported for it. At most DefaultCopyLimit bytes of file
-// content are written unless WithMaxBytes says otherwise; past it the copy
-// stops with ErrSizeLimit (what was written stays).
+// size the sandbox reported for it. At most DefaultCopyLimit bytes are
+// written unless WithMaxBytes says otherwise, counting file contents plus
+// 4 KiB for every entry created; past it the copy stops with ErrSizeLimit
+// (what was written stays).
 func (f *FS) CopyToHost(ctx context.Context, sandboxPath, hostPath string, opts ...FileOption) error {
 	abs, err := filepath.Abs(hostPath)
 	if err != nil {

@@ -174,7 +174,16 @@ func TestEscapeHostFilesCopyToHostBounded(t *testing.T) {
 		t.Fatalf("HOST CHANGED: %d bytes written to the host disk", du)
 	}
 
-	// Attack 2: a small file swapped for /dev/zero between the sandbox's
+	// Attack 2: many empty entries (host inodes) count too.
+	hfShell(t, sb, "mkdir /tmp/many && cd /tmp/many && for i in $(seq 200); do : > f$i; done")
+	err = fsys.CopyToHost(ctx, "/tmp/many", filepath.Join(dst, "many"), lockbox.WithMaxBytes(64<<10))
+	ents, _ := os.ReadDir(filepath.Join(dst, "many"))
+	t.Logf("probe empty files: %v, %d host entries", err, len(ents))
+	if !errors.Is(err, lockbox.ErrSizeLimit) || len(ents) > 16 {
+		t.Fatalf("HOST CHANGED: 200 empty files under a 64 KiB cap: %d entries, %v", len(ents), err)
+	}
+
+	// Attack 3: a small file swapped for /dev/zero between the sandbox's
 	// stat and open. Each copy holds at most the size that was stat'ed.
 	hfShell(t, sb, "mkdir /tmp/z && printf 0123456789 > /tmp/z/f && ln -s /dev/zero /tmp/z/zero")
 	racer := sb.CommandContext(ctx, "/racer/hostfileracer", "/tmp/z/f", "/tmp/z/zero", "30s")

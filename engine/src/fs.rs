@@ -241,6 +241,10 @@ pub async fn read_file(c: &AgentClient, path: &str) -> Result<Vec<u8>> {
 /// is written densely.
 pub const DEFAULT_COPY_MAX_BYTES: u64 = 1 << 30;
 
+/// What each entry a copy creates on the host counts against its cap
+/// besides its contents (an inode and a block, roughly).
+pub const ENTRY_COST: u64 = 4096;
+
 /// The error for a copy or read that would pass its byte cap. The message
 /// prefix is part of the ABI: the Go SDK matches it to `ErrSizeLimit`.
 pub fn size_limit(what: impl std::fmt::Display) -> EngineError {
@@ -459,8 +463,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 }
 
 /// Copies a sandbox file or directory tree to `dst` on the host, writing
-/// at most `max_bytes` of file contents. Returns the number of file bytes
-/// copied.
+/// at most `max_bytes` (file contents plus `ENTRY_COST` per entry).
+/// Returns the number of file bytes copied.
 ///
 /// Each file contributes at most the size the sandbox reported for it (a
 /// file that grows, or is swapped for a device, while it is copied is cut
@@ -478,17 +482,26 @@ pub async fn copy_to_host(c: &AgentClient, src: &str, dst: &Path, max_bytes: u64
         Arc::new(blocking(move || Ok(open_host_parent(&dst)?.0)).await?)
     };
     let mut total = 0u64;
+    // What the copy costs the host: file bytes plus ENTRY_COST per entry,
+    // so a tree of a million empty files or links is bounded too.
+    let mut charged = 0u64;
     // Explicit stack instead of recursion: (sandbox path, info, parent fd, name).
     let mut work = vec![(src.to_string(), info, pfd, name)];
     while let Some((spath, info, dirfd, name)) = work.pop() {
+        let size = if info.kind == FileKind::File {
+            info.size
+        } else {
+            0
+        };
+        let cost = size.saturating_add(ENTRY_COST);
+        if cost > max_bytes.saturating_sub(charged) {
+            return Err(size_limit(format!(
+                "copying {spath} ({size} bytes) would pass the {max_bytes}-byte cap of this copy"
+            )));
+        }
+        charged += cost;
         match info.kind {
             FileKind::File => {
-                if info.size > max_bytes.saturating_sub(total) {
-                    return Err(size_limit(format!(
-                        "copying {spath} ({} bytes) would pass the {max_bytes}-byte cap of this copy",
-                        info.size
-                    )));
-                }
                 total += copy_file_out(c, &spath, dirfd, name, info.mode, info.size).await?;
             }
             FileKind::Dir => {
