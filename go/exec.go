@@ -16,8 +16,8 @@ type ExecResult struct {
 	ExitCode int    // the exit code, or 128+signal when a signal ended it
 	Signal   int    // the signal that ended it, or 0
 	TimedOut bool   // killed by WithExecTimeout
-	Stdout   []byte // everything written to stdout
-	Stderr   []byte // everything written to stderr
+	Stdout   []byte // what was written to stdout (up to the output limit)
+	Stderr   []byte // what was written to stderr (up to the output limit)
 }
 
 // ExitStatus is how a process ended.
