@@ -113,6 +113,23 @@ func TestReliabEnvBounds(t *testing.T) {
 	defer cancel()
 	_, err := lockbox.CreateSandbox(ctx, envOpts(4096, "RK")...)
 	wantInvalid(t, "4096 env entries plus the defaults", err)
+
+	// An exec's env: its own list and the sandbox's merged with it. The
+	// sandbox above has 4095 variables: one new key fits, two do not.
+	execEnv := func(n int) []lockbox.ExecOption {
+		o := make([]lockbox.ExecOption, 0, n)
+		for i := 0; i < n; i++ {
+			o = append(o, lockbox.WithExecEnv(fmt.Sprintf("E%d", i), "v"))
+		}
+		return o
+	}
+	_, err = sb.Shell(ctx, "true", execEnv(4097)...)
+	wantInvalid(t, "4097 exec env entries", err)
+	_, err = sb.Shell(ctx, "true", execEnv(2)...)
+	wantInvalid(t, "exec env over the bound after merging", err)
+	if res, err := sb.Shell(ctx, `printf '%s' "$E0"`, execEnv(1)...); err != nil || string(res.Stdout) != "v" {
+		t.Fatalf("exec with one more variable: %v %+v", err, res)
+	}
 }
 
 // Keys WithEnv cannot represent, and an empty image name, are errors
