@@ -46,6 +46,7 @@ pub fn create(l: &Layout, name: &str) -> Result<VolumeInfo> {
         created_unix: now_unix(),
     };
     let res = std::fs::create_dir(&data)
+        .and_then(|_| hand_to_sandboxes(&data))
         .map_err(|e| EngineError::io(data.display(), e))
         .and_then(|_| write_json(&meta_path(l, name), &info));
     if let Err(e) = res {
@@ -53,6 +54,19 @@ pub fn create(l: &Layout, name: &str) -> Result<VolumeInfo> {
         return Err(e);
     }
     Ok(info)
+}
+
+/// As root, sandbox ids 0..65536 are host ids 100000.. (the helper's
+/// HOST_ID_BASE) and a writable volume owned by host root is not writable
+/// by sandbox root: the volume's directory belongs to sandbox root.
+/// Rootless, sandbox root is the caller, who already owns it.
+fn hand_to_sandboxes(data: &std::path::Path) -> std::io::Result<()> {
+    const SANDBOX_ROOT_ON_HOST: u32 = 100_000;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    std::os::unix::fs::chown(data, Some(SANDBOX_ROOT_ON_HOST), Some(SANDBOX_ROOT_ON_HOST))
 }
 
 pub fn get(l: &Layout, name: &str) -> Result<VolumeInfo> {
@@ -110,7 +124,7 @@ pub fn remove(l: &Layout, name: &str, in_use: &[String]) -> Result<()> {
         .volumes()
         .join(format!(".trash-{}-{}", name, crate::names::new_id()));
     std::fs::rename(&dir, &trash).map_err(|e| EngineError::io(dir.display(), e))?;
-    std::fs::remove_dir_all(&trash).map_err(|e| EngineError::io(trash.display(), e))
+    crate::tree::remove_tree(&trash).map_err(|e| EngineError::io(trash.display(), e))
 }
 
 #[cfg(test)]
