@@ -78,28 +78,7 @@ pub fn remove_cgroups(c: &CgroupPaths) -> bool {
 /// Removes a directory tree, including overlay work dirs the kernel made
 /// with mode 000.
 pub fn remove_dir_all_forced(dir: &Path) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(_) => {
-            make_writable(dir);
-            std::fs::remove_dir_all(dir)
-        }
-    }
-}
-
-fn make_writable(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(m) = std::fs::symlink_metadata(dir) {
-        if m.is_dir() {
-            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
-            if let Ok(rd) = std::fs::read_dir(dir) {
-                for e in rd.flatten() {
-                    make_writable(&e.path());
-                }
-            }
-        }
-    }
+    crate::tree::remove_tree(dir)
 }
 
 /// What a cleanup pass did.

@@ -22,6 +22,7 @@ pub mod paths;
 pub mod sandbox;
 pub mod state;
 pub mod streams;
+pub mod tree;
 pub mod volume;
 
 pub use config::SandboxConfig;
