@@ -376,8 +376,21 @@ fn ruleset(host: &[IpAddr]) -> String {
     r
 }
 
+/// nft lives in sbin, which users' PATH often lacks.
 fn nft_binary() -> String {
-    std::env::var("LOCKBOX_NFT").unwrap_or_else(|_| "nft".into())
+    if let Ok(p) = std::env::var("LOCKBOX_NFT") {
+        return p;
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/sbin"])
+        .filter(|d| d.starts_with('/'))
+        .map(|d| Path::new(d).join("nft"))
+        .find(|p| p.is_file())
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "nft".into());
+    found
 }
 
 /// Installs the outbound ruleset in the network namespace of `pid`. `nft`
