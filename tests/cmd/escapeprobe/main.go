@@ -190,6 +190,26 @@ func main() {
 		} else {
 			blocked("unshare: %v", err)
 		}
+	case "deeptree":
+		// Not an escape by itself: a directory chain far deeper than any
+		// recursive walk on the host can follow, for the host to remove.
+		dir, depth := arg(1), arg(2)
+		n, _ := strconv.Atoi(depth)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			blocked("mkdir %s: %v", dir, err)
+		}
+		if err := os.Chdir(dir); err != nil {
+			blocked("chdir %s: %v", dir, err)
+		}
+		for i := 0; i < n; i++ {
+			if err := syscall.Mkdir("d", 0o755); err != nil {
+				blocked("mkdir at depth %d: %v", i, err)
+			}
+			if err := syscall.Chdir("d"); err != nil {
+				blocked("chdir at depth %d: %v", i, err)
+			}
+		}
+		fmt.Printf("MADE %d\n", n)
 	default:
 		fmt.Println("unknown probe", os.Args[1])
 		os.Exit(2)
