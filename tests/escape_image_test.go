@@ -308,3 +308,59 @@ func TestEscapeImageDeviceNode(t *testing.T) {
 		t.Fatalf("ESCAPE: the image's device node for %s opened inside (%s)", used, fmt.Sprint(res.Stderr))
 	}
 }
+
+// The engine looks user names up in the image's /etc/passwd on the host.
+// A passwd that is a link to a host file, to /dev/zero or a FIFO must
+// neither leak, nor grow this process without bound, nor hang the create.
+func TestEscapeImageHostilePasswd(t *testing.T) {
+	needEngine(t)
+	hostPasswd := filepath.Join(t.TempDir(), "passwd")
+	if err := os.WriteFile(hostPasswd, []byte("hostonly:x:4242:4242::/:/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name  string
+		alter func(p string)
+	}{
+		{"link-to-host-file", func(p string) { os.Symlink(hostPasswd, p) }},
+		{"link-to-dev-zero", func(p string) { os.Symlink("/dev/zero", p) }},
+		{"relative-link-out", func(p string) { os.Symlink("../../../../../../../dev/zero", p) }},
+		{"fifo", func(p string) { syscall.Mkfifo(p, 0o644) }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			root := hostileRootfs(t, func(root string) {
+				p := filepath.Join(root, "etc", "passwd")
+				os.Remove(p)
+				c.alter(p)
+			})
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			start := time.Now()
+			sb, err := lockbox.CreateSandbox(ctx, lockbox.WithRootfs(root), lockbox.WithUser("hostonly"))
+			if err == nil {
+				sb.Remove(context.Background())
+				t.Fatalf("ESCAPE: user hostonly resolved through the image's /etc/passwd (%s)", c.name)
+			}
+			if ctx.Err() != nil || time.Since(start) > 20*time.Second {
+				t.Fatalf("the create hung on a hostile /etc/passwd: %v", err)
+			}
+			if !errors.Is(err, lockbox.ErrNotFound) {
+				t.Fatalf("want ErrNotFound, got %v", err)
+			}
+		})
+	}
+	// Control: the same user in a real passwd file of the image resolves.
+	root := hostileRootfs(t, func(root string) {
+		f, err := os.OpenFile(filepath.Join(root, "etc", "passwd"), os.O_APPEND|os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.WriteString("hostonly:x:4242:4242::/:/bin/sh\n")
+		f.Close()
+	})
+	sb := newSandbox(t, lockbox.WithRootfs(root), lockbox.WithUser("hostonly"))
+	res, err := sb.ExecArgs(context.Background(), []string{"id", "-u"})
+	if err != nil || strings.TrimSpace(string(res.Stdout)) != "4242" {
+		t.Fatalf("control: user from the image's passwd: %q %v", res.Stdout, err)
+	}
+}

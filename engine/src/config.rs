@@ -421,9 +421,12 @@ pub fn resolve_user(user: &str, rootfs_lowers: &[String]) -> Result<(u32, u32)> 
 /// it; returns (field 3, field 4) as numbers (field 4 absent in group).
 fn lookup_db(lowers: &[String], rel: &str, name: &str) -> Option<(u32, u32)> {
     for l in lowers {
-        let Ok(text) = std::fs::read_to_string(Path::new(l).join(rel)) else {
+        // Image content: read inside the image only, bounded, never a FIFO
+        // or device (see image_file).
+        let Ok(Some(bytes)) = crate::image_file::read(Path::new(l), rel) else {
             continue;
         };
+        let text = String::from_utf8_lossy(&bytes);
         for line in text.lines() {
             let f: Vec<&str> = line.split(':').collect();
             if f.len() >= 3 && f[0] == name {

@@ -13,6 +13,7 @@ pub mod engine;
 pub mod error;
 pub mod exec;
 pub mod fs;
+pub mod image_file;
 pub mod image_ops;
 pub mod images;
 pub mod launcher;
