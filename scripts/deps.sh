@@ -3,7 +3,7 @@
 # Idempotent and quick when everything is present.
 set -euo pipefail
 
-pkgs=(gcc g++ binutils busybox-static bubblewrap passt runc crun debootstrap uidmap cbindgen zstd curl iproute2 python3 skopeo umoci docker-registry)
+pkgs=(gcc g++ binutils busybox-static bubblewrap passt nftables runc crun debootstrap uidmap cbindgen zstd curl iproute2 python3 skopeo umoci docker-registry)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

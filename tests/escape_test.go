@@ -133,6 +133,11 @@ func TestEscapeThroughVolumeSymlinks(t *testing.T) {
 	ctx := context.Background()
 	mdir, file, unchanged := hostMarker(t)
 	vol := t.TempDir()
+	if os.Getuid() == 0 {
+		// As root, a volume owned by host root is mounted without an id
+		// mapping; sandbox root (host 100000) writes where the mode lets it.
+		os.Chown(vol, 100000, 100000)
+	}
 	ro := t.TempDir()
 	os.WriteFile(filepath.Join(ro, "keep.txt"), []byte("keep"), 0o644)
 	sb := newSandbox(t, lockbox.WithVolume(vol, "/vol", false), lockbox.WithVolume(ro, "/ro", true))
@@ -150,8 +155,11 @@ func TestEscapeThroughVolumeSymlinks(t *testing.T) {
 
 	// The sandbox plants symlinks to host paths in a writable volume; the
 	// engine's file API must resolve them inside the sandbox root.
-	if _, err := sb.Shell(ctx, "ln -s "+mdir+" /vol/dirlink; ln -s "+file+" /vol/filelink; ln -s / /vol/rootlink"); err != nil {
-		t.Fatal(err)
+	if res, err := sb.Shell(ctx, "ln -s "+mdir+" /vol/dirlink && ln -s "+file+" /vol/filelink && ln -s / /vol/rootlink"); err != nil || res.ExitCode != 0 {
+		t.Fatalf("planting the links failed, so nothing below would be tested: %v %s", err, res.Stderr)
+	}
+	if target, err := os.Readlink(filepath.Join(vol, "filelink")); err != nil || target != file {
+		t.Fatalf("the planted link is not on the host volume: %q %v", target, err)
 	}
 	f := sb.FS()
 	for _, p := range []string{"/vol/dirlink/marker.txt", "/vol/filelink", "/vol/rootlink" + file} {
