@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -90,7 +91,9 @@ func diskUsage(t *testing.T, dir string) int64 {
 // /proc/self/clear_refs), plus the bytes Go allocated meanwhile.
 func peakRSSGrowth(t *testing.T, f func()) (peak, allocated int64) {
 	t.Helper()
-	runtime.GC()
+	// Give freed heap back first, so earlier tests' garbage neither hides
+	// growth (reused pages) nor counts as it.
+	debug.FreeOSMemory()
 	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil {
 		t.Fatalf("reset VmHWM: %v", err)
 	}
