@@ -11,9 +11,10 @@
 //! thread, never the agent's loop. (A fresh thread per call was measured
 //! at ~80 us more per call; switching a pool thread costs a few syscalls.)
 
+use std::ffi::{CStr, CString};
 use std::fs;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::Path;
 use std::sync::OnceLock;
@@ -277,8 +278,7 @@ fn run_simple(msg: Message) -> Result<Message, WireError> {
             match fs::symlink_metadata(p) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(wire(e, &path)),
-                // remove_dir_all does not follow symlinks.
-                Ok(m) if m.is_dir() => fs::remove_dir_all(p).map_err(|e| wire(e, &path))?,
+                Ok(m) if m.is_dir() => remove_tree(p).map_err(|e| wire(e, &path))?,
                 Ok(_) => fs::remove_file(p).map_err(|e| wire(e, &path))?,
             }
             Ok(Message::Ok)
@@ -304,7 +304,7 @@ fn run_simple(msg: Message) -> Result<Message, WireError> {
 /// then gets a blocking descriptor.
 fn open_regular(path: &str, flags: libc::c_int, mode: u32) -> Result<fs::File, WireError> {
     let p = check_path(path)?;
-    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+    let c = CString::new(p.as_os_str().as_encoded_bytes())
         .map_err(|_| WireError::new(ErrorCode::InvalidArgument, "path contains NUL"))?;
     // SAFETY: open with a valid C string; the fd is owned by the File.
     let fd = unsafe {
@@ -478,5 +478,211 @@ async fn drain(conn: &Conn, id: u32, mut io: OpIo) {
         if let Input::Data(d) = inp {
             conn.send(Frame::credit(id, stream::STDIN, d.len() as u32));
         }
+    }
+}
+
+fn cvt_fd(fd: libc::c_int) -> io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn open_dir_at(dir: libc::c_int, name: &CStr, follow: bool) -> io::Result<OwnedFd> {
+    let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
+    // SAFETY: openat with a valid C string.
+    cvt_fd(unsafe {
+        libc::openat(
+            dir,
+            name.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC | nofollow,
+        )
+    })
+}
+
+/// Removes everything below `path` and then `path` itself, never
+/// following a symlink below it. Iterative, with one directory open at a
+/// time and the names of the directories above kept in memory: the
+/// sandbox can make a tree deeper than any stack or fd limit (std's
+/// `remove_dir_all` recurses and would overflow the agent's stack).
+fn remove_tree(path: &Path) -> io::Result<()> {
+    let top = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut cur = open_dir_at(libc::AT_FDCWD, &top, false)?;
+    let mut above: Vec<CString> = Vec::new();
+    loop {
+        match clear_files(&cur)? {
+            Some(sub) => {
+                let child = open_dir_at(cur.as_raw_fd(), &sub, false)?;
+                above.push(sub);
+                cur = child;
+            }
+            None => {
+                let Some(name) = above.pop() else { break };
+                let parent = open_dir_at(cur.as_raw_fd(), c"..", true)?;
+                // SAFETY: unlinkat with a valid C string.
+                if unsafe { libc::unlinkat(parent.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) }
+                    != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+                cur = parent;
+            }
+        }
+    }
+    drop(cur);
+    fs::remove_dir(path)
+}
+
+/// Unlinks every non-directory in `dir` until it meets a subdirectory,
+/// whose name it returns; `None` once the directory is empty.
+fn clear_files(dir: &OwnedFd) -> io::Result<Option<CString>> {
+    // A fresh open of ".": its own offset, so every pass starts at the top.
+    let fd = open_dir_at(dir.as_raw_fd(), c".", false)?;
+    // SAFETY: fdopendir takes ownership of the fd; closedir below frees
+    // both on every path.
+    let d = unsafe { libc::fdopendir(fd.into_raw_fd()) };
+    if d.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    let dfd = dir.as_raw_fd();
+    let result = loop {
+        // SAFETY: errno is thread-local; readdir on a valid stream.
+        let e = unsafe {
+            *libc::__errno_location() = 0;
+            libc::readdir64(d)
+        };
+        if e.is_null() {
+            let err = io::Error::last_os_error();
+            break if err.raw_os_error().unwrap_or(0) == 0 {
+                Ok(None)
+            } else {
+                Err(err)
+            };
+        }
+        // SAFETY: readdir returned a valid entry with a NUL-terminated name.
+        let (name, dtype) = unsafe { (CStr::from_ptr((*e).d_name.as_ptr()), (*e).d_type) };
+        if name == c"." || name == c".." {
+            continue;
+        }
+        let is_dir = if dtype == libc::DT_UNKNOWN {
+            // SAFETY: fstatat into a zeroed stat, without following links.
+            let mut st: libc::stat64 = unsafe { std::mem::zeroed() };
+            if unsafe { libc::fstatat64(dfd, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) }
+                != 0
+            {
+                break Err(io::Error::last_os_error());
+            }
+            st.st_mode & libc::S_IFMT == libc::S_IFDIR
+        } else {
+            dtype == libc::DT_DIR
+        };
+        if is_dir {
+            break Ok(Some(name.to_owned()));
+        }
+        // SAFETY: unlinkat with a valid C string.
+        if unsafe { libc::unlinkat(dfd, name.as_ptr(), 0) } != 0 {
+            let err = io::Error::last_os_error();
+            // Gone meanwhile is as good as removed.
+            if err.raw_os_error() != Some(libc::ENOENT) {
+                break Err(err);
+            }
+        }
+    };
+    // SAFETY: d came from fdopendir and is closed once.
+    unsafe { libc::closedir(d) };
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEPTH: usize = 5000;
+    /// Far less than DEPTH frames of a recursive walk need.
+    const SMALL_STACK: usize = 128 << 10;
+    const CONTROL: &str = "init::files::tests::control_std_remove_dir_all_on_a_small_stack";
+
+    /// A chain `top/d/d/...` DEPTH deep, built with relative calls so no
+    /// path gets long; with a file and a dangling link at the bottom.
+    fn deep_tree(base: &Path) -> std::path::PathBuf {
+        let top = base.join("top");
+        fs::create_dir(&top).unwrap();
+        let mut cur = fs::File::open(&top).unwrap();
+        for _ in 0..DEPTH {
+            // SAFETY: mkdirat/openat with valid C strings.
+            unsafe {
+                assert_eq!(libc::mkdirat(cur.as_raw_fd(), c"d".as_ptr(), 0o755), 0);
+                let fd = libc::openat(cur.as_raw_fd(), c"d".as_ptr(), libc::O_RDONLY);
+                assert!(fd >= 0);
+                cur = fs::File::from_raw_fd(fd);
+            }
+        }
+        // SAFETY: as above.
+        unsafe {
+            let fd = libc::openat(
+                cur.as_raw_fd(),
+                c"f".as_ptr(),
+                libc::O_CREAT | libc::O_WRONLY,
+                0o644,
+            );
+            assert!(fd >= 0);
+            libc::close(fd);
+            assert_eq!(
+                libc::symlinkat(c"/nowhere".as_ptr(), cur.as_raw_fd(), c"l".as_ptr()),
+                0
+            );
+        }
+        top
+    }
+
+    fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new()
+            .stack_size(SMALL_STACK)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    #[test]
+    fn remove_tree_handles_a_tree_deeper_than_the_stack() {
+        let dir = tempfile::tempdir().unwrap();
+        let top = deep_tree(dir.path());
+        let t = top.clone();
+        on_small_stack(move || remove_tree(&t)).unwrap();
+        assert!(!top.exists());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+
+        // Control, in a child process: std's recursive removal of the same
+        // tree on the same stack dies, so the depth above is a real test.
+        let top = deep_tree(dir.path());
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", CONTROL, "--test-threads=1"])
+            .env("LOCKBOX_REMOVE_CONTROL", &top)
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "std::fs::remove_dir_all survived: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("overflow"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        remove_tree(&top).unwrap();
+    }
+
+    /// Run only by the test above, in its own process.
+    #[test]
+    #[ignore]
+    fn control_std_remove_dir_all_on_a_small_stack() {
+        let Some(top) = std::env::var_os("LOCKBOX_REMOVE_CONTROL") else {
+            return;
+        };
+        on_small_stack(move || fs::remove_dir_all(top)).unwrap();
     }
 }
