@@ -333,7 +333,9 @@ func (c *replaceChild) line(t *testing.T) string {
 }
 
 // Item 5: two processes create one name with WithReplace at the same
-// moment, 20 rounds. After each round exactly one sandbox of that name
+// moment, 20 rounds (every fourth one after the other, which replaces
+// the other process's running sandbox). After each round exactly one
+// sandbox of that name
 // runs, it is one a child was told it got, every other helper ever started
 // is gone, and each child got its sandbox or ErrAlreadyExists. At the end
 // the loser closes its (replaced) sandboxes first: that must not touch the
@@ -349,11 +351,19 @@ func TestReliabReplaceRace(t *testing.T) {
 	var liveID string
 	for round := 0; round < 20; round++ {
 		// Back to back: both children are blocked reading, so their creates
-		// start within microseconds of each other.
+		// start within microseconds of each other. Every fourth round one
+		// after the other instead: then the second replaces the first's
+		// running sandbox, which must be gone when its create returns.
+		sequential := round%4 == 3
 		fmt.Fprintln(a.in, "go")
-		fmt.Fprintln(b.in, "go")
+		if !sequential {
+			fmt.Fprintln(b.in, "go")
+		}
 		okIDs := map[string]*replaceChild{}
 		for _, c := range []*replaceChild{a, b} {
+			if sequential && c == b {
+				fmt.Fprintln(b.in, "go")
+			}
 			l := c.line(t)
 			f := strings.Fields(l)
 			switch {
@@ -369,6 +379,9 @@ func TestReliabReplaceRace(t *testing.T) {
 		}
 		if len(okIDs) == 0 {
 			t.Fatalf("round %d: neither process got a sandbox", round)
+		}
+		if sequential && len(okIDs) != 2 {
+			t.Fatalf("round %d: one create after the other: %d succeeded, want 2", round, len(okIDs))
 		}
 		wins += len(okIDs)
 		list, err := lockbox.ListSandboxes(context.Background())
