@@ -388,7 +388,7 @@ func TestEscapeHostFilesVolumeThroughPlantedLink(t *testing.T) {
 	victim, secretFile, unchanged := hostMarker(t)
 	vol := volumeDir(t)
 	sb := newSandbox(t, lockbox.WithVolume(vol, "/vol", false))
-	hfShell(t, sb, "mkdir /vol/real && ln -s "+victim+" /vol/sub")
+	hfShell(t, sb, "mkdir /vol/real && ln -s "+victim+" /vol/sub && ln -s / /vol/rootlink")
 	// Control: followed on the host, the planted link is the victim dir;
 	// a volume on a real directory mounts and shows its files.
 	if _, err := os.Stat(filepath.Join(vol, "sub", filepath.Base(secretFile))); err != nil {
@@ -416,6 +416,20 @@ func TestEscapeHostFilesVolumeThroughPlantedLink(t *testing.T) {
 		if !errors.Is(err, lockbox.ErrInvalidArgument) {
 			t.Fatalf("WithVolume through a planted link: %v", err)
 		}
+	}
+	// The same for a rootfs: followed, the link would make the host's own
+	// root the sandbox's root.
+	if _, err := os.Stat(filepath.Join(vol, "rootlink", "proc", "self")); err != nil {
+		t.Fatalf("control: the planted root link does not reach the host root: %v", err)
+	}
+	sb3, err := lockbox.CreateSandbox(ctx, lockbox.WithRootfs(filepath.Join(vol, "rootlink")))
+	t.Logf("probe WithRootfs through a planted link: %v", err)
+	if err == nil {
+		_ = sb3.Remove(context.Background())
+		t.Fatal("ESCAPE: the host root became a sandbox's root through a planted link")
+	}
+	if !errors.Is(err, lockbox.ErrInvalidArgument) {
+		t.Fatalf("WithRootfs through a planted link: %v", err)
 	}
 	unchanged()
 }

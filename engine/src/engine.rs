@@ -132,7 +132,10 @@ impl Engine {
                         "rootfs directory {r:?} does not exist"
                     )));
                 }
-                let dir = std::fs::canonicalize(p).map_err(|e| EngineError::io(r, e))?;
+                // As for volumes: never canonicalize (a planted link on the
+                // path would make some other host tree the root).
+                let dir = crate::fs::host_path_without_links(r)
+                    .map_err(|e| e.context(format!("rootfs {r:?}")))?;
                 (vec![dir.to_string_lossy().into_owned()], None)
             }
             (img, None) => {
