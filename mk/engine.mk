@@ -43,7 +43,7 @@ test-escape-rootless: engine-release image-base
 	@d=$(ENGINE_SCRATCH)/rootless; rm -rf $$d; mkdir -p $$d/home; \
 	if ! $(NOBODY) unshare --user --map-root-user true 2>/dev/null; then \
 	  echo "test-escape-rootless: SKIPPED: unprivileged user namespaces are not available here"; exit 0; fi; \
-	(cd tests && CGO_ENABLED=0 go test -c -o $$d/tests.test . && CGO_ENABLED=0 go build -o $$d/escapeprobe ./cmd/escapeprobe && CGO_ENABLED=0 go build -o $$d/hostprobe ./cmd/hostprobe); \
+	(cd tests && CGO_ENABLED=0 go test -c -o $$d/tests.test . && CGO_ENABLED=0 go build -o $$d/escapeprobe ./cmd/escapeprobe && CGO_ENABLED=0 go build -o $$d/hostprobe ./cmd/hostprobe && CGO_ENABLED=0 go build -o $$d/hostfileracer ./cmd/hostfileracer); \
 	cp $(ENGINE_LIB) $(ENGINE_HELPER) $$d/; chmod -R a+rX $$d; chown 65534:65534 $$d/home; chmod 755 $(ENGINE_SCRATCH); \
 	cd /tmp && $(NOBODY) env -i PATH=/usr/bin:/bin HOME=$$d/home LOCKBOX_HOME=$$d/home \
 	  LOCKBOX_LIB=$$d/liblockbox.so LOCKBOX_HELPER=$$d/lockbox-helper LOCKBOX_IMAGES=$(ENGINE_IMAGES) \

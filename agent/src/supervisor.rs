@@ -639,7 +639,7 @@ fn prepare_mounts(
         .collect();
     plan.binds = bind_specs
         .iter()
-        .map(|(s, _)| Source::Path(canonical(s)))
+        .map(|(s, _)| Source::Path(s.to_string()))
         .collect();
     if !same_parent {
         plan.upper_base = Source::Path("/".into());
@@ -735,12 +735,6 @@ fn prepare_mounts(
         ),
     }
     (plan, fds)
-}
-
-fn canonical(p: &str) -> String {
-    fs::canonicalize(p)
-        .map(|c| c.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| p.to_string())
 }
 
 fn sigset() -> nix::sys::signal::SigSet {

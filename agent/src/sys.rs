@@ -33,17 +33,59 @@ fn check(r: libc::c_long) -> io::Result<libc::c_long> {
     }
 }
 
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+
 /// A detached copy of the mount tree at `path` (nothing appears in any
-/// mount table until it is moved somewhere).
+/// mount table until it is moved somewhere). The path is opened refusing
+/// every symlink on it: the engine hands over link-free paths, and a link
+/// there now was planted after it looked (a sandbox racing a shared
+/// volume), so following it would bind something else into a sandbox.
 pub fn clone_tree(path: &Path) -> io::Result<OwnedFd> {
     let p = cstr(path)?;
-    // SAFETY: plain syscall with a valid C string.
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: RESOLVE_NO_SYMLINKS,
+    };
+    // SAFETY: valid C string and struct of the size passed.
+    let at = check(unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    })
+    .map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} passes through a symlink", path.display()),
+            )
+        } else {
+            e
+        }
+    })?;
+    // SAFETY: the kernel just gave us this fd.
+    let at = unsafe { OwnedFd::from_raw_fd(at as RawFd) };
+    let empty = c"";
+    // SAFETY: valid fd and empty C string.
     let fd = check(unsafe {
         libc::syscall(
             libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            p.as_ptr(),
-            OPEN_TREE_CLONE | AT_RECURSIVE | libc::O_CLOEXEC as libc::c_uint,
+            std::os::fd::AsRawFd::as_raw_fd(&at),
+            empty.as_ptr(),
+            OPEN_TREE_CLONE
+                | AT_RECURSIVE
+                | libc::AT_EMPTY_PATH as libc::c_uint
+                | libc::O_CLOEXEC as libc::c_uint,
         )
     })?;
     // SAFETY: the kernel just gave us this fd.

@@ -46,6 +46,13 @@ impl Engine {
 
     /// An engine over `home`; cleans up what dead sandboxes left there.
     pub fn with_home(home: PathBuf) -> Result<Engine> {
+        std::fs::create_dir_all(&home).map_err(|e| EngineError::io(home.display(), e))?;
+        // The home is the caller's own choice, so links on its path are
+        // trusted and resolved once, here. Every path the engine derives
+        // from it (image layers, named volumes, writable layers) is then
+        // free of links, and the helper opens them refusing any link: one
+        // planted below the home by a sandbox is never followed.
+        let home = std::fs::canonicalize(&home).map_err(|e| EngineError::io(home.display(), e))?;
         let layout = Layout::new(home);
         for d in [
             layout.home.clone(),
