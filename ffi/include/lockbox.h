@@ -27,6 +27,12 @@
  */
 #define LOCKBOX_BAD_ARGS 2
 
+/**
+ * `lockbox_submit`: this request has no asynchronous form (or is not a
+ * valid request); nothing was queued, make it with `lockbox_call`.
+ */
+#define LOCKBOX_SYNC_ONLY 3
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -128,6 +134,76 @@ int32_t lockbox_stream_close_write(uint64_t handle,
  * `err`, `err_len` must be NULL or valid for writes.
  */
 int32_t lockbox_close(uint64_t handle, uint8_t **err, size_t *err_len);
+
+/**
+ * The descriptor that becomes readable when a submitted call completes:
+ * an eventfd (read 8 bytes to reset it, then drain with
+ * `lockbox_completions`). Owned by the library: do not close it. -1 when
+ * it could not be created.
+ */
+int32_t lockbox_completion_fd(void);
+
+/**
+ * Starts a JSON call without waiting for it; `token` (non-zero, not in
+ * use) names its completion, whose result `lockbox_take` returns exactly as
+ * `lockbox_call` would. 0: queued, the token will complete (errors,
+ * cancels included). 3 (`LOCKBOX_SYNC_ONLY`): the method has no async form
+ * or the request is not valid; nothing was queued, use `lockbox_call`. 2: the
+ * token is 0 or in use.
+ *
+ * # Safety
+ * `req` must be NULL or valid for `req_len` bytes (read only during the
+ * call).
+ */
+int32_t lockbox_submit(const uint8_t *req, size_t req_len, uint64_t cancel_id, uint64_t token);
+
+/**
+ * Reads at most `cap` bytes on the runtime. The result is the bytes
+ * read, or empty at end of stream. 0: queued; 2: bad token.
+ */
+int32_t lockbox_stream_read_submit(uint64_t handle, size_t cap, uint64_t cancel_id, uint64_t token);
+
+/**
+ * Writes all `len` bytes on the runtime. The bytes are copied before
+ * this returns. The result is empty. 0: queued; 2: bad token.
+ *
+ * # Safety
+ * `buf` must be NULL or valid for `len` bytes (read only during the call).
+ */
+int32_t lockbox_stream_write_submit(uint64_t handle,
+                                    const uint8_t *buf,
+                                    size_t len,
+                                    uint64_t cancel_id,
+                                    uint64_t token);
+
+/**
+ * Moves up to `cap` finished tokens into `out`, without waiting; returns
+ * how many. Call until it returns less than `cap`.
+ *
+ * # Safety
+ * `out` must be valid for `cap` writes (NULL only with `cap` 0).
+ */
+size_t lockbox_completions(uint64_t *out, size_t cap);
+
+/**
+ * The result of a completed token, once: status 0 with the result in
+ * `out` (NULL, 0 when empty), or 1 with the error JSON. A token that is
+ * unknown, already taken, forgotten or not yet complete is status 1
+ * (`invalid_argument`). Free `out` with `lockbox_free`.
+ *
+ * # Safety
+ * `out` and `out_len` must be NULL or valid for writes.
+ */
+int32_t lockbox_take(uint64_t token, uint8_t **out, size_t *out_len);
+
+/**
+ * Drops a token: its result if complete, else its work (stopped where it
+ * waits, as a cancel would) and the result it would have had. The token is
+ * free again. 0 if it was known, 1 if not.
+ */
+int32_t lockbox_forget(uint64_t token);
+
+extern int32_t eventfd(uint32_t initval, int32_t flags);
 
 #ifdef __cplusplus
 } // extern "C"

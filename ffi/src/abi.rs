@@ -1,6 +1,7 @@
 //! The exported C functions (docs/abi.md). Each one checks its pointers,
 //! runs its body under [`panic::catch`] and reports errors as JSON.
 use crate::cancel;
+use crate::completion::{self, Catch, Outcome, TakeError};
 use crate::error::ApiError;
 use crate::methods::{self, CallCtx};
 use crate::panic;
@@ -18,6 +19,9 @@ pub const LOCKBOX_OK: i32 = 0;
 pub const LOCKBOX_ERR: i32 = 1;
 /// Arguments so wrong (a NULL out-pointer) that no error could be returned.
 pub const LOCKBOX_BAD_ARGS: i32 = 2;
+/// `lockbox_submit`: this request has no asynchronous form (or is not a
+/// valid request); nothing was queued, make it with `lockbox_call`.
+pub const LOCKBOX_SYNC_ONLY: i32 = 3;
 
 /// Hands `bytes` to the caller; empty becomes NULL, 0.
 ///
@@ -277,6 +281,227 @@ pub unsafe extern "C" fn lockbox_stream_close_write(
 #[no_mangle]
 pub unsafe extern "C" fn lockbox_close(handle: u64, err: *mut *mut u8, err_len: *mut usize) -> i32 {
     run(err, err_len, || registry::global().close(handle))
+}
+
+/// Starts `work` on the runtime under `token` and `cancel_id`; its result
+/// (or error, cancel, panic) completes the token. Returns the status for
+/// the submit call.
+fn submit_work<F>(token: u64, cancel_id: u64, work: impl FnOnce(cancel::CancelToken) -> F) -> i32
+where
+    F: std::future::Future<Output = Outcome> + Send + 'static,
+{
+    let q = completion::queue();
+    if !q.register(token) {
+        return LOCKBOX_BAD_ARGS;
+    }
+    let scope = match cancel::table().begin(cancel_id) {
+        Ok(s) => s,
+        Err(e) => {
+            q.complete(token, Err(e));
+            return LOCKBOX_OK;
+        }
+    };
+    let tok = scope.token();
+    let fut = Catch(Box::pin(work(tok.clone())));
+    let task = crate::runtime::runtime().spawn(async move {
+        let r = tokio::select! {
+            biased;
+            _ = tok.canceled() => Err(ApiError::canceled()),
+            r = fut => r,
+        };
+        // Before completing: the host releases the cancel id once it has
+        // the result, and a release finds a running call's slot untouched.
+        drop(scope);
+        completion::queue().complete(token, r);
+    });
+    q.set_abort(token, task.abort_handle());
+    LOCKBOX_OK
+}
+
+/// The descriptor that becomes readable when a submitted call completes:
+/// an eventfd (read 8 bytes to reset it, then drain with
+/// `lockbox_completions`). Owned by the library: do not close it. -1 when
+/// it could not be created.
+#[no_mangle]
+pub extern "C" fn lockbox_completion_fd() -> i32 {
+    panic::catch(completion::fd).unwrap_or(-1)
+}
+
+/// Starts a JSON call without waiting for it; `token` (non-zero, not in
+/// use) names its completion, whose result `lockbox_take` returns exactly as
+/// `lockbox_call` would. 0: queued, the token will complete (errors,
+/// cancels included). 3 (`LOCKBOX_SYNC_ONLY`): the method has no async form
+/// or the request is not valid; nothing was queued, use `lockbox_call`. 2: the
+/// token is 0 or in use.
+///
+/// # Safety
+/// `req` must be NULL or valid for `req_len` bytes (read only during the
+/// call).
+#[no_mangle]
+pub unsafe extern "C" fn lockbox_submit(
+    req: *const u8,
+    req_len: usize,
+    cancel_id: u64,
+    token: u64,
+) -> i32 {
+    panic::catch(|| {
+        // lockbox_call refuses it by its length, before parsing.
+        if req_len > lockbox_engine::config::MAX_REQUEST_BYTES {
+            return LOCKBOX_SYNC_ONLY;
+        }
+        let Ok(req) = bytes_in(req, req_len, "request") else {
+            return LOCKBOX_SYNC_ONLY;
+        };
+        let Some((h, params)) = methods::async_dispatch(req) else {
+            return LOCKBOX_SYNC_ONLY;
+        };
+        submit_work(token, cancel_id, move |tok| async move {
+            let v = h(params, tok).await?;
+            serde_json::to_vec(&v).map_err(|e| ApiError::internal(format!("result: {e}")))
+        })
+    })
+    .unwrap_or(LOCKBOX_BAD_ARGS)
+}
+
+/// Reads at most `cap` bytes on the runtime. The result is the bytes
+/// read, or empty at end of stream. 0: queued; 2: bad token.
+#[no_mangle]
+pub extern "C" fn lockbox_stream_read_submit(
+    handle: u64,
+    cap: usize,
+    cancel_id: u64,
+    token: u64,
+) -> i32 {
+    panic::catch(|| {
+        let s = registry::global().stream(handle);
+        submit_work(token, cancel_id, move |_| async move {
+            if cap == 0 {
+                return Err(ApiError::invalid_argument(
+                    "stream read needs a capacity of at least one byte",
+                ));
+            }
+            read_owned(&*s?, cap).await
+        })
+    })
+    .unwrap_or(LOCKBOX_BAD_ARGS)
+}
+
+/// A pending read holds this much memory; the rest of `cap` is allocated
+/// only when bytes are already there to fill it.
+const READ_FIRST: usize = 4096;
+
+/// Reads like `lockbox_stream_read` into a buffer sized by what arrived,
+/// not by `cap`: ten thousand idle readers must not hold ten thousand
+/// caller-sized buffers.
+async fn read_owned(s: &dyn crate::stream::ByteStream, cap: usize) -> Outcome {
+    let mut buf = vec![0u8; cap.min(READ_FIRST)];
+    let n = s.read(&mut buf).await?;
+    buf.truncate(n);
+    if n < READ_FIRST {
+        return Ok(buf);
+    }
+    while buf.len() < cap {
+        let old = buf.len();
+        buf.resize(cap, 0);
+        // Only what is ready now: a ByteStream read dropped before it
+        // finishes loses no bytes, and EOF and errors are reported again
+        // by the next read.
+        let more = tokio::select! {
+            biased;
+            r = s.read(&mut buf[old..]) => r.unwrap_or(0),
+            _ = std::future::ready(()) => 0,
+        };
+        buf.truncate(old + more.min(cap - old));
+        if more == 0 {
+            break;
+        }
+    }
+    Ok(buf)
+}
+
+/// Writes all `len` bytes on the runtime. The bytes are copied before
+/// this returns. The result is empty. 0: queued; 2: bad token.
+///
+/// # Safety
+/// `buf` must be NULL or valid for `len` bytes (read only during the call).
+#[no_mangle]
+pub unsafe extern "C" fn lockbox_stream_write_submit(
+    handle: u64,
+    buf: *const u8,
+    len: usize,
+    cancel_id: u64,
+    token: u64,
+) -> i32 {
+    panic::catch(|| {
+        let data = bytes_in(buf, len, "write buffer").map(<[u8]>::to_vec);
+        let s = registry::global().stream(handle);
+        submit_work(token, cancel_id, move |_| async move {
+            let data = data?;
+            s?.write(&data).await?;
+            Ok(Vec::new())
+        })
+    })
+    .unwrap_or(LOCKBOX_BAD_ARGS)
+}
+
+/// Moves up to `cap` finished tokens into `out`, without waiting; returns
+/// how many. Call until it returns less than `cap`.
+///
+/// # Safety
+/// `out` must be valid for `cap` writes (NULL only with `cap` 0).
+#[no_mangle]
+pub unsafe extern "C" fn lockbox_completions(out: *mut u64, cap: usize) -> usize {
+    if out.is_null() || cap == 0 {
+        return 0;
+    }
+    panic::catch(|| completion::queue().drain(slice::from_raw_parts_mut(out, cap))).unwrap_or(0)
+}
+
+/// The result of a completed token, once: status 0 with the result in
+/// `out` (NULL, 0 when empty), or 1 with the error JSON. A token that is
+/// unknown, already taken, forgotten or not yet complete is status 1
+/// (`invalid_argument`). Free `out` with `lockbox_free`.
+///
+/// # Safety
+/// `out` and `out_len` must be NULL or valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn lockbox_take(token: u64, out: *mut *mut u8, out_len: *mut usize) -> i32 {
+    if out.is_null() || out_len.is_null() {
+        return LOCKBOX_BAD_ARGS;
+    }
+    *out = ptr::null_mut();
+    *out_len = 0;
+    let r = panic::catch(|| match completion::queue().take(token) {
+        Ok(r) => r,
+        Err(TakeError::Unknown) => Err(ApiError::invalid_argument(format!(
+            "token {token} is unknown, already taken or forgotten"
+        ))),
+        Err(TakeError::Pending) => Err(ApiError::invalid_argument(format!(
+            "token {token} has not completed"
+        ))),
+    })
+    .and_then(|r| r);
+    match r {
+        Ok(b) => {
+            give(b, out, out_len);
+            LOCKBOX_OK
+        }
+        Err(e) => {
+            give(e.to_json(), out, out_len);
+            LOCKBOX_ERR
+        }
+    }
+}
+
+/// Drops a token: its result if complete, else its work (stopped where it
+/// waits, as a cancel would) and the result it would have had. The token is
+/// free again. 0 if it was known, 1 if not.
+#[no_mangle]
+pub extern "C" fn lockbox_forget(token: u64) -> i32 {
+    match panic::catch(|| completion::queue().forget(token)) {
+        Ok(true) => LOCKBOX_OK,
+        _ => LOCKBOX_ERR,
+    }
 }
 
 #[cfg(test)]

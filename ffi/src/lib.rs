@@ -2,10 +2,11 @@
 //!
 //! Layout: [`abi`] holds the exports; [`methods`] the JSON method table;
 //! [`registry`] the handle registry; [`stream`] the byte-stream trait behind
-//! stream handles; [`cancel`] cancel ids; [`runtime`] the one tokio runtime;
+//! stream handles; [`cancel`] cancel ids; [`completion`] the queue behind submitted calls; [`runtime`] the one tokio runtime;
 //! [`panic`] keeps panics from crossing the boundary; [`log`] the library log.
 pub mod abi;
 pub mod cancel;
+pub mod completion;
 pub mod error;
 pub mod log;
 pub mod methods;

@@ -28,6 +28,13 @@ type WriteFn =
     unsafe extern "C" fn(u64, *const u8, usize, u64, *mut usize, *mut *mut u8, *mut usize) -> i32;
 type CloseWriteFn = unsafe extern "C" fn(u64, u64, *mut *mut u8, *mut usize) -> i32;
 type CloseFn = unsafe extern "C" fn(u64, *mut *mut u8, *mut usize) -> i32;
+type CompletionFdFn = unsafe extern "C" fn() -> i32;
+type SubmitFn = unsafe extern "C" fn(*const u8, usize, u64, u64) -> i32;
+type ReadSubmitFn = unsafe extern "C" fn(u64, usize, u64, u64) -> i32;
+type WriteSubmitFn = unsafe extern "C" fn(u64, *const u8, usize, u64, u64) -> i32;
+type CompletionsFn = unsafe extern "C" fn(*mut u64, usize) -> usize;
+type TakeFn = unsafe extern "C" fn(u64, *mut *mut u8, *mut usize) -> i32;
+type ForgetFn = unsafe extern "C" fn(u64) -> i32;
 
 struct Api {
     abi_version: AbiVersionFn,
@@ -40,6 +47,13 @@ struct Api {
     write: WriteFn,
     close_write: CloseWriteFn,
     close: CloseFn,
+    completion_fd: CompletionFdFn,
+    submit: SubmitFn,
+    read_submit: ReadSubmitFn,
+    write_submit: WriteSubmitFn,
+    completions: CompletionsFn,
+    take: TakeFn,
+    forget: ForgetFn,
 }
 
 fn lib_path() -> PathBuf {
@@ -79,6 +93,13 @@ fn api() -> &'static Api {
                 write: *lib.get(b"lockbox_stream_write").unwrap(),
                 close_write: *lib.get(b"lockbox_stream_close_write").unwrap(),
                 close: *lib.get(b"lockbox_close").unwrap(),
+                completion_fd: *lib.get(b"lockbox_completion_fd").unwrap(),
+                submit: *lib.get(b"lockbox_submit").unwrap(),
+                read_submit: *lib.get(b"lockbox_stream_read_submit").unwrap(),
+                write_submit: *lib.get(b"lockbox_stream_write_submit").unwrap(),
+                completions: *lib.get(b"lockbox_completions").unwrap(),
+                take: *lib.get(b"lockbox_take").unwrap(),
+                forget: *lib.get(b"lockbox_forget").unwrap(),
             };
             let (st, v) = raw_call(&api, br#"{"method":"version"}"#, 0);
             assert_eq!(st, 0);
@@ -588,4 +609,326 @@ fn installs_no_signal_handlers_and_never_exits() {
             "liblockbox.so imports {bad}"
         );
     }
+}
+
+// ---- Asynchronous calls: lockbox_submit and the completion queue ----
+
+fn new_token() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1 << 50);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Tokens drained by any test but not yet claimed by their waiter: the
+/// queue is process-wide and the tests run in parallel.
+fn drained() -> &'static std::sync::Mutex<std::collections::HashSet<u64>> {
+    static SEEN: OnceLock<std::sync::Mutex<std::collections::HashSet<u64>>> = OnceLock::new();
+    SEEN.get_or_init(Default::default)
+}
+
+/// Waits until `token` is reported by lockbox_completions; false on timeout.
+fn wait_token(token: u64, timeout: Duration) -> bool {
+    let end = std::time::Instant::now() + timeout;
+    loop {
+        let mut buf = [0u64; 64];
+        let n = unsafe { (api().completions)(buf.as_mut_ptr(), buf.len()) };
+        let mut seen = drained().lock().unwrap();
+        seen.extend(&buf[..n]);
+        if seen.remove(&token) {
+            return true;
+        }
+        drop(seen);
+        if std::time::Instant::now() > end {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// lockbox_take: Ok(bytes) or Err((code, message)).
+fn take_token(token: u64) -> Result<Vec<u8>, (String, String)> {
+    let api = api();
+    let (mut out, mut len) = (ptr::null_mut(), 0usize);
+    let st = unsafe { (api.take)(token, &mut out, &mut len) };
+    let body = unsafe { take(api, out, len) };
+    match st {
+        0 => Ok(body),
+        1 => {
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            Err((
+                v["code"].as_str().unwrap().to_string(),
+                v["message"].as_str().unwrap().to_string(),
+            ))
+        }
+        s => panic!("status {s}"),
+    }
+}
+
+fn submit(method: &str, params: Value, cancel: u64, token: u64) -> i32 {
+    let req = serde_json::to_vec(&json!({"method": method, "params": params})).unwrap();
+    unsafe { (api().submit)(req.as_ptr(), req.len(), cancel, token) }
+}
+
+/// Submits, waits and takes; the result as JSON.
+fn submit_wait(method: &str, params: Value, cancel: u64) -> Result<Value, (String, String)> {
+    let t = new_token();
+    assert_eq!(
+        submit(method, params, cancel, t),
+        0,
+        "{method} has an async form"
+    );
+    assert!(wait_token(t, Duration::from_secs(20)), "{method} completed");
+    take_token(t).map(|b| serde_json::from_slice(&b).unwrap())
+}
+
+fn read_submit(h: u64, cap: usize, cancel: u64) -> Result<Vec<u8>, String> {
+    let t = new_token();
+    assert_eq!(unsafe { (api().read_submit)(h, cap, cancel, t) }, 0);
+    assert!(wait_token(t, Duration::from_secs(20)));
+    take_token(t).map_err(|e| e.0)
+}
+
+fn write_submit(h: u64, data: &[u8], cancel: u64) -> Result<(), String> {
+    let t = new_token();
+    assert_eq!(
+        unsafe { (api().write_submit)(h, data.as_ptr(), data.len(), cancel, t) },
+        0
+    );
+    assert!(wait_token(t, Duration::from_secs(20)));
+    take_token(t)
+        .map(|b| assert!(b.is_empty()))
+        .map_err(|e| e.0)
+}
+
+#[test]
+fn submit_completes_like_call_and_says_which_methods_are_sync_only() {
+    assert_eq!(
+        submit_wait("debug.sleep", json!({"ms": 5}), 0).unwrap(),
+        json!({})
+    );
+    // Errors of an async method come back through the queue, as lockbox_call
+    // would report them.
+    assert_eq!(
+        submit_wait("debug.sleep", json!({"bogus": 1}), 0)
+            .unwrap_err()
+            .0,
+        "invalid_argument"
+    );
+    assert_eq!(
+        submit_wait("exec.wait", json!({"exec": 12345}), 0)
+            .unwrap_err()
+            .0,
+        code_of(call("exec.wait", json!({"exec": 12345}), 0))
+    );
+    // No async form, not a request, too large: nothing queued, status 3.
+    for req in [
+        &br#"{"method":"noop"}"#[..],
+        br#"{"method":"no.such"}"#,
+        b"{not json",
+        b"",
+    ] {
+        let t = new_token();
+        assert_eq!(
+            unsafe { (api().submit)(req.as_ptr(), req.len(), 0, t) },
+            3,
+            "{:?}",
+            String::from_utf8_lossy(req)
+        );
+        assert_eq!(take_token(t).unwrap_err().0, "invalid_argument");
+    }
+    assert_eq!(
+        unsafe { (api().submit)(ptr::null(), 1 << 40, 0, new_token()) },
+        3
+    );
+    // Token 0, and a token still in use, are refused (status 2).
+    assert_eq!(submit("debug.sleep", json!({"ms": 1}), 0, 0), 2);
+    let (id, t) = (new_cancel_id(), new_token());
+    assert_eq!(submit("debug.sleep", json!({"ms": 600_000}), id, t), 0);
+    assert_eq!(submit("debug.sleep", json!({"ms": 1}), 0, t), 2);
+    unsafe { (api().cancel)(id) };
+    assert!(wait_token(t, Duration::from_secs(10)));
+    assert_eq!(take_token(t).unwrap_err().0, "canceled");
+    unsafe { (api().release)(id) };
+}
+
+#[test]
+fn take_unknown_pending_and_twice_is_an_error() {
+    let api = api();
+    let (code, msg) = take_token(new_token()).unwrap_err();
+    assert_eq!(code, "invalid_argument");
+    assert!(msg.contains("unknown"), "{msg}");
+    let (id, t) = (new_cancel_id(), new_token());
+    assert_eq!(submit("debug.sleep", json!({"ms": 600_000}), id, t), 0);
+    let (code, msg) = take_token(t).unwrap_err();
+    assert_eq!(code, "invalid_argument");
+    assert!(msg.contains("not completed"), "{msg}");
+    unsafe { (api.cancel)(id) };
+    assert!(wait_token(t, Duration::from_secs(10)));
+    assert_eq!(take_token(t).unwrap_err().0, "canceled", "first take");
+    assert!(
+        take_token(t).unwrap_err().1.contains("unknown"),
+        "second take"
+    );
+    unsafe { (api.release)(id) };
+    let mut len = 0usize;
+    assert_eq!(unsafe { (api.take)(t, ptr::null_mut(), &mut len) }, 2);
+    let mut out = ptr::null_mut();
+    assert_eq!(unsafe { (api.take)(t, &mut out, ptr::null_mut()) }, 2);
+    assert_eq!(unsafe { (api.completions)(ptr::null_mut(), 8) }, 0);
+}
+
+#[test]
+fn submit_cancel_before_and_during() {
+    let id = new_cancel_id();
+    unsafe { (api().cancel)(id) };
+    let t0 = std::time::Instant::now();
+    assert_eq!(
+        submit_wait("debug.sleep", json!({"ms": 60_000}), id)
+            .unwrap_err()
+            .0,
+        "canceled"
+    );
+    unsafe { (api().release)(id) };
+    let (id, t) = (new_cancel_id(), new_token());
+    assert_eq!(submit("debug.sleep", json!({"ms": 600_000}), id, t), 0);
+    thread::sleep(Duration::from_millis(100));
+    assert!(!wait_token(t, Duration::from_millis(50)), "still sleeping");
+    unsafe { (api().cancel)(id) };
+    assert!(wait_token(t, Duration::from_secs(10)));
+    assert_eq!(take_token(t).unwrap_err().0, "canceled");
+    assert!(t0.elapsed() < Duration::from_secs(20));
+    unsafe { (api().release)(id) };
+    call("noop", json!({}), id).expect("the canceled call left nothing for its id");
+}
+
+#[test]
+fn forget_stops_the_work_and_drops_the_result() {
+    let api = api();
+    // Pending: the work is stopped (its cancel id is free at once) and the
+    // token never completes.
+    let (id, t) = (new_cancel_id(), new_token());
+    assert_eq!(submit("debug.sleep", json!({"ms": 600_000}), id, t), 0);
+    assert_eq!(
+        code_of(call("noop", json!({}), id)),
+        "invalid_argument",
+        "id held by the running sleep"
+    );
+    assert_eq!(unsafe { (api.forget)(t) }, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while call("noop", json!({}), id).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "forgotten work still runs"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!wait_token(t, Duration::from_millis(200)));
+    assert!(take_token(t).unwrap_err().1.contains("unknown"));
+    assert_eq!(unsafe { (api.forget)(t) }, 1, "unknown now");
+    // Complete but not taken: the result is dropped and not reported.
+    let t = new_token();
+    assert_eq!(submit("debug.sleep", json!({"ms": 1}), 0, t), 0);
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(unsafe { (api.forget)(t) }, 0);
+    assert!(take_token(t).is_err());
+    // The token is free again.
+    assert_eq!(
+        submit_wait("debug.sleep", json!({"ms": 1}), 0).unwrap(),
+        json!({})
+    );
+}
+
+#[test]
+fn submitted_panic_completes_as_internal() {
+    for _ in 0..3 {
+        let (code, msg) = submit_wait("debug.panic", Value::Null, 0).unwrap_err();
+        assert_eq!(code, "internal");
+        assert!(msg.contains("debug.panic was submitted"), "{msg}");
+    }
+    submit_wait("debug.sleep", json!({"ms": 1}), 0).expect("still works");
+}
+
+#[test]
+fn completion_fd_is_signalled() {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    let fd = unsafe { (api().completion_fd)() };
+    assert!(fd >= 0);
+    assert_eq!(unsafe { (api().completion_fd)() }, fd, "one fd");
+    // Borrowed: the library owns the fd.
+    let f = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+    let mut cnt = [0u8; 8];
+    let _ = (&*f).read(&mut cnt); // reset (EAGAIN when already 0)
+    let t = new_token();
+    assert_eq!(submit("debug.sleep", json!({"ms": 20}), 0, t), 0);
+    assert!(wait_token(t, Duration::from_secs(10)));
+    let n = (&*f).read(&mut cnt).expect("readable after a completion");
+    assert_eq!(n, 8);
+    assert!(u64::from_ne_bytes(cnt) >= 1);
+    take_token(t).unwrap();
+}
+
+#[test]
+fn stream_submit_round_trip_eof_and_copy() {
+    let h = pipe(1 << 20);
+    let mut data = b"hello".to_vec();
+    let t = new_token();
+    assert_eq!(
+        unsafe { (api().write_submit)(h, data.as_ptr(), data.len(), 0, t) },
+        0
+    );
+    // The library copied the bytes: changing them now changes nothing.
+    data.copy_from_slice(b"XXXXX");
+    assert!(wait_token(t, Duration::from_secs(10)));
+    assert!(take_token(t).unwrap().is_empty());
+    assert_eq!(read_submit(h, 3, 0).unwrap(), b"hel");
+    assert_eq!(read_submit(h, 100, 0).unwrap(), b"lo");
+    // Bulk both ways at once, with backpressure (pipe smaller than data).
+    let small = pipe(64 << 10);
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let want = big.clone();
+    let writer = thread::spawn(move || {
+        for c in big.chunks(700_000) {
+            write_submit(small, c, 0).unwrap();
+        }
+        stream_close_write(small).unwrap();
+    });
+    let mut got = Vec::new();
+    loop {
+        let b = read_submit(small, 256 << 10, 0).unwrap();
+        if b.is_empty() {
+            break;
+        }
+        assert!(b.len() <= 256 << 10);
+        got.extend(b);
+    }
+    writer.join().unwrap();
+    assert_eq!(got.len(), want.len());
+    assert!(got == want);
+    stream_close_write(h).unwrap();
+    assert!(read_submit(h, 10, 0).unwrap().is_empty(), "EOF");
+    assert!(read_submit(h, 10, 0).unwrap().is_empty(), "EOF again");
+    assert_eq!(read_submit(h, 0, 0).unwrap_err(), "invalid_argument");
+    close(h).unwrap();
+    close(small).unwrap();
+    assert_eq!(read_submit(h, 10, 0).unwrap_err(), "not_found");
+    assert_eq!(write_submit(h, b"x", 0).unwrap_err(), "not_found");
+    let t = new_token();
+    assert_eq!(unsafe { (api().write_submit)(h, ptr::null(), 5, 0, t) }, 0);
+    assert!(wait_token(t, Duration::from_secs(10)));
+    assert_eq!(take_token(t).unwrap_err().0, "invalid_argument");
+}
+
+#[test]
+fn stream_read_submit_cancel_loses_no_bytes() {
+    let h = pipe(1024);
+    let (id, t) = (new_cancel_id(), new_token());
+    assert_eq!(unsafe { (api().read_submit)(h, 16, id, t) }, 0);
+    thread::sleep(Duration::from_millis(50));
+    unsafe { (api().cancel)(id) };
+    assert!(wait_token(t, Duration::from_secs(10)));
+    assert_eq!(take_token(t).unwrap_err().0, "canceled");
+    unsafe { (api().release)(id) };
+    write_submit(h, b"after", 0).unwrap();
+    assert_eq!(read_submit(h, 16, 0).unwrap(), b"after");
+    close(h).unwrap();
 }

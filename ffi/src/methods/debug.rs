@@ -13,6 +13,10 @@ pub fn register(t: &mut Table) {
     t.add("debug.panic", panic);
     t.add("debug.pipe", pipe);
     t.add("debug.stats", stats);
+    t.add_async("debug.sleep", |p, _| Box::pin(sleep_async(p)));
+    t.add_async("debug.panic", |_, _| {
+        Box::pin(async { panic!("debug.panic was submitted") })
+    });
 }
 
 #[derive(Deserialize)]
@@ -22,11 +26,13 @@ struct SleepParams {
 }
 
 fn sleep(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
+    ctx.block_on(sleep_async(p))
+}
+
+async fn sleep_async(p: Value) -> Result<Value, ApiError> {
     let p: SleepParams = params("debug.sleep", p)?;
-    ctx.block_on(async move {
-        tokio::time::sleep(Duration::from_millis(p.ms)).await;
-        Ok(json!({}))
-    })
+    tokio::time::sleep(Duration::from_millis(p.ms)).await;
+    Ok(json!({}))
 }
 
 fn panic(_: Value, _: &CallCtx) -> Result<Value, ApiError> {
@@ -62,5 +68,6 @@ fn stats(_: Value, _: &CallCtx) -> Result<Value, ApiError> {
     Ok(json!({
         "handles": registry::global().len(),
         "cancel_slots": crate::cancel::table().len(),
+        "completions": crate::completion::queue().len(),
     }))
 }

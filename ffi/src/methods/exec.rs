@@ -15,6 +15,8 @@ pub fn register(t: &mut Table) {
     t.add("exec.wait", wait);
     t.add("exec.signal", signal);
     t.add("exec.resize", resize);
+    t.add_async("exec.start", |p, _| Box::pin(start_async(p)));
+    t.add_async("exec.wait", |p, _| Box::pin(wait_async(p)));
 }
 
 /// A read-only stream handle over an engine reader.
@@ -39,7 +41,11 @@ impl ByteStream for WriteStream {
 }
 
 /// Params: `{"sandbox": handle, ...ExecOptions}`.
-fn start(mut p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
+fn start(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
+    ctx.block_on(start_async(p))
+}
+
+async fn start_async(mut p: Value) -> Result<Value, ApiError> {
     let h = p
         .as_object_mut()
         .and_then(|m| m.remove("sandbox"))
@@ -47,7 +53,7 @@ fn start(mut p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
         .ok_or_else(|| ApiError::invalid_argument("exec.start: missing sandbox handle"))?;
     let opts: ExecOptions = params("exec.start", p)?;
     let sb = sandbox(h)?;
-    let mut proc = ctx.block_on(async { sb.exec_start(&opts).await.map_err(api) })?;
+    let mut proc = sb.exec_start(&opts).await.map_err(api)?;
     // The stream handles own the streams: closing one discards the rest of
     // that output instead of stalling the process.
     let (w_in, r_out, r_err) = proc.take_stdio();
@@ -67,9 +73,13 @@ struct ExecHandle {
 }
 
 fn wait(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
+    ctx.block_on(wait_async(p))
+}
+
+async fn wait_async(p: Value) -> Result<Value, ApiError> {
     let p: ExecHandle = params("exec.wait", p)?;
     let proc = registry::global().get::<ExecProcess>(p.exec, Kind::Exec)?;
-    let st = ctx.block_on(async { proc.wait().await.map_err(api) })?;
+    let st = proc.wait().await.map_err(api)?;
     Ok(json!({
         "exit_code": st.exit_code(),
         "code": st.code,

@@ -6,8 +6,14 @@
 //! plain `fn(params, &CallCtx) -> Result<Value, ApiError>`; it decodes its
 //! params with [`params`] and runs async engine work with
 //! [`CallCtx::block_on`], which honours the call's cancel id.
+//!
+//! Methods that mostly wait (exec.start, exec.wait) also register an async
+//! handler with `t.add_async`: `lockbox_submit` runs it on the runtime
+//! without holding a caller thread (see completion.rs). Write the body once
+//! as an `async fn` and make the sync handler `ctx.block_on` it.
 use crate::cancel::CancelToken;
 use crate::error::ApiError;
+use crate::stream::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
@@ -30,15 +36,31 @@ pub mod mem_pipe;
 
 pub type Handler = fn(Value, &CallCtx) -> Result<Value, ApiError>;
 
+/// The same method without a caller thread: the future owns everything it
+/// needs. The token is for polling loops; the caller of the future races
+/// it against cancellation already.
+pub type AsyncHandler = fn(Value, CancelToken) -> BoxFuture<'static, Result<Value, ApiError>>;
+
 #[derive(Default)]
 pub struct Table {
     methods: HashMap<&'static str, Handler>,
+    async_methods: HashMap<&'static str, AsyncHandler>,
 }
 
 impl Table {
     pub fn add(&mut self, name: &'static str, h: Handler) {
         let dup = self.methods.insert(name, h);
         assert!(dup.is_none(), "method {name} registered twice");
+    }
+
+    /// Registers the async form of a method already added with `add`.
+    pub fn add_async(&mut self, name: &'static str, h: AsyncHandler) {
+        assert!(
+            self.methods.contains_key(name),
+            "async method {name} has no sync form"
+        );
+        let dup = self.async_methods.insert(name, h);
+        assert!(dup.is_none(), "async method {name} registered twice");
     }
 }
 
@@ -110,6 +132,16 @@ pub fn dispatch(req: &[u8], ctx: &CallCtx) -> Result<Value, ApiError> {
     })?;
     crate::lb_log!(crate::log::Level::Debug, "call {}", req.method);
     handler(req.params, ctx)
+}
+
+/// The async handler and params for a request, or None when the request
+/// is malformed or its method has no async form (the caller then uses
+/// `lockbox_call`, which reports any error).
+pub fn async_dispatch(req: &[u8]) -> Option<(AsyncHandler, Value)> {
+    let req: Request<'_> = serde_json::from_slice(req).ok()?;
+    let h = table().async_methods.get(req.method.as_ref())?;
+    crate::lb_log!(crate::log::Level::Debug, "submit {}", req.method);
+    Some((*h, req.params))
 }
 
 #[cfg(test)]
