@@ -61,6 +61,11 @@ impl Engine {
             layout.home.join("locks"),
         ] {
             std::fs::create_dir_all(&d).map_err(|e| EngineError::io(d.display(), e))?;
+            // Private: sandbox configs hold their environments. Only the
+            // directories the engine owns; the home's parents are the
+            // caller's business.
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700));
         }
         let startup_cleanup = cleanup_stale(&layout);
         Ok(Engine {

@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -37,7 +38,16 @@ pub fn atomic_write_with(path: &Path, bytes: &[u8], d: Durability) -> Result<()>
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.tmp.{}", crate::names::new_id()));
     let res = (|| {
-        let mut f = File::create(&tmp).map_err(|e| EngineError::io(tmp.display(), e))?;
+        // 0600 whatever the umask: state holds the sandbox's environment
+        // (secrets passed with WithEnv among it). O_EXCL|O_NOFOLLOW: the
+        // name is fresh, so anything already there is not ours to write.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)
+            .map_err(|e| EngineError::io(tmp.display(), e))?;
         f.write_all(bytes)
             .and_then(|_| if durable { f.sync_all() } else { Ok(()) })
             .map_err(|e| EngineError::io(tmp.display(), e))?;
