@@ -131,7 +131,8 @@ impl Cgroup {
                 version: 2,
                 memory: Some(s.clone()),
                 cpu: Some(s.clone()),
-                pids: Some(s),
+                pids: Some(s.clone()),
+                dirs: vec![s],
             },
         })
     }
@@ -224,6 +225,11 @@ impl Cgroup {
             // its dir is the same path under the cpuacct mount.
             cpu: s(&cpu).or(s(&cpuacct)),
             pids: s(&pids),
+            dirs: cg
+                .dirs
+                .iter()
+                .map(|d| d.to_string_lossy().into_owned())
+                .collect(),
         };
         cg
     }

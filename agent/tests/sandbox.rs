@@ -477,6 +477,59 @@ async fn lifeline_eof_tears_down() {
     for d in [cg.memory, cg.cpu, cg.pids].into_iter().flatten() {
         assert!(!std::path::Path::new(&d).exists(), "cgroup {d} left behind");
     }
+    let left = cgroup_dirs_named(&sb.spec.id);
+    assert!(left.is_empty(), "cgroups left behind: {left:?}");
+}
+
+/// Directories named `id` in every mounted cgroup hierarchy (v1 and v2),
+/// found by walking each mount rather than trusting the report.
+fn cgroup_dirs_named(id: &str) -> Vec<String> {
+    fn walk(d: &std::path::Path, id: &str, depth: u32, out: &mut Vec<String>) {
+        let Ok(rd) = std::fs::read_dir(d) else { return };
+        for e in rd.flatten() {
+            if !e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                continue;
+            }
+            if e.file_name() == id {
+                out.push(e.path().to_string_lossy().into_owned());
+            } else if depth < 6 {
+                walk(&e.path(), id, depth + 1, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for l in info.lines() {
+        let Some((left, right)) = l.split_once(" - ") else {
+            continue;
+        };
+        if matches!(right.split(' ').next(), Some("cgroup" | "cgroup2")) {
+            if let Some(m) = left.split(' ').nth(4) {
+                walk(std::path::Path::new(m), id, 0, &mut out);
+            }
+        }
+    }
+    out
+}
+
+// The report names every cgroup directory the sandbox was placed in, in
+// every hierarchy (cpuacct may be mounted apart from cpu), so that the
+// engine's cleanup, which only has the report, can remove them all.
+#[tokio::test]
+async fn report_names_every_cgroup_dir_made() {
+    let mut sb = Sandbox::launch("cgdirs", |s, _| s.limits.memory_mib = Some(64));
+    let cg = sb.status.report.clone().unwrap().cgroup;
+    let made = cgroup_dirs_named(&sb.spec.id);
+    if cg.version == 0 {
+        assert!(made.is_empty(), "no cgroup reported, yet made {made:?}");
+        return;
+    }
+    assert!(!made.is_empty(), "a cgroup was reported but none found");
+    for d in &made {
+        assert!(cg.dirs.contains(d), "{d} made but not reported in {cg:?}");
+    }
+    drop(sb.child.stdin.take());
+    assert!(wait_exit(&mut sb.child, Duration::from_secs(10)));
 }
 
 #[tokio::test]

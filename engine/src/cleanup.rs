@@ -2,7 +2,7 @@
 //! processes and state directories. Runs when an engine starts, so a host
 //! that was SIGKILLed leaks nothing past the next start.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lockbox_protocol::CgroupPaths;
@@ -16,7 +16,14 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup/";
 /// Kills every process in a cgroup directory tree, then removes the tree
 /// bottom-up. Best effort: returns whether everything is gone.
 pub fn remove_cgroup_tree(dir: &Path) -> bool {
-    if !dir.starts_with(CGROUP_ROOT) || dir.components().any(|c| c.as_os_str() == "..") {
+    // Every process in the tree gets SIGKILL: only a sandbox's own
+    // directory (`.../lockbox/<id>`) may be named, never a hierarchy's root
+    // or a cgroup of the host's.
+    let in_lockbox = dir.parent().and_then(Path::file_name) == Some("lockbox".as_ref());
+    if !dir.starts_with(CGROUP_ROOT)
+        || !in_lockbox
+        || dir.components().any(|c| c.as_os_str() == "..")
+    {
         return false;
     }
     if !dir.exists() {
@@ -63,14 +70,38 @@ fn rmdir_tree(dir: &Path) -> bool {
     std::fs::remove_dir(dir).is_ok() || !dir.exists()
 }
 
+/// Every cgroup directory of a sandbox: `dirs` (one per hierarchy its
+/// processes joined) and the named controllers. State written before `dirs`
+/// existed names only memory, cpu and pids; a cpuacct hierarchy mounted
+/// apart from cpu then holds the same path under its own mount.
+pub fn cgroup_dirs(c: &CgroupPaths) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    let mut add = |p: PathBuf| {
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    };
+    for p in c
+        .dirs
+        .iter()
+        .chain([&c.memory, &c.cpu, &c.pids].into_iter().flatten())
+    {
+        add(PathBuf::from(p));
+    }
+    if c.version == 1 && c.dirs.is_empty() {
+        if let Some(cpu) = &c.cpu {
+            if let Some(rest) = cpu.strip_prefix("/sys/fs/cgroup/cpu/") {
+                add(Path::new("/sys/fs/cgroup/cpuacct").join(rest));
+            }
+        }
+    }
+    out
+}
+
 pub fn remove_cgroups(c: &CgroupPaths) -> bool {
     let mut all = true;
-    let mut seen = Vec::new();
-    for p in [&c.memory, &c.cpu, &c.pids].into_iter().flatten() {
-        if !seen.contains(p) {
-            seen.push(p.clone());
-            all &= remove_cgroup_tree(Path::new(p));
-        }
+    for d in cgroup_dirs(c) {
+        all &= remove_cgroup_tree(&d);
     }
     all
 }
@@ -197,5 +228,50 @@ mod tests {
         assert!(!remove_cgroup_tree(d.path()));
         assert!(d.path().exists());
         assert!(!remove_cgroup_tree(Path::new("/sys/fs/cgroup/../../tmp")));
+        // Only a sandbox's own `lockbox/<id>` directory: a missing one is
+        // "already gone" (true), anything else is refused (false).
+        assert!(remove_cgroup_tree(Path::new(
+            "/sys/fs/cgroup/memory/lockbox/no-such-sandbox-dir"
+        )));
+        assert!(!remove_cgroup_tree(Path::new(
+            "/sys/fs/cgroup/memory/no-such-cgroup-dir"
+        )));
+    }
+
+    #[test]
+    fn cgroup_dirs_cover_every_hierarchy() {
+        let p = |s: &str| Some(s.to_string());
+        let v1 = CgroupPaths {
+            version: 1,
+            memory: p("/sys/fs/cgroup/memory/lockbox/a"),
+            cpu: p("/sys/fs/cgroup/cpu/lockbox/a"),
+            pids: p("/sys/fs/cgroup/pids/lockbox/a"),
+            dirs: vec![
+                "/sys/fs/cgroup/memory/lockbox/a".into(),
+                "/sys/fs/cgroup/cpu/lockbox/a".into(),
+                "/sys/fs/cgroup/cpuacct/x/lockbox/a".into(),
+                "/sys/fs/cgroup/pids/lockbox/a".into(),
+            ],
+        };
+        let mut got = cgroup_dirs(&v1);
+        got.sort();
+        let mut want: Vec<PathBuf> = v1.dirs.iter().map(PathBuf::from).collect();
+        want.sort();
+        assert_eq!(got, want);
+        // State from before `dirs`: the separate cpuacct mount is derived.
+        let old = CgroupPaths {
+            dirs: Vec::new(),
+            ..v1.clone()
+        };
+        assert!(cgroup_dirs(&old).contains(&PathBuf::from("/sys/fs/cgroup/cpuacct/lockbox/a")));
+        // v2: one directory.
+        let v2 = CgroupPaths {
+            version: 2,
+            memory: p("/sys/fs/cgroup/unified/lockbox/b"),
+            cpu: p("/sys/fs/cgroup/unified/lockbox/b"),
+            pids: p("/sys/fs/cgroup/unified/lockbox/b"),
+            dirs: vec!["/sys/fs/cgroup/unified/lockbox/b".into()],
+        };
+        assert_eq!(cgroup_dirs(&v2).len(), 1);
     }
 }

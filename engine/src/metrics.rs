@@ -115,6 +115,7 @@ mod tests {
             memory: Some(s.clone()),
             cpu: Some(s.clone()),
             pids: Some(s),
+            ..Default::default()
         })
         .unwrap();
         assert_eq!(
@@ -140,6 +141,7 @@ mod tests {
             memory: p("memory/x"),
             cpu: p("cpu/x"),
             pids: p("pids/x"),
+            ..Default::default()
         })
         .unwrap();
         assert_eq!(

@@ -136,4 +136,10 @@ pub struct CgroupPaths {
     pub cpu: Option<String>,
     /// v1: pids controller directory (v2: same as memory).
     pub pids: Option<String>,
+    /// Every directory the sandbox's processes were placed in, one per
+    /// hierarchy (v1 may mount cpuacct, for one, apart from cpu): cleanup
+    /// removes all of these, not only the three above. Absent in state
+    /// written before it existed.
+    #[serde(default)]
+    pub dirs: Vec<String>,
 }
