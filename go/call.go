@@ -5,7 +5,8 @@ package lockbox
 // cancel.go) and return *Error values whose Op is the op argument:
 //
 //	call(ctx, op, method, params, result) error
-//	    JSON call. params: nil, json.RawMessage/[]byte (sent as is) or any
+//	    JSON call; through the completion queue when the library has an
+//	    async form of the method (completion.go). params: nil, json.RawMessage/[]byte (sent as is) or any
 //	    value json.Marshal accepts. result: nil (ignored) or a pointer to
 //	    json.Unmarshal into.
 //	callRaw(ctx, op, req []byte) ([]byte, error)
@@ -116,7 +117,18 @@ func call(ctx context.Context, op, method string, params, result any) error {
 	}
 	rb := reqPool.Get().(*reqBuf)
 	rb.b = appendRequest(rb.b[:0], method, p)
-	err := invoke(ctx, op, rb, result, nil)
+	var err error
+	handled := false
+	// Methods that wait (exec.start, exec.wait) go through the completion
+	// queue and hold no thread; the library says which (completion.go).
+	if l, lerr := lib(); lerr == nil {
+		if c := completions(l); c != nil {
+			handled, err = c.call(ctx, op, method, rb, result, nil)
+		}
+	}
+	if !handled {
+		err = invoke(ctx, op, rb, result, nil)
+	}
 	putReq(rb)
 	return err
 }
@@ -187,23 +199,30 @@ func invoke(ctx context.Context, op string, rb *reqBuf, result any, raw *[]byte)
 	st, _, _ := purego.SyscallN(l.fnCall, o.args[:]...)
 	runtime.KeepAlive(rb)
 	l.disarm(c)
-	if int32(st) != statusOK {
-		err = l.errorFrom(ctx, op, o, st)
-	} else {
-		switch {
-		case raw != nil:
-			*raw = l.take(o, true)
-		case result != nil && o.ptr != nil:
-			if jerr := json.Unmarshal(unsafe.Slice(o.ptr, o.len), result); jerr != nil {
-				err = &Error{Op: op, Code: CodeInternal, Message: "decode result: " + jerr.Error()}
-			}
-			l.take(o, false)
-		default:
-			l.take(o, false)
-		}
-	}
+	err = l.finish(ctx, op, o, st, result, raw)
 	runtime.KeepAlive(o)
 	outPool.Put(o)
+	return err
+}
+
+// finish turns a call's status and out-parameters into its error or its
+// decoded result, and frees the library buffer.
+func (l *library) finish(ctx context.Context, op string, o *outParams, st uintptr, result any, raw *[]byte) error {
+	if int32(st) != statusOK {
+		return l.errorFrom(ctx, op, o, st)
+	}
+	var err error
+	switch {
+	case raw != nil:
+		*raw = l.take(o, true)
+	case result != nil && o.ptr != nil:
+		if jerr := json.Unmarshal(unsafe.Slice(o.ptr, o.len), result); jerr != nil {
+			err = &Error{Op: op, Code: CodeInternal, Message: "decode result: " + jerr.Error()}
+		}
+		l.take(o, false)
+	default:
+		l.take(o, false)
+	}
 	return err
 }
 

@@ -63,6 +63,7 @@ func newPipe(t testing.TB, capacity int) uint64 {
 type stats struct {
 	Handles     int `json:"handles"`
 	CancelSlots int `json:"cancel_slots"`
+	Completions int `json:"completions"` // submitted calls not yet taken
 }
 
 func libStats(t testing.TB) stats {

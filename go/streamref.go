@@ -9,7 +9,9 @@ import (
 // copyBufs are the buffers WriteTo reads into: one library call moves up
 // to one agent data chunk (256 KiB), and execs should not allocate two of
 // them each.
-var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
+
+const copyBufSize = 256 << 10
 
 // streamRef owns a stream handle and adapts it to io.Reader / io.Writer.
 type streamRef struct{ ref *handleRef }
@@ -66,6 +68,9 @@ func (r *streamReader) Read(p []byte) (int, error) { return r.s.read(r.ctx, r.op
 
 // WriteTo lets io.Copy read in large chunks straight from the library.
 func (r *streamReader) WriteTo(w io.Writer) (int64, error) {
+	if c := asyncStreams(); c != nil {
+		return r.writeToAsync(c, w)
+	}
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
 	buf := *bp
@@ -102,3 +107,26 @@ func (w *streamWriter) Write(p []byte) (int, error) { return w.s.write(w.ctx, w.
 
 // Close half-closes the stream (the reader inside sees EOF).
 func (w *streamWriter) Close() error { return w.s.closeWrite(w.ctx, w.op) }
+
+// writeToAsync is WriteTo without a Go buffer: each chunk is written from
+// library memory, so thousands of pumps on quiet streams cost no memory
+// beyond their goroutines.
+func (r *streamReader) writeToAsync(c *completer, w io.Writer) (int64, error) {
+	var total int64
+	write := func(b []byte) error {
+		m, err := w.Write(b)
+		total += int64(m)
+		return err
+	}
+	for {
+		err := r.s.ref.use(r.op, func(h uint64) error {
+			return streamReadTo(r.ctx, c, r.op, h, copyBufSize, write)
+		})
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}

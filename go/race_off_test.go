@@ -1,0 +1,5 @@
+//go:build !race
+
+package lockbox
+
+const raceEnabled = false
