@@ -15,7 +15,7 @@ pub fn register(t: &mut Table) {
     t.add("debug.stats", stats);
     t.add_async("debug.sleep", |p, _| Box::pin(sleep_async(p)));
     t.add_async("debug.panic", |_, _| {
-        Box::pin(async { panic!("debug.panic was submitted") })
+        Box::pin(async { panic!("debug.panic was called") })
     });
 }
 

@@ -140,7 +140,7 @@ pub fn dispatch(req: &[u8], ctx: &CallCtx) -> Result<Value, ApiError> {
 pub fn async_dispatch(req: &[u8]) -> Option<(AsyncHandler, Value)> {
     let req: Request<'_> = serde_json::from_slice(req).ok()?;
     let h = table().async_methods.get(req.method.as_ref())?;
-    crate::lb_log!(crate::log::Level::Debug, "submit {}", req.method);
+    crate::lb_log!(crate::log::Level::Debug, "call {} (submitted)", req.method);
     Some((*h, req.params))
 }
 
