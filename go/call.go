@@ -192,6 +192,10 @@ func invoke(ctx context.Context, op string, rb *reqBuf, result any, raw *[]byte)
 	if len(req) == 0 {
 		return &Error{Op: op, Code: CodeInvalidArgument, Message: "empty request"}
 	}
+	if err := acquireBlockingSlot(ctx, op); err != nil {
+		return err
+	}
+	defer releaseBlockingSlot()
 	o := outPool.Get().(*outParams)
 	c := l.arm(ctx)
 	o.args = [5]uintptr{uintptr(unsafe.Pointer(&req[0])), uintptr(len(req)), uintptr(c.id()),
@@ -224,6 +228,43 @@ func (l *library) finish(ctx context.Context, op string, o *outParams, st uintpt
 		l.take(o, false)
 	}
 	return err
+}
+
+// maxBlockingCalls bounds the lockbox_call calls in flight. Each one holds
+// an OS thread until it returns, and calls without an async form (create,
+// remove, file operations...) can wait for seconds: 500 concurrent creates
+// left 500 threads behind, and Go dies at 10,000. Goroutines beyond the
+// bound wait on a channel, which holds no thread. No blocking call waits
+// for another one to start, so the bound cannot deadlock; it is high
+// enough that quick calls rarely queue behind slow ones.
+const maxBlockingCalls = 256
+
+var blockingSlots = make(chan struct{}, maxBlockingCalls)
+
+// unboundedBlocking lifts the bound; for the control run of its test.
+var unboundedBlocking bool
+
+func acquireBlockingSlot(ctx context.Context, op string) error {
+	if unboundedBlocking {
+		return nil
+	}
+	select {
+	case blockingSlots <- struct{}{}:
+		return nil
+	default:
+	}
+	select {
+	case blockingSlots <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctxError(op, ctx.Err())
+	}
+}
+
+func releaseBlockingSlot() {
+	if !unboundedBlocking {
+		<-blockingSlots
+	}
 }
 
 // withOp names the operation on a load error.

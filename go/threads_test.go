@@ -210,3 +210,53 @@ func TestSubmittedCallCancelsAndLeavesNothing(t *testing.T) {
 		t.Errorf("left behind: %+v", s)
 	}
 }
+
+// Calls with no async form still block a thread each inside the library;
+// at most maxBlockingCalls of them run at once and the rest wait on a
+// channel. 1,000 concurrent blocking calls (debug.sleep with the async
+// path off) stay near the bound. Control: LOCKBOX_TEST_UNBOUNDED=1 lifts
+// the bound and the count passed 600 (263 with it).
+func TestBlockingCallsShareBoundedThreads(t *testing.T) {
+	requireHooks(t)
+	forceBlocking = true
+	defer func() { forceBlocking = false }()
+	if os.Getenv("LOCKBOX_TEST_UNBOUNDED") == "1" {
+		unboundedBlocking = true
+		defer func() { unboundedBlocking = false }()
+	}
+	before := osThreads(t)
+	var wg sync.WaitGroup
+	var peak atomic.Int64
+	stop := make(chan struct{})
+	go func() {
+		for {
+			if n := int64(osThreads(t)); n > peak.Load() {
+				peak.Store(n)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}()
+	errs := make([]error, 1000)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = call(context.Background(), "t", "debug.sleep", map[string]int{"ms": 100}, nil)
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("1000 blocking calls: threads %d before, peak %d (bound %d calls)", before, peak.Load(), maxBlockingCalls)
+	if peak.Load() > int64(before+maxBlockingCalls+50) {
+		t.Errorf("thread count peaked at %d", peak.Load())
+	}
+}
