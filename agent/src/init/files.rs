@@ -599,9 +599,9 @@ fn clear_files(dir: &OwnedFd) -> io::Result<Option<CString>> {
 mod tests {
     use super::*;
 
-    const DEPTH: usize = 5000;
+    const DEPTH: usize = 2000;
     /// Far less than DEPTH frames of a recursive walk need.
-    const SMALL_STACK: usize = 128 << 10;
+    const SMALL_STACK: usize = 64 << 10;
     const CONTROL: &str = "init::files::tests::control_std_remove_dir_all_on_a_small_stack";
 
     /// A chain `top/d/d/...` DEPTH deep, built with relative calls so no
