@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -19,6 +20,17 @@ func osThreads(t testing.TB) int {
 		t.Fatal(err)
 	}
 	return len(ents)
+}
+
+// peakRSS is the process's VmHWM line, for the log.
+func peakRSS() string {
+	b, _ := os.ReadFile("/proc/self/status")
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "VmHWM:") {
+			return strings.Join(strings.Fields(l), " ")
+		}
+	}
+	return "VmHWM: ?"
 }
 
 func envInt(name string, def int) int {
@@ -153,8 +165,8 @@ func TestThousandsOfExecsHoldNoThreadEach(t *testing.T) {
 	close(stop)
 	<-sampled
 	elapsed := time.Since(start)
-	t.Logf("%d execs over %d sandboxes in %v (%d in flight at once): threads %d before, peak %d, bound %d; blocking=%v",
-		execs, nsb, elapsed.Round(time.Millisecond), peakInFlight.Load(), before, peak.Load(), bound, forceBlocking)
+	t.Logf("%d execs over %d sandboxes in %v (%d in flight at once): threads %d before, peak %d, bound %d; blocking=%v; %s",
+		execs, nsb, elapsed.Round(time.Millisecond), peakInFlight.Load(), before, peak.Load(), bound, forceBlocking, peakRSS())
 	if n := bad.Load(); n > 0 {
 		t.Errorf("%d of %d execs came back wrong", n, execs)
 	}

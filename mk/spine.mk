@@ -9,8 +9,9 @@
 #   make header          regenerate ffi/include/lockbox.h
 #   make check-header    fail if the committed header differs from the generated one
 #   make bench-ffi       per-call cost and memory from Go, against the release cdylib
+#   make bench-threads   10,000 execs in flight over 100 sandboxes: thread count and RSS
 TEST_STEPS += check-header test-ffi test-go test-go-race
-BENCH_STEPS += bench-ffi
+BENCH_STEPS += bench-ffi bench-threads
 
 SPINE_TARGET    := $(or $(CARGO_TARGET_DIR),$(ROOT)/target)
 FFI_TEST_LIB    := $(SPINE_TARGET)/lockbox-test-hooks/liblockbox.so
@@ -24,7 +25,7 @@ GO_TEST_DEPS    += ffi-test-lib helper-debug
 GO_TEST_ENV     += LOCKBOX_LIB=$(FFI_TEST_LIB) LOCKBOX_HELPER=$(HELPER_DEBUG)
 CBINDGEN        := cbindgen -q --config ffi/cbindgen.toml --crate lockbox-ffi
 
-.PHONY: ffi-release ffi-test-lib helper-debug test-ffi test-go test-go-race header check-header bench-ffi
+.PHONY: ffi-release ffi-test-lib helper-debug test-ffi test-go test-go-race header check-header bench-ffi bench-threads
 
 ffi-release:
 	cargo build --release --locked -p lockbox-ffi
@@ -73,3 +74,7 @@ bench-ffi: ffi-release
 	  -bench '^Benchmark(NoopCall|HandleCreateClose)$$' -benchmem .
 	cd go && LOCKBOX_LIB=$(FFI_RELEASE_LIB) CGO_ENABLED=0 go test -count=1 -run '^$$' \
 	  -bench '^Benchmark(Latency|Memory)' -benchtime 1x .
+
+bench-threads: $(GO_TEST_DEPS)
+	cd go && $(GO_TEST_ENV) LOCKBOX_THREADS_EXECS=10000 LOCKBOX_THREADS_SANDBOXES=100 CGO_ENABLED=0 \
+	  go test -count=1 -v -run '^TestThousandsOfExecsHoldNoThreadEach$$' .
