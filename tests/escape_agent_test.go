@@ -125,13 +125,18 @@ func TestEscapeAgentStaysUp(t *testing.T) {
 		t.Logf("memory limit not enforced here (%s): no OOM to survive", reason)
 		return
 	}
-	res, err = sb.Shell(ctx, "dd if=/dev/zero of=/dev/shm/fill bs=1M count=128 2>/dev/null; echo dd=$?")
+	// /dev/shm takes at most half the memory limit; with it full, a
+	// workload asking for the rest meets the OOM killer, which must take
+	// the workload and leave the agent serving.
+	res, err = sb.Shell(ctx, "dd if=/dev/zero of=/dev/shm/fill bs=1M count=128 2>/dev/null; echo fill=$?; "+
+		"dd if=/dev/zero of=/dev/null bs=40M count=1 2>/dev/null; echo dd=$?")
 	if err != nil {
 		t.Fatalf("shm fill: %v", err)
 	}
-	// Control: the limit was reached (the writer was killed).
-	if string(res.Stdout) != "dd=137\n" {
-		t.Fatalf("shm fill did not reach the limit: %q %q", res.Stdout, res.Stderr)
+	// Control: /dev/shm stopped short (ENOSPC) and the limit was reached
+	// (the allocating writer was killed).
+	if string(res.Stdout) != "fill=1\ndd=137\n" {
+		t.Fatalf("shm fill and allocation: %q %q", res.Stdout, res.Stderr)
 	}
 	stillServes(t, sb)
 }

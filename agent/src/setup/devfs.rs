@@ -40,10 +40,15 @@ impl HostDevices {
     }
 }
 
+/// /dev/shm's size without a memory limit.
+const SHM_MIB: u64 = 64;
+
 /// Mounts a fresh tmpfs on the image's /dev (whatever the image had there
 /// is covered) and fills it. Returns an O_PATH fd on /dev/null, which
-/// /proc's masks are cloned from.
-pub fn populate(root: &OwnedFd, devices: HostDevices) -> Result<OwnedFd> {
+/// /proc's masks are cloned from. `/dev/shm` takes at most half the memory
+/// limit: its pages are charged to the sandbox, and a full one must leave
+/// room for the processes (and the agent) that the OOM killer spares.
+pub fn populate(root: &OwnedFd, devices: HostDevices, memory_mib: Option<u64>) -> Result<OwnedFd> {
     let target = mountfd::open_target(root, "/dev", Kind::Dir)?;
     let tmp = mountfd::new_fs(
         "tmpfs",
@@ -67,10 +72,12 @@ pub fn populate(root: &OwnedFd, devices: HostDevices) -> Result<OwnedFd> {
     )?;
     mountfd::attach(&devpts, &pts).context("/dev/pts")?;
     let shm = mountfd::open_target(&dev, "shm", Kind::Dir)?;
+    let shm_mib = memory_mib.map_or(SHM_MIB, |m| (m / 2).clamp(1, SHM_MIB));
+    let shm_size = format!("{shm_mib}m");
     let shmfs = mountfd::new_fs(
         "tmpfs",
         &[],
-        &[("mode", "1777"), ("size", "65536k")],
+        &[("mode", "1777"), ("size", &shm_size)],
         MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
     )?;
     mountfd::attach(&shmfs, &shm).context("/dev/shm")?;

@@ -93,7 +93,7 @@ fn build(
     let kernel = procfs::KernelMounts::create().context("/proc")?;
     let root = rootfs::enter(spec, &plan, &fds, report)?;
     report.ok("mountns");
-    let dev_null = devfs::populate(&root, devices).context("/dev")?;
+    let dev_null = devfs::populate(&root, devices, spec.limits.memory_mib).context("/dev")?;
     procfs::mount_proc(&root, &kernel, &dev_null).context("/proc")?;
     report.ok("proc_masked");
     match procfs::mount_sys(&root, kernel).context("/sys")? {
