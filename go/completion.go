@@ -59,11 +59,16 @@ func completions(l *library) *completer {
 	if forceBlocking {
 		return nil
 	}
-	compOnce.Do(func() { comp = newCompleter(l) })
+	compOnce.Do(func() {
+		if c := resolveCompleter(l); c != nil && c.start() {
+			comp = c
+		}
+	})
 	return comp
 }
 
-func newCompleter(l *library) *completer {
+// resolveCompleter finds the async exports; nil if any is missing.
+func resolveCompleter(l *library) *completer {
 	c := &completer{l: l, waiters: make(map[uint64]chan struct{})}
 	for _, s := range []struct {
 		name string
@@ -83,25 +88,31 @@ func newCompleter(l *library) *completer {
 		}
 		*s.dst = p
 	}
+	return c
+}
+
+// start begins watching the completion fd; false if it cannot. Once per
+// process: two readers of the one eventfd would steal each other's wakeups.
+func (c *completer) start() bool {
 	r, _, _ := purego.SyscallN(c.fnFdFn)
 	fd := int(int32(r))
 	if fd < 0 {
-		return nil
+		return false
 	}
 	// A copy of the descriptor: the os.File closes what it owns when it
 	// is collected, and the library's fd must outlive anything here.
 	dup, _, errno := syscall.Syscall(syscall.SYS_FCNTL, uintptr(fd), syscall.F_DUPFD_CLOEXEC, 0)
 	if errno != 0 {
-		return nil
+		return false
 	}
 	if err := syscall.SetNonblock(int(dup), true); err != nil {
 		syscall.Close(int(dup))
-		return nil
+		return false
 	}
 	// Non-blocking, so os.NewFile puts it on the netpoller.
 	f := os.NewFile(dup, "lockbox-completions")
 	go c.loop(f)
-	return c
+	return true
 }
 
 // dlsym looks up an optional symbol; dlerror is per thread.

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/ebitengine/purego"
 )
 
 // osThreads is the process's thread count (Go's, the library's, all).
@@ -270,5 +272,25 @@ func TestBlockingCallsShareBoundedThreads(t *testing.T) {
 	t.Logf("1000 blocking calls: threads %d before, peak %d (bound %d calls)", before, peak.Load(), maxBlockingCalls)
 	if peak.Load() > int64(before+maxBlockingCalls+50) {
 		t.Errorf("thread count peaked at %d", peak.Load())
+	}
+}
+
+// A library without the async exports (an older one) gets no completer, so
+// every call keeps the blocking path. libc stands in for it: it has none
+// of the lockbox_* symbols.
+func TestNoCompletionQueueWithoutTheExports(t *testing.T) {
+	dl, err := purego.Dlopen("libc.so.6", purego.RTLD_NOW|purego.RTLD_LOCAL)
+	if err != nil {
+		t.Skipf("no libc.so.6: %v", err)
+	}
+	if c := resolveCompleter(&library{dl: dl}); c != nil {
+		t.Fatal("a completer over a library without lockbox_submit")
+	}
+	l, err := lib()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resolveCompleter(l) == nil {
+		t.Fatal("the real library has the exports; the probe must find them")
 	}
 }

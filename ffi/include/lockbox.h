@@ -28,8 +28,8 @@
 #define LOCKBOX_BAD_ARGS 2
 
 /**
- * `lockbox_submit`: this request has no asynchronous form (or is not a
- * valid request); nothing was queued, make it with `lockbox_call`.
+ * `lockbox_submit`: the request's method has no asynchronous form (or is
+ * unknown); nothing was queued, make it with `lockbox_call`.
  */
 #define LOCKBOX_SYNC_ONLY 3
 
@@ -147,9 +147,10 @@ int32_t lockbox_completion_fd(void);
  * Starts a JSON call without waiting for it; `token` (non-zero, not in
  * use) names its completion, whose result `lockbox_take` returns exactly as
  * `lockbox_call` would. 0: queued, the token will complete (errors,
- * cancels included). 3 (`LOCKBOX_SYNC_ONLY`): the method has no async form
- * or the request is not valid; nothing was queued, use `lockbox_call`. 2: the
- * token is 0 or in use.
+ * cancels, a malformed or oversized request included). 3
+ * (`LOCKBOX_SYNC_ONLY`): the method has no async form, or is unknown; this
+ * depends on the method name alone, so a caller may remember it. Nothing
+ * was queued: use `lockbox_call`. 2: the token is 0 or in use.
  *
  * # Safety
  * `req` must be NULL or valid for `req_len` bytes (read only during the

@@ -19,8 +19,8 @@ pub const LOCKBOX_OK: i32 = 0;
 pub const LOCKBOX_ERR: i32 = 1;
 /// Arguments so wrong (a NULL out-pointer) that no error could be returned.
 pub const LOCKBOX_BAD_ARGS: i32 = 2;
-/// `lockbox_submit`: this request has no asynchronous form (or is not a
-/// valid request); nothing was queued, make it with `lockbox_call`.
+/// `lockbox_submit`: the request's method has no asynchronous form (or is
+/// unknown); nothing was queued, make it with `lockbox_call`.
 pub const LOCKBOX_SYNC_ONLY: i32 = 3;
 
 /// Hands `bytes` to the caller; empty becomes NULL, 0.
@@ -318,6 +318,16 @@ where
     LOCKBOX_OK
 }
 
+/// Completes `token` with `e` at once.
+fn fail_now(token: u64, e: ApiError) -> i32 {
+    let q = completion::queue();
+    if !q.register(token) {
+        return LOCKBOX_BAD_ARGS;
+    }
+    q.complete(token, Err(e));
+    LOCKBOX_OK
+}
+
 /// The descriptor that becomes readable when a submitted call completes:
 /// an eventfd (read 8 bytes to reset it, then drain with
 /// `lockbox_completions`). Owned by the library: do not close it. -1 when
@@ -330,9 +340,10 @@ pub extern "C" fn lockbox_completion_fd() -> i32 {
 /// Starts a JSON call without waiting for it; `token` (non-zero, not in
 /// use) names its completion, whose result `lockbox_take` returns exactly as
 /// `lockbox_call` would. 0: queued, the token will complete (errors,
-/// cancels included). 3 (`LOCKBOX_SYNC_ONLY`): the method has no async form
-/// or the request is not valid; nothing was queued, use `lockbox_call`. 2: the
-/// token is 0 or in use.
+/// cancels, a malformed or oversized request included). 3
+/// (`LOCKBOX_SYNC_ONLY`): the method has no async form, or is unknown; this
+/// depends on the method name alone, so a caller may remember it. Nothing
+/// was queued: use `lockbox_call`. 2: the token is 0 or in use.
 ///
 /// # Safety
 /// `req` must be NULL or valid for `req_len` bytes (read only during the
@@ -345,15 +356,21 @@ pub unsafe extern "C" fn lockbox_submit(
     token: u64,
 ) -> i32 {
     panic::catch(|| {
-        // lockbox_call refuses it by its length, before parsing.
+        // Refused by its length before parsing, as lockbox_call does.
         if req_len > lockbox_engine::config::MAX_REQUEST_BYTES {
-            return LOCKBOX_SYNC_ONLY;
+            return fail_now(
+                token,
+                ApiError::invalid_argument(format!(
+                    "request is {req_len} bytes; at most {}",
+                    lockbox_engine::config::MAX_REQUEST_BYTES
+                )),
+            );
         }
-        let Ok(req) = bytes_in(req, req_len, "request") else {
-            return LOCKBOX_SYNC_ONLY;
-        };
-        let Some((h, params)) = methods::async_dispatch(req) else {
-            return LOCKBOX_SYNC_ONLY;
+        let found = bytes_in(req, req_len, "request").and_then(methods::async_dispatch);
+        let (h, params) = match found {
+            Ok(Some(x)) => x,
+            Ok(None) => return LOCKBOX_SYNC_ONLY,
+            Err(e) => return fail_now(token, e),
         };
         submit_work(token, cancel_id, move |tok| async move {
             let v = h(params, tok).await?;

@@ -719,13 +719,8 @@ fn submit_completes_like_call_and_says_which_methods_are_sync_only() {
             .0,
         code_of(call("exec.wait", json!({"exec": 12345}), 0))
     );
-    // No async form, not a request, too large: nothing queued, status 3.
-    for req in [
-        &br#"{"method":"noop"}"#[..],
-        br#"{"method":"no.such"}"#,
-        b"{not json",
-        b"",
-    ] {
+    // No async form, or no such method: nothing queued, status 3.
+    for req in [&br#"{"method":"noop"}"#[..], br#"{"method":"no.such"}"#] {
         let t = new_token();
         assert_eq!(
             unsafe { (api().submit)(req.as_ptr(), req.len(), 0, t) },
@@ -735,10 +730,26 @@ fn submit_completes_like_call_and_says_which_methods_are_sync_only() {
         );
         assert_eq!(take_token(t).unwrap_err().0, "invalid_argument");
     }
-    assert_eq!(
-        unsafe { (api().submit)(ptr::null(), 1 << 40, 0, new_token()) },
-        3
-    );
+    // Not a request, or too large: completes with lockbox_call's error (a
+    // status 3 here would make a caller that remembers it by method name
+    // send every later exec.wait down the blocking path).
+    for (req, len) in [
+        (&b"{not json"[..], 9),
+        (b"", 0),
+        (br#"{"method":"exec.wait","params":"#, 1 << 40),
+    ] {
+        let t = new_token();
+        assert_eq!(unsafe { (api().submit)(req.as_ptr(), len, 0, t) }, 0);
+        assert!(wait_token(t, Duration::from_secs(10)));
+        let want = if len == 1 << 40 {
+            "request is"
+        } else {
+            "malformed request"
+        };
+        let (code, msg) = take_token(t).unwrap_err();
+        assert_eq!(code, "invalid_argument");
+        assert!(msg.starts_with(want), "{msg}");
+    }
     // Token 0, and a token still in use, are refused (status 2).
     assert_eq!(submit("debug.sleep", json!({"ms": 1}), 0, 0), 2);
     let (id, t) = (new_cancel_id(), new_token());

@@ -134,14 +134,17 @@ pub fn dispatch(req: &[u8], ctx: &CallCtx) -> Result<Value, ApiError> {
     handler(req.params, ctx)
 }
 
-/// The async handler and params for a request, or None when the request
-/// is malformed or its method has no async form (the caller then uses
-/// `lockbox_call`, which reports any error).
-pub fn async_dispatch(req: &[u8]) -> Option<(AsyncHandler, Value)> {
-    let req: Request<'_> = serde_json::from_slice(req).ok()?;
-    let h = table().async_methods.get(req.method.as_ref())?;
+/// The async handler and params for a request; None when its method has
+/// no async form (unknown methods included: `lockbox_call` reports them).
+/// A malformed request is the error `dispatch` would give.
+pub fn async_dispatch(req: &[u8]) -> Result<Option<(AsyncHandler, Value)>, ApiError> {
+    let req: Request<'_> = serde_json::from_slice(req)
+        .map_err(|e| ApiError::invalid_argument(format!("malformed request: {e}")))?;
+    let Some(h) = table().async_methods.get(req.method.as_ref()) else {
+        return Ok(None);
+    };
     crate::lb_log!(crate::log::Level::Debug, "call {} (submitted)", req.method);
-    Some((*h, req.params))
+    Ok(Some((*h, req.params)))
 }
 
 #[cfg(test)]
