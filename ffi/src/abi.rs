@@ -411,28 +411,32 @@ const READ_FIRST: usize = 4096;
 /// not by `cap`: ten thousand idle readers must not hold ten thousand
 /// caller-sized buffers.
 async fn read_owned(s: &dyn crate::stream::ByteStream, cap: usize) -> Outcome {
-    let mut buf = vec![0u8; cap.min(READ_FIRST)];
-    let n = s.read(&mut buf).await?;
-    buf.truncate(n);
-    if n < READ_FIRST {
-        return Ok(buf);
+    let first = cap.min(READ_FIRST);
+    let mut small = vec![0u8; first];
+    let n = s.read(&mut small).await?;
+    if n < first || cap == first {
+        small.truncate(n);
+        return Ok(small);
     }
-    while buf.len() < cap {
-        let old = buf.len();
-        buf.resize(cap, 0);
-        // Only what is ready now: a ByteStream read dropped before it
-        // finishes loses no bytes, and EOF and errors are reported again
-        // by the next read.
+    // Bytes were waiting: fill the rest of cap with what is ready now.
+    // vec! of zeros is one calloc; growing with resize writes every byte.
+    let mut buf = vec![0u8; cap];
+    buf[..n].copy_from_slice(&small);
+    let mut len = n;
+    while len < cap {
+        // A ByteStream read dropped before it finishes loses no bytes, and
+        // EOF and errors are reported again by the next read.
         let more = tokio::select! {
             biased;
-            r = s.read(&mut buf[old..]) => r.unwrap_or(0),
+            r = s.read(&mut buf[len..]) => r.unwrap_or(0),
             _ = std::future::ready(()) => 0,
         };
-        buf.truncate(old + more.min(cap - old));
         if more == 0 {
             break;
         }
+        len += more.min(cap - len);
     }
+    buf.truncate(len);
     Ok(buf)
 }
 
