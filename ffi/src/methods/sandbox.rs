@@ -19,6 +19,10 @@ pub fn register(t: &mut Table) {
     t.add("sandbox.stop", stop);
     t.add("sandbox.kill", kill);
     t.add("sandbox.close", close);
+    // Only awaits the close task (already on the runtime): safe to run
+    // there without a caller thread. create/remove/stop/kill do blocking
+    // filesystem and process work inline and keep their sync form only.
+    t.add_async("sandbox.close", |p, _| Box::pin(close_async(p)));
 }
 
 impl From<EngineError> for ApiError {
@@ -80,13 +84,15 @@ impl Drop for SandboxObj {
 /// returns at once and finishes in the background. If the call is
 /// canceled, the close still completes in the background.
 fn close(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
+    ctx.block_on(close_async(p))
+}
+
+async fn close_async(p: Value) -> Result<Value, ApiError> {
     let p: HandleParams = params("sandbox.close", p)?;
     if let Some(obj) = registry::global().take::<SandboxObj>(p.handle, Kind::Sandbox)? {
         if let Some(task) = obj.start_close() {
-            ctx.block_on(async {
-                task.await
-                    .map_err(|e| ApiError::internal(format!("close task failed: {e}")))
-            })?;
+            task.await
+                .map_err(|e| ApiError::internal(format!("close task failed: {e}")))?;
         }
     }
     Ok(json!({}))
