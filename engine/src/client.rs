@@ -308,7 +308,17 @@ async fn read_loop(mut rd: tokio::net::unix::OwnedReadHalf, shared: Arc<Shared>)
         };
         let f = match next {
             Ok(f) => f,
+            // A helper killed mid-conversation resets the connection: that
+            // is the sandbox stopping too, not a transport fault to report.
             Err(FrameError::Closed) => {
+                break EngineError::unavailable("the sandbox stopped (agent connection closed)")
+            }
+            Err(FrameError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                ) =>
+            {
                 break EngineError::unavailable("the sandbox stopped (agent connection closed)")
             }
             Err(e) => break EngineError::from(e),

@@ -96,7 +96,36 @@ impl Sandbox {
         &self.stored.id
     }
 
+    /// Whether this sandbox's directory no longer holds it: another
+    /// process removed it (or replaced it under the same name).
+    fn removed_elsewhere(&self) -> bool {
+        let p = self.dir.join("config.json");
+        match std::fs::symlink_metadata(&p) {
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+            Ok(_) => crate::state::read_json::<StoredConfig>(&p)
+                .map(|c| c.id != self.stored.id)
+                .unwrap_or(false),
+        }
+    }
+
+    fn connection_lost(&self) -> bool {
+        self.client
+            .lock()
+            .map(|c| c.as_ref().is_none_or(|c| c.is_closed()))
+            .unwrap_or(false)
+    }
+
     fn check_not_removed(&self) -> Result<()> {
+        // Another process's removal kills the helper under us: the lost
+        // connection is then reported as the removal it is, not as a
+        // connection error. The disk is only looked at once the connection
+        // is gone, so calls on a live sandbox cost nothing more.
+        if !self.removed.load(Ordering::Acquire)
+            && self.connection_lost()
+            && self.removed_elsewhere()
+        {
+            self.removed.store(true, Ordering::Release);
+        }
         if self.removed.load(Ordering::Acquire) {
             return Err(EngineError::not_found(format!(
                 "sandbox {:?} was removed",
@@ -190,9 +219,20 @@ impl Sandbox {
         })
     }
 
+    /// An operation that failed because the agent connection went away
+    /// fails as not_found when the sandbox was removed meanwhile.
+    pub fn gone(&self, e: EngineError) -> EngineError {
+        if e.code != lockbox_protocol::ErrorCode::Unavailable {
+            return e;
+        }
+        self.check_not_removed().err().unwrap_or(e)
+    }
+
     pub async fn exec_start(&self, o: &ExecOptions) -> Result<ExecProcess> {
         let req = self.exec_request(o)?;
-        ExecProcess::start(&self.client()?, req).await
+        ExecProcess::start(&self.client()?, req)
+            .await
+            .map_err(|e| self.gone(e))
     }
 
     pub async fn exec_collect(
@@ -201,7 +241,9 @@ impl Sandbox {
         stdin: Option<Vec<u8>>,
     ) -> Result<ExecOutput> {
         let req = self.exec_request(o)?;
-        crate::exec::run_collect(&self.client()?, req, stdin).await
+        crate::exec::run_collect(&self.client()?, req, stdin)
+            .await
+            .map_err(|e| self.gone(e))
     }
 
     fn exited_rx(&self) -> Option<watch::Receiver<bool>> {
