@@ -47,6 +47,7 @@ type Cmd struct {
 	pipeErr   bool
 	pipeIn    *streamWriter
 	waitDone  bool
+	stdinErr  <-chan error
 	closeOnce sync.Once
 }
 
@@ -161,7 +162,7 @@ func (c *Cmd) capped() *capBuffer {
 // bytes). On a non-zero exit the error is an *ExitError holding stderr.
 func (c *Cmd) Output() ([]byte, error) {
 	if c.Stdout != nil {
-		return nil, errors.New("lockbox: Stdout already set")
+		return nil, usageError("exec.output", "Stdout already set", nil)
 	}
 	out, errb := c.capped(), c.capped()
 	c.Stdout = out
@@ -187,7 +188,7 @@ func (c *Cmd) Output() ([]byte, error) {
 // (at most OutputLimit bytes in all).
 func (c *Cmd) CombinedOutput() ([]byte, error) {
 	if c.Stdout != nil || c.Stderr != nil {
-		return nil, errors.New("lockbox: Stdout or Stderr already set")
+		return nil, usageError("exec.combined_output", "Stdout or Stderr already set", nil)
 	}
 	b := c.capped()
 	c.Stdout, c.Stderr = b, b
@@ -201,10 +202,10 @@ func (c *Cmd) CombinedOutput() ([]byte, error) {
 // StdinPipe returns a pipe to the command's stdin; Close sends EOF.
 func (c *Cmd) StdinPipe() (io.WriteCloser, error) {
 	if c.Stdin != nil || c.pipeIn != nil {
-		return nil, errors.New("lockbox: Stdin already set")
+		return nil, usageError("exec.stdin_pipe", "Stdin already set", nil)
 	}
 	if c.p != nil {
-		return nil, errors.New("lockbox: StdinPipe after Start")
+		return nil, usageError("exec.stdin_pipe", "StdinPipe after Start", ErrAlreadyStarted)
 	}
 	c.pipeIn = &streamWriter{}
 	return &lazyWriter{c: c}, nil
@@ -214,10 +215,10 @@ func (c *Cmd) StdinPipe() (io.WriteCloser, error) {
 // before Wait.
 func (c *Cmd) StdoutPipe() (io.ReadCloser, error) {
 	if c.Stdout != nil || c.pipeOut {
-		return nil, errors.New("lockbox: Stdout already set")
+		return nil, usageError("exec.stdout_pipe", "Stdout already set", nil)
 	}
 	if c.p != nil {
-		return nil, errors.New("lockbox: StdoutPipe after Start")
+		return nil, usageError("exec.stdout_pipe", "StdoutPipe after Start", ErrAlreadyStarted)
 	}
 	c.pipeOut = true
 	return &lazyReader{c: c, stderr: false}, nil
@@ -226,10 +227,10 @@ func (c *Cmd) StdoutPipe() (io.ReadCloser, error) {
 // StderrPipe returns a reader of the command's stderr.
 func (c *Cmd) StderrPipe() (io.ReadCloser, error) {
 	if c.Stderr != nil || c.pipeErr {
-		return nil, errors.New("lockbox: Stderr already set")
+		return nil, usageError("exec.stderr_pipe", "Stderr already set", nil)
 	}
 	if c.p != nil {
-		return nil, errors.New("lockbox: StderrPipe after Start")
+		return nil, usageError("exec.stderr_pipe", "StderrPipe after Start", ErrAlreadyStarted)
 	}
 	c.pipeErr = true
 	return &lazyReader{c: c, stderr: true}, nil
@@ -238,10 +239,10 @@ func (c *Cmd) StderrPipe() (io.ReadCloser, error) {
 // Start starts the command without waiting for it.
 func (c *Cmd) Start() error {
 	if c.p != nil {
-		return errors.New("lockbox: already started")
+		return usageError("exec.start", "Cmd already started", ErrAlreadyStarted)
 	}
 	if c.sb == nil {
-		return errors.New("lockbox: Cmd not made by Sandbox.Command")
+		return usageError("exec.start", "Cmd not made by Sandbox.Command", nil)
 	}
 	if c.ctx == nil {
 		c.ctx = context.Background()
@@ -284,11 +285,7 @@ func (c *Cmd) Start() error {
 		if c.pipeIn != nil {
 			*c.pipeIn = *w
 		} else if c.Stdin != nil {
-			in := c.Stdin
-			go func() {
-				_, _ = io.Copy(w, in)
-				_ = w.Close()
-			}()
+			c.stdinErr = feedStdin(w, c.Stdin)
 		}
 	}
 	return nil
@@ -311,10 +308,10 @@ func (c *Cmd) copy(dst io.Writer, src io.Reader) {
 // Wait waits for the command to exit and for its output to be copied.
 func (c *Cmd) Wait() error {
 	if c.p == nil {
-		return errors.New("lockbox: not started")
+		return usageError("exec.wait", "Cmd not started", nil)
 	}
 	if c.waitDone {
-		return errors.New("lockbox: Wait was already called")
+		return usageError("exec.wait", "Wait was already called", nil)
 	}
 	c.waitDone = true
 	c.copies.Wait()
@@ -331,6 +328,9 @@ func (c *Cmd) Wait() error {
 	if !c.ProcessState.Success() {
 		return &ExitError{ProcessState: c.ProcessState}
 	}
+	if err := stdinResult(c.stdinErr); err != nil {
+		return err
+	}
 	return c.copyErr
 }
 
@@ -342,7 +342,7 @@ type lazyReader struct {
 
 func (r *lazyReader) Read(p []byte) (int, error) {
 	if r.c.p == nil {
-		return 0, errors.New("lockbox: read from pipe before Start")
+		return 0, usageError("exec.pipe", "read from pipe before Start", nil)
 	}
 	s := r.c.p.stdout
 	if r.stderr {
@@ -360,7 +360,7 @@ type lazyWriter struct{ c *Cmd }
 
 func (w *lazyWriter) Write(p []byte) (int, error) {
 	if w.c.pipeIn == nil || w.c.pipeIn.s == nil {
-		return 0, errors.New("lockbox: write to pipe before Start")
+		return 0, usageError("exec.pipe", "write to pipe before Start", nil)
 	}
 	return w.c.pipeIn.Write(p)
 }

@@ -57,7 +57,23 @@ var (
 	// ErrSizeLimit: ReadFile or CopyToHost would pass its byte cap (see
 	// WithMaxBytes). The error also matches ErrResourceExhausted.
 	ErrSizeLimit = errors.New("lockbox: size limit exceeded")
+
+	// ErrAlreadyStarted: Start (or Run, Output, CombinedOutput) was called
+	// on a Cmd that was already started. The error is an *Error that also
+	// matches ErrInvalidArgument.
+	ErrAlreadyStarted = errors.New("lockbox: already started")
+	// ErrStdin: reading the caller's stdin reader (WithStdin, Cmd.Stdin)
+	// failed. As with os/exec, the process got EOF at that point, and the
+	// error is returned when the process otherwise succeeded (exit 0); it
+	// also matches the reader's own error.
+	ErrStdin = errors.New("lockbox: reading stdin failed")
 )
+
+// usageError is an invalid_argument *Error for an API misuse; cause, when
+// not nil, is a sentinel it also matches.
+func usageError(op, msg string, cause error) *Error {
+	return &Error{Op: op, Code: CodeInvalidArgument, Message: msg, cause: cause}
+}
 
 // limitError is a resource_exhausted *Error that also matches sentinel.
 func limitError(op, msg string, sentinel error) *Error {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"strconv"
 	"sync"
@@ -88,8 +89,57 @@ func outputLimitError(op, what string, limit int64) *Error {
 		" bytes; the process was killed", ErrOutputLimit)
 }
 
-// WithStdin feeds r to the process's standard input (then EOF).
+// WithStdin feeds r to the process's standard input (then EOF). If reading
+// r fails, the process gets EOF there, and when it otherwise succeeds the
+// exec's error matches ErrStdin and r's error (as os/exec reports a failed
+// stdin copy).
 func WithStdin(r io.Reader) ExecOption { return func(c *execConfig) { c.stdin = r } }
+
+// errReader remembers the error of the reader it wraps, so that a failure
+// to read the caller's input is told apart from a failure to write it to a
+// process that no longer reads (which, as in os/exec, is not an error).
+type errReader struct {
+	r   io.Reader
+	err error
+}
+
+func (e *errReader) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err != nil && err != io.EOF {
+		e.err = err
+	}
+	return n, err
+}
+
+// feedStdin copies r to w, then closes w. The channel gets r's read
+// error (nil if none) before w is closed, so it is there by the time the
+// process has seen EOF and exited.
+func feedStdin(w io.WriteCloser, r io.Reader) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		src := &errReader{r: r}
+		_, _ = io.Copy(w, src)
+		var err error
+		if src.err != nil {
+			err = fmt.Errorf("lockbox: exec.stdin: %w: %w", ErrStdin, src.err)
+		}
+		done <- err
+		_ = w.Close()
+	}()
+	return done
+}
+
+// stdinResult is feedStdin's error if the copy has ended. It does not
+// wait: a process that exited without reading all of its input is not
+// held up by a reader that blocks.
+func stdinResult(c <-chan error) error {
+	select {
+	case err := <-c:
+		return err
+	default:
+		return nil
+	}
+}
 
 // process is a started exec: its handle and its stdio stream handles.
 type process struct {
@@ -219,12 +269,9 @@ func (s *Sandbox) ExecArgs(ctx context.Context, argv []string, opts ...ExecOptio
 			_, errErr = io.Copy(errBuf, p.stderr.reader(ctx, "exec.stderr"))
 		}
 	}()
+	var stdinErr <-chan error
 	if in != nil && p.stdin != nil {
-		go func() {
-			w := p.stdin.writer(ctx, "exec.stdin")
-			_, _ = io.Copy(w, in)
-			_ = w.Close()
-		}()
+		stdinErr = feedStdin(p.stdin.writer(ctx, "exec.stdin"), in)
 	}
 	wg.Wait()
 	st, err := p.wait(ctx)
@@ -244,6 +291,11 @@ func (s *Sandbox) ExecArgs(ctx context.Context, argv []string, opts ...ExecOptio
 	}
 	if errErr != nil {
 		return nil, errErr
+	}
+	if st.ExitCode == 0 && st.Signal == 0 && !st.TimedOut {
+		if err := stdinResult(stdinErr); err != nil {
+			return res, err
+		}
 	}
 	return res, nil
 }
@@ -293,10 +345,11 @@ func (s *Sandbox) ExecStream(ctx context.Context, argv []string, opts ...ExecOpt
 		return nil, err
 	}
 	es := &ExecStream{p: p, events: make(chan ExecEvent, 16)}
+	var stdinErr <-chan error
 	if p.stdin != nil {
 		es.stdin = p.stdin.writer(ctx, "exec.stdin")
 		if in, ok := cfg.stdin.(io.Reader); ok {
-			go func() { _, _ = io.Copy(es.stdin, in); _ = es.stdin.Close() }()
+			stdinErr = feedStdin(es.stdin, in)
 		}
 	}
 	es.stop = context.AfterFunc(ctx, func() { _ = p.signal(syscall.SIGKILL) })
@@ -324,6 +377,9 @@ func (s *Sandbox) ExecStream(ctx context.Context, argv []string, opts ...ExecOpt
 	go func() {
 		wg.Wait()
 		st, err := p.wait(ctx)
+		if err == nil && st.ExitCode == 0 && st.Signal == 0 && !st.TimedOut {
+			err = stdinResult(stdinErr)
+		}
 		es.events <- ExecEvent{Kind: EventExit, Exit: st, Err: err}
 		close(es.events)
 		es.stop()
