@@ -4,12 +4,15 @@ package tests
 // sandbox goes (Close, Remove, detached Remove, removal by name, Kill, Stop,
 // its helper SIGKILLed, its host process SIGKILLed and the next engine
 // start's cleanup), no cgroup directory is left in any mounted hierarchy
-// and no pasta process is left running.
+// and no pasta process is left running. Also three silent results: Start
+// twice, a failing stdin reader, a sandbox removed by another process.
 
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -437,5 +440,152 @@ func TestReliabLeaksHostAndHelperKilled(t *testing.T) {
 		ids = append(ids, tg.id)
 	}
 	sort.Strings(ids)
-	t.Logf("sandboxes %v: no cgroup dirs or pasta left", ids)
+	if !t.Failed() {
+		t.Logf("sandboxes %v: no cgroup dirs or pasta left", ids)
+	}
+}
+
+// failingReader yields data, then fails.
+type failingReader struct {
+	data []byte
+	err  error
+}
+
+func (f *failingReader) Read(p []byte) (int, error) {
+	if len(f.data) == 0 {
+		return 0, f.err
+	}
+	n := copy(p, f.data)
+	f.data = f.data[n:]
+	return n, nil
+}
+
+var errReaderBroke = errors.New("reader broke")
+
+// A second Start is a typed error, and a stdin reader's failure is
+// reported rather than turned into a clean EOF and exit 0.
+func TestReliabSilentCmdAndStdin(t *testing.T) {
+	needEngine(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	sb := createOK(t)
+
+	c := sb.CommandContext(ctx, "true")
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	err := c.Start()
+	var le *lockbox.Error
+	if !errors.Is(err, lockbox.ErrAlreadyStarted) || !errors.Is(err, lockbox.ErrInvalidArgument) || !errors.As(err, &le) {
+		t.Fatalf("second Start: %v (%T), want *Error matching ErrAlreadyStarted and ErrInvalidArgument", err, err)
+	}
+	if err := c.Wait(); err != nil {
+		t.Fatalf("Wait after the refused second Start: %v", err)
+	}
+
+	wantStdinErr := func(what string, err error) {
+		t.Helper()
+		if !errors.Is(err, lockbox.ErrStdin) || !errors.Is(err, errReaderBroke) {
+			t.Fatalf("%s: got %v, want ErrStdin wrapping the reader's error", what, err)
+		}
+	}
+	// Exec: the process got what was read (then EOF) and exited 0; the
+	// reader's failure is the result.
+	res, err := sb.ExecArgs(ctx, []string{"cat"}, lockbox.WithStdin(&failingReader{[]byte("part"), errReaderBroke}))
+	wantStdinErr("ExecArgs", err)
+	if res == nil || string(res.Stdout) != "part" || res.ExitCode != 0 {
+		t.Fatalf("ExecArgs result: %+v", res)
+	}
+	// Control: the same reader ending with EOF is a success.
+	res, err = sb.ExecArgs(ctx, []string{"cat"}, lockbox.WithStdin(&failingReader{[]byte("all"), io.EOF}))
+	if err != nil || string(res.Stdout) != "all" {
+		t.Fatalf("control ExecArgs: %v %+v", err, res)
+	}
+	// Cmd.Run with a failing Stdin.
+	var out strings.Builder
+	c = sb.CommandContext(ctx, "cat")
+	c.Stdin = &failingReader{[]byte("cmd"), errReaderBroke}
+	c.Stdout = &out
+	wantStdinErr("Cmd.Run", c.Run())
+	if out.String() != "cmd" {
+		t.Fatalf("Cmd stdout %q", out.String())
+	}
+	// ExecStream: the exit event carries it.
+	es, err := sb.ExecStream(ctx, []string{"cat"}, lockbox.WithStdin(&failingReader{[]byte("s"), errReaderBroke}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := es.Wait()
+	wantStdinErr("ExecStream.Wait", err)
+	if st.ExitCode != 0 {
+		t.Fatalf("ExecStream exit %+v", st)
+	}
+	// A process that fails on its own reports its own exit, as os/exec does.
+	res, err = sb.ExecArgs(ctx, []string{"sh", "-c", "cat; exit 3"}, lockbox.WithStdin(&failingReader{[]byte("x"), errReaderBroke}))
+	if err != nil || res.ExitCode != 3 {
+		t.Fatalf("failing process with failing stdin: %v %+v", err, res)
+	}
+}
+
+// TestReliabLeaksRemover runs in a child process: it removes the sandbox
+// named in LOCKBOX_RELIAB_REMOVE.
+func TestReliabLeaksRemover(t *testing.T) {
+	name := os.Getenv("LOCKBOX_RELIAB_REMOVE")
+	if name == "" {
+		t.Skip("helper process for TestReliabSilentRemovedElsewhere")
+	}
+	if err := lockbox.RemoveSandbox(context.Background(), name); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A sandbox removed by another process reports not-found ("was
+// removed") on every later call, not a connection error; a sandbox whose
+// helper merely died is still there and is not reported as removed.
+func TestReliabSilentRemovedElsewhere(t *testing.T) {
+	needEngine(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	sb := createOK(t, lockbox.WithName("reliab-removed-elsewhere"), lockbox.WithReplace(), lockbox.WithDetached())
+	if _, err := sb.Exec(ctx, "true"); err != nil {
+		t.Fatalf("control exec: %v", err)
+	}
+	rm := exec.Command(os.Args[0], "-test.run=^TestReliabLeaksRemover$")
+	rm.Env = append(os.Environ(), "LOCKBOX_RELIAB_REMOVE="+sb.Name())
+	if b, err := rm.CombinedOutput(); err != nil {
+		t.Fatalf("remover: %v\n%s", err, b)
+	}
+	wantRemoved := func(what string, err error) {
+		t.Helper()
+		if !errors.Is(err, lockbox.ErrNotFound) || !strings.Contains(err.Error(), "removed") {
+			t.Fatalf("%s on a sandbox removed elsewhere: %v, want ErrNotFound saying it was removed", what, err)
+		}
+	}
+	_, err := sb.Exec(ctx, "true")
+	wantRemoved("Exec", err)
+	_, err = sb.Exec(ctx, "true")
+	wantRemoved("second Exec", err)
+	_, err = sb.Info(ctx)
+	wantRemoved("Info", err)
+	_, err = sb.FS().ReadFile(ctx, "/etc/hostname")
+	wantRemoved("ReadFile", err)
+
+	// Control: only the helper dies; the sandbox still exists, so the
+	// error is "not running", not "removed".
+	other := createOK(t, lockbox.WithName("reliab-helper-died"), lockbox.WithReplace(), lockbox.WithDetached())
+	info, err := other.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	syscall.Kill(info.HelperPID, syscall.SIGKILL)
+	for syscall.Kill(info.HelperPID, 0) == nil {
+		time.Sleep(10 * time.Millisecond)
+	}
+	_, err = other.Exec(ctx, "true")
+	if err == nil || errors.Is(err, lockbox.ErrNotFound) {
+		t.Fatalf("Exec after the helper died (sandbox not removed): %v, want an error other than not-found", err)
+	}
+	if _, err := lockbox.GetSandbox(ctx, other.Name()); err != nil {
+		t.Fatalf("the sandbox whose helper died is still listed: %v", err)
+	}
 }
