@@ -24,9 +24,13 @@ type NotEnforced struct {
 
 // SandboxInfo describes a sandbox.
 type SandboxInfo struct {
-	Name     string            `json:"name"`
-	ID       string            `json:"id"`
-	Status   string            `json:"status"` // "running" or "stopped"
+	Name string `json:"name"`
+	ID   string `json:"id"`
+	// Status is "running", "stopped", or "damaged": the sandbox's state
+	// files cannot be read (Error says why). A damaged sandbox's files are
+	// kept, never cleaned up behind your back; RemoveSandbox deletes them.
+	Status   string            `json:"status"`
+	Error    string            `json:"error,omitempty"`
 	Image    string            `json:"image"`
 	Rootfs   string            `json:"rootfs"`
 	Detached bool              `json:"detached"`

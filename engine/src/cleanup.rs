@@ -142,7 +142,15 @@ pub fn cleanup_stale(layout: &Layout) -> CleanupReport {
         let Ok(Some(_lock)) = DirLock::try_acquire(&dir.join("lock")) else {
             continue;
         };
-        let state: Option<SandboxState> = read_json(&dir.join("state.json")).ok();
+        let state: Option<SandboxState> = match read_json(&dir.join("state.json")) {
+            Ok(st) => Some(st),
+            Err(_) if !dir.join("state.json").exists() => None,
+            // Present but unreadable: damaged by something else. Its
+            // writable layer may be all a detached sandbox's user has, so
+            // nothing is deleted; `list` shows it as damaged and only an
+            // explicit remove deletes it.
+            Err(_) => continue,
+        };
         match state {
             Some(st) if st.detached => {
                 if !st.helper_alive() && remove_cgroups(&st.report.cgroup) {
@@ -220,6 +228,39 @@ mod tests {
         assert!(l.sandbox("dead-detached").exists());
         assert!(l.sandbox("owned").exists());
         assert!(!l.sandbox("dead").exists());
+    }
+
+    #[test]
+    fn a_damaged_state_file_keeps_the_sandbox_and_lists_it() {
+        let d = tempfile::tempdir().unwrap();
+        let engine = crate::Engine::with_home(d.path().to_path_buf()).unwrap();
+        let l = Layout::new(std::fs::canonicalize(d.path()).unwrap());
+        let dir = l.sandbox("damaged");
+        std::fs::create_dir_all(dir.join("upper")).unwrap();
+        std::fs::write(dir.join("upper/precious"), "work").unwrap();
+        // Truncated, as a full disk or a crashed editor leaves it.
+        std::fs::write(dir.join("state.json"), "{\"helper_pid\": 12").unwrap();
+        std::fs::write(dir.join("config.json"), "{}").unwrap();
+        let rep = cleanup_stale(&l);
+        assert!(rep.removed.is_empty(), "{rep:?}");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("upper/precious")).unwrap(),
+            "work"
+        );
+        let list = engine.list().unwrap();
+        let e = list.iter().find(|i| i.name == "damaged").expect("listed");
+        assert_eq!(e.status, "damaged");
+        assert!(e
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("state cannot be read"));
+        // Control: the same directory without a state file is a crash
+        // mid-create, which cleanup does remove.
+        std::fs::remove_file(dir.join("state.json")).unwrap();
+        let rep = cleanup_stale(&l);
+        assert_eq!(rep.removed, vec!["damaged".to_string()]);
+        assert!(!dir.exists());
     }
 
     #[test]

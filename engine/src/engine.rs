@@ -403,11 +403,24 @@ impl Engine {
                 continue;
             }
             let dir = e.path();
-            let (Ok(stored), Ok(state)) = (
+            let (stored, state) = match (
                 read_json::<StoredConfig>(&dir.join("config.json")),
                 read_json::<SandboxState>(&dir.join("state.json")),
-            ) else {
-                continue;
+            ) {
+                (Ok(c), Ok(s)) => (c, s),
+                // A create still writing its files, or a crash before it
+                // wrote any: not a sandbox yet.
+                _ if !dir.join("state.json").exists() => continue,
+                (c, s) => {
+                    let why = [c.err(), s.err()]
+                        .into_iter()
+                        .flatten()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    out.push(crate::sandbox::damaged_info(&name, &dir, why));
+                    continue;
+                }
             };
             let running = match self.open_sandbox(&name) {
                 Some(s) => s.is_running(),

@@ -2,7 +2,7 @@
 //! agent connection, and the lifecycle operations on it.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ChildStdin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -69,6 +69,10 @@ pub struct SandboxInfo {
     /// The writable layer's budget in MiB; `None`: no budget (disk_mib 0).
     #[serde(default)]
     pub disk_mib: Option<u64>,
+    /// Why the sandbox's state could not be read (status "damaged"): its
+    /// files are kept until it is removed explicitly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Default grace period between the polite stop and SIGKILL.
@@ -327,6 +331,30 @@ impl Sandbox {
     }
 }
 
+/// A list entry for a sandbox whose state files cannot be read.
+pub fn damaged_info(name: &str, dir: &Path, why: String) -> SandboxInfo {
+    SandboxInfo {
+        name: name.to_string(),
+        id: String::new(),
+        status: "damaged".into(),
+        image: None,
+        rootfs: None,
+        detached: false,
+        labels: Default::default(),
+        created_unix: 0,
+        helper_pid: 0,
+        enforced: Vec::new(),
+        not_enforced: Vec::new(),
+        config: Default::default(),
+        dir: dir.to_string_lossy().into_owned(),
+        image_used: None,
+        disk_mib: None,
+        error: Some(format!(
+            "state cannot be read ({why}); its files are kept: remove it to delete them"
+        )),
+    }
+}
+
 pub fn info_from(
     stored: &StoredConfig,
     st: &SandboxState,
@@ -349,6 +377,7 @@ pub fn info_from(
         dir: dir.to_string_lossy().into_owned(),
         image_used: stored.image.clone(),
         disk_mib: stored.config.effective_disk_mib(),
+        error: None,
     }
 }
 
