@@ -309,7 +309,12 @@ func removalPaths(t *testing.T, prefix string, pasta bool, rounds int, opts ...l
 func TestReliabLeaksCgroupsEveryRemovalPath(t *testing.T) {
 	needEngine(t)
 	needCgroups(t)
-	removalPaths(t, "leak-cg", false, 2)
+	rounds := 2
+	// A soak: LOCKBOX_RELIAB_LEAK_ROUNDS=100 runs 700 cycles.
+	if n, err := strconv.Atoi(os.Getenv("LOCKBOX_RELIAB_LEAK_ROUNDS")); err == nil && n > 0 {
+		rounds = n
+	}
+	removalPaths(t, "leak-cg", false, rounds)
 }
 
 // Item 7: pasta goes with its sandbox on every removal path.
