@@ -2,6 +2,7 @@ package tests
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,40 +23,49 @@ func needEngine(t *testing.T) {
 	}
 }
 
-var (
-	probeOnce sync.Once
-	probeDir  string
-	probeErr  error
-)
+// probeBuild is one static probe program, built once per test binary.
+type probeBuild struct {
+	once sync.Once
+	dir  string
+	err  error
+}
 
-// escapeProbe builds cmd/escapeprobe (static) into a directory that the
-// sandboxes mount read-only at /probe.
-func escapeProbe(t *testing.T) string {
+var probes sync.Map // program name -> *probeBuild
+
+// staticProbe builds ./cmd/<name> (static, so it runs in any image) once
+// into a directory of its own, or finds it prebuilt in
+// LOCKBOX_ESCAPE_PROBE_DIR (the rootless run has no Go toolchain cache),
+// and returns that directory.
+func staticProbe(t *testing.T, name string) string {
 	t.Helper()
-	probeOnce.Do(func() {
-		// A prebuilt probe (the rootless run has no Go toolchain cache).
+	v, _ := probes.LoadOrStore(name, &probeBuild{})
+	b := v.(*probeBuild)
+	b.once.Do(func() {
 		if d := os.Getenv("LOCKBOX_ESCAPE_PROBE_DIR"); d != "" {
-			probeDir = d
+			b.dir = d
+			_, b.err = os.Stat(filepath.Join(d, name))
 			return
 		}
-		probeDir, probeErr = os.MkdirTemp("", "lockbox-probe-")
-		if probeErr != nil {
+		b.dir, b.err = os.MkdirTemp("", "lockbox-"+name+"-")
+		if b.err != nil {
 			return
 		}
-		os.Chmod(probeDir, 0o755)
-		cmd := exec.Command("go", "build", "-o", filepath.Join(probeDir, "escapeprobe"), "./cmd/escapeprobe")
+		os.Chmod(b.dir, 0o755)
+		cmd := exec.Command("go", "build", "-o", filepath.Join(b.dir, name), "./cmd/"+name)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			probeErr = err
-			probeDir = string(out)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.err = fmt.Errorf("%v: %s", err, out)
 		}
 	})
-	if probeErr != nil {
-		t.Fatalf("build escapeprobe: %v\n%s", probeErr, probeDir)
+	if b.err != nil {
+		t.Fatalf("build %s: %v", name, b.err)
 	}
-	return probeDir
+	return b.dir
 }
+
+// escapeProbe is the directory holding cmd/escapeprobe, which the
+// sandboxes mount read-only at /probe.
+func escapeProbe(t *testing.T) string { return staticProbe(t, "escapeprobe") }
 
 // hostMarker makes a host directory with a secret file in it and returns
 // the dir, the file, and a check that both are exactly as made.

@@ -16,7 +16,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -24,42 +23,9 @@ import (
 	"lockbox.dev/lockbox"
 )
 
-var (
-	hostProbeOnce sync.Once
-	hostProbeDir  string
-	hostProbeErr  error
-)
-
-// hostProbeBinary builds cmd/hostprobe (static) once, or finds it prebuilt
-// next to escapeprobe (the rootless run has no Go toolchain cache).
+// hostProbeBinary is cmd/hostprobe's path.
 func hostProbeBinary(t *testing.T) string {
-	t.Helper()
-	hostProbeOnce.Do(func() {
-		if d := os.Getenv("LOCKBOX_ESCAPE_PROBE_DIR"); d != "" {
-			hostProbeDir = d
-			if _, err := os.Stat(filepath.Join(d, "hostprobe")); err != nil {
-				hostProbeErr = err
-			}
-			return
-		}
-		hostProbeDir, hostProbeErr = os.MkdirTemp("", "lockbox-hostprobe-")
-		if hostProbeErr != nil {
-			return
-		}
-		os.Chmod(hostProbeDir, 0o755)
-		cmd := exec.Command("go", "build", "-o", filepath.Join(hostProbeDir, "hostprobe"), "./cmd/hostprobe")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			hostProbeErr = fmt.Errorf("%v: %s", err, out)
-		}
-	})
-	if hostProbeErr != nil {
-		if os.Getenv("LOCKBOX_ESCAPE_PROBE_DIR") != "" {
-			t.Skipf("no prebuilt hostprobe: %v", hostProbeErr)
-		}
-		t.Fatalf("build hostprobe: %v", hostProbeErr)
-	}
-	return filepath.Join(hostProbeDir, "hostprobe")
+	return filepath.Join(staticProbe(t, "hostprobe"), "hostprobe")
 }
 
 // hostProbeSandbox creates a sandbox with cmd/hostprobe at /hostprobe.

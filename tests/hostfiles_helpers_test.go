@@ -4,53 +4,18 @@ import (
 	"bufio"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 )
 
-var (
-	racerOnce sync.Once
-	racerDir  string
-	racerErr  error
-)
-
-// hostFileRacer builds cmd/hostfileracer (static) into a directory the
-// sandboxes mount read-only at /racer. A run with a prebuilt probe dir
-// (rootless) looks for it there.
-func hostFileRacer(t *testing.T) string {
-	t.Helper()
-	racerOnce.Do(func() {
-		if d := os.Getenv("LOCKBOX_ESCAPE_PROBE_DIR"); d != "" {
-			if _, err := os.Stat(filepath.Join(d, "hostfileracer")); err == nil {
-				racerDir = d
-				return
-			}
-		}
-		racerDir, racerErr = os.MkdirTemp("", "lockbox-racer-")
-		if racerErr != nil {
-			return
-		}
-		os.Chmod(racerDir, 0o755)
-		cmd := exec.Command("go", "build", "-o", filepath.Join(racerDir, "hostfileracer"), "./cmd/hostfileracer")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			racerErr = err
-			racerDir = string(out)
-		}
-	})
-	if racerErr != nil {
-		t.Skipf("cannot build hostfileracer here: %v\n%s", racerErr, racerDir)
-	}
-	return racerDir
-}
+// hostFileRacer is the directory holding cmd/hostfileracer, which the
+// sandboxes mount read-only at /racer.
+func hostFileRacer(t *testing.T) string { return staticProbe(t, "hostfileracer") }
 
 // volumeDir is a host directory a sandbox may write into (whatever host
 // ids its root maps to).
