@@ -180,12 +180,13 @@ func (s *Sandbox) start(ctx context.Context, cfg *execConfig) (*process, error) 
 	if err != nil {
 		return nil, err
 	}
+	ref := newChildRef(r.Exec, s.ref)
 	return &process{
-		ref:    newHandleRef(r.Exec),
+		ref:    ref,
 		pid:    r.Pid,
-		stdin:  newStreamRef(r.Stdin),
-		stdout: newStreamRef(r.Stdout),
-		stderr: newStreamRef(r.Stderr),
+		stdin:  newStreamRef(r.Stdin, ref),
+		stdout: newStreamRef(r.Stdout, ref),
+		stderr: newStreamRef(r.Stderr, ref),
 	}, nil
 }
 

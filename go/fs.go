@@ -185,7 +185,7 @@ func (f *FS) Open(ctx context.Context, path string) (io.ReadCloser, error) {
 	if err := f.call(ctx, "fs.open", map[string]any{"path": path}, &r); err != nil {
 		return nil, err
 	}
-	s := newStreamRef(&r.Stream)
+	s := newStreamRef(&r.Stream, f.sb.ref)
 	return &fileReader{s: s, streamReader: s.reader(ctx, "fs.read")}, nil
 }
 
@@ -223,7 +223,7 @@ func (f *FS) CreateMode(ctx context.Context, path string, perm fs.FileMode) (io.
 	if err := f.call(ctx, "fs.create", map[string]any{"path": path, "mode": uint32(perm.Perm())}, &r); err != nil {
 		return nil, err
 	}
-	s := newStreamRef(&r.Stream)
+	s := newStreamRef(&r.Stream, f.sb.ref)
 	return &fileWriter{s: s, w: s.writer(ctx, "fs.write")}, nil
 }
 
@@ -239,7 +239,7 @@ func (f *FS) ReadFile(ctx context.Context, path string, opts ...FileOption) ([]b
 	if err := f.call(ctx, "fs.open", map[string]any{"path": path, "regular": true}, &r); err != nil {
 		return nil, err
 	}
-	s := newStreamRef(&r.Stream)
+	s := newStreamRef(&r.Stream, f.sb.ref)
 	defer s.close()
 	rd := io.Reader(s.reader(ctx, "fs.read"))
 	if limit < 0 {

@@ -19,12 +19,26 @@ import (
 type handleRef struct {
 	h      uint64
 	closed atomic.Bool
+	// parent is the handle this one was made from (an exec's or a
+	// stream's sandbox). Nothing reads it: it is there so that the
+	// parent's finalizer cannot close a sandbox (stopping and removing
+	// it, when not detached) while an exec or stream from it is still in
+	// use by someone who dropped the *Sandbox. Cleared on close.
+	parent *handleRef
+	// done is closed when the handle is closed (by Close or the
+	// finalizer), so that goroutines serving it can stop waiting.
+	done chan struct{}
 }
 
-func newHandleRef(h uint64) *handleRef {
-	r := &handleRef{h: h}
+func newHandleRef(h uint64) *handleRef { return newChildRef(h, nil) }
+
+// newChildRef is newHandleRef for a handle made from parent's: parent
+// stays open at least as long as this handle does.
+func newChildRef(h uint64, parent *handleRef) *handleRef {
+	r := &handleRef{h: h, parent: parent, done: make(chan struct{})}
 	runtime.SetFinalizer(r, func(r *handleRef) {
 		if r.closed.CompareAndSwap(false, true) {
+			close(r.done)
 			// Off the finalizer goroutine: releasing an engine object may
 			// take a while (a sandbox tearing down), and one slow release
 			// must not hold up every other finalizer in the program.
@@ -41,7 +55,11 @@ func (r *handleRef) close(op string) error {
 		return nil
 	}
 	runtime.SetFinalizer(r, nil)
-	return closeHandle(op, r.h)
+	close(r.done)
+	err := closeHandle(op, r.h)
+	// Only now: until the handle is released, its parent must stay.
+	r.parent = nil
+	return err
 }
 
 // use runs fn with the handle, keeping the owner alive (no finalizer can

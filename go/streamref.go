@@ -16,11 +16,13 @@ const copyBufSize = 256 << 10
 // streamRef owns a stream handle and adapts it to io.Reader / io.Writer.
 type streamRef struct{ ref *handleRef }
 
-func newStreamRef(h *uint64) *streamRef {
+// newStreamRef wraps a stream made from the sandbox (or exec) handle
+// parent, which stays open while the stream is in use.
+func newStreamRef(h *uint64, parent *handleRef) *streamRef {
 	if h == nil || *h == 0 {
 		return nil
 	}
-	return &streamRef{ref: newHandleRef(*h)}
+	return &streamRef{ref: newChildRef(*h, parent)}
 }
 
 func (s *streamRef) close() error {
