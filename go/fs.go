@@ -44,11 +44,22 @@ func fileOptions(def int64, opts []FileOption) int64 {
 
 // FS is a sandbox's file system. Every path is absolute inside the sandbox
 // and resolved inside its root: no symlink, ".." or /proc trick reaches a
-// host path. File contents stream; nothing is base64-encoded.
-type FS struct{ sb *Sandbox }
+// host path. Calls act as the sandbox's user (WithUser), so a link that
+// user planted is followed with its rights only; As picks another user.
+// File contents stream; nothing is base64-encoded.
+type FS struct {
+	sb   *Sandbox
+	user string // "" for the sandbox's own user
+}
 
-// FS returns the sandbox's file system.
+// FS returns the sandbox's file system, acting as the sandbox's user.
 func (s *Sandbox) FS() *FS { return &FS{sb: s} }
+
+// As returns the same file system acting as user inside the sandbox:
+// "root", a name from the image's /etc/passwd, "uid" or "uid:gid". Only
+// ask for a user more privileged than the sandbox's own when you mean it:
+// its calls follow links that less privileged code inside may have made.
+func (f *FS) As(user string) *FS { return &FS{sb: f.sb, user: user} }
 
 // FileInfo describes a file in a sandbox; it implements fs.FileInfo.
 type FileInfo struct {
@@ -107,6 +118,9 @@ func (w *wireFileInfo) info() *FileInfo {
 func (f *FS) call(ctx context.Context, method string, params map[string]any, result any) error {
 	return f.sb.ref.use(method, func(h uint64) error {
 		params["sandbox"] = h
+		if f.user != "" {
+			params["user"] = f.user
+		}
 		return call(ctx, method, method, params, result)
 	})
 }

@@ -72,6 +72,21 @@ func TestEscapeAgentFileCallsActAsSandboxUser(t *testing.T) {
 	if res, _ := sb.Shell(ctx, "stat -c %u /tmp/mine"); string(res.Stdout) != "1000\n" {
 		t.Fatalf("owner of an API-written file: %q", res.Stdout)
 	}
+	// Acting as root is an explicit opt-in, and it is root: the same read
+	// through the user's link now returns the secret (the probe above
+	// would have seen it).
+	if b, err := sb.FS().As("root").ReadFile(ctx, "/tmp/rl"); err != nil || string(b) != "top\n" {
+		t.Fatalf("FS().As(\"root\") read through the link: %q %v", b, err)
+	}
+	if err := sb.FS().As("0:0").WriteFile(ctx, "/tmp/rootfile", []byte("r"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if res, _ := sb.Shell(ctx, "stat -c %u:%g /tmp/rootfile", root); string(res.Stdout) != "0:0\n" {
+		t.Fatalf("owner of a file written As(\"0:0\"): %q", res.Stdout)
+	}
+	if _, err := sb.FS().As("nosuchuser").Stat(ctx, "/"); !errors.Is(err, lockbox.ErrNotFound) {
+		t.Fatalf("As an unknown user: want ErrNotFound, got %v", err)
+	}
 }
 
 // A FIFO or device given to the file API, an exec argument larger than a

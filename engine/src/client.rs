@@ -65,6 +65,9 @@ impl Shared {
 pub struct AgentClient {
     shared: Arc<Shared>,
     pub agent_pid: u32,
+    /// File requests go out as this (uid, gid) instead of the sandbox's
+    /// configured user (see `as_user`).
+    as_user: Option<(u32, u32)>,
 }
 
 /// One operation: its id and the channel its frames arrive on. Dropping it
@@ -73,6 +76,7 @@ pub struct Op {
     pub id: u32,
     pub(crate) shared: Arc<Shared>,
     pub(crate) rx: mpsc::UnboundedReceiver<Incoming>,
+    as_user: Option<(u32, u32)>,
 }
 
 impl Drop for Op {
@@ -85,7 +89,17 @@ impl Drop for Op {
 
 impl Op {
     pub fn send(&self, msg: &Message) -> Result<()> {
-        self.shared.send(Frame::control(self.id, msg))
+        match self.as_user {
+            Some((uid, gid)) if msg.is_file_request() => {
+                let wrapped = Message::AsUser {
+                    uid,
+                    gid,
+                    request: Box::new(msg.clone()),
+                };
+                self.shared.send(Frame::control(self.id, &wrapped))
+            }
+            _ => self.shared.send(Frame::control(self.id, msg)),
+        }
     }
 
     pub async fn recv(&mut self) -> Incoming {
@@ -209,7 +223,11 @@ impl AgentClient {
 
         tokio::spawn(write_loop(wr, rx, shared.stop.subscribe()));
         tokio::spawn(read_loop(rd, shared.clone()));
-        Ok(AgentClient { shared, agent_pid })
+        Ok(AgentClient {
+            shared,
+            agent_pid,
+            as_user: None,
+        })
     }
 
     /// Closes the connection; pending and future operations fail with
@@ -247,7 +265,19 @@ impl AgentClient {
             id,
             shared: self.shared.clone(),
             rx,
+            as_user: self.as_user,
         })
+    }
+
+    /// The same connection, with every file request acting as `uid:gid`
+    /// inside the sandbox instead of its configured user: an explicit
+    /// opt-in (e.g. root), since a file call as a more privileged user
+    /// follows links a less privileged one planted.
+    pub fn as_user(&self, uid: u32, gid: u32) -> AgentClient {
+        AgentClient {
+            as_user: Some((uid, gid)),
+            ..self.clone()
+        }
     }
 
     /// Sends a request and waits for its single reply.

@@ -139,6 +139,20 @@ impl Sandbox {
         Ok(())
     }
 
+    /// The live agent connection whose file requests act as `user`
+    /// ("uid", "uid:gid" or a name from the image) instead of the
+    /// sandbox's configured user; `None`: the configured user.
+    pub fn client_as(&self, user: Option<&str>) -> Result<AgentClient> {
+        let c = self.client()?;
+        match user {
+            None => Ok(c),
+            Some(u) => {
+                let (uid, gid) = crate::config::resolve_user(u, &self.stored.lower)?;
+                Ok(c.as_user(uid, gid))
+            }
+        }
+    }
+
     /// The live agent connection, or `unavailable`.
     pub fn client(&self) -> Result<AgentClient> {
         self.check_not_removed()?;

@@ -111,6 +111,24 @@ pub enum Message {
     Error(WireError),
 }
 
+impl Message {
+    /// Whether this is a file request: what `AsUser` may wrap.
+    pub fn is_file_request(&self) -> bool {
+        matches!(
+            self,
+            Message::Stat { .. }
+                | Message::ReadDir { .. }
+                | Message::MkdirAll { .. }
+                | Message::Remove { .. }
+                | Message::RemoveAll { .. }
+                | Message::Rename { .. }
+                | Message::Symlink { .. }
+                | Message::ReadFile { .. }
+                | Message::WriteFile { .. }
+        )
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ExecRequest {
     /// argv[0] is looked up in PATH (of `env`) when it has no slash.

@@ -197,18 +197,7 @@ pub async fn simple(creds: Creds, msg: Message) -> Message {
 
 /// Whether `m` is a file request (what `AsUser` may wrap).
 pub fn is_file_request(m: &Message) -> bool {
-    matches!(
-        m,
-        Message::Stat { .. }
-            | Message::ReadDir { .. }
-            | Message::MkdirAll { .. }
-            | Message::Remove { .. }
-            | Message::RemoveAll { .. }
-            | Message::Rename { .. }
-            | Message::Symlink { .. }
-            | Message::ReadFile { .. }
-            | Message::WriteFile { .. }
-    )
+    m.is_file_request()
 }
 
 /// Per-entry overhead of a `FileInfo` in JSON, beyond its strings.

@@ -42,6 +42,9 @@ impl ByteStream for CreateStream {
 #[serde(deny_unknown_fields)]
 struct PathParams {
     sandbox: u64,
+    /// Act as this user inside instead of the sandbox's own (opt-in).
+    #[serde(default)]
+    user: Option<String>,
     path: String,
 }
 
@@ -51,13 +54,17 @@ fn to_json<T: serde::Serialize>(v: T) -> Result<Value, ApiError> {
 
 fn stat(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
     let p: PathParams = params("fs.stat", p)?;
-    let c = sandbox(p.sandbox)?.client().map_err(api)?;
+    let c = sandbox(p.sandbox)?
+        .client_as(p.user.as_deref())
+        .map_err(api)?;
     to_json(ctx.block_on(async { fs::stat(&c, &p.path).await.map_err(api) })?)
 }
 
 fn read_dir(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
     let p: PathParams = params("fs.read_dir", p)?;
-    let c = sandbox(p.sandbox)?.client().map_err(api)?;
+    let c = sandbox(p.sandbox)?
+        .client_as(p.user.as_deref())
+        .map_err(api)?;
     let entries = ctx.block_on(async { fs::read_dir(&c, &p.path).await.map_err(api) })?;
     Ok(json!({ "entries": entries }))
 }
@@ -67,12 +74,17 @@ fn mkdir_all(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
     #[serde(deny_unknown_fields)]
     struct P {
         sandbox: u64,
+        /// Act as this user inside instead of the sandbox's own (opt-in).
+        #[serde(default)]
+        user: Option<String>,
         path: String,
         #[serde(default = "dir_mode")]
         mode: u32,
     }
     let p: P = params("fs.mkdir_all", p)?;
-    let c = sandbox(p.sandbox)?.client().map_err(api)?;
+    let c = sandbox(p.sandbox)?
+        .client_as(p.user.as_deref())
+        .map_err(api)?;
     ctx.block_on(async { fs::mkdir_all(&c, &p.path, p.mode).await.map_err(api) })?;
     Ok(json!({}))
 }
@@ -91,14 +103,18 @@ fn file_mode() -> u32 {
 
 fn remove(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
     let p: PathParams = params("fs.remove", p)?;
-    let c = sandbox(p.sandbox)?.client().map_err(api)?;
+    let c = sandbox(p.sandbox)?
+        .client_as(p.user.as_deref())
+        .map_err(api)?;
     ctx.block_on(async { fs::remove(&c, &p.path).await.map_err(api) })?;
     Ok(json!({}))
 }
 
 fn remove_all(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
     let p: PathParams = params("fs.remove_all", p)?;
-    let c = sandbox(p.sandbox)?.client().map_err(api)?;
+    let c = sandbox(p.sandbox)?
+        .client_as(p.user.as_deref())
+        .map_err(api)?;
     ctx.block_on(async { fs::remove_all(&c, &p.path).await.map_err(api) })?;
     Ok(json!({}))
 }
@@ -108,11 +124,16 @@ fn rename(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
     #[serde(deny_unknown_fields)]
     struct P {
         sandbox: u64,
+        /// Act as this user inside instead of the sandbox's own (opt-in).
+        #[serde(default)]
+        user: Option<String>,
         from: String,
         to: String,
     }
     let p: P = params("fs.rename", p)?;
-    let c = sandbox(p.sandbox)?.client().map_err(api)?;
+    let c = sandbox(p.sandbox)?
+        .client_as(p.user.as_deref())
+        .map_err(api)?;
     ctx.block_on(async { fs::rename(&c, &p.from, &p.to).await.map_err(api) })?;
     Ok(json!({}))
 }
@@ -122,11 +143,16 @@ fn symlink(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
     #[serde(deny_unknown_fields)]
     struct P {
         sandbox: u64,
+        /// Act as this user inside instead of the sandbox's own (opt-in).
+        #[serde(default)]
+        user: Option<String>,
         target: String,
         link: String,
     }
     let p: P = params("fs.symlink", p)?;
-    let c = sandbox(p.sandbox)?.client().map_err(api)?;
+    let c = sandbox(p.sandbox)?
+        .client_as(p.user.as_deref())
+        .map_err(api)?;
     ctx.block_on(async { fs::symlink(&c, &p.target, &p.link).await.map_err(api) })?;
     Ok(json!({}))
 }
@@ -136,13 +162,18 @@ fn open(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
     #[serde(deny_unknown_fields)]
     struct P {
         sandbox: u64,
+        /// Act as this user inside instead of the sandbox's own (opt-in).
+        #[serde(default)]
+        user: Option<String>,
         path: String,
         /// Refuse anything but a regular file (after following links).
         #[serde(default)]
         regular: bool,
     }
     let p: P = params("fs.open", p)?;
-    let c = sandbox(p.sandbox)?.client().map_err(api)?;
+    let c = sandbox(p.sandbox)?
+        .client_as(p.user.as_deref())
+        .map_err(api)?;
     let r = ctx.block_on(async {
         if p.regular {
             fs::open_regular(&c, &p.path).await
@@ -160,12 +191,17 @@ fn create(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
     #[serde(deny_unknown_fields)]
     struct P {
         sandbox: u64,
+        /// Act as this user inside instead of the sandbox's own (opt-in).
+        #[serde(default)]
+        user: Option<String>,
         path: String,
         #[serde(default = "file_mode")]
         mode: u32,
     }
     let p: P = params("fs.create", p)?;
-    let c = sandbox(p.sandbox)?.client().map_err(api)?;
+    let c = sandbox(p.sandbox)?
+        .client_as(p.user.as_deref())
+        .map_err(api)?;
     let w = ctx.block_on(async { fs::create(&c, &p.path, p.mode).await.map_err(api) })?;
     let h = registry::global().insert_stream(Arc::new(CreateStream(w)));
     Ok(json!({ "stream": h }))
@@ -175,6 +211,9 @@ fn create(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
 #[serde(deny_unknown_fields)]
 struct CopyParams {
     sandbox: u64,
+    /// Act as this user inside instead of the sandbox's own (opt-in).
+    #[serde(default)]
+    user: Option<String>,
     src: String,
     dst: String,
 }
@@ -184,6 +223,9 @@ fn copy_to_host(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
     #[serde(deny_unknown_fields)]
     struct P {
         sandbox: u64,
+        /// Act as this user inside instead of the sandbox's own (opt-in).
+        #[serde(default)]
+        user: Option<String>,
         src: String,
         dst: String,
         /// Cap on the file bytes written to the host (default 1 GiB).
@@ -191,7 +233,9 @@ fn copy_to_host(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
         max_bytes: u64,
     }
     let p: P = params("fs.copy_to_host", p)?;
-    let c = sandbox(p.sandbox)?.client().map_err(api)?;
+    let c = sandbox(p.sandbox)?
+        .client_as(p.user.as_deref())
+        .map_err(api)?;
     let dst = PathBuf::from(&p.dst);
     if !dst.is_absolute() {
         return Err(ApiError::invalid_argument(
@@ -208,7 +252,9 @@ fn copy_to_host(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
 
 fn copy_from_host(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
     let p: CopyParams = params("fs.copy_from_host", p)?;
-    let c = sandbox(p.sandbox)?.client().map_err(api)?;
+    let c = sandbox(p.sandbox)?
+        .client_as(p.user.as_deref())
+        .map_err(api)?;
     let src = PathBuf::from(&p.src);
     if !src.is_absolute() {
         return Err(ApiError::invalid_argument(
