@@ -139,6 +139,29 @@ type zeros struct{}
 
 func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
 
+func ExampleFS_As() {
+	ctx := context.Background()
+	// The workload runs as uid 1000; so do file calls, unless asked.
+	sb, err := lockbox.CreateSandbox(ctx, lockbox.WithUser("1000"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer sb.Remove(ctx)
+
+	if err := sb.FS().WriteFile(ctx, "/tmp/mine", []byte("x"), 0o644); err != nil {
+		log.Fatal(err)
+	}
+	// Root only where the program means it.
+	if err := sb.FS().As("root").WriteFile(ctx, "/etc/motd", []byte("hi\n"), 0o644); err != nil {
+		log.Fatal(err)
+	}
+	res, _ := sb.Shell(ctx, "stat -c %u /tmp/mine /etc/motd")
+	fmt.Print(string(res.Stdout))
+	// Output:
+	// 1000
+	// 0
+}
+
 func ExampleFS_CopyToHost() {
 	ctx := context.Background()
 	sb, err := lockbox.CreateSandbox(ctx)
