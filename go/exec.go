@@ -335,7 +335,11 @@ type ExecStream struct {
 }
 
 // ExecStream starts argv and delivers its output event by event. Read
-// Events until it is closed; the last event is EventExit.
+// Events until it is closed; the last event is EventExit. Until then the
+// stream keeps its sandbox open, even if the *Sandbox is dropped. Once
+// ctx ends or the sandbox is closed, delivery no longer waits for a
+// reader: output not yet read may be dropped, EventExit (with the error)
+// still comes last, and nothing is left running for a stream never read.
 func (s *Sandbox) ExecStream(ctx context.Context, argv []string, opts ...ExecOption) (*ExecStream, error) {
 	cfg := &execConfig{Argv: argv, Stdin: true}
 	for _, o := range opts {
@@ -354,6 +358,25 @@ func (s *Sandbox) ExecStream(ctx context.Context, argv []string, opts ...ExecOpt
 		}
 	}
 	es.stop = context.AfterFunc(ctx, func() { _ = p.signal(syscall.SIGKILL) })
+	// send hands ev to the reader, or gives up once ctx has ended or the
+	// sandbox is closed: a caller who stopped reading must not keep these
+	// goroutines, and through them the sandbox, forever. A ready reader
+	// is served first.
+	gone := s.ref.done
+	send := func(ev ExecEvent) bool {
+		select {
+		case es.events <- ev:
+			return true
+		default:
+		}
+		select {
+		case es.events <- ev:
+			return true
+		case <-ctx.Done():
+		case <-gone:
+		}
+		return false
+	}
 	var wg sync.WaitGroup
 	pump := func(r *streamRef, kind EventKind, op string) {
 		defer wg.Done()
@@ -364,8 +387,8 @@ func (s *Sandbox) ExecStream(ctx context.Context, argv []string, opts ...ExecOpt
 		for {
 			buf := make([]byte, 64<<10)
 			n, err := rd.Read(buf)
-			if n > 0 {
-				es.events <- ExecEvent{Kind: kind, Data: buf[:n]}
+			if n > 0 && !send(ExecEvent{Kind: kind, Data: buf[:n]}) {
+				return
 			}
 			if err != nil {
 				return
@@ -381,7 +404,16 @@ func (s *Sandbox) ExecStream(ctx context.Context, argv []string, opts ...ExecOpt
 		if err == nil && st.ExitCode == 0 && st.Signal == 0 && !st.TimedOut {
 			err = stdinResult(stdinErr)
 		}
-		es.events <- ExecEvent{Kind: EventExit, Exit: st, Err: err}
+		exit := ExecEvent{Kind: EventExit, Exit: st, Err: err}
+		for !send(exit) {
+			// The buffer is full and nobody reads: the oldest chunk makes
+			// room, so that a late reader still ends on the exit. The
+			// pumps are done, so the next send finds the room.
+			select {
+			case <-es.events:
+			default:
+			}
+		}
 		close(es.events)
 		es.stop()
 		p.close()
