@@ -24,8 +24,14 @@ trap cleanup EXIT
 
 scripts/serve-dist "$root/dist" -url-file "$work/url" -q >/dev/null &
 server_pid=$!
-for _ in $(seq 1 100); do [ -s "$work/url" ] && break; sleep 0.1; done
-[ -s "$work/url" ] || { echo "run: the release server did not start" >&2; exit 1; }
+# The first start compiles the server (a cold Go cache takes a while):
+# wait as long as it is alive, up to five minutes.
+for _ in $(seq 1 3000); do
+  [ -s "$work/url" ] && break
+  kill -0 "$server_pid" 2>/dev/null || break
+  sleep 0.1
+done
+[ -s "$work/url" ] || { echo "run: the release server did not start (see scripts/serve-dist)" >&2; exit 1; }
 url="$(cat "$work/url")"
 echo "run: serving dist/ at $url; installing into a fresh LOCKBOX_HOME ($work/home)"
 
