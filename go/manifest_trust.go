@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io/fs"
+	"os"
 	"path"
 	"strings"
 	"sync"
@@ -31,24 +32,46 @@ type embeddedTrust struct {
 	err          error
 }
 
+// devPin names a directory holding a development pin (keys/*.pub and
+// <Version>/manifest.json), which replaces the embedded one. Only the
+// linker sets it (-ldflags "-X lockbox.dev/lockbox.devPin=DIR"): the
+// project's own `make run` and `make test` do, for the release they build
+// and sign with a key made on that machine, so that they never rewrite the
+// committed pin. No environment variable or option can: what a program
+// trusts is decided when it is built, by whoever builds it.
+var devPin string
+
+// pinSource is where the trusted keys and the pinned manifest come from,
+// and a name for errors.
+func pinSource() (fs.FS, string, string) {
+	if devPin != "" {
+		return os.DirFS(devPin), ".", "development pin " + devPin
+	}
+	return pin.FS, "data", "embedded"
+}
+
 var loadTrust = sync.OnceValue(func() *embeddedTrust {
 	t := &embeddedTrust{}
-	entries, _ := fs.ReadDir(pin.FS, "data/keys")
+	src, dir, what := pinSource()
+	entries, err := fs.ReadDir(src, path.Join(dir, "keys"))
+	if err != nil && devPin != "" {
+		t.err = fmt.Errorf("%s: %v", what, err)
+	}
 	for _, e := range entries {
 		if !strings.HasSuffix(e.Name(), ".pub") {
 			continue
 		}
-		b, err := fs.ReadFile(pin.FS, path.Join("data/keys", e.Name()))
+		b, err := fs.ReadFile(src, path.Join(dir, "keys", e.Name()))
 		if err == nil {
 			var k ed25519.PublicKey
 			k, err = parsePublicKey(string(b))
 			t.keys = append(t.keys, trustedKey{strings.TrimSuffix(e.Name(), ".pub"), k})
 		}
 		if err != nil {
-			t.err = fmt.Errorf("embedded key %s: %v", e.Name(), err)
+			t.err = fmt.Errorf("%s key %s: %v", what, e.Name(), err)
 		}
 	}
-	if b, err := fs.ReadFile(pin.FS, path.Join("data", Version, manifestFile)); err == nil {
+	if b, err := fs.ReadFile(src, path.Join(dir, Version, manifestFile)); err == nil {
 		t.pinBytes = b
 		t.pinSHA256 = sha256Hex(b)
 		t.pinMarkerStr = markerContent(t.pinSHA256)

@@ -94,5 +94,5 @@ test-examples: image-base release
 	trap 'kill $$pid 2>/dev/null; rm -rf "$$home"' EXIT; \
 	for i in $$(seq 600); do [ -s $(EXAMPLES_WORK)/url ] && break; sleep 0.1; done; \
 	[ -s $(EXAMPLES_WORK)/url ] || { echo "test-examples: the release server did not start"; exit 1; }; \
-	cd examples && LOCKBOX_RELEASE_URL=$$(cat $(EXAMPLES_WORK)/url) LOCKBOX_HOME=$$home \
+	cd examples && LOCKBOX_RELEASE_URL=$$(cat $(EXAMPLES_WORK)/url) LOCKBOX_HOME=$$home LOCKBOX_DEV_PIN=$(DEV_PIN) \
 	  LOCKBOX_EXAMPLES_REQUIRED=1 CGO_ENABLED=0 go test -count=1 -v ./...

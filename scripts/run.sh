@@ -38,4 +38,7 @@ echo "run: serving dist/ at $url; installing into a fresh LOCKBOX_HOME ($work/ho
 # Nothing may short-cut the install path: no dev library, helper or images.
 unset LOCKBOX_LIB LOCKBOX_HELPER LOCKBOX_IMAGES LOCKBOX_OFFLINE
 cd examples
-LOCKBOX_RELEASE_URL="$url" LOCKBOX_HOME="$work/home" go run ./quickstart
+# The release is signed with this machine's development key: the program
+# is linked to trust its pin (build/pin), the committed pin stays as it is.
+LOCKBOX_RELEASE_URL="$url" LOCKBOX_HOME="$work/home" \
+  go run -ldflags "-X lockbox.dev/lockbox.devPin=$root/build/pin" ./quickstart

@@ -375,9 +375,19 @@ type instPinned struct {
 	}
 }
 
+// instPinDir is where the pin this test binary trusts lives: the
+// development pin `make` linked it with (LOCKBOX_DEV_PIN names it), or the
+// committed one.
+func instPinDir() string {
+	if d := os.Getenv("LOCKBOX_DEV_PIN"); d != "" {
+		return d
+	}
+	return filepath.Join("..", "manifests")
+}
+
 func instPinnedManifest(t testing.TB) *instPinned {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join("..", "manifests", lockbox.Version, "manifest.json"))
+	b, err := os.ReadFile(filepath.Join(instPinDir(), lockbox.Version, "manifest.json"))
 	if err != nil {
 		t.Skipf("no pinned manifest for %s: %v", lockbox.Version, err)
 	}

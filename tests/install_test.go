@@ -607,13 +607,14 @@ func TestInstallRealDist(t *testing.T) {
 	if r["loaded_path"] != r["lib"] || !strings.HasPrefix(r["lib"], root) || r["lib_version"] != lockbox.Version {
 		t.Fatalf("loaded %v", r)
 	}
-	instMustCLI(t, "verify", r["dir"], "--trusted-key", "../manifests/keys/dev.pub")
+	pins := instPinDir()
+	instMustCLI(t, "verify", r["dir"], "--trusted-key", filepath.Join(pins, "keys", "dev.pub"))
 
 	// CI's pinned install of the same bundle gives the same tree.
 	cliRoot := t.TempDir()
 	out = []byte(instMustCLI(t, "install", "--version", lockbox.Version, "--from", srv.URL, "--dir", cliRoot,
-		"--pin-manifest", filepath.Join("../manifests", lockbox.Version, "manifest.json"),
-		"--trusted-key", "../manifests/keys/dev.pub"))
+		"--pin-manifest", filepath.Join(pins, lockbox.Version, "manifest.json"),
+		"--trusted-key", filepath.Join(pins, "keys", "dev.pub")))
 	if a, b := instSnapshot(t, strings.TrimSpace(string(out))), instSnapshot(t, r["dir"]); !reflect.DeepEqual(a, b) {
 		t.Fatalf("CLI and SDK trees of dist/%s differ", lockbox.Version)
 	}
