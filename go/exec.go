@@ -162,6 +162,10 @@ func (s *Sandbox) start(ctx context.Context, cfg *execConfig) (*process, error) 
 	if len(cfg.Argv) == 0 || cfg.Argv[0] == "" {
 		return nil, &Error{Op: "exec.start", Code: CodeInvalidArgument, Message: "no program given"}
 	}
+	if k := cfg.badEnvKey; k != nil {
+		return nil, &Error{Op: "exec.start", Code: CodeInvalidArgument,
+			Message: fmt.Sprintf("WithExecEnv key %q: must be non-empty, without '=' or NUL", *k)}
+	}
 	if cfg.timeout > 0 {
 		ms := cfg.timeout.Milliseconds()
 		if ms == 0 {

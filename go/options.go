@@ -223,12 +223,20 @@ type execConfig struct {
 	stdin       any // io.Reader, set by WithStdin
 	timeout     time.Duration
 	outputLimit *int64 // WithOutputLimit (exec.go)
+	badEnvKey   *string
 }
 
 // WithExecEnv adds an environment variable for this process (it overrides
-// the sandbox's).
+// the sandbox's). As with WithEnv, a key that is empty or holds '=' or NUL
+// makes the exec fail with ErrInvalidArgument.
 func WithExecEnv(key, value string) ExecOption {
-	return func(c *execConfig) { c.Env = append(c.Env, key+"="+value) }
+	return func(c *execConfig) {
+		if key == "" || strings.ContainsAny(key, "=\x00") {
+			c.badEnvKey = &key
+			return
+		}
+		c.Env = append(c.Env, key+"="+value)
+	}
 }
 
 // WithExecDir sets the working directory.

@@ -153,6 +153,15 @@ func TestReliabSilentResults(t *testing.T) {
 	if info, err := sb.Info(ctx); err != nil || info.Image != "" {
 		t.Fatalf("default image: %+v %v", info, err)
 	}
+	// The same rule per exec; a good key next to it still runs.
+	for _, k := range []string{"A=B", "", "A\x00"} {
+		_, err := sb.ExecArgs(ctx, []string{"true"}, lockbox.WithExecEnv(k, "c"))
+		wantInvalid(t, fmt.Sprintf("WithExecEnv(%q)", k), err)
+	}
+	res, err := sb.ExecArgs(ctx, []string{"sh", "-c", `printf '%s' "$E"`}, lockbox.WithExecEnv("E", "x=y"))
+	if err != nil || string(res.Stdout) != "x=y" {
+		t.Fatalf("control: WithExecEnv(E, x=y): %q %v", res.Stdout, err)
+	}
 }
 
 // Item 10: labels, names, hostnames and the raw request are bounded; a
