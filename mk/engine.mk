@@ -4,8 +4,10 @@
 #   make test-escape-rootless  the escape suite again as nobody (where user namespaces allow)
 #   make bench-engine          create-to-first-output, exec round trip, FS throughput,
 #                              RSS per idle sandbox, most sandboxes at once (medians)
+#   make bench-soak            SOAK_CYCLES (10000) create/exec/remove cycles + an exec
+#                              burst: p50/p99, execs/s, threads and RSS as it goes
 TEST_STEPS += test-engine test-escape test-escape-rootless
-BENCH_STEPS += bench-engine
+BENCH_STEPS += bench-engine bench-soak
 
 ENGINE_TARGET  := $(or $(CARGO_TARGET_DIR),$(ROOT)/target)
 ENGINE_LIB     := $(ENGINE_TARGET)/release/liblockbox.so
@@ -14,7 +16,7 @@ ENGINE_IMAGES  := $(BUILD)/images
 ENGINE_SCRATCH := $(BUILD)/engine-test
 NOBODY         := setpriv --reuid=65534 --regid=65534 --clear-groups
 
-.PHONY: test-engine test-escape test-escape-rootless bench-engine engine-helper-debug engine-release
+.PHONY: test-engine test-escape test-escape-rootless bench-engine bench-soak engine-helper-debug engine-release
 
 # The Go API tests (test-go) create real sandboxes: they need the helper
 # next to the cargo output and the base image.
@@ -56,3 +58,13 @@ bench-engine: engine-release image-base
 	  LOCKBOX_IMAGES=$(ENGINE_IMAGES) LOCKBOX_HOME=$(ENGINE_SCRATCH)/bench-home LOCKBOX_ENGINE_BENCH=1 \
 	  CGO_ENABLED=0 go test -count=1 -run '^TestEngineBench$$' -v -timeout 20m . 2>&1 | \
 	  grep -E '^(--- |PASS|FAIL|ok)|bench:' ; exit $${PIPESTATUS[0]}
+
+# The reliability suite's long variant: SOAK_CYCLES create/exec/remove
+# cycles, then an exec burst; latency percentiles, execs/s, threads and RSS.
+SOAK_CYCLES ?= 10000
+bench-soak: engine-release image-base
+	@rm -rf $(ENGINE_SCRATCH)/soak-home && mkdir -p $(ENGINE_SCRATCH)/soak-home
+	cd tests && LOCKBOX_LIB=$(ENGINE_LIB) LOCKBOX_HELPER=$(ENGINE_HELPER) \
+	  LOCKBOX_IMAGES=$(ENGINE_IMAGES) LOCKBOX_HOME=$(ENGINE_SCRATCH)/soak-home LOCKBOX_SOAK=$(SOAK_CYCLES) \
+	  CGO_ENABLED=0 go test -count=1 -run '^TestSoakBench$$' -v -timeout 60m . 2>&1 | \
+	  grep -E '^(--- |PASS|FAIL|ok)|soak:' ; exit $${PIPESTATUS[0]}
