@@ -251,6 +251,40 @@ pub fn size_limit(what: impl std::fmt::Display) -> EngineError {
     EngineError::new(ErrorCode::ResourceExhausted, format!("size limit: {what}"))
 }
 
+/// Entries a tree copy may hold listed but not yet copied, and the bytes
+/// of their paths. A copy walks depth first, so what waits is every
+/// listing on the way down: a sandbox that makes wide directories at every
+/// level would otherwise make the host hold them all (the copy's byte cap
+/// bounds the disk, not this).
+pub const MAX_PENDING_ENTRIES: usize = 256 << 10;
+pub const MAX_PENDING_PATH_BYTES: usize = 64 << 20;
+
+/// What a tree copy holds in memory for entries it has listed but not
+/// copied yet.
+#[derive(Default)]
+struct Pending {
+    entries: usize,
+    bytes: usize,
+}
+
+impl Pending {
+    fn add(&mut self, path: &str) -> Result<()> {
+        self.entries += 1;
+        self.bytes += path.len();
+        if self.entries > MAX_PENDING_ENTRIES || self.bytes > MAX_PENDING_PATH_BYTES {
+            return Err(size_limit(format!(
+                "the tree holds more than {MAX_PENDING_ENTRIES} entries (or {MAX_PENDING_PATH_BYTES} bytes of paths) waiting to be copied at once"
+            )));
+        }
+        Ok(())
+    }
+
+    fn done(&mut self, path: &str) {
+        self.entries = self.entries.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(path.len());
+    }
+}
+
 fn cstr(s: &str) -> Result<CString> {
     CString::new(s).map_err(|_| EngineError::invalid("path contains a NUL byte"))
 }
@@ -487,7 +521,9 @@ pub async fn copy_to_host(c: &AgentClient, src: &str, dst: &Path, max_bytes: u64
     let mut charged = 0u64;
     // Explicit stack instead of recursion: (sandbox path, info, parent fd, name).
     let mut work = vec![(src.to_string(), info, pfd, name)];
+    let mut pending = Pending::default();
     while let Some((spath, info, dirfd, name)) = work.pop() {
+        pending.done(&spath);
         let size = if info.kind == FileKind::File {
             info.size
         } else {
@@ -513,6 +549,7 @@ pub async fn copy_to_host(c: &AgentClient, src: &str, dst: &Path, max_bytes: u64
                 for e in read_dir(c, &spath).await? {
                     let n = entry_name(&e.name)?.to_string();
                     let child = format!("{}/{}", spath.trim_end_matches('/'), n);
+                    pending.add(&child)?;
                     work.push((child, e, dfd.clone(), n));
                 }
             }
@@ -620,8 +657,10 @@ fn open_entry(dir: RawFd, name: &OsStr) -> Result<HostEntry> {
     }
 }
 
-/// The names in an open directory (without `.` and `..`).
-fn list_dir(dir: RawFd) -> Result<Vec<OsString>> {
+/// The names in an open directory (without `.` and `..`); more than `max`
+/// is a size-limit error, so a directory a sandbox filled with millions of
+/// links is never held in memory whole.
+fn list_dir(dir: RawFd, max: usize) -> Result<Vec<OsString>> {
     // SAFETY: fdopendir takes its own duplicate of our fd; readdir's
     // entries are copied out before closedir frees them.
     unsafe {
@@ -654,6 +693,12 @@ fn list_dir(dir: RawFd) -> Result<Vec<OsString>> {
             }
             let n = std::ffi::CStr::from_ptr((*e).d_name.as_ptr()).to_bytes();
             if n != b"." && n != b".." {
+                if out.len() >= max {
+                    libc::closedir(d);
+                    return Err(size_limit(format!(
+                        "a directory holds more than the {max} entries this copy may still list"
+                    )));
+                }
                 out.push(OsString::from_vec(n.to_vec()));
             }
         }
@@ -695,7 +740,9 @@ pub async fn copy_from_host(c: &AgentClient, src: &Path, dst: &str) -> Result<u6
     };
     let mut total = 0;
     let mut work = vec![(top, dst.to_string())];
+    let mut pending = Pending::default();
     while let Some((w, spath)) = work.pop() {
+        pending.done(&spath);
         let entry = match w {
             HostWork::Ready(e) => e,
             HostWork::At(dir, name) => blocking(move || open_entry(dir.as_raw_fd(), &name)).await?,
@@ -705,12 +752,14 @@ pub async fn copy_from_host(c: &AgentClient, src: &Path, dst: &str) -> Result<u6
             HostEntry::Dir(fd, mode) => {
                 mkdir_all(c, &spath, mode | 0o700).await?;
                 let fd = Arc::new(fd);
+                let room = MAX_PENDING_ENTRIES.saturating_sub(pending.entries);
                 let names = {
                     let fd = fd.clone();
-                    blocking(move || list_dir(fd.as_raw_fd())).await?
+                    blocking(move || list_dir(fd.as_raw_fd(), room)).await?
                 };
                 for n in names {
                     let child = format!("{}/{}", spath.trim_end_matches('/'), n.to_string_lossy());
+                    pending.add(&child)?;
                     work.push((HostWork::At(fd.clone(), n), child));
                 }
             }
@@ -759,6 +808,28 @@ async fn copy_file_in(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listings_waiting_to_be_copied_are_bounded() {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..50 {
+            std::fs::write(d.path().join(format!("f{i}")), "").unwrap();
+        }
+        let f = std::fs::File::open(d.path()).unwrap();
+        assert_eq!(list_dir(f.as_raw_fd(), 50).unwrap().len(), 50);
+        let e = list_dir(f.as_raw_fd(), 49).unwrap_err();
+        assert_eq!(e.code, ErrorCode::ResourceExhausted);
+        let mut p = Pending::default();
+        let long = "x".repeat(MAX_PENDING_PATH_BYTES / 2 + 1);
+        p.add(&long).unwrap();
+        assert_eq!(p.add(&long).unwrap_err().code, ErrorCode::ResourceExhausted);
+        p.done(&long);
+        p.done(&long);
+        for i in 0..MAX_PENDING_ENTRIES {
+            p.add(&format!("/{i}")).unwrap();
+        }
+        assert!(p.add("/one-more").is_err());
+    }
 
     #[test]
     fn entry_names_cannot_address_other_dirs() {
@@ -820,7 +891,7 @@ mod tests {
         let HostEntry::Dir(dfd, _) = open_entry(pfd.as_raw_fd(), &name.unwrap()).unwrap() else {
             panic!("a directory");
         };
-        let mut names = list_dir(dfd.as_raw_fd()).unwrap();
+        let mut names = list_dir(dfd.as_raw_fd(), usize::MAX).unwrap();
         names.sort();
         assert_eq!(names, ["f", "l", "p"]);
         match open_entry(dfd.as_raw_fd(), OsStr::new("f")).unwrap() {

@@ -10,6 +10,7 @@ use std::ffi::CString;
 use std::io::{self, Read};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Larger than any real passwd or group file.
@@ -43,8 +44,10 @@ pub fn read(root: &Path, rel: &str) -> io::Result<Option<Vec<u8>>> {
     // SAFETY: fresh fd.
     let dir = unsafe { OwnedFd::from_raw_fd(dir) };
     let c = CString::new(rel)?;
+    // O_PATH first: opening a device node for reading runs its driver's
+    // open (a watchdog arms, a tape rewinds) before any type check could.
     let how = OpenHow {
-        flags: (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC) as u64,
+        flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
         mode: 0,
         resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
     };
@@ -66,14 +69,23 @@ pub fn read(root: &Path, rel: &str) -> io::Result<Option<Vec<u8>>> {
         return Err(e);
     }
     // SAFETY: fresh fd.
-    let f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd as i32) });
-    let m = f.metadata()?;
+    let at = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    let m = at.metadata()?;
     if !m.is_file() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("/{rel} in the image is not a regular file"),
         ));
     }
+    // Reopened through the O_PATH fd: the same inode, now known to be a
+    // regular file, whatever the path names by now.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&at)
+        ))?;
     if m.len() > MAX_IMAGE_FILE {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -111,5 +123,11 @@ mod tests {
         // SAFETY: valid C string.
         assert_eq!(unsafe { libc::mkfifo(p.as_ptr(), 0o644) }, 0);
         assert!(read(img.path(), "etc/passwd").is_err());
+        // A device node is refused without being opened for reading: a
+        // copy of /dev/null is harmless to open, and still refused.
+        std::fs::remove_file(etc.join("passwd")).unwrap();
+        if unsafe { libc::mknod(p.as_ptr(), libc::S_IFCHR | 0o644, libc::makedev(1, 3)) } == 0 {
+            assert!(read(img.path(), "etc/passwd").is_err());
+        }
     }
 }

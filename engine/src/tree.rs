@@ -179,13 +179,31 @@ fn empty(top: &OwnedFd) -> io::Result<()> {
         }
         if stack.len() >= MAX_DEPTH {
             // Too deep to hold another stream: move this subtree up to the
-            // top, where a later pass reaches it at depth 1.
+            // top, where a later pass reaches it at depth 1. The new name is
+            // random and never replaces anything: the sandbox wrote this
+            // tree and could have planted any predictable name.
             moved += 1;
-            let to = CString::new(format!(".lockbox-deep-{moved}-{}", std::process::id()))?;
-            // SAFETY: valid fds and C strings.
-            let r = unsafe { libc::renameat(dir, name.as_ptr(), top.as_raw_fd(), to.as_ptr()) };
-            if r != 0 {
-                return Err(last());
+            let mut tries = 0;
+            loop {
+                let to = CString::new(format!(".lockbox-deep-{moved}-{}", crate::names::new_id()))?;
+                // SAFETY: valid fds and C strings.
+                let r = unsafe {
+                    libc::renameat2(
+                        dir,
+                        name.as_ptr(),
+                        top.as_raw_fd(),
+                        to.as_ptr(),
+                        libc::RENAME_NOREPLACE,
+                    )
+                };
+                if r == 0 {
+                    break;
+                }
+                let e = last();
+                tries += 1;
+                if e.raw_os_error() != Some(libc::EEXIST) || tries >= 8 {
+                    return Err(e);
+                }
             }
             continue;
         }

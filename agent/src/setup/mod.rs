@@ -105,7 +105,10 @@ fn build(
 
     if spec.workdir.starts_with('/') && !Path::new(&spec.workdir).exists() {
         // Like an image WORKDIR: the default cwd of every exec must exist.
-        std::fs::create_dir_all(&spec.workdir)
+        // Made by the same no-symlink walk as mount targets: PID 1 still
+        // holds every capability here, and an image link must not steer
+        // it into a writable volume.
+        mountfd::open_target(&root, &spec.workdir, mountfd::Kind::Dir)
             .with_context(|| format!("create workdir {}", spec.workdir))?;
     }
     let host = if spec.hostname.is_empty() {
@@ -120,20 +123,51 @@ fn build(
     report.ok("netns");
     if spec.network.mode == NetworkMode::Outbound {
         // pasta answers DNS on its forwarder address.
-        let r = std::fs::create_dir_all("/etc").and_then(|_| {
-            std::fs::write(
-                "/etc/resolv.conf",
-                format!("nameserver {}\n", crate::pasta::DNS),
-            )
-        });
+        // Written without following a link: the image's resolv.conf may
+        // point at a volume file or at one of PID 1's own descriptors.
+        let r = mountfd::open_target(&root, "/etc", mountfd::Kind::Dir)
+            .map_err(anyhow::Error::from)
+            .and_then(|etc| {
+                write_new_file(
+                    &etc,
+                    "resolv.conf",
+                    format!("nameserver {}\n", crate::pasta::DNS),
+                )
+            });
         if let Err(e) = r {
-            report.not("dns", format!("cannot write /etc/resolv.conf: {e}"));
+            report.not("dns", format!("cannot write /etc/resolv.conf: {e:#}"));
         }
     }
     Ok((
         crate::confine::Confine::lock_agent(spec, report)?,
         plan.host_pid,
     ))
+}
+
+/// Replaces `name` in the directory `dir` (an O_PATH fd) with a regular
+/// file holding `text`, never writing through a link or a special file.
+fn write_new_file(dir: &OwnedFd, name: &str, text: String) -> Result<()> {
+    let c = std::ffi::CString::new(name)?;
+    // An existing entry (a link, a FIFO, a file) is removed, not opened.
+    // SAFETY: valid dir fd and C string.
+    unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) };
+    // SAFETY: valid dir fd and C string; O_EXCL|O_NOFOLLOW: only a new file.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0o644,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("create {name}"));
+    }
+    // SAFETY: fresh fd.
+    let mut f =
+        std::fs::File::from(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    f.write_all(text.as_bytes())?;
+    Ok(())
 }
 
 fn become_root(plan: &Plan) -> Result<()> {
