@@ -288,7 +288,8 @@ func (f *FS) WriteFile(ctx context.Context, path string, data []byte, perm fs.Fi
 // names it): any directory on it may sit in a volume a sandbox can write.
 // Below it nothing is followed: host symlinks are copied as symlinks, only
 // regular files and directories are copied, and a file is copied up to
-// the size it had when it was opened.
+// the size it had when it was opened. A relative hostPath is relative to
+// the process's working directory, as with os.Open.
 func (f *FS) CopyFromHost(ctx context.Context, hostPath, sandboxPath string) error {
 	abs, err := filepath.Abs(hostPath)
 	if err != nil {
@@ -297,7 +298,8 @@ func (f *FS) CopyFromHost(ctx context.Context, hostPath, sandboxPath string) err
 	return f.call(ctx, "fs.copy_from_host", map[string]any{"src": abs, "dst": sandboxPath}, nil)
 }
 
-// CopyToHost copies a sandbox file or directory tree to hostPath. The
+// CopyToHost copies a sandbox file or directory tree to hostPath (a
+// relative hostPath is relative to the working directory). The
 // directory holding hostPath must be named without passing through a
 // symlink (ErrInvalidArgument names it). Entries are created under it
 // without following any symlink, so a symlink made in the sandbox is
