@@ -145,6 +145,14 @@ pub unsafe extern "C" fn lockbox_call(
         serde_json::to_vec(&v).map_err(|e| ApiError::internal(format!("result: {e}")))
     })
     .and_then(|r| r);
+    give_result(r, out, out_len)
+}
+
+/// Hands a call's JSON result (status 0) or error (status 1) to the caller.
+///
+/// # Safety
+/// `out` and `out_len` must be valid for writes.
+unsafe fn give_result(r: Result<Vec<u8>, ApiError>, out: *mut *mut u8, out_len: *mut usize) -> i32 {
     match r {
         Ok(b) => {
             give(b, out, out_len);
@@ -502,16 +510,7 @@ pub unsafe extern "C" fn lockbox_take(token: u64, out: *mut *mut u8, out_len: *m
         ))),
     })
     .and_then(|r| r);
-    match r {
-        Ok(b) => {
-            give(b, out, out_len);
-            LOCKBOX_OK
-        }
-        Err(e) => {
-            give(e.to_json(), out, out_len);
-            LOCKBOX_ERR
-        }
-    }
+    give_result(r, out, out_len)
 }
 
 /// Drops a token: its result if complete, else its work (stopped where it

@@ -48,23 +48,27 @@ struct PathParams {
     path: String,
 }
 
+/// The sandbox's agent connection, acting as `user` when one is given.
+fn client(
+    handle: u64,
+    user: &Option<String>,
+) -> Result<lockbox_engine::client::AgentClient, ApiError> {
+    sandbox(handle)?.client_as(user.as_deref()).map_err(api)
+}
+
 fn to_json<T: serde::Serialize>(v: T) -> Result<Value, ApiError> {
     serde_json::to_value(v).map_err(|e| ApiError::internal(e.to_string()))
 }
 
 fn stat(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
     let p: PathParams = params("fs.stat", p)?;
-    let c = sandbox(p.sandbox)?
-        .client_as(p.user.as_deref())
-        .map_err(api)?;
+    let c = client(p.sandbox, &p.user)?;
     to_json(ctx.block_on(async { fs::stat(&c, &p.path).await.map_err(api) })?)
 }
 
 fn read_dir(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
     let p: PathParams = params("fs.read_dir", p)?;
-    let c = sandbox(p.sandbox)?
-        .client_as(p.user.as_deref())
-        .map_err(api)?;
+    let c = client(p.sandbox, &p.user)?;
     let entries = ctx.block_on(async { fs::read_dir(&c, &p.path).await.map_err(api) })?;
     Ok(json!({ "entries": entries }))
 }
@@ -82,9 +86,7 @@ fn mkdir_all(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
         mode: u32,
     }
     let p: P = params("fs.mkdir_all", p)?;
-    let c = sandbox(p.sandbox)?
-        .client_as(p.user.as_deref())
-        .map_err(api)?;
+    let c = client(p.sandbox, &p.user)?;
     ctx.block_on(async { fs::mkdir_all(&c, &p.path, p.mode).await.map_err(api) })?;
     Ok(json!({}))
 }
@@ -103,18 +105,14 @@ fn file_mode() -> u32 {
 
 fn remove(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
     let p: PathParams = params("fs.remove", p)?;
-    let c = sandbox(p.sandbox)?
-        .client_as(p.user.as_deref())
-        .map_err(api)?;
+    let c = client(p.sandbox, &p.user)?;
     ctx.block_on(async { fs::remove(&c, &p.path).await.map_err(api) })?;
     Ok(json!({}))
 }
 
 fn remove_all(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
     let p: PathParams = params("fs.remove_all", p)?;
-    let c = sandbox(p.sandbox)?
-        .client_as(p.user.as_deref())
-        .map_err(api)?;
+    let c = client(p.sandbox, &p.user)?;
     ctx.block_on(async { fs::remove_all(&c, &p.path).await.map_err(api) })?;
     Ok(json!({}))
 }
@@ -131,9 +129,7 @@ fn rename(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
         to: String,
     }
     let p: P = params("fs.rename", p)?;
-    let c = sandbox(p.sandbox)?
-        .client_as(p.user.as_deref())
-        .map_err(api)?;
+    let c = client(p.sandbox, &p.user)?;
     ctx.block_on(async { fs::rename(&c, &p.from, &p.to).await.map_err(api) })?;
     Ok(json!({}))
 }
@@ -150,9 +146,7 @@ fn symlink(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
         link: String,
     }
     let p: P = params("fs.symlink", p)?;
-    let c = sandbox(p.sandbox)?
-        .client_as(p.user.as_deref())
-        .map_err(api)?;
+    let c = client(p.sandbox, &p.user)?;
     ctx.block_on(async { fs::symlink(&c, &p.target, &p.link).await.map_err(api) })?;
     Ok(json!({}))
 }
@@ -171,9 +165,7 @@ fn open(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
         regular: bool,
     }
     let p: P = params("fs.open", p)?;
-    let c = sandbox(p.sandbox)?
-        .client_as(p.user.as_deref())
-        .map_err(api)?;
+    let c = client(p.sandbox, &p.user)?;
     let r = ctx.block_on(async {
         if p.regular {
             fs::open_regular(&c, &p.path).await
@@ -199,9 +191,7 @@ fn create(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
         mode: u32,
     }
     let p: P = params("fs.create", p)?;
-    let c = sandbox(p.sandbox)?
-        .client_as(p.user.as_deref())
-        .map_err(api)?;
+    let c = client(p.sandbox, &p.user)?;
     let w = ctx.block_on(async { fs::create(&c, &p.path, p.mode).await.map_err(api) })?;
     let h = registry::global().insert_stream(Arc::new(CreateStream(w)));
     Ok(json!({ "stream": h }))
@@ -233,9 +223,7 @@ fn copy_to_host(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
         max_bytes: u64,
     }
     let p: P = params("fs.copy_to_host", p)?;
-    let c = sandbox(p.sandbox)?
-        .client_as(p.user.as_deref())
-        .map_err(api)?;
+    let c = client(p.sandbox, &p.user)?;
     let dst = PathBuf::from(&p.dst);
     if !dst.is_absolute() {
         return Err(ApiError::invalid_argument(
@@ -252,9 +240,7 @@ fn copy_to_host(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
 
 fn copy_from_host(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
     let p: CopyParams = params("fs.copy_from_host", p)?;
-    let c = sandbox(p.sandbox)?
-        .client_as(p.user.as_deref())
-        .map_err(api)?;
+    let c = client(p.sandbox, &p.user)?;
     let src = PathBuf::from(&p.src);
     if !src.is_absolute() {
         return Err(ApiError::invalid_argument(
