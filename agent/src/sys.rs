@@ -39,7 +39,56 @@ struct OpenHow {
     mode: u64,
     resolve: u64,
 }
-const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+pub const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+pub const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+pub const RESOLVE_BENEATH: u64 = 0x08;
+
+/// openat2(2): `path` relative to `dir`, with `flags` (O_*) and `resolve`
+/// (RESOLVE_*) restrictions.
+pub fn openat2(
+    dir: RawFd,
+    path: &std::ffi::CStr,
+    flags: libc::c_int,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve,
+    };
+    // SAFETY: valid fd, C string and struct of the size passed.
+    let fd = check(unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir,
+            path.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    })?;
+    // SAFETY: the kernel just gave us this fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// A detached copy of the mount `fd` (an O_PATH fd) refers to, with its
+/// submounts.
+pub fn clone_mount(fd: RawFd) -> io::Result<OwnedFd> {
+    let empty = c"";
+    // SAFETY: valid fd and empty C string.
+    let m = check(unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            fd,
+            empty.as_ptr(),
+            OPEN_TREE_CLONE
+                | AT_RECURSIVE
+                | libc::AT_EMPTY_PATH as libc::c_uint
+                | libc::O_CLOEXEC as libc::c_uint,
+        )
+    })?;
+    // SAFETY: the kernel just gave us this fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(m as RawFd) })
+}
 
 /// A detached copy of the mount tree at `path` (nothing appears in any
 /// mount table until it is moved somewhere). The path is opened refusing
@@ -47,22 +96,12 @@ const RESOLVE_NO_SYMLINKS: u64 = 0x04;
 /// there now was planted after it looked (a sandbox racing a shared
 /// volume), so following it would bind something else into a sandbox.
 pub fn clone_tree(path: &Path) -> io::Result<OwnedFd> {
-    let p = cstr(path)?;
-    let how = OpenHow {
-        flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
-        mode: 0,
-        resolve: RESOLVE_NO_SYMLINKS,
-    };
-    // SAFETY: valid C string and struct of the size passed.
-    let at = check(unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            libc::AT_FDCWD,
-            p.as_ptr(),
-            &how as *const OpenHow,
-            std::mem::size_of::<OpenHow>(),
-        )
-    })
+    let at = openat2(
+        libc::AT_FDCWD,
+        &cstr(path)?,
+        libc::O_PATH,
+        RESOLVE_NO_SYMLINKS,
+    )
     .map_err(|e| {
         if e.raw_os_error() == Some(libc::ELOOP) {
             io::Error::new(
@@ -73,23 +112,7 @@ pub fn clone_tree(path: &Path) -> io::Result<OwnedFd> {
             e
         }
     })?;
-    // SAFETY: the kernel just gave us this fd.
-    let at = unsafe { OwnedFd::from_raw_fd(at as RawFd) };
-    let empty = c"";
-    // SAFETY: valid fd and empty C string.
-    let fd = check(unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            std::os::fd::AsRawFd::as_raw_fd(&at),
-            empty.as_ptr(),
-            OPEN_TREE_CLONE
-                | AT_RECURSIVE
-                | libc::AT_EMPTY_PATH as libc::c_uint
-                | libc::O_CLOEXEC as libc::c_uint,
-        )
-    })?;
-    // SAFETY: the kernel just gave us this fd.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    clone_mount(std::os::fd::AsRawFd::as_raw_fd(&at))
 }
 
 /// Sets mount attributes (MOUNT_ATTR_*) on a detached tree, and an id

@@ -17,16 +17,11 @@ use thiserror::Error;
 
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
-const OPEN_TREE_CLONE: libc::c_uint = 1;
-const AT_RECURSIVE: libc::c_uint = 0x8000;
 const FSOPEN_CLOEXEC: libc::c_uint = 1;
 const FSMOUNT_CLOEXEC: libc::c_uint = 1;
 const FSCONFIG_SET_FLAG: libc::c_uint = 0;
 const FSCONFIG_SET_STRING: libc::c_uint = 1;
 const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
-const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-const RESOLVE_NO_SYMLINKS: u64 = 0x04;
-const RESOLVE_BENEATH: u64 = 0x08;
 
 pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
 pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
@@ -94,33 +89,16 @@ fn cstring(s: &str) -> io::Result<CString> {
     CString::new(s).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
-#[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
-}
-
 /// Opens one component of `dir` without following a symlink and without
 /// leaving `dir`. The result is an O_PATH fd.
 fn open_component(dir: RawFd, name: &str) -> io::Result<OwnedFd> {
-    let c = cstring(name)?;
-    let how = OpenHow {
-        flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
-        mode: 0,
-        resolve: RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
-    };
-    // SAFETY: valid fd, C string and struct of the size we pass.
-    let fd = check(unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir,
-            c.as_ptr(),
-            &how as *const OpenHow,
-            std::mem::size_of::<OpenHow>(),
-        )
-    })?;
-    Ok(owned(fd))
+    use crate::sys::{RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS};
+    crate::sys::openat2(
+        dir,
+        &cstring(name)?,
+        libc::O_PATH,
+        RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+    )
 }
 
 fn file_type(fd: RawFd) -> io::Result<libc::mode_t> {
@@ -293,20 +271,7 @@ pub fn new_fs(
 /// A detached copy of the mount at `fd` (an O_PATH fd on its root or a
 /// file within), with its submounts.
 pub fn clone_at(fd: &OwnedFd) -> io::Result<OwnedFd> {
-    let empty = c"";
-    // SAFETY: valid fd and empty C string.
-    let m = check(unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            fd.as_raw_fd(),
-            empty.as_ptr(),
-            OPEN_TREE_CLONE
-                | AT_RECURSIVE
-                | libc::AT_EMPTY_PATH as libc::c_uint
-                | libc::O_CLOEXEC as libc::c_uint,
-        )
-    })?;
-    Ok(owned(m))
+    crate::sys::clone_mount(fd.as_raw_fd())
 }
 
 /// Attaches the detached mount `mnt` on the object `target` refers to.
