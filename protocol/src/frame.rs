@@ -126,8 +126,13 @@ impl Frame {
     }
 }
 
-/// Reads one frame. `Closed` means a clean EOF between frames.
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, FrameError> {
+/// Reads a frame header; returns it and the payload length. `Closed`
+/// means a clean EOF between frames; a payload above `limit` (or a length
+/// below the header) is broken framing.
+async fn read_header<R: AsyncRead + Unpin>(
+    r: &mut R,
+    limit: usize,
+) -> Result<([u8; HEADER_LEN], usize), FrameError> {
     let mut h = [0u8; HEADER_LEN];
     match r.read_exact(&mut h[..4]).await {
         Ok(_) => {}
@@ -135,14 +140,20 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, FrameE
         Err(e) => return Err(e.into()),
     }
     let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
-    if len < HEADER_LEN - 4 || len - (HEADER_LEN - 4) > MAX_PAYLOAD {
+    if len < HEADER_LEN - 4 || len - (HEADER_LEN - 4) > limit {
         return Err(FrameError::Protocol(format!("bad frame length {len}")));
     }
     r.read_exact(&mut h[4..]).await?;
+    Ok((h, len - (HEADER_LEN - 4)))
+}
+
+/// Reads one frame. `Closed` means a clean EOF between frames.
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, FrameError> {
+    let (h, plen) = read_header(r, MAX_PAYLOAD).await?;
     let kind = FrameKind::from_u8(h[4])
         .ok_or_else(|| FrameError::Protocol(format!("unknown frame kind {}", h[4])))?;
     let id = u32::from_be_bytes([h[6], h[7], h[8], h[9]]);
-    let mut payload = vec![0u8; len - (HEADER_LEN - 4)];
+    let mut payload = vec![0u8; plen];
     r.read_exact(&mut payload).await?;
     Ok(Frame {
         kind,
@@ -177,18 +188,7 @@ pub const MAX_SKIP: usize = 64 * 1024 * 1024;
 pub async fn read_frame_or_reject<R: AsyncRead + Unpin>(
     r: &mut R,
 ) -> Result<Result<Frame, Rejected>, FrameError> {
-    let mut h = [0u8; HEADER_LEN];
-    match r.read_exact(&mut h[..4]).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
-        Err(e) => return Err(e.into()),
-    }
-    let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
-    if len < HEADER_LEN - 4 || len - (HEADER_LEN - 4) > MAX_SKIP {
-        return Err(FrameError::Protocol(format!("bad frame length {len}")));
-    }
-    r.read_exact(&mut h[4..]).await?;
-    let plen = len - (HEADER_LEN - 4);
+    let (h, plen) = read_header(r, MAX_SKIP).await?;
     let id = u32::from_be_bytes([h[6], h[7], h[8], h[9]]);
     let kind = FrameKind::from_u8(h[4]);
     let reason = match kind {
