@@ -84,15 +84,9 @@ bench-sdk: deps bench-driver bench-rootfs-dev
 # served over HTTP on 127.0.0.1, installed by EnsureInstalled into a fresh
 # LOCKBOX_HOME. examples/examples_test.go checks each one's output.
 TEST_STEPS += test-examples
-EXAMPLES_WORK := $(BUILD)/examples
 
 .PHONY: test-examples
-test-examples: image-base release
-	@mkdir -p $(EXAMPLES_WORK); rm -f $(EXAMPLES_WORK)/url
-	@home=$$(mktemp -d /tmp/lockbox-examples.XXXXXX); \
-	scripts/serve-dist $(DIST) -url-file $(EXAMPLES_WORK)/url -q >/dev/null & pid=$$!; \
-	trap 'kill $$pid 2>/dev/null; rm -rf "$$home"' EXIT; \
-	for i in $$(seq 600); do [ -s $(EXAMPLES_WORK)/url ] && break; sleep 0.1; done; \
-	[ -s $(EXAMPLES_WORK)/url ] || { echo "test-examples: the release server did not start"; exit 1; }; \
-	cd examples && LOCKBOX_RELEASE_URL=$$(cat $(EXAMPLES_WORK)/url) LOCKBOX_HOME=$$home LOCKBOX_DEV_PIN=$(DEV_PIN) \
-	  LOCKBOX_EXAMPLES_REQUIRED=1 CGO_ENABLED=0 go test -count=1 -v ./...
+test-examples: image-base release servedist
+	@home=$$(mktemp -d /tmp/lockbox-examples.XXXXXX); trap 'rm -rf "$$home"' EXIT; \
+	cd examples && LOCKBOX_HOME=$$home LOCKBOX_DEV_PIN=$(DEV_PIN) LOCKBOX_EXAMPLES_REQUIRED=1 CGO_ENABLED=0 \
+	  $(ROOT)/scripts/with-dist-server $(DIST) -- go test -count=1 -v ./...

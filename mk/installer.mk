@@ -66,6 +66,13 @@ check-pin:
 installer-debug:
 	cargo build --locked -q -p lockbox-installer
 
+# The release server of make run and test-examples, built before it is
+# started (scripts/with-dist-server waits for its URL, not for a build).
+SERVEDIST := $(BUILD)/servedist
+.PHONY: servedist
+servedist:
+	cd tests && CGO_ENABLED=0 go build -o $(SERVEDIST) ./cmd/servedist
+
 # When a development release exists (make run or an earlier make test made
 # one), the tests are linked to trust its pin, as the release in dist/ is
 # signed with that machine's key.
