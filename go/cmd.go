@@ -4,11 +4,15 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"strconv"
 	"sync"
 	"syscall"
+	"time"
+
+	"lockbox.dev/lockbox/internal/wire"
 )
 
 // Cmd is a command to run in a sandbox, shaped like os/exec.Cmd: set the
@@ -37,6 +41,9 @@ type Cmd struct {
 
 	sb  *Sandbox
 	ctx context.Context
+	// run holds what only the Sandbox conveniences set (from their
+	// ExecOptions); zero for a Cmd made by Command.
+	run execRun
 
 	p         *process
 	copies    sync.WaitGroup
@@ -46,9 +53,25 @@ type Cmd struct {
 	pipeOut   bool
 	pipeErr   bool
 	pipeIn    *streamWriter
+	stdinW    *streamWriter // the stdin stream once started, if any
 	waitDone  bool
 	stdinErr  <-chan error
 	closeOnce sync.Once
+}
+
+// execRun is what a command gets from ExecOptions beyond Cmd's fields.
+type execRun struct {
+	timeout   time.Duration // WithExecTimeout
+	tty       bool          // WithTTY
+	rows      uint16
+	cols      uint16
+	badEnvKey *string // a WithExecEnv key the engine would misread
+	// openStdin asks for a stdin stream without Stdin or StdinPipe
+	// (ExecStream hands it out).
+	openStdin bool
+	// boundIO ends output reads and the final wait with ctx (see
+	// ioContext).
+	boundIO bool
 }
 
 // Process is a started command's process.
@@ -151,11 +174,7 @@ func (c *Cmd) limit() int64 {
 // capped is a buffer of at most OutputLimit bytes that kills the process
 // when it fills.
 func (c *Cmd) capped() *capBuffer {
-	return &capBuffer{limit: c.limit(), over: func() {
-		if c.p != nil {
-			_ = c.p.signal(syscall.SIGKILL)
-		}
-	}}
+	return &capBuffer{limit: c.limit(), over: c.kill}
 }
 
 // Output runs the command and returns its stdout (at most OutputLimit
@@ -247,48 +266,74 @@ func (c *Cmd) Start() error {
 	if c.ctx == nil {
 		c.ctx = context.Background()
 	}
-	if err := c.ctx.Err(); err != nil {
-		return ctxError("exec.start", err)
+	if k := c.run.badEnvKey; k != nil {
+		return &Error{Op: "exec.start", Code: CodeInvalidArgument,
+			Message: fmt.Sprintf("WithExecEnv key %q: must be non-empty, without '=' or NUL", *k)}
 	}
-	argv := c.Args
-	if len(argv) == 0 {
-		argv = []string{c.Path}
-	} else if c.Path != "" {
-		argv = append([]string{c.Path}, argv[1:]...)
-	}
-	cfg := &execConfig{Argv: argv, Env: c.Env, Cwd: c.Dir, User: c.User,
-		Stdin: c.Stdin != nil || c.pipeIn != nil}
-	p, err := c.sb.start(c.ctx, cfg)
+	p, err := c.sb.startProcess(c.ctx, c.startParams())
 	if err != nil {
 		return err
 	}
 	c.p = p
 	c.Process = &Process{Pid: p.pid, p: p}
-	c.stopCtx = context.AfterFunc(c.ctx, func() { _ = p.signal(syscall.SIGKILL) })
-	// Output is read with a background context: after a kill, what the
-	// process wrote is still delivered up to EOF.
-	bg := context.Background()
+	c.stopCtx = context.AfterFunc(c.ctx, p.kill)
+	rctx := c.ioContext()
 	if c.Stdout != nil {
-		c.copy(c.Stdout, p.stdout.reader(bg, "exec.stdout"))
+		c.copy(c.Stdout, p.stdout.reader(rctx, "exec.stdout"))
 	} else if !c.pipeOut {
-		c.copy(io.Discard, p.stdout.reader(bg, "exec.stdout"))
+		c.copy(io.Discard, p.stdout.reader(rctx, "exec.stdout"))
 	}
 	if p.stderr != nil {
 		if c.Stderr != nil {
-			c.copy(c.Stderr, p.stderr.reader(bg, "exec.stderr"))
+			c.copy(c.Stderr, p.stderr.reader(rctx, "exec.stderr"))
 		} else if !c.pipeErr {
-			c.copy(io.Discard, p.stderr.reader(bg, "exec.stderr"))
+			c.copy(io.Discard, p.stderr.reader(rctx, "exec.stderr"))
 		}
 	}
 	if p.stdin != nil {
-		w := p.stdin.writer(c.ctx, "exec.stdin")
+		c.stdinW = p.stdin.writer(c.ctx, "exec.stdin")
 		if c.pipeIn != nil {
-			*c.pipeIn = *w
+			*c.pipeIn = *c.stdinW
 		} else if c.Stdin != nil {
-			c.stdinErr = feedStdin(w, c.Stdin)
+			c.stdinErr = feedStdin(c.stdinW, c.Stdin)
 		}
 	}
 	return nil
+}
+
+// startParams is the exec.start request for the command as configured.
+func (c *Cmd) startParams() *wire.ExecStartParams {
+	argv := c.Args
+	if len(argv) == 0 {
+		argv = []string{c.Path}
+	} else if c.Path != "" && c.Path != argv[0] {
+		argv = append([]string{c.Path}, argv[1:]...)
+	}
+	p := &wire.ExecStartParams{Argv: argv, Env: c.Env, Cwd: c.Dir, User: c.User,
+		Stdin: c.Stdin != nil || c.pipeIn != nil || c.run.openStdin,
+		TTY:   c.run.tty, Rows: c.run.rows, Cols: c.run.cols}
+	if c.run.timeout > 0 {
+		p.TimeoutMs = max(uint64(c.run.timeout.Milliseconds()), 1)
+	}
+	return p
+}
+
+// ioContext is what output reads and the final wait end with: for a Cmd,
+// never (what the process wrote before it was killed is still delivered
+// up to EOF); for the Sandbox conveniences, their ctx, so that they return
+// once it ends even if something still holds the output open.
+func (c *Cmd) ioContext() context.Context {
+	if c.run.boundIO {
+		return c.ctx
+	}
+	return context.Background()
+}
+
+// kill ends the started process; the output limit's response.
+func (c *Cmd) kill() {
+	if c.p != nil {
+		c.p.kill()
+	}
 }
 
 func (c *Cmd) copy(dst io.Writer, src io.Reader) {
@@ -305,6 +350,20 @@ func (c *Cmd) copy(dst io.Writer, src io.Reader) {
 	}()
 }
 
+// await waits for the output copies, then for the process's exit. It is
+// Wait without the verdict: a non-zero exit is a status here, not an
+// error, which is what ExecArgs and ExecStream report.
+func (c *Cmd) await() (ExitStatus, error) {
+	c.copies.Wait()
+	return c.p.wait(c.ioContext())
+}
+
+// release drops the context watch and every handle of the process.
+func (c *Cmd) release() {
+	c.stopCtx()
+	c.closeOnce.Do(c.p.close)
+}
+
 // Wait waits for the command to exit and for its output to be copied.
 func (c *Cmd) Wait() error {
 	if c.p == nil {
@@ -314,10 +373,8 @@ func (c *Cmd) Wait() error {
 		return usageError("exec.wait", "Wait was already called", nil)
 	}
 	c.waitDone = true
-	c.copies.Wait()
-	st, err := c.p.wait(context.Background())
-	c.stopCtx()
-	c.closeOnce.Do(c.p.close)
+	st, err := c.await()
+	c.release()
 	if err != nil {
 		return err
 	}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"strconv"
 	"sync"
@@ -27,6 +26,8 @@ type ExitStatus struct {
 	Signal   int
 	TimedOut bool
 }
+
+func (s ExitStatus) success() bool { return s.ExitCode == 0 && s.Signal == 0 && !s.TimedOut }
 
 // DefaultOutputLimit is how much of each output stream Exec, ExecArgs,
 // Shell and Cmd.Output keep (CombinedOutput: both streams together)
@@ -95,143 +96,6 @@ func outputLimitError(op, what string, limit int64) *Error {
 // stdin copy).
 func WithStdin(r io.Reader) ExecOption { return func(c *execConfig) { c.stdin = r } }
 
-// errReader remembers the error of the reader it wraps, so that a failure
-// to read the caller's input is told apart from a failure to write it to a
-// process that no longer reads (which, as in os/exec, is not an error).
-type errReader struct {
-	r   io.Reader
-	err error
-}
-
-func (e *errReader) Read(p []byte) (int, error) {
-	n, err := e.r.Read(p)
-	if err != nil && err != io.EOF {
-		e.err = err
-	}
-	return n, err
-}
-
-// feedStdin copies r to w, then closes w. The channel gets r's read
-// error (nil if none) before w is closed, so it is there by the time the
-// process has seen EOF and exited.
-func feedStdin(w io.WriteCloser, r io.Reader) <-chan error {
-	done := make(chan error, 1)
-	go func() {
-		src := &errReader{r: r}
-		_, _ = io.Copy(w, src)
-		var err error
-		if src.err != nil {
-			err = fmt.Errorf("lockbox: exec.stdin: %w: %w", ErrStdin, src.err)
-		}
-		done <- err
-		_ = w.Close()
-	}()
-	return done
-}
-
-// stdinResult is feedStdin's error if the copy has ended. It does not
-// wait: a process that exited without reading all of its input is not
-// held up by a reader that blocks.
-func stdinResult(c <-chan error) error {
-	select {
-	case err := <-c:
-		return err
-	default:
-		return nil
-	}
-}
-
-// process is a started exec: its handle and its stdio stream handles.
-type process struct {
-	ref    *handleRef
-	pid    int
-	stdin  *streamRef
-	stdout *streamRef
-	stderr *streamRef
-}
-
-type startReply struct {
-	Exec   uint64  `json:"exec"`
-	Pid    int     `json:"pid"`
-	Stdin  *uint64 `json:"stdin"`
-	Stdout *uint64 `json:"stdout"`
-	Stderr *uint64 `json:"stderr"`
-}
-
-func (s *Sandbox) start(ctx context.Context, cfg *execConfig) (*process, error) {
-	if len(cfg.Argv) == 0 || cfg.Argv[0] == "" {
-		return nil, &Error{Op: "exec.start", Code: CodeInvalidArgument, Message: "no program given"}
-	}
-	if k := cfg.badEnvKey; k != nil {
-		return nil, &Error{Op: "exec.start", Code: CodeInvalidArgument,
-			Message: fmt.Sprintf("WithExecEnv key %q: must be non-empty, without '=' or NUL", *k)}
-	}
-	if cfg.timeout > 0 {
-		ms := cfg.timeout.Milliseconds()
-		if ms == 0 {
-			ms = 1
-		}
-		cfg.TimeoutMs = uint64(ms)
-	}
-	var r startReply
-	err := s.ref.use("exec.start", func(h uint64) error {
-		p := struct {
-			Sandbox uint64 `json:"sandbox"`
-			*execConfig
-		}{h, cfg}
-		return call(ctx, "exec.start", "exec.start", &p, &r)
-	})
-	if err != nil {
-		return nil, err
-	}
-	ref := newChildRef(r.Exec, s.ref)
-	return &process{
-		ref:    ref,
-		pid:    r.Pid,
-		stdin:  newStreamRef(r.Stdin, ref),
-		stdout: newStreamRef(r.Stdout, ref),
-		stderr: newStreamRef(r.Stderr, ref),
-	}, nil
-}
-
-func (p *process) wait(ctx context.Context) (ExitStatus, error) {
-	var r struct {
-		ExitCode int  `json:"exit_code"`
-		Signal   *int `json:"signal"`
-		TimedOut bool `json:"timed_out"`
-	}
-	err := p.ref.use("exec.wait", func(h uint64) error {
-		return call(ctx, "exec.wait", "exec.wait", map[string]uint64{"exec": h}, &r)
-	})
-	if err != nil {
-		return ExitStatus{}, err
-	}
-	st := ExitStatus{ExitCode: r.ExitCode, TimedOut: r.TimedOut}
-	if r.Signal != nil {
-		st.Signal = *r.Signal
-	}
-	return st, nil
-}
-
-func (p *process) signal(sig syscall.Signal) error {
-	return p.ref.use("exec.signal", func(h uint64) error {
-		return call(context.Background(), "exec.signal", "exec.signal", map[string]any{"exec": h, "signal": int(sig)}, nil)
-	})
-}
-
-func (p *process) resize(rows, cols uint16) error {
-	return p.ref.use("exec.resize", func(h uint64) error {
-		return call(context.Background(), "exec.resize", "exec.resize", map[string]any{"exec": h, "rows": rows, "cols": cols}, nil)
-	})
-}
-
-func (p *process) close() {
-	_ = p.stdin.close()
-	_ = p.stdout.close()
-	_ = p.stderr.close()
-	_ = p.ref.close("exec.close")
-}
-
 // Exec runs a program to completion and collects its output.
 func (s *Sandbox) Exec(ctx context.Context, name string, args ...string) (*ExecResult, error) {
 	return s.ExecArgs(ctx, append([]string{name}, args...))
@@ -243,66 +107,55 @@ func (s *Sandbox) Exec(ctx context.Context, name string, args ...string) (*ExecR
 // WithOutputLimit); past it the process is killed and ExecArgs returns the
 // result so far with an error matching ErrOutputLimit.
 func (s *Sandbox) ExecArgs(ctx context.Context, argv []string, opts ...ExecOption) (*ExecResult, error) {
-	cfg := &execConfig{Argv: argv}
-	for _, o := range opts {
-		o(cfg)
-	}
+	c, cfg := s.command(ctx, argv, opts)
 	limit := DefaultOutputLimit
 	if cfg.outputLimit != nil {
 		limit = *cfg.outputLimit
 	}
-	in, _ := cfg.stdin.(io.Reader)
-	cfg.Stdin = in != nil
-	p, err := s.start(ctx, cfg)
-	if err != nil {
+	out := &capBuffer{limit: limit, over: c.kill}
+	errb := &capBuffer{limit: limit, over: c.kill}
+	c.Stdout, c.Stderr = out, errb
+	if err := c.Start(); err != nil {
 		return nil, err
 	}
-	defer p.close()
-	stop := context.AfterFunc(ctx, func() { _ = p.signal(syscall.SIGKILL) })
-	defer stop()
-
-	var wg sync.WaitGroup
-	kill := func() { _ = p.signal(syscall.SIGKILL) }
-	outBuf := &capBuffer{limit: limit, over: kill}
-	errBuf := &capBuffer{limit: limit, over: kill}
-	var outErr, errErr error
-	wg.Add(2)
-	go func() { defer wg.Done(); _, outErr = io.Copy(outBuf, p.stdout.reader(ctx, "exec.stdout")) }()
-	go func() {
-		defer wg.Done()
-		if p.stderr != nil {
-			_, errErr = io.Copy(errBuf, p.stderr.reader(ctx, "exec.stderr"))
-		}
-	}()
-	var stdinErr <-chan error
-	if in != nil && p.stdin != nil {
-		stdinErr = feedStdin(p.stdin.writer(ctx, "exec.stdin"), in)
-	}
-	wg.Wait()
-	st, err := p.wait(ctx)
+	st, err := c.await()
+	c.release()
 	if err != nil {
 		return nil, err
 	}
 	res := &ExecResult{ExitCode: st.ExitCode, Signal: st.Signal, TimedOut: st.TimedOut,
-		Stdout: outBuf.Bytes(), Stderr: errBuf.Bytes()}
-	if outBuf.exceeded() {
+		Stdout: out.Bytes(), Stderr: errb.Bytes()}
+	if out.exceeded() {
 		return res, outputLimitError("exec", "stdout", limit)
 	}
-	if errBuf.exceeded() {
+	if errb.exceeded() {
 		return res, outputLimitError("exec", "stderr", limit)
 	}
-	if outErr != nil {
-		return nil, outErr
+	if c.copyErr != nil {
+		return nil, c.copyErr
 	}
-	if errErr != nil {
-		return nil, errErr
-	}
-	if st.ExitCode == 0 && st.Signal == 0 && !st.TimedOut {
-		if err := stdinResult(stdinErr); err != nil {
+	if st.success() {
+		if err := stdinResult(c.stdinErr); err != nil {
 			return res, err
 		}
 	}
 	return res, nil
+}
+
+// command is the Cmd behind Exec, ExecArgs, Shell and ExecStream: argv
+// with opts applied, its output reads bound to ctx.
+func (s *Sandbox) command(ctx context.Context, argv []string, opts []ExecOption) (*Cmd, *execConfig) {
+	cfg := &execConfig{}
+	for _, o := range opts {
+		o(cfg)
+	}
+	cfg.run.boundIO = true
+	c := &Cmd{Args: argv, Env: cfg.env, Dir: cfg.dir, User: cfg.user, Stdin: cfg.stdin,
+		sb: s, ctx: ctx, run: cfg.run}
+	if len(argv) > 0 {
+		c.Path = argv[0]
+	}
+	return c, cfg
 }
 
 // Shell runs script with /bin/sh -c.
@@ -331,11 +184,11 @@ type ExecEvent struct {
 // ExecStream is a running process whose output arrives as events, in the
 // order each stream produced it.
 type ExecStream struct {
-	p      *process
+	c      *Cmd
 	events chan ExecEvent
-	stdin  io.WriteCloser
-	once   sync.Once
-	stop   func() bool
+	// gone is closed with the sandbox's handle: delivery stops waiting
+	// for a reader then, as it does once ctx ends.
+	gone <-chan struct{}
 }
 
 // ExecStream starts argv and delivers its output event by event. Read
@@ -345,84 +198,73 @@ type ExecStream struct {
 // reader: output not yet read may be dropped, EventExit (with the error)
 // still comes last, and nothing is left running for a stream never read.
 func (s *Sandbox) ExecStream(ctx context.Context, argv []string, opts ...ExecOption) (*ExecStream, error) {
-	cfg := &execConfig{Argv: argv, Stdin: true}
-	for _, o := range opts {
-		o(cfg)
-	}
-	p, err := s.start(ctx, cfg)
-	if err != nil {
+	c, _ := s.command(ctx, argv, opts)
+	c.run.openStdin = true
+	es := &ExecStream{c: c, events: make(chan ExecEvent, 16), gone: s.ref.done}
+	c.Stdout = eventWriter{es, EventStdout}
+	c.Stderr = eventWriter{es, EventStderr}
+	if err := c.Start(); err != nil {
 		return nil, err
 	}
-	es := &ExecStream{p: p, events: make(chan ExecEvent, 16)}
-	var stdinErr <-chan error
-	if p.stdin != nil {
-		es.stdin = p.stdin.writer(ctx, "exec.stdin")
-		if in, ok := cfg.stdin.(io.Reader); ok {
-			stdinErr = feedStdin(es.stdin, in)
-		}
+	go es.finish()
+	return es, nil
+}
+
+// finish sends the exit once the output is delivered, then closes Events
+// and releases the process.
+func (e *ExecStream) finish() {
+	st, err := e.c.await()
+	if err == nil && st.success() {
+		err = stdinResult(e.c.stdinErr)
 	}
-	es.stop = context.AfterFunc(ctx, func() { _ = p.signal(syscall.SIGKILL) })
-	// send hands ev to the reader, or gives up once ctx has ended or the
-	// sandbox is closed: a caller who stopped reading must not keep these
-	// goroutines, and through them the sandbox, forever. A ready reader
-	// is served first.
-	gone := s.ref.done
-	send := func(ev ExecEvent) bool {
+	exit := ExecEvent{Kind: EventExit, Exit: st, Err: err}
+	for !e.send(exit) {
+		// The buffer is full and nobody reads: the oldest chunk makes
+		// room, so that a late reader still ends on the exit. The
+		// copies are done, so the next send finds the room.
 		select {
-		case es.events <- ev:
-			return true
+		case <-e.events:
 		default:
 		}
-		select {
-		case es.events <- ev:
-			return true
-		case <-ctx.Done():
-		case <-gone:
-		}
-		return false
 	}
-	var wg sync.WaitGroup
-	pump := func(r *streamRef, kind EventKind, op string) {
-		defer wg.Done()
-		if r == nil {
-			return
-		}
-		rd := r.reader(ctx, op)
-		for {
-			buf := make([]byte, 64<<10)
-			n, err := rd.Read(buf)
-			if n > 0 && !send(ExecEvent{Kind: kind, Data: buf[:n]}) {
-				return
-			}
-			if err != nil {
-				return
-			}
-		}
+	close(e.events)
+	e.c.release()
+}
+
+// send hands ev to the reader, or gives up once ctx has ended or the
+// sandbox is closed: a caller who stopped reading must not keep the
+// copies, and through them the sandbox, forever. A ready reader is served
+// first.
+func (e *ExecStream) send(ev ExecEvent) bool {
+	select {
+	case e.events <- ev:
+		return true
+	default:
 	}
-	wg.Add(2)
-	go pump(p.stdout, EventStdout, "exec.stdout")
-	go pump(p.stderr, EventStderr, "exec.stderr")
-	go func() {
-		wg.Wait()
-		st, err := p.wait(ctx)
-		if err == nil && st.ExitCode == 0 && st.Signal == 0 && !st.TimedOut {
-			err = stdinResult(stdinErr)
-		}
-		exit := ExecEvent{Kind: EventExit, Exit: st, Err: err}
-		for !send(exit) {
-			// The buffer is full and nobody reads: the oldest chunk makes
-			// room, so that a late reader still ends on the exit. The
-			// pumps are done, so the next send finds the room.
-			select {
-			case <-es.events:
-			default:
-			}
-		}
-		close(es.events)
-		es.stop()
-		p.close()
-	}()
-	return es, nil
+	select {
+	case e.events <- ev:
+		return true
+	case <-e.c.ctx.Done():
+	case <-e.gone:
+	}
+	return false
+}
+
+// errUnread ends an output copy whose events nobody will read.
+var errUnread = errors.New("lockbox: exec stream no longer read")
+
+// eventWriter turns one output stream's writes into events. The bytes are
+// copied: the stream hands them out of library memory.
+type eventWriter struct {
+	e    *ExecStream
+	kind EventKind
+}
+
+func (w eventWriter) Write(p []byte) (int, error) {
+	if !w.e.send(ExecEvent{Kind: w.kind, Data: bytes.Clone(p)}) {
+		return 0, errUnread
+	}
+	return len(p), nil
 }
 
 // Events delivers output chunks and, last, the exit; then it is closed.
@@ -430,20 +272,20 @@ func (e *ExecStream) Events() <-chan ExecEvent { return e.events }
 
 // Stdin is the process's standard input; Close it to send EOF.
 func (e *ExecStream) Stdin() io.WriteCloser {
-	if e.stdin == nil {
+	if e.c.stdinW == nil {
 		return nopWriteCloser{}
 	}
-	return e.stdin
+	return e.c.stdinW
 }
 
 // Pid is the process id inside the sandbox.
-func (e *ExecStream) Pid() int { return e.p.pid }
+func (e *ExecStream) Pid() int { return e.c.p.pid }
 
 // Signal sends sig to the process (and its process group).
-func (e *ExecStream) Signal(sig syscall.Signal) error { return e.p.signal(sig) }
+func (e *ExecStream) Signal(sig syscall.Signal) error { return e.c.p.signal(sig) }
 
 // Resize changes the terminal size of a process started WithTTY.
-func (e *ExecStream) Resize(rows, cols uint16) error { return e.p.resize(rows, cols) }
+func (e *ExecStream) Resize(rows, cols uint16) error { return e.c.p.resize(rows, cols) }
 
 // Wait drains the remaining events and returns the exit status.
 func (e *ExecStream) Wait() (ExitStatus, error) {

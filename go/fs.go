@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"lockbox.dev/lockbox/internal/wire"
 )
 
 // DefaultReadLimit is the most ReadFile returns unless WithMaxBytes says
@@ -80,16 +82,8 @@ func (f *FileInfo) Sys() any           { return nil }
 // LinkTarget is a symlink's target as stored ("" for other files).
 func (f *FileInfo) LinkTarget() string { return f.link }
 
-type wireFileInfo struct {
-	Name       string  `json:"name"`
-	Kind       string  `json:"kind"`
-	Size       int64   `json:"size"`
-	Mode       uint32  `json:"mode"`
-	Mtime      int64   `json:"mtime"`
-	LinkTarget *string `json:"link_target"`
-}
-
-func (w *wireFileInfo) info() *FileInfo {
+// fileInfo is the public form of an fs.stat result.
+func fileInfo(w *wire.FileInfo) *FileInfo {
 	m := fs.FileMode(w.Mode & 0o777)
 	if w.Mode&0o4000 != 0 {
 		m |= fs.ModeSetuid
@@ -115,23 +109,37 @@ func (w *wireFileInfo) info() *FileInfo {
 	return fi
 }
 
-func (f *FS) call(ctx context.Context, method string, params map[string]any, result any) error {
-	return f.sb.ref.use(method, func(h uint64) error {
-		params["sandbox"] = h
-		if f.user != "" {
-			params["user"] = f.user
-		}
-		return call(ctx, method, method, params, result)
+// target is who a file call acts in and as.
+func (f *FS) target(h uint64) wire.FSTarget { return wire.FSTarget{Sandbox: h, User: f.user} }
+
+// fsCall runs m on f's sandbox: params gets the target (sandbox handle and
+// user) from at before it is sent.
+func fsCall[P, R any](ctx context.Context, f *FS, m wire.Method[P, R], p *P, at *wire.FSTarget, r *R) error {
+	return f.sb.ref.use(m.Name, func(h uint64) error {
+		*at = f.target(h)
+		return callMethod(ctx, m.Name, m, p, r)
 	})
+}
+
+// pathCall is fsCall for the methods that take just a path.
+func pathCall[R any](ctx context.Context, f *FS, m wire.Method[wire.FSPathParams, R], path string, r *R) error {
+	p := wire.FSPathParams{Path: path}
+	return fsCall(ctx, f, m, &p, &p.FSTarget, r)
+}
+
+// mode is perm as the file calls send it: the permission bits.
+func mode(perm fs.FileMode) *uint32 {
+	m := uint32(perm.Perm())
+	return &m
 }
 
 // Stat describes path (a symlink itself, not its target).
 func (f *FS) Stat(ctx context.Context, path string) (*FileInfo, error) {
-	var w wireFileInfo
-	if err := f.call(ctx, "fs.stat", map[string]any{"path": path}, &w); err != nil {
+	var w wire.FileInfo
+	if err := pathCall(ctx, f, wire.FSStat, path, &w); err != nil {
 		return nil, err
 	}
-	return w.info(), nil
+	return fileInfo(&w), nil
 }
 
 // Exists reports whether path exists.
@@ -145,42 +153,43 @@ func (f *FS) Exists(ctx context.Context, path string) (bool, error) {
 
 // ReadDir lists a directory.
 func (f *FS) ReadDir(ctx context.Context, path string) ([]*FileInfo, error) {
-	var r struct {
-		Entries []wireFileInfo `json:"entries"`
-	}
-	if err := f.call(ctx, "fs.read_dir", map[string]any{"path": path}, &r); err != nil {
+	var r wire.FSReadDirResult
+	if err := pathCall(ctx, f, wire.FSReadDir, path, &r); err != nil {
 		return nil, err
 	}
 	out := make([]*FileInfo, len(r.Entries))
 	for i := range r.Entries {
-		out[i] = r.Entries[i].info()
+		out[i] = fileInfo(&r.Entries[i])
 	}
 	return out, nil
 }
 
 // MkdirAll makes path and any missing parents.
 func (f *FS) MkdirAll(ctx context.Context, path string, perm fs.FileMode) error {
-	return f.call(ctx, "fs.mkdir_all", map[string]any{"path": path, "mode": uint32(perm.Perm())}, nil)
+	p := wire.FSModeParams{Path: path, Mode: mode(perm)}
+	return fsCall(ctx, f, wire.FSMkdirAll, &p, &p.FSTarget, nil)
 }
 
 // Remove deletes a file or an empty directory.
 func (f *FS) Remove(ctx context.Context, path string) error {
-	return f.call(ctx, "fs.remove", map[string]any{"path": path}, nil)
+	return pathCall[wire.Empty](ctx, f, wire.FSRemove, path, nil)
 }
 
 // RemoveAll deletes path and everything under it; a missing path is fine.
 func (f *FS) RemoveAll(ctx context.Context, path string) error {
-	return f.call(ctx, "fs.remove_all", map[string]any{"path": path}, nil)
+	return pathCall[wire.Empty](ctx, f, wire.FSRemoveAll, path, nil)
 }
 
 // Rename moves from to to.
 func (f *FS) Rename(ctx context.Context, from, to string) error {
-	return f.call(ctx, "fs.rename", map[string]any{"from": from, "to": to}, nil)
+	p := wire.FSRenameParams{From: from, To: to}
+	return fsCall(ctx, f, wire.FSRename, &p, &p.FSTarget, nil)
 }
 
 // Symlink makes link point at target.
 func (f *FS) Symlink(ctx context.Context, target, link string) error {
-	return f.call(ctx, "fs.symlink", map[string]any{"target": target, "link": link}, nil)
+	p := wire.FSSymlinkParams{Target: target, Link: link}
+	return fsCall(ctx, f, wire.FSSymlink, &p, &p.FSTarget, nil)
 }
 
 // fileReader streams a sandbox file.
@@ -193,10 +202,9 @@ func (r *fileReader) Close() error { return r.s.close() }
 
 // Open opens a file for reading; its contents stream as you read. Close it.
 func (f *FS) Open(ctx context.Context, path string) (io.ReadCloser, error) {
-	var r struct {
-		Stream uint64 `json:"stream"`
-	}
-	if err := f.call(ctx, "fs.open", map[string]any{"path": path}, &r); err != nil {
+	var r wire.StreamResult
+	p := wire.FSOpenParams{Path: path}
+	if err := fsCall(ctx, f, wire.FSOpen, &p, &p.FSTarget, &r); err != nil {
 		return nil, err
 	}
 	s := newStreamRef(&r.Stream, f.sb.ref)
@@ -231,10 +239,9 @@ func (f *FS) Create(ctx context.Context, path string) (io.WriteCloser, error) {
 
 // CreateMode is Create with a permission mode.
 func (f *FS) CreateMode(ctx context.Context, path string, perm fs.FileMode) (io.WriteCloser, error) {
-	var r struct {
-		Stream uint64 `json:"stream"`
-	}
-	if err := f.call(ctx, "fs.create", map[string]any{"path": path, "mode": uint32(perm.Perm())}, &r); err != nil {
+	var r wire.StreamResult
+	p := wire.FSModeParams{Path: path, Mode: mode(perm)}
+	if err := fsCall(ctx, f, wire.FSCreate, &p, &p.FSTarget, &r); err != nil {
 		return nil, err
 	}
 	s := newStreamRef(&r.Stream, f.sb.ref)
@@ -247,10 +254,9 @@ func (f *FS) CreateMode(ctx context.Context, path string, perm fs.FileMode) (io.
 // than the limit is ErrSizeLimit. Use Open to stream anything bigger.
 func (f *FS) ReadFile(ctx context.Context, path string, opts ...FileOption) ([]byte, error) {
 	limit := fileOptions(DefaultReadLimit, opts)
-	var r struct {
-		Stream uint64 `json:"stream"`
-	}
-	if err := f.call(ctx, "fs.open", map[string]any{"path": path, "regular": true}, &r); err != nil {
+	var r wire.StreamResult
+	p := wire.FSOpenParams{Path: path, Regular: true}
+	if err := fsCall(ctx, f, wire.FSOpen, &p, &p.FSTarget, &r); err != nil {
 		return nil, err
 	}
 	s := newStreamRef(&r.Stream, f.sb.ref)
@@ -295,7 +301,8 @@ func (f *FS) CopyFromHost(ctx context.Context, hostPath, sandboxPath string) err
 	if err != nil {
 		return &Error{Op: "fs.copy_from_host", Code: CodeInvalidArgument, Message: err.Error()}
 	}
-	return f.call(ctx, "fs.copy_from_host", map[string]any{"src": abs, "dst": sandboxPath}, nil)
+	p := wire.FSCopyParams{Src: abs, Dst: sandboxPath}
+	return fsCall[wire.FSCopyParams, wire.FSCopyResult](ctx, f, wire.FSCopyFromHost, &p, &p.FSTarget, nil)
 }
 
 // CopyToHost copies a sandbox file or directory tree to hostPath (a
@@ -320,7 +327,8 @@ func (f *FS) CopyToHost(ctx context.Context, sandboxPath, hostPath string, opts 
 	if limit >= 0 {
 		maxBytes = uint64(limit)
 	}
-	err = f.call(ctx, "fs.copy_to_host", map[string]any{"src": sandboxPath, "dst": abs, "max_bytes": maxBytes}, nil)
+	p := wire.FSCopyToHostParams{Src: sandboxPath, Dst: abs, MaxBytes: &maxBytes}
+	err = fsCall[wire.FSCopyToHostParams, wire.FSCopyResult](ctx, f, wire.FSCopyToHost, &p, &p.FSTarget, nil)
 	var e *Error
 	if errors.As(err, &e) && e.Code == CodeResourceExhausted && strings.Contains(e.Message, "size limit:") {
 		e.cause = ErrSizeLimit

@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"lockbox.dev/lockbox/internal/wire"
 )
 
 // ImageService manages the image store that WithImage draws from: images
@@ -77,13 +79,8 @@ type PruneReport struct {
 // PullOption adjusts a Pull.
 type PullOption func(*pullParams)
 
-type pullParams struct {
-	Reference string  `json:"reference"`
-	Username  *string `json:"username,omitempty"`
-	Password  *string `json:"password,omitempty"`
-	PlainHTTP bool    `json:"plain_http,omitempty"`
-	Platform  string  `json:"platform,omitempty"`
-}
+// pullParams is what PullOptions set: image.pull's params.
+type pullParams = wire.ImagePullParams
 
 // WithRegistryAuth sends a username and password (or token) to the
 // registry, as basic auth or to its bearer token service.
@@ -105,12 +102,8 @@ func WithPlatform(platform string) PullOption {
 // ImportOption adjusts an Import.
 type ImportOption func(*importParams)
 
-type importParams struct {
-	Kind      string `json:"kind"`
-	Path      string `json:"path"`
-	Reference string `json:"reference,omitempty"`
-	Name      string `json:"name,omitempty"`
-}
+// importParams is what ImportOptions set: image.import's params.
+type importParams = wire.ImageImportParams
 
 // WithImageName records the imported image under name (else under the
 // reference it was found by, if any). WithImage accepts a name made of
@@ -141,7 +134,7 @@ func (*ImageService) Pull(ctx context.Context, ref string, opts ...PullOption) (
 	for _, o := range opts {
 		o(&p)
 	}
-	return imageCall(ctx, "images.pull", "image.pull", &p)
+	return imageCall(ctx, "images.pull", wire.ImagePull, &p)
 }
 
 // Import unpacks an image from path: an OCI image layout directory
@@ -167,27 +160,29 @@ func (*ImageService) Import(ctx context.Context, path string, opts ...ImportOpti
 	for _, o := range opts {
 		o(&p)
 	}
-	return imageCall(ctx, "images.import", "image.import", &p)
+	return imageCall(ctx, "images.import", wire.ImageImport, &p)
 }
 
 // List returns every stored image.
 func (*ImageService) List(ctx context.Context) ([]ImageInfo, error) {
-	var r struct {
-		Images []ImageInfo `json:"images"`
-	}
-	if err := call(ctx, "images.list", "image.list", nil, &r); err != nil {
+	var r wire.ImageListResult
+	if err := callMethod(ctx, "images.list", wire.ImageList, nil, &r); err != nil {
 		return nil, err
 	}
-	for i := range r.Images {
-		r.Images[i].Created = time.Unix(r.Images[i].CreatedUnix, 0)
+	var out []ImageInfo
+	if r.Images != nil {
+		out = make([]ImageInfo, len(r.Images))
 	}
-	return r.Images, nil
+	for i := range r.Images {
+		out[i] = imageInfo(&r.Images[i])
+	}
+	return out, nil
 }
 
 // Inspect describes one image by name, reference or digest; ErrNotFound
 // if there is none.
 func (*ImageService) Inspect(ctx context.Context, nameOrDigest string) (*ImageInfo, error) {
-	return imageCall(ctx, "images.inspect", "image.inspect", map[string]string{"name": nameOrDigest})
+	return imageCall(ctx, "images.inspect", wire.ImageInspect, &wire.NameParams{Name: nameOrDigest})
 }
 
 // Remove drops a name; the content goes with its last name. Given a
@@ -195,24 +190,42 @@ func (*ImageService) Inspect(ctx context.Context, nameOrDigest string) (*ImageIn
 // (running or stopped) was made from is protected: ErrUnavailable, and
 // nothing changes.
 func (*ImageService) Remove(ctx context.Context, nameOrDigest string) error {
-	return call(ctx, "images.remove", "image.remove", map[string]string{"name": nameOrDigest}, nil)
+	return callMethod(ctx, "images.remove", wire.ImageRemove, &wire.NameParams{Name: nameOrDigest}, nil)
 }
 
 // Prune removes unnamed images no sandbox uses, and what interrupted
 // unpacks left behind.
 func (*ImageService) Prune(ctx context.Context) (*PruneReport, error) {
-	var r PruneReport
-	if err := call(ctx, "images.prune", "image.prune", nil, &r); err != nil {
+	var r wire.ImagePruneResult
+	if err := callMethod(ctx, "images.prune", wire.ImagePrune, nil, &r); err != nil {
 		return nil, err
 	}
-	return &r, nil
+	return &PruneReport{Removed: r.Removed, KeptInUse: r.KeptInUse, RemovedTempDirs: r.RemovedTempDirs}, nil
 }
 
-func imageCall(ctx context.Context, op, method string, params any) (*ImageInfo, error) {
-	var info ImageInfo
-	if err := call(ctx, op, method, params, &info); err != nil {
+// imageCall runs an image method that returns one image's info.
+func imageCall[P any](ctx context.Context, op string, m wire.Method[P, wire.ImageInfo], p *P) (*ImageInfo, error) {
+	var w wire.ImageInfo
+	if err := callMethod(ctx, op, m, p, &w); err != nil {
 		return nil, err
 	}
-	info.Created = time.Unix(info.CreatedUnix, 0)
+	info := imageInfo(&w)
 	return &info, nil
+}
+
+// imageInfo is the public form of an image's info.
+func imageInfo(w *wire.ImageInfo) ImageInfo {
+	c := ImageConfig{Env: w.Config.Env, Entrypoint: w.Config.Entrypoint, Cmd: w.Config.Cmd}
+	if w.Config.Workdir != nil {
+		c.WorkingDir = *w.Config.Workdir
+	}
+	if w.Config.User != nil {
+		c.User = *w.Config.User
+	}
+	s := w.Stats
+	return ImageInfo{Digest: w.Digest, Names: w.Names, Rootfs: w.Rootfs, Config: c,
+		Stats: ImageStats{Entries: s.Entries, Bytes: s.Bytes, Layers: s.Layers,
+			SkippedDevices: s.SkippedDevices, DroppedSetIDBits: s.DroppedSetIDBits,
+			ClampedIDs: s.ClampedIDs, Whiteouts: s.Whiteouts},
+		Source: w.Source, CreatedUnix: w.CreatedUnix, Created: time.Unix(w.CreatedUnix, 0)}
 }

@@ -3,6 +3,8 @@ package lockbox
 import (
 	"context"
 	"time"
+
+	"lockbox.dev/lockbox/internal/wire"
 )
 
 // Metrics is a sandbox's resource use, from its cgroup.
@@ -16,19 +18,15 @@ type Metrics struct {
 // Metrics reads the sandbox's current resource use. Without a cgroup (see
 // Info().NotEnforced) it fails with ErrUnsupported.
 func (s *Sandbox) Metrics(ctx context.Context) (*Metrics, error) {
-	var r struct {
-		CPUUsec    uint64 `json:"cpu_usec"`
-		Memory     uint64 `json:"memory_bytes"`
-		MemoryPeak uint64 `json:"memory_peak_bytes"`
-		Pids       uint64 `json:"pids"`
-	}
-	if err := s.handleCall(ctx, "sandbox.metrics", nil, &r); err != nil {
+	var p wire.SandboxParams
+	var r wire.Metrics
+	if err := onSandbox(ctx, s, wire.SandboxMetrics, &p, &p.Sandbox, &r); err != nil {
 		return nil, err
 	}
 	return &Metrics{
 		CPUTime:         time.Duration(r.CPUUsec) * time.Microsecond,
-		MemoryBytes:     r.Memory,
-		MemoryPeakBytes: r.MemoryPeak,
+		MemoryBytes:     r.MemoryBytes,
+		MemoryPeakBytes: r.MemoryPeakBytes,
 		Pids:            r.Pids,
 	}, nil
 }

@@ -1,10 +1,11 @@
 package lockbox
 
 import (
-	"encoding/json"
-	"fmt"
+	"io"
 	"strings"
 	"time"
+
+	"lockbox.dev/lockbox/internal/wire"
 )
 
 // Network selects a sandbox's network access.
@@ -22,64 +23,18 @@ const (
 // Option configures CreateSandbox.
 type Option func(*sandboxConfig)
 
-// sandboxConfig is the JSON the engine's sandbox.create takes.
+// sandboxConfig is sandbox.create's params as the options build them.
 type sandboxConfig struct {
-	Name  string  `json:"name,omitempty"`
-	Image *string `json:"image,omitempty"` // nil: the default image; "" is an error
-
-	Rootfs       string            `json:"rootfs,omitempty"`
-	CPUs         *float64          `json:"cpus,omitempty"`
-	MemoryMiB    *int64            `json:"memory_mib,omitempty"`
-	Pids         *int64            `json:"pids,omitempty"`
-	DiskMiB      *int64            `json:"disk_mib,omitempty"`
-	Env          []envEntry        `json:"env,omitempty"`
-	Workdir      string            `json:"workdir,omitempty"`
-	Hostname     string            `json:"hostname,omitempty"`
-	User         string            `json:"user,omitempty"`
-	Volumes      []volumeMount     `json:"volumes,omitempty"`
-	NamedVolumes []namedMount      `json:"named_volumes,omitempty"`
-	Tmpfs        []tmpfsMount      `json:"tmpfs,omitempty"`
-	Network      Network           `json:"network,omitempty"`
-	Ports        []portMap         `json:"ports,omitempty"`
-	Detached     bool              `json:"detached,omitempty"`
-	Replace      bool              `json:"replace,omitempty"`
-	Labels       map[string]string `json:"labels,omitempty"`
+	wire.SandboxConfig
+	// badEnvKey is the first WithEnv key that would read back as another
+	// variable ('=' in it: WithEnv("A=B", "c") is A="B=c") or that execve
+	// cannot carry (empty, NUL): CreateSandbox fails with
+	// ErrInvalidArgument before anything is sent.
+	badEnvKey *string
 }
 
-// envEntry is one WithEnv variable. A key that would read back as a
-// different variable ('=' in it: WithEnv("A=B", "c") is A="B=c") or that
-// execve cannot carry (empty, NUL) fails the create with
-// ErrInvalidArgument when the request is encoded.
-type envEntry struct{ key, value string }
-
-func (e envEntry) MarshalJSON() ([]byte, error) {
-	if e.key == "" || strings.ContainsAny(e.key, "=\x00") {
-		return nil, fmt.Errorf("WithEnv key %q: must be non-empty, without '=' or NUL", e.key)
-	}
-	return json.Marshal(e.key + "=" + e.value)
-}
-
-type volumeMount struct {
-	HostPath  string `json:"host_path"`
-	GuestPath string `json:"guest_path"`
-	ReadOnly  bool   `json:"read_only"`
-}
-
-type namedMount struct {
-	Name      string `json:"name"`
-	GuestPath string `json:"guest_path"`
-	ReadOnly  bool   `json:"read_only"`
-}
-
-type tmpfsMount struct {
-	GuestPath string `json:"guest_path"`
-	SizeMiB   *int64 `json:"size_mib,omitempty"`
-}
-
-type portMap struct {
-	Host  int `json:"host"`
-	Guest int `json:"guest"`
-}
+// validEnvKey reports whether key reads back as itself in KEY=VALUE.
+func validEnvKey(key string) bool { return key != "" && !strings.ContainsAny(key, "=\x00") }
 
 // WithName names the sandbox (unique per LOCKBOX_HOME; letters, digits,
 // '_', '.', '-'). Without it a name is generated.
@@ -128,7 +83,15 @@ func WithDisk(mib int64) Option { return func(c *sandboxConfig) { c.DiskMiB = &m
 // most 4096 variables, keys of at most 256 bytes, KEY=VALUE under 128 KiB
 // and 1 MiB in all (docs/configuration.md, "Input limits").
 func WithEnv(key, value string) Option {
-	return func(c *sandboxConfig) { c.Env = append(c.Env, envEntry{key, value}) }
+	return func(c *sandboxConfig) {
+		if !validEnvKey(key) {
+			if c.badEnvKey == nil {
+				c.badEnvKey = &key
+			}
+			return
+		}
+		c.Env = append(c.Env, key+"="+value)
+	}
 }
 
 // WithWorkdir sets the default working directory of execs.
@@ -145,7 +108,7 @@ func WithUser(user string) Option { return func(c *sandboxConfig) { c.User = use
 // WithVolume binds a host file or directory at guestPath.
 func WithVolume(hostPath, guestPath string, readOnly bool) Option {
 	return func(c *sandboxConfig) {
-		c.Volumes = append(c.Volumes, volumeMount{HostPath: hostPath, GuestPath: guestPath, ReadOnly: readOnly})
+		c.Volumes = append(c.Volumes, wire.VolumeMount{HostPath: hostPath, GuestPath: guestPath, ReadOnly: readOnly})
 	}
 }
 
@@ -153,7 +116,7 @@ func WithVolume(hostPath, guestPath string, readOnly bool) Option {
 // CreateVolume) at guestPath.
 func WithNamedVolume(name, guestPath string, readOnly bool) Option {
 	return func(c *sandboxConfig) {
-		c.NamedVolumes = append(c.NamedVolumes, namedMount{Name: name, GuestPath: guestPath, ReadOnly: readOnly})
+		c.NamedVolumes = append(c.NamedVolumes, wire.NamedMount{Name: name, GuestPath: guestPath, ReadOnly: readOnly})
 	}
 }
 
@@ -161,7 +124,7 @@ func WithNamedVolume(name, guestPath string, readOnly bool) Option {
 // 64 MiB) at guestPath.
 func WithTmpfs(guestPath string, sizeMiB int64) Option {
 	return func(c *sandboxConfig) {
-		m := tmpfsMount{GuestPath: guestPath}
+		m := wire.TmpfsMount{GuestPath: guestPath}
 		if sizeMiB != 0 {
 			m.SizeMiB = &sizeMiB
 		}
@@ -170,11 +133,11 @@ func WithTmpfs(guestPath string, sizeMiB int64) Option {
 }
 
 // WithNetwork selects the network mode (NetworkNone by default).
-func WithNetwork(n Network) Option { return func(c *sandboxConfig) { c.Network = n } }
+func WithNetwork(n Network) Option { return func(c *sandboxConfig) { c.Network = string(n) } }
 
 // WithPort publishes guestPort on the host's 127.0.0.1:hostPort.
 func WithPort(hostPort, guestPort int) Option {
-	return func(c *sandboxConfig) { c.Ports = append(c.Ports, portMap{Host: hostPort, Guest: guestPort}) }
+	return func(c *sandboxConfig) { c.Ports = append(c.Ports, wire.Port{Host: hostPort, Guest: guestPort}) }
 }
 
 // WithDetached lets the sandbox outlive this process; find it again with
@@ -209,21 +172,15 @@ func WithLabels(labels map[string]string) Option {
 // ExecOption configures one process started in a sandbox.
 type ExecOption func(*execConfig)
 
+// execConfig is what ExecOptions set: Cmd's fields, and what only the
+// options reach (execRun, the output limit).
 type execConfig struct {
-	Argv      []string `json:"argv"`
-	Env       []string `json:"env,omitempty"`
-	Cwd       string   `json:"cwd,omitempty"`
-	User      string   `json:"user,omitempty"`
-	TimeoutMs uint64   `json:"timeout_ms,omitempty"`
-	Stdin     bool     `json:"stdin"`
-	TTY       bool     `json:"tty,omitempty"`
-	Rows      uint16   `json:"rows,omitempty"`
-	Cols      uint16   `json:"cols,omitempty"`
-
-	stdin       any // io.Reader, set by WithStdin
-	timeout     time.Duration
-	outputLimit *int64 // WithOutputLimit (exec.go)
-	badEnvKey   *string
+	env         []string
+	dir         string
+	user        string
+	stdin       io.Reader // WithStdin (exec.go)
+	outputLimit *int64    // WithOutputLimit (exec.go)
+	run         execRun
 }
 
 // WithExecEnv adds an environment variable for this process (it overrides
@@ -231,28 +188,28 @@ type execConfig struct {
 // makes the exec fail with ErrInvalidArgument.
 func WithExecEnv(key, value string) ExecOption {
 	return func(c *execConfig) {
-		if key == "" || strings.ContainsAny(key, "=\x00") {
-			c.badEnvKey = &key
+		if !validEnvKey(key) {
+			c.run.badEnvKey = &key
 			return
 		}
-		c.Env = append(c.Env, key+"="+value)
+		c.env = append(c.env, key+"="+value)
 	}
 }
 
 // WithExecDir sets the working directory.
-func WithExecDir(dir string) ExecOption { return func(c *execConfig) { c.Cwd = dir } }
+func WithExecDir(dir string) ExecOption { return func(c *execConfig) { c.dir = dir } }
 
 // WithExecUser runs the process as user ("uid", "uid:gid" or a name).
-func WithExecUser(user string) ExecOption { return func(c *execConfig) { c.User = user } }
+func WithExecUser(user string) ExecOption { return func(c *execConfig) { c.user = user } }
 
 // WithExecTimeout kills the process group after d; the result then has
 // TimedOut set.
 func WithExecTimeout(d time.Duration) ExecOption {
-	return func(c *execConfig) { c.timeout = d }
+	return func(c *execConfig) { c.run.timeout = d }
 }
 
 // WithTTY gives the process a terminal of rows x cols (stderr merges into
 // stdout).
 func WithTTY(rows, cols uint16) ExecOption {
-	return func(c *execConfig) { c.TTY, c.Rows, c.Cols = true, rows, cols }
+	return func(c *execConfig) { c.run.tty, c.run.rows, c.run.cols = true, rows, cols }
 }

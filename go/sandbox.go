@@ -3,7 +3,10 @@ package lockbox
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
+
+	"lockbox.dev/lockbox/internal/wire"
 )
 
 // Sandbox is a handle to an isolated environment. Methods are safe for
@@ -79,11 +82,36 @@ func (i *SandboxInfo) fill() {
 	i.Created = time.Unix(i.CreatedUnix, 0)
 }
 
-type sandboxReply struct {
-	Handle uint64      `json:"handle"`
-	Name   string      `json:"name"`
-	ID     string      `json:"id"`
-	Info   SandboxInfo `json:"info"`
+// sandboxInfo is the public form of a sandbox's info.
+func sandboxInfo(w *wire.SandboxState) SandboxInfo {
+	i := SandboxInfo{Name: w.Name, ID: w.ID, Status: w.Status, Error: w.Error,
+		Detached: w.Detached, Labels: w.Labels, HelperPID: w.HelperPID,
+		Enforced: w.Enforced, CreatedUnix: w.CreatedUnix}
+	if w.Image != nil {
+		i.Image = *w.Image
+	}
+	if w.Rootfs != nil {
+		i.Rootfs = *w.Rootfs
+	}
+	if w.NotEnforced != nil {
+		i.NotEnforced = make([]NotEnforced, len(w.NotEnforced))
+		for k, n := range w.NotEnforced {
+			i.NotEnforced[k] = NotEnforced{Feature: n.Feature, Reason: n.Reason}
+		}
+	}
+	if u := w.ImageUsed; u != nil {
+		i.ImageUsed = &SandboxImage{Digest: u.Digest, Entrypoint: u.Entrypoint, Cmd: u.Cmd}
+	}
+	if w.DiskMiB != nil {
+		i.DiskMiB = *w.DiskMiB
+	}
+	i.fill()
+	return i
+}
+
+// opened wraps a handle sandbox.create or sandbox.get returned.
+func opened(r *wire.SandboxOpened) *Sandbox {
+	return &Sandbox{ref: newHandleRef(r.Sandbox), name: r.Name, id: r.ID}
 }
 
 // CreateSandbox creates and starts a sandbox. Bad options (a negative
@@ -95,40 +123,46 @@ func CreateSandbox(ctx context.Context, opts ...Option) (*Sandbox, error) {
 	for _, o := range opts {
 		o(&cfg)
 	}
-	var r sandboxReply
-	if err := call(ctx, "sandbox.create", "sandbox.create", &cfg, &r); err != nil {
+	if k := cfg.badEnvKey; k != nil {
+		return nil, &Error{Op: "sandbox.create", Code: CodeInvalidArgument,
+			Message: fmt.Sprintf("WithEnv key %q: must be non-empty, without '=' or NUL", *k)}
+	}
+	var r wire.SandboxOpened
+	if err := callMethod(ctx, "sandbox.create", wire.SandboxCreate, &cfg.SandboxConfig, &r); err != nil {
 		return nil, err
 	}
-	return &Sandbox{ref: newHandleRef(r.Handle), name: r.Name, id: r.ID}, nil
+	return opened(&r), nil
 }
 
 // GetSandbox opens an existing sandbox by name, for example a detached one
 // made by another process.
 func GetSandbox(ctx context.Context, name string) (*Sandbox, error) {
-	var r sandboxReply
-	if err := call(ctx, "sandbox.get", "sandbox.get", map[string]string{"name": name}, &r); err != nil {
+	var r wire.SandboxOpened
+	if err := callMethod(ctx, "sandbox.get", wire.SandboxGet, &wire.NameParams{Name: name}, &r); err != nil {
 		return nil, err
 	}
-	return &Sandbox{ref: newHandleRef(r.Handle), name: r.Name, id: r.ID}, nil
+	return opened(&r), nil
 }
 
 // ListSandboxes lists every sandbox under LOCKBOX_HOME, running or not.
 func ListSandboxes(ctx context.Context) ([]SandboxInfo, error) {
-	var r struct {
-		Sandboxes []SandboxInfo `json:"sandboxes"`
-	}
-	if err := call(ctx, "sandbox.list", "sandbox.list", nil, &r); err != nil {
+	var r wire.SandboxListResult
+	if err := callMethod(ctx, "sandbox.list", wire.SandboxList, nil, &r); err != nil {
 		return nil, err
 	}
-	for i := range r.Sandboxes {
-		r.Sandboxes[i].fill()
+	var out []SandboxInfo
+	if r.Sandboxes != nil {
+		out = make([]SandboxInfo, len(r.Sandboxes))
 	}
-	return r.Sandboxes, nil
+	for i := range r.Sandboxes {
+		out[i] = sandboxInfo(&r.Sandboxes[i])
+	}
+	return out, nil
 }
 
 // RemoveSandbox stops (if needed) and deletes a sandbox by name.
 func RemoveSandbox(ctx context.Context, name string) error {
-	return call(ctx, "sandbox.remove", "sandbox.remove", map[string]string{"name": name}, nil)
+	return callMethod(ctx, "sandbox.remove", wire.SandboxRemove, &wire.SandboxRemoveParams{Name: name}, nil)
 }
 
 // Name is the sandbox's unique name.
@@ -137,46 +171,49 @@ func (s *Sandbox) Name() string { return s.name }
 // ID is the sandbox's unique id.
 func (s *Sandbox) ID() string { return s.id }
 
-func (s *Sandbox) handleCall(ctx context.Context, method string, extra map[string]any, result any) error {
-	return s.ref.use(method, func(h uint64) error {
-		p := map[string]any{"handle": h}
-		for k, v := range extra {
-			p[k] = v
-		}
-		return call(ctx, method, method, p, result)
+// onSandbox runs m on this sandbox's handle: params gets the handle
+// before it is sent.
+func onSandbox[P, R any](ctx context.Context, s *Sandbox, m wire.Method[P, R], params *P, handle *uint64, r *R) error {
+	return s.ref.use(m.Name, func(h uint64) error {
+		*handle = h
+		return callMethod(ctx, m.Name, m, params, r)
 	})
 }
 
 // Info reports the sandbox's state and what isolation is in force.
 func (s *Sandbox) Info(ctx context.Context) (*SandboxInfo, error) {
-	var i SandboxInfo
-	if err := s.handleCall(ctx, "sandbox.info", nil, &i); err != nil {
+	var p wire.SandboxParams
+	var w wire.SandboxState
+	if err := onSandbox(ctx, s, wire.SandboxInfo, &p, &p.Sandbox, &w); err != nil {
 		return nil, err
 	}
-	i.fill()
+	i := sandboxInfo(&w)
 	return &i, nil
 }
 
 // Stop asks every process to end, and kills what is left after a grace
 // period (5s; sooner if ctx has an earlier deadline).
 func (s *Sandbox) Stop(ctx context.Context) error {
-	extra := map[string]any{}
+	var p wire.SandboxStopParams
 	if dl, ok := ctx.Deadline(); ok {
 		if g := time.Until(dl) / 2; g > 0 && g < 5*time.Second {
-			extra["grace_ms"] = g.Milliseconds()
+			ms := uint64(g.Milliseconds())
+			p.GraceMs = &ms
 		}
 	}
-	return s.handleCall(ctx, "sandbox.stop", extra, nil)
+	return onSandbox(ctx, s, wire.SandboxStop, &p, &p.Sandbox, nil)
 }
 
 // Kill ends every process in the sandbox at once.
 func (s *Sandbox) Kill(ctx context.Context) error {
-	return s.handleCall(ctx, "sandbox.kill", nil, nil)
+	var p wire.SandboxParams
+	return onSandbox(ctx, s, wire.SandboxKill, &p, &p.Sandbox, nil)
 }
 
 // Remove stops the sandbox, deletes its files and releases the handle.
 func (s *Sandbox) Remove(ctx context.Context) error {
-	err := s.handleCall(ctx, "sandbox.remove", nil, nil)
+	var p wire.SandboxRemoveParams
+	err := onSandbox(ctx, s, wire.SandboxRemove, &p, &p.Sandbox, nil)
 	_ = s.ref.close("sandbox.close")
 	return err
 }
@@ -185,9 +222,8 @@ func (s *Sandbox) Remove(ctx context.Context) error {
 // stopped and removed (Close returns once it is gone); a detached one keeps
 // running. Safe to call twice.
 func (s *Sandbox) Close() error {
-	err := s.ref.use("sandbox.close", func(h uint64) error {
-		return call(context.Background(), "sandbox.close", "sandbox.close", map[string]uint64{"handle": h}, nil)
-	})
+	var p wire.SandboxParams
+	err := onSandbox(context.Background(), s, wire.SandboxClose, &p, &p.Sandbox, nil)
 	if cerr := s.ref.close("sandbox.close"); err == nil {
 		err = cerr
 	}

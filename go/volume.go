@@ -3,6 +3,8 @@ package lockbox
 import (
 	"context"
 	"time"
+
+	"lockbox.dev/lockbox/internal/wire"
 )
 
 // VolumeInfo describes a named volume.
@@ -13,33 +15,39 @@ type VolumeInfo struct {
 	CreatedUnix int64     `json:"created_unix"`
 }
 
+func volumeInfo(w *wire.VolumeInfo) VolumeInfo {
+	return VolumeInfo{Name: w.Name, Path: w.Path, CreatedUnix: w.CreatedUnix, Created: time.Unix(w.CreatedUnix, 0)}
+}
+
 // CreateVolume makes a named volume that outlives sandboxes; mount it with
 // WithNamedVolume. ErrAlreadyExists if the name is taken.
 func CreateVolume(ctx context.Context, name string) (*VolumeInfo, error) {
-	var v VolumeInfo
-	if err := call(ctx, "volume.create", "volume.create", map[string]string{"name": name}, &v); err != nil {
+	var w wire.VolumeInfo
+	if err := callMethod(ctx, "volume.create", wire.VolumeCreate, &wire.NameParams{Name: name}, &w); err != nil {
 		return nil, err
 	}
-	v.Created = time.Unix(v.CreatedUnix, 0)
+	v := volumeInfo(&w)
 	return &v, nil
 }
 
 // ListVolumes lists the named volumes.
 func ListVolumes(ctx context.Context) ([]VolumeInfo, error) {
-	var r struct {
-		Volumes []VolumeInfo `json:"volumes"`
-	}
-	if err := call(ctx, "volume.list", "volume.list", nil, &r); err != nil {
+	var r wire.VolumeListResult
+	if err := callMethod(ctx, "volume.list", wire.VolumeList, nil, &r); err != nil {
 		return nil, err
 	}
-	for i := range r.Volumes {
-		r.Volumes[i].Created = time.Unix(r.Volumes[i].CreatedUnix, 0)
+	var out []VolumeInfo
+	if r.Volumes != nil {
+		out = make([]VolumeInfo, len(r.Volumes))
 	}
-	return r.Volumes, nil
+	for i := range r.Volumes {
+		out[i] = volumeInfo(&r.Volumes[i])
+	}
+	return out, nil
 }
 
 // RemoveVolume deletes a volume and its files. A volume mounted by a
 // running sandbox is not removed (ErrAlreadyExists names the users).
 func RemoveVolume(ctx context.Context, name string) error {
-	return call(ctx, "volume.remove", "volume.remove", map[string]string{"name": name}, nil)
+	return callMethod(ctx, "volume.remove", wire.VolumeRemove, &wire.NameParams{Name: name}, nil)
 }
