@@ -1,0 +1,8 @@
+//! Egress policy enforcement for Lockbox sandboxes (docs/network.md).
+//!
+//! The sandbox's only network interface is a tap device; its frames are
+//! handled here, outside the sandbox, by a user-mode TCP/IP stack that
+//! opens a host socket only for what the policy allows.
+
+pub mod policy;
+pub mod ranges;
