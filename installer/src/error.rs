@@ -9,9 +9,6 @@ pub mod exit {
     pub const OTHER: i32 = 1;
     pub const USAGE: i32 = 2;
     pub const VERIFICATION: i32 = 3;
-    pub const NETWORK: i32 = 4;
-    pub const NOT_FOUND: i32 = 5;
-    pub const OFFLINE: i32 = 6;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -19,19 +16,10 @@ pub enum Error {
     /// Content did not match what was signed or pinned: fail closed.
     #[error("verification failed: {0}")]
     Verification(String),
-    /// The release source does not have the requested file (HTTP 404, missing file).
-    #[error("not found: {0}")]
-    NotFound(String),
-    /// Transport failures that outlasted the retries.
-    #[error("network: {0}")]
-    Network(String),
-    /// The install dir, a directory above it or a file in it could be
-    /// changed by another user: nothing is installed into it or used from it.
-    #[error("unsafe install dir: {0}")]
+    /// A file of the release directory could be changed by another user
+    /// or is not a regular file: its content proves nothing.
+    #[error("unsafe release file: {0}")]
     Unsafe(String),
-    /// Offline mode and the version is not (completely) installed.
-    #[error("offline and not installed: {0}")]
-    Offline(String),
     /// Bad arguments or missing configuration.
     #[error("{0}")]
     Usage(String),
@@ -47,9 +35,6 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Verification(_) | Error::Unsafe(_) => exit::VERIFICATION,
-            Error::NotFound(_) => exit::NOT_FOUND,
-            Error::Network(_) => exit::NETWORK,
-            Error::Offline(_) => exit::OFFLINE,
             Error::Usage(_) => exit::USAGE,
             Error::Io { .. } => exit::OTHER,
         }

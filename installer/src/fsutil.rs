@@ -1,27 +1,23 @@
 //! Durable file-system steps (fsync of files and directories, atomic
-//! replace, hashing a file) and the ownership rules of an install tree:
-//! the installer makes its own directories (0700), opens every file
-//! without following links, and uses nothing that a user other than the
-//! caller (or root) could have changed. The Go SDK applies the same rules
-//! (go/install_fs.go).
+//! replace, hashing a file) and the rule for reading a release directory:
+//! no link followed, no FIFO blocked on, nothing that a user other than
+//! the caller (or root) could have changed.
 
-use std::fs::{self, DirBuilder, File, Metadata, OpenOptions};
+use std::fs::{self, File, Metadata, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
-/// Every directory the installer creates.
-pub const PRIVATE_DIR_MODE: u32 = 0o700;
 const NO_FOLLOW: i32 = libc::O_NOFOLLOW | libc::O_CLOEXEC;
 
 fn unsafe_path(path: &Path, why: String) -> Error {
     Error::Unsafe(format!(
-        "{} {why} (an install must be reachable only through directories owned by this \
-         user or root and not writable by others; fix the permissions or use another --dir)",
+        "{} {why} (a release is checked only from files owned by this user or root \
+         and not writable by others)",
         path.display()
     ))
 }
@@ -31,19 +27,15 @@ fn trusted_owner(uid: u32) -> bool {
     uid == 0 || uid == unsafe { libc::geteuid() }
 }
 
-/// The ownership rule for one lstat'ed (or fstat'ed) node. `strict`: no
-/// group/other write bit; otherwise a sticky directory (/tmp) may be
-/// world-writable, since nobody else can rename what we own in it.
-pub fn check_node(path: &Path, m: &Metadata, want_dir: bool, strict: bool) -> Result<()> {
+/// The ownership rule for one fstat'ed file: a regular file (never a link)
+/// owned by this user or root, with no group/other write bit.
+fn check_file(path: &Path, m: &Metadata) -> Result<()> {
     let ft = m.file_type();
     let mode = m.mode();
     if ft.is_symlink() {
         return Err(unsafe_path(path, "is a symbolic link".into()));
     }
-    if want_dir && !ft.is_dir() {
-        return Err(unsafe_path(path, "is not a directory".into()));
-    }
-    if !want_dir && !ft.is_file() {
+    if !ft.is_file() {
         return Err(unsafe_path(path, "is not a regular file".into()));
     }
     if !trusted_owner(m.uid()) {
@@ -52,7 +44,7 @@ pub fn check_node(path: &Path, m: &Metadata, want_dir: bool, strict: bool) -> Re
             format!("is owned by uid {}, not by this user or root", m.uid()),
         ));
     }
-    if mode & 0o022 != 0 && (strict || mode & libc::S_ISVTX == 0) {
+    if mode & 0o022 != 0 {
         return Err(unsafe_path(
             path,
             format!(
@@ -64,67 +56,6 @@ pub fn check_node(path: &Path, m: &Metadata, want_dir: bool, strict: bool) -> Re
     Ok(())
 }
 
-pub fn check_dir(dir: &Path) -> Result<()> {
-    let m = fs::symlink_metadata(dir).map_err(|e| Error::io_at("stat", dir, e))?;
-    check_node(dir, &m, true, true)
-}
-
-/// Creates `dir` (0700) inside an already checked directory, or checks the
-/// one that is there.
-pub fn ensure_dir(dir: &Path) -> Result<()> {
-    match DirBuilder::new().mode(PRIVATE_DIR_MODE).create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(Error::io_at("create", dir, e)),
-    }
-    check_dir(dir)
-}
-
-/// The real path of the install root, once every directory from / down
-/// to it passed `check_node`; with `create`, missing components are made
-/// (0700). `Ok(None)`: it does not exist (and `create` is false).
-pub fn resolve_root(root: &Path, create: bool) -> Result<Option<PathBuf>> {
-    let abs = std::path::absolute(root).map_err(|e| Error::io_at("resolve", root, e))?;
-    let mut existing = abs.clone();
-    let mut missing = Vec::new();
-    loop {
-        match fs::symlink_metadata(&existing) {
-            Ok(_) => break,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if !create {
-                    return Ok(None);
-                }
-                let name = existing.file_name().map(|n| n.to_os_string());
-                match (name, existing.parent()) {
-                    (Some(n), Some(p)) => {
-                        missing.push(n);
-                        existing = p.to_path_buf();
-                    }
-                    _ => return Err(Error::io_at("resolve", root, e)),
-                }
-            }
-            Err(e) => return Err(Error::io_at("stat", &existing, e)),
-        }
-    }
-    let real = fs::canonicalize(&existing).map_err(|e| Error::io_at("resolve", &existing, e))?;
-    let comps: Vec<_> = real.components().collect();
-    let mut cur = PathBuf::new();
-    for (i, c) in comps.iter().enumerate() {
-        cur.push(c);
-        if matches!(c, Component::Prefix(_)) {
-            continue;
-        }
-        let m = fs::symlink_metadata(&cur).map_err(|e| Error::io_at("stat", &cur, e))?;
-        let is_root = i + 1 == comps.len() && missing.is_empty();
-        check_node(&cur, &m, true, is_root)?;
-    }
-    for name in missing.into_iter().rev() {
-        cur.push(name);
-        ensure_dir(&cur)?;
-    }
-    Ok(Some(cur))
-}
-
 fn open_no_follow(path: &Path) -> std::io::Result<File> {
     OpenOptions::new()
         .read(true)
@@ -132,8 +63,8 @@ fn open_no_follow(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
-/// Opens a file of the install tree for reading: no link followed, no
-/// blocking on a FIFO, refused unless `check_node` accepts it.
+/// Opens a file of a release directory for reading: no link followed, no
+/// blocking on a FIFO, refused unless `check_file` accepts it.
 pub fn open_trusted(path: &Path) -> Result<(File, Metadata)> {
     let f = open_no_follow(path).map_err(|e| {
         if e.raw_os_error() == Some(libc::ELOOP) {
@@ -143,11 +74,11 @@ pub fn open_trusted(path: &Path) -> Result<(File, Metadata)> {
         }
     })?;
     let m = f.metadata().map_err(|e| Error::io_at("stat", path, e))?;
-    check_node(path, &m, false, true)?;
+    check_file(path, &m)?;
     Ok((f, m))
 }
 
-/// A small file of the install tree (marker, manifest), at most `limit` bytes.
+/// A small file of a release directory (manifest, signature), at most `limit` bytes.
 pub fn read_trusted(path: &Path, limit: u64) -> Result<Vec<u8>> {
     let (f, m) = open_trusted(path)?;
     if m.len() > limit {
@@ -163,22 +94,9 @@ pub fn read_trusted(path: &Path, limit: u64) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Opens a file of a directory mirror: its content is verified like a
-/// download, but opening must not hang on a FIFO or read a device.
-pub fn open_source_file(path: &Path) -> std::io::Result<File> {
-    let f = open_no_follow(path)?;
-    if !f.metadata()?.file_type().is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
-    Ok(f)
-}
-
-/// A new file under an unpredictable name in `dir` (a directory the
-/// installer made): O_EXCL|O_NOFOLLOW, so nothing planted is ever opened.
-pub fn create_exclusive(dir: &Path, prefix: &str) -> Result<(File, PathBuf)> {
+/// A new file under an unpredictable name in `dir`: O_EXCL|O_NOFOLLOW,
+/// so nothing planted there is ever opened.
+fn create_exclusive(dir: &Path, prefix: &str) -> Result<(File, PathBuf)> {
     let nonce: u128 = rand::random();
     let path = dir.join(format!("{prefix}{nonce:032x}"));
     let f = OpenOptions::new()

@@ -1,16 +1,12 @@
-//! Lockbox release bundles: build signed manifests, install pinned
-//! versions with verification, and verify installed trees.
+//! The producer side of Lockbox releases: build signed release bundles
+//! and re-check one before it is published. Installing is the Go SDK's
+//! job (lockbox.EnsureInstalled), the only installer.
 
 pub mod error;
 pub mod fsutil;
-pub mod http_stream;
-pub mod install;
-pub mod layout;
-pub mod lock;
 pub mod manifest;
 pub mod release;
 pub mod signing;
-pub mod source;
 pub mod verify;
 
 pub use error::{Error, Result};

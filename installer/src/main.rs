@@ -1,19 +1,17 @@
-//! lockbox-installer: build signed release bundles, install pinned versions
-//! (CI), verify installed trees. Exit codes: see installer/README.md.
+//! lockbox-installer: the release engineer's tool. Builds signed release
+//! bundles, makes and reads signing keys, verifies a release directory.
+//! Installing is the Go SDK's (lockbox.EnsureInstalled, `lockbox install`).
+//! Exit codes: see installer/README.md.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use lockbox_installer::error::{exit, Error};
-use lockbox_installer::install::{install, Event, InstallRequest};
-use lockbox_installer::manifest::current_platform;
+use lockbox_installer::manifest::{current_platform, BuildSource};
 use lockbox_installer::release::{release, ReleaseRequest};
 use lockbox_installer::signing::{self, TrustedKeys};
-use lockbox_installer::source::Source;
-use lockbox_installer::{layout, verify};
+use lockbox_installer::verify;
 
 #[derive(Parser)]
 #[command(name = "lockbox-installer", version, about)]
@@ -50,53 +48,16 @@ enum Cmd {
         pin: Vec<PathBuf>,
         #[arg(long, default_value_t = current_platform())]
         platform: String,
+        /// Record in the manifest the commit the artifacts were built from
+        /// (the last one that changed a build input). Needs --rustc.
+        #[arg(long, requires = "rustc")]
+        source_commit: Option<String>,
+        /// Record in the manifest the `rustc -V` that built the artifacts.
+        #[arg(long, requires = "source_commit")]
+        rustc: Option<String>,
     },
-    /// Install a pinned version (verified) and print its directory.
-    Install {
-        #[arg(long)]
-        version: String,
-        /// Release mirror: http(s):// URL, file:// URL or directory. Default: $LOCKBOX_RELEASE_URL.
-        #[arg(long)]
-        from: Option<String>,
-        /// Install root. Default: $LOCKBOX_HOME, else the per-user data dir.
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Use only what is installed (also LOCKBOX_OFFLINE=1).
-        #[arg(long)]
-        offline: bool,
-        /// Trust this public key file too (base64). Repeatable.
-        #[arg(long)]
-        trusted_key: Vec<PathBuf>,
-        /// Require the manifest to have exactly this sha256.
-        #[arg(long)]
-        manifest_sha256: Option<String>,
-        /// Require the manifest to be byte-identical to this file (e.g. the
-        /// pin manifests/<version>/manifest.json): the Go SDK's rule.
-        #[arg(long, conflicts_with = "manifest_sha256")]
-        pin_manifest: Option<PathBuf>,
-        #[arg(long, default_value_t = current_platform())]
-        platform: String,
-        /// Also trust this PEM CA certificate for https mirrors. Repeatable.
-        #[arg(long)]
-        ca_cert: Vec<PathBuf>,
-        /// Give up (exit 4) when the whole install, including the wait for
-        /// another process's install lock, takes longer than this many
-        /// seconds (0: no bound).
-        #[arg(long, default_value_t = 3600)]
-        timeout: u64,
-        /// Abandon and retry a download that receives less than
-        /// --min-rate's worth of bytes in this many seconds.
-        #[arg(long, default_value_t = 30)]
-        stall_timeout: u64,
-        /// Bytes per second a download must average over each stall window
-        /// (0: any byte is progress).
-        #[arg(long, default_value_t = 1024)]
-        min_rate: u64,
-        /// No progress on stderr.
-        #[arg(long, short)]
-        quiet: bool,
-    },
-    /// Check an installed version directory against its signed manifest.
+    /// Check a release directory (dist/<version>, or an installed copy)
+    /// against its signed manifest.
     Verify {
         dir: PathBuf,
         #[arg(long)]
@@ -142,10 +103,6 @@ fn trusted_keys(extra: &[PathBuf]) -> Result<TrustedKeys, Error> {
     Ok(keys)
 }
 
-fn env_flag(name: &str) -> bool {
-    std::env::var(name).is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "yes"))
-}
-
 fn run(cmd: Cmd) -> Result<(), Error> {
     match cmd {
         Cmd::Release {
@@ -158,6 +115,8 @@ fn run(cmd: Cmd) -> Result<(), Error> {
             images,
             pin,
             platform,
+            source_commit,
+            rustc,
         } => {
             let key_text = match key {
                 Some(p) => read_text(&p)?,
@@ -181,6 +140,9 @@ fn run(cmd: Cmd) -> Result<(), Error> {
                 helpers,
                 images_dir: Some(images.unwrap_or_else(|| root.join("build/images"))),
                 pin_dirs: pin,
+                source: source_commit
+                    .zip(rustc)
+                    .map(|(commit, rustc)| BuildSource { commit, rustc }),
             })?;
             for a in r.manifest.platforms.values().flatten() {
                 eprintln!(
@@ -191,81 +153,6 @@ fn run(cmd: Cmd) -> Result<(), Error> {
                 );
             }
             println!("{}", r.dir.display());
-            Ok(())
-        }
-        Cmd::Install {
-            version,
-            from,
-            dir,
-            offline,
-            trusted_key,
-            manifest_sha256,
-            pin_manifest,
-            platform,
-            ca_cert,
-            timeout,
-            stall_timeout,
-            min_rate,
-            quiet,
-        } => {
-            let manifest_sha256 = match pin_manifest {
-                Some(p) => Some(lockbox_installer::fsutil::sha256_hex(
-                    &std::fs::read(&p).map_err(|e| Error::io_at("read", &p, e))?,
-                )),
-                None => manifest_sha256,
-            };
-            let roots = ca_cert
-                .iter()
-                .map(|p| std::fs::read(p).map_err(|e| Error::io_at("read", p, e)))
-                .collect::<Result<Vec<_>, _>>()?;
-            let deadline = (timeout > 0).then(|| Instant::now() + Duration::from_secs(timeout));
-            let stall = Duration::from_secs(stall_timeout.max(1));
-            let min_bytes = min_rate.saturating_mul(stall.as_secs());
-            let from = from.or_else(|| {
-                std::env::var("LOCKBOX_RELEASE_URL")
-                    .ok()
-                    .filter(|s| !s.is_empty())
-            });
-            let req = InstallRequest {
-                version,
-                root: layout::install_root(dir.as_deref())?,
-                source: from
-                    .as_deref()
-                    .map(|f| {
-                        Source::parse_with_roots(f, &roots)
-                            .map(|s| s.with_limits(stall, min_bytes, deadline))
-                    })
-                    .transpose()?,
-                trusted: trusted_keys(&trusted_key)?,
-                offline: offline || env_flag("LOCKBOX_OFFLINE"),
-                platform,
-                pinned_manifest_sha256: manifest_sha256,
-                deadline,
-            };
-            let mut last_pct = u64::MAX;
-            let installed = install(&req, &mut |ev| {
-                if quiet {
-                    return;
-                }
-                match ev {
-                    Event::Manifest { signed_by } => {
-                        eprintln!("manifest signed by key {signed_by}")
-                    }
-                    Event::Artifact { path, have, size } => {
-                        let pct = (have * 100).checked_div(size).unwrap_or(100);
-                        if pct != last_pct && (pct % 25 == 0 || have == size) {
-                            eprintln!("  {path}: {pct}% of {size} bytes");
-                        }
-                        last_pct = pct;
-                    }
-                    Event::Complete => eprintln!("installed"),
-                }
-            })?;
-            if installed.warm && !quiet {
-                eprintln!("already installed");
-            }
-            let mut out = std::io::stdout();
-            let _ = writeln!(out, "{}", installed.dir.display());
             Ok(())
         }
         Cmd::Verify {

@@ -17,14 +17,36 @@ pub const ABI_VERSION: u32 = 1;
 pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 pub const MAX_SIGNATURE_BYTES: u64 = 4096;
 
+/// The files of a release (and of an installed) version directory besides
+/// its artifacts.
+pub const MANIFEST: &str = "manifest.json";
+pub const SIGNATURE: &str = "manifest.json.sig";
+/// Written by the installer (go/install*) last: the manifest's sha256 and
+/// a newline. A release directory has none.
+pub const MARKER: &str = ".complete";
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     pub schema_version: u32,
     pub product: String,
     pub version: String,
     pub abi_version: u32,
+    /// What the artifacts were built from, when the release recorded it:
+    /// `make check-pin` rebuilds and compares only when this source is
+    /// what the checkout has. Older manifests have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<BuildSource>,
     /// Keyed by platform, e.g. "linux-x86_64".
     pub platforms: BTreeMap<String, Vec<Artifact>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildSource {
+    /// The last commit that changed a build input of the library or the
+    /// helper (the Makefile's REPRO_INPUTS); the library embeds it too.
+    pub commit: String,
+    /// `rustc -V` of the toolchain that built them.
+    pub rustc: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,7 +174,7 @@ impl Manifest {
             .get(platform)
             .map(Vec::as_slice)
             .ok_or_else(|| {
-                Error::NotFound(format!(
+                Error::Verification(format!(
                     "release {} has no artifacts for platform {platform} (it has: {})",
                     self.version,
                     self.platforms
@@ -218,17 +240,37 @@ mod tests {
             product: PRODUCT.into(),
             version: "1.2.3".into(),
             abi_version: ABI_VERSION,
+            source: None,
             platforms: [("linux-x86_64".to_string(), artifacts)].into(),
         }
     }
 
     #[test]
     fn round_trips_through_bytes() {
-        let m = manifest(vec![
+        let mut m = manifest(vec![
             artifact("lib/liblockbox.so", ArtifactKind::Library),
             artifact("bin/lockbox-helper", ArtifactKind::Helper),
         ]);
         assert_eq!(Manifest::parse(&m.to_bytes()).unwrap(), m);
+        m.source = Some(BuildSource {
+            commit: "c".repeat(40),
+            rustc: "rustc 1.95.0".into(),
+        });
+        assert_eq!(Manifest::parse(&m.to_bytes()).unwrap(), m);
+    }
+
+    // The source record is optional: a pin made before it existed still
+    // reads, and writes back to the very bytes that were signed.
+    #[test]
+    fn the_committed_pin_reads_and_serializes_to_its_signed_bytes() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../manifests/",
+            env!("CARGO_PKG_VERSION"),
+            "/manifest.json"
+        );
+        let bytes = std::fs::read(path).unwrap();
+        assert_eq!(Manifest::parse(&bytes).unwrap().to_bytes(), bytes);
     }
 
     #[test]
@@ -266,7 +308,7 @@ mod tests {
         let mut m = manifest(vec![artifact("lib/liblockbox.so", ArtifactKind::Library)]);
         assert!(matches!(
             m.artifacts_for("plan9-mips"),
-            Err(Error::NotFound(_))
+            Err(Error::Verification(_))
         ));
         m.schema_version = 2;
         assert!(Manifest::parse(&m.to_bytes()).is_err());

@@ -1,5 +1,5 @@
 //! `release`: lays out dist/<version>/ exactly like an installed version
-//! directory, with a signed manifest.
+//! directory (what the Go SDK's installer downloads), with a signed manifest.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -11,8 +11,10 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::fsutil::{remove_tree, sync_dir, write_atomic};
-use crate::layout::{MANIFEST, SIGNATURE};
-use crate::manifest::{Artifact, ArtifactKind, Manifest, ABI_VERSION, PRODUCT, SCHEMA_VERSION};
+use crate::manifest::{
+    Artifact, ArtifactKind, BuildSource, Manifest, ABI_VERSION, MANIFEST, PRODUCT, SCHEMA_VERSION,
+    SIGNATURE,
+};
 use crate::signing::sign;
 
 pub struct ReleaseRequest {
@@ -26,6 +28,8 @@ pub struct ReleaseRequest {
     pub images_dir: Option<PathBuf>,
     /// Directories that receive a copy of <version>/manifest.json(+.sig): the pins.
     pub pin_dirs: Vec<PathBuf>,
+    /// Recorded in the manifest when known (see `BuildSource`).
+    pub source: Option<BuildSource>,
 }
 
 pub struct Released {
@@ -91,6 +95,7 @@ pub fn release(req: &ReleaseRequest) -> Result<Released> {
         product: PRODUCT.into(),
         version: req.version.clone(),
         abi_version: ABI_VERSION,
+        source: req.source.clone(),
         platforms: [(req.platform.clone(), artifacts)].into(),
     };
     manifest.validate()?;

@@ -1,6 +1,8 @@
-//! `verify`: re-checks an installed version directory from scratch:
-//! signature, marker, every artifact's size, sha256 and mode, and no
-//! stray files.
+//! `verify`: re-checks a release directory (dist/<version>, before it is
+//! published or after it was copied to a mirror) from scratch: signature,
+//! every artifact's size, sha256 and mode, and no stray files. An
+//! installed version directory passes too: its `.complete` must then name
+//! the manifest.
 
 use std::collections::HashSet;
 use std::fs;
@@ -9,15 +11,18 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::fsutil::{hash_reader, open_trusted, read_trusted, sha256_hex};
-use crate::layout::{marker_content, MANIFEST, MARKER, SIGNATURE};
-use crate::manifest::{Manifest, ABI_VERSION, MAX_MANIFEST_BYTES};
+use crate::manifest::{
+    Manifest, ABI_VERSION, MANIFEST, MARKER, MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, SIGNATURE,
+};
 use crate::signing::TrustedKeys;
 
 pub fn verify_tree(dir: &Path, trusted: &TrustedKeys, platform: &str) -> Result<Manifest> {
     // Only regular files, never through a link, never blocking on a FIFO.
-    let read = |name: &str| read_trusted(&dir.join(name), MAX_MANIFEST_BYTES);
-    let bytes = read(MANIFEST)?;
-    trusted.verify(&bytes, &read(SIGNATURE)?)?;
+    let bytes = read_trusted(&dir.join(MANIFEST), MAX_MANIFEST_BYTES)?;
+    trusted.verify(
+        &bytes,
+        &read_trusted(&dir.join(SIGNATURE), MAX_SIGNATURE_BYTES)?,
+    )?;
     let manifest = Manifest::parse(&bytes)?;
     if manifest.abi_version != ABI_VERSION {
         return Err(Error::Verification(format!("ABI {}", manifest.abi_version)));
@@ -33,17 +38,20 @@ pub fn verify_tree(dir: &Path, trusted: &TrustedKeys, platform: &str) -> Result<
             manifest.version
         )));
     }
-    let marker = read(MARKER).unwrap_or_default();
-    if marker != marker_content(&sha256_hex(&bytes)).as_bytes() {
-        return Err(Error::Verification(format!(
-            "{} is missing or does not match the manifest",
-            dir.join(MARKER).display()
-        )));
+    let mut expected: HashSet<String> = [MANIFEST, SIGNATURE].map(String::from).into();
+    if fs::symlink_metadata(dir.join(MARKER)).is_ok() {
+        let marker = read_trusted(&dir.join(MARKER), 128)?;
+        if marker != format!("{}\n", sha256_hex(&bytes)).as_bytes() {
+            return Err(Error::Verification(format!(
+                "{} does not name this manifest",
+                dir.join(MARKER).display()
+            )));
+        }
+        expected.insert(MARKER.into());
     }
-    let mut expected: HashSet<String> = [MANIFEST, SIGNATURE, MARKER].map(String::from).into();
     for a in manifest.artifacts_for(platform)? {
         let p = dir.join(&a.path);
-        let (f, _) = open_trusted(&p)?;
+        let (f, meta) = open_trusted(&p)?;
         let (size, sum) = hash_reader(f, &p)?;
         if size != a.size || sum != a.sha256 {
             return Err(Error::Verification(format!(
@@ -51,11 +59,7 @@ pub fn verify_tree(dir: &Path, trusted: &TrustedKeys, platform: &str) -> Result<
                 a.path, a.size, a.sha256
             )));
         }
-        let mode = fs::metadata(&p)
-            .map_err(|e| Error::io_at("stat", &p, e))?
-            .permissions()
-            .mode()
-            & 0o777;
+        let mode = meta.permissions().mode() & 0o777;
         if mode != a.kind.mode() {
             return Err(Error::Verification(format!(
                 "{}: mode {mode:o}, want {:o}",
@@ -91,4 +95,116 @@ fn walk(root: &Path) -> Result<Vec<String>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::manifest::current_platform;
+    use crate::release::{release, ReleaseRequest};
+    use crate::signing::generate_signing_key;
+
+    /// A real release of small files, the trust that accepts it, and its dir.
+    fn released(tmp: &Path) -> (PathBuf, TrustedKeys) {
+        let src = tmp.join("src");
+        fs::create_dir_all(src.join("images")).unwrap();
+        fs::write(src.join("liblockbox.so"), vec![7u8; 100_000]).unwrap();
+        fs::write(src.join("lockbox-helper"), b"#!/bin/sh\n").unwrap();
+        fs::write(src.join("images/base.tar.zst"), b"image").unwrap();
+        let key = generate_signing_key();
+        let mut trusted = TrustedKeys::default();
+        trusted.add("test", key.verifying_key());
+        let r = release(&ReleaseRequest {
+            version: "1.0.0".into(),
+            out: tmp.join("dist"),
+            key,
+            platform: current_platform(),
+            library: src.join("liblockbox.so"),
+            helpers: vec![src.join("lockbox-helper")],
+            images_dir: Some(src.join("images")),
+            pin_dirs: vec![],
+            source: None,
+        })
+        .unwrap();
+        (r.dir, trusted)
+    }
+
+    fn verify(dir: &Path, trusted: &TrustedKeys) -> Result<Manifest> {
+        verify_tree(dir, trusted, &current_platform())
+    }
+
+    #[test]
+    fn a_fresh_release_verifies_and_every_change_is_caught() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, trusted) = released(tmp.path());
+        verify(&dir, &trusted).unwrap();
+
+        let lib = dir.join("lib/liblockbox.so");
+        let good = fs::read(&lib).unwrap();
+        let mut bad = good.clone();
+        bad[50_000] ^= 1;
+        fs::write(&lib, &bad).unwrap();
+        assert!(
+            matches!(verify(&dir, &trusted), Err(Error::Verification(e)) if e.contains("sha256"))
+        );
+        fs::write(&lib, &good[..good.len() - 1]).unwrap();
+        assert!(
+            matches!(verify(&dir, &trusted), Err(Error::Verification(e)) if e.contains("bytes"))
+        );
+        fs::write(&lib, &good).unwrap();
+        verify(&dir, &trusted).unwrap();
+
+        fs::write(dir.join("bin/extra"), b"x").unwrap();
+        assert!(
+            matches!(verify(&dir, &trusted), Err(Error::Verification(e)) if e.contains("unexpected"))
+        );
+        fs::remove_file(dir.join("bin/extra")).unwrap();
+
+        fs::remove_file(dir.join("images/base.tar.zst")).unwrap();
+        assert!(verify(&dir, &trusted).is_err());
+    }
+
+    #[test]
+    fn a_changed_manifest_or_another_key_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, trusted) = released(tmp.path());
+        let mut other = TrustedKeys::default();
+        other.add("other", generate_signing_key().verifying_key());
+        assert!(
+            matches!(verify(&dir, &other), Err(Error::Verification(e)) if e.contains("signature"))
+        );
+
+        let manifest = dir.join(MANIFEST);
+        let mut bytes = fs::read(&manifest).unwrap();
+        bytes.push(b' ');
+        fs::write(&manifest, bytes).unwrap();
+        assert!(
+            matches!(verify(&dir, &trusted), Err(Error::Verification(e)) if e.contains("signature"))
+        );
+    }
+
+    #[test]
+    fn links_and_a_wrong_marker_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, trusted) = released(tmp.path());
+        fs::write(dir.join(MARKER), "0".repeat(64) + "\n").unwrap();
+        assert!(
+            matches!(verify(&dir, &trusted), Err(Error::Verification(e)) if e.contains(MARKER))
+        );
+        let sum = sha256_hex(&fs::read(dir.join(MANIFEST)).unwrap());
+        fs::write(dir.join(MARKER), format!("{sum}\n")).unwrap();
+        verify(&dir, &trusted).unwrap();
+
+        // A link to a file with the right bytes is still a link.
+        let lib = dir.join("lib/liblockbox.so");
+        let copy = tmp.path().join("copy.so");
+        fs::copy(&lib, &copy).unwrap();
+        fs::remove_file(&lib).unwrap();
+        std::os::unix::fs::symlink(&copy, &lib).unwrap();
+        assert!(
+            matches!(verify(&dir, &trusted), Err(Error::Unsafe(e)) if e.contains("symbolic link"))
+        );
+    }
 }
