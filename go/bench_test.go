@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"lockbox.dev/lockbox/internal/wire"
 )
 
 // make bench-ffi runs these against the release library:
@@ -20,7 +22,7 @@ func BenchmarkNoopCall(b *testing.B) {
 	ctx := context.Background()
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
-		if err := call(ctx, "bench", "noop", nil, nil); err != nil {
+		if err := callMethod(ctx, "bench", wire.Noop, nil, nil); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -29,9 +31,9 @@ func BenchmarkNoopCall(b *testing.B) {
 func BenchmarkHandleCreateClose(b *testing.B) {
 	ctx := context.Background()
 	b.ReportAllocs()
-	var r struct{ Handle uint64 }
+	var r wire.HandleResult
 	for i := 0; i < b.N; i++ {
-		if err := call(ctx, "bench", "handle.create", nil, &r); err != nil {
+		if err := callMethod(ctx, "bench", wire.HandleCreate, nil, &r); err != nil {
 			b.Fatal(err)
 		}
 		if err := closeHandle("bench", r.Handle); err != nil {
@@ -59,7 +61,7 @@ func percentiles(b *testing.B, n int, fn func() error) (p50, p90 float64) {
 func BenchmarkLatencyNoop(b *testing.B) {
 	ctx := context.Background()
 	for i := 0; i < b.N; i++ {
-		p50, p90 := percentiles(b, latencySamples, func() error { return call(ctx, "bench", "noop", nil, nil) })
+		p50, p90 := percentiles(b, latencySamples, func() error { return callMethod(ctx, "bench", wire.Noop, nil, nil) })
 		b.ReportMetric(p50, "p50-ns/call")
 		b.ReportMetric(p90, "p90-ns/call")
 	}
@@ -69,7 +71,7 @@ func BenchmarkLatencyNoopCancelableCtx(b *testing.B) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	for i := 0; i < b.N; i++ {
-		p50, p90 := percentiles(b, latencySamples, func() error { return call(ctx, "bench", "noop", nil, nil) })
+		p50, p90 := percentiles(b, latencySamples, func() error { return callMethod(ctx, "bench", wire.Noop, nil, nil) })
 		b.ReportMetric(p50, "p50-ns/call")
 		b.ReportMetric(p90, "p90-ns/call")
 	}
@@ -77,10 +79,10 @@ func BenchmarkLatencyNoopCancelableCtx(b *testing.B) {
 
 func BenchmarkLatencyHandleCreateClose(b *testing.B) {
 	ctx := context.Background()
-	var r struct{ Handle uint64 }
+	var r wire.HandleResult
 	for i := 0; i < b.N; i++ {
 		p50, p90 := percentiles(b, latencySamples, func() error {
-			if err := call(ctx, "bench", "handle.create", nil, &r); err != nil {
+			if err := callMethod(ctx, "bench", wire.HandleCreate, nil, &r); err != nil {
 				return err
 			}
 			return closeHandle("bench", r.Handle)
@@ -116,13 +118,13 @@ func rssKiB(b *testing.B) float64 {
 // either side of the ABI: the second million must not grow it further.
 func BenchmarkMemory(b *testing.B) {
 	ctx := context.Background()
-	var r struct{ Handle uint64 }
+	var r wire.HandleResult
 	mix := func(n int) {
 		for j := 0; j < n; j++ {
 			var err error
 			if j%2 == 0 {
-				err = call(ctx, "bench", "noop", nil, nil)
-			} else if err = call(ctx, "bench", "handle.create", nil, &r); err == nil {
+				err = callMethod(ctx, "bench", wire.Noop, nil, nil)
+			} else if err = callMethod(ctx, "bench", wire.HandleCreate, nil, &r); err == nil {
 				err = closeHandle("bench", r.Handle)
 			}
 			if err != nil {

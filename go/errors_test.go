@@ -5,6 +5,8 @@ import (
 	"errors"
 	"io/fs"
 	"testing"
+
+	"lockbox.dev/lockbox/internal/wire"
 )
 
 func asError(err error, e **Error) bool { return errors.As(err, e) }
@@ -50,7 +52,7 @@ func TestErrorStringNamesOpAndCode(t *testing.T) {
 
 func TestLibraryErrorsAreTyped(t *testing.T) {
 	ctx := context.Background()
-	err := call(ctx, "my.op", "handle.kind", map[string]any{"handle": 1<<56 | 1<<55}, nil)
+	err := callMethod(ctx, "my.op", wire.HandleKind, &wire.HandleParams{Handle: 1<<56 | 1<<55}, nil)
 	e := wantCode(t, err, CodeNotFound, ErrNotFound)
 	if e.Op != "my.op" || e.Message == "" {
 		t.Errorf("op/message not set: %+v", e)
