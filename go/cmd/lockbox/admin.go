@@ -26,7 +26,9 @@ type installFlags struct {
 func (f *installFlags) register(fs *flags) {
 	fs.StringVar(&f.version, "version", lockbox.Version, "engine version (default: the one this CLI pins)")
 	fs.StringVar(&f.dir, "dir", "", "install root (default $LOCKBOX_HOME, else ~/.local/share/lockbox)")
-	fs.StringVar(&f.releaseURL, "release-url", "", "release mirror: http(s)://, file:// or a directory (default $LOCKBOX_RELEASE_URL)")
+	for _, n := range []string{"release-url", "from"} {
+		fs.StringVar(&f.releaseURL, n, "", "release mirror: http(s)://, file:// or a directory (default $LOCKBOX_RELEASE_URL)")
+	}
 	fs.StringVar(&f.trustedKey, "trusted-key", "", "also trust the ed25519 public key in this `file` (base64)")
 	fs.BoolVar(&f.asJSON, "json", false, "print the result as JSON")
 }
