@@ -4,5 +4,8 @@
 //! handled here, outside the sandbox, by a user-mode TCP/IP stack that
 //! opens a host socket only for what the policy allows.
 
+pub mod dns;
+pub mod events;
+pub mod names;
 pub mod policy;
 pub mod ranges;
