@@ -3,6 +3,8 @@ package lockbox
 import (
 	"context"
 	"errors"
+
+	"lockbox.dev/lockbox/internal/abi"
 )
 
 // Code is a stable error code. The library (C ABI) returns the first ten;
@@ -35,20 +37,23 @@ const (
 // an *Error whose Code selects one of these; EnsureInstalled's errors wrap
 // ErrVerification, ErrReleaseNotFound, ErrDownload, ErrNoReleaseURL or
 // ErrNotInstalled (and the context's error when it ended the install).
+//
+// The code sentinels are the call path's own (internal/abi), so an error
+// matches them whichever layer made it.
 var (
-	ErrNotFound          = errors.New("lockbox: not found")
-	ErrAlreadyExists     = errors.New("lockbox: already exists")
-	ErrInvalidArgument   = errors.New("lockbox: invalid argument")
-	ErrTimeout           = errors.New("lockbox: timeout")
-	ErrCanceled          = errors.New("lockbox: canceled")
-	ErrUnsupported       = errors.New("lockbox: unsupported")
-	ErrPermission        = errors.New("lockbox: permission denied")
-	ErrUnavailable       = errors.New("lockbox: unavailable")
-	ErrResourceExhausted = errors.New("lockbox: resource exhausted")
-	ErrInternal          = errors.New("lockbox: internal error")
+	ErrNotFound          = abi.ErrNotFound          // "lockbox: not found"
+	ErrAlreadyExists     = abi.ErrAlreadyExists     // "lockbox: already exists"
+	ErrInvalidArgument   = abi.ErrInvalidArgument   // "lockbox: invalid argument"
+	ErrTimeout           = abi.ErrTimeout           // "lockbox: timeout"
+	ErrCanceled          = abi.ErrCanceled          // "lockbox: canceled"
+	ErrUnsupported       = abi.ErrUnsupported       // "lockbox: unsupported"
+	ErrPermission        = abi.ErrPermission        // "lockbox: permission denied"
+	ErrUnavailable       = abi.ErrUnavailable       // "lockbox: unavailable"
+	ErrResourceExhausted = abi.ErrResourceExhausted // "lockbox: resource exhausted"
+	ErrInternal          = abi.ErrInternal          // "lockbox: internal error"
 	// ErrNotInstalled also matches ErrLibraryNotLoaded.
-	ErrNotInstalled     = errors.New("lockbox: engine not installed")
-	ErrLibraryNotLoaded = errors.New("lockbox: library not loaded")
+	ErrNotInstalled     = abi.ErrNotInstalled     // "lockbox: engine not installed"
+	ErrLibraryNotLoaded = abi.ErrLibraryNotLoaded // "lockbox: library not loaded"
 
 	// ErrOutputLimit: a process wrote more than the output limit to a
 	// stream that Exec, Shell, Output or CombinedOutput collects (see

@@ -1,51 +1,55 @@
 package lockbox
 
 import (
-	"crypto/ed25519"
 	"fmt"
-	"os"
-	"path/filepath"
 	"time"
+
+	"lockbox.dev/lockbox/internal/install"
 )
 
 // InstallOption configures EnsureInstalled and IsInstalled.
 type InstallOption func(*installSettings)
 
+// installSettings are the installer's settings plus the first option
+// error, reported once all options have run.
 type installSettings struct {
-	version        string
-	releaseURL     string
-	root           string
-	offline        bool
-	progress       func(InstallEvent)
-	extraKeys      []trustedKey
-	stallTimeout   time.Duration
-	minRate        int64
-	installTimeout time.Duration
-	optErr         error
+	s      install.Settings
+	optErr error
 }
 
 // WithVersion installs another version than the one this SDK pins. Its
 // manifest is then checked against the trusted keys only (there are no
 // embedded hashes for it).
-func WithVersion(v string) InstallOption { return func(s *installSettings) { s.version = v } }
+func WithVersion(v string) InstallOption { return func(s *installSettings) { s.s.Version = v } }
 
 // WithReleaseURL sets the release mirror: http(s)://host/path, file:///dir
 // or a plain directory holding <version>/manifest.json and the artifacts.
 // Content is verified against the trusted keys and pin whatever the source.
-func WithReleaseURL(u string) InstallOption { return func(s *installSettings) { s.releaseURL = u } }
+func WithReleaseURL(u string) InstallOption { return func(s *installSettings) { s.s.ReleaseURL = u } }
 
 // WithInstallDir sets the install root (default: $LOCKBOX_HOME, else the
 // per-user data dir). Versions live in <dir>/versions/<version>.
-func WithInstallDir(d string) InstallOption { return func(s *installSettings) { s.root = d } }
+func WithInstallDir(d string) InstallOption { return func(s *installSettings) { s.s.Root = d } }
 
 // WithOffline never downloads: EnsureInstalled succeeds only if the version
 // is already completely installed, and otherwise lists what is missing.
-func WithOffline(offline bool) InstallOption { return func(s *installSettings) { s.offline = offline } }
+func WithOffline(offline bool) InstallOption {
+	return func(s *installSettings) { s.s.Offline = offline }
+}
 
 // WithProgress receives install events. Artifacts download concurrently,
 // but calls are serialized: f never runs twice at once.
 func WithProgress(f func(InstallEvent)) InstallOption {
-	return func(s *installSettings) { s.progress = f }
+	return func(s *installSettings) {
+		if f == nil {
+			s.s.Progress = nil
+			return
+		}
+		s.s.Progress = func(ev install.Event) {
+			f(InstallEvent{Kind: InstallEventKind(ev.Kind), Version: ev.Version, Artifact: ev.Artifact,
+				Bytes: ev.Bytes, Total: ev.Total, Attempt: ev.Attempt, Err: ev.Err})
+		}
+	}
 }
 
 // WithTrustedKey trusts another ed25519 public key for manifest signatures,
@@ -53,12 +57,12 @@ func WithProgress(f func(InstallEvent)) InstallOption {
 // base64 of the 32-byte key.
 func WithTrustedKey(keyText string) InstallOption {
 	return func(s *installSettings) {
-		k, err := parsePublicKey(keyText)
+		k, err := install.ParsePublicKey(keyText)
 		if err != nil {
-			s.optErr = fmt.Errorf("WithTrustedKey: %v", err)
+			s.fail(fmt.Errorf("WithTrustedKey: %v", err))
 			return
 		}
-		s.extraKeys = append(s.extraKeys, trustedKey{fmt.Sprintf("option-%d", len(s.extraKeys)), ed25519.PublicKey(k)})
+		s.s.ExtraKeys = append(s.s.ExtraKeys, k)
 	}
 }
 
@@ -68,9 +72,9 @@ func WithTrustedKey(keyText string) InstallOption {
 func WithStallTimeout(d time.Duration) InstallOption {
 	return func(s *installSettings) {
 		if d <= 0 {
-			s.optErr = fmt.Errorf("WithStallTimeout: %v is not positive", d)
+			s.fail(fmt.Errorf("WithStallTimeout: %v is not positive", d))
 		}
-		s.stallTimeout = d
+		s.s.StallTimeout = d
 	}
 }
 
@@ -81,9 +85,9 @@ func WithStallTimeout(d time.Duration) InstallOption {
 func WithMinDownloadRate(bytesPerSecond int64) InstallOption {
 	return func(s *installSettings) {
 		if bytesPerSecond < 0 {
-			s.optErr = fmt.Errorf("WithMinDownloadRate: %d is negative", bytesPerSecond)
+			s.fail(fmt.Errorf("WithMinDownloadRate: %d is negative", bytesPerSecond))
 		}
-		s.minRate = bytesPerSecond
+		s.s.MinRate = bytesPerSecond
 	}
 }
 
@@ -93,66 +97,26 @@ func WithMinDownloadRate(bytesPerSecond int64) InstallOption {
 func WithInstallTimeout(d time.Duration) InstallOption {
 	return func(s *installSettings) {
 		if d < 0 {
-			s.optErr = fmt.Errorf("WithInstallTimeout: %v is negative", d)
+			s.fail(fmt.Errorf("WithInstallTimeout: %v is negative", d))
 		}
-		s.installTimeout = d
+		s.s.InstallTimeout = d
 	}
 }
 
-func envFlag(name string) bool {
-	switch os.Getenv(name) {
-	case "1", "true", "yes":
-		return true
-	}
-	return false
-}
+// fail records an option's error; like before the split, the last one
+// wins.
+func (s *installSettings) fail(err error) { s.optErr = err }
 
-// defaultRoot is $LOCKBOX_HOME, else the per-user data dir: the same path
-// Rust's directories crate gives the engine ($XDG_DATA_HOME/lockbox or
-// ~/.local/share/lockbox).
-func defaultRoot() (string, error) {
-	if h := os.Getenv("LOCKBOX_HOME"); h != "" {
-		return h, nil
-	}
-	if x := os.Getenv("XDG_DATA_HOME"); filepath.IsAbs(x) {
-		return filepath.Join(x, "lockbox"), nil
-	}
-	home, err := os.UserHomeDir()
-	if err != nil {
-		return "", fmt.Errorf("lockbox: no install dir: set LOCKBOX_HOME or use WithInstallDir (%v)", err)
-	}
-	return filepath.Join(home, ".local", "share", "lockbox"), nil
-}
-
-func resolveInstallSettings(opts []InstallOption) (*installSettings, error) {
-	s := &installSettings{
-		version:        Version,
-		releaseURL:     os.Getenv("LOCKBOX_RELEASE_URL"),
-		offline:        envFlag("LOCKBOX_OFFLINE"),
-		stallTimeout:   defaultStallTimeout,
-		minRate:        defaultMinRate,
-		installTimeout: defaultInstallTimeout,
-	}
+func resolveInstallSettings(opts []InstallOption) (*install.Settings, error) {
+	cfg := installSettings{s: install.Defaults()}
 	for _, o := range opts {
-		o(s)
+		o(&cfg)
 	}
-	if s.optErr != nil {
-		return nil, s.optErr
+	if cfg.optErr != nil {
+		return nil, cfg.optErr
 	}
-	if !validVersion(s.version) {
-		return nil, fmt.Errorf("lockbox: invalid version %q", s.version)
-	}
-	if s.root == "" {
-		r, err := defaultRoot()
-		if err != nil {
-			return nil, err
-		}
-		s.root = r
-	}
-	abs, err := filepath.Abs(s.root)
-	if err != nil {
+	if err := install.Resolve(&cfg.s); err != nil {
 		return nil, err
 	}
-	s.root = abs
-	return s, nil
+	return &cfg.s, nil
 }

@@ -1,6 +1,40 @@
 package lockbox
 
-import "context"
+import (
+	"context"
+
+	"lockbox.dev/lockbox/internal/abi"
+)
+
+// LoadOption configures Load.
+type LoadOption func(*loadConfig)
+
+type loadConfig struct {
+	path string
+}
+
+// WithLibraryPath loads liblockbox.so from path instead of LOCKBOX_LIB or
+// the installed copy.
+func WithLibraryPath(path string) LoadOption {
+	return func(c *loadConfig) { c.path = path }
+}
+
+// Load finds and loads the engine library and checks its ABI version.
+// Calling it is optional: every API call loads the library on first use.
+// Where the library comes from, in order: WithLibraryPath, the LOCKBOX_LIB
+// environment variable, the copy EnsureInstalled put in place.
+//
+// The library is loaded once per process and never unloaded. Load after a
+// successful load is a no-op, or an error if it names a different file.
+// Errors match ErrLibraryNotLoaded (and ErrNotInstalled when no library
+// could be found at all).
+func Load(opts ...LoadOption) error {
+	var cfg loadConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
+	return fromABI(abi.Load(cfg.path))
+}
 
 // VersionInfo describes the loaded engine library.
 type VersionInfo struct {
@@ -17,9 +51,7 @@ func LibraryVersion(ctx context.Context) (VersionInfo, error) {
 	if err := call(ctx, "version", "version", nil, &v); err != nil {
 		return VersionInfo{}, err
 	}
-	if l := loaded.Load(); l != nil {
-		v.Path = l.path
-	}
+	v.Path = abi.LoadedPath()
 	return v, nil
 }
 

@@ -2,6 +2,8 @@ package lockbox
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"os"
 	"path/filepath"
 	"testing"
@@ -28,33 +30,10 @@ func fileExists(p string) bool {
 	return err == nil
 }
 
-// requireHooks fails unless the loaded library has the debug.* methods.
-func requireHooks(t testing.TB) {
-	t.Helper()
-	var v struct {
-		TestHooks bool `json:"test_hooks"`
-	}
-	if err := call(context.Background(), "t", "version", nil, &v); err != nil {
-		t.Fatalf("%v (run `make test-go`: it builds the test-hooks library and sets LOCKBOX_LIB)", err)
-	}
-	if !v.TestHooks {
-		t.Fatalf("LOCKBOX_LIB=%s is not a test-hooks build (make ffi-test-lib)", os.Getenv("LOCKBOX_LIB"))
-	}
-}
-
 func newObject(t testing.TB) uint64 {
 	t.Helper()
 	var r struct{ Handle uint64 }
 	if err := call(context.Background(), "t", "handle.create", nil, &r); err != nil {
-		t.Fatal(err)
-	}
-	return r.Handle
-}
-
-func newPipe(t testing.TB, capacity int) uint64 {
-	t.Helper()
-	var r struct{ Handle uint64 }
-	if err := call(context.Background(), "t", "debug.pipe", map[string]int{"capacity": capacity}, &r); err != nil {
 		t.Fatal(err)
 	}
 	return r.Handle
@@ -91,4 +70,9 @@ func wantCode(t testing.TB, err error, code Code, sentinel error) *Error {
 		t.Fatalf("errors.Is(%v, %v) = false", err, sentinel)
 	}
 	return e
+}
+
+func sha256Hex(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
 }

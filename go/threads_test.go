@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ebitengine/purego"
+	"lockbox.dev/lockbox/internal/abi"
 )
 
 // osThreads is the process's thread count (Go's, the library's, all).
@@ -44,18 +44,18 @@ func envInt(name string, def int) int {
 
 // asyncOrControl requires the completion queue, or with
 // LOCKBOX_TEST_BLOCKING=1 turns it off for a control run (which must fail).
+// The call path's own thread tests are in internal/abi/threads_test.go.
 func asyncOrControl(t *testing.T) {
 	t.Helper()
-	l, err := lib()
-	if err != nil {
+	if err := Load(); err != nil {
 		t.Fatal(err)
 	}
 	if os.Getenv("LOCKBOX_TEST_BLOCKING") == "1" {
-		forceBlocking = true
-		t.Cleanup(func() { forceBlocking = false })
+		abi.SetBlockingOnly(true)
+		t.Cleanup(func() { abi.SetBlockingOnly(false) })
 		return
 	}
-	if completions(l) == nil {
+	if !abi.HasCompletionQueue() {
 		t.Fatal("the library has no completion queue: every wait would hold a thread")
 	}
 }
@@ -168,7 +168,7 @@ func TestThousandsOfExecsHoldNoThreadEach(t *testing.T) {
 	<-sampled
 	elapsed := time.Since(start)
 	t.Logf("%d execs over %d sandboxes in %v (%d in flight at once): threads %d before, peak %d, bound %d; blocking=%v; %s",
-		execs, nsb, elapsed.Round(time.Millisecond), peakInFlight.Load(), before, peak.Load(), bound, forceBlocking, peakRSS())
+		execs, nsb, elapsed.Round(time.Millisecond), peakInFlight.Load(), before, peak.Load(), bound, !abi.HasCompletionQueue(), peakRSS())
 	if n := bad.Load(); n > 0 {
 		t.Errorf("%d of %d execs came back wrong", n, execs)
 	}
@@ -177,120 +177,5 @@ func TestThousandsOfExecsHoldNoThreadEach(t *testing.T) {
 	}
 	if peak.Load() > int64(bound) {
 		t.Errorf("thread count peaked at %d with %d execs in flight; bound %d", peak.Load(), peakInFlight.Load(), bound)
-	}
-}
-
-// A submitted call (debug.sleep has an async form, like exec.wait) ends
-// promptly with the context and leaves no token or cancel slot behind;
-// while it runs, the leak counter sees it.
-func TestSubmittedCallCancelsAndLeavesNothing(t *testing.T) {
-	requireHooks(t)
-	asyncOrControl(t)
-	done := make(chan error, 1)
-	go func() { done <- call(context.Background(), "t", "debug.sleep", map[string]int{"ms": 300}, nil) }()
-	time.Sleep(100 * time.Millisecond)
-	if s := libStats(t); s.Completions != 1 {
-		t.Errorf("while one call is submitted the library holds %d tokens, want 1", s.Completions)
-	}
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	before := osThreads(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	defer cancel()
-	var wg sync.WaitGroup
-	errs := make([]error, 500)
-	start := time.Now()
-	for i := range errs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = call(ctx, "t", "debug.sleep", map[string]int{"ms": 60_000}, nil)
-		}()
-	}
-	time.Sleep(50 * time.Millisecond)
-	during := osThreads(t)
-	wg.Wait()
-	if el := time.Since(start); el > 10*time.Second {
-		t.Errorf("canceled calls took %v", el)
-	}
-	for _, err := range errs {
-		wantCode(t, err, CodeTimeout, context.DeadlineExceeded)
-	}
-	if during > before+20 {
-		t.Errorf("threads %d -> %d with 500 calls waiting", before, during)
-	}
-	if s := libStats(t); s.Completions != 0 || s.CancelSlots != 0 {
-		t.Errorf("left behind: %+v", s)
-	}
-}
-
-// Calls with no async form still block a thread each inside the library;
-// at most maxBlockingCalls of them run at once and the rest wait on a
-// channel. 1,000 concurrent blocking calls (debug.sleep with the async
-// path off) stay near the bound. Control: LOCKBOX_TEST_UNBOUNDED=1 lifts
-// the bound and the count passed 600 (263 with it).
-func TestBlockingCallsShareBoundedThreads(t *testing.T) {
-	requireHooks(t)
-	forceBlocking = true
-	defer func() { forceBlocking = false }()
-	if os.Getenv("LOCKBOX_TEST_UNBOUNDED") == "1" {
-		unboundedBlocking = true
-		defer func() { unboundedBlocking = false }()
-	}
-	before := osThreads(t)
-	var wg sync.WaitGroup
-	var peak atomic.Int64
-	stop := make(chan struct{})
-	go func() {
-		for {
-			if n := int64(osThreads(t)); n > peak.Load() {
-				peak.Store(n)
-			}
-			select {
-			case <-stop:
-				return
-			case <-time.After(5 * time.Millisecond):
-			}
-		}
-	}()
-	errs := make([]error, 1000)
-	for i := range errs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = call(context.Background(), "t", "debug.sleep", map[string]int{"ms": 100}, nil)
-		}()
-	}
-	wg.Wait()
-	close(stop)
-	for _, err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	t.Logf("1000 blocking calls: threads %d before, peak %d (bound %d calls)", before, peak.Load(), maxBlockingCalls)
-	if peak.Load() > int64(before+maxBlockingCalls+50) {
-		t.Errorf("thread count peaked at %d", peak.Load())
-	}
-}
-
-// A library without the async exports (an older one) gets no completer, so
-// every call keeps the blocking path. libc stands in for it: it has none
-// of the lockbox_* symbols.
-func TestNoCompletionQueueWithoutTheExports(t *testing.T) {
-	dl, err := purego.Dlopen("libc.so.6", purego.RTLD_NOW|purego.RTLD_LOCAL)
-	if err != nil {
-		t.Skipf("no libc.so.6: %v", err)
-	}
-	if c := resolveCompleter(&library{dl: dl}); c != nil {
-		t.Fatal("a completer over a library without lockbox_submit")
-	}
-	l, err := lib()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resolveCompleter(l) == nil {
-		t.Fatal("the real library has the exports; the probe must find them")
 	}
 }

@@ -1,4 +1,4 @@
-package lockbox
+package abi
 
 // Cancellation: every call whose context can end gets a fresh cancel id.
 // When the context ends, context.AfterFunc calls lockbox_cancel(id); the

@@ -1,4 +1,4 @@
-package lockbox
+package abi
 
 import (
 	"context"
@@ -10,7 +10,7 @@ import (
 
 func kindOf(h uint64) (string, error) {
 	var r struct{ Kind string }
-	err := call(context.Background(), "t", "handle.kind", map[string]uint64{"handle": h}, &r)
+	err := Call(context.Background(), "t", "handle.kind", map[string]uint64{"handle": h}, &r)
 	return r.Kind, err
 }
 
@@ -22,10 +22,10 @@ func TestHandleLifecycle(t *testing.T) {
 	if k, err := kindOf(h); err != nil || k != "object" {
 		t.Fatalf("kind %q %v", k, err)
 	}
-	if err := closeHandle("t", h); err != nil {
+	if err := CloseHandle("t", h); err != nil {
 		t.Fatal(err)
 	}
-	if err := closeHandle("t", h); err != nil {
+	if err := CloseHandle("t", h); err != nil {
 		t.Fatal("double close:", err)
 	}
 	_, err := kindOf(h)
@@ -36,42 +36,42 @@ func TestForgedAndWrongKindHandles(t *testing.T) {
 	forged := uint64(4)<<56 | (1<<56 - 1)
 	_, err := kindOf(forged)
 	wantCode(t, err, CodeNotFound, ErrNotFound)
-	wantCode(t, closeHandle("t", forged), CodeNotFound, ErrNotFound)
-	wantCode(t, closeHandle("t", 0), CodeNotFound, ErrNotFound)
-	wantCode(t, closeHandle("t", 0xee<<56|3), CodeNotFound, ErrNotFound)
+	wantCode(t, CloseHandle("t", forged), CodeNotFound, ErrNotFound)
+	wantCode(t, CloseHandle("t", 0), CodeNotFound, ErrNotFound)
+	wantCode(t, CloseHandle("t", 0xee<<56|3), CodeNotFound, ErrNotFound)
 
 	obj := newObject(t)
-	defer closeHandle("t", obj)
-	_, err = streamRead(context.Background(), "t", obj, make([]byte, 8))
+	defer CloseHandle("t", obj)
+	_, err = StreamRead(context.Background(), "t", obj, make([]byte, 8))
 	wantCode(t, err, CodeInvalidArgument, ErrInvalidArgument)
-	_, err = streamWrite(context.Background(), "t", obj, []byte("x"))
+	_, err = StreamWrite(context.Background(), "t", obj, []byte("x"))
 	wantCode(t, err, CodeInvalidArgument, ErrInvalidArgument)
 	asStream := obj&(1<<56-1) | 3<<56
-	_, err = streamRead(context.Background(), "t", asStream, make([]byte, 8))
+	_, err = StreamRead(context.Background(), "t", asStream, make([]byte, 8))
 	wantCode(t, err, CodeNotFound, ErrNotFound)
 }
 
 func TestHandleRefCloseIsIdempotentAcrossGoroutines(t *testing.T) {
-	r := newHandleRef(newObject(t))
+	r := NewHandleRef(newObject(t))
 	var wg sync.WaitGroup
 	for i := 0; i < 32; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := r.close("t"); err != nil {
+			if err := r.Close("t"); err != nil {
 				t.Error(err)
 			}
 		}()
 	}
 	wg.Wait()
-	_, err := kindOf(r.id())
+	_, err := kindOf(r.ID())
 	wantCode(t, err, CodeNotFound, ErrNotFound)
 }
 
 func TestFinalizerReleasesDroppedHandle(t *testing.T) {
 	h := func() uint64 {
-		r := newHandleRef(newObject(t))
-		return r.id()
+		r := NewHandleRef(newObject(t))
+		return r.ID()
 	}()
 	for i := 0; i < 100; i++ {
 		runtime.GC()

@@ -1,26 +1,26 @@
-package lockbox
+package abi
 
 // The call path into liblockbox.so. Other files of this package use these
 // helpers; they load the library on first use, honour ctx (cancel ids, see
 // cancel.go) and return *Error values whose Op is the op argument:
 //
-//	call(ctx, op, method, params, result) error
+//	Call(ctx, op, method, params, result) error
 //	    JSON call; through the completion queue when the library has an
 //	    async form of the method (completion.go). params: nil, json.RawMessage/[]byte (sent as is) or any
 //	    value json.Marshal accepts. result: nil (ignored) or a pointer to
 //	    json.Unmarshal into.
-//	callRaw(ctx, op, req []byte) ([]byte, error)
+//	CallRaw(ctx, op, req []byte) ([]byte, error)
 //	    A whole request as bytes; returns the result JSON (copied).
-//	streamRead(ctx, op, h, buf) (int, error)    // io.EOF at end of stream
-//	streamWrite(ctx, op, h, p) (int, error)     // writes all of p
-//	streamCloseWrite(ctx, op, h) error          // half-close
-//	closeHandle(op, h) error                    // closing twice is fine
-//	newHandleRef(h) *handleRef                  // handle.go: owner with Close + finalizer
+//	StreamRead(ctx, op, h, buf) (int, error)    // io.EOF at end of stream
+//	StreamWrite(ctx, op, h, p) (int, error)     // writes all of p
+//	StreamCloseWrite(ctx, op, h) error          // half-close
+//	CloseHandle(op, h) error                    // closing twice is fine
+//	NewHandleRef(h) *HandleRef                  // handle.go: owner with Close + finalizer
 //
 // Pointers passed to C must not move while C runs. Where the memory is the
 // caller's (stream buffers), the uintptr(unsafe.Pointer(...)) conversion is
-// written directly in purego.SyscallN's argument list: SyscallN is marked
-// go:uintptrescapes, which moves those objects to the heap. That also puts
+// written directly in purego.SyscallN's argument list: SyscallN carries the
+// uintptrescapes directive, which moves those objects to the heap. That also puts
 // the variadic argument slice on the heap (one allocation per call), so the
 // hot JSON path instead passes a pooled, heap-allocated argument array
 // (outParams.args) and only pointers to heap memory it owns (pooled request
@@ -31,6 +31,7 @@ import (
 	"context"
 	"encoding/json"
 	"runtime"
+	"strconv"
 	"sync"
 	"unsafe"
 
@@ -78,7 +79,7 @@ func (l *library) take(o *outParams, want bool) []byte {
 func (l *library) errorFrom(ctx context.Context, op string, o *outParams, status uintptr) error {
 	if status != statusErr {
 		l.take(o, false)
-		return &Error{Op: op, Code: CodeInternal, Message: "library returned unexpected status " + itoa(int(int32(status)))}
+		return &Error{Op: op, Code: CodeInternal, Message: "library returned unexpected status " + strconv.Itoa(int(int32(status)))}
 	}
 	var body struct {
 		Code    Code   `json:"code"`
@@ -93,14 +94,14 @@ func (l *library) errorFrom(ctx context.Context, op string, o *outParams, status
 	l.take(o, false)
 	if body.Code == CodeCanceled {
 		if cerr := ctx.Err(); cerr != nil {
-			return ctxError(op, cerr)
+			return CtxError(op, cerr)
 		}
 	}
 	return &Error{Op: op, Code: body.Code, Message: body.Message}
 }
 
-// call sends {"method": method, "params": params} and decodes the result.
-func call(ctx context.Context, op, method string, params, result any) error {
+// Call sends {"method": method, "params": params} and decodes the result.
+func Call(ctx context.Context, op, method string, params, result any) error {
 	var p []byte
 	switch v := params.(type) {
 	case nil:
@@ -139,8 +140,8 @@ func putReq(rb *reqBuf) {
 	}
 }
 
-// callRaw sends a complete request and returns the result JSON.
-func callRaw(ctx context.Context, op string, req []byte) ([]byte, error) {
+// CallRaw sends a complete request and returns the result JSON.
+func CallRaw(ctx context.Context, op string, req []byte) ([]byte, error) {
 	var out []byte
 	rb := reqPool.Get().(*reqBuf)
 	rb.b = append(rb.b[:0], req...)
@@ -187,7 +188,7 @@ func invoke(ctx context.Context, op string, rb *reqBuf, result any, raw *[]byte)
 		return withOp(err, op)
 	}
 	if err := ctx.Err(); err != nil {
-		return ctxError(op, err)
+		return CtxError(op, err)
 	}
 	if len(req) == 0 {
 		return &Error{Op: op, Code: CodeInvalidArgument, Message: "empty request"}
@@ -257,7 +258,7 @@ func acquireBlockingSlot(ctx context.Context, op string) error {
 	case blockingSlots <- struct{}{}:
 		return nil
 	case <-ctx.Done():
-		return ctxError(op, ctx.Err())
+		return CtxError(op, ctx.Err())
 	}
 }
 
@@ -265,36 +266,4 @@ func releaseBlockingSlot() {
 	if !unboundedBlocking {
 		<-blockingSlots
 	}
-}
-
-// withOp names the operation on a load error.
-func withOp(err error, op string) error {
-	if e, ok := err.(*Error); ok && e.Op == "load" && op != "" {
-		cp := *e
-		cp.Op = op + ": load"
-		return &cp
-	}
-	return err
-}
-
-func itoa(i int) string {
-	if i == 0 {
-		return "0"
-	}
-	neg := i < 0
-	if neg {
-		i = -i
-	}
-	var b [20]byte
-	n := len(b)
-	for i > 0 {
-		n--
-		b[n] = byte('0' + i%10)
-		i /= 10
-	}
-	if neg {
-		n--
-		b[n] = '-'
-	}
-	return string(b[n:])
 }

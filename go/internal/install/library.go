@@ -1,4 +1,4 @@
-package lockbox
+package install
 
 import (
 	"crypto/sha256"
@@ -8,30 +8,24 @@ import (
 	"io"
 )
 
-// installedLibraryPath returns the liblockbox.so that EnsureInstalled put
-// in place and that passes installedLibrary's checks, or "".
-func installedLibraryPath() string {
-	p, _ := installedLibrary()
-	return p
-}
-
-// installedLibrary is the loader's view of the install: the library of
-// the most recent EnsureInstalled in this process, else of the default
+// InstalledLibrary is the loader's view of the install: the library of
+// the most recent Ensure in this process, else of the default
 // install (CI's lockbox-installer, an earlier run). ("", nil) means
 // nothing is installed; an error means an install is there that must
 // not be loaded: the tree fails checkComplete's ownership, mode and size
 // rules, or the library's sha256 is not the manifest's. Both are checked
 // again right before every load, because the tree may have changed since
 // it was installed.
-func installedLibrary() (string, error) {
-	var s *installSettings
+func InstalledLibrary() (string, error) {
+	var s *Settings
 	if ref := lastInstalled.Load(); ref != nil {
 		s = ref.s
 	} else {
-		var err error
-		if s, err = resolveInstallSettings(nil); err != nil {
+		d := Defaults()
+		if err := Resolve(&d); err != nil {
 			return "", nil
 		}
+		s = &d
 	}
 	return installedLibraryFor(newInstaller(s))
 }

@@ -1,4 +1,4 @@
-package lockbox
+package abi
 
 import (
 	"encoding/binary"
@@ -15,20 +15,30 @@ import (
 	"github.com/ebitengine/purego"
 )
 
-// abiVersion is the C ABI version this SDK speaks (docs/abi.md).
-const abiVersion = 1
+// ABIVersion is the C ABI version this SDK speaks (docs/abi.md).
+const ABIVersion = 1
 
-// LoadOption configures Load.
-type LoadOption func(*loadConfig)
-
-type loadConfig struct {
-	path string
+// Host is what the loader needs from the SDK above it.
+type Host struct {
+	// SDKVersion names the SDK in an ABI mismatch message.
+	SDKVersion string
+	// Installed returns the installed library to load when neither
+	// Load's path nor LOCKBOX_LIB names one: ("", nil) when nothing is
+	// installed, an error when an install is there that must not be
+	// loaded.
+	Installed func() (string, error)
 }
 
-// WithLibraryPath loads liblockbox.so from path instead of LOCKBOX_LIB or
-// the installed copy.
-func WithLibraryPath(path string) LoadOption {
-	return func(c *loadConfig) { c.path = path }
+var host atomic.Pointer[Host]
+
+// Configure sets the host; package lockbox calls it once, at init.
+func Configure(h Host) { host.Store(&h) }
+
+func currentHost() Host {
+	if h := host.Load(); h != nil {
+		return *h
+	}
+	return Host{SDKVersion: "unknown"}
 }
 
 // library is a loaded liblockbox.so: its exports as function pointers.
@@ -45,22 +55,21 @@ var (
 	loadMu sync.Mutex
 )
 
-// Load finds and loads the engine library and checks its ABI version.
-// Calling it is optional: every API call loads the library on first use.
-// Where the library comes from, in order: WithLibraryPath, the LOCKBOX_LIB
-// environment variable, the copy EnsureInstalled put in place.
-//
-// The library is loaded once per process and never unloaded. Load after a
-// successful load is a no-op, or an error if it names a different file.
-// Errors match ErrLibraryNotLoaded (and ErrNotInstalled when no library
-// could be found at all).
-func Load(opts ...LoadOption) error {
-	var cfg loadConfig
-	for _, o := range opts {
-		o(&cfg)
-	}
-	_, err := load(cfg)
+// Load loads the library at path (or, when path is "", from LOCKBOX_LIB
+// or the host's installed copy) once per process and checks its ABI
+// version. A second Load is a no-op, or an invalid_argument error if it
+// names a different file.
+func Load(path string) error {
+	_, err := load(path)
 	return err
+}
+
+// LoadedPath is the file the library was loaded from, or "".
+func LoadedPath() string {
+	if l := loaded.Load(); l != nil {
+		return l.path
+	}
+	return ""
 }
 
 // lib returns the loaded library, loading it on first use.
@@ -68,20 +77,20 @@ func lib() (*library, error) {
 	if l := loaded.Load(); l != nil {
 		return l, nil
 	}
-	return load(loadConfig{})
+	return load("")
 }
 
-func load(cfg loadConfig) (*library, error) {
+func load(want string) (*library, error) {
 	loadMu.Lock()
 	defer loadMu.Unlock()
-	path, err := resolveLibraryPath(cfg)
+	path, err := resolveLibraryPath(want)
 	if err != nil {
 		return nil, err
 	}
 	if l := loaded.Load(); l != nil {
-		if cfg.path != "" && !sameFile(cfg.path, l.path) {
+		if want != "" && !sameFile(want, l.path) {
 			return nil, &Error{Op: "load", Code: CodeInvalidArgument,
-				Message: fmt.Sprintf("library already loaded from %s; cannot load %s as well", l.path, cfg.path)}
+				Message: fmt.Sprintf("library already loaded from %s; cannot load %s as well", l.path, want)}
 		}
 		return l, nil
 	}
@@ -93,8 +102,8 @@ func load(cfg loadConfig) (*library, error) {
 	return l, nil
 }
 
-func resolveLibraryPath(cfg loadConfig) (string, error) {
-	for _, p := range []string{cfg.path, os.Getenv("LOCKBOX_LIB")} {
+func resolveLibraryPath(want string) (string, error) {
+	for _, p := range []string{want, os.Getenv("LOCKBOX_LIB")} {
 		if p != "" {
 			return p, nil
 		}
@@ -103,9 +112,14 @@ func resolveLibraryPath(cfg loadConfig) (string, error) {
 		return l.path, nil
 	}
 	// The installed copy is loaded only after its tree and bytes pass the
-	// installer's checks (libpath.go): a planted or swapped library must
-	// never reach dlopen, where its constructors would run.
-	p, err := installedLibrary()
+	// installer's checks (internal/install/library.go): a planted or
+	// swapped library must never reach dlopen, where its constructors
+	// would run.
+	var p string
+	var err error
+	if find := currentHost().Installed; find != nil {
+		p, err = find()
+	}
 	if err != nil {
 		return "", loadError("installed engine library", "refusing to load it: "+err.Error(), err)
 	}
@@ -124,7 +138,7 @@ func sameFile(a, b string) bool {
 
 // loadError is a failure to load the library at path.
 func loadError(path, what string, cause error) *Error {
-	return &Error{Op: "load", Code: CodeLibraryNotLoaded, Message: path + ": " + what, cause: cause}
+	return &Error{Op: "load", Code: CodeLibraryNotLoaded, Message: path + ": " + what, Cause: cause}
 }
 
 // openLibrary loads the library at path and checks it, without making it
@@ -168,10 +182,10 @@ func openLibrary(path string) (*library, error) {
 		*s.dst = p
 	}
 	got, _, _ := purego.SyscallN(l.fnAbiVersion)
-	if uint32(got) != abiVersion {
+	if uint32(got) != ABIVersion {
 		_ = purego.Dlclose(dl)
 		return nil, loadError(abs, fmt.Sprintf("ABI mismatch: the library speaks ABI %d, this SDK (lockbox %s) needs ABI %d; install the matching engine version",
-			uint32(got), Version, abiVersion), nil)
+			uint32(got), currentHost().SDKVersion, ABIVersion), nil)
 	}
 	return l, nil
 }

@@ -1,4 +1,4 @@
-package lockbox
+package abi
 
 import (
 	"context"
@@ -11,7 +11,7 @@ import (
 )
 
 func sleepCall(ctx context.Context, ms int) error {
-	return call(ctx, "sleep", "debug.sleep", map[string]int{"ms": ms}, nil)
+	return Call(ctx, "sleep", "debug.sleep", map[string]int{"ms": ms}, nil)
 }
 
 func TestCancelBeforeCall(t *testing.T) {

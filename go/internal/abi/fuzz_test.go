@@ -1,4 +1,4 @@
-package lockbox
+package abi
 
 import (
 	"context"
@@ -23,14 +23,14 @@ func FuzzCall(f *testing.F) {
 	f.Fuzz(func(t *testing.T, req []byte) {
 		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 		defer cancel()
-		out, err := callRaw(ctx, "fuzz", req)
+		out, err := CallRaw(ctx, "fuzz", req)
 		if err == nil {
 			if !json.Valid(out) {
 				t.Fatalf("result is not JSON: %q", out)
 			}
 			var h struct{ Handle uint64 }
 			if json.Unmarshal(out, &h) == nil && h.Handle != 0 {
-				_ = closeHandle("fuzz", h.Handle)
+				_ = CloseHandle("fuzz", h.Handle)
 			}
 			return
 		}
@@ -38,7 +38,7 @@ func FuzzCall(f *testing.F) {
 		if !errors.As(err, &e) {
 			t.Fatalf("untyped error %T: %v", err, err)
 		}
-		if _, known := sentinels[e.Code]; !known || e.Message == "" {
+		if _, known := Sentinels[e.Code]; !known || e.Message == "" {
 			t.Fatalf("unknown code or empty message: %+v", e)
 		}
 	})

@@ -1,16 +1,49 @@
-package lockbox
+package install
 
 import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+
+	"lockbox.dev/lockbox/internal/pin"
 )
+
+// Version stands in for lockbox.Version, which this package cannot import:
+// the one version the embedded pin holds (the committed tree has exactly
+// one), else a version with no pin.
+var Version = func() string {
+	ents, _ := fs.ReadDir(pin.FS, "data")
+	for _, e := range ents {
+		if e.IsDir() && e.Name() != "keys" {
+			return e.Name()
+		}
+	}
+	return "0.0.0-unpinned"
+}()
+
+func TestMain(m *testing.M) {
+	Configure(Host{Version: Version})
+	os.Exit(m.Run())
+}
+
+// settings resolves an install of version v into a fresh root, trusting
+// pub as well as the embedded keys.
+func settings(t testing.TB, dir, v string, pub ed25519.PublicKey) *Settings {
+	t.Helper()
+	s := Defaults()
+	s.Version, s.Root, s.ExtraKeys = v, dir, []ed25519.PublicKey{pub}
+	if err := Resolve(&s); err != nil {
+		t.Fatal(err)
+	}
+	return &s
+}
 
 func TestEmbeddedTrustLoads(t *testing.T) {
 	tr := loadTrust()
@@ -37,12 +70,7 @@ func signedManifestABI(t *testing.T, v, abi string) ([]byte, []byte, *installer)
 	m := `{"schema_version":1,"product":"lockbox","version":"` + v + `","abi_version":` + abi + `,"platforms":{"` + platformName() +
 		`":[{"name":"liblockbox.so","path":"lib/liblockbox.so","kind":"library","size":1,"sha256":"` + strings.Repeat("a", 64) + `"}]}}`
 	sig := base64.StdEncoding.EncodeToString(ed25519.Sign(priv, []byte(m))) + "\n"
-	s, err := resolveInstallSettings([]InstallOption{WithVersion(v), WithInstallDir(t.TempDir()),
-		WithTrustedKey(base64.StdEncoding.EncodeToString(pub))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return []byte(m), []byte(sig), newInstaller(s)
+	return []byte(m), []byte(sig), newInstaller(settings(t, t.TempDir(), v, pub))
 }
 
 func TestPinnedManifestMustMatchEmbeddedHash(t *testing.T) {
@@ -68,7 +96,7 @@ func TestPinnedManifestMustMatchEmbeddedHash(t *testing.T) {
 
 func TestVersionAndABIChecked(t *testing.T) {
 	mb, sig, in := signedManifest(t, "1.0.0")
-	in.s.version = "1.0.1"
+	in.s.Version = "1.0.1"
 	if _, err := in.verifyManifest(mb, sig); !errors.Is(err, ErrVerification) {
 		t.Fatalf("version mismatch: %v", err)
 	}
@@ -155,12 +183,7 @@ func BenchmarkPreloadCheck(b *testing.B) {
 	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
 	m := `{"schema_version":1,"product":"lockbox","version":"3.0.0","abi_version":1,"platforms":{"` + platformName() +
 		`":[{"name":"liblockbox.so","path":"lib/liblockbox.so","kind":"library","size":` + strconv.Itoa(len(lib)) + `,"sha256":"` + sha256Hex(lib) + `"}]}}`
-	s, err := resolveInstallSettings([]InstallOption{WithVersion("3.0.0"), WithInstallDir(b.TempDir()),
-		WithTrustedKey(base64.StdEncoding.EncodeToString(pub))})
-	if err != nil {
-		b.Fatal(err)
-	}
-	in := newInstaller(s)
+	in := newInstaller(settings(b, b.TempDir(), "3.0.0", pub))
 	dir := in.paths.dir
 	os.MkdirAll(filepath.Join(dir, "lib"), 0o700)
 	os.WriteFile(filepath.Join(dir, "lib", "liblockbox.so"), lib, 0o644)

@@ -1,4 +1,4 @@
-package lockbox
+package abi
 
 // Calls that wait without an OS thread (docs/abi.md, "Asynchronous calls").
 //
@@ -19,6 +19,7 @@ import (
 	"context"
 	"os"
 	"runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -159,7 +160,7 @@ func (c *completer) loop(f *os.File) {
 func (c *completer) do(ctx context.Context, op string, submit func(token, cid uint64) uintptr,
 	onDone func(o *outParams, st uintptr) error) (bool, error) {
 	if err := ctx.Err(); err != nil {
-		return true, ctxError(op, err)
+		return true, CtxError(op, err)
 	}
 	token := c.lastToken.Add(1)
 	ch := make(chan struct{}, 1)
@@ -178,7 +179,7 @@ func (c *completer) do(ctx context.Context, op string, submit func(token, cid ui
 		if int32(st) == statusSyncOnly {
 			return false, nil
 		}
-		return true, &Error{Op: op, Code: CodeInternal, Message: "library refused a submit with status " + itoa(int(int32(st)))}
+		return true, &Error{Op: op, Code: CodeInternal, Message: "library refused a submit with status " + strconv.Itoa(int(int32(st)))}
 	}
 	<-ch
 	c.l.disarm(cn)
@@ -250,3 +251,12 @@ func (c *completer) write(ctx context.Context, op string, h uint64, p []byte) er
 	})
 	return err
 }
+
+// SetBlockingOnly turns the completion queue off (true) or back on, for
+// the control runs of the thread-count tests: with it off, every call
+// takes the blocking path and holds a thread while it waits.
+func SetBlockingOnly(on bool) { forceBlocking = on }
+
+// HasCompletionQueue reports whether calls that wait hold no thread: the
+// library has the async exports and SetBlockingOnly is off.
+func HasCompletionQueue() bool { return asyncStreams() != nil }

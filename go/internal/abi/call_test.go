@@ -1,4 +1,4 @@
-package lockbox
+package abi
 
 import (
 	"context"
@@ -10,33 +10,49 @@ import (
 	"testing"
 )
 
+// versionInfo is the "version" method's reply.
+type versionInfo struct {
+	Version   string `json:"version"`
+	ABI       uint32 `json:"abi"`
+	GitCommit string `json:"git_commit"`
+	Profile   string `json:"profile"`
+}
+
 func TestLibraryVersion(t *testing.T) {
-	v, err := LibraryVersion(context.Background())
-	if err != nil {
+	var v versionInfo
+	if err := Call(context.Background(), "version", "version", nil, &v); err != nil {
 		t.Fatal(err)
 	}
-	if v.Version != Version || v.ABI != abiVersion || v.GitCommit == "" || v.Profile == "" || v.Path == "" {
-		t.Errorf("bad version info: %+v", v)
+	if v.Version == "" || v.ABI != ABIVersion || v.GitCommit == "" || v.Profile == "" || LoadedPath() == "" {
+		t.Errorf("bad version info: %+v from %q", v, LoadedPath())
 	}
+}
+
+func setLibraryLog(ctx context.Context, level, file string) error {
+	params := struct {
+		Level string `json:"level"`
+		File  string `json:"file,omitempty"`
+	}{level, file}
+	return Call(ctx, "log.set_level", "log.set_level", params, nil)
 }
 
 func TestMalformedRequests(t *testing.T) {
 	for _, req := range []string{"{", "not json", "[]", `{"params":{}}`, `{"method":7}`, "\xff\xfe", `{"method":"noop"} x`} {
-		_, err := callRaw(context.Background(), "raw", []byte(req))
+		_, err := CallRaw(context.Background(), "raw", []byte(req))
 		wantCode(t, err, CodeInvalidArgument, ErrInvalidArgument)
 	}
-	_, err := callRaw(context.Background(), "raw", nil)
+	_, err := CallRaw(context.Background(), "raw", nil)
 	wantCode(t, err, CodeInvalidArgument, ErrInvalidArgument)
 }
 
 func TestUnknownMethod(t *testing.T) {
-	err := call(context.Background(), "x", "no.such.method", nil, nil)
+	err := Call(context.Background(), "x", "no.such.method", nil, nil)
 	e := wantCode(t, err, CodeUnsupported, ErrUnsupported)
 	if !strings.Contains(e.Message, "no.such.method") {
 		t.Errorf("message does not name the method: %q", e.Message)
 	}
 	// Method names that need JSON escaping travel intact.
-	err = call(context.Background(), "x", "we\"ird\n", nil, nil)
+	err = Call(context.Background(), "x", "we\"ird\n", nil, nil)
 	e = wantCode(t, err, CodeUnsupported, ErrUnsupported)
 	if !strings.Contains(e.Message, `we\"ird\n`) {
 		t.Errorf("method name mangled: %q", e.Message)
@@ -46,34 +62,34 @@ func TestUnknownMethod(t *testing.T) {
 func TestMissingAndInvalidParams(t *testing.T) {
 	ctx := context.Background()
 	for _, p := range []any{nil, map[string]any{}, map[string]any{"handle": "x"}, map[string]any{"handle": -1}, map[string]any{"handle": 1, "extra": 1}} {
-		wantCode(t, call(ctx, "t", "handle.kind", p, nil), CodeInvalidArgument, ErrInvalidArgument)
+		wantCode(t, Call(ctx, "t", "handle.kind", p, nil), CodeInvalidArgument, ErrInvalidArgument)
 	}
 	// Params Go cannot encode never reach the library.
-	wantCode(t, call(ctx, "t", "noop", make(chan int), nil), CodeInvalidArgument, ErrInvalidArgument)
+	wantCode(t, Call(ctx, "t", "noop", make(chan int), nil), CodeInvalidArgument, ErrInvalidArgument)
 }
 
 func TestResultDecoding(t *testing.T) {
 	var r map[string]any
-	if err := call(context.Background(), "t", "noop", nil, &r); err != nil || r == nil || len(r) != 0 {
+	if err := Call(context.Background(), "t", "noop", nil, &r); err != nil || r == nil || len(r) != 0 {
 		t.Fatalf("noop: %v %v", r, err)
 	}
-	raw, err := callRaw(context.Background(), "t", []byte(`{"method":"noop","params":{}}`))
+	raw, err := CallRaw(context.Background(), "t", []byte(`{"method":"noop","params":{}}`))
 	if err != nil || string(raw) != "{}" {
 		t.Fatalf("raw noop: %q %v", raw, err)
 	}
 	var wrong struct{ Version int }
-	wantCode(t, call(context.Background(), "t", "version", nil, &wrong), CodeInternal, ErrInternal)
+	wantCode(t, Call(context.Background(), "t", "version", nil, &wrong), CodeInternal, ErrInternal)
 }
 
 func TestPanicIsInternalAndProcessLives(t *testing.T) {
 	requireHooks(t)
 	for i := 0; i < 3; i++ {
-		e := wantCode(t, call(context.Background(), "t", "debug.panic", nil, nil), CodeInternal, ErrInternal)
+		e := wantCode(t, Call(context.Background(), "t", "debug.panic", nil, nil), CodeInternal, ErrInternal)
 		if !strings.Contains(e.Message, "debug.panic was called") {
 			t.Errorf("message: %q", e.Message)
 		}
 	}
-	if err := call(context.Background(), "t", "noop", nil, nil); err != nil {
+	if err := Call(context.Background(), "t", "noop", nil, nil); err != nil {
 		t.Fatal("library dead after panic:", err)
 	}
 }
@@ -83,9 +99,9 @@ func TestPanicIsInternalAndProcessLives(t *testing.T) {
 func TestPanicWritesNothingToHostOutput(t *testing.T) {
 	requireHooks(t)
 	if os.Getenv("LOCKBOX_CHILD_PANIC") == "1" {
-		_ = call(context.Background(), "t", "debug.panic", nil, nil)
-		_ = call(context.Background(), "t", "no.such", nil, nil)
-		_, _ = callRaw(context.Background(), "t", []byte("{"))
+		_ = Call(context.Background(), "t", "debug.panic", nil, nil)
+		_ = Call(context.Background(), "t", "no.such", nil, nil)
+		_, _ = CallRaw(context.Background(), "t", []byte("{"))
 		os.Exit(0)
 	}
 	cmd := exec.Command(os.Args[0], "-test.run=^TestPanicWritesNothingToHostOutput$")
@@ -103,11 +119,11 @@ func TestLogGoesOnlyWhereAsked(t *testing.T) {
 	requireHooks(t)
 	ctx := context.Background()
 	path := t.TempDir() + "/lockbox.log"
-	if err := SetLibraryLog(ctx, "debug", path); err != nil {
+	if err := setLibraryLog(ctx, "debug", path); err != nil {
 		t.Fatal(err)
 	}
-	_ = call(ctx, "t", "debug.panic", nil, nil)
-	if err := SetLibraryLog(ctx, "off", ""); err != nil {
+	_ = Call(ctx, "t", "debug.panic", nil, nil)
+	if err := setLibraryLog(ctx, "off", ""); err != nil {
 		t.Fatal(err)
 	}
 	b, err := os.ReadFile(path)
@@ -117,8 +133,8 @@ func TestLogGoesOnlyWhereAsked(t *testing.T) {
 	if !strings.Contains(string(b), "debug.panic was called") || !strings.Contains(string(b), "call debug.panic") {
 		t.Errorf("log file lacks the records: %q", b)
 	}
-	wantCode(t, SetLibraryLog(ctx, "loud", ""), CodeInvalidArgument, ErrInvalidArgument)
-	wantCode(t, SetLibraryLog(ctx, "info", t.TempDir()+"/no/such/dir/x.log"), CodeInvalidArgument, ErrInvalidArgument)
+	wantCode(t, setLibraryLog(ctx, "loud", ""), CodeInvalidArgument, ErrInvalidArgument)
+	wantCode(t, setLibraryLog(ctx, "info", t.TempDir()+"/no/such/dir/x.log"), CodeInvalidArgument, ErrInvalidArgument)
 }
 
 func Test64GoroutinesAtOnce(t *testing.T) {
@@ -136,31 +152,31 @@ func Test64GoroutinesAtOnce(t *testing.T) {
 				var err error
 				switch (g + i) % 5 {
 				case 0:
-					err = call(ctx, "t", "noop", nil, nil)
+					err = Call(ctx, "t", "noop", nil, nil)
 				case 1:
 					var r struct{ Handle uint64 }
-					if err = call(ctx, "t", "handle.create", nil, &r); err == nil {
-						ref := newHandleRef(r.Handle)
+					if err = Call(ctx, "t", "handle.create", nil, &r); err == nil {
+						ref := NewHandleRef(r.Handle)
 						var k struct{ Kind string }
-						err = ref.use("t", func(h uint64) error {
-							return call(ctx, "t", "handle.kind", map[string]uint64{"handle": h}, &k)
+						err = ref.Use("t", func(h uint64) error {
+							return Call(ctx, "t", "handle.kind", map[string]uint64{"handle": h}, &k)
 						})
 						if err == nil && k.Kind != "object" {
 							err = &Error{Code: CodeInternal, Message: "kind " + k.Kind}
 						}
-						if cerr := ref.close("t"); err == nil {
+						if cerr := ref.Close("t"); err == nil {
 							err = cerr
 						}
 					}
 				case 2:
-					err = call(ctx, "t", "debug.sleep", map[string]int{"ms": 0}, nil)
+					err = Call(ctx, "t", "debug.sleep", map[string]int{"ms": 0}, nil)
 				case 3:
-					if _, e := callRaw(ctx, "t", []byte("{bad")); !isErr(e, ErrInvalidArgument) {
+					if _, e := CallRaw(ctx, "t", []byte("{bad")); !isErr(e, ErrInvalidArgument) {
 						err = e
 					}
 				case 4:
-					var v VersionInfo
-					err = call(ctx, "t", "version", nil, &v)
+					var v versionInfo
+					err = Call(ctx, "t", "version", nil, &v)
 				}
 				if err != nil {
 					errs <- err

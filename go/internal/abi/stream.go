@@ -1,4 +1,4 @@
-package lockbox
+package abi
 
 import (
 	"context"
@@ -9,9 +9,9 @@ import (
 	"github.com/ebitengine/purego"
 )
 
-// streamRead reads into buf from stream handle h: at least one byte, or
+// StreamRead reads into buf from stream handle h: at least one byte, or
 // io.EOF at the end of the stream.
-func streamRead(ctx context.Context, op string, h uint64, buf []byte) (int, error) {
+func StreamRead(ctx context.Context, op string, h uint64, buf []byte) (int, error) {
 	if len(buf) > 0 {
 		if c := asyncStreams(); c != nil {
 			var n int
@@ -29,8 +29,8 @@ func streamRead(ctx context.Context, op string, h uint64, buf []byte) (int, erro
 	return n, err
 }
 
-// streamWrite writes all of p to stream handle h.
-func streamWrite(ctx context.Context, op string, h uint64, p []byte) (int, error) {
+// StreamWrite writes all of p to stream handle h.
+func StreamWrite(ctx context.Context, op string, h uint64, p []byte) (int, error) {
 	if len(p) > 0 {
 		if c := asyncStreams(); c != nil {
 			if err := c.write(ctx, op, h, p); err != nil {
@@ -84,7 +84,7 @@ func streamIO(ctx context.Context, op string, h uint64, p []byte, fn func(*libra
 		return 0, withOp(err, op)
 	}
 	if err := ctx.Err(); err != nil {
-		return 0, ctxError(op, err)
+		return 0, CtxError(op, err)
 	}
 	o := outPool.Get().(*outParams)
 	defer outPool.Put(o)
@@ -102,14 +102,14 @@ func streamIO(ctx context.Context, op string, h uint64, p []byte, fn func(*libra
 	return n, nil
 }
 
-// streamCloseWrite half-closes stream handle h: its reader sees EOF.
-func streamCloseWrite(ctx context.Context, op string, h uint64) error {
+// StreamCloseWrite half-closes stream handle h: its reader sees EOF.
+func StreamCloseWrite(ctx context.Context, op string, h uint64) error {
 	l, err := lib()
 	if err != nil {
 		return withOp(err, op)
 	}
 	if err := ctx.Err(); err != nil {
-		return ctxError(op, err)
+		return CtxError(op, err)
 	}
 	o := outPool.Get().(*outParams)
 	defer outPool.Put(o)
@@ -123,8 +123,8 @@ func streamCloseWrite(ctx context.Context, op string, h uint64) error {
 	return nil
 }
 
-// closeHandle releases handle h (any kind). Closing twice is fine.
-func closeHandle(op string, h uint64) error {
+// CloseHandle releases handle h (any kind). Closing twice is fine.
+func CloseHandle(op string, h uint64) error {
 	l, err := lib()
 	if err != nil {
 		return withOp(err, op)

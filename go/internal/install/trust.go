@@ -1,4 +1,4 @@
-package lockbox
+package install
 
 import (
 	"crypto/ed25519"
@@ -22,7 +22,7 @@ type trustedKey struct {
 }
 
 // embeddedTrust is what this SDK build trusts: manifests/keys/*.pub and
-// the manifest of the pinned Version, both embedded at build time.
+// the manifest of the pinned version, both embedded at build time.
 type embeddedTrust struct {
 	keys         []trustedKey
 	pinBytes     []byte // nil when this tree has no pin for Version yet
@@ -32,18 +32,11 @@ type embeddedTrust struct {
 	err          error
 }
 
-// devPin names a directory holding a development pin (keys/*.pub and
-// <Version>/manifest.json), which replaces the embedded one. Only the
-// linker sets it (-ldflags "-X lockbox.dev/lockbox.devPin=DIR"): the
-// project's own `make run` and `make test` do, for the release they build
-// and sign with a key made on that machine, so that they never rewrite the
-// committed pin. No environment variable or option can: what a program
-// trusts is decided when it is built, by whoever builds it.
-var devPin string
-
 // pinSource is where the trusted keys and the pinned manifest come from,
-// and a name for errors.
-func pinSource() (fs.FS, string, string) {
+// and a name for errors. Host.DevPin comes from package lockbox's devPin,
+// which only the linker sets: what a program trusts is decided when it is
+// built, by whoever builds it.
+func pinSource(devPin string) (fs.FS, string, string) {
 	if devPin != "" {
 		return os.DirFS(devPin), ".", "development pin " + devPin
 	}
@@ -52,7 +45,9 @@ func pinSource() (fs.FS, string, string) {
 
 var loadTrust = sync.OnceValue(func() *embeddedTrust {
 	t := &embeddedTrust{}
-	src, dir, what := pinSource()
+	h := currentHost()
+	devPin := h.DevPin
+	src, dir, what := pinSource(devPin)
 	entries, err := fs.ReadDir(src, path.Join(dir, "keys"))
 	if err != nil && devPin != "" {
 		t.err = fmt.Errorf("%s: %v", what, err)
@@ -64,14 +59,14 @@ var loadTrust = sync.OnceValue(func() *embeddedTrust {
 		b, err := fs.ReadFile(src, path.Join(dir, "keys", e.Name()))
 		if err == nil {
 			var k ed25519.PublicKey
-			k, err = parsePublicKey(string(b))
+			k, err = ParsePublicKey(string(b))
 			t.keys = append(t.keys, trustedKey{strings.TrimSuffix(e.Name(), ".pub"), k})
 		}
 		if err != nil {
 			t.err = fmt.Errorf("%s key %s: %v", what, e.Name(), err)
 		}
 	}
-	if b, err := fs.ReadFile(src, path.Join(dir, Version, manifestFile)); err == nil {
+	if b, err := fs.ReadFile(src, path.Join(dir, h.Version, manifestFile)); err == nil {
 		t.pinBytes = b
 		t.pinSHA256 = sha256Hex(b)
 		t.pinMarkerStr = markerContent(t.pinSHA256)
@@ -85,8 +80,8 @@ func sha256Hex(b []byte) string {
 	return hex.EncodeToString(s[:])
 }
 
-// parsePublicKey reads a key file: base64 of the 32-byte ed25519 key.
-func parsePublicKey(text string) (ed25519.PublicKey, error) {
+// ParsePublicKey reads a key file: base64 of the 32-byte ed25519 key.
+func ParsePublicKey(text string) (ed25519.PublicKey, error) {
 	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(text))
 	if err != nil {
 		return nil, fmt.Errorf("public key is not base64: %v", err)

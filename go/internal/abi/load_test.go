@@ -1,4 +1,4 @@
-package lockbox
+package abi
 
 import (
 	"context"
@@ -122,7 +122,7 @@ int32_t lockbox_stream_close_write(uint64_t h, uint64_t id, uint8_t **e, size_t 
 `
 	so := buildCLib(t, "liblockbox-abi99", src)
 	_, err := openLibrary(so)
-	wantLoadError(t, err, so, "ABI mismatch: the library speaks ABI 99, this SDK (lockbox "+Version+") needs ABI 1")
+	wantLoadError(t, err, so, "ABI mismatch: the library speaks ABI 99, this SDK (lockbox "+testSDKVersion+") needs ABI 1")
 }
 
 // A real library that needs a glibc symbol version this system's glibc
@@ -175,26 +175,51 @@ func TestDescribeDlopenError(t *testing.T) {
 }
 
 func TestLoadTwice(t *testing.T) {
-	if err := Load(WithLibraryPath(os.Getenv("LOCKBOX_LIB"))); err != nil {
+	if err := Load(os.Getenv("LOCKBOX_LIB")); err != nil {
 		t.Fatalf("same library again: %v", err)
 	}
-	if err := Load(); err != nil {
+	if err := Load(""); err != nil {
 		t.Fatal(err)
 	}
 	other := buildCLib(t, "libother", "int f(void) { return 0; }\n")
-	wantCode(t, Load(WithLibraryPath(other)), CodeInvalidArgument, ErrInvalidArgument)
+	wantCode(t, Load(other), CodeInvalidArgument, ErrInvalidArgument)
+}
+
+// withHost runs the rest of a test with the loader's host replaced and no
+// library loaded, and restores both.
+func withHost(t *testing.T, h Host) {
+	t.Setenv("LOCKBOX_LIB", "")
+	saved, savedHost := loaded.Swap(nil), host.Load()
+	Configure(h)
+	t.Cleanup(func() { loaded.Store(saved); host.Store(savedHost) })
 }
 
 func TestNotInstalled(t *testing.T) {
-	t.Setenv("LOCKBOX_LIB", "")
-	saved := loaded.Swap(nil)
-	defer loaded.Store(saved)
-	if installedLibraryPath() != "" {
-		t.Skip("an installed library exists on this machine")
-	}
-	err := call(context.Background(), "sandbox.create", "noop", nil, nil)
+	withHost(t, Host{SDKVersion: testSDKVersion, Installed: func() (string, error) { return "", nil }})
+	err := Call(context.Background(), "sandbox.create", "noop", nil, nil)
 	e := wantCode(t, err, CodeNotInstalled, ErrNotInstalled)
 	if !errors.Is(err, ErrLibraryNotLoaded) || !strings.HasPrefix(e.Op, "sandbox.create") {
 		t.Errorf("%+v", e)
+	}
+}
+
+// An install the host refuses to load (a swapped library, an unsafe tree)
+// is a load error naming why, and never reaches dlopen; the control: the
+// same host pointing at the real library loads it.
+func TestInstalledLibraryRefusedByHost(t *testing.T) {
+	real := os.Getenv("LOCKBOX_LIB")
+	refusal := errors.New("sha256 differs from the manifest")
+	withHost(t, Host{SDKVersion: testSDKVersion, Installed: func() (string, error) { return "", refusal }})
+	err := Call(context.Background(), "version", "noop", nil, nil)
+	e := wantCode(t, err, CodeLibraryNotLoaded, ErrLibraryNotLoaded)
+	if !errors.Is(err, refusal) || !strings.Contains(e.Message, "refusing to load it") {
+		t.Errorf("%+v", e)
+	}
+	if LoadedPath() != "" {
+		t.Fatal("a refused install was loaded")
+	}
+	Configure(Host{SDKVersion: testSDKVersion, Installed: func() (string, error) { return real, nil }})
+	if err := Call(context.Background(), "version", "noop", nil, nil); err != nil {
+		t.Fatalf("control: the installed library did not load: %v", err)
 	}
 }

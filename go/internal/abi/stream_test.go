@@ -1,4 +1,4 @@
-package lockbox
+package abi
 
 import (
 	"bytes"
@@ -13,19 +13,19 @@ func TestStreamWriteReadEOF(t *testing.T) {
 	requireHooks(t)
 	ctx := context.Background()
 	p := newPipe(t, 64)
-	defer closeHandle("t", p)
+	defer CloseHandle("t", p)
 	for _, s := range []string{"hello, ", "world"} {
-		if n, err := streamWrite(ctx, "t", p, []byte(s)); err != nil || n != len(s) {
+		if n, err := StreamWrite(ctx, "t", p, []byte(s)); err != nil || n != len(s) {
 			t.Fatalf("write %q: %d %v", s, n, err)
 		}
 	}
-	if err := streamCloseWrite(ctx, "t", p); err != nil {
+	if err := StreamCloseWrite(ctx, "t", p); err != nil {
 		t.Fatal(err)
 	}
 	var got []byte
 	buf := make([]byte, 5)
 	for {
-		n, err := streamRead(ctx, "t", p, buf)
+		n, err := StreamRead(ctx, "t", p, buf)
 		if err == io.EOF {
 			break
 		}
@@ -37,15 +37,15 @@ func TestStreamWriteReadEOF(t *testing.T) {
 	if string(got) != "hello, world" {
 		t.Fatalf("got %q", got)
 	}
-	if _, err := streamRead(ctx, "t", p, buf); err != io.EOF {
+	if _, err := StreamRead(ctx, "t", p, buf); err != io.EOF {
 		t.Fatalf("EOF must stay EOF: %v", err)
 	}
-	_, err := streamWrite(ctx, "t", p, []byte("late"))
+	_, err := StreamWrite(ctx, "t", p, []byte("late"))
 	wantCode(t, err, CodeInvalidArgument, ErrInvalidArgument)
-	if err := closeHandle("t", p); err != nil {
+	if err := CloseHandle("t", p); err != nil {
 		t.Fatal(err)
 	}
-	_, err = streamRead(ctx, "t", p, buf)
+	_, err = StreamRead(ctx, "t", p, buf)
 	wantCode(t, err, CodeNotFound, ErrNotFound)
 }
 
@@ -53,7 +53,7 @@ func TestStreamBulkBothDirectionsAtOnce(t *testing.T) {
 	requireHooks(t)
 	ctx := context.Background()
 	p := newPipe(t, 4096)
-	defer closeHandle("t", p)
+	defer CloseHandle("t", p)
 	data := make([]byte, 4<<20)
 	for i := range data {
 		data[i] = byte(i * 31 % 253)
@@ -62,17 +62,17 @@ func TestStreamBulkBothDirectionsAtOnce(t *testing.T) {
 	go func() {
 		for off := 0; off < len(data); off += 100_000 {
 			end := min(off+100_000, len(data))
-			if _, err := streamWrite(ctx, "t", p, data[off:end]); err != nil {
+			if _, err := StreamWrite(ctx, "t", p, data[off:end]); err != nil {
 				werr <- err
 				return
 			}
 		}
-		werr <- streamCloseWrite(ctx, "t", p)
+		werr <- StreamCloseWrite(ctx, "t", p)
 	}()
 	var got bytes.Buffer
 	buf := make([]byte, 32<<10)
 	for {
-		n, err := streamRead(ctx, "t", p, buf)
+		n, err := StreamRead(ctx, "t", p, buf)
 		if err == io.EOF {
 			break
 		}
@@ -92,21 +92,21 @@ func TestStreamBulkBothDirectionsAtOnce(t *testing.T) {
 func TestStreamReadCanceled(t *testing.T) {
 	requireHooks(t)
 	p := newPipe(t, 16)
-	defer closeHandle("t", p)
+	defer CloseHandle("t", p)
 	ctx, cancel := context.WithCancel(context.Background())
 	time.AfterFunc(50*time.Millisecond, cancel)
-	_, err := streamRead(ctx, "t", p, make([]byte, 16))
+	_, err := StreamRead(ctx, "t", p, make([]byte, 16))
 	wantCode(t, err, CodeCanceled, ErrCanceled)
 	if !errors.Is(err, context.Canceled) {
 		t.Errorf("want context.Canceled: %v", err)
 	}
 	// The stream still works after a canceled read.
 	bg := context.Background()
-	if _, err := streamWrite(bg, "t", p, []byte("ok")); err != nil {
+	if _, err := StreamWrite(bg, "t", p, []byte("ok")); err != nil {
 		t.Fatal(err)
 	}
 	buf := make([]byte, 16)
-	if n, err := streamRead(bg, "t", p, buf); err != nil || string(buf[:n]) != "ok" {
+	if n, err := StreamRead(bg, "t", p, buf); err != nil || string(buf[:n]) != "ok" {
 		t.Fatalf("%q %v", buf[:n], err)
 	}
 }
@@ -114,11 +114,11 @@ func TestStreamReadCanceled(t *testing.T) {
 func TestStreamWriteCanceledUnderBackpressure(t *testing.T) {
 	requireHooks(t)
 	p := newPipe(t, 16)
-	defer closeHandle("t", p)
+	defer CloseHandle("t", p)
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	// Nobody reads: the write blocks on the full pipe until the deadline.
-	_, err := streamWrite(ctx, "t", p, make([]byte, 1024))
+	_, err := StreamWrite(ctx, "t", p, make([]byte, 1024))
 	wantCode(t, err, CodeTimeout, ErrTimeout)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("want DeadlineExceeded: %v", err)
