@@ -154,6 +154,7 @@ impl Cgroup {
                 .filter(|o| {
                     [
                         "cpu", "cpuacct", "memory", "pids", "cpuset", "blkio", "devices",
+                        "freezer",
                     ]
                     .contains(o)
                         || o.starts_with("name=")
@@ -173,6 +174,8 @@ impl Cgroup {
         let cpu = make("cpu");
         let cpuacct = make("cpuacct");
         let pids = make("pids");
+        // Only for Pause/Resume (the engine's freezer.rs): no limit lives here.
+        let freezer = make("freezer");
         let reason = |what: &str| {
             if errors.is_empty() {
                 format!("no usable cgroup v1 {what} hierarchy")
@@ -180,7 +183,10 @@ impl Cgroup {
                 errors.join("; ")
             }
         };
-        for d in [&memory, &cpu, &cpuacct, &pids].into_iter().flatten() {
+        for d in [&memory, &cpu, &cpuacct, &pids, &freezer]
+            .into_iter()
+            .flatten()
+        {
             if !cg.dirs.contains(d) {
                 cg.dirs.push(d.clone());
             }

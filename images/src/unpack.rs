@@ -78,6 +78,11 @@ impl<'a> Unpacker<'a> {
         }
     }
 
+    /// The directory being filled (for layers copied without a tar).
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Applies one uncompressed tar stream.
     pub(crate) fn apply<R: Read>(&mut self, reader: R, kind: LayerKind) -> Result<()> {
         let meter = Rc::new(Meter::default());

@@ -8,7 +8,7 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -97,6 +97,29 @@ pub fn adopt_paths(spec: &LaunchSpec, plan: &mut Plan, fds: &mut Vec<OwnedFd>) -
     Ok(())
 }
 
+/// The fd number at which PID 1 keeps the tmpfs writable layer open: after
+/// the pivot no path reaches it, and the host's snapshot reads it through
+/// `/proc/<pid>/fd/UPPER_FD` (engine/src/snapshot.rs) while the sandbox is
+/// frozen. O_PATH and close-on-exec: no workload inherits it.
+pub const UPPER_FD: RawFd = 1000;
+
+fn keep_upper(upper: &Path) -> Result<()> {
+    let fd = nix::fcntl::open(
+        upper,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    // SAFETY: dup3 onto a number nothing else in setup uses; `fd` is ours.
+    let r = unsafe { libc::dup3(fd, UPPER_FD, libc::O_CLOEXEC) };
+    let e = io::Error::last_os_error();
+    // SAFETY: `fd` was opened above and is closed once.
+    unsafe { libc::close(fd) };
+    if r < 0 {
+        return Err(e).context("keep the writable layer open");
+    }
+    Ok(())
+}
+
 /// Mounts the overlay, pivots into it and detaches the host's root in the
 /// same breath. Afterwards "/" is the sandbox root and nothing of the host
 /// is reachable by any path; the returned fd is that root, where every
@@ -144,6 +167,7 @@ pub fn enter(
             )?;
             fs::create_dir_all(rw.join("upper"))?;
             fs::create_dir_all(rw.join("work"))?;
+            keep_upper(&rw.join("upper"))?;
             report.ok("disk");
             (rw.join("upper"), rw.join("work"))
         }

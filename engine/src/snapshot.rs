@@ -1,0 +1,220 @@
+//! Snapshot: a sandbox's filesystem (its writable layer over its image) as
+//! a new stored image, named or not (Fork uses an unnamed one).
+//!
+//! Where the writable layer is:
+//! - with a disk budget (the default) it is a tmpfs that only exists in the
+//!   sandbox's mount namespace; PID 1 keeps it open at a fixed fd
+//!   (`UPPER_FD`, agent/src/setup/rootfs.rs), and the engine reopens that
+//!   through `/proc/<pid 1>/fd/`. The kernel allows this only to a
+//!   process with CAP_SYS_PTRACE over PID 1 (host root): rootless, such a
+//!   sandbox cannot be snapshotted (`unsupported`, saying so);
+//! - with `WithDisk(0)` it is `<sandbox dir>/upper` on the host, opened
+//!   without following links.
+//!
+//! The sandbox is frozen (when it has a freezer) for the copy, so the
+//! layer is one consistent state; the copy itself treats every entry as
+//! hostile (images/src/upper_copy.rs) either way. A sandbox that was
+//! already paused stays paused.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use lockbox_images::{Cancel, Digest, IdShift, ImageInfo, ImageStore};
+use lockbox_protocol::ErrorCode;
+
+use crate::error::{EngineError, Result};
+use crate::freezer;
+use crate::sandbox::Sandbox;
+
+/// Where PID 1 keeps the writable layer open (agent/src/setup/rootfs.rs).
+const UPPER_FD: i32 = 1000;
+/// Host id of sandbox id 0 as root (agent/src/supervisor.rs HOST_ID_BASE).
+const HOST_ID_BASE: u32 = 100_000;
+const ID_RANGE: u32 = 65_536;
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+
+fn unsupported(m: impl Into<String>) -> EngineError {
+    EngineError::new(ErrorCode::Unsupported, m)
+}
+
+fn open_dir(dir: libc::c_int, path: &std::ffi::CStr, follow: bool) -> std::io::Result<OwnedFd> {
+    let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
+    // SAFETY: a valid dir fd (or AT_FDCWD) and C string.
+    let fd = unsafe {
+        libc::openat(
+            dir,
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC | nofollow,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: just opened; owned here only.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn cpath(p: &Path) -> Result<std::ffi::CString> {
+    std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()))
+        .map_err(|_| EngineError::invalid("NUL in a path"))
+}
+
+/// The host pids of the helper's children: PID 1 of the sandbox is one.
+fn helper_children(helper: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{helper}/task/{helper}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+fn is_tmpfs(fd: &OwnedFd) -> bool {
+    // SAFETY: zeroed statfs is a valid out buffer; valid fd.
+    let mut s: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::fstatfs(fd.as_raw_fd(), &mut s) }) == 0 && s.f_type as i64 == TMPFS_MAGIC
+}
+
+/// Opens the sandbox's writable layer (see the module doc).
+fn open_upper(sb: &Sandbox, budget: Option<u64>) -> Result<OwnedFd> {
+    if budget.is_none() {
+        let dir = open_dir(libc::AT_FDCWD, &cpath(&sb.dir)?, false)
+            .map_err(|e| EngineError::io(sb.dir.display(), e))?;
+        return open_dir(dir.as_raw_fd(), c"upper", false)
+            .map_err(|e| EngineError::io("the sandbox's upper dir", e));
+    }
+    let st = sb.state();
+    if !st.helper_alive() {
+        return Err(EngineError::unavailable(format!(
+            "sandbox {:?} is not running",
+            sb.name
+        )));
+    }
+    let mut last = None;
+    for pid in helper_children(st.helper_pid) {
+        let p = PathBuf::from(format!("/proc/{pid}/fd/{UPPER_FD}"));
+        // The magic link is the one link followed on purpose: it is the
+        // kernel's handle on PID 1's fd, not a path the sandbox wrote.
+        match open_dir(libc::AT_FDCWD, &cpath(&p)?, true) {
+            Ok(fd) if is_tmpfs(&fd) => {
+                // Still the same helper: the child was not a recycled pid.
+                if !sb.state().helper_alive() {
+                    break;
+                }
+                return Ok(fd);
+            }
+            Ok(_) => {}
+            Err(e) => last = Some(e),
+        }
+    }
+    match last {
+        Some(e) if e.raw_os_error() == Some(libc::EACCES) || e.raw_os_error() == Some(libc::EPERM) => {
+            Err(unsupported(format!(
+                "snapshot of sandbox {:?}: its writable layer is a tmpfs inside the sandbox, which only root may read from the host ({e}); rootless, create it WithDisk(0) to snapshot it",
+                sb.name
+            )))
+        }
+        Some(e) => Err(EngineError::io("open the writable layer", e)),
+        None => Err(EngineError::unavailable(format!(
+            "sandbox {:?}: no writable layer found (an older helper, or the sandbox is stopping)",
+            sb.name
+        ))),
+    }
+}
+
+fn id_shift() -> IdShift {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        IdShift::FromHost {
+            base: HOST_ID_BASE,
+            size: ID_RANGE,
+        }
+    } else {
+        IdShift::Keep
+    }
+}
+
+fn store_error(e: lockbox_images::ImageError) -> EngineError {
+    let code = serde_json::from_value::<ErrorCode>(serde_json::Value::from(e.code()))
+        .unwrap_or(ErrorCode::Internal);
+    EngineError::new(code, format!("snapshot: {e}"))
+}
+
+/// Thaws on drop, unless the sandbox was paused before the snapshot.
+struct FreezeGuard(Option<freezer::Freezer>);
+impl Drop for FreezeGuard {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            let _ = f.thaw();
+        }
+    }
+}
+
+/// Captures the sandbox's filesystem as a stored image (named `name` when
+/// given) and returns it. The image's config is its parent image's.
+pub async fn snapshot(sb: &Sandbox, home: &Path, name: Option<String>) -> Result<ImageInfo> {
+    let parent = sb.stored.image.as_ref().ok_or_else(|| {
+        unsupported(format!(
+            "sandbox {:?} was not made from a stored image (WithRootfs or a development image tree): there is nothing to layer a snapshot on",
+            sb.name
+        ))
+    })?;
+    let parent = Digest::parse(&parent.digest).map_err(store_error)?;
+    let budget = sb.info()?.disk_mib;
+    let cg = sb.state().report.cgroup;
+    let guard = match freezer::of(&cg) {
+        Some(f) if !freezer::is_paused(&cg) => {
+            let f2 = f.clone();
+            tokio::task::spawn_blocking(move || f2.freeze())
+                .await
+                .map_err(|e| EngineError::internal(format!("freeze task: {e}")))??;
+            FreezeGuard(Some(f))
+        }
+        _ => FreezeGuard(None),
+    };
+    let upper = open_upper(sb, budget)?;
+    let home = home.to_path_buf();
+    let source = format!("snapshot of sandbox {} ({})", sb.name, sb.id());
+    let cancel = Cancel::never();
+    let c2 = cancel.clone();
+    let mut on_drop = CancelOnDrop(cancel, false);
+    let info = tokio::task::spawn_blocking(move || {
+        let store = ImageStore::open(&home).map_err(store_error)?;
+        let r = store
+            .install_layer(&parent, upper, id_shift(), name.as_deref(), source, &c2)
+            .map_err(store_error)?;
+        store.inspect(&r.digest.to_string()).map_err(store_error)
+    })
+    .await
+    .map_err(|e| EngineError::internal(format!("snapshot task: {e}")))?;
+    on_drop.1 = true;
+    drop(guard);
+    info
+}
+
+struct CancelOnDrop(Cancel, bool);
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.cancel();
+        }
+    }
+}
+
+/// The overlay lowers for a sandbox of `image`: a layered image brings its
+/// parents' roots under its own.
+pub fn lowers_of(home: &Path, image: &crate::images::Resolved) -> Result<Vec<String>> {
+    let own = vec![image.rootfs.to_string_lossy().into_owned()];
+    let Some(d) = &image.digest else {
+        return Ok(own);
+    };
+    let store = ImageStore::open(home).map_err(store_error)?;
+    if store.parents(d).map_err(store_error)?.is_empty() {
+        return Ok(own);
+    }
+    Ok(store
+        .lowers(d)
+        .map_err(store_error)?
+        .into_iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect())
+}

@@ -1,0 +1,554 @@
+//! Copies a sandbox's overlay upper directory into a new image layer
+//! (Snapshot / Fork), hashing it as it goes.
+//!
+//! The upper is written by the sandbox: every name, type, mode, size and
+//! link in it is hostile, and without a freezer it may change while we
+//! read. So, like the tar unpacker:
+//! - every entry is reached relative to an open directory fd, never by a
+//!   path, and opened with `O_NOFOLLOW` (a link is copied as a link);
+//! - a regular file is opened `O_NONBLOCK` and checked again on the fd (the
+//!   same inode, still regular) before a byte is read, and contributes at
+//!   most the size it had when it was looked at;
+//! - only directories, regular files, symlinks, FIFOs and overlay whiteouts
+//!   (char 0:0) are copied; devices and sockets are skipped and counted;
+//! - setuid/setgid bits are dropped; of the xattrs only the overlay opaque
+//!   mark is kept (file capabilities are not);
+//! - entries, bytes, depth and link lengths are bounded: past a bound the
+//!   copy fails and the caller discards the half-made layer.
+//!
+//! The result is itself an overlay layer (whiteouts and opaque marks in
+//! overlay's `userxattr` form) that the helper stacks above the image's
+//! layers. Its digest covers names, types, modes, owners, mtimes, link
+//! targets and content, in sorted order, so equal trees hash equal.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use sha2::{Digest as _, Sha256};
+
+use crate::digest::Digest;
+use crate::error::{ImageError, Result};
+use crate::unpack::UnpackStats;
+
+/// Overlay's opaque-directory mark with `userxattr` (how the helper mounts).
+const OPAQUE: &CStr = c"user.overlay.opaque";
+pub const MAX_DEPTH: usize = 256;
+
+/// How upper ids become layer ids.
+#[derive(Clone, Copy, Debug)]
+pub enum IdShift {
+    /// As root: host `base + n` is sandbox id `n`, stored as `n`; other ids
+    /// become 65534.
+    FromHost { base: u32, size: u32 },
+    /// Rootless: files stay owned by the caller.
+    Keep,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct CopyLimits {
+    pub max_entries: u64,
+    pub max_bytes: u64,
+}
+
+fn err(what: &str, name: &OsStr, e: io::Error) -> ImageError {
+    ImageError::io(
+        "snapshot",
+        Path::new(name),
+        io::Error::new(e.kind(), format!("{what}: {e}")),
+    )
+}
+
+fn check(r: libc::c_int, what: &str, name: &OsStr) -> Result<libc::c_int> {
+    if r < 0 {
+        Err(err(what, name, io::Error::last_os_error()))
+    } else {
+        Ok(r)
+    }
+}
+
+fn openat(dir: RawFd, name: &CStr, flags: libc::c_int, mode: libc::mode_t) -> io::Result<OwnedFd> {
+    // SAFETY: a valid dir fd and C string; the fd returned is ours.
+    let fd = unsafe {
+        libc::openat(
+            dir,
+            name.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: just opened, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn lstatat(dir: RawFd, name: &CStr) -> io::Result<libc::stat> {
+    // SAFETY: zeroed stat is a valid out buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd, C string and out pointer.
+    let r = unsafe { libc::fstatat(dir, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+fn fstat(fd: RawFd) -> io::Result<libc::stat> {
+    // SAFETY: as above.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd and out pointer.
+    if unsafe { libc::fstat(fd, &mut st) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+/// Every name in a directory (not `.`/`..`), sorted, counted against the
+/// entry budget as they are read.
+fn names(dir: &OwnedFd, budget: &mut u64) -> Result<Vec<CString>> {
+    // fdopendir takes ownership: give it its own open of the directory.
+    let dup = openat(dir.as_raw_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
+        .map_err(|e| err("reopen dir", OsStr::new("."), e))?;
+    // SAFETY: `dup` is a directory fd we own; fdopendir takes it over.
+    let d = unsafe { libc::fdopendir(std::os::fd::IntoRawFd::into_raw_fd(dup)) };
+    if d.is_null() {
+        return Err(err("opendir", OsStr::new("."), io::Error::last_os_error()));
+    }
+    let mut out = Vec::new();
+    let r = loop {
+        // SAFETY: errno reset to tell end-of-directory from an error.
+        unsafe { *libc::__errno_location() = 0 };
+        // SAFETY: `d` is a valid DIR*.
+        let ent = unsafe { libc::readdir64(d) };
+        if ent.is_null() {
+            let e = io::Error::last_os_error();
+            break if e.raw_os_error() == Some(0) {
+                Ok(())
+            } else {
+                Err(e)
+            };
+        }
+        // SAFETY: d_name is NUL-terminated within the entry.
+        let n = unsafe { CStr::from_ptr((*ent).d_name.as_ptr()) };
+        if n == c"." || n == c".." {
+            continue;
+        }
+        if *budget == 0 {
+            break Err(io::Error::other("too many entries"));
+        }
+        *budget -= 1;
+        out.push(n.to_owned());
+    };
+    // SAFETY: closes the DIR* (and its fd) once.
+    unsafe { libc::closedir(d) };
+    r.map_err(|e| {
+        if e.kind() == io::ErrorKind::Other {
+            ImageError::TooLarge(format!("snapshot: more than its entry budget ({e})"))
+        } else {
+            err("readdir", OsStr::new("."), e)
+        }
+    })?;
+    out.sort();
+    Ok(out)
+}
+
+struct Copier {
+    hash: Sha256,
+    stats: UnpackStats,
+    ids: IdShift,
+    bytes_left: u64,
+    entries_left: u64,
+    buf: Vec<u8>,
+}
+
+impl Copier {
+    fn ids(&mut self, st: &libc::stat) -> Option<(u32, u32)> {
+        match self.ids {
+            IdShift::Keep => None,
+            IdShift::FromHost { base, size } => {
+                let mut map = |h: u32| {
+                    if h >= base && h - base < size {
+                        h - base
+                    } else {
+                        self.stats.clamped_ids += 1;
+                        65534
+                    }
+                };
+                Some((map(st.st_uid), map(st.st_gid)))
+            }
+        }
+    }
+
+    fn record(
+        &mut self,
+        kind: u8,
+        name: &CStr,
+        st: &libc::stat,
+        ids: Option<(u32, u32)>,
+        extra: &[u8],
+    ) {
+        let (u, g) = ids.unwrap_or((0, 0));
+        self.hash.update([kind]);
+        self.hash
+            .update((name.to_bytes().len() as u32).to_le_bytes());
+        self.hash.update(name.to_bytes());
+        self.hash.update((st.st_mode & 0o7777).to_le_bytes());
+        self.hash.update(u.to_le_bytes());
+        self.hash.update(g.to_le_bytes());
+        self.hash.update(st.st_mtime.to_le_bytes());
+        self.hash.update((extra.len() as u64).to_le_bytes());
+        self.hash.update(extra);
+    }
+
+    fn mode(&mut self, st: &libc::stat) -> libc::mode_t {
+        let m = st.st_mode & 0o7777;
+        if m & 0o6000 != 0 && st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            self.stats.dropped_setid_bits += 1;
+            return m & 0o1777;
+        }
+        // Directories keep setgid (inheritance), never setuid.
+        m & 0o3777
+    }
+
+    fn finish_entry(
+        &mut self,
+        dst: RawFd,
+        name: &CStr,
+        st: &libc::stat,
+        ids: Option<(u32, u32)>,
+        mode: Option<libc::mode_t>,
+    ) -> Result<()> {
+        let os = OsStr::from_bytes(name.to_bytes());
+        if let Some((u, g)) = ids {
+            // SAFETY: valid fd and name; never follows a link.
+            check(
+                unsafe { libc::fchownat(dst, name.as_ptr(), u, g, libc::AT_SYMLINK_NOFOLLOW) },
+                "chown",
+                os,
+            )?;
+        }
+        if let Some(m) = mode {
+            // SAFETY: valid fd and name; the entry is ours (just made), not a link.
+            check(
+                unsafe { libc::fchmodat(dst, name.as_ptr(), m, 0) },
+                "chmod",
+                os,
+            )?;
+        }
+        let t = libc::timespec {
+            tv_sec: st.st_mtime,
+            tv_nsec: st.st_mtime_nsec,
+        };
+        let times = [t, t];
+        // SAFETY: valid fd, name and two timespecs.
+        check(
+            unsafe {
+                libc::utimensat(
+                    dst,
+                    name.as_ptr(),
+                    times.as_ptr(),
+                    libc::AT_SYMLINK_NOFOLLOW,
+                )
+            },
+            "utime",
+            os,
+        )?;
+        Ok(())
+    }
+
+    fn file(&mut self, src: &OwnedFd, dst: &OwnedFd, name: &CStr, st: &libc::stat) -> Result<()> {
+        let os = OsStr::from_bytes(name.to_bytes());
+        let f = openat(
+            src.as_raw_fd(),
+            name,
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY,
+            0,
+        )
+        .map_err(|e| err("open", os, e))?;
+        let now = fstat(f.as_raw_fd()).map_err(|e| err("fstat", os, e))?;
+        if now.st_mode & libc::S_IFMT != libc::S_IFREG
+            || now.st_ino != st.st_ino
+            || now.st_dev != st.st_dev
+        {
+            return Err(ImageError::invalid_image(format!(
+                "snapshot: {os:?} changed while it was read"
+            )));
+        }
+        let size = st.st_size.max(0) as u64;
+        if size > self.bytes_left {
+            return Err(ImageError::TooLarge(format!(
+                "snapshot: more than its byte budget at {os:?}"
+            )));
+        }
+        self.bytes_left -= size;
+        let out = openat(
+            dst.as_raw_fd(),
+            name,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+            0o600,
+        )
+        .map_err(|e| err("create", os, e))?;
+        let (mut r, mut w) = (std::fs::File::from(f).take(size), std::fs::File::from(out));
+        let mut content = Sha256::new();
+        let mut copied = 0u64;
+        loop {
+            let n = r.read(&mut self.buf).map_err(|e| err("read", os, e))?;
+            if n == 0 {
+                break;
+            }
+            content.update(&self.buf[..n]);
+            w.write_all(&self.buf[..n])
+                .map_err(|e| err("write", os, e))?;
+            copied += n as u64;
+        }
+        self.stats.bytes += copied;
+        let ids = self.ids(st);
+        let mut extra = copied.to_le_bytes().to_vec();
+        extra.extend_from_slice(&content.finalize());
+        self.record(b'f', name, st, ids, &extra);
+        let mode = self.mode(st);
+        drop(w);
+        self.finish_entry(dst.as_raw_fd(), name, st, ids, Some(mode))
+    }
+
+    fn symlink(
+        &mut self,
+        src: &OwnedFd,
+        dst: &OwnedFd,
+        name: &CStr,
+        st: &libc::stat,
+    ) -> Result<()> {
+        let os = OsStr::from_bytes(name.to_bytes());
+        let mut target = vec![0u8; libc::PATH_MAX as usize];
+        // SAFETY: buffer of the given length.
+        let n = unsafe {
+            libc::readlinkat(
+                src.as_raw_fd(),
+                name.as_ptr(),
+                target.as_mut_ptr().cast(),
+                target.len(),
+            )
+        };
+        if n < 0 {
+            return Err(err("readlink", os, io::Error::last_os_error()));
+        }
+        if n as usize >= target.len() {
+            return Err(ImageError::invalid_image(format!(
+                "snapshot: link {os:?} too long"
+            )));
+        }
+        target.truncate(n as usize);
+        let t =
+            CString::new(target.clone()).map_err(|_| ImageError::invalid_image("NUL in a link"))?;
+        // SAFETY: valid C strings and fd. The target is stored, never followed.
+        check(
+            unsafe { libc::symlinkat(t.as_ptr(), dst.as_raw_fd(), name.as_ptr()) },
+            "symlink",
+            os,
+        )?;
+        let ids = self.ids(st);
+        self.record(b'l', name, st, ids, &target);
+        self.finish_entry(dst.as_raw_fd(), name, st, ids, None)
+    }
+
+    fn node(
+        &mut self,
+        dst: &OwnedFd,
+        name: &CStr,
+        st: &libc::stat,
+        kind: u8,
+        mode: libc::mode_t,
+    ) -> Result<()> {
+        let os = OsStr::from_bytes(name.to_bytes());
+        // SAFETY: valid fd and name; a FIFO or the 0:0 whiteout only.
+        check(
+            unsafe { libc::mknodat(dst.as_raw_fd(), name.as_ptr(), mode, 0) },
+            "mknod",
+            os,
+        )?;
+        let ids = self.ids(st);
+        self.record(kind, name, st, ids, &[]);
+        let m = if kind == b'p' {
+            Some(self.mode(st))
+        } else {
+            None
+        };
+        self.finish_entry(dst.as_raw_fd(), name, st, ids, m)
+    }
+
+    /// Copies one directory's entries; directories are returned for the
+    /// caller's stack instead of recursing.
+    fn dir(&mut self, src: &OwnedFd, dst: &OwnedFd) -> Result<Vec<(CString, libc::stat)>> {
+        let mut subdirs = Vec::new();
+        for name in names(src, &mut self.entries_left)? {
+            let os = OsStr::from_bytes(name.to_bytes()).to_owned();
+            let st = match lstatat(src.as_raw_fd(), &name) {
+                Ok(st) => st,
+                // Removed since it was listed (no freezer): not part of the layer.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(e) => return Err(err("lstat", &os, e)),
+            };
+            self.stats.entries += 1;
+            match st.st_mode & libc::S_IFMT {
+                libc::S_IFDIR => subdirs.push((name, st)),
+                libc::S_IFREG => self.file(src, dst, &name, &st)?,
+                libc::S_IFLNK => self.symlink(src, dst, &name, &st)?,
+                libc::S_IFIFO => self.node(dst, &name, &st, b'p', libc::S_IFIFO | 0o600)?,
+                libc::S_IFCHR if st.st_rdev == 0 => {
+                    self.stats.whiteouts += 1;
+                    self.node(dst, &name, &st, b'w', libc::S_IFCHR)?
+                }
+                _ => self.stats.skipped_devices += 1,
+            }
+        }
+        Ok(subdirs)
+    }
+}
+
+struct Frame {
+    src: OwnedFd,
+    dst: OwnedFd,
+    /// Subdirectories still to copy, last first.
+    todo: Vec<(CString, libc::stat)>,
+    /// This directory's own entry in its parent (None for the root).
+    this: Option<(CString, libc::stat)>,
+}
+
+fn opaque(fd: &OwnedFd) -> bool {
+    let mut v = [0u8; 4];
+    // SAFETY: valid fd, name and buffer.
+    let n = unsafe {
+        libc::fgetxattr(
+            fd.as_raw_fd(),
+            OPAQUE.as_ptr(),
+            v.as_mut_ptr().cast(),
+            v.len(),
+        )
+    };
+    n == 1 && v[0] == b'y'
+}
+
+/// Copies the tree under `src` (an open directory) into the empty
+/// directory `dst`. Returns the layer's digest and the counts. Depth is
+/// bounded by [`MAX_DEPTH`]: two fds per level.
+pub fn copy_upper(
+    src: OwnedFd,
+    dst: &Path,
+    ids: IdShift,
+    limits: CopyLimits,
+) -> Result<(Digest, UnpackStats)> {
+    let dst_c = CString::new(dst.as_os_str().as_bytes())
+        .map_err(|_| ImageError::invalid_image("bad path"))?;
+    let dst_fd = openat(
+        libc::AT_FDCWD,
+        &dst_c,
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    )
+    .map_err(|e| ImageError::io("open", dst, e))?;
+    let mut c = Copier {
+        hash: Sha256::new(),
+        stats: UnpackStats {
+            layers: 1,
+            ..Default::default()
+        },
+        ids,
+        bytes_left: limits.max_bytes,
+        entries_left: limits.max_entries,
+        buf: vec![0u8; 1 << 20],
+    };
+    let root_st = fstat(src.as_raw_fd()).map_err(|e| ImageError::io("fstat", dst, e))?;
+    if opaque(&src) {
+        set_opaque(&dst_fd)?;
+    }
+    let todo = c.dir(&src, &dst_fd)?;
+    let mut stack = vec![Frame {
+        src,
+        dst: dst_fd,
+        todo: rev(todo),
+        this: None,
+    }];
+    c.hash.update(b"{");
+    while let Some(top) = stack.last_mut() {
+        let Some((name, st)) = top.todo.pop() else {
+            let f = stack.pop().expect("non-empty");
+            c.hash.update(b"}");
+            if let (Some((name, st)), Some(parent)) = (&f.this, stack.last()) {
+                let ids = c.ids(st);
+                let mode = c.mode(st);
+                drop(f.dst);
+                c.finish_entry(parent.dst.as_raw_fd(), name, st, ids, Some(mode))?;
+            }
+            continue;
+        };
+        if stack.len() >= MAX_DEPTH {
+            return Err(ImageError::TooLarge(format!(
+                "snapshot: directories nested deeper than {MAX_DEPTH}"
+            )));
+        }
+        let os = OsStr::from_bytes(name.to_bytes()).to_owned();
+        let top = stack.last().expect("non-empty");
+        let s = match openat(
+            top.src.as_raw_fd(),
+            &name,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        ) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => return Err(err("open dir", &os, e)),
+        };
+        let now = fstat(s.as_raw_fd()).map_err(|e| err("fstat", &os, e))?;
+        if now.st_ino != st.st_ino || now.st_dev != st.st_dev {
+            return Err(ImageError::invalid_image(format!(
+                "snapshot: {os:?} changed while it was read"
+            )));
+        }
+        // SAFETY: valid fd and name; made private until its entries are in.
+        check(
+            unsafe { libc::mkdirat(top.dst.as_raw_fd(), name.as_ptr(), 0o700) },
+            "mkdir",
+            &os,
+        )?;
+        let d = openat(
+            top.dst.as_raw_fd(),
+            &name,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )
+        .map_err(|e| err("open new dir", &os, e))?;
+        let ids = c.ids(&st);
+        let mut extra = Vec::new();
+        if opaque(&s) {
+            set_opaque(&d)?;
+            extra.push(b'o');
+        }
+        c.record(b'd', &name, &st, ids, &extra);
+        c.hash.update(b"{");
+        let todo = c.dir(&s, &d)?;
+        stack.push(Frame {
+            src: s,
+            dst: d,
+            todo: rev(todo),
+            this: Some((name, st)),
+        });
+    }
+    let _ = root_st;
+    Ok((Digest::from_hasher(c.hash), c.stats))
+}
+
+fn rev<T>(mut v: Vec<T>) -> Vec<T> {
+    v.reverse();
+    v
+}
+
+fn set_opaque(fd: &OwnedFd) -> Result<()> {
+    // SAFETY: valid fd, name and value.
+    let r = unsafe { libc::fsetxattr(fd.as_raw_fd(), OPAQUE.as_ptr(), b"y".as_ptr().cast(), 1, 0) };
+    check(r, "set opaque mark", OsStr::new("."))?;
+    Ok(())
+}
