@@ -1,7 +1,7 @@
 package tests
 
 // Helpers for the install tests: a small but real release built with the
-// real lockbox-installer CLI, a real HTTP server on 127.0.0.1 that can
+// real release tool (lockbox-installer), a real HTTP server on 127.0.0.1 that can
 // misbehave on purpose, child processes, and tree snapshots.
 
 import (
@@ -55,7 +55,7 @@ func instInstallerBin(t testing.TB) string {
 	return ""
 }
 
-// instCLI runs the installer CLI and returns stdout, stderr and the exit code.
+// instCLI runs the release tool and returns stdout, stderr and the exit code.
 func instCLI(t testing.TB, args ...string) (string, string, int) {
 	t.Helper()
 	cmd := exec.Command(instInstallerBin(t), args...)
@@ -438,14 +438,6 @@ func instFlock(t testing.TB, path string) func() {
 	release := func() { once.Do(func() { f.Close() }) }
 	t.Cleanup(release)
 	return release
-}
-
-// instCLITimed runs the CLI and also returns how long it took.
-func instCLITimed(t testing.TB, args ...string) (string, int, time.Duration) {
-	t.Helper()
-	start := time.Now()
-	_, stderr, code := instCLI(t, args...)
-	return stderr, code, time.Since(start)
 }
 
 // instDrip answers a request for body with its headers and then one byte

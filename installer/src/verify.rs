@@ -51,6 +51,9 @@ pub fn verify_tree(dir: &Path, trusted: &TrustedKeys, platform: &str) -> Result<
     }
     for a in manifest.artifacts_for(platform)? {
         let p = dir.join(&a.path);
+        if fs::symlink_metadata(&p).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+            return Err(Error::Verification(format!("{} is missing", a.path)));
+        }
         let (f, meta) = open_trusted(&p)?;
         let (size, sum) = hash_reader(f, &p)?;
         if size != a.size || sum != a.sha256 {
@@ -163,7 +166,9 @@ mod tests {
         fs::remove_file(dir.join("bin/extra")).unwrap();
 
         fs::remove_file(dir.join("images/base.tar.zst")).unwrap();
-        assert!(verify(&dir, &trusted).is_err());
+        assert!(
+            matches!(verify(&dir, &trusted), Err(Error::Verification(e)) if e.contains("base.tar.zst is missing"))
+        );
     }
 
     #[test]
