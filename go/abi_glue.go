@@ -34,9 +34,13 @@ func init() {
 // error passed back through handleRef.use) is returned as is.
 func fromABI(err error) error {
 	if e, ok := err.(*abi.Error); ok {
-		return &Error{Op: e.Op, Code: Code(e.Code), Message: e.Message, cause: e.Cause}
+		return publicError(e)
 	}
 	return err
+}
+
+func publicError(e *abi.Error) *Error {
+	return &Error{Op: e.Op, Code: Code(e.Code), Message: e.Message, cause: e.Cause}
 }
 
 // call sends {"method": method, "params": params} and decodes the result

@@ -1,7 +1,6 @@
 package lockbox
 
 import (
-	"context"
 	"errors"
 
 	"lockbox.dev/lockbox/internal/abi"
@@ -136,10 +135,4 @@ func (e *Error) Is(target error) bool {
 func (e *Error) Unwrap() error { return e.cause }
 
 // ctxError is the error of a call whose context ended.
-func ctxError(op string, err error) *Error {
-	code := CodeCanceled
-	if errors.Is(err, context.DeadlineExceeded) {
-		code = CodeTimeout
-	}
-	return &Error{Op: op, Code: code, Message: err.Error(), cause: err}
-}
+func ctxError(op string, err error) *Error { return publicError(abi.CtxError(op, err)) }

@@ -247,8 +247,8 @@ func (in *installer) verifyManifest(b, sig []byte) (*releaseManifest, error) {
 	if m.Version != in.s.Version {
 		return nil, fmt.Errorf("%w: manifest is for version %s, want %s", ErrVerification, m.Version, in.s.Version)
 	}
-	if m.ABIVersion != manifestABIVersion {
-		return nil, fmt.Errorf("%w: manifest has ABI %d, this SDK speaks %d", ErrVerification, m.ABIVersion, manifestABIVersion)
+	if m.ABIVersion != abi.ABIVersion {
+		return nil, fmt.Errorf("%w: manifest has ABI %d, this SDK speaks %d", ErrVerification, m.ABIVersion, abi.ABIVersion)
 	}
 	return m, nil
 }

@@ -28,10 +28,8 @@ type releaseArtifact struct {
 const (
 	manifestSchemaVersion = 1
 	manifestProduct       = "lockbox"
-	// abiVersion is the C ABI the installed library must implement (docs/abi.md).
-	manifestABIVersion = 1
-	maxManifestBytes   = 1 << 20
-	maxSignatureBytes  = 4096
+	maxManifestBytes      = 1 << 20
+	maxSignatureBytes     = 4096
 )
 
 var kindDirs = map[string]string{"library": "lib", "helper": "bin", "image": "images"}
