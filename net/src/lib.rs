@@ -6,6 +6,8 @@
 
 pub mod dns;
 pub mod events;
+pub mod forwarder;
 pub mod names;
 pub mod policy;
 pub mod ranges;
+pub mod sni;

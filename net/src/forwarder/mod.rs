@@ -1,0 +1,742 @@
+//! The forwarder: reads the sandbox's Ethernet frames from its tap fd,
+//! decides each new connection, datagram and DNS query against the
+//! policy, and relays what is allowed through ordinary host sockets.
+//!
+//! It runs on one thread (a current-thread runtime), in whatever network
+//! namespace that thread is in: the host's, never the sandbox's. The
+//! sandbox sees one gateway address (also its DNS server) and a stack that
+//! answers for every destination; nothing it sends reaches a host socket
+//! unless the policy allowed it at that moment.
+
+mod device;
+mod frame;
+mod tcp;
+mod udp;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
+use smoltcp::socket::{tcp as stcp, udp as sudp};
+use smoltcp::wire::{EthernetAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::{mpsc, Notify};
+
+use crate::dns::{Ctx, DnsFilter, QueryOutcome};
+use crate::events::{Counters, Denial, DenialKind, Events};
+use crate::policy::{HostAddrs, Policy, Protocol, Target};
+pub use device::MTU;
+
+/// The gateway's Ethernet address (locally administered).
+const GATEWAY_MAC: EthernetAddress = EthernetAddress([0x02, 0x4c, 0x42, 0x00, 0x00, 0x01]);
+/// Frames read per wake-up before the stack gets to run.
+const FRAMES_PER_ROUND: usize = 256;
+/// Datagrams from host sockets waiting for the loop, all flows together.
+const UDP_REPLIES: usize = 256;
+
+/// Everything a sandbox can make the forwarder hold is bounded here.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Open or opening TCP connections.
+    pub max_tcp: usize,
+    /// UDP (source, destination) pairs with a host socket.
+    pub max_udp: usize,
+    /// Each direction of each TCP connection's smoltcp buffer.
+    pub tcp_buffer: usize,
+    pub max_names: usize,
+    pub max_pending_dns: usize,
+    pub max_events: usize,
+    pub connect_timeout: Duration,
+    pub udp_idle: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_tcp: 256,
+            max_udp: 256,
+            tcp_buffer: 64 * 1024,
+            max_names: 4096,
+            max_pending_dns: 64,
+            max_events: 1024,
+            connect_timeout: Duration::from_secs(10),
+            udp_idle: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The forwarder's address on the sandbox's link: its default route
+    /// and its DNS server.
+    pub gateway: Ipv4Addr,
+    pub prefix_len: u8,
+    /// Where allowed names are resolved (the host's resolver).
+    pub upstream_dns: SocketAddr,
+    /// The host's own addresses, closed unless a CIDR rule names them.
+    pub host_addrs: HostAddrs,
+    pub limits: Limits,
+}
+
+struct Shared {
+    policy: RwLock<Arc<Policy>>,
+    events: Events,
+    stop: AtomicBool,
+    wake: Arc<Notify>,
+}
+
+/// The host's side: replace the policy, read denials, stop.
+#[derive(Clone)]
+pub struct Handle(Arc<Shared>);
+
+impl Handle {
+    /// New connections, datagrams and queries see `p` from now on;
+    /// connections already open stay open.
+    pub fn set_policy(&self, p: Policy) {
+        *self.0.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(p);
+        self.0.wake.notify_one();
+    }
+
+    pub fn take_events(&self) -> Vec<Denial> {
+        self.0.events.drain()
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.0.events.counters()
+    }
+
+    pub fn stop(&self) {
+        self.0.stop.store(true, Ordering::SeqCst);
+        self.0.wake.notify_one();
+    }
+}
+
+pub struct Forwarder {
+    tap: OwnedFd,
+    config: Config,
+    shared: Arc<Shared>,
+}
+
+impl Forwarder {
+    /// `tap` is the sandbox's tap device (IFF_TAP|IFF_NO_PI), opened in the
+    /// sandbox's network namespace and handed out.
+    pub fn new(tap: OwnedFd, config: Config, policy: Policy) -> (Forwarder, Handle) {
+        let shared = Arc::new(Shared {
+            policy: RwLock::new(Arc::new(policy)),
+            events: Events::new(config.limits.max_events),
+            stop: AtomicBool::new(false),
+            wake: Arc::new(Notify::new()),
+        });
+        let h = Handle(shared.clone());
+        (
+            Forwarder {
+                tap,
+                config,
+                shared,
+            },
+            h,
+        )
+    }
+
+    /// Runs until `Handle::stop` or a tap error, on the calling thread and
+    /// in its network namespace.
+    pub fn run(self) -> io::Result<()> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(self.main())
+    }
+
+    async fn main(self) -> io::Result<()> {
+        device::set_nonblocking(&self.tap)?;
+        // SAFETY: the AsyncFd owns the fd; nothing else closes or
+        // replaces it while it is registered.
+        let tap = unsafe { AsyncFd::register_with_interest(self.tap, Interest::READABLE)? };
+        let upstream = UdpSocket::bind(SocketAddr::new(
+            unspecified_like(self.config.upstream_dns.ip()),
+            0,
+        ))
+        .await?;
+        upstream.connect(self.config.upstream_dns).await?;
+        let mut st = Stack::new(self.config, self.shared.clone());
+        let mut frame = vec![0u8; 65536];
+        let mut answer = vec![0u8; 65536];
+        let wake = self.shared.wake.clone();
+        loop {
+            if self.shared.stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            st.round(&upstream);
+            while let Some(f) = st.dev.tx.pop_front() {
+                device::write_frame(tap.get_ref(), &f);
+            }
+            let delay = st
+                .iface
+                .poll_delay(smol_now(), &st.sockets)
+                .map(|d| Duration::from_micros(d.total_micros()))
+                .unwrap_or(Duration::from_secs(1))
+                .min(Duration::from_secs(1));
+            tokio::select! {
+                r = tap.readable() => {
+                    let mut guard = r?;
+                    for _ in 0..FRAMES_PER_ROUND {
+                        match device::read_frame(guard.get_inner(), &mut frame)? {
+                            Some(n) => st.ingest(frame[..n].to_vec()),
+                            None => {
+                                guard.clear_ready();
+                                break;
+                            }
+                        }
+                    }
+                }
+                _ = wake.notified() => {}
+                r = upstream.recv(&mut answer) => {
+                    if let Ok(n) = r {
+                        st.on_dns_answer(&answer[..n]);
+                    }
+                }
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+}
+
+type TcpKey = (SocketAddr, SocketAddr);
+
+struct Stack {
+    config: Config,
+    shared: Arc<Shared>,
+    policy: Arc<Policy>,
+    iface: Interface,
+    dev: device::Queues,
+    sockets: SocketSet<'static>,
+    dns_socket: SocketHandle,
+    dns: DnsFilter,
+    tcp: HashMap<TcpKey, tcp::Flow>,
+    udp: HashMap<udp::Key, udp::Flow>,
+    udp_ports: HashMap<u16, SocketHandle>,
+    connected_tx: mpsc::UnboundedSender<(TcpKey, io::Result<TcpStream>)>,
+    connected_rx: mpsc::UnboundedReceiver<(TcpKey, io::Result<TcpStream>)>,
+    udp_tx: mpsc::Sender<(udp::Key, Vec<u8>)>,
+    udp_rx: mpsc::Receiver<(udp::Key, Vec<u8>)>,
+    last_sweep: Instant,
+}
+
+impl Stack {
+    fn new(config: Config, shared: Arc<Shared>) -> Stack {
+        let mut dev = device::Queues::default();
+        let mut ic = IfaceConfig::new(GATEWAY_MAC.into());
+        ic.random_seed = random_u64();
+        let mut iface = Interface::new(ic, &mut dev, smol_now());
+        // Answer for every destination: each is decided before a socket
+        // exists for it, and without a socket smoltcp resets or drops.
+        iface.set_any_ip(true);
+        iface.update_ip_addrs(|a| {
+            let _ = a.push(IpCidr::new(
+                IpAddress::Ipv4(config.gateway),
+                config.prefix_len,
+            ));
+        });
+        iface
+            .routes_mut()
+            .add_default_ipv4_route(config.gateway)
+            .expect("one route fits");
+        let mut sockets = SocketSet::new(vec![]);
+        // Added first so it takes gateway:53 before any relay socket on
+        // port 53 (smoltcp gives a datagram to the first that accepts).
+        let mut dns = udp_socket(64);
+        dns.bind(IpListenEndpoint {
+            addr: Some(IpAddress::Ipv4(config.gateway)),
+            port: 53,
+        })
+        .expect("bind the resolver");
+        let dns_socket = sockets.add(dns);
+        let (connected_tx, connected_rx) = mpsc::unbounded_channel();
+        let (udp_tx, udp_rx) = mpsc::channel(UDP_REPLIES);
+        let l = &config.limits;
+        let dns_filter = DnsFilter::new(l.max_pending_dns, l.max_names);
+        let policy = shared
+            .policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        Stack {
+            config,
+            shared,
+            policy,
+            iface,
+            dev,
+            sockets,
+            dns_socket,
+            dns: dns_filter,
+            tcp: HashMap::new(),
+            udp: HashMap::new(),
+            udp_ports: HashMap::new(),
+            connected_tx,
+            connected_rx,
+            udp_tx,
+            udp_rx,
+            last_sweep: Instant::now(),
+        }
+    }
+
+    fn refresh_policy(&mut self) {
+        self.policy = self
+            .shared
+            .policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+    }
+
+    /// Everything that does not wait: connect results, host datagrams,
+    /// the stack, the sockets.
+    fn round(&mut self, upstream: &UdpSocket) {
+        self.refresh_policy();
+        while let Ok((key, r)) = self.connected_rx.try_recv() {
+            self.on_connected(key, r);
+        }
+        while let Ok((key, data)) = self.udp_rx.try_recv() {
+            self.udp_to_sandbox(key, &data);
+        }
+        self.iface
+            .poll(smol_now(), &mut self.dev, &mut self.sockets);
+        self.serve_dns(upstream);
+        self.udp_from_sandbox();
+        self.relay_tcp();
+        self.iface
+            .poll(smol_now(), &mut self.dev, &mut self.sockets);
+        if self.last_sweep.elapsed() > Duration::from_secs(1) {
+            self.sweep();
+        }
+    }
+
+    /// One frame from the sandbox: decided here, before smoltcp sees it.
+    fn ingest(&mut self, f: Vec<u8>) {
+        self.refresh_policy();
+        match frame::classify(&f) {
+            frame::Kind::Drop => {}
+            frame::Kind::Stack | frame::Kind::Tcp => self.dev.rx.push_back(f),
+            frame::Kind::TcpSyn { src, dst } => self.on_syn(f, src, dst),
+            frame::Kind::Udp { src, dst } => self.on_udp(f, src, dst),
+        }
+    }
+
+    fn decide(&self, dst: SocketAddr, protocol: Protocol) -> (bool, Option<Denial>) {
+        let names = self.dns.table().names(dst.ip(), Instant::now());
+        let t = Target {
+            ip: dst.ip(),
+            names: &names,
+            port: dst.port(),
+            protocol,
+        };
+        let v = self.policy.decide(&t, &self.config.host_addrs);
+        if v.allowed {
+            return (true, None);
+        }
+        let mut d = Denial::now(DenialKind::Connect, self.policy.describe(v.rule));
+        d.protocol = Some(protocol);
+        d.ip = Some(dst.ip());
+        d.port = Some(dst.port());
+        d.name = (!names.is_empty()).then(|| names.join(","));
+        (false, Some(d))
+    }
+
+    fn on_syn(&mut self, f: Vec<u8>, src: SocketAddr, dst: SocketAddr) {
+        let key = (src, dst);
+        if let Some(flow) = self.tcp.get(&key) {
+            // A retransmitted SYN: wait for the connect, or let the open
+            // socket see it.
+            if matches!(flow.phase, tcp::Phase::Open { .. }) {
+                self.dev.rx.push_back(f);
+            }
+            return;
+        }
+        // Without a socket smoltcp answers with a reset: that is how every
+        // refusal below fails fast inside the sandbox.
+        if dst.ip() == IpAddr::V4(self.config.gateway) {
+            self.dev.rx.push_back(f);
+            return;
+        }
+        let (ok, denial) = self.decide(dst, Protocol::Tcp);
+        if let Some(d) = denial {
+            self.shared.events.deny(d);
+        }
+        if !ok {
+            self.dev.rx.push_back(f);
+            return;
+        }
+        if self.tcp.len() >= self.config.limits.max_tcp {
+            let mut d = Denial::now(DenialKind::Limit, "open TCP connections".into());
+            d.protocol = Some(Protocol::Tcp);
+            d.ip = Some(dst.ip());
+            d.port = Some(dst.port());
+            self.shared.events.deny(d);
+            self.dev.rx.push_back(f);
+            return;
+        }
+        self.shared.events.count(|c| c.connections_allowed += 1);
+        let tx = self.connected_tx.clone();
+        let wake = self.shared.wake.clone();
+        let timeout = self.config.limits.connect_timeout;
+        let task = tokio::spawn(async move {
+            let r = match tokio::time::timeout(timeout, TcpStream::connect(dst)).await {
+                Ok(r) => r,
+                Err(_) => Err(io::ErrorKind::TimedOut.into()),
+            };
+            let _ = tx.send((key, r));
+            wake.notify_one();
+        });
+        self.tcp.insert(
+            key,
+            tcp::Flow {
+                dst,
+                phase: tcp::Phase::Connecting { syn: f },
+                connect: Some(task),
+            },
+        );
+    }
+
+    fn on_connected(&mut self, key: TcpKey, r: io::Result<TcpStream>) {
+        let Some(flow) = self.tcp.get_mut(&key) else {
+            return;
+        };
+        let tcp::Phase::Connecting { syn } = &mut flow.phase else {
+            return;
+        };
+        let syn = std::mem::take(syn);
+        let stream = match r {
+            Ok(s) => s,
+            Err(_) => {
+                self.tcp.remove(&key);
+                // No socket: smoltcp resets, as the destination did.
+                self.dev.rx.push_front(syn);
+                return;
+            }
+        };
+        let n = self.config.limits.tcp_buffer;
+        let mut s = stcp::Socket::new(
+            stcp::SocketBuffer::new(vec![0; n]),
+            stcp::SocketBuffer::new(vec![0; n]),
+        );
+        s.set_nagle_enabled(false);
+        s.set_keep_alive(Some(smoltcp::time::Duration::from_secs(30)));
+        s.set_timeout(Some(smoltcp::time::Duration::from_secs(90)));
+        let (IpAddr::V4(a), port) = (flow.dst.ip(), flow.dst.port()) else {
+            return;
+        };
+        if s.listen(IpListenEndpoint {
+            addr: Some(IpAddress::Ipv4(a)),
+            port,
+        })
+        .is_err()
+        {
+            self.tcp.remove(&key);
+            return;
+        }
+        let handle = self.sockets.add(s);
+        let (to_host, from_host, tasks) = tcp::spawn_relay(stream, self.shared.wake.clone());
+        flow.phase = tcp::Phase::Open {
+            handle,
+            to_host: Some(to_host),
+            from_host,
+            pending: None,
+            gate: Some(Vec::new()),
+            tasks,
+        };
+        flow.connect = None;
+        // This SYN must meet this socket before any other SYN to the same
+        // destination can: feed it alone, now.
+        self.dev.rx.push_front(syn);
+        self.iface
+            .poll(smol_now(), &mut self.dev, &mut self.sockets);
+    }
+
+    fn relay_tcp(&mut self) {
+        let mut over = Vec::new();
+        let policy = self.policy.clone();
+        for (key, flow) in self.tcp.iter_mut() {
+            let tcp::Phase::Open { handle, gate, .. } = &mut flow.phase else {
+                continue;
+            };
+            let handle = *handle;
+            let sock = self.sockets.get_mut::<stcp::Socket>(handle);
+            if let Some(g) = gate.as_mut() {
+                tcp::fill_gate(sock, g);
+                let closed = peer_closed(sock);
+                let verdict = match tcp::judge(g) {
+                    tcp::GateResult::Wait if g.is_empty() && closed => tcp::GateResult::Pass(None),
+                    tcp::GateResult::Wait if closed => tcp::GateResult::Refuse,
+                    v => v,
+                };
+                let refuse = |name: Option<String>, rule: String| {
+                    let mut d = Denial::now(DenialKind::Sni, rule);
+                    d.protocol = Some(Protocol::Tcp);
+                    d.ip = Some(flow.dst.ip());
+                    d.port = Some(flow.dst.port());
+                    d.name = name;
+                    self.shared.events.deny(d);
+                };
+                match verdict {
+                    tcp::GateResult::Wait => continue,
+                    tcp::GateResult::Refuse => {
+                        refuse(None, "malformed TLS ClientHello".into());
+                        sock.abort();
+                    }
+                    tcp::GateResult::Pass(name) => {
+                        let ok = match &name {
+                            None => true,
+                            Some(n) => {
+                                let names: Vec<&str> = if n.is_empty() { vec![] } else { vec![n] };
+                                let t = Target {
+                                    ip: flow.dst.ip(),
+                                    names: &names,
+                                    port: flow.dst.port(),
+                                    protocol: Protocol::Tcp,
+                                };
+                                let v = policy.decide(&t, &self.config.host_addrs);
+                                if !v.allowed {
+                                    refuse(Some(n.clone()), policy.describe(v.rule));
+                                }
+                                v.allowed
+                            }
+                        };
+                        if ok {
+                            let first = std::mem::take(g);
+                            *gate = None;
+                            if let tcp::Phase::Open {
+                                to_host: Some(tx), ..
+                            } = &flow.phase
+                            {
+                                for c in first.chunks(tcp::CHUNK) {
+                                    // A fresh channel has room for one
+                                    // gate's worth (MAX_HELLO < 2 chunks).
+                                    let _ = tx.try_send(c.to_vec());
+                                }
+                            }
+                        } else {
+                            sock.abort();
+                        }
+                    }
+                }
+            }
+            if !tcp::shuttle(sock, &mut flow.phase) {
+                over.push((*key, handle));
+            }
+        }
+        for (key, handle) in over {
+            self.tcp.remove(&key);
+            self.sockets.remove(handle);
+        }
+    }
+
+    fn on_udp(&mut self, f: Vec<u8>, src: SocketAddr, dst: SocketAddr) {
+        if dst.ip() == IpAddr::V4(self.config.gateway) {
+            if dst.port() == 53 {
+                self.dev.rx.push_back(f);
+            } else {
+                self.refuse_datagram(&f);
+            }
+            return;
+        }
+        let (ok, denial) = self.decide(dst, Protocol::Udp);
+        if let Some(d) = denial {
+            self.shared.events.deny(d);
+        }
+        if !ok {
+            self.refuse_datagram(&f);
+            return;
+        }
+        let key = (src, dst);
+        if !self.udp.contains_key(&key) {
+            if self.udp.len() >= self.config.limits.max_udp {
+                self.sweep();
+            }
+            if self.udp.len() >= self.config.limits.max_udp {
+                let mut d = Denial::now(DenialKind::Limit, "UDP flows".into());
+                d.protocol = Some(Protocol::Udp);
+                d.ip = Some(dst.ip());
+                d.port = Some(dst.port());
+                self.shared.events.deny(d);
+                self.refuse_datagram(&f);
+                return;
+            }
+            match udp::open(key, self.udp_tx.clone(), self.shared.wake.clone()) {
+                Ok(flow) => {
+                    self.shared.events.count(|c| c.connections_allowed += 1);
+                    self.udp.insert(key, flow);
+                }
+                Err(_) => {
+                    self.refuse_datagram(&f);
+                    return;
+                }
+            }
+        }
+        if !self.udp_ports.contains_key(&dst.port()) {
+            let mut s = udp_socket(32);
+            if s.bind(dst.port()).is_err() {
+                return;
+            }
+            let h = self.sockets.add(s);
+            self.udp_ports.insert(dst.port(), h);
+        }
+        self.dev.rx.push_back(f);
+    }
+
+    fn refuse_datagram(&mut self, f: &[u8]) {
+        if let Some(icmp) = frame::icmp_unreachable(f, GATEWAY_MAC) {
+            self.dev.tx.push_back(icmp);
+        }
+    }
+
+    /// Datagrams smoltcp took from the sandbox; each was decided in
+    /// `on_udp` just before, and has its flow.
+    fn udp_from_sandbox(&mut self) {
+        let now = Instant::now();
+        for (&port, &h) in &self.udp_ports {
+            let s = self.sockets.get_mut::<sudp::Socket>(h);
+            while let Ok((data, meta)) = s.recv() {
+                let Some(IpAddress::Ipv4(local)) = meta.local_address else {
+                    continue;
+                };
+                let key = (
+                    endpoint_addr(meta.endpoint),
+                    SocketAddr::V4(SocketAddrV4::new(local, port)),
+                );
+                if let Some(flow) = self.udp.get_mut(&key) {
+                    flow.last = now;
+                    let _ = flow.sock.try_send(data);
+                }
+            }
+        }
+    }
+
+    fn udp_to_sandbox(&mut self, key: udp::Key, data: &[u8]) {
+        let Some(&h) = self.udp_ports.get(&key.1.port()) else {
+            return;
+        };
+        if let Some(flow) = self.udp.get_mut(&key) {
+            flow.last = Instant::now();
+        }
+        let (Some(ep), IpAddr::V4(local)) = (endpoint(key.0), key.1.ip()) else {
+            return;
+        };
+        let mut meta = sudp::UdpMetadata::from(ep);
+        meta.local_address = Some(IpAddress::Ipv4(local));
+        let _ = self
+            .sockets
+            .get_mut::<sudp::Socket>(h)
+            .send_slice(data, meta);
+    }
+
+    fn serve_dns(&mut self, upstream: &UdpSocket) {
+        let policy = self.policy.clone();
+        let ctx = Ctx {
+            policy: &policy,
+            host: &self.config.host_addrs,
+            events: &self.shared.events,
+        };
+        let now = Instant::now();
+        let s = self.sockets.get_mut::<sudp::Socket>(self.dns_socket);
+        let gateway = IpAddress::Ipv4(self.config.gateway);
+        while let Ok((q, meta)) = s.recv() {
+            let client = endpoint_addr(meta.endpoint);
+            match self.dns.on_query(q, client, &ctx, now) {
+                QueryOutcome::Reply(r) => {
+                    let mut m = sudp::UdpMetadata::from(meta.endpoint);
+                    m.local_address = Some(gateway);
+                    let _ = s.send_slice(&r, m);
+                }
+                QueryOutcome::Forward(b) => {
+                    let _ = upstream.try_send(&b);
+                }
+                QueryOutcome::Ignore => {}
+            }
+        }
+    }
+
+    fn on_dns_answer(&mut self, pkt: &[u8]) {
+        self.refresh_policy();
+        let policy = self.policy.clone();
+        let ctx = Ctx {
+            policy: &policy,
+            host: &self.config.host_addrs,
+            events: &self.shared.events,
+        };
+        let Some((client, bytes)) = self.dns.on_answer(pkt, &ctx, Instant::now()) else {
+            return;
+        };
+        let Some(ep) = endpoint(client) else { return };
+        let mut m = sudp::UdpMetadata::from(ep);
+        m.local_address = Some(IpAddress::Ipv4(self.config.gateway));
+        let _ = self
+            .sockets
+            .get_mut::<sudp::Socket>(self.dns_socket)
+            .send_slice(&bytes, m);
+    }
+
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        let idle = self.config.limits.udp_idle;
+        self.udp.retain(|_, f| now.duration_since(f.last) < idle);
+        self.dns.expire(now);
+        self.last_sweep = now;
+    }
+}
+
+/// The sandbox closed its sending side (or the connection is gone).
+fn peer_closed(s: &stcp::Socket<'_>) -> bool {
+    use stcp::State::*;
+    matches!(s.state(), CloseWait | LastAck | Closing | TimeWait | Closed)
+}
+
+fn udp_socket(packets: usize) -> sudp::Socket<'static> {
+    sudp::Socket::new(
+        sudp::PacketBuffer::new(
+            vec![sudp::PacketMetadata::EMPTY; packets],
+            vec![0; 64 * 1024],
+        ),
+        sudp::PacketBuffer::new(
+            vec![sudp::PacketMetadata::EMPTY; packets],
+            vec![0; 64 * 1024],
+        ),
+    )
+}
+
+fn endpoint(a: SocketAddr) -> Option<IpEndpoint> {
+    match a {
+        SocketAddr::V4(v4) => Some(IpEndpoint::new(IpAddress::Ipv4(*v4.ip()), v4.port())),
+        SocketAddr::V6(_) => None,
+    }
+}
+
+fn endpoint_addr(e: IpEndpoint) -> SocketAddr {
+    let IpAddress::Ipv4(a) = e.addr;
+    SocketAddr::V4(SocketAddrV4::new(a, e.port))
+}
+
+fn unspecified_like(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    }
+}
+
+fn smol_now() -> smoltcp::time::Instant {
+    smoltcp::time::Instant::now()
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: the buffer is valid for its length.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    assert_eq!(n, 8, "getrandom");
+    u64::from_ne_bytes(b)
+}
