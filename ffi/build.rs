@@ -4,15 +4,15 @@ use std::path::Path;
 use std::process::Command;
 
 fn main() {
-    let commit = Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .output()
+    // A release build names its source (make: the last commit that changed
+    // a build input), so a later commit touching only other files rebuilds
+    // the same bytes; otherwise HEAD.
+    println!("cargo:rerun-if-env-changed=LOCKBOX_SOURCE_COMMIT");
+    let source = std::env::var("LOCKBOX_SOURCE_COMMIT")
         .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".to_string());
+        .map(|s| s.chars().take(12).collect());
+    let commit = source.clone().unwrap_or_else(git_head);
     println!("cargo:rustc-env=LOCKBOX_GIT_COMMIT={commit}");
     let profile = std::env::var("PROFILE").unwrap_or_else(|_| "unknown".to_string());
     println!("cargo:rustc-env=LOCKBOX_BUILD_PROFILE={profile}");
@@ -21,7 +21,7 @@ fn main() {
     let git = Path::new("../.git");
     for f in ["HEAD", "refs/heads"] {
         let p = git.join(f);
-        if p.exists() {
+        if source.is_none() && p.exists() {
             println!("cargo:rerun-if-changed={}", p.display());
         }
     }
@@ -31,4 +31,16 @@ fn main() {
     // they live would leave dangling code pointers in the host. dlclose()
     // becomes a no-op with -z nodelete.
     println!("cargo:rustc-cdylib-link-arg=-Wl,-z,nodelete");
+}
+
+fn git_head() -> String {
+    Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".to_string())
 }

@@ -88,6 +88,9 @@ pub fn image_roots() -> Vec<PathBuf> {
         roots.push(dir.join("../../build/images"));
         roots.push(dir.join("../../../build/images"));
     }
+    // A debug build's own checkout; never in a release library, whose
+    // bytes must not depend on where it was built.
+    #[cfg(debug_assertions)]
     roots.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/images"));
     roots
 }
