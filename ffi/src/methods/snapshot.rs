@@ -1,0 +1,50 @@
+//! sandbox.pause, sandbox.resume, sandbox.snapshot, sandbox.fork: the work
+//! is in lockbox_engine::{freezer, snapshot, fork}.
+use super::engine::{engine, open, sandbox};
+use super::CallCtx;
+use crate::error::ApiError;
+use crate::wire::image::ImageInfo;
+use crate::wire::sandbox::SandboxRef;
+use crate::wire::snapshot::{ForkParams, Forked, SnapshotParams};
+use crate::wire::Empty;
+
+pub(super) fn pause(p: SandboxRef, ctx: &CallCtx) -> Result<Empty, ApiError> {
+    let sb = sandbox(p.sandbox)?;
+    // The freeze waits (bounded) for every task to stop: off the runtime.
+    ctx.block_on(async {
+        tokio::task::spawn_blocking(move || lockbox_engine::freezer::pause(&sb))
+            .await
+            .map_err(|e| ApiError::internal(format!("pause task: {e}")))??;
+        Ok(())
+    })?;
+    Ok(Empty {})
+}
+
+pub(super) fn resume(p: SandboxRef, _: &CallCtx) -> Result<Empty, ApiError> {
+    let sb = sandbox(p.sandbox)?;
+    lockbox_engine::freezer::resume(&sb)?;
+    Ok(Empty {})
+}
+
+pub(super) fn snapshot(p: SnapshotParams, ctx: &CallCtx) -> Result<ImageInfo, ApiError> {
+    let sb = sandbox(p.sandbox)?;
+    let home = engine()?.home().to_path_buf();
+    let info =
+        ctx.block_on(async { Ok(lockbox_engine::snapshot::snapshot(&sb, &home, p.name).await?) })?;
+    serde_json::to_value(&info)
+        .and_then(serde_json::from_value)
+        .map_err(|e| ApiError::internal(format!("image store result: {e}")))
+}
+
+pub(super) fn fork(p: ForkParams, ctx: &CallCtx) -> Result<Forked, ApiError> {
+    let sb = sandbox(p.sandbox)?;
+    let engine = engine()?;
+    let kids = ctx.block_on(async {
+        Ok(lockbox_engine::fork::fork(&engine, &sb, p.n as usize, p.config).await?)
+    })?;
+    let mut sandboxes = Vec::with_capacity(kids.len());
+    for k in kids {
+        sandboxes.push(open(engine.clone(), k)?);
+    }
+    Ok(Forked { sandboxes })
+}

@@ -1,0 +1,34 @@
+//! sandbox.pause/resume/snapshot/fork (issue 13): branching a sandbox's
+//! state. The children of a fork are opened like sandbox.create's result.
+use serde::{Deserialize, Serialize};
+
+use super::sandbox::{Opened, SandboxConfig};
+
+/// `{"sandbox", "name"?}`: capture the sandbox's filesystem as an image,
+/// recorded under `name` when given.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SnapshotParams {
+    pub sandbox: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// `{"sandbox", "n", "config"?}`: n children of the sandbox's current
+/// filesystem. `config` replaces the parent's configuration for the
+/// children (its image is always the fork point); absent, they take the
+/// parent's.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ForkParams {
+    pub sandbox: u64,
+    pub n: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<SandboxConfig>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Forked {
+    pub sandboxes: Vec<Opened>,
+}
