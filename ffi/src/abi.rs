@@ -94,9 +94,7 @@ pub unsafe extern "C" fn lockbox_version(out: *mut *mut u8, out_len: *mut usize)
         return LOCKBOX_BAD_ARGS;
     }
     let (status, bytes) =
-        match panic::catch(|| serde_json::to_vec(&methods::version_json()).map_err(ApiError::from))
-            .and_then(|r| r)
-        {
+        match panic::catch(|| methods::encode(&methods::version_info())).and_then(|r| r) {
             Ok(b) => (LOCKBOX_OK, b),
             Err(e) => (LOCKBOX_ERR, e.to_json()),
         };
@@ -140,9 +138,9 @@ pub unsafe extern "C" fn lockbox_call(
         let ctx = CallCtx {
             cancel: scope.token(),
         };
-        let v = methods::dispatch(req, &ctx)?;
+        let out = methods::dispatch(req, &ctx);
         drop(scope);
-        serde_json::to_vec(&v).map_err(|e| ApiError::internal(format!("result: {e}")))
+        out
     })
     .and_then(|r| r);
     give_result(r, out, out_len)
@@ -294,7 +292,7 @@ pub unsafe extern "C" fn lockbox_close(handle: u64, err: *mut *mut u8, err_len: 
 /// Starts `work` on the runtime under `token` and `cancel_id`; its result
 /// (or error, cancel, panic) completes the token. Returns the status for
 /// the submit call.
-fn submit_work<F>(token: u64, cancel_id: u64, work: impl FnOnce(cancel::CancelToken) -> F) -> i32
+fn submit_work<F>(token: u64, cancel_id: u64, work: F) -> i32
 where
     F: std::future::Future<Output = Outcome> + Send + 'static,
 {
@@ -310,7 +308,7 @@ where
         }
     };
     let tok = scope.token();
-    let fut = Catch(Box::pin(work(tok.clone())));
+    let fut = Catch(Box::pin(work));
     let task = crate::runtime::runtime().spawn(async move {
         let r = tokio::select! {
             biased;
@@ -380,10 +378,7 @@ pub unsafe extern "C" fn lockbox_submit(
             Ok(None) => return LOCKBOX_SYNC_ONLY,
             Err(e) => return fail_now(token, e),
         };
-        submit_work(token, cancel_id, move |tok| async move {
-            let v = h(params, tok).await?;
-            serde_json::to_vec(&v).map_err(|e| ApiError::internal(format!("result: {e}")))
-        })
+        submit_work(token, cancel_id, h(params))
     })
     .unwrap_or(LOCKBOX_BAD_ARGS)
 }
@@ -399,7 +394,7 @@ pub extern "C" fn lockbox_stream_read_submit(
 ) -> i32 {
     panic::catch(|| {
         let s = registry::global().stream(handle);
-        submit_work(token, cancel_id, move |_| async move {
+        submit_work(token, cancel_id, async move {
             if cap == 0 {
                 return Err(ApiError::invalid_argument(
                     "stream read needs a capacity of at least one byte",
@@ -464,7 +459,7 @@ pub unsafe extern "C" fn lockbox_stream_write_submit(
     panic::catch(|| {
         let data = bytes_in(buf, len, "write buffer").map(<[u8]>::to_vec);
         let s = registry::global().stream(handle);
-        submit_work(token, cancel_id, move |_| async move {
+        submit_work(token, cancel_id, async move {
             let data = data?;
             s?.write(&data).await?;
             Ok(Vec::new())

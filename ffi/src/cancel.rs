@@ -160,10 +160,12 @@ impl CancelTable {
     }
 
     /// Slots held (running calls plus tombstones); for leak checks.
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn len(&self) -> usize {
         self.slots.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
     }

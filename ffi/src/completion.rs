@@ -140,10 +140,12 @@ impl Queue {
     }
 
     /// Tokens held (pending or not yet taken); for leak checks.
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn len(&self) -> usize {
         self.lock().entries.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

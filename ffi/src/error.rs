@@ -1,6 +1,8 @@
 //! The one error type at the C ABI edge: a stable code plus a message,
-//! serialized as `{"code": "...", "message": "..."}`.
-use lockbox_protocol::{ErrorCode, WireError};
+//! serialized as `{"code": "...", "message": "..."}`. Engine errors become
+//! it in one place (the `From` below), keeping their code.
+use lockbox_engine::EngineError;
+use lockbox_protocol::ErrorCode;
 use std::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,11 +36,16 @@ impl ApiError {
 
     /// The JSON body returned through the ABI.
     pub fn to_json(&self) -> Vec<u8> {
-        let body = serde_json::json!({
-            "code": self.code.as_str(),
-            "message": self.message,
-        });
-        // Serializing a map of two strings cannot fail.
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            code: &'a str,
+            message: &'a str,
+        }
+        let body = Body {
+            code: self.code.as_str(),
+            message: &self.message,
+        };
+        // Serializing two strings cannot fail.
         serde_json::to_vec(&body).unwrap_or_else(|_| {
             br#"{"code":"internal","message":"error serialization failed"}"#.to_vec()
         })
@@ -53,29 +60,8 @@ impl fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
-impl From<WireError> for ApiError {
-    fn from(e: WireError) -> Self {
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
         ApiError::new(e.code, e.message)
-    }
-}
-
-/// Errors from inside the engine that carry no code of their own become
-/// `internal`, with the full context chain in the message.
-impl From<anyhow::Error> for ApiError {
-    fn from(e: anyhow::Error) -> Self {
-        if let Some(api) = e.downcast_ref::<ApiError>() {
-            return api.clone();
-        }
-        if let Some(w) = e.downcast_ref::<WireError>() {
-            return ApiError::from(w.clone());
-        }
-        ApiError::internal(format!("{e:#}"))
-    }
-}
-
-/// Parameter decoding failures are the caller's fault.
-impl From<serde_json::Error> for ApiError {
-    fn from(e: serde_json::Error) -> Self {
-        ApiError::invalid_argument(format!("bad params: {e}"))
     }
 }

@@ -1,93 +1,48 @@
 //! Methods every build has: version, noop, inert handles, logging.
-use super::{params, CallCtx, Table};
+use super::CallCtx;
 use crate::error::ApiError;
 use crate::registry::{self, Kind};
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use crate::wire::core::{HandleKind, HandleRef, LogParams, Version};
+use crate::wire::Empty;
 use std::sync::Arc;
 
-pub fn register(t: &mut Table) {
-    t.add("version", version);
-    t.add("noop", noop);
-    t.add("handle.create", handle_create);
-    t.add("handle.kind", handle_kind);
-    t.add("log.set_level", log_set_level);
-}
-
-pub fn version_json() -> Value {
-    json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "abi": crate::abi::ABI_VERSION,
-        "git_commit": env!("LOCKBOX_GIT_COMMIT"),
-        "profile": env!("LOCKBOX_BUILD_PROFILE"),
-        "test_hooks": cfg!(feature = "test-hooks"),
-    })
-}
-
-/// For methods that take no params (docs/abi.md: "–"): null or `{}`, as
-/// for any method, unknown fields are `invalid_argument`.
-fn no_params(method: &str, p: &Value) -> Result<(), ApiError> {
-    match p {
-        Value::Null => Ok(()),
-        Value::Object(m) if m.is_empty() => Ok(()),
-        _ => Err(ApiError::invalid_argument(format!(
-            "{method}: bad params: takes none, got {}",
-            match p {
-                Value::Object(m) => format!(
-                    "unknown field(s) {:?}",
-                    m.keys().take(4).collect::<Vec<_>>()
-                ),
-                _ => "a non-object".into(),
-            }
-        ))),
+pub(crate) fn version_info() -> Version {
+    Version {
+        version: env!("CARGO_PKG_VERSION").into(),
+        abi: crate::abi::ABI_VERSION,
+        git_commit: env!("LOCKBOX_GIT_COMMIT").into(),
+        profile: env!("LOCKBOX_BUILD_PROFILE").into(),
+        test_hooks: cfg!(feature = "test-hooks"),
     }
 }
 
-fn version(p: Value, _: &CallCtx) -> Result<Value, ApiError> {
-    no_params("version", &p)?;
-    Ok(version_json())
+pub(super) fn version(_: Empty, _: &CallCtx) -> Result<Version, ApiError> {
+    Ok(version_info())
 }
 
-fn noop(p: Value, _: &CallCtx) -> Result<Value, ApiError> {
-    no_params("noop", &p)?;
-    Ok(Value::Object(Map::new()))
+pub(super) fn noop(_: Empty, _: &CallCtx) -> Result<Empty, ApiError> {
+    Ok(Empty {})
 }
 
-/// An object with no behaviour: lets tests and benchmarks exercise the
-/// handle lifecycle without an engine.
+/// An object with no behaviour: lets tests and the per-call benchmark
+/// (bench-ffi, against the release library) exercise the handle lifecycle
+/// without an engine.
 struct Inert;
 
-fn handle_create(p: Value, _: &CallCtx) -> Result<Value, ApiError> {
-    no_params("handle.create", &p)?;
-    let h = registry::global().insert(Kind::Object, Arc::new(Inert));
-    Ok(json!({ "handle": h }))
+pub(super) fn handle_create(_: Empty, _: &CallCtx) -> Result<HandleRef, ApiError> {
+    let handle = registry::global().insert(Kind::Object, Arc::new(Inert));
+    Ok(HandleRef { handle })
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HandleParams {
-    handle: u64,
-}
-
-fn handle_kind(p: Value, _: &CallCtx) -> Result<Value, ApiError> {
-    let p: HandleParams = params("handle.kind", p)?;
+pub(super) fn handle_kind(p: HandleRef, _: &CallCtx) -> Result<HandleKind, ApiError> {
     let kind = registry::global().kind(p.handle)?;
-    Ok(json!({ "kind": kind.as_str() }))
+    Ok(HandleKind {
+        kind: kind.as_str().into(),
+    })
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LogParams {
-    level: String,
-    #[serde(default)]
-    file: Option<String>,
-    #[serde(default)]
-    stderr: bool,
-}
-
-fn log_set_level(p: Value, _: &CallCtx) -> Result<Value, ApiError> {
-    let p: LogParams = params("log.set_level", p)?;
+pub(super) fn log_set_level(p: LogParams, _: &CallCtx) -> Result<Empty, ApiError> {
     let level = crate::log::Level::parse(&p.level)?;
     crate::log::configure(level, p.file.as_deref(), p.stderr)?;
-    Ok(json!({}))
+    Ok(Empty {})
 }

@@ -1,117 +1,72 @@
-//! image.* methods: the image store behind `WithImage` (list, inspect,
-//! remove, prune, import, pull). Work runs in lockbox_engine::image_ops.
-use super::sandbox::{api, engine};
-use super::{params, CallCtx, Table};
+//! image.*: the image store (list, inspect, remove, prune, import, pull).
+//! The work runs in lockbox_engine::image_ops; its results are taken over
+//! into the ABI's own types (wire/image.rs) by serde, since the engine
+//! does not re-export the store's.
+use super::engine::engine;
+use super::CallCtx;
 use crate::error::ApiError;
+use crate::wire::image::{ImageInfo, ImageList, ImportKind, ImportParams, PruneReport, PullParams};
+use crate::wire::{Empty, Name};
 use lockbox_engine::image_ops::{self, PullOptions};
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use std::path::PathBuf;
 
-pub fn register(t: &mut Table) {
-    t.add("image.list", list);
-    t.add("image.inspect", inspect);
-    t.add("image.remove", remove);
-    t.add("image.prune", prune);
-    t.add("image.import", import);
-    t.add("image.pull", pull);
-}
-
-fn to_json<T: Serialize>(v: &T) -> Result<Value, ApiError> {
-    serde_json::to_value(v).map_err(|e| ApiError::internal(e.to_string()))
+/// The store's value as the ABI type of the same shape.
+fn take_over<T: Serialize, W: DeserializeOwned>(v: &T) -> Result<W, ApiError> {
+    serde_json::to_value(v)
+        .and_then(serde_json::from_value)
+        .map_err(|e| ApiError::internal(format!("image store result: {e}")))
 }
 
 fn home() -> Result<PathBuf, ApiError> {
     Ok(engine()?.home().to_path_buf())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NameParams {
-    name: String,
-}
-
-fn list(_: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
+pub(super) fn list(_: Empty, ctx: &CallCtx) -> Result<ImageList, ApiError> {
     let home = home()?;
-    let v = ctx.block_on(async { image_ops::list(&home).await.map_err(api) })?;
-    Ok(json!({ "images": v }))
+    let v = ctx.block_on(async { Ok(image_ops::list(&home).await?) })?;
+    Ok(ImageList {
+        images: v.iter().map(take_over).collect::<Result<_, _>>()?,
+    })
 }
 
-fn inspect(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
-    let p: NameParams = params("image.inspect", p)?;
+pub(super) fn inspect(p: Name, ctx: &CallCtx) -> Result<ImageInfo, ApiError> {
     let home = home()?;
-    let v = ctx.block_on(async { image_ops::inspect(&home, &p.name).await.map_err(api) })?;
-    to_json(&v)
+    take_over(&ctx.block_on(async { Ok(image_ops::inspect(&home, &p.name).await?) })?)
 }
 
-fn remove(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
-    let p: NameParams = params("image.remove", p)?;
+pub(super) fn remove(p: Name, ctx: &CallCtx) -> Result<Empty, ApiError> {
     let home = home()?;
-    ctx.block_on(async { image_ops::remove(&home, &p.name).await.map_err(api) })?;
-    Ok(json!({}))
+    ctx.block_on(async { Ok(image_ops::remove(&home, &p.name).await?) })?;
+    Ok(Empty {})
 }
 
-fn prune(_: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
+pub(super) fn prune(_: Empty, ctx: &CallCtx) -> Result<PruneReport, ApiError> {
     let home = home()?;
-    let v = ctx.block_on(async { image_ops::prune(&home).await.map_err(api) })?;
-    to_json(&v)
+    take_over(&ctx.block_on(async { Ok(image_ops::prune(&home).await?) })?)
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum ImportKind {
-    OciLayout,
-    DockerArchive,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ImportParams {
-    kind: ImportKind,
-    path: String,
-    #[serde(default)]
-    reference: Option<String>,
-    #[serde(default)]
-    name: Option<String>,
-}
-
-fn import(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
-    let p: ImportParams = params("image.import", p)?;
+pub(super) fn import(p: ImportParams, ctx: &CallCtx) -> Result<ImageInfo, ApiError> {
     if p.path.is_empty() {
         return Err(ApiError::invalid_argument("image.import: path is empty"));
     }
     let home = home()?;
     let path = PathBuf::from(&p.path);
     let v = ctx.block_on(async {
-        match p.kind {
+        Ok(match p.kind {
             ImportKind::OciLayout => {
-                image_ops::import_oci_layout(&home, path, p.reference, p.name).await
+                image_ops::import_oci_layout(&home, path, p.reference, p.name).await?
             }
             ImportKind::DockerArchive => {
-                image_ops::import_docker_archive(&home, path, p.reference, p.name).await
+                image_ops::import_docker_archive(&home, path, p.reference, p.name).await?
             }
-        }
-        .map_err(api)
+        })
     })?;
-    to_json(&v)
+    take_over(&v)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PullParams {
-    reference: String,
-    #[serde(default)]
-    username: Option<String>,
-    #[serde(default)]
-    password: Option<String>,
-    #[serde(default)]
-    plain_http: bool,
-    #[serde(default)]
-    platform: Option<String>,
-}
-
-fn pull(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
-    let p: PullParams = params("image.pull", p)?;
+pub(super) fn pull(p: PullParams, ctx: &CallCtx) -> Result<ImageInfo, ApiError> {
     let credentials = match (p.username, p.password) {
         (Some(u), Some(pw)) => Some((u, pw)),
         (None, None) => None,
@@ -127,10 +82,5 @@ fn pull(p: Value, ctx: &CallCtx) -> Result<Value, ApiError> {
         platform: p.platform,
     };
     let home = home()?;
-    let v = ctx.block_on(async {
-        image_ops::pull(&home, &p.reference, opts)
-            .await
-            .map_err(api)
-    })?;
-    to_json(&v)
+    take_over(&ctx.block_on(async { Ok(image_ops::pull(&home, &p.reference, opts).await?) })?)
 }

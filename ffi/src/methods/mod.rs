@@ -1,89 +1,108 @@
-//! The method table behind `lockbox_call`.
+//! The methods behind `lockbox_call` and `lockbox_submit`: one table (the
+//! [`Method`] enum), one dispatch.
 //!
-//! Adding a method group: create `methods/<group>.rs` with
-//! `pub fn register(t: &mut Table)` calling `t.add("group.verb", handler)`
-//! for each method, and add one line to [`build_table`]. A handler is a
-//! plain `fn(params, &CallCtx) -> Result<Value, ApiError>`; it decodes its
-//! params with [`params`] and runs async engine work with
+//! Adding a method: its params and result types go in `wire/<group>.rs`,
+//! its handler in `methods/<group>.rs`, one line in the table below, and a
+//! golden file `ffi/tests/golden/<name>.json` (the test fails without it).
+//! A handler gets its params decoded (unknown fields are
+//! `invalid_argument`) and runs async engine work with
 //! [`CallCtx::block_on`], which honours the call's cancel id.
 //!
-//! Methods that mostly wait (exec.start, exec.wait) also register an async
-//! handler with `t.add_async`: `lockbox_submit` runs it on the runtime
-//! without holding a caller thread (see completion.rs). Write the body once
-//! as an `async fn` and make the sync handler `ctx.block_on` it.
+//! Methods that mostly wait also have an async form (`async ...` in the
+//! table): `lockbox_submit` runs it on the runtime without holding a caller
+//! thread (see completion.rs). Write the body once as an `async fn` and
+//! make the sync handler `ctx.block_on` it.
 use crate::cancel::CancelToken;
 use crate::error::ApiError;
 use crate::stream::BoxFuture;
+use crate::wire::{self, Empty, Name, StreamRef};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::OnceLock;
 
 mod core;
+#[cfg(feature = "test-hooks")]
+mod debug;
+mod engine;
 mod exec;
 mod fs;
 mod image;
-mod sandbox;
-mod volume;
-pub use self::core::version_json;
-#[cfg(feature = "test-hooks")]
-mod debug;
 #[cfg(any(test, feature = "test-hooks"))]
-pub mod mem_pipe;
+pub(crate) mod mem_pipe;
+mod sandbox;
+mod streams;
+mod table;
+mod volume;
 
-pub type Handler = fn(Value, &CallCtx) -> Result<Value, ApiError>;
+pub(crate) use self::core::version_info;
 
-/// The same method without a caller thread: the future owns everything it
-/// needs. The token is for polling loops; the caller of the future races
-/// it against cancellation already.
-pub type AsyncHandler = fn(Value, CancelToken) -> BoxFuture<'static, Result<Value, ApiError>>;
+use table::{async_form, methods};
 
-#[derive(Default)]
-pub struct Table {
-    methods: HashMap<&'static str, Handler>,
-    async_methods: HashMap<&'static str, AsyncHandler>,
-}
+methods! {
+    Version = "version": Empty => wire::core::Version, core::version;
+    Noop = "noop": Empty => Empty, core::noop;
+    HandleCreate = "handle.create": Empty => wire::core::HandleRef, core::handle_create;
+    HandleKind = "handle.kind": wire::core::HandleRef => wire::core::HandleKind, core::handle_kind;
+    LogSetLevel = "log.set_level": wire::core::LogParams => Empty, core::log_set_level;
 
-impl Table {
-    pub fn add(&mut self, name: &'static str, h: Handler) {
-        let dup = self.methods.insert(name, h);
-        assert!(dup.is_none(), "method {name} registered twice");
-    }
+    SandboxCreate = "sandbox.create": wire::sandbox::SandboxConfig => wire::sandbox::Opened, sandbox::create;
+    SandboxGet = "sandbox.get": Name => wire::sandbox::Opened, sandbox::get;
+    SandboxList = "sandbox.list": Empty => wire::sandbox::SandboxList, sandbox::list;
+    SandboxRemove = "sandbox.remove": wire::sandbox::RemoveParams => Empty, sandbox::remove;
+    SandboxInfo = "sandbox.info": wire::sandbox::SandboxRef => lockbox_engine::SandboxInfo, sandbox::info;
+    SandboxMetrics = "sandbox.metrics": wire::sandbox::SandboxRef => wire::sandbox::Metrics, sandbox::metrics;
+    SandboxStop = "sandbox.stop": wire::sandbox::StopParams => Empty, sandbox::stop;
+    SandboxKill = "sandbox.kill": wire::sandbox::SandboxRef => Empty, sandbox::kill;
+    // Only awaits the close task (already on the runtime), so it can run
+    // there without a caller thread; create/remove/stop/kill do blocking
+    // filesystem and process work inline and stay sync-only.
+    SandboxClose = "sandbox.close": wire::sandbox::SandboxRef => Empty, sandbox::close, async sandbox::close_async;
 
-    /// Registers the async form of a method already added with `add`.
-    pub fn add_async(&mut self, name: &'static str, h: AsyncHandler) {
-        assert!(
-            self.methods.contains_key(name),
-            "async method {name} has no sync form"
-        );
-        let dup = self.async_methods.insert(name, h);
-        assert!(dup.is_none(), "async method {name} registered twice");
-    }
-}
+    ExecStart = "exec.start": wire::exec::StartParams => wire::exec::Started, exec::start, async exec::start_async;
+    ExecWait = "exec.wait": wire::exec::ExecRef => wire::exec::Exited, exec::wait, async exec::wait_async;
+    ExecSignal = "exec.signal": wire::exec::SignalParams => Empty, exec::signal;
+    ExecResize = "exec.resize": wire::exec::ResizeParams => Empty, exec::resize;
 
-fn build_table() -> Table {
-    let mut t = Table::default();
-    core::register(&mut t);
-    sandbox::register(&mut t);
-    exec::register(&mut t);
-    fs::register(&mut t);
-    image::register(&mut t);
-    volume::register(&mut t);
+    FsStat = "fs.stat": wire::fs::PathParams => wire::fs::FileInfo, fs::stat;
+    FsReadDir = "fs.read_dir": wire::fs::PathParams => wire::fs::DirEntries, fs::read_dir;
+    FsMkdirAll = "fs.mkdir_all": wire::fs::MkdirParams => Empty, fs::mkdir_all;
+    FsRemove = "fs.remove": wire::fs::PathParams => Empty, fs::remove;
+    FsRemoveAll = "fs.remove_all": wire::fs::PathParams => Empty, fs::remove_all;
+    FsRename = "fs.rename": wire::fs::RenameParams => Empty, fs::rename;
+    FsSymlink = "fs.symlink": wire::fs::SymlinkParams => Empty, fs::symlink;
+    FsOpen = "fs.open": wire::fs::OpenParams => StreamRef, fs::open;
+    FsCreate = "fs.create": wire::fs::CreateParams => StreamRef, fs::create;
+    FsCopyToHost = "fs.copy_to_host": wire::fs::CopyToHostParams => wire::fs::Copied, fs::copy_to_host;
+    FsCopyFromHost = "fs.copy_from_host": wire::fs::CopyFromHostParams => wire::fs::Copied, fs::copy_from_host;
+
+    ImageList = "image.list": Empty => wire::image::ImageList, image::list;
+    ImageInspect = "image.inspect": Name => wire::image::ImageInfo, image::inspect;
+    ImageRemove = "image.remove": Name => Empty, image::remove;
+    ImagePrune = "image.prune": Empty => wire::image::PruneReport, image::prune;
+    ImageImport = "image.import": wire::image::ImportParams => wire::image::ImageInfo, image::import;
+    ImagePull = "image.pull": wire::image::PullParams => wire::image::ImageInfo, image::pull;
+
+    VolumeCreate = "volume.create": Name => wire::volume::VolumeInfo, volume::create;
+    VolumeList = "volume.list": Empty => wire::volume::VolumeList, volume::list;
+    VolumeRemove = "volume.remove": Name => Empty, volume::remove;
+
     #[cfg(feature = "test-hooks")]
-    debug::register(&mut t);
-    t
+    DebugSleep = "debug.sleep": wire::debug::SleepParams => Empty, debug::sleep, async debug::sleep_async;
+    #[cfg(feature = "test-hooks")]
+    DebugPanic = "debug.panic": Empty => Empty, debug::panic, async debug::panic_async;
+    #[cfg(feature = "test-hooks")]
+    DebugPipe = "debug.pipe": wire::debug::PipeParams => wire::core::HandleRef, debug::pipe;
+    #[cfg(feature = "test-hooks")]
+    DebugStats = "debug.stats": Empty => wire::debug::Stats, debug::stats;
 }
 
-fn table() -> &'static Table {
-    static TABLE: OnceLock<Table> = OnceLock::new();
-    TABLE.get_or_init(build_table)
-}
+/// A submitted method: decodes its params and runs to its encoded result.
+pub(crate) type AsyncHandler = fn(Value) -> BoxFuture<'static, Result<Vec<u8>, ApiError>>;
 
 /// What a handler knows about its call.
-pub struct CallCtx {
+pub(crate) struct CallCtx {
     pub cancel: CancelToken,
 }
 
@@ -106,10 +125,24 @@ impl CallCtx {
     }
 }
 
-/// Decodes a method's params; a mismatch is `invalid_argument`.
-pub fn params<T: DeserializeOwned>(method: &str, v: Value) -> Result<T, ApiError> {
+/// A method's params: an object (absent or null reads as `{}`); any
+/// mismatch is `invalid_argument`.
+fn decode<P: DeserializeOwned>(method: &str, v: Value) -> Result<P, ApiError> {
+    let v = match v {
+        Value::Null => Value::Object(Default::default()),
+        v @ Value::Object(_) => v,
+        _ => {
+            return Err(ApiError::invalid_argument(format!(
+                "{method}: bad params: not an object"
+            )))
+        }
+    };
     serde_json::from_value(v)
         .map_err(|e| ApiError::invalid_argument(format!("{method}: bad params: {e}")))
+}
+
+pub(crate) fn encode<R: Serialize>(r: &R) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(r).map_err(|e| ApiError::internal(format!("result: {e}")))
 }
 
 #[derive(Deserialize)]
@@ -120,82 +153,48 @@ struct Request<'a> {
     params: Value,
 }
 
-/// Parses a request and runs its method.
-pub fn dispatch(req: &[u8], ctx: &CallCtx) -> Result<Value, ApiError> {
-    let req: Request<'_> = serde_json::from_slice(req)
-        .map_err(|e| ApiError::invalid_argument(format!("malformed request: {e}")))?;
-    let handler = table().methods.get(req.method.as_ref()).ok_or_else(|| {
-        ApiError::new(
-            lockbox_protocol::ErrorCode::Unsupported,
-            format!("unknown method {:?}", req.method),
-        )
-    })?;
-    crate::lb_log!(crate::log::Level::Debug, "call {}", req.method);
-    handler(req.params, ctx)
+fn parse(req: &[u8]) -> Result<Request<'_>, ApiError> {
+    serde_json::from_slice(req)
+        .map_err(|e| ApiError::invalid_argument(format!("malformed request: {e}")))
 }
 
-/// The async handler and params for a request; None when its method has
-/// no async form (unknown methods included: `lockbox_call` reports them).
-/// A malformed request is the error `dispatch` would give.
-pub fn async_dispatch(req: &[u8]) -> Result<Option<(AsyncHandler, Value)>, ApiError> {
-    let req: Request<'_> = serde_json::from_slice(req)
-        .map_err(|e| ApiError::invalid_argument(format!("malformed request: {e}")))?;
-    let Some(h) = table().async_methods.get(req.method.as_ref()) else {
+/// Parses a request, runs its method, returns the encoded result.
+pub(crate) fn dispatch(req: &[u8], ctx: &CallCtx) -> Result<Vec<u8>, ApiError> {
+    let req = parse(req)?;
+    let method = Method::from_name(&req.method)
+        .ok_or_else(|| ApiError::unsupported(format!("unknown method {:?}", req.method)))?;
+    crate::lb_log!(crate::log::Level::Debug, "call {}", method.name());
+    method.call(req.params, ctx)
+}
+
+/// The async form and params for a request; None when its method has no
+/// async form (unknown methods included: `lockbox_call` reports them). A
+/// malformed request is the error `dispatch` would give.
+pub(crate) fn async_dispatch(req: &[u8]) -> Result<Option<(AsyncHandler, Value)>, ApiError> {
+    let req = parse(req)?;
+    let Some(h) = Method::from_name(&req.method).and_then(Method::async_form) else {
         return Ok(None);
     };
     crate::lb_log!(crate::log::Level::Debug, "call {} (submitted)", req.method);
-    Ok(Some((*h, req.params)))
+    Ok(Some((h, req.params)))
+}
+
+/// Golden round trip: decoding (unknown fields rejected) and encoding
+/// again gives the same JSON value. The golden files fill every field, so
+/// this also catches a field the type has and the file lacks, and (for the
+/// engine's result types, which accept unknown fields) one it drops.
+#[cfg(test)]
+fn same<T: Serialize + DeserializeOwned>(what: &str, golden: &Value) -> Result<(), String> {
+    let typed: T =
+        serde_json::from_value(golden.clone()).map_err(|e| format!("{what}: decode: {e}"))?;
+    let again = serde_json::to_value(&typed).map_err(|e| format!("{what}: encode: {e}"))?;
+    if &again != golden {
+        return Err(format!(
+            "{what}: differs after a round trip\n golden: {golden}\n  again: {again}"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use lockbox_protocol::ErrorCode;
-
-    fn run(req: &[u8]) -> Result<Value, ApiError> {
-        dispatch(
-            req,
-            &CallCtx {
-                cancel: CancelToken::none(),
-            },
-        )
-    }
-
-    #[test]
-    fn debug_methods_exist_only_with_test_hooks() {
-        for m in ["debug.stats", "debug.sleep", "debug.panic", "debug.pipe"] {
-            let listed = table().methods.contains_key(m);
-            assert_eq!(listed, cfg!(feature = "test-hooks"), "{m}");
-        }
-        let r = run(br#"{"method":"debug.stats"}"#);
-        if cfg!(feature = "test-hooks") {
-            assert!(r.is_ok());
-        } else {
-            assert_eq!(r.unwrap_err().code, ErrorCode::Unsupported);
-        }
-    }
-
-    #[test]
-    fn core_methods() {
-        assert_eq!(run(br#"{"method":"noop"}"#).unwrap(), serde_json::json!({}));
-        assert_eq!(
-            run(br#"{"method":"noop","params":{}}"#).unwrap(),
-            serde_json::json!({})
-        );
-        for bad in [
-            &br#"{"method":"noop","params":{"x":1}}"#[..],
-            br#"{"method":"noop","params":[1]}"#,
-            br#"{"method":"version","params":{"x":1}}"#,
-            br#"{"method":"handle.create","params":{"x":1}}"#,
-        ] {
-            let e = run(bad).unwrap_err();
-            assert_eq!(e.code, ErrorCode::InvalidArgument, "{e:?}");
-        }
-        let v = run(br#"{"method":"version","params":null,"id":7}"#).unwrap();
-        assert_eq!(v["abi"], serde_json::json!(crate::abi::ABI_VERSION));
-        assert_eq!(
-            v["test_hooks"],
-            serde_json::json!(cfg!(feature = "test-hooks"))
-        );
-    }
-}
+mod tests;

@@ -1,35 +1,21 @@
-//! volume.* methods: named volumes that outlive sandboxes.
-use super::sandbox::{api, engine};
-use super::{params, CallCtx, Table};
+//! volume.*: named volumes that outlive sandboxes.
+use super::engine::engine;
+use super::CallCtx;
 use crate::error::ApiError;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use crate::wire::volume::{VolumeInfo, VolumeList};
+use crate::wire::{Empty, Name};
 
-pub fn register(t: &mut Table) {
-    t.add("volume.create", create);
-    t.add("volume.list", list);
-    t.add("volume.remove", remove);
+pub(super) fn create(p: Name, _: &CallCtx) -> Result<VolumeInfo, ApiError> {
+    Ok(engine()?.volume_create(&p.name)?)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NameParams {
-    name: String,
+pub(super) fn list(_: Empty, _: &CallCtx) -> Result<VolumeList, ApiError> {
+    Ok(VolumeList {
+        volumes: engine()?.volume_list()?,
+    })
 }
 
-fn create(p: Value, _: &CallCtx) -> Result<Value, ApiError> {
-    let p: NameParams = params("volume.create", p)?;
-    let v = engine()?.volume_create(&p.name).map_err(api)?;
-    serde_json::to_value(v).map_err(|e| ApiError::internal(e.to_string()))
-}
-
-fn list(_: Value, _: &CallCtx) -> Result<Value, ApiError> {
-    let v = engine()?.volume_list().map_err(api)?;
-    Ok(json!({ "volumes": v }))
-}
-
-fn remove(p: Value, _: &CallCtx) -> Result<Value, ApiError> {
-    let p: NameParams = params("volume.remove", p)?;
-    engine()?.volume_remove(&p.name).map_err(api)?;
-    Ok(json!({}))
+pub(super) fn remove(p: Name, _: &CallCtx) -> Result<Empty, ApiError> {
+    engine()?.volume_remove(&p.name)?;
+    Ok(Empty {})
 }

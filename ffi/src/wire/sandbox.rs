@@ -1,0 +1,49 @@
+//! sandbox.*: create/get hand out a sandbox handle; the rest name it as
+//! "sandbox".
+use lockbox_engine::SandboxInfo;
+use serde::{Deserialize, Serialize};
+
+pub(crate) use lockbox_engine::{Metrics, SandboxConfig};
+
+/// `{"sandbox"}`: a sandbox handle.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SandboxRef {
+    pub sandbox: u64,
+}
+
+/// The result of sandbox.create and sandbox.get.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Opened {
+    /// The new sandbox handle.
+    pub sandbox: u64,
+    pub name: String,
+    pub id: String,
+    pub info: SandboxInfo,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SandboxList {
+    pub sandboxes: Vec<SandboxInfo>,
+}
+
+/// Exactly one of `name` and `sandbox`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RemoveParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StopParams {
+    pub sandbox: u64,
+    /// Between the polite stop and SIGKILL; the engine's default if unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_ms: Option<u64>,
+}
