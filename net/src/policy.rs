@@ -268,7 +268,7 @@ impl Policy {
 
 impl Rule {
     fn covers(&self, port: u16, protocol: Protocol) -> bool {
-        self.protocol.map_or(true, |p| p == protocol)
+        !matches!(self.protocol, Some(p) if p != protocol)
             && (self.ports.is_empty()
                 || self
                     .ports

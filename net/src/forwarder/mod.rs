@@ -612,7 +612,7 @@ impl Stack {
                 );
                 if let Some(flow) = self.udp.get_mut(&key) {
                     flow.last = now;
-                    let _ = flow.sock.try_send(data);
+                    let _ = flow.send.send(data);
                 }
             }
         }

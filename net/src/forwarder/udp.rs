@@ -13,7 +13,9 @@ use tokio::task::JoinHandle;
 pub type Key = (SocketAddr, SocketAddr);
 
 pub struct Flow {
-    pub sock: Arc<UdpSocket>,
+    /// Sends go straight to the kernel: tokio's `try_send` reports
+    /// WouldBlock until its reactor has seen the socket writable once.
+    pub send: std::net::UdpSocket,
     pub last: Instant,
     task: JoinHandle<()>,
 }
@@ -40,8 +42,8 @@ pub fn open(
     let std_sock = std::net::UdpSocket::bind(bind)?;
     std_sock.connect(key.1)?;
     std_sock.set_nonblocking(true)?;
-    let sock = Arc::new(UdpSocket::from_std(std_sock)?);
-    let s = sock.clone();
+    let send = std_sock.try_clone()?;
+    let s = UdpSocket::from_std(std_sock)?;
     let task = tokio::spawn(async move {
         let mut buf = vec![0u8; 65536];
         loop {
@@ -58,7 +60,7 @@ pub fn open(
         }
     });
     Ok(Flow {
-        sock,
+        send,
         last: Instant::now(),
         task,
     })
