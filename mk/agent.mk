@@ -1,10 +1,10 @@
 # lockbox-helper (agent/): end-to-end sandbox tests with real namespaces.
-TEST_STEPS += test-agent
+TEST_STEPS += 31:test-agent
 BENCH_STEPS += bench-agent
 
 .PHONY: test-agent bench-agent
 test-agent:
-	cargo test -p lockbox-agent
+	cargo test --locked -p lockbox-agent
 
 # Exec round trip and 256 MiB stream throughput through the agent protocol.
 bench-agent:

@@ -15,12 +15,12 @@ BASE_ROOTFS   := $(BUILD)/images/base/rootfs
 PYTHON_ROOTFS := $(BUILD)/images/python/rootfs
 # Dev builds load the library straight from the cargo output; sandbox
 # state goes under build/, apart from the user's own.
-BENCH_LIB    := $(RELEASE_DIR)/liblockbox.so
+BENCH_LIB    := $(RELEASE_LIB)
 BENCH_HOME   := $(BENCH_WORK)/home
 
 # bench/ is its own Go module, outside check-fmt's list: checked here,
 # with the harness's unit tests (arithmetic and parsing; no tools run).
-TEST_STEPS += check-bench
+CHECK_STEPS += 15:check-bench
 
 .PHONY: check-bench
 check-bench:
@@ -83,7 +83,7 @@ bench-sdk: deps bench-driver bench-rootfs-dev
 # The examples, run as a user runs them: a release built from this tree,
 # served over HTTP on 127.0.0.1, installed by EnsureInstalled into a fresh
 # LOCKBOX_HOME. examples/examples_test.go checks each one's output.
-TEST_STEPS += test-examples
+TEST_STEPS += 75:test-examples
 
 .PHONY: test-examples
 test-examples: image-base release servedist

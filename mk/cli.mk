@@ -4,7 +4,7 @@
 #                   (doctor, run, create/exec/ls/rm/cp, images, usage errors, -it on a pty)
 TEST_STEPS += test-cli
 
-CLI_TARGET  := $(or $(CARGO_TARGET_DIR),$(ROOT)/target)
+CLI_TARGET  := $(TARGET)
 CLI_BIN     := $(BUILD)/bin/lockbox
 CLI_SCRATCH := $(BUILD)/cli-test
 

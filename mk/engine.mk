@@ -6,27 +6,20 @@
 #                              RSS per idle sandbox, most sandboxes at once (medians)
 #   make bench-soak            SOAK_CYCLES (10000) create/exec/remove cycles + an exec
 #                              burst: p50/p99, execs/s, threads and RSS as it goes
-TEST_STEPS += test-engine test-escape test-escape-rootless
+TEST_STEPS += 35:test-engine 50:test-escape 70:test-escape-rootless
 BENCH_STEPS += bench-engine bench-soak
 
-ENGINE_TARGET  := $(or $(CARGO_TARGET_DIR),$(ROOT)/target)
-ENGINE_LIB     := $(ENGINE_TARGET)/release/liblockbox.so
-ENGINE_HELPER  := $(ENGINE_TARGET)/release/lockbox-helper
-ENGINE_IMAGES  := $(BUILD)/images
+ENGINE_LIB     := $(RELEASE_LIB)
+ENGINE_HELPER  := $(RELEASE_HELPER)
+ENGINE_IMAGES  := $(IMAGES)
 ENGINE_SCRATCH := $(BUILD)/engine-test
 NOBODY         := setpriv --reuid=65534 --regid=65534 --clear-groups
 
-.PHONY: test-engine test-escape test-escape-rootless bench-engine bench-soak engine-helper-debug engine-release
+.PHONY: test-engine test-escape test-escape-rootless bench-engine bench-soak
 
 # The Go API tests (test-go) create real sandboxes: they need the helper
 # next to the cargo output and the base image.
-test-go test-go-race: engine-helper-debug image-base
-
-engine-helper-debug:
-	cargo build --locked -p lockbox-agent
-
-engine-release:
-	cargo build --release --locked -p lockbox-ffi -p lockbox-agent
+GO_TEST_DEPS += helper-debug image-base
 
 test-engine: engine-helper-debug image-base
 	cargo test --locked -p lockbox-engine

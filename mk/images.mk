@@ -2,8 +2,8 @@
 #   make image-base     build/images/base/rootfs + build/images/base.tar.zst
 #   make image-python   build/images/python/rootfs + build/images/python.tar.zst (debootstrap, root)
 #   make images         both; each is instant when its inputs did not change
-IMAGES_OUT := $(BUILD)/images
-TEST_STEPS += test-images
+IMAGES_OUT := $(IMAGES)
+TEST_STEPS += 33:test-images
 BENCH_STEPS += bench-images
 
 .PHONY: image-base image-python images test-images bench-images
@@ -23,8 +23,8 @@ bench-images: images
 
 # The python image is built from Debian's packages (debootstrap, a few
 # minutes on a cold cache) and must run python3 in a real sandbox.
-TEST_STEPS += test-image-python
+TEST_STEPS += 72:test-image-python
 .PHONY: test-image-python
-test-image-python: image-python $(GO_TEST_DEPS)
+test-image-python: image-python $$(GO_TEST_DEPS)
 	cd go && $(GO_TEST_ENV) LOCKBOX_REQUIRE_PYTHON=1 CGO_ENABLED=0 \
 	  go test -count=1 -run '^TestImagePythonFromTheStore$$' -v . | grep -E '^(=== RUN|--- |ok|FAIL|PASS)'

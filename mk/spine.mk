@@ -1,5 +1,5 @@
 # The spine: the C ABI crate (ffi/ -> liblockbox.so) and the Go loader (go/).
-#   make ffi-release     release cdylib (what users load; `make build` builds it too)
+#   (the release cdylib and the debug helper are built in mk/build.mk)
 #   make ffi-test-lib    debug cdylib with the test-hooks methods, copied to
 #                        $(FFI_TEST_LIB) so other cargo builds cannot replace it
 #   make test-ffi        ffi unit tests (with and without test-hooks), contract tests
@@ -10,34 +10,26 @@
 #   make check-header    fail if the committed header differs from the generated one
 #   make bench-ffi       per-call cost and memory from Go, against the release cdylib
 #   make bench-threads   10,000 execs in flight over 100 sandboxes: thread count and RSS
-TEST_STEPS += check-header test-ffi test-go test-go-race
+CHECK_STEPS += 14:check-header
+TEST_STEPS += 30:test-ffi 40:test-go 41:test-go-race
 BENCH_STEPS += bench-ffi bench-threads
 
-SPINE_TARGET    := $(or $(CARGO_TARGET_DIR),$(ROOT)/target)
-FFI_TEST_LIB    := $(SPINE_TARGET)/lockbox-test-hooks/liblockbox.so
-FFI_RELEASE_LIB := $(SPINE_TARGET)/release/liblockbox.so
+FFI_TEST_LIB    := $(TARGET)/lockbox-test-hooks/liblockbox.so
 FFI_HEADER      := ffi/include/lockbox.h
-HELPER_DEBUG    := $(SPINE_TARGET)/debug/lockbox-helper
 # The Go package's tests include the sandbox API's, which start real
 # sandboxes: they need the helper (built here) and whatever other fragments
 # add (e.g. GO_TEST_DEPS += image-base, GO_TEST_ENV += LOCKBOX_IMAGES=...).
 GO_TEST_DEPS    += ffi-test-lib helper-debug
-GO_TEST_ENV     += LOCKBOX_LIB=$(FFI_TEST_LIB) LOCKBOX_HELPER=$(HELPER_DEBUG)
+GO_TEST_ENV     += LOCKBOX_LIB=$(FFI_TEST_LIB) LOCKBOX_HELPER=$(DEBUG_HELPER)
 CBINDGEN        := cbindgen -q --config ffi/cbindgen.toml --crate lockbox-ffi
 
-.PHONY: ffi-release ffi-test-lib helper-debug test-ffi test-go test-go-race header check-header bench-ffi bench-threads
-
-ffi-release:
-	cargo build --release --locked -p lockbox-ffi
+.PHONY: ffi-test-lib test-ffi test-go test-go-race header check-header bench-ffi bench-threads
 
 # Copied with a rename: a running test may have the old file mapped.
 ffi-test-lib:
 	cargo build --locked -p lockbox-ffi --features test-hooks
 	@mkdir -p $(dir $(FFI_TEST_LIB))
-	@cp $(SPINE_TARGET)/debug/liblockbox.so $(FFI_TEST_LIB).tmp && mv -f $(FFI_TEST_LIB).tmp $(FFI_TEST_LIB)
-
-helper-debug:
-	cargo build --locked -p lockbox-agent --bin lockbox-helper
+	@cp $(TARGET)/debug/liblockbox.so $(FFI_TEST_LIB).tmp && mv -f $(FFI_TEST_LIB).tmp $(FFI_TEST_LIB)
 
 # The unit tests run twice: without test-hooks they check that a release
 # build has no debug.* methods.
@@ -49,11 +41,11 @@ test-ffi: ffi-test-lib
 	  $$d/c-smoke 2>$$d/c-smoke.err || { cat $$d/c-smoke.err; exit 1; }; \
 	  if [ -s $$d/c-smoke.err ]; then echo "liblockbox wrote to the host's stderr:"; cat $$d/c-smoke.err; exit 1; fi
 
-test-go: $(GO_TEST_DEPS)
+test-go: $$(GO_TEST_DEPS)
 	cd go && CGO_ENABLED=0 go build ./... && CGO_ENABLED=0 go vet ./...
 	cd go && $(GO_TEST_ENV) CGO_ENABLED=0 go test -count=1 ./...
 
-test-go-race: $(GO_TEST_DEPS)
+test-go-race: $$(GO_TEST_DEPS)
 	cd go && $(GO_TEST_ENV) CGO_ENABLED=1 go test -race -count=1 ./...
 
 header:
@@ -70,11 +62,11 @@ check-header:
 	echo "check-header: $(FFI_HEADER) is current and compiles as C and C++"
 
 bench-ffi: ffi-release
-	cd go && LOCKBOX_LIB=$(FFI_RELEASE_LIB) CGO_ENABLED=0 go test -count=1 -run '^$$' \
+	cd go && LOCKBOX_LIB=$(RELEASE_LIB) CGO_ENABLED=0 go test -count=1 -run '^$$' \
 	  -bench '^Benchmark(NoopCall|HandleCreateClose)$$' -benchmem .
-	cd go && LOCKBOX_LIB=$(FFI_RELEASE_LIB) CGO_ENABLED=0 go test -count=1 -run '^$$' \
+	cd go && LOCKBOX_LIB=$(RELEASE_LIB) CGO_ENABLED=0 go test -count=1 -run '^$$' \
 	  -bench '^Benchmark(Latency|Memory)' -benchtime 1x .
 
-bench-threads: $(GO_TEST_DEPS)
+bench-threads: $$(GO_TEST_DEPS)
 	cd go && $(GO_TEST_ENV) LOCKBOX_THREADS_EXECS=10000 LOCKBOX_THREADS_SANDBOXES=100 CGO_ENABLED=0 \
 	  go test -count=1 -v -run '^TestThousandsOfExecsHoldNoThreadEach$$' .

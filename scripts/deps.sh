@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Installs what the build and tests need from Debian's packages, once.
-# Idempotent and quick when everything is present.
+# Installs what the build and tests need, once: Debian's packages, and Go
+# tools (pinned versions, from the Go module proxy) into TOOLS ($1,
+# build/tools). Idempotent and offline when everything is present.
 set -euo pipefail
+tools="$(realpath -m "${1:-$(dirname "$0")/../build/tools}")"
 
 pkgs=(gcc g++ binutils busybox-static bubblewrap passt nftables runc crun debootstrap uidmap cbindgen zstd curl iproute2 python3 skopeo umoci docker-registry)
 missing=()
@@ -17,3 +19,15 @@ if ((${#missing[@]})); then
 fi
 command -v cargo >/dev/null || { echo "deps: cargo not found (install Rust with rustup)"; exit 1; }
 command -v go >/dev/null || { echo "deps: go not found"; exit 1; }
+
+# staticcheck for `make check`; the version is pinned, and one that
+# understands this Go release (rebuilt when Go is upgraded).
+staticcheck_version=v0.8.2
+stamp="$tools/staticcheck.version"
+want="$staticcheck_version $(go env GOVERSION)"
+if [ ! -x "$tools/staticcheck" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "deps: installing staticcheck $staticcheck_version into $tools"
+  mkdir -p "$tools"
+  GOBIN="$tools" GOFLAGS=-buildvcs=false go install "honnef.co/go/tools/cmd/staticcheck@$staticcheck_version"
+  echo "$want" > "$stamp"
+fi
