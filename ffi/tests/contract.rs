@@ -719,11 +719,10 @@ fn submit_completes_like_call_and_says_which_methods_are_sync_only() {
             .0,
         code_of(call("exec.wait", json!({"exec": 12345}), 0))
     );
-    let bogus = json!({"handle": (1u64 << 56) | 987_654_321});
-    assert_eq!(
-        submit_wait("sandbox.close", bogus.clone(), 0).unwrap_err(),
-        call("sandbox.close", bogus, 0).unwrap_err()
-    );
+    let bogus = json!({"sandbox": (1u64 << 56) | 987_654_321});
+    let submitted = submit_wait("sandbox.close", bogus.clone(), 0).unwrap_err();
+    assert_eq!(submitted.0, "not_found", "{submitted:?}");
+    assert_eq!(submitted, call("sandbox.close", bogus, 0).unwrap_err());
     // No async form, or no such method: nothing queued, status 3.
     for req in [&br#"{"method":"noop"}"#[..], br#"{"method":"no.such"}"#] {
         let t = new_token();
