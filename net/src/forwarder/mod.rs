@@ -686,6 +686,17 @@ impl Stack {
         let now = Instant::now();
         let idle = self.config.limits.udp_idle;
         self.udp.retain(|_, f| now.duration_since(f.last) < idle);
+        // A port socket lives only while a flow uses its port, so there
+        // are never more of them than flows.
+        let used: std::collections::HashSet<u16> = self.udp.keys().map(|k| k.1.port()).collect();
+        let sockets = &mut self.sockets;
+        self.udp_ports.retain(|port, h| {
+            let keep = used.contains(port);
+            if !keep {
+                sockets.remove(*h);
+            }
+            keep
+        });
         self.dns.expire(now);
         self.last_sweep = now;
     }
@@ -697,17 +708,16 @@ fn peer_closed(s: &stcp::Socket<'_>) -> bool {
     matches!(s.state(), CloseWait | LastAck | Closing | TimeWait | Closed)
 }
 
+/// Room for `packets` datagrams each way; no datagram is larger than the
+/// MTU because fragments are dropped.
 fn udp_socket(packets: usize) -> sudp::Socket<'static> {
-    sudp::Socket::new(
+    let buf = || {
         sudp::PacketBuffer::new(
             vec![sudp::PacketMetadata::EMPTY; packets],
-            vec![0; 64 * 1024],
-        ),
-        sudp::PacketBuffer::new(
-            vec![sudp::PacketMetadata::EMPTY; packets],
-            vec![0; 64 * 1024],
-        ),
-    )
+            vec![0; packets * MTU],
+        )
+    };
+    sudp::Socket::new(buf(), buf())
 }
 
 fn endpoint(a: SocketAddr) -> Option<IpEndpoint> {
