@@ -13,6 +13,12 @@ use std::slice;
 /// handle.
 pub const ABI_VERSION: u32 = 1;
 
+/// Largest `lockbox_call`/`lockbox_submit` request, refused by its length
+/// before it is parsed: a JSON value can take many times its text in
+/// memory, and no method needs more (the wire frame to a sandbox is 4 MiB).
+/// Not a C constant: hosts learn it from the error.
+const MAX_REQUEST_BYTES: usize = 8 << 20;
+
 /// Success.
 pub const LOCKBOX_OK: i32 = 0;
 /// Failure; the error JSON is in the out-parameters.
@@ -124,13 +130,10 @@ pub unsafe extern "C" fn lockbox_call(
     *out = ptr::null_mut();
     *out_len = 0;
     let r = panic::catch(|| {
-        // Refused before parsing: a JSON value can take many times its
-        // text in memory, and no method needs a request this large (the
-        // wire frame to a sandbox is 4 MiB).
-        if req_len > lockbox_engine::config::MAX_REQUEST_BYTES {
+        if req_len > MAX_REQUEST_BYTES {
             return Err(ApiError::invalid_argument(format!(
                 "request is {req_len} bytes; at most {}",
-                lockbox_engine::config::MAX_REQUEST_BYTES
+                MAX_REQUEST_BYTES
             )));
         }
         let req = bytes_in(req, req_len, "request")?;
@@ -363,12 +366,12 @@ pub unsafe extern "C" fn lockbox_submit(
 ) -> i32 {
     panic::catch(|| {
         // Refused by its length before parsing, as lockbox_call does.
-        if req_len > lockbox_engine::config::MAX_REQUEST_BYTES {
+        if req_len > MAX_REQUEST_BYTES {
             return fail_now(
                 token,
                 ApiError::invalid_argument(format!(
                     "request is {req_len} bytes; at most {}",
-                    lockbox_engine::config::MAX_REQUEST_BYTES
+                    MAX_REQUEST_BYTES
                 )),
             );
         }
@@ -541,7 +544,7 @@ mod tests {
     /// parser (a different message), so the check is what refused it.
     #[test]
     fn oversized_request_is_refused_before_parsing() {
-        let max = lockbox_engine::config::MAX_REQUEST_BYTES;
+        let max = MAX_REQUEST_BYTES;
         let mut req = br#"{"method":"noop","params":{"pad":""#.to_vec();
         req.resize(max + 1, b'a');
         let (rc, v) = call_raw(&req);
