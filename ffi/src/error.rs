@@ -65,3 +65,29 @@ impl From<EngineError> for ApiError {
         ApiError::new(e.code, e.message)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every engine error keeps its code and message at the edge, and the
+    /// body is exactly the two documented keys.
+    #[test]
+    fn engine_errors_keep_their_code() {
+        for code in [
+            ErrorCode::NotFound,
+            ErrorCode::AlreadyExists,
+            ErrorCode::Unavailable,
+            ErrorCode::ResourceExhausted,
+            ErrorCode::PermissionDenied,
+        ] {
+            let e = ApiError::from(EngineError::new(code, "why"));
+            assert_eq!((e.code, e.message.as_str()), (code, "why"));
+            let body: serde_json::Value = serde_json::from_slice(&e.to_json()).unwrap();
+            assert_eq!(
+                body,
+                serde_json::json!({"code": code.as_str(), "message": "why"})
+            );
+        }
+    }
+}
