@@ -39,8 +39,9 @@ pub struct Confine {
     nofile: Option<u64>,
     exec_filter: std::sync::Arc<seccompiler::BpfProgram>,
     rootless: bool,
-    pub default_uid: u32,
-    pub default_gid: u32,
+    /// The sandbox's user, resolved once the root was built: what execs
+    /// and file requests without a user of their own run as.
+    pub default_user: crate::users::User,
 }
 
 /// The per-exec settings handed to `pre_exec`.
@@ -138,7 +139,11 @@ fn landlock_self() -> Result<RulesetStatus> {
 impl Confine {
     /// Confines the calling process (the agent, after setup, while it is
     /// still single-threaded) and records what took effect.
-    pub fn lock_agent(spec: &LaunchSpec, report: &mut Report) -> Result<Confine> {
+    pub fn lock_agent(
+        spec: &LaunchSpec,
+        default_user: crate::users::User,
+        report: &mut Report,
+    ) -> Result<Confine> {
         let filters = crate::seccomp::program()?;
         let exec_filter = std::sync::Arc::new(crate::seccomp::exec_program()?);
         reduce_caps().context("reduce capabilities")?;
@@ -167,8 +172,7 @@ impl Confine {
             rootless: std::fs::read_to_string("/proc/self/setgroups")
                 .map(|s| s.trim() == "deny")
                 .unwrap_or(false),
-            default_uid: spec.uid,
-            default_gid: spec.gid,
+            default_user,
         })
     }
 

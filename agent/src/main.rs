@@ -11,6 +11,7 @@ mod seccomp;
 mod setup;
 mod supervisor;
 mod sys;
+mod users;
 
 use std::path::Path;
 

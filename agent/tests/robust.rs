@@ -31,8 +31,7 @@ async fn sh_as_root(c: &mut Client, script: &str) -> OpResult {
     let req = ExecRequest {
         argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
         env: vec!["PATH=/bin".into()],
-        uid: Some(0),
-        gid: Some(0),
+        user: Some("0:0".into()),
         ..Default::default()
     };
     tokio::time::timeout(PROMPT, c.exec_with(req, None))
@@ -277,8 +276,7 @@ async fn fifos_and_devices_never_stall_file_calls() {
 #[tokio::test]
 async fn file_calls_act_as_the_sandbox_user() {
     let sb = Sandbox::launch("asuser", |s, _| {
-        s.uid = 1000;
-        s.gid = 1000;
+        s.user = "1000:1000".into();
     });
     assert!(sb.status.ok, "{:?}", sb.status);
     let mut c = sb.client().await;
@@ -345,8 +343,7 @@ async fn file_calls_act_as_the_sandbox_user() {
     let r = request(
         &mut c,
         Message::AsUser {
-            uid: 0,
-            gid: 0,
+            user: "0:0".into(),
             request: Box::new(Message::ReadFile {
                 path: "/tmp/rl".into(),
             }),
@@ -358,8 +355,7 @@ async fn file_calls_act_as_the_sandbox_user() {
     let r = request(
         &mut c,
         Message::AsUser {
-            uid: 0,
-            gid: 0,
+            user: "0:0".into(),
             request: Box::new(Message::Exec(ExecRequest {
                 argv: vec!["/bin/true".into()],
                 ..Default::default()

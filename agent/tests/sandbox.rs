@@ -58,7 +58,10 @@ async fn exec_echo_exit_codes_stdin_and_missing_binary() {
     let sb = Sandbox::launch("exec", |s, _| s.workdir = "/work/dir".into());
     assert!(sb.status.ok, "{:?}", sb.status);
     let mut c = sb.client().await;
-    assert_eq!(c.sh("pwd").await.out(), "/work/dir\n");
+    // Setup made the workdir (the engine sends it as every exec's cwd).
+    let mut q = req(&["pwd"]);
+    q.cwd = "/work/dir".into();
+    assert_eq!(c.exec_with(q, None).await.out(), "/work/dir\n");
     let r = c.exec_with(req(&["echo", "hello", "world"]), None).await;
     assert_eq!(r.out(), "hello world\n");
     assert_eq!(r.exited(), (Some(0), None, false));
@@ -80,15 +83,30 @@ async fn exec_echo_exit_codes_stdin_and_missing_binary() {
     assert_eq!(r.error().expect("error").code, ErrorCode::NotFound);
 
     let mut q = req(&["pwd"]);
-    q.cwd = Some("/tmp".into());
+    q.cwd = "/tmp".into();
     let r = c.exec_with(q, None).await;
     assert_eq!(r.out(), "/tmp\n");
 
     let mut q = req(&["id", "-u"]);
-    q.uid = Some(1000);
-    q.gid = Some(1000);
+    q.user = Some("1000".into());
     let r = c.exec_with(q, None).await;
     assert_eq!(r.out(), "1000\n");
+
+    // A user made inside the sandbox (here by appending to its own
+    // /etc/passwd, as useradd does) is resolved by name, in that root.
+    let r = c
+        .sh("echo 'made:x:4321:4322::/home/made:/bin/sh' >> /etc/passwd")
+        .await;
+    assert_eq!(r.exited().0, Some(0), "{r:?}");
+    let mut q = req(&["sh", "-c", "id -u; id -g; echo $HOME"]);
+    q.user = Some("made".into());
+    let r = c.exec_with(q, None).await;
+    assert_eq!(r.out(), "4321\n4322\n/home/made\n", "{r:?}");
+    let mut q = req(&["id", "-u"]);
+    q.user = Some("nosuchuser".into());
+    let e = c.exec_with(q, None).await.error().expect("error");
+    assert_eq!(e.code, ErrorCode::NotFound);
+    assert!(e.message.contains("\"nosuchuser\""), "{}", e.message);
 }
 
 #[tokio::test]

@@ -158,7 +158,7 @@ pub fn cleanup_stale(layout: &Layout) -> CleanupReport {
                 }
             }
             Some(st) => {
-                crate::launcher::kill_verified(st.helper_pid, st.helper_start);
+                crate::backend::process::kill_verified(st.helper_pid, st.helper_start);
                 remove_cgroups(&st.report.cgroup);
                 if remove_dir_all_forced(&dir).is_ok() {
                     rep.removed.push(name);

@@ -65,9 +65,9 @@ impl Shared {
 pub struct AgentClient {
     shared: Arc<Shared>,
     pub agent_pid: u32,
-    /// File requests go out as this (uid, gid) instead of the sandbox's
+    /// File requests go out as this user spec instead of the sandbox's
     /// configured user (see `as_user`).
-    as_user: Option<(u32, u32)>,
+    as_user: Option<Arc<str>>,
 }
 
 /// One operation: its id and the channel its frames arrive on. Dropping it
@@ -76,7 +76,7 @@ pub struct Op {
     pub id: u32,
     pub(crate) shared: Arc<Shared>,
     pub(crate) rx: mpsc::UnboundedReceiver<Incoming>,
-    as_user: Option<(u32, u32)>,
+    as_user: Option<Arc<str>>,
 }
 
 impl Drop for Op {
@@ -89,11 +89,10 @@ impl Drop for Op {
 
 impl Op {
     pub fn send(&self, msg: &Message) -> Result<()> {
-        match self.as_user {
-            Some((uid, gid)) if msg.is_file_request() => {
+        match &self.as_user {
+            Some(user) if msg.is_file_request() => {
                 let wrapped = Message::AsUser {
-                    uid,
-                    gid,
+                    user: user.to_string(),
                     request: Box::new(msg.clone()),
                 };
                 self.shared.send(Frame::control(self.id, &wrapped))
@@ -265,17 +264,18 @@ impl AgentClient {
             id,
             shared: self.shared.clone(),
             rx,
-            as_user: self.as_user,
+            as_user: self.as_user.clone(),
         })
     }
 
-    /// The same connection, with every file request acting as `uid:gid`
-    /// inside the sandbox instead of its configured user: an explicit
-    /// opt-in (e.g. root), since a file call as a more privileged user
-    /// follows links a less privileged one planted.
-    pub fn as_user(&self, uid: u32, gid: u32) -> AgentClient {
+    /// The same connection, with every file request acting as `user` (a
+    /// spec the agent resolves in the sandbox's root) instead of its
+    /// configured user: an explicit opt-in (e.g. root), since a file call
+    /// as a more privileged user follows links a less privileged one
+    /// planted.
+    pub fn as_user(&self, user: &str) -> AgentClient {
         AgentClient {
-            as_user: Some((uid, gid)),
+            as_user: Some(user.into()),
             ..self.clone()
         }
     }

@@ -8,15 +8,14 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use lockbox_protocol::{
-    ErrorCode, LaunchSpec, Limits, MountSpec, NetworkSpec, PortSpec, RootfsSpec,
-};
+use lockbox_protocol::{ErrorCode, MountSpec};
 
+use crate::backend::LaunchRequest;
 use crate::cleanup::{cleanup_stale, remove_cgroups, remove_dir_all_forced, CleanupReport};
-use crate::client::AgentClient;
-use crate::config::{SandboxConfig, DEFAULT_TMPFS_MIB};
+use crate::config::SandboxConfig;
 use crate::error::{EngineError, Result};
 use crate::paths::Layout;
+use crate::plan::{MountSource, Plan, Root};
 use crate::sandbox::{info_from, Sandbox, SandboxInfo, StoredConfig};
 use crate::state::{
     now_unix, process_start_time, read_json, write_json_with, DirLock, Durability, NameLock,
@@ -24,12 +23,8 @@ use crate::state::{
 };
 use crate::volume::{self, VolumeInfo};
 
-pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-pub const DEFAULT_IMAGE: &str = "base";
-
 pub struct Engine {
     layout: Layout,
-    helper: Mutex<Option<PathBuf>>,
     /// Sandboxes this process has open, so every handle to one name shares
     /// one connection and one owner.
     open: Mutex<HashMap<String, Weak<Sandbox>>>,
@@ -70,7 +65,6 @@ impl Engine {
         let startup_cleanup = cleanup_stale(&layout);
         Ok(Engine {
             layout,
-            helper: Mutex::new(None),
             open: Mutex::new(HashMap::new()),
             names: tokio::sync::Mutex::new(()),
             startup_cleanup,
@@ -87,19 +81,6 @@ impl Engine {
             .home
             .join("locks")
             .join(format!("sandbox-{name}.lock"))
-    }
-
-    fn helper(&self) -> Result<PathBuf> {
-        let mut h = self
-            .helper
-            .lock()
-            .map_err(|_| EngineError::internal("poisoned"))?;
-        if let Some(p) = h.as_ref() {
-            return Ok(p.clone());
-        }
-        let p = crate::paths::find_helper()?;
-        *h = Some(p.clone());
-        Ok(p)
     }
 
     fn remember(&self, sb: &Arc<Sandbox>) {
@@ -127,86 +108,18 @@ impl Engine {
         Some(s)
     }
 
-    /// Creates and starts a sandbox.
+    /// Creates and starts a sandbox: plan (pure), resolve what needs the
+    /// host, take the name, launch on the backend, connect.
     pub async fn create(&self, cfg: SandboxConfig) -> Result<Arc<Sandbox>> {
-        let limits = cfg.check()?;
-        let helper = self.helper()?;
-        let (lower, image) = match (&cfg.image, &cfg.rootfs) {
-            (_, Some(r)) => {
-                let p = Path::new(r);
-                if !p.is_absolute() {
-                    return Err(EngineError::invalid(format!(
-                        "rootfs {r:?} must be an absolute path"
-                    )));
-                }
-                if !p.is_dir() {
-                    return Err(EngineError::not_found(format!(
-                        "rootfs directory {r:?} does not exist"
-                    )));
-                }
-                // As for volumes: never canonicalize (a planted link on the
-                // path would make some other host tree the root).
-                let dir = crate::fs::host_path_without_links(r)
-                    .map_err(|e| e.context(format!("rootfs {r:?}")))?;
-                (vec![dir.to_string_lossy().into_owned()], None)
-            }
-            (img, None) => {
-                let img = img.as_deref().unwrap_or(DEFAULT_IMAGE);
-                let resolved = crate::images::resolve(&self.layout.home, img).await?;
-                (
-                    vec![resolved.rootfs.to_string_lossy().into_owned()],
-                    Some(resolved),
-                )
-            }
-        };
-        let defaults = image
-            .as_ref()
-            .map(crate::images::Resolved::sandbox_defaults)
-            .unwrap_or_default();
-        let mut mounts = Vec::new();
-        for v in &cfg.volumes {
-            // Never canonicalize: a link on the path (made by a sandbox
-            // that can write one of its directories) would be followed.
-            let src = crate::fs::host_path_without_links(&v.host_path)
-                .map_err(|e| e.context(format!("volume host path {:?}", v.host_path)))?;
-            mounts.push(MountSpec::Bind {
-                source: src.to_string_lossy().into_owned(),
-                target: crate::config::guest_path("volume", &v.guest_path)?,
-                read_only: v.read_only,
-            });
-        }
-        for v in &cfg.named_volumes {
-            let info = volume::ensure(&self.layout, &v.name)?;
-            mounts.push(MountSpec::Bind {
-                source: info.path,
-                target: crate::config::guest_path("volume", &v.guest_path)?,
-                read_only: v.read_only,
-            });
-        }
-        for t in &cfg.tmpfs {
-            mounts.push(MountSpec::Tmpfs {
-                target: crate::config::guest_path("tmpfs", &t.guest_path)?,
-                size_mib: t.size_mib.map(|s| s as u64).unwrap_or(DEFAULT_TMPFS_MIB),
-            });
-        }
-        let (uid, gid) = match cfg.user.as_ref().or(defaults.user.as_ref()) {
-            Some(u) => crate::config::resolve_user(u, &lower)?,
-            None => (0, 0),
-        };
+        // Nothing is looked up, made or started for a config that is wrong
+        // by itself.
+        crate::plan::check(&cfg)?;
+        let backend = crate::backend::of(crate::backend::NATIVE)?;
+        let root = self.resolve_root(&cfg).await?;
         let id = crate::names::new_id();
         let name = cfg.name.clone().unwrap_or_else(|| format!("sb-{id}"));
-        let mut env = vec![
-            DEFAULT_PATH.to_string(),
-            format!("HOME={}", if uid == 0 { "/root" } else { "/" }),
-            format!("HOSTNAME={}", hostname_for(&cfg, &name)),
-        ];
-        // The image's env is image content: bounded like the caller's.
-        env = crate::sandbox::merge_env("image env", &env, &defaults.env)?;
-        env = crate::sandbox::merge_env("env", &env, &cfg.env)?;
-        let workdir = match cfg.workdir.as_ref().or(defaults.workdir.as_ref()) {
-            Some(w) => crate::config::guest_path("workdir", w)?,
-            None => "/".into(),
-        };
+        let plan = crate::plan::sandbox(&cfg, &name, root)?;
+        let mounts = self.mount_sources(&plan)?;
 
         // Held until the sandbox runs (or the create fails): no other
         // caller, in any process, can find the name free, or remove what
@@ -247,19 +160,13 @@ impl Engine {
             id: id.clone(),
             name: name.clone(),
             config: cfg.clone(),
-            lower: lower.clone(),
-            env: env.clone(),
-            workdir: workdir.clone(),
-            uid,
-            gid,
+            lower: plan.layers.clone(),
+            env: plan.env.clone(),
+            workdir: plan.workdir.clone(),
+            user: plan.user.clone(),
+            backend: backend.info().kind,
             created_unix: now_unix(),
-            image: image.as_ref().and_then(|i| {
-                Some(crate::sandbox::ImageUsed {
-                    digest: i.digest.as_ref()?.to_string(),
-                    entrypoint: i.config.entrypoint.clone(),
-                    cmd: i.config.cmd.clone(),
-                })
-            }),
+            image: plan.image.clone(),
         };
         let durability = if cfg.detached {
             Durability::Durable
@@ -267,56 +174,22 @@ impl Engine {
             Durability::ProcessCrashSafe
         };
         write_json_with(&dir.join("config.json"), &stored, durability)?;
-        let (upper, work) = (dir.join("upper"), dir.join("work"));
-        for d in [&upper, &work] {
-            std::fs::create_dir(d).map_err(|e| EngineError::io(d.display(), e))?;
-        }
-        let spec = LaunchSpec {
-            name: name.clone(),
-            id: id.clone(),
-            dir: dir.to_string_lossy().into_owned(),
-            socket_path: dir.join("agent.sock").to_string_lossy().into_owned(),
-            rootfs: RootfsSpec {
-                lower,
-                upper: upper.to_string_lossy().into_owned(),
-                work: work.to_string_lossy().into_owned(),
-            },
-            hostname: hostname_for(&cfg, &name),
-            env,
-            workdir,
-            uid,
-            gid,
-            mounts,
-            limits: Limits {
-                memory_mib: limits.memory_mib,
-                cpus: limits.cpus,
-                pids: limits.pids,
-                disk_mib: limits.disk_mib,
-                nofile: None,
-            },
-            network: NetworkSpec {
-                mode: cfg.network,
-                ports: cfg
-                    .ports
-                    .iter()
-                    .map(|p| PortSpec {
-                        host: p.host as u16,
-                        guest: p.guest as u16,
-                    })
-                    .collect(),
-            },
-            detached: cfg.detached,
-        };
-        let launched = crate::launcher::launch(&helper, &spec).await?;
-        let report = launched.status.report.clone().unwrap_or_default();
+        let launched = backend
+            .launch(LaunchRequest {
+                id: &id,
+                dir: &dir,
+                plan: &plan,
+                mounts,
+            })
+            .await?;
         let state = SandboxState {
             id,
             name: name.clone(),
-            helper_pid: launched.helper_pid,
-            helper_start: process_start_time(launched.helper_pid).unwrap_or(0),
+            helper_pid: launched.pid,
+            helper_start: process_start_time(launched.pid).unwrap_or(0),
             detached: cfg.detached,
             created_unix: stored.created_unix,
-            report,
+            report: launched.report,
         };
         // The helper is running: if we fail (or are canceled) from here,
         // kill it before the directory goes.
@@ -326,7 +199,7 @@ impl Engine {
             state.report.cgroup.clone(),
         )));
         write_json_with(&dir.join("state.json"), &state, durability)?;
-        let client = AgentClient::connect(&dir, &name).await?;
+        let client = backend.connect(&dir, &name).await?;
         kill_on_fail.disarm();
         made.disarm();
         let sb = Arc::new(Sandbox {
@@ -344,6 +217,80 @@ impl Engine {
         });
         self.remember(&sb);
         Ok(sb)
+    }
+
+    /// The root layers and the image's defaults: a host directory given
+    /// as `rootfs`, or an image from the store.
+    async fn resolve_root(&self, cfg: &SandboxConfig) -> Result<Root> {
+        if let Some(r) = &cfg.rootfs {
+            let p = Path::new(r);
+            if !p.is_absolute() {
+                return Err(EngineError::invalid(format!(
+                    "rootfs {r:?} must be an absolute path"
+                )));
+            }
+            if !p.is_dir() {
+                return Err(EngineError::not_found(format!(
+                    "rootfs directory {r:?} does not exist"
+                )));
+            }
+            // As for volumes: never canonicalize (a planted link on the
+            // path would make some other host tree the root).
+            let dir = crate::fs::host_path_without_links(r)
+                .map_err(|e| e.context(format!("rootfs {r:?}")))?;
+            return Ok(Root {
+                layers: vec![dir.to_string_lossy().into_owned()],
+                ..Default::default()
+            });
+        }
+        let img = cfg.image.as_deref().unwrap_or(crate::plan::DEFAULT_IMAGE);
+        let resolved = crate::images::resolve(&self.layout.home, img).await?;
+        let defaults = resolved.sandbox_defaults();
+        Ok(Root {
+            layers: vec![resolved.rootfs.to_string_lossy().into_owned()],
+            env: defaults.env,
+            workdir: defaults.workdir,
+            user: defaults.user,
+            image: resolved.digest.as_ref().map(|d| crate::sandbox::ImageUsed {
+                digest: d.to_string(),
+                entrypoint: resolved.config.entrypoint.clone(),
+                cmd: resolved.config.cmd.clone(),
+            }),
+        })
+    }
+
+    /// The plan's mounts with host sources resolved: link-free host paths,
+    /// named volumes made under the home.
+    fn mount_sources(&self, plan: &Plan) -> Result<Vec<MountSpec>> {
+        plan.mounts
+            .iter()
+            .map(|m| {
+                let target = m.target.clone();
+                let read_only = m.read_only;
+                Ok(match &m.source {
+                    // Never canonicalize: a link on the path (made by a
+                    // sandbox that can write one of its directories) would
+                    // be followed.
+                    MountSource::Host { path } => MountSpec::Bind {
+                        source: crate::fs::host_path_without_links(path)
+                            .map_err(|e| e.context(format!("volume host path {path:?}")))?
+                            .to_string_lossy()
+                            .into_owned(),
+                        target,
+                        read_only,
+                    },
+                    MountSource::Volume { name } => MountSpec::Bind {
+                        source: volume::ensure(&self.layout, name)?.path,
+                        target,
+                        read_only,
+                    },
+                    MountSource::Tmpfs { size_mib } => MountSpec::Tmpfs {
+                        target,
+                        size_mib: *size_mib,
+                    },
+                })
+            })
+            .collect()
     }
 
     /// Finds a sandbox by name: one this process has open, or one on disk
@@ -369,13 +316,14 @@ impl Engine {
                 e
             }
         })?;
+        let backend = crate::backend::of(&stored.backend)?;
         let alive = state.helper_alive();
         let client = if alive {
-            Some(AgentClient::connect(&dir, name).await?)
+            Some(backend.connect(&dir, name).await?)
         } else {
             None
         };
-        let exited = alive.then(|| crate::launcher::watch_exit(state.helper_pid, None));
+        let exited = alive.then(|| backend.watch(&state));
         let sb = Arc::new(Sandbox {
             name: name.to_string(),
             dir,
@@ -482,7 +430,7 @@ impl Engine {
             }
         }
         if let Some(st) = &state {
-            crate::launcher::kill_verified(st.helper_pid, st.helper_start);
+            crate::backend::process::kill_verified(st.helper_pid, st.helper_start);
             let mut waited = 0;
             while st.helper_alive() && waited < 500 {
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -575,28 +523,6 @@ impl Engine {
     }
 }
 
-fn hostname_for(cfg: &SandboxConfig, name: &str) -> String {
-    if let Some(h) = &cfg.hostname {
-        return h.clone();
-    }
-    let h: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(63)
-        .collect();
-    if h.is_empty() {
-        "sandbox".into()
-    } else {
-        h
-    }
-}
-
 /// Removes a half-made sandbox directory unless disarmed.
 struct DirGuard(Option<PathBuf>);
 impl DirGuard {
@@ -622,7 +548,7 @@ impl HelperGuard {
 impl Drop for HelperGuard {
     fn drop(&mut self) {
         if let Some((pid, start, cg)) = self.0.take() {
-            crate::launcher::kill_verified(pid, start);
+            crate::backend::process::kill_verified(pid, start);
             std::thread::spawn(move || {
                 for _ in 0..200 {
                     if process_start_time(pid) != Some(start) {

@@ -289,3 +289,45 @@ mod tests {
         assert_eq!(e.code, ErrorCode::Unavailable);
     }
 }
+
+/// The image store of this engine's home, as the engine's API.
+impl crate::Engine {
+    pub async fn image_list(&self) -> Result<Vec<ImageInfo>> {
+        list(self.home()).await
+    }
+
+    pub async fn image_inspect(&self, name_or_digest: &str) -> Result<ImageInfo> {
+        inspect(self.home(), name_or_digest).await
+    }
+
+    /// Refused for an image a sandbox (or a snapshot) still uses.
+    pub async fn image_remove(&self, name_or_digest: &str) -> Result<()> {
+        remove(self.home(), name_or_digest).await
+    }
+
+    pub async fn image_prune(&self) -> Result<PruneReport> {
+        prune(self.home()).await
+    }
+
+    pub async fn image_import_oci_layout(
+        &self,
+        dir: PathBuf,
+        reference: Option<String>,
+        name: Option<String>,
+    ) -> Result<ImageInfo> {
+        import_oci_layout(self.home(), dir, reference, name).await
+    }
+
+    pub async fn image_import_docker_archive(
+        &self,
+        path: PathBuf,
+        reference: Option<String>,
+        name: Option<String>,
+    ) -> Result<ImageInfo> {
+        import_docker_archive(self.home(), path, reference, name).await
+    }
+
+    pub async fn image_pull(&self, reference: &str, opts: PullOptions) -> Result<ImageInfo> {
+        pull(self.home(), reference, opts).await
+    }
+}

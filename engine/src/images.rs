@@ -89,7 +89,7 @@ impl Resolved {
             c.workdir = None;
         }
         c.env
-            .retain(|e| crate::config::check_env("image env", e).is_ok());
+            .retain(|e| crate::plan::env::check("image env", e).is_ok());
         c
     }
 }

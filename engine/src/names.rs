@@ -3,7 +3,7 @@
 
 use crate::error::{EngineError, Result};
 
-pub const MAX_NAME_LEN: usize = crate::config::MAX_NAME_BYTES;
+pub const MAX_NAME_LEN: usize = crate::plan::check::MAX_NAME_BYTES;
 
 /// Checks a sandbox or volume name: 1..=63 of `[A-Za-z0-9_.-]`, starting
 /// with a letter or digit (so never `.`/`..` or a hidden file).

@@ -12,11 +12,11 @@ use lockbox_protocol::{ExecRequest, Message, NotEnforced};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::backend::process::wait_exited;
 use crate::client::AgentClient;
 use crate::config::SandboxConfig;
 use crate::error::{EngineError, Result};
 use crate::exec::{ExecOutput, ExecProcess};
-use crate::launcher::{kill_verified, wait_exited};
 use crate::metrics::Metrics;
 use crate::state::{DirLock, SandboxState};
 
@@ -29,8 +29,12 @@ pub struct StoredConfig {
     pub lower: Vec<String>,
     pub env: Vec<String>,
     pub workdir: String,
-    pub uid: u32,
-    pub gid: u32,
+    /// The user spec the agent resolved at launch (the plan's `user`).
+    #[serde(default)]
+    pub user: String,
+    /// Which backend runs it (`BackendInfo::kind`).
+    #[serde(default = "crate::backend::default_kind")]
+    pub backend: String,
     pub created_unix: i64,
     /// The image it was made from (absent for a rootfs directory, a dev
     /// tree image, and configs written before it was recorded).
@@ -66,6 +70,8 @@ pub struct SandboxInfo {
     pub dir: String,
     /// Digest and default command (entrypoint + cmd) of the image.
     pub image_used: Option<ImageUsed>,
+    /// What runs the sandbox and what stands between it and the host.
+    pub backend: crate::backend::BackendInfo,
     /// The writable layer's budget in MiB; `None`: no budget (disk_mib 0).
     #[serde(default)]
     pub disk_mib: Option<u64>,
@@ -139,16 +145,23 @@ impl Sandbox {
         Ok(())
     }
 
+    /// File calls inside the sandbox, as `user` when one is given (see
+    /// `client_as`).
+    pub fn files(&self, user: Option<&str>) -> Result<crate::files::Files> {
+        self.client_as(user).map(crate::files::Files::new)
+    }
+
     /// The live agent connection whose file requests act as `user`
-    /// ("uid", "uid:gid" or a name from the image) instead of the
-    /// sandbox's configured user; `None`: the configured user.
+    /// ("uid", "uid:gid", "name" or "name:group", names resolved by the
+    /// agent in the sandbox's root) instead of the sandbox's configured
+    /// user; `None`: the configured user.
     pub fn client_as(&self, user: Option<&str>) -> Result<AgentClient> {
         let c = self.client()?;
         match user {
             None => Ok(c),
             Some(u) => {
-                let (uid, gid) = crate::config::resolve_user(u, &self.stored.lower)?;
-                Ok(c.as_user(uid, gid))
+                crate::plan::check::check_user(u)?;
+                Ok(c.as_user(u))
             }
         }
     }
@@ -200,41 +213,9 @@ impl Sandbox {
         crate::metrics::read(&self.state().report.cgroup)
     }
 
-    /// Fills in the sandbox defaults (env, cwd, user) for an exec.
+    /// The complete exec request (the plan's `exec`).
     pub fn exec_request(&self, o: &ExecOptions) -> Result<ExecRequest> {
-        if o.argv.is_empty() || o.argv[0].is_empty() {
-            return Err(EngineError::invalid("exec needs a program name"));
-        }
-        for a in &o.argv {
-            if a.contains('\0') {
-                return Err(EngineError::invalid("an argument contains a NUL byte"));
-            }
-        }
-        crate::config::check_env_list("exec env", &o.env)?;
-        let env = merge_env("exec env", &self.stored.env, &o.env)?;
-        let (uid, gid) = match &o.user {
-            Some(u) => crate::config::resolve_user(u, &self.stored.lower)?,
-            None => (self.stored.uid, self.stored.gid),
-        };
-        let cwd = match &o.cwd {
-            Some(c) => crate::config::guest_path("exec dir", c)?,
-            None => self.stored.workdir.clone(),
-        };
-        if o.timeout_ms == Some(0) {
-            return Err(EngineError::invalid("exec timeout must be positive"));
-        }
-        Ok(ExecRequest {
-            argv: o.argv.clone(),
-            env,
-            cwd: Some(cwd),
-            uid: Some(uid),
-            gid: Some(gid),
-            tty: o.tty,
-            timeout_ms: o.timeout_ms,
-            stdin: o.stdin,
-            rows: o.rows,
-            cols: o.cols,
-        })
+        crate::plan::exec(&self.stored, o)
     }
 
     /// An operation that failed because the agent connection went away
@@ -306,7 +287,7 @@ impl Sandbox {
     pub async fn kill(&self) -> Result<()> {
         self.check_not_removed()?;
         let st = self.state();
-        kill_verified(st.helper_pid, st.helper_start);
+        crate::backend::of(&self.stored.backend)?.kill(&st);
         if !self.wait_helper_exit(Duration::from_secs(10)).await {
             return Err(EngineError::new(
                 lockbox_protocol::ErrorCode::Timeout,
@@ -362,6 +343,7 @@ pub fn damaged_info(name: &str, dir: &Path, why: String) -> SandboxInfo {
         config: Default::default(),
         dir: dir.to_string_lossy().into_owned(),
         image_used: None,
+        backend: Default::default(),
         disk_mib: None,
         error: Some(format!(
             "state cannot be read ({why}); its files are kept: remove it to delete them"
@@ -390,7 +372,10 @@ pub fn info_from(
         config: stored.config.clone(),
         dir: dir.to_string_lossy().into_owned(),
         image_used: stored.image.clone(),
-        disk_mib: stored.config.effective_disk_mib(),
+        backend: crate::backend::info_of(&stored.backend),
+        disk_mib: crate::plan::check::disk_budget(stored.config.disk_mib)
+            .ok()
+            .flatten(),
         error: None,
     }
 }
@@ -408,78 +393,4 @@ pub struct ExecOptions {
     pub tty: bool,
     pub rows: Option<u16>,
     pub cols: Option<u16>,
-}
-
-/// `base` overridden key by key by `extra`, the last entry of a key
-/// winning, in the order each key first appears. Linear: one hash lookup
-/// per entry (a scan per entry made 32k entries take seconds). `extra` is
-/// checked entry by entry (its size is the caller's to check); the result
-/// is bounded like any environment.
-pub fn merge_env(what: &str, base: &[String], extra: &[String]) -> Result<Vec<String>> {
-    use std::collections::hash_map::Entry;
-    let mut order: Vec<&String> = Vec::with_capacity(base.len() + extra.len());
-    let mut slot: std::collections::HashMap<&str, usize> =
-        std::collections::HashMap::with_capacity(base.len() + extra.len());
-    for (i, e) in base.iter().chain(extra).enumerate() {
-        if i >= base.len() {
-            crate::config::check_env(what, e)?;
-        }
-        let key = e.split_once('=').map_or(e.as_str(), |(k, _)| k);
-        match slot.entry(key) {
-            Entry::Occupied(o) => order[*o.get()] = e,
-            Entry::Vacant(v) => {
-                v.insert(order.len());
-                order.push(e);
-            }
-        }
-    }
-    let out: Vec<String> = order.into_iter().cloned().collect();
-    crate::config::check_env_size(&format!("{what} after merging"), &out)?;
-    Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn env_merges_by_key() {
-        let base = vec!["PATH=/bin".to_string(), "A=1".to_string()];
-        let m = merge_env("env", &base, &["A=2".into(), "B=3".into(), "B=4".into()]).unwrap();
-        assert_eq!(m, vec!["PATH=/bin", "A=2", "B=4"]);
-        assert!(merge_env("env", &base, &["bad".into()]).is_err());
-        assert!(merge_env("env", &base, &["=x".into()]).is_err());
-        assert!(merge_env("env", &base, &["A=\0".into()]).is_err());
-    }
-
-    /// 2 x 50k entries with half the keys shared. A scan per entry (the
-    /// old merge) needs ~3e9 key compares here: minutes, not < 2 s.
-    #[test]
-    fn env_merge_is_linear() {
-        let n = 50_000;
-        let base: Vec<String> = (0..n).map(|i| format!("K{i}=base")).collect();
-        let extra: Vec<String> = (n / 2..n + n / 2).map(|i| format!("K{i}=extra")).collect();
-        let t = std::time::Instant::now();
-        // Past the size bound on purpose: the merge runs in full, then the
-        // result is refused.
-        let e = merge_env("env", &base, &extra).unwrap_err();
-        assert_eq!(e.code, lockbox_protocol::ErrorCode::InvalidArgument);
-        assert!(e.message.contains("after merging"), "{}", e.message);
-        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
-        let small_base: Vec<String> = base[..2000].to_vec();
-        let m = merge_env("env", &small_base, &extra[..2000]).unwrap();
-        assert_eq!(m.len(), 4000);
-        assert_eq!(m[0], "K0=base");
-        assert_eq!(m[3999], format!("K{}=extra", n / 2 + 1999));
-    }
-
-    #[test]
-    fn merged_env_is_bounded() {
-        let base: Vec<String> = (0..3000).map(|i| format!("A{i}=x")).collect();
-        let extra: Vec<String> = (0..3000).map(|i| format!("B{i}=x")).collect();
-        let e = merge_env("exec env", &base, &extra).unwrap_err();
-        assert!(e.message.contains("6000 entries"), "{}", e.message);
-        // The same keys again only override: still 3000.
-        assert_eq!(merge_env("exec env", &base, &base).unwrap().len(), 3000);
-    }
 }

@@ -208,3 +208,83 @@ async fn long_state_path() {
     assert_eq!(out.stdout, b"ok\n");
     engine.remove(&sb.name).await.unwrap();
 }
+
+/// Users are resolved in the sandbox's own root: one made inside (by
+/// appending to its /etc/passwd, as useradd does) works with an exec's and
+/// a file call's user; a name that is in neither is a not_found naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_made_inside_are_resolved_inside() {
+    if !ready() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let engine = Engine::with_home(home.path().to_path_buf()).unwrap();
+    let sb = engine.create(SandboxConfig::default()).await.unwrap();
+    let as_user = |user: &str, a: &[&str]| ExecOptions {
+        user: Some(user.into()),
+        ..argv(a)
+    };
+    // Control: before it exists, the name is refused, by name.
+    let e = sb
+        .exec_collect(&as_user("made", &["id", "-u"]), None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotFound, "{e}");
+    assert!(e.message.contains("\"made\""), "{e}");
+
+    let add = "echo 'made:x:4321:4322::/home/made:/bin/sh' >> /etc/passwd && \
+               echo 'crew:x:4400:' >> /etc/group && mkdir -p /home/made && \
+               chown 4321:4322 /home/made";
+    let out = sb
+        .exec_collect(&argv(&["sh", "-c", add]), None)
+        .await
+        .unwrap();
+    assert_eq!(out.status.code, Some(0), "{out:?}");
+    let out = sb
+        .exec_collect(
+            &as_user("made", &["sh", "-c", "id -u; id -g; echo $HOME"]),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "4321\n4322\n/home/made\n"
+    );
+    let out = sb
+        .exec_collect(&as_user("made:crew", &["id", "-g"]), None)
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"4400\n");
+    // The sandbox's own user (root) keeps its HOME.
+    let out = sb
+        .exec_collect(&argv(&["sh", "-c", "echo $HOME"]), None)
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"/root\n");
+
+    let c = sb.client_as(Some("made")).unwrap();
+    fs::write_file(&c, "/home/made/f", b"x", 0o600)
+        .await
+        .unwrap();
+    let out = sb
+        .exec_collect(&argv(&["stat", "-c", "%u:%g", "/home/made/f"]), None)
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"4321:4322\n");
+    engine.remove(&sb.name).await.unwrap();
+
+    // A sandbox whose user is not in its image does not start.
+    let e = engine
+        .create(SandboxConfig {
+            name: Some("nouser".into()),
+            user: Some("ghost".into()),
+            ..Default::default()
+        })
+        .await
+        .err()
+        .expect("a user that is not there");
+    assert_eq!(e.code, ErrorCode::NotFound, "{e}");
+    assert!(e.message.contains("ghost"), "{e}");
+    assert!(engine.list().unwrap().is_empty());
+}

@@ -29,8 +29,10 @@ pub struct LaunchSpec {
     /// Default environment for every exec (KEY=VALUE).
     pub env: Vec<String>,
     pub workdir: String,
-    pub uid: u32,
-    pub gid: u32,
+    /// The sandbox's user: "uid", "uid:gid", "name" or "name:group". Names
+    /// are resolved by the agent against the sandbox's own /etc/passwd and
+    /// /etc/group, once the root is built; an unknown name fails the launch.
+    pub user: String,
     pub mounts: Vec<MountSpec>,
     pub limits: Limits,
     pub network: NetworkSpec,
@@ -60,6 +62,21 @@ pub enum MountSpec {
     Tmpfs { target: String, size_mib: u64 },
 }
 
+/// Bounds of the limits, shared by the engine's plan (which refuses a
+/// config outside them) and the helper (which refuses a spec outside them):
+/// one set of numbers for both sides.
+pub mod bounds {
+    pub const MIN_MEMORY_MIB: u64 = 8;
+    pub const MAX_MEMORY_MIB: u64 = 1 << 20; // 1 TiB
+    pub const MAX_CPUS: f64 = 1024.0;
+    pub const MAX_PIDS: u64 = 1 << 22;
+    pub const MAX_DISK_MIB: u64 = 1 << 24; // 16 TiB
+    pub const MAX_NOFILE: u64 = 1 << 20;
+    /// A user spec ("name:group"): user and group names are at most 32
+    /// bytes on Linux; this leaves room and bounds what an error quotes.
+    pub const MAX_USER_SPEC_BYTES: usize = 256;
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Limits {
     pub memory_mib: Option<u64>,
@@ -70,6 +87,35 @@ pub struct Limits {
     pub disk_mib: Option<u64>,
     /// RLIMIT_NOFILE for processes in the sandbox.
     pub nofile: Option<u64>,
+}
+
+impl Limits {
+    /// Every limit inside `bounds`; the message names the first one that
+    /// is not.
+    pub fn check(&self) -> Result<(), String> {
+        use bounds::*;
+        let range = |what: &str, v: Option<u64>, min: u64, max: u64| match v {
+            Some(v) if v < min || v > max => {
+                Err(format!("{what} {v} is out of range ({min}..={max})"))
+            }
+            _ => Ok(()),
+        };
+        range(
+            "memory (MiB)",
+            self.memory_mib,
+            MIN_MEMORY_MIB,
+            MAX_MEMORY_MIB,
+        )?;
+        range("pids", self.pids, 1, MAX_PIDS)?;
+        range("disk (MiB)", self.disk_mib, 1, MAX_DISK_MIB)?;
+        range("nofile", self.nofile, 1, MAX_NOFILE)?;
+        if let Some(c) = self.cpus {
+            if !c.is_finite() || c <= 0.0 || c > MAX_CPUS {
+                return Err(format!("cpus {c} is out of range (0 < cpus <= {MAX_CPUS})"));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

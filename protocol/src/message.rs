@@ -90,13 +90,14 @@ pub enum Message {
     Written {
         bytes: u64,
     },
-    /// Runs one file request (any of the above) as `uid`/`gid` with
-    /// `gid` as its only group, instead of as the sandbox's configured
-    /// user, which is what an unwrapped file request acts as. The reply
-    /// and streams are those of `request`, under this frame's id.
+    /// Runs one file request (any of the above) as `user` ("uid",
+    /// "uid:gid", "name" or "name:group", names resolved by the agent in
+    /// the sandbox's /etc/passwd and /etc/group) with that gid as its only
+    /// group, instead of as the sandbox's configured user, which is what an
+    /// unwrapped file request acts as. The reply and streams are those of
+    /// `request`, under this frame's id.
     AsUser {
-        uid: u32,
-        gid: u32,
+        user: String,
         request: Box<Message>,
     },
 
@@ -133,12 +134,16 @@ impl Message {
 pub struct ExecRequest {
     /// argv[0] is looked up in PATH (of `env`) when it has no slash.
     pub argv: Vec<String>,
-    /// Full environment as KEY=VALUE; the sandbox defaults are merged in by
-    /// the engine before sending.
+    /// The complete environment as KEY=VALUE: the engine merged the
+    /// sandbox's in before sending; the agent adds only HOME, when absent,
+    /// from the user it resolved.
     pub env: Vec<String>,
-    pub cwd: Option<String>,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
+    /// Absolute; required (the engine fills in the sandbox's workdir).
+    pub cwd: String,
+    /// "uid", "uid:gid", "name" or "name:group", resolved by the agent in
+    /// the sandbox's own /etc/passwd (so users made inside work); `None`:
+    /// the sandbox's user, as resolved at launch.
+    pub user: Option<String>,
     pub tty: bool,
     /// Kill the process group after this many milliseconds.
     pub timeout_ms: Option<u64>,

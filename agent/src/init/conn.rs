@@ -295,12 +295,21 @@ fn control(agent: &Rc<Agent>, conn: &Rc<Conn>, id: u32, msg: Message) {
         _ => {}
     }
     let default = super::files::Creds {
-        uid: agent.confine.default_uid,
-        gid: agent.confine.default_gid,
+        uid: agent.confine.default_user.uid,
+        gid: agent.confine.default_user.gid,
     };
     let (creds, msg) = match msg {
-        Message::AsUser { uid, gid, request } if super::files::is_file_request(&request) => {
-            (super::files::Creds { uid, gid }, *request)
+        Message::AsUser { user, request } if super::files::is_file_request(&request) => {
+            match crate::users::resolve(&user) {
+                Ok(u) => (
+                    super::files::Creds {
+                        uid: u.uid,
+                        gid: u.gid,
+                    },
+                    *request,
+                ),
+                Err(e) => return conn.error(id, e),
+            }
         }
         Message::AsUser { .. } => {
             return conn.error(

@@ -20,8 +20,8 @@ use super::fdio::Fd;
 use super::window::Window;
 use super::Agent;
 use crate::confine::ExecCreds;
+use crate::users::User;
 
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// After the process exits, output still arriving (from children that kept
 /// the pipe) is forwarded until the pipe is idle this long.
 const DRAIN_IDLE: Duration = Duration::from_millis(300);
@@ -42,10 +42,12 @@ fn find_program(argv0: &str, env: &[String]) -> Result<PathBuf, WireError> {
         }
         return Ok(p);
     }
+    // The engine's plan always puts a PATH in; without one there is
+    // nowhere to look.
     let path = env
         .iter()
         .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or(DEFAULT_PATH);
+        .unwrap_or("");
     path.split(':')
         .filter(|d| !d.is_empty())
         .map(|d| Path::new(d).join(argv0))
@@ -66,14 +68,13 @@ struct Spawned {
     pty: Option<Rc<Fd>>,
 }
 
-fn env_of(agent: &Agent, req: &ExecRequest) -> Vec<String> {
-    let mut env = if req.env.is_empty() {
-        agent.spec.env.clone()
-    } else {
-        req.env.clone()
-    };
-    if !env.iter().any(|e| e.starts_with("PATH=")) {
-        env.push(format!("PATH={DEFAULT_PATH}"));
+/// The request's environment (complete: the engine merged the sandbox's
+/// in) plus HOME of the user it runs as, when it has none: HOME depends on
+/// the user, which only this side resolves.
+fn env_of(req: &ExecRequest, user: &User) -> Vec<String> {
+    let mut env = req.env.clone();
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={}", user.home_or_default()));
     }
     env
 }
@@ -83,14 +84,23 @@ fn spawn(agent: &Agent, req: &ExecRequest) -> Result<Spawned, WireError> {
         .argv
         .first()
         .ok_or_else(|| WireError::new(ErrorCode::InvalidArgument, "argv is empty"))?;
-    let env = env_of(agent, req);
+    let resolved;
+    let user = match &req.user {
+        Some(u) => {
+            resolved = crate::users::resolve(u)?;
+            &resolved
+        }
+        None => &agent.confine.default_user,
+    };
+    let env = env_of(req, user);
     let program = find_program(argv0, &env)?;
-    let cwd = req
-        .cwd
-        .clone()
-        .filter(|c| !c.is_empty())
-        .or_else(|| Some(agent.spec.workdir.clone()).filter(|c| !c.is_empty()))
-        .unwrap_or_else(|| "/".into());
+    let cwd = req.cwd.clone();
+    if !cwd.starts_with('/') {
+        return Err(WireError::new(
+            ErrorCode::InvalidArgument,
+            format!("working directory {cwd:?} must be absolute"),
+        ));
+    }
     if !Path::new(&cwd).is_dir() {
         return Err(WireError::new(
             ErrorCode::NotFound,
@@ -98,8 +108,8 @@ fn spawn(agent: &Agent, req: &ExecRequest) -> Result<Spawned, WireError> {
         ));
     }
     let creds = ExecCreds {
-        uid: req.uid.unwrap_or(agent.confine.default_uid),
-        gid: req.gid.unwrap_or(agent.confine.default_gid),
+        uid: user.uid,
+        gid: user.gid,
         cwd: CString::new(cwd)
             .map_err(|_| WireError::new(ErrorCode::InvalidArgument, "cwd has NUL"))?,
         tty: req.tty,

@@ -46,6 +46,9 @@ pub fn child_main(spec: LaunchSpec, sync: UnixStream, listener: OwnedFd) -> ! {
 
 fn code_of(e: &anyhow::Error) -> ErrorCode {
     for c in e.chain() {
+        if let Some(w) = c.downcast_ref::<lockbox_protocol::WireError>() {
+            return w.code;
+        }
         if let Some(t) = c.downcast_ref::<mountfd::TargetError>() {
             return ErrorCode::from_errno(t.errno());
         }
@@ -138,8 +141,12 @@ fn build(
             report.not("dns", format!("cannot write /etc/resolv.conf: {e:#}"));
         }
     }
+    // Before confinement, as the root it was built as: a name given at
+    // create (or the image's USER) must exist in this root.
+    let user =
+        crate::users::resolve(&spec.user).with_context(|| format!("user {:?}", spec.user))?;
     Ok((
-        crate::confine::Confine::lock_agent(spec, report)?,
+        crate::confine::Confine::lock_agent(spec, user, report)?,
         plan.host_pid,
     ))
 }

@@ -57,6 +57,7 @@ pub fn spec_in(dir: &Path, rootfs: &Path, id: &str) -> LaunchSpec {
         hostname: "sandbox".into(),
         env: vec!["PATH=/bin".into(), "HOME=/root".into()],
         workdir: "/".into(),
+        user: "0:0".into(),
         ..Default::default()
     }
 }
@@ -219,7 +220,14 @@ impl Client {
     }
 
     /// Starts a request; `read_stream` says the op ends with an Eof on stream 1.
-    pub async fn start(&mut self, m: Message) -> u32 {
+    pub async fn start(&mut self, mut m: Message) -> u32 {
+        // The engine always sends a cwd (the agent has no default of its
+        // own); requests here that leave it out mean the root.
+        if let Message::Exec(r) = &mut m {
+            if r.cwd.is_empty() {
+                r.cwd = "/".into();
+            }
+        }
         let id = self.next;
         self.next += 1;
         let streams = match &m {

@@ -1,33 +1,97 @@
-//! Starting `lockbox-helper` for a sandbox (see the protocol crate's
-//! `launch` module for the contract) and watching helper processes exit.
+//! The native backend: `lockbox-helper` builds the sandbox with namespaces,
+//! seccomp and Landlock on the host kernel and runs the agent as its PID 1
+//! (see the protocol crate's `launch` module for the contract). The helper
+//! makes the sandbox's cgroup; the agent listens on `agent.sock` in the
+//! sandbox's directory.
 //!
 //! The helper is a separate executable started with std::process::Command
 //! and no pre_exec hook: the library never forks the host to run its own
 //! code and installs no SIGCHLD handler. Exits are observed with a pidfd.
 
 use std::io::Write;
-use std::os::fd::{FromRawFd, OwnedFd};
-use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use lockbox_protocol::{ErrorCode, LaunchSpec, LaunchStatus};
+use lockbox_protocol::{ErrorCode, LaunchSpec, LaunchStatus, RootfsSpec};
 use tokio::io::AsyncBufReadExt;
-use tokio::sync::watch;
 
+use super::process::watch_exit;
+use super::{Backend, BackendInfo, BoxFuture, LaunchRequest, Launched};
 use crate::error::{EngineError, Result};
 
 /// How long a helper may take to report before we give up on it.
 pub const LAUNCH_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub struct Launched {
-    pub status: LaunchStatus,
-    pub helper_pid: u32,
-    /// The write end of the lifeline (non-detached only): dropping it tells
-    /// the helper to tear the sandbox down.
-    pub lifeline: Option<ChildStdin>,
-    /// Becomes true when the helper process has exited.
-    pub exited: watch::Receiver<bool>,
+pub(crate) struct Native {
+    /// Found on first use (next to the loaded library, or
+    /// `LOCKBOX_HELPER`), then kept.
+    helper: OnceLock<PathBuf>,
+}
+
+impl Native {
+    pub(crate) const fn new() -> Native {
+        Native {
+            helper: OnceLock::new(),
+        }
+    }
+
+    fn helper(&self) -> Result<PathBuf> {
+        if let Some(p) = self.helper.get() {
+            return Ok(p.clone());
+        }
+        let p = crate::paths::find_helper()?;
+        Ok(self.helper.get_or_init(|| p).clone())
+    }
+}
+
+impl Backend for Native {
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            kind: super::NATIVE.into(),
+            boundary: "host kernel: namespaces, seccomp, Landlock, cgroup limits".into(),
+        }
+    }
+
+    fn launch<'a>(&'a self, req: LaunchRequest<'a>) -> BoxFuture<'a, Result<Launched>> {
+        Box::pin(async move {
+            let helper = self.helper()?;
+            let spec = launch_spec(&req)?;
+            launch(&helper, &spec).await
+        })
+    }
+}
+
+/// The helper's spec for a plan: the plan plus where, in the sandbox's
+/// directory, the writable layer and the agent socket go.
+fn launch_spec(req: &LaunchRequest<'_>) -> Result<LaunchSpec> {
+    let (upper, work) = (req.dir.join("upper"), req.dir.join("work"));
+    for d in [&upper, &work] {
+        std::fs::create_dir(d).map_err(|e| EngineError::io(d.display(), e))?;
+    }
+    let s = |p: &Path| p.to_string_lossy().into_owned();
+    let p = req.plan;
+    Ok(LaunchSpec {
+        name: p.name.clone(),
+        id: req.id.to_string(),
+        dir: s(req.dir),
+        socket_path: s(&req.dir.join("agent.sock")),
+        rootfs: RootfsSpec {
+            lower: p.layers.clone(),
+            upper: s(&upper),
+            work: s(&work),
+        },
+        hostname: p.hostname.clone(),
+        env: p.env.clone(),
+        workdir: p.workdir.clone(),
+        user: p.user.clone(),
+        mounts: req.mounts.clone(),
+        limits: p.limits.clone(),
+        network: p.network.clone(),
+        detached: p.detached,
+    })
 }
 
 /// Kills and reaps the helper if launching is abandoned (error or the
@@ -60,7 +124,7 @@ fn helper_env(cmd: &mut Command) {
     }
 }
 
-pub async fn launch(helper: &Path, spec: &LaunchSpec) -> Result<Launched> {
+async fn launch(helper: &Path, spec: &LaunchSpec) -> Result<Launched> {
     let dir = Path::new(&spec.dir);
     let launch_json = dir.join("launch.json");
     let bytes = serde_json::to_vec(spec)
@@ -154,66 +218,9 @@ pub async fn launch(helper: &Path, spec: &LaunchSpec) -> Result<Launched> {
         watch_exit(helper_pid, None)
     };
     Ok(Launched {
-        status,
-        helper_pid,
+        pid: helper_pid,
+        report: status.report.unwrap_or_default(),
         lifeline,
         exited,
     })
-}
-
-fn pidfd_open(pid: u32) -> Option<OwnedFd> {
-    // SAFETY: raw syscall; a non-negative result is a new fd we own.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: fresh fd from the kernel.
-    Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// Watches `pid` until it exits; reaps it when we own it as `child`.
-/// Must run inside a tokio runtime.
-pub fn watch_exit(pid: u32, child: Option<Child>) -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(false);
-    let fd = pidfd_open(pid);
-    tokio::spawn(async move {
-        // SAFETY: the AsyncFd owns the pidfd, which stays open and unchanged
-        // for its whole life.
-        let afd = fd.and_then(|fd| unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE).ok()
-        });
-        match afd {
-            Some(afd) => {
-                let _ = afd.readable().await;
-            }
-            None => {
-                // No pidfd (old kernel or already gone): poll /proc.
-                while crate::state::process_start_time(pid).is_some() {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-        if let Some(mut c) = child {
-            let _ = c.try_wait();
-        }
-        let _ = tx.send(true);
-    });
-    rx
-}
-
-/// Waits until `exited` is true or `d` passes; true if it exited.
-pub async fn wait_exited(exited: &mut watch::Receiver<bool>, d: Duration) -> bool {
-    tokio::time::timeout(d, exited.wait_for(|e| *e))
-        .await
-        .is_ok()
-}
-
-/// SIGKILL to a pid we verified by start time.
-pub fn kill_verified(pid: u32, start: u64) {
-    if pid != 0 && crate::state::process_start_time(pid) == Some(start) {
-        // SAFETY: plain kill(2).
-        unsafe {
-            libc::kill(pid as i32, libc::SIGKILL);
-        }
-    }
 }
