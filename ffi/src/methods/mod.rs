@@ -51,7 +51,7 @@ methods! {
     SandboxGet = "sandbox.get": Name => wire::sandbox::Opened, sandbox::get;
     SandboxList = "sandbox.list": Empty => wire::sandbox::SandboxList, sandbox::list;
     SandboxRemove = "sandbox.remove": wire::sandbox::RemoveParams => Empty, sandbox::remove;
-    SandboxInfo = "sandbox.info": wire::sandbox::SandboxRef => lockbox_engine::SandboxInfo, sandbox::info;
+    SandboxInfo = "sandbox.info": wire::sandbox::SandboxRef => wire::sandbox::SandboxInfo, sandbox::info;
     SandboxMetrics = "sandbox.metrics": wire::sandbox::SandboxRef => wire::sandbox::Metrics, sandbox::metrics;
     SandboxStop = "sandbox.stop": wire::sandbox::StopParams => Empty, sandbox::stop;
     SandboxKill = "sandbox.kill": wire::sandbox::SandboxRef => Empty, sandbox::kill;

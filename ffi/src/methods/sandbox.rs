@@ -4,10 +4,9 @@ use super::CallCtx;
 use crate::error::ApiError;
 use crate::registry::{self, Kind};
 use crate::wire::sandbox::{
-    Metrics, Opened, RemoveParams, SandboxConfig, SandboxList, SandboxRef, StopParams,
+    Metrics, Opened, RemoveParams, SandboxConfig, SandboxInfo, SandboxList, SandboxRef, StopParams,
 };
 use crate::wire::{Empty, Name};
-use lockbox_engine::SandboxInfo;
 use std::time::Duration;
 
 pub(super) fn create(cfg: SandboxConfig, ctx: &CallCtx) -> Result<Opened, ApiError> {

@@ -1,9 +1,8 @@
 //! sandbox.*: create/get hand out a sandbox handle; the rest name it as
 //! "sandbox".
-use lockbox_engine::SandboxInfo;
 use serde::{Deserialize, Serialize};
 
-pub(crate) use lockbox_engine::{Metrics, SandboxConfig};
+pub(crate) use lockbox_engine::{Metrics, SandboxConfig, SandboxInfo};
 
 /// `{"sandbox"}`: a sandbox handle.
 #[derive(Debug, Serialize, Deserialize)]
