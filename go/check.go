@@ -551,7 +551,7 @@ func checkEngine(ctx context.Context) CheckItem {
 	}
 	inst, err := EnsureInstalled(ctx, WithOffline(true))
 	if err != nil {
-		it.Status, it.Found = CheckFail, "lockbox "+Version+" is not installed: "+err.Error()
+		it.Status, it.Found = CheckFail, err.Error()
 		it.Fix = "lockbox install --version " + Version + " (with LOCKBOX_RELEASE_URL set), or EnsureInstalled from your program"
 		return it
 	}

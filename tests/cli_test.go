@@ -63,6 +63,8 @@ func TestCLIRunExitCodes(t *testing.T) {
 	// A signal ends it: 128+15, as a shell reports it.
 	cli(t, 143, "run", "base", "sh", "-c", "kill -TERM $$")
 	cli(t, 124, "run", "--timeout", "300ms", "base", "sleep", "30")
+	// No such command inside: 127, as a shell and docker run.
+	cli(t, 127, "run", "base", "no-such-command-here")
 	// The engine cannot make the sandbox: 125, as docker run.
 	r = cli(t, 125, "run", "no-such-image-here", "true")
 	if !strings.Contains(r.stderr, "no-such-image-here") {
@@ -77,15 +79,20 @@ func TestCLIRunEnvVolumeWorkdirStdin(t *testing.T) {
 	}
 	r := runCLI(t, "", []string{"LOCKBOX_CLI_TEST_B=from-host-env"},
 		"run", "-e", "A=1", "-e", "LOCKBOX_CLI_TEST_B", "-v", dir+":/mnt:ro", "-w", "/mnt", "base",
-		"sh", "-c", `echo "$A $LOCKBOX_CLI_TEST_B"; cat f; pwd; touch x 2>/dev/null && echo WROTE`)
+		"sh", "-c", `echo "$A $LOCKBOX_CLI_TEST_B"; cat f; pwd; touch x 2>/dev/null && echo WROTE; true`)
 	if want := "1 from-host-env\nfrom the host\n/mnt\n"; r.code != 0 || r.stdout != want {
 		t.Fatalf("want %q: %v", want, r)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "x")); err == nil {
 		t.Error("a read-only volume was written")
 	}
-	r = runCLI(t, "", nil, "run", "-v", dir+":/mnt", "base", "sh", "-c", "echo made > /mnt/made")
-	if b, err := os.ReadFile(filepath.Join(dir, "made")); r.code != 0 || string(b) != "made\n" {
+	// The sandbox writes as its own host ids: the volume must let it.
+	rw := filepath.Join(dir, "rw")
+	if err := os.Mkdir(rw, 0o777); err != nil || os.Chmod(rw, 0o777) != nil {
+		t.Fatal(err)
+	}
+	r = runCLI(t, "", nil, "run", "-v", rw+":/mnt", "base", "sh", "-c", "echo made > /mnt/made")
+	if b, err := os.ReadFile(filepath.Join(rw, "made")); r.code != 0 || string(b) != "made\n" {
 		t.Errorf("a writable volume: %q %v; %v", b, err, r)
 	}
 	// -i sends stdin; without it the command reads EOF at once.

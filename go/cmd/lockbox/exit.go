@@ -19,6 +19,10 @@ const (
 	// exitEngine: the engine could not be loaded, or could not create
 	// the sandbox or start the command (docker run's 125).
 	exitEngine = 125
+	// exitCannotRun: the command was found but may not be run (126) or
+	// was not found (127), as a shell and docker report it.
+	exitCannotRun = 126
+	exitNotFound  = 127
 )
 
 // fail prints err for the command name and returns its exit code: 125 for
@@ -26,12 +30,11 @@ const (
 // with engine set, any failure of the engine around a command; 2 for a
 // usage error; else 1.
 func fail(env *cli, name string, err error, engine bool) int {
+	fmt.Fprintf(env.stderr, "lockbox %s: %v\n", name, err)
 	var ue *usageError
 	if errors.As(err, &ue) {
-		fmt.Fprintf(env.stderr, "lockbox %s: %v\n", name, err)
 		return exitUsage
 	}
-	fmt.Fprintf(env.stderr, "lockbox %s: %v\n", name, err)
 	switch {
 	case errors.Is(err, lockbox.ErrNotInstalled), errors.Is(err, lockbox.ErrLibraryNotLoaded):
 		fmt.Fprintln(env.stderr, "hint: install the engine with 'lockbox install', or set LOCKBOX_LIB; 'lockbox doctor' says what this host allows")

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/signal"
 	"syscall"
@@ -105,7 +106,12 @@ func runProcess(ctx context.Context, env *cli, sb *lockbox.Sandbox, argv []strin
 	// Signals are passed on, not turned into a canceled context: the
 	// command decides what an interrupt means.
 	es, err := sb.ExecStream(context.WithoutCancel(ctx), argv, opts...)
-	if err != nil {
+	switch {
+	case errors.Is(err, lockbox.ErrNotFound):
+		return exitNotFound, err
+	case errors.Is(err, lockbox.ErrPermission):
+		return exitCannotRun, err
+	case err != nil:
 		return exitEngine, err
 	}
 	if !f.interactive {

@@ -55,7 +55,7 @@ func runRun(ctx context.Context, env *cli, args []string) int {
 	}
 	code, err := runProcess(ctx, env, sb, argv, pf)
 	if err != nil {
-		return fail(env, "run", err, true)
+		fmt.Fprintf(env.stderr, "lockbox run: %v\n", err)
 	}
 	return code
 }
@@ -115,7 +115,7 @@ func runExec(ctx context.Context, env *cli, args []string) int {
 	defer sb.Close()
 	code, err := runProcess(ctx, env, sb, argv, pf)
 	if err != nil {
-		return fail(env, "exec", err, true)
+		fmt.Fprintf(env.stderr, "lockbox exec: %v\n", err)
 	}
 	return code
 }
