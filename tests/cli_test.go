@@ -288,3 +288,51 @@ func TestCLITTY(t *testing.T) {
 		t.Errorf("host terminal left raw after the command ended: lflag %#x", tio.Lflag)
 	}
 }
+
+// TestCLIEngineSetupVerify installs the release in dist/ with the CLI
+// (plain progress lines: stderr is no terminal), installs it again (a
+// marker check), verifies it, then flips one byte of the installed
+// library: verify must refuse it with exit 1. make test-cli links the CLI
+// to the development pin that dist/ was signed for.
+func TestCLIEngineSetupVerify(t *testing.T) {
+	dist := os.Getenv("LOCKBOX_DIST")
+	if dist == "" || os.Getenv("LOCKBOX_CLI") == "" {
+		t.Skip("needs LOCKBOX_DIST and a CLI linked to its pin: run `make test-cli`")
+	}
+	dir := t.TempDir()
+	noDev := []string{"LOCKBOX_LIB=", "LOCKBOX_HOME=" + dir}
+	r := runCLI(t, "", noDev, "install", "--from", dist, "--dir", dir)
+	if r.code != 0 || !strings.Contains(r.stdout, "installed in "+dir) || !strings.Contains(r.stderr, "verified lib/liblockbox.so") {
+		t.Fatalf("install: %v", r)
+	}
+	if r = runCLI(t, "", noDev, "install", "--from", dist, "--dir", dir); r.code != 0 || !strings.Contains(r.stderr, "already installed") {
+		t.Errorf("second install: %v", r)
+	}
+	r = runCLI(t, "", noDev, "verify", "--dir", dir, "--json")
+	var v struct {
+		Library string `json:"library"`
+		Engine  string `json:"engine_version"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &v); r.code != 0 || err != nil || v.Engine == "" || v.Library == "" {
+		t.Fatalf("verify: %v (%v)", r, err)
+	}
+	if rep := runCLI(t, "", noDev, "doctor", "--json"); !strings.Contains(rep.stdout, "installed in") {
+		t.Errorf("doctor does not see the install: %v", rep)
+	}
+	f, err := os.OpenFile(v.Library, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, 4096); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0xff
+	if _, err := f.WriteAt(b, 4096); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if r = runCLI(t, "", noDev, "verify", "--dir", dir); r.code != 1 || !strings.Contains(r.stderr, "verification failed") {
+		t.Errorf("verify of a tampered library: want exit 1 and a verification error: %v", r)
+	}
+}

@@ -36,6 +36,8 @@ func fail(env *cli, name string, err error, engine bool) int {
 		return exitUsage
 	}
 	switch {
+	case errors.Is(err, lockbox.ErrVerification), errors.Is(err, lockbox.ErrInstallDirUnsafe):
+		return exitError
 	case errors.Is(err, lockbox.ErrNotInstalled), errors.Is(err, lockbox.ErrLibraryNotLoaded):
 		fmt.Fprintln(env.stderr, "hint: install the engine with 'lockbox install', or set LOCKBOX_LIB; 'lockbox doctor' says what this host allows")
 		return exitEngine
