@@ -68,6 +68,3 @@ pub struct Port {
     pub host: i64,
     pub guest: i64,
 }
-
-/// Where the C ABI has always found it; the bound itself is the plan's.
-pub use crate::plan::MAX_REQUEST_BYTES;

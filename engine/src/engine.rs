@@ -11,7 +11,7 @@ use std::time::Duration;
 use lockbox_protocol::{ErrorCode, MountSpec};
 
 use crate::backend::LaunchRequest;
-use crate::cleanup::{cleanup_stale, remove_cgroups, remove_dir_all_forced, CleanupReport};
+use crate::cleanup::{cleanup_stale, remove_cgroups, remove_dir_all_forced};
 use crate::config::SandboxConfig;
 use crate::error::{EngineError, Result};
 use crate::paths::Layout;
@@ -30,7 +30,6 @@ pub struct Engine {
     open: Mutex<HashMap<String, Weak<Sandbox>>>,
     /// Serializes create/remove of one name inside this process.
     names: tokio::sync::Mutex<()>,
-    pub startup_cleanup: CleanupReport,
 }
 
 impl Engine {
@@ -62,12 +61,11 @@ impl Engine {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700));
         }
-        let startup_cleanup = cleanup_stale(&layout);
+        cleanup_stale(&layout);
         Ok(Engine {
             layout,
             open: Mutex::new(HashMap::new()),
             names: tokio::sync::Mutex::new(()),
-            startup_cleanup,
         })
     }
 

@@ -17,14 +17,14 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use lockbox_images::{Cancel, Digest, ImageError, ImageInfo, ImageStore, PruneReport};
+use lockbox_images::{Cancel, Digest, ImageError, ImageStore};
 use lockbox_protocol::ErrorCode;
 
 use crate::error::{EngineError, Result};
 use crate::paths::Layout;
 use crate::sandbox::StoredConfig;
 
-pub use lockbox_images::PullOptions;
+pub use lockbox_images::{ImageInfo, PruneReport, PullOptions};
 
 /// The store's error with its ABI code kept (`ImageError::code()` gives
 /// the same strings `ErrorCode` serializes to). A registry that cannot be
@@ -208,6 +208,48 @@ fn digest_of_lower(lower: &Path, store_root: &Path) -> Option<Digest> {
     Digest::parse(hex).ok()
 }
 
+/// The image store of this engine's home, as the engine's API.
+impl crate::Engine {
+    pub async fn image_list(&self) -> Result<Vec<ImageInfo>> {
+        list(self.home()).await
+    }
+
+    pub async fn image_inspect(&self, name_or_digest: &str) -> Result<ImageInfo> {
+        inspect(self.home(), name_or_digest).await
+    }
+
+    /// Refused for an image a sandbox (or a snapshot) still uses.
+    pub async fn image_remove(&self, name_or_digest: &str) -> Result<()> {
+        remove(self.home(), name_or_digest).await
+    }
+
+    pub async fn image_prune(&self) -> Result<PruneReport> {
+        prune(self.home()).await
+    }
+
+    pub async fn image_import_oci_layout(
+        &self,
+        dir: PathBuf,
+        reference: Option<String>,
+        name: Option<String>,
+    ) -> Result<ImageInfo> {
+        import_oci_layout(self.home(), dir, reference, name).await
+    }
+
+    pub async fn image_import_docker_archive(
+        &self,
+        path: PathBuf,
+        reference: Option<String>,
+        name: Option<String>,
+    ) -> Result<ImageInfo> {
+        import_docker_archive(self.home(), path, reference, name).await
+    }
+
+    pub async fn image_pull(&self, reference: &str, opts: PullOptions) -> Result<ImageInfo> {
+        pull(self.home(), reference, opts).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,47 +329,5 @@ mod tests {
             source: std::io::Error::other("connection refused"),
         });
         assert_eq!(e.code, ErrorCode::Unavailable);
-    }
-}
-
-/// The image store of this engine's home, as the engine's API.
-impl crate::Engine {
-    pub async fn image_list(&self) -> Result<Vec<ImageInfo>> {
-        list(self.home()).await
-    }
-
-    pub async fn image_inspect(&self, name_or_digest: &str) -> Result<ImageInfo> {
-        inspect(self.home(), name_or_digest).await
-    }
-
-    /// Refused for an image a sandbox (or a snapshot) still uses.
-    pub async fn image_remove(&self, name_or_digest: &str) -> Result<()> {
-        remove(self.home(), name_or_digest).await
-    }
-
-    pub async fn image_prune(&self) -> Result<PruneReport> {
-        prune(self.home()).await
-    }
-
-    pub async fn image_import_oci_layout(
-        &self,
-        dir: PathBuf,
-        reference: Option<String>,
-        name: Option<String>,
-    ) -> Result<ImageInfo> {
-        import_oci_layout(self.home(), dir, reference, name).await
-    }
-
-    pub async fn image_import_docker_archive(
-        &self,
-        path: PathBuf,
-        reference: Option<String>,
-        name: Option<String>,
-    ) -> Result<ImageInfo> {
-        import_docker_archive(self.home(), path, reference, name).await
-    }
-
-    pub async fn image_pull(&self, reference: &str, opts: PullOptions) -> Result<ImageInfo> {
-        pull(self.home(), reference, opts).await
     }
 }

@@ -86,8 +86,8 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
 pub struct Sandbox {
     pub name: String,
-    pub dir: PathBuf,
-    pub stored: StoredConfig,
+    pub(crate) dir: PathBuf,
+    pub(crate) stored: StoredConfig,
     pub(crate) state: Mutex<SandboxState>,
     pub(crate) client: Mutex<Option<AgentClient>>,
     /// Held while this process owns a non-detached sandbox.
@@ -155,7 +155,7 @@ impl Sandbox {
     /// ("uid", "uid:gid", "name" or "name:group", names resolved by the
     /// agent in the sandbox's root) instead of the sandbox's configured
     /// user; `None`: the configured user.
-    pub fn client_as(&self, user: Option<&str>) -> Result<AgentClient> {
+    pub(crate) fn client_as(&self, user: Option<&str>) -> Result<AgentClient> {
         let c = self.client()?;
         match user {
             None => Ok(c),
@@ -167,7 +167,7 @@ impl Sandbox {
     }
 
     /// The live agent connection, or `unavailable`.
-    pub fn client(&self) -> Result<AgentClient> {
+    pub(crate) fn client(&self) -> Result<AgentClient> {
         self.check_not_removed()?;
         let c = self
             .client
@@ -182,7 +182,7 @@ impl Sandbox {
         }
     }
 
-    pub fn state(&self) -> SandboxState {
+    pub(crate) fn state(&self) -> SandboxState {
         self.state.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
@@ -214,13 +214,13 @@ impl Sandbox {
     }
 
     /// The complete exec request (the plan's `exec`).
-    pub fn exec_request(&self, o: &ExecOptions) -> Result<ExecRequest> {
+    pub(crate) fn exec_request(&self, o: &ExecOptions) -> Result<ExecRequest> {
         crate::plan::exec(&self.stored, o)
     }
 
     /// An operation that failed because the agent connection went away
     /// fails as not_found when the sandbox was removed meanwhile.
-    pub fn gone(&self, e: EngineError) -> EngineError {
+    pub(crate) fn gone(&self, e: EngineError) -> EngineError {
         if e.code != lockbox_protocol::ErrorCode::Unavailable {
             return e;
         }
@@ -317,7 +317,7 @@ impl Sandbox {
     }
 
     /// Drops the connection without stopping anything (detached sandboxes).
-    pub fn disconnect(&self) {
+    pub(crate) fn disconnect(&self) {
         if let Ok(mut c) = self.client.lock() {
             if let Some(c) = c.take() {
                 c.close();

@@ -25,11 +25,8 @@ pub enum Durability {
 }
 
 /// Writes `bytes` to `path` so readers see the old or the new file, never a
-/// torn one: temp file in the same dir, fsync, rename, fsync the dir.
-pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    atomic_write_with(path, bytes, Durability::Durable)
-}
-
+/// torn one: temp file in the same dir, rename; `Durable` adds an fsync of
+/// the file before and of the dir after.
 pub fn atomic_write_with(path: &Path, bytes: &[u8], d: Durability) -> Result<()> {
     let durable = d == Durability::Durable;
     let dir = path

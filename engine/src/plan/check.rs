@@ -16,9 +16,6 @@ use crate::error::{EngineError, Result};
 // nor unbounded time. docs/configuration.md ("Input limits") lists them;
 // past one the call is `invalid_argument`.
 
-/// Largest `lockbox_call` request, checked before the JSON is parsed (a
-/// parse can take ~16x its input in memory).
-pub const MAX_REQUEST_BYTES: usize = 8 << 20;
 /// Sandbox and volume names (they become directory and cgroup names).
 pub const MAX_NAME_BYTES: usize = 63;
 /// Host names: the kernel takes 64 bytes (HOST_NAME_MAX); 63 is one DNS

@@ -21,7 +21,7 @@ use crate::config::SandboxConfig;
 use crate::error::{EngineError, Result};
 use crate::sandbox::{ExecOptions, ImageUsed, StoredConfig};
 
-pub use check::{check, MAX_REQUEST_BYTES};
+pub use check::check;
 
 /// The image a sandbox gets when it names none and has no rootfs.
 pub const DEFAULT_IMAGE: &str = "base";

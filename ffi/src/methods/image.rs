@@ -1,5 +1,5 @@
 //! image.*: the image store (list, inspect, remove, prune, import, pull).
-//! The work runs in lockbox_engine::image_ops; its results are taken over
+//! The work runs in the engine's image_* methods; its results are taken over
 //! into the ABI's own types (wire/image.rs) by serde, since the engine
 //! does not re-export the store's.
 use super::engine::engine;
@@ -7,7 +7,7 @@ use super::CallCtx;
 use crate::error::ApiError;
 use crate::wire::image::{ImageInfo, ImageList, ImportKind, ImportParams, PruneReport, PullParams};
 use crate::wire::{Empty, Name};
-use lockbox_engine::image_ops::{self, PullOptions};
+use lockbox_engine::PullOptions;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -19,47 +19,42 @@ fn take_over<T: Serialize, W: DeserializeOwned>(v: &T) -> Result<W, ApiError> {
         .map_err(|e| ApiError::internal(format!("image store result: {e}")))
 }
 
-fn home() -> Result<PathBuf, ApiError> {
-    Ok(engine()?.home().to_path_buf())
-}
-
 pub(super) fn list(_: Empty, ctx: &CallCtx) -> Result<ImageList, ApiError> {
-    let home = home()?;
-    let v = ctx.block_on(async { Ok(image_ops::list(&home).await?) })?;
+    let e = engine()?;
+    let v = ctx.block_on(async { Ok(e.image_list().await?) })?;
     Ok(ImageList {
         images: v.iter().map(take_over).collect::<Result<_, _>>()?,
     })
 }
 
 pub(super) fn inspect(p: Name, ctx: &CallCtx) -> Result<ImageInfo, ApiError> {
-    let home = home()?;
-    take_over(&ctx.block_on(async { Ok(image_ops::inspect(&home, &p.name).await?) })?)
+    let e = engine()?;
+    take_over(&ctx.block_on(async { Ok(e.image_inspect(&p.name).await?) })?)
 }
 
 pub(super) fn remove(p: Name, ctx: &CallCtx) -> Result<Empty, ApiError> {
-    let home = home()?;
-    ctx.block_on(async { Ok(image_ops::remove(&home, &p.name).await?) })?;
+    let e = engine()?;
+    ctx.block_on(async { Ok(e.image_remove(&p.name).await?) })?;
     Ok(Empty {})
 }
 
 pub(super) fn prune(_: Empty, ctx: &CallCtx) -> Result<PruneReport, ApiError> {
-    let home = home()?;
-    take_over(&ctx.block_on(async { Ok(image_ops::prune(&home).await?) })?)
+    let e = engine()?;
+    take_over(&ctx.block_on(async { Ok(e.image_prune().await?) })?)
 }
 
 pub(super) fn import(p: ImportParams, ctx: &CallCtx) -> Result<ImageInfo, ApiError> {
     if p.path.is_empty() {
         return Err(ApiError::invalid_argument("image.import: path is empty"));
     }
-    let home = home()?;
+    let e = engine()?;
     let path = PathBuf::from(&p.path);
     let v = ctx.block_on(async {
         Ok(match p.kind {
-            ImportKind::OciLayout => {
-                image_ops::import_oci_layout(&home, path, p.reference, p.name).await?
-            }
+            ImportKind::OciLayout => e.image_import_oci_layout(path, p.reference, p.name).await?,
             ImportKind::DockerArchive => {
-                image_ops::import_docker_archive(&home, path, p.reference, p.name).await?
+                e.image_import_docker_archive(path, p.reference, p.name)
+                    .await?
             }
         })
     })?;
@@ -81,6 +76,6 @@ pub(super) fn pull(p: PullParams, ctx: &CallCtx) -> Result<ImageInfo, ApiError> 
         plain_http: p.plain_http,
         platform: p.platform,
     };
-    let home = home()?;
-    take_over(&ctx.block_on(async { Ok(image_ops::pull(&home, &p.reference, opts).await?) })?)
+    let e = engine()?;
+    take_over(&ctx.block_on(async { Ok(e.image_pull(&p.reference, opts).await?) })?)
 }

@@ -55,7 +55,7 @@ pub(super) fn stop(p: StopParams, ctx: &CallCtx) -> Result<Empty, ApiError> {
     let grace = p
         .grace_ms
         .map(Duration::from_millis)
-        .unwrap_or(lockbox_engine::sandbox::STOP_GRACE);
+        .unwrap_or(lockbox_engine::STOP_GRACE);
     ctx.block_on(async { Ok(sb.stop(grace).await?) })?;
     Ok(Empty {})
 }

@@ -2,7 +2,7 @@
 //! contents.
 use crate::error::ApiError;
 use crate::stream::{BoxFuture, ByteStream};
-use lockbox_engine::fs::FileWriter;
+use lockbox_engine::FileWriter;
 use lockbox_engine::{StreamReader, StreamWriter};
 use std::sync::Arc;
 
