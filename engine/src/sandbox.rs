@@ -71,6 +71,12 @@ pub struct SandboxInfo {
     /// Digest and default command (entrypoint + cmd) of the image.
     pub image_used: Option<ImageUsed>,
     /// What runs the sandbox and what stands between it and the host.
+    /// Left out when unknown (a damaged entry), so readers that predate
+    /// the field see the same JSON as before.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::backend::BackendInfo::is_unknown"
+    )]
     pub backend: crate::backend::BackendInfo,
     /// The writable layer's budget in MiB; `None`: no budget (disk_mib 0).
     #[serde(default)]

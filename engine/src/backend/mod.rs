@@ -52,6 +52,12 @@ pub struct BackendInfo {
     pub boundary: String,
 }
 
+impl BackendInfo {
+    pub fn is_unknown(&self) -> bool {
+        self.kind.is_empty()
+    }
+}
+
 /// What a backend is asked to build.
 pub(crate) struct LaunchRequest<'a> {
     /// Unique id: cgroup names, and anything else that must not collide.
