@@ -68,16 +68,24 @@ CHECK_ORDER = $(call ordered,$(CHECK_STEPS))
 # run again inside the component steps, so not twice.
 TEST_ORDER = $(call ordered,$(filter 1%,$(CHECK_STEPS)) $(TEST_STEPS))
 
+# What the checkout holds, tracked and untracked (not ignored): a step that
+# writes a tracked file, or leaves a new one, changes it.
+tree_state = { git -C $(ROOT) status --porcelain; git -C $(ROOT) diff HEAD; } | sha256sum
+
 # Runs every step even after a failure, so one run shows every problem;
-# exits non-zero if any step failed. $(1): tier name, $(2): steps.
+# exits non-zero if any step failed, or (under CI) if the checkout changed.
+# $(1): tier name, $(2): steps.
 define run_steps
-	@failed=""; start=$$(date +%s); \
+	@failed=""; start=$$(date +%s); tree0=$$($(tree_state)); \
 	for s in $(2); do \
 	  t0=$$(date +%s); echo "==> $$s"; \
 	  if $(MAKE) --no-print-directory $$s; then echo "<== $$s ok ($$(( $$(date +%s) - t0 ))s)"; \
 	  else echo "<== $$s FAILED ($$(( $$(date +%s) - t0 ))s)"; failed="$$failed $$s"; fi; \
 	done; \
 	echo "==> $(1) steps took $$(( $$(date +%s) - start ))s"; \
+	if [ "$$tree0" != "$$($(tree_state))" ]; then git -C $(ROOT) status --short; \
+	  if [ -n "$${CI:-}" ]; then echo "==> $(1): the checkout changed during the run (no target may write a tracked file)"; failed="$$failed (checkout-changed)"; \
+	  else echo "==> $(1): warning: the checkout changed during the run (yours or another editor's edits?)"; fi; fi; \
 	if [ -n "$$failed" ]; then echo "==> $(1): FAILED steps:$$failed"; exit 1; fi; \
 	echo "==> $(1): all steps passed"
 endef
