@@ -1,0 +1,110 @@
+package lockbox
+
+import (
+	"context"
+	"fmt"
+
+	"lockbox.dev/lockbox/internal/wire"
+)
+
+// Pause stops every process in the sandbox, its init included, with the
+// cgroup freezer: the sandbox uses no CPU until Resume. While it is paused,
+// calls that need a process inside (Exec, Cmd, FS) fail at once with
+// ErrUnavailable ("paused: Resume it first") instead of waiting; output of
+// an exec already running stops and continues after Resume. Stop, Kill,
+// Remove and Close work on a paused sandbox (they thaw it first).
+//
+// The freeze is bounded (5s; a task in uninterruptible sleep can delay
+// it): past that Pause thaws again and fails with ErrTimeout. Without a
+// writable freezer cgroup (rootless without cgroup delegation) it fails
+// with ErrUnsupported.
+func (s *Sandbox) Pause(ctx context.Context) error {
+	var p wire.SandboxParams
+	return onSandbox(ctx, s, wire.SandboxPause, &p, &p.Sandbox, nil)
+}
+
+// Resume lets a paused sandbox run again. Resuming a running sandbox does
+// nothing.
+func (s *Sandbox) Resume(ctx context.Context) error {
+	var p wire.SandboxParams
+	return onSandbox(ctx, s, wire.SandboxResume, &p, &p.Sandbox, nil)
+}
+
+// Snapshot captures the sandbox's filesystem (its writable layer over its
+// image) as a new image in the store, named name ("" for an unnamed image,
+// found by its digest). The sandbox keeps running; it is frozen for the
+// copy when it has a freezer, so the image is one consistent state, and
+// writes after Snapshot returns never reach the image.
+//
+// The image holds only what changed, as a layer over the sandbox's image:
+// its cost grows with the changes, not with the image. Use it like any
+// image: WithImage(name) or WithImage(info.Digest), Images().List, Remove.
+// The image it stands on cannot be removed while it exists.
+//
+// Not captured: volumes, tmpfs mounts, and processes (memory). Files'
+// capabilities and setuid/setgid bits are dropped, devices and sockets
+// skipped. Rootless, a sandbox with a disk budget (the default) cannot be
+// snapshotted (ErrUnsupported): create it WithDisk(0).
+func (s *Sandbox) Snapshot(ctx context.Context, name string) (*ImageInfo, error) {
+	p := wire.SnapshotParams{Name: name}
+	var w wire.ImageInfo
+	if err := onSandbox(ctx, s, wire.SandboxSnapshot, &p, &p.Sandbox, &w); err != nil {
+		return nil, err
+	}
+	info := imageInfo(&w)
+	return &info, nil
+}
+
+// Fork makes n new sandboxes (1..64) whose filesystem starts as the
+// sandbox's current one. Each child has its own writable layer, so none
+// sees another's (or the parent's) later writes. Each child gets a fresh
+// identity: its own name and hostname, a new /etc/machine-id and, where
+// the image has one, a new /var/lib/systemd/random-seed.
+//
+// With no options the children take the sandbox's configuration; options
+// replace it entirely (WithImage is ignored: the image is the fork point).
+// Processes are not carried over (the native backend has no memory
+// checkpoint): each child starts with only its init running. All or
+// nothing: on an error no child is left.
+func (s *Sandbox) Fork(ctx context.Context, n int, opts ...Option) ([]*Sandbox, error) {
+	if n < 1 || n > 64 {
+		return nil, &Error{Op: "sandbox.fork", Code: CodeInvalidArgument,
+			Message: fmt.Sprintf("fork: n must be 1..64, not %d", n)}
+	}
+	p := wire.ForkParams{N: uint32(n)}
+	if len(opts) > 0 {
+		var cfg sandboxConfig
+		for _, o := range opts {
+			o(&cfg)
+		}
+		if k := cfg.badEnvKey; k != nil {
+			return nil, &Error{Op: "sandbox.fork", Code: CodeInvalidArgument,
+				Message: fmt.Sprintf("WithEnv key %q: must be non-empty, without '=' or NUL", *k)}
+		}
+		p.Config = &cfg.SandboxConfig
+	}
+	var r wire.Forked
+	if err := onSandbox(ctx, s, wire.SandboxFork, &p, &p.Sandbox, &r); err != nil {
+		return nil, err
+	}
+	out := make([]*Sandbox, len(r.Sandboxes))
+	for i := range r.Sandboxes {
+		out[i] = opened(&r.Sandboxes[i])
+	}
+	return out, nil
+}
+
+// Checkpoint would save the sandbox's processes (memory included) under
+// name. The native backend cannot: CRIU does not work on this kernel, so
+// it returns ErrUnsupported. The microVM backend is where it belongs.
+func (s *Sandbox) Checkpoint(ctx context.Context, name string) error {
+	return &Error{Op: "sandbox.checkpoint", Code: CodeUnsupported,
+		Message: "checkpoint: the native backend cannot save process memory (no working CRIU); use Snapshot for the filesystem"}
+}
+
+// Restore would start a sandbox from a Checkpoint. The native backend
+// returns ErrUnsupported (see Checkpoint).
+func Restore(ctx context.Context, name string, opts ...Option) (*Sandbox, error) {
+	return nil, &Error{Op: "sandbox.restore", Code: CodeUnsupported,
+		Message: "restore: the native backend cannot restore process memory (no working CRIU); create from a Snapshot image instead"}
+}
