@@ -360,4 +360,3 @@ func TestCheckpointUnsupportedOnNative(t *testing.T) {
 		t.Fatalf("Restore: %v", err)
 	}
 }
-
