@@ -33,6 +33,19 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+// The trust a process starts with stays: a second Configure (another
+// pinned version, a development pin) changes nothing. Control: the first
+// Configure did take effect.
+func TestConfigureOnlyOnce(t *testing.T) {
+	if currentHost().Version != Version {
+		t.Fatalf("control: TestMain's Configure did not take: %+v", currentHost())
+	}
+	Configure(Host{Version: "9.9.9", DevPin: t.TempDir()})
+	if h := currentHost(); h.Version != Version || h.DevPin != "" {
+		t.Fatalf("a second Configure replaced the host: %+v", h)
+	}
+}
+
 // settings resolves an install of version v into a fresh root, trusting
 // pub as well as the embedded keys.
 func settings(t testing.TB, dir, v string, pub ed25519.PublicKey) *Settings {

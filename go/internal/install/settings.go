@@ -22,9 +22,11 @@ type Host struct {
 
 var host atomic.Pointer[Host]
 
-// Configure sets the host; package lockbox calls it once, at init, before
-// anything reads the trust (which is then fixed for the process).
-func Configure(h Host) { host.Store(&h) }
+// Configure sets the host: package lockbox calls it at init, before
+// anything reads the trust. The first call wins and later ones are
+// ignored, so what a program trusts (the pinned version, the development
+// pin) cannot change while it runs.
+func Configure(h Host) { host.CompareAndSwap(nil, &h) }
 
 func currentHost() Host {
 	if h := host.Load(); h != nil {
