@@ -61,6 +61,13 @@ var examples = []struct {
 		`(?m)^task-00 0$`, `(?m)^task-07 49$`, `(?m)^task-19 361$`,
 		`(?m)^20 sandboxes answered$`,
 	}},
+	{"branching", nil, []string{
+		`(?m)^fix "answer=40": test exit 1$`, `(?m)^fix "answer=42": test exit 0$`,
+		`(?m)^the parent still has: answer=41$`, `(?m)^winning fix: answer=42$`,
+		`(?m)^a sandbox from the snapshot has: answer=42$`,
+		`(?m)^exec while paused fails at once: true$`, `(?m)^after resume: running$`,
+		`(?m)^pooled sandbox 2 says: ready$`,
+	}},
 }
 
 // Examples run again as an unprivileged user (uid 65534) when the tests run
