@@ -1,35 +1,22 @@
-//! image.*: the image store (list, inspect, remove, prune, import, pull).
-//! The work runs in the engine's image_* methods; its results are taken over
-//! into the ABI's own types (wire/image.rs) by serde, since the engine
-//! does not re-export the store's.
+//! image.*: the image store (list, inspect, remove, prune, import, pull),
+//! through the engine's image_* methods.
 use super::engine::engine;
 use super::CallCtx;
 use crate::error::ApiError;
 use crate::wire::image::{ImageInfo, ImageList, ImportKind, ImportParams, PruneReport, PullParams};
 use crate::wire::{Empty, Name};
 use lockbox_engine::PullOptions;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use std::path::PathBuf;
-
-/// The store's value as the ABI type of the same shape.
-fn take_over<T: Serialize, W: DeserializeOwned>(v: &T) -> Result<W, ApiError> {
-    serde_json::to_value(v)
-        .and_then(serde_json::from_value)
-        .map_err(|e| ApiError::internal(format!("image store result: {e}")))
-}
 
 pub(super) fn list(_: Empty, ctx: &CallCtx) -> Result<ImageList, ApiError> {
     let e = engine()?;
     let v = ctx.block_on(async { Ok(e.image_list().await?) })?;
-    Ok(ImageList {
-        images: v.iter().map(take_over).collect::<Result<_, _>>()?,
-    })
+    Ok(ImageList { images: v })
 }
 
 pub(super) fn inspect(p: Name, ctx: &CallCtx) -> Result<ImageInfo, ApiError> {
     let e = engine()?;
-    take_over(&ctx.block_on(async { Ok(e.image_inspect(&p.name).await?) })?)
+    ctx.block_on(async { Ok(e.image_inspect(&p.name).await?) })
 }
 
 pub(super) fn remove(p: Name, ctx: &CallCtx) -> Result<Empty, ApiError> {
@@ -40,7 +27,7 @@ pub(super) fn remove(p: Name, ctx: &CallCtx) -> Result<Empty, ApiError> {
 
 pub(super) fn prune(_: Empty, ctx: &CallCtx) -> Result<PruneReport, ApiError> {
     let e = engine()?;
-    take_over(&ctx.block_on(async { Ok(e.image_prune().await?) })?)
+    ctx.block_on(async { Ok(e.image_prune().await?) })
 }
 
 pub(super) fn import(p: ImportParams, ctx: &CallCtx) -> Result<ImageInfo, ApiError> {
@@ -58,7 +45,7 @@ pub(super) fn import(p: ImportParams, ctx: &CallCtx) -> Result<ImageInfo, ApiErr
             }
         })
     })?;
-    take_over(&v)
+    Ok(v)
 }
 
 pub(super) fn pull(p: PullParams, ctx: &CallCtx) -> Result<ImageInfo, ApiError> {
@@ -77,5 +64,5 @@ pub(super) fn pull(p: PullParams, ctx: &CallCtx) -> Result<ImageInfo, ApiError> 
         platform: p.platform,
     };
     let e = engine()?;
-    take_over(&ctx.block_on(async { Ok(e.image_pull(&p.reference, opts).await?) })?)
+    ctx.block_on(async { Ok(e.image_pull(&p.reference, opts).await?) })
 }
