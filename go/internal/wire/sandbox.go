@@ -114,7 +114,15 @@ type SandboxState struct {
 	Dir         string            `json:"dir"`
 	ImageUsed   *ImageUsed        `json:"image_used,omitempty"`
 	DiskMiB     *int64            `json:"disk_mib,omitempty"`
+	Backend     *Backend          `json:"backend,omitempty"`
 	Error       string            `json:"error,omitempty"`
+}
+
+// Backend is what runs the sandbox: kind ("native", later "microvm") and
+// what stands between the workload and the host kernel.
+type Backend struct {
+	Kind     string `json:"kind"`
+	Boundary string `json:"boundary"`
 }
 
 type NotEnforced struct {
