@@ -2,7 +2,7 @@
 //! serialized as `{"code": "...", "message": "..."}`. Engine errors become
 //! it in one place (the `From` below), keeping their code.
 use lockbox_engine::EngineError;
-use lockbox_protocol::ErrorCode;
+use lockbox_engine::ErrorCode;
 use std::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq)]

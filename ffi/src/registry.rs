@@ -297,7 +297,7 @@ mod tests {
         for &h in all.iter() {
             assert_eq!(
                 reg.get::<Counted>(h, Kind::Object).unwrap_err().code,
-                lockbox_protocol::ErrorCode::NotFound
+                lockbox_engine::ErrorCode::NotFound
             );
             reg.close(h).expect("double close is harmless");
         }
@@ -310,11 +310,11 @@ mod tests {
         let as_sandbox = (h & SERIAL_MASK) | ((Kind::Sandbox as u64) << KIND_SHIFT);
         assert_eq!(
             reg.get::<u8>(h, Kind::Sandbox).unwrap_err().code,
-            lockbox_protocol::ErrorCode::InvalidArgument
+            lockbox_engine::ErrorCode::InvalidArgument
         );
         assert_eq!(
             reg.get::<u8>(as_sandbox, Kind::Sandbox).unwrap_err().code,
-            lockbox_protocol::ErrorCode::NotFound
+            lockbox_engine::ErrorCode::NotFound
         );
         assert!(reg.close(0).is_err());
         assert!(reg.close(h + 1000).is_err(), "serial never issued");

@@ -1,5 +1,5 @@
 use super::*;
-use lockbox_protocol::ErrorCode;
+use lockbox_engine::ErrorCode;
 use std::collections::BTreeSet;
 use std::path::Path;
 

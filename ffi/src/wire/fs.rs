@@ -1,7 +1,7 @@
 //! fs.*: files inside a sandbox. Every method names the sandbox and may
 //! name a `user` to act as for that one call (opt-in; default: the
 //! sandbox's own user).
-use lockbox_protocol::FileKind;
+use lockbox_engine::FileKind;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -116,8 +116,8 @@ pub(crate) struct FileInfo {
     pub link_target: Option<String>,
 }
 
-impl From<lockbox_protocol::FileInfo> for FileInfo {
-    fn from(i: lockbox_protocol::FileInfo) -> Self {
+impl From<lockbox_engine::FileInfo> for FileInfo {
+    fn from(i: lockbox_engine::FileInfo) -> Self {
         FileInfo {
             name: i.name,
             kind: i.kind,
