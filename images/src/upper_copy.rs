@@ -22,7 +22,7 @@
 //! targets and content, in sorted order, so equal trees hash equal.
 
 use std::ffi::{CStr, CString, OsStr};
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -156,6 +156,11 @@ fn names(dir: &OwnedFd, budget: &mut u64) -> Result<Vec<CString>> {
     Ok(out)
 }
 
+enum CopyError {
+    Io(io::Error),
+    Budget,
+}
+
 struct Copier {
     hash: Sha256,
     stats: UnpackStats,
@@ -279,12 +284,6 @@ impl Copier {
             )));
         }
         let size = st.st_size.max(0) as u64;
-        if size > self.bytes_left {
-            return Err(ImageError::TooLarge(format!(
-                "snapshot: more than its byte budget at {os:?}"
-            )));
-        }
-        self.bytes_left -= size;
         let out = openat(
             dst.as_raw_fd(),
             name,
@@ -292,27 +291,86 @@ impl Copier {
             0o600,
         )
         .map_err(|e| err("create", os, e))?;
-        let (mut r, mut w) = (std::fs::File::from(f).take(size), std::fs::File::from(out));
+        let (r, w) = (std::fs::File::from(f), std::fs::File::from(out));
         let mut content = Sha256::new();
-        let mut copied = 0u64;
-        loop {
-            let n = r.read(&mut self.buf).map_err(|e| err("read", os, e))?;
-            if n == 0 {
-                break;
-            }
-            content.update(&self.buf[..n]);
-            w.write_all(&self.buf[..n])
-                .map_err(|e| err("write", os, e))?;
-            copied += n as u64;
-        }
+        let copied = self
+            .copy_data(&r, &w, size, &mut content)
+            .map_err(|e| match e {
+                CopyError::Io(e) => err("copy", os, e),
+                CopyError::Budget => {
+                    ImageError::TooLarge(format!("snapshot: more than its byte budget at {os:?}"))
+                }
+            })?;
         self.stats.bytes += copied;
         let ids = self.ids(st);
-        let mut extra = copied.to_le_bytes().to_vec();
+        let mut extra = size.to_le_bytes().to_vec();
+        extra.extend_from_slice(&copied.to_le_bytes());
         extra.extend_from_slice(&content.finalize());
         self.record(b'f', name, st, ids, &extra);
         let mode = self.mode(st);
         drop(w);
         self.finish_entry(dst.as_raw_fd(), name, st, ids, Some(mode))
+    }
+
+    /// Copies the data segments of `r` (up to `size`) and leaves its holes
+    /// as holes: a sparse file of any apparent size costs the host only
+    /// the bytes really written in the sandbox, and those are charged to
+    /// the budget. Returns the bytes copied.
+    fn copy_data(
+        &mut self,
+        r: &std::fs::File,
+        w: &std::fs::File,
+        size: u64,
+        content: &mut Sha256,
+    ) -> std::result::Result<u64, CopyError> {
+        use std::os::unix::fs::FileExt;
+        let fd = r.as_raw_fd();
+        let (mut off, mut copied) = (0u64, 0u64);
+        'segments: while off < size {
+            // SAFETY: lseek on a valid fd.
+            let data = unsafe { libc::lseek(fd, off as libc::off_t, libc::SEEK_DATA) };
+            if data < 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::ENXIO) {
+                    break;
+                }
+                return Err(CopyError::Io(e));
+            }
+            let data = data as u64;
+            if data >= size {
+                break;
+            }
+            // SAFETY: as above.
+            let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
+            if hole < 0 {
+                return Err(CopyError::Io(io::Error::last_os_error()));
+            }
+            let end = (hole as u64).min(size);
+            content.update(data.to_le_bytes());
+            content.update(end.to_le_bytes());
+            let mut pos = data;
+            while pos < end {
+                let want = (self.buf.len() as u64).min(end - pos) as usize;
+                let n = r
+                    .read_at(&mut self.buf[..want], pos)
+                    .map_err(CopyError::Io)?;
+                if n == 0 {
+                    // Shrunk while read (no freezer): what was there is kept.
+                    break 'segments;
+                }
+                if n as u64 > self.bytes_left {
+                    return Err(CopyError::Budget);
+                }
+                self.bytes_left -= n as u64;
+                content.update(&self.buf[..n]);
+                w.write_all_at(&self.buf[..n], pos).map_err(CopyError::Io)?;
+                pos += n as u64;
+                copied += n as u64;
+            }
+            off = end;
+        }
+        w.set_len(size).map_err(CopyError::Io)?;
+        Ok(copied)
     }
 
     fn symlink(
@@ -551,4 +609,99 @@ fn set_opaque(fd: &OwnedFd) -> Result<()> {
     let r = unsafe { libc::fsetxattr(fd.as_raw_fd(), OPAQUE.as_ptr(), b"y".as_ptr().cast(), 1, 0) };
     check(r, "set opaque mark", OsStr::new("."))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+
+    fn open_dir(p: &Path) -> OwnedFd {
+        let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+        openat(libc::AT_FDCWD, &c, libc::O_RDONLY | libc::O_DIRECTORY, 0).unwrap()
+    }
+
+    fn limits() -> CopyLimits {
+        CopyLimits {
+            max_entries: 1000,
+            max_bytes: 1 << 20,
+        }
+    }
+
+    fn copy(src: &Path) -> Result<(tempfile::TempDir, Digest, UnpackStats)> {
+        let dst = tempfile::tempdir().unwrap();
+        let (d, s) = copy_upper(open_dir(src), dst.path(), IdShift::Keep, limits())?;
+        Ok((dst, d, s))
+    }
+
+    // Links stay links (a link to a host file is not followed: the host
+    // file's content never lands in the layer), FIFOs stay FIFOs (never
+    // opened: the copy does not block), setuid is dropped, sparse files
+    // keep their holes, and equal trees hash equal.
+    #[test]
+    fn hostile_entries_are_copied_as_entries() {
+        let host = tempfile::tempdir().unwrap();
+        let secret = host.path().join("secret");
+        std::fs::write(&secret, "HOST").unwrap();
+        let up = tempfile::tempdir().unwrap();
+        let u = up.path();
+        symlink(&secret, u.join("evil")).unwrap();
+        let c = CString::new(u.join("fifo").as_os_str().as_bytes()).unwrap();
+        // SAFETY: valid path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        std::fs::write(u.join("suid"), "x").unwrap();
+        std::fs::set_permissions(u.join("suid"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+        let f = std::fs::File::create(u.join("sparse")).unwrap();
+        f.set_len(10 << 30).unwrap();
+        std::fs::create_dir(u.join("d")).unwrap();
+        std::fs::write(u.join("d").join("f"), "data").unwrap();
+
+        let (dst, d1, stats) = copy(u).unwrap();
+        let out = dst.path();
+        let l = std::fs::symlink_metadata(out.join("evil")).unwrap();
+        assert!(l.file_type().is_symlink());
+        assert_eq!(std::fs::read_link(out.join("evil")).unwrap(), secret);
+        // Control: followed, the link does reach the host file.
+        assert_eq!(std::fs::read_to_string(out.join("evil")).unwrap(), "HOST");
+        let fifo = std::fs::symlink_metadata(out.join("fifo")).unwrap();
+        assert_eq!(fifo.mode() & libc::S_IFMT, libc::S_IFIFO);
+        assert_eq!(
+            std::fs::metadata(out.join("suid")).unwrap().mode() & 0o7777,
+            0o755
+        );
+        assert_eq!(stats.dropped_setid_bits, 1);
+        let sp = std::fs::metadata(out.join("sparse")).unwrap();
+        assert_eq!(sp.len(), 10 << 30);
+        assert!(sp.blocks() * 512 < 1 << 20, "holes were filled");
+        assert_eq!(std::fs::read_to_string(out.join("d/f")).unwrap(), "data");
+
+        let (_dst2, d2, _) = copy(u).unwrap();
+        assert_eq!(d1, d2, "the same tree hashes the same");
+        std::fs::write(u.join("d").join("f"), "datb").unwrap();
+        let (_dst3, d3, _) = copy(u).unwrap();
+        assert_ne!(d1, d3, "a changed byte changes the digest");
+    }
+
+    #[test]
+    fn budgets_are_enforced() {
+        let up = tempfile::tempdir().unwrap();
+        std::fs::write(up.path().join("big"), vec![1u8; 2 << 20]).unwrap();
+        match copy(up.path()) {
+            Err(ImageError::TooLarge(_)) => {}
+            other => panic!("2 MiB past a 1 MiB budget: {:?}", other.map(|r| r.2)),
+        }
+        let many = tempfile::tempdir().unwrap();
+        for i in 0..1001 {
+            std::fs::write(many.path().join(i.to_string()), "").unwrap();
+        }
+        assert!(matches!(copy(many.path()), Err(ImageError::TooLarge(_))));
+        let mut deep = tempfile::tempdir().unwrap().keep();
+        let top = deep.clone();
+        for _ in 0..MAX_DEPTH + 1 {
+            deep = deep.join("d");
+            std::fs::create_dir(&deep).unwrap();
+        }
+        assert!(matches!(copy(&top), Err(ImageError::TooLarge(_))));
+        let _ = std::fs::remove_dir_all(top);
+    }
 }
