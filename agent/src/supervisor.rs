@@ -126,16 +126,11 @@ fn validate(spec: &LaunchSpec) -> Result<(), Failure> {
             ));
         }
     }
-    let l = &spec.limits;
-    if l.memory_mib == Some(0) || l.pids == Some(0) || l.disk_mib == Some(0) || l.nofile == Some(0)
-    {
-        return bad("limits must be positive".into());
-    }
-    if let Some(c) = l.cpus {
-        if !(c > 0.0 && c <= 4096.0) {
-            return bad(format!("cpus {c} out of range"));
-        }
-    }
+    // The engine's plan checked the same bounds (protocol::bounds): a spec
+    // that gets here outside them was not written by the engine.
+    spec.limits
+        .check()
+        .map_err(|m| fail(ErrorCode::InvalidArgument, m))?;
     for m in &spec.mounts {
         match m {
             MountSpec::Bind { source, target, .. } => {

@@ -416,3 +416,27 @@ async fn the_agent_outlives_an_oom_inside() {
     assert!(r.error().is_none(), "{r:?}");
     assert!(sb.child_alive());
 }
+
+/// The helper refuses limits outside the bounds the engine's plan uses
+/// (protocol::bounds), with the engine's code; a spec at the bound starts.
+/// It once took cpus up to 4096 while the engine stopped at 1024.
+#[tokio::test]
+async fn limits_outside_the_shared_bounds_are_refused() {
+    use lockbox_protocol::bounds::MAX_CPUS;
+    let sb = Sandbox::launch("cpus-over", |s, _| s.limits.cpus = Some(MAX_CPUS * 2.0));
+    assert!(!sb.status.ok, "{:?}", sb.status);
+    assert_eq!(
+        sb.status.code,
+        Some(ErrorCode::InvalidArgument),
+        "{:?}",
+        sb.status
+    );
+    assert!(
+        sb.status.error.as_deref().unwrap_or("").contains("cpus"),
+        "{:?}",
+        sb.status
+    );
+    // Control: at the bound it launches, so the refusal above is the bound.
+    let sb = Sandbox::launch("cpus-at", |s, _| s.limits.cpus = Some(MAX_CPUS));
+    assert!(sb.status.ok, "{:?}", sb.status);
+}
