@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -118,6 +119,24 @@ func TestSnapshotContentAndIsolation(t *testing.T) {
 	}
 }
 
+// WithDisk(0): the writable layer is a host directory, read the same way.
+func TestSnapshotWithoutDiskBudget(t *testing.T) {
+	needEngine(t)
+	ctx := snapCtx(t)
+	sb := plainSandbox(t, lockbox.WithDisk(0))
+	sh(t, sb, "echo on-disk > /kept && rm /etc/nsswitch.conf")
+	name := uniq("disk0")
+	removeImage(t, name)
+	if _, err := sb.Snapshot(ctx, name); err != nil {
+		t.Fatalf("Snapshot: %v", err)
+	}
+	sh(t, sb, "echo later > /kept")
+	c := plainSandbox(t, lockbox.WithImage(name))
+	if got := sh(t, c, "cat /kept; test -e /etc/nsswitch.conf && echo WHITEOUT-LOST || true"); got != "on-disk\n" {
+		t.Fatalf("sandbox of the snapshot sees %q", got)
+	}
+}
+
 // A hostile writable layer: links to host paths, a FIFO, odd names. The
 // copy must not follow, open or block on any of them. Control: the same
 // link, followed by the host, does reach the host file.
@@ -130,7 +149,8 @@ func TestSnapshotHostileUpper(t *testing.T) {
 	}
 	sb := plainSandbox(t)
 	sh(t, sb, fmt.Sprintf(`ln -s %s /evil && ln -s /../../../%s /evil2 && mkfifo /fifo &&
-		mkdir -p '/d/...' && echo x > '/d/...'/'..x' && ln -s / /d/root && echo hi > /d/root-file`, marker, marker))
+		mkdir -p '/d/...' && echo x > '/d/...'/'..x' && ln -s / /d/root && echo hi > /d/root-file &&
+		dd if=/dev/zero of=/sparse bs=1 count=0 seek=20G 2>/dev/null && echo tail >> /sparse`, marker, marker))
 	name := uniq("hostile")
 	removeImage(t, name)
 	done := make(chan error, 1)
@@ -164,6 +184,15 @@ func TestSnapshotHostileUpper(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(marker); string(b) != "HOST-SECRET" {
 		t.Fatal("host marker changed")
+	}
+	// A 20 GiB sparse file costs the host its real bytes only. Control:
+	// its apparent size is what a naive copy would have written.
+	var sp syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(img.Rootfs, "sparse"), &sp); err != nil {
+		t.Fatal(err)
+	}
+	if sp.Size < 20<<30 || sp.Blocks*512 > 1<<20 {
+		t.Fatalf("sparse file in the layer: size %d, %d bytes allocated", sp.Size, sp.Blocks*512)
 	}
 	// Nothing was written outside the layer: the odd names stayed inside.
 	if _, err := os.Lstat(filepath.Join(img.Rootfs, "d", "...", "..x")); err != nil {

@@ -29,11 +29,7 @@ pub(super) fn resume(p: SandboxRef, _: &CallCtx) -> Result<Empty, ApiError> {
 pub(super) fn snapshot(p: SnapshotParams, ctx: &CallCtx) -> Result<ImageInfo, ApiError> {
     let sb = sandbox(p.sandbox)?;
     let home = engine()?.home().to_path_buf();
-    let info =
-        ctx.block_on(async { Ok(lockbox_engine::snapshot::snapshot(&sb, &home, p.name).await?) })?;
-    serde_json::to_value(&info)
-        .and_then(serde_json::from_value)
-        .map_err(|e| ApiError::internal(format!("image store result: {e}")))
+    ctx.block_on(async { Ok(lockbox_engine::snapshot::snapshot(&sb, &home, p.name).await?) })
 }
 
 pub(super) fn fork(p: ForkParams, ctx: &CallCtx) -> Result<Forked, ApiError> {
