@@ -34,6 +34,10 @@ func main() {
 		log.Fatalf("install the engine: %v", err)
 	}
 
+	// Fork's fork-point images have no name: Prune removes them once no
+	// sandbox uses them (deferred first, so it runs last).
+	defer lockbox.Images().Prune(context.WithoutCancel(ctx))
+
 	// The expensive setup, done once: a "project" whose test fails.
 	sb, err := lockbox.CreateSandbox(ctx, lockbox.WithImage("base"))
 	if err != nil {
