@@ -153,8 +153,7 @@ impl Cgroup {
                 .map(String::as_str)
                 .filter(|o| {
                     [
-                        "cpu", "cpuacct", "memory", "pids", "cpuset", "blkio", "devices",
-                        "freezer",
+                        "cpu", "cpuacct", "memory", "pids", "cpuset", "blkio", "devices", "freezer",
                     ]
                     .contains(o)
                         || o.starts_with("name=")

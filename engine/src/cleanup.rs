@@ -99,6 +99,7 @@ pub fn cgroup_dirs(c: &CgroupPaths) -> Vec<PathBuf> {
 }
 
 pub fn remove_cgroups(c: &CgroupPaths) -> bool {
+    crate::freezer::thaw_for_removal(c);
     let mut all = true;
     for d in cgroup_dirs(c) {
         all &= remove_cgroup_tree(&d);

@@ -245,7 +245,7 @@ impl Engine {
         let resolved = crate::images::resolve(&self.layout.home, img).await?;
         let defaults = resolved.sandbox_defaults();
         Ok(Root {
-            layers: vec![resolved.rootfs.to_string_lossy().into_owned()],
+            layers: crate::snapshot::lowers_of(&self.layout.home, &resolved)?,
             env: defaults.env,
             workdir: defaults.workdir,
             user: defaults.user,

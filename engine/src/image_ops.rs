@@ -93,7 +93,8 @@ pub async fn remove(home: &Path, name_or_digest: &str) -> Result<()> {
     let n = name_or_digest.to_string();
     let sandboxes = Layout::new(home.to_path_buf()).sandboxes();
     with_store(home, move |s, _| {
-        let used = in_use(&sandboxes, s.root());
+        let mut used = in_use(&sandboxes, s.root());
+        used.extend(s.referenced_parents().map_err(image_error)?);
         s.remove(&n, &used).map_err(image_error)
     })
     .await
@@ -103,7 +104,8 @@ pub async fn remove(home: &Path, name_or_digest: &str) -> Result<()> {
 pub async fn prune(home: &Path) -> Result<PruneReport> {
     let sandboxes = Layout::new(home.to_path_buf()).sandboxes();
     with_store(home, move |s, _| {
-        let used = in_use(&sandboxes, s.root());
+        let mut used = in_use(&sandboxes, s.root());
+        used.extend(s.referenced_parents().map_err(image_error)?);
         s.prune(&used).map_err(image_error)
     })
     .await

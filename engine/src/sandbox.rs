@@ -163,6 +163,7 @@ impl Sandbox {
     /// user; `None`: the configured user.
     pub(crate) fn client_as(&self, user: Option<&str>) -> Result<AgentClient> {
         let c = self.client()?;
+        crate::freezer::check_not_paused(self)?;
         match user {
             None => Ok(c),
             Some(u) => {
@@ -234,6 +235,7 @@ impl Sandbox {
     }
 
     pub async fn exec_start(&self, o: &ExecOptions) -> Result<ExecProcess> {
+        crate::freezer::check_not_paused(self)?;
         let req = self.exec_request(o)?;
         ExecProcess::start(&self.client()?, req)
             .await
@@ -245,6 +247,7 @@ impl Sandbox {
         o: &ExecOptions,
         stdin: Option<Vec<u8>>,
     ) -> Result<ExecOutput> {
+        crate::freezer::check_not_paused(self)?;
         let req = self.exec_request(o)?;
         crate::exec::run_collect(&self.client()?, req, stdin)
             .await
@@ -275,6 +278,7 @@ impl Sandbox {
     /// Graceful stop: ask the agent to end everything, SIGKILL after `grace`.
     pub async fn stop(&self, grace: Duration) -> Result<()> {
         self.check_not_removed()?;
+        crate::freezer::thaw_for_removal(&self.state().report.cgroup);
         if let Ok(c) = self.client() {
             let ask = async {
                 let _ = c.call(&Message::Shutdown).await;

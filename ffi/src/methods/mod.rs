@@ -32,6 +32,7 @@ mod image;
 #[cfg(any(test, feature = "test-hooks"))]
 pub(crate) mod mem_pipe;
 mod sandbox;
+mod snapshot;
 mod streams;
 mod table;
 mod volume;
@@ -59,6 +60,10 @@ methods! {
     // there without a caller thread; create/remove/stop/kill do blocking
     // filesystem and process work inline and stay sync-only.
     SandboxClose = "sandbox.close": wire::sandbox::SandboxRef => Empty, sandbox::close, async sandbox::close_async;
+    SandboxPause = "sandbox.pause": wire::sandbox::SandboxRef => Empty, snapshot::pause;
+    SandboxResume = "sandbox.resume": wire::sandbox::SandboxRef => Empty, snapshot::resume;
+    SandboxSnapshot = "sandbox.snapshot": wire::snapshot::SnapshotParams => wire::image::ImageInfo, snapshot::snapshot;
+    SandboxFork = "sandbox.fork": wire::snapshot::ForkParams => wire::snapshot::Forked, snapshot::fork;
 
     ExecStart = "exec.start": wire::exec::StartParams => wire::exec::Started, exec::start, async exec::start_async;
     ExecWait = "exec.wait": wire::exec::ExecRef => wire::exec::Exited, exec::wait, async exec::wait_async;

@@ -14,6 +14,7 @@ pub(crate) mod exec;
 pub(crate) mod fs;
 pub(crate) mod image;
 pub(crate) mod sandbox;
+pub(crate) mod snapshot;
 pub(crate) mod volume;
 
 /// `{}`: the params of a method that takes none, and the result of one
