@@ -1,10 +1,12 @@
 package tests
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -404,4 +406,78 @@ func TestCheckpointUnsupportedOnNative(t *testing.T) {
 	if _, err := lockbox.Restore(snapCtx(t), "x"); !errors.Is(err, lockbox.ErrUnsupported) {
 		t.Fatalf("Restore: %v", err)
 	}
+}
+
+// TestPausedOwnerChild runs in a child process: it creates a sandbox,
+// pauses it, prints its helper pid and id, and waits to be killed.
+func TestPausedOwnerChild(t *testing.T) {
+	if os.Getenv("LOCKBOX_PAUSED_CHILD") == "" {
+		t.Skip("helper process for TestPausedSandboxOwnerKilled")
+	}
+	ctx := context.Background()
+	sb, err := lockbox.CreateSandbox(ctx)
+	if err != nil {
+		fmt.Println("ERROR", err)
+		os.Exit(1)
+	}
+	info, _ := sb.Info(ctx)
+	if _, err := sb.Shell(ctx, "sleep 300 >/dev/null 2>&1 &"); err != nil {
+		fmt.Println("ERROR", err)
+		os.Exit(1)
+	}
+	if err := sb.Pause(ctx); err != nil {
+		fmt.Println("ERROR", err)
+		os.Exit(1)
+	}
+	fmt.Printf("PAUSED %d %s\n", info.HelperPID, info.ID)
+	time.Sleep(time.Hour)
+}
+
+// A paused sandbox whose owning process dies (SIGKILL) is torn down by its
+// helper like a running one: frozen tasks are thawed so SIGKILL takes
+// them, and no process or cgroup is left. Control: while the owner lives,
+// the paused sandbox's helper is alive.
+func TestPausedSandboxOwnerKilled(t *testing.T) {
+	needEngine(t)
+	if os.Geteuid() != 0 {
+		t.Skip("needs a freezer (root)")
+	}
+	child := exec.Command(os.Args[0], "-test.run=^TestPausedOwnerChild$", "-test.v")
+	child.Env = append(os.Environ(), "LOCKBOX_PAUSED_CHILD=1")
+	out, _ := child.StdoutPipe()
+	child.Stderr = os.Stderr
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer child.Process.Kill()
+	var pid int
+	var id string
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "ERROR") {
+			t.Fatal(line)
+		}
+		if _, err := fmt.Sscanf(line, "PAUSED %d %s", &pid, &id); err == nil {
+			break
+		}
+	}
+	if pid == 0 {
+		t.Fatal("child reported no paused sandbox")
+	}
+	if syscall.Kill(pid, 0) != nil {
+		t.Fatal("control: the paused sandbox's helper should be alive while its owner lives")
+	}
+	if err := child.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = child.Wait()
+	deadline := time.Now().Add(15 * time.Second)
+	for syscall.Kill(pid, 0) == nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("helper %d of a paused sandbox still alive 15s after its owner died", pid)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	assertNoCgroups(t, id)
 }

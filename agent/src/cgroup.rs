@@ -247,8 +247,18 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Lets a paused sandbox (engine/src/freezer.rs) run again: a frozen
+    /// task acts on SIGKILL only once thawed, so every teardown thaws.
+    pub fn thaw(&self) {
+        for d in &self.dirs {
+            let _ = fs::write(d.join("cgroup.freeze"), "0");
+            let _ = fs::write(d.join("freezer.state"), "THAWED");
+        }
+    }
+
     /// Removes the directories, waiting briefly for dying tasks to leave.
     pub fn remove(&self) {
+        self.thaw();
         for d in &self.dirs {
             for _ in 0..200 {
                 match fs::remove_dir(d) {
