@@ -336,3 +336,40 @@ func TestCLIEngineSetupVerify(t *testing.T) {
 		t.Errorf("verify of a tampered library: want exit 1 and a verification error: %v", r)
 	}
 }
+
+// SIGTERM to `lockbox run` goes to the command (exit 128+15), and the
+// sandbox is removed once it has ended.
+func TestCLIRunForwardsSignalsAndCleansUp(t *testing.T) {
+	name := "cli-signal"
+	runCLI(t, "", nil, "rm", "-f", name)
+	cmd := exec.Command(lockboxCLI(t), "run", "--name", name, "base", "sh", "-c", "echo ready; sleep 30")
+	cmd.Env = os.Environ()
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line := make([]byte, 6)
+	if _, err := io.ReadFull(stdout, line); err != nil || string(line) != "ready\n" {
+		t.Fatalf("%q %v", line, err)
+	}
+	if r := cli(t, 0, "ls", "-q"); !slices.Contains(strings.Fields(r.stdout), name) {
+		t.Fatalf("the running sandbox is not listed: %v", r)
+	}
+	start := time.Now()
+	if err := cmd.Process.Signal(unix.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	if code := cmd.ProcessState.ExitCode(); code != 143 {
+		t.Errorf("exit %d after SIGTERM, want 143", code)
+	}
+	if d := time.Since(start); d > 20*time.Second {
+		t.Errorf("took %v to end after SIGTERM", d)
+	}
+	if r := cli(t, 0, "ls", "-q"); slices.Contains(strings.Fields(r.stdout), name) {
+		t.Errorf("the sandbox outlived its run: %v", r)
+	}
+}
