@@ -4,6 +4,7 @@
 //! handled here, outside the sandbox, by a user-mode TCP/IP stack that
 //! opens a host socket only for what the policy allows.
 
+pub mod daemon;
 pub mod dns;
 pub mod events;
 pub mod forwarder;

@@ -37,14 +37,23 @@ pub const DNS_SERVER: &str = "198.51.100.53:53";
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
-pub struct Lab {
+/// The namespaces, the test hosts and the sandbox's tap device.
+pub struct Topology {
     pub sandbox: String,
-    outside: String,
+    pub outside: String,
     hosts: String,
-    pub handle: Handle,
-    forwarder: Option<thread::JoinHandle<()>>,
     /// Every name the test DNS server was asked, in order.
     pub dns_log: Arc<Mutex<Vec<String>>>,
+}
+
+/// A topology with the forwarder running in this process, on a thread in
+/// the outside namespace.
+pub struct Lab {
+    pub handle: Handle,
+    forwarder: Option<thread::JoinHandle<()>>,
+    pub dns_log: Arc<Mutex<Vec<String>>>,
+    pub sandbox: String,
+    pub net: Topology,
 }
 
 fn ip(args: &[&str]) {
@@ -97,12 +106,10 @@ fn open_tap() -> OwnedFd {
     }
 }
 
-impl Lab {
-    pub fn new(policy: Policy) -> Lab {
-        Lab::with_limits(policy, Limits::default())
-    }
-
-    pub fn with_limits(policy: Policy, limits: Limits) -> Lab {
+impl Topology {
+    /// Builds the namespaces and the hosts; returns the sandbox's tap fd,
+    /// for whoever runs the forwarder.
+    pub fn new() -> (Topology, OwnedFd) {
         let n = format!(
             "{}-{}",
             std::process::id(),
@@ -139,62 +146,90 @@ impl Lab {
         ip(&["-n", &hosts, "link", "set", &vb, "up"]);
         // IPv6 is off inside: the policy path is IPv4 only, so nothing
         // may go around it over IPv6.
-        let sb = sandbox.clone();
         let tap = in_ns(&sandbox, move || {
             let _ = std::fs::write("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1");
-            let _ = sb;
             open_tap()
         });
-        ip(&[
-            "-n",
-            &sandbox,
-            "addr",
-            "add",
-            "10.0.2.100/24",
-            "dev",
-            "tap0",
-        ]);
-        ip(&["-n", &sandbox, "link", "set", "tap0", "up"]);
-        ip(&["-n", &sandbox, "route", "add", "default", "via", "10.0.2.2"]);
-
+        for args in [
+            &["addr", "add", "10.0.2.100/24", "dev", "tap0"][..],
+            &["link", "set", "tap0", "up"],
+            &["route", "add", "default", "via", "10.0.2.2"],
+        ] {
+            let mut a = vec!["-n", sandbox.as_str()];
+            a.extend_from_slice(args);
+            ip(&a);
+        }
         let dns_log = Arc::new(Mutex::new(Vec::new()));
         start_hosts(&hosts, dns_log.clone());
+        (
+            Topology {
+                sandbox,
+                outside,
+                hosts,
+                dns_log,
+            },
+            tap,
+        )
+    }
 
-        let config = Config {
-            gateway: GATEWAY,
-            prefix_len: 24,
-            upstream_dns: DNS_SERVER.parse().unwrap(),
-            host_addrs: HostAddrs(vec![
-                "198.51.100.1".parse().unwrap(),
-                "10.77.0.1".parse().unwrap(),
-            ]),
-            limits,
-        };
-        let (fwd, handle) = Forwarder::new(tap, config, policy);
-        let out = outside.clone();
+    pub fn inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        in_ns(&self.sandbox, f)
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for ns in [&self.sandbox, &self.outside, &self.hosts] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// The forwarder's view of the topology's host side.
+pub fn config(limits: Limits) -> Config {
+    Config {
+        gateway: GATEWAY,
+        prefix_len: 24,
+        upstream_dns: DNS_SERVER.parse().unwrap(),
+        host_addrs: HostAddrs(vec![
+            "198.51.100.1".parse().unwrap(),
+            "10.77.0.1".parse().unwrap(),
+        ]),
+        limits,
+    }
+}
+
+impl Lab {
+    pub fn new(policy: Policy) -> Lab {
+        Lab::with_limits(policy, Limits::default())
+    }
+
+    pub fn with_limits(policy: Policy, limits: Limits) -> Lab {
+        let (net, tap) = Topology::new();
+        let (fwd, handle) = Forwarder::new(tap, config(limits), policy);
+        let out = net.outside.clone();
         let forwarder = thread::spawn(move || {
             enter(&out);
             fwd.run().expect("forwarder");
         });
         Lab {
-            sandbox,
-            outside,
-            hosts,
             handle,
             forwarder: Some(forwarder),
-            dns_log,
+            dns_log: net.dns_log.clone(),
+            sandbox: net.sandbox.clone(),
+            net,
         }
     }
 
     /// Runs `f` inside the sandbox's namespace.
     pub fn inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        in_ns(&self.sandbox, f)
+        in_ns(&self.net.sandbox, f)
     }
 
-    /// Runs `f` in the hosts namespace (for controls that bypass the
-    /// forwarder).
-    pub fn on_hosts<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        in_ns(&self.hosts, f)
+    /// Runs `f` in the forwarder's namespace: the direct path to the
+    /// test hosts, without the forwarder (for baselines).
+    pub fn outside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        in_ns(&self.net.outside, f)
     }
 }
 
@@ -203,9 +238,6 @@ impl Drop for Lab {
         self.handle.stop();
         if let Some(t) = self.forwarder.take() {
             let _ = t.join();
-        }
-        for ns in [&self.sandbox, &self.outside, &self.hosts] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
 }
@@ -218,9 +250,7 @@ fn trunc(s: &str) -> String {
 /// closes; each UDP echo sends back what it got.
 fn start_hosts(ns: &str, dns_log: Arc<Mutex<Vec<String>>>) {
     let (tx, rx) = std::sync::mpsc::channel();
-    let ns2 = ns.to_string();
     spawn_in(ns, move || {
-        let _ = ns2;
         for (addr, name) in [
             ("198.51.100.10:80", "api"),
             ("198.51.100.10:8080", "api-8080"),
@@ -231,6 +261,8 @@ fn start_hosts(ns: &str, dns_log: Arc<Mutex<Vec<String>>>) {
             let l = TcpListener::bind(addr).expect("bind test server");
             thread::spawn(move || tcp_server(l, name));
         }
+        let bulk = TcpListener::bind(BULK).expect("bind bulk server");
+        thread::spawn(move || bulk_server(bulk));
         for addr in ["198.51.100.10:7", "198.51.100.10:9", "198.51.100.10:80"] {
             let s = UdpSocket::bind(addr).expect("bind udp echo");
             thread::spawn(move || udp_echo(s));
@@ -250,6 +282,30 @@ fn tcp_server(l: TcpListener, name: &'static str) {
             let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
             if matches!(c.read(&mut buf), Ok(n) if n > 0) {
                 let _ = c.write_all(name.as_bytes());
+            }
+        });
+    }
+}
+
+/// Reads a big-endian u64 and sends that many bytes.
+pub const BULK: &str = "198.51.100.10:9000";
+
+fn bulk_server(l: TcpListener) {
+    for c in l.incoming() {
+        let Ok(mut c) = c else { continue };
+        thread::spawn(move || {
+            let mut n = [0u8; 8];
+            if c.read_exact(&mut n).is_err() {
+                return;
+            }
+            let mut left = u64::from_be_bytes(n);
+            let chunk = vec![0x5a; 256 * 1024];
+            while left > 0 {
+                let k = left.min(chunk.len() as u64) as usize;
+                if c.write_all(&chunk[..k]).is_err() {
+                    return;
+                }
+                left -= k as u64;
             }
         });
     }

@@ -1,0 +1,216 @@
+//! The forwarder as its own process (`lockbox-net`), the form the helper
+//! starts per sandbox: it holds the sandbox's tap fd, runs in the host's
+//! network namespace, and takes orders as JSON lines on a control socket.
+//!
+//! ```text
+//! → {"gateway":"10.0.2.2","prefix_len":24,"policy":{"rules":[…]}}      (first line)
+//! ← {"ok":true}
+//! → {"op":"set_policy","policy":{"rules":[…]}}
+//! ← {"ok":true}
+//! → {"op":"events"}
+//! ← {"ok":true,"events":[…],"counters":{…}}
+//! ```
+//!
+//! End of the control stream stops it. So does the death of its parent
+//! (PDEATHSIG), so a killed helper never leaves one behind.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::forwarder::{Config, Forwarder, Handle, Limits};
+use crate::policy::{HostAddrs, Policy};
+
+/// A control line is at most this long: a policy of `MAX_RULES` rules fits.
+pub const MAX_LINE: usize = 1 << 20;
+/// The uid and gid the forwarder runs as when started as root: it needs no
+/// privilege once the tap fd is open (host sockets are ordinary).
+const NOBODY: u32 = 65534;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Start {
+    gateway: std::net::Ipv4Addr,
+    prefix_len: u8,
+    /// Default: the first nameserver in the host's /etc/resolv.conf.
+    #[serde(default)]
+    upstream_dns: Option<SocketAddr>,
+    /// Default: every address on the host's interfaces.
+    #[serde(default)]
+    host_addrs: Option<Vec<IpAddr>>,
+    policy: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+enum Op {
+    SetPolicy { policy: Value },
+    Events,
+}
+
+/// Runs the daemon: reads the start line, starts the forwarder on a
+/// thread, then serves control lines until the stream ends.
+pub fn serve(tap: OwnedFd, control: UnixStream) -> io::Result<()> {
+    die_with_parent()?;
+    let mut reader = BufReader::new(control.try_clone()?);
+    let mut out = control;
+    let line = read_line(&mut reader)?.ok_or_else(|| bad("no start line"))?;
+    let start: Start = serde_json::from_str(&line).map_err(|e| bad(&e.to_string()))?;
+    let policy = policy_from(&start.policy).map_err(|e| bad(&e))?;
+    let config = Config {
+        gateway: start.gateway,
+        prefix_len: start.prefix_len,
+        upstream_dns: match start.upstream_dns {
+            Some(a) => a,
+            None => host_resolver()?,
+        },
+        host_addrs: HostAddrs(match start.host_addrs {
+            Some(a) => a,
+            None => host_addresses()?,
+        }),
+        limits: Limits::default(),
+    };
+    drop_privileges()?;
+    let (fwd, handle) = Forwarder::new(tap, config, policy);
+    let runner = std::thread::spawn(move || fwd.run());
+    writeln!(out, "{}", json!({"ok": true}))?;
+    let result = control_loop(&mut reader, &mut out, &handle);
+    handle.stop();
+    let _ = runner.join();
+    result
+}
+
+fn control_loop(
+    reader: &mut BufReader<UnixStream>,
+    out: &mut UnixStream,
+    h: &Handle,
+) -> io::Result<()> {
+    while let Some(line) = read_line(reader)? {
+        let reply = match serde_json::from_str::<Op>(&line) {
+            Err(e) => json!({"ok": false, "error": e.to_string()}),
+            Ok(Op::SetPolicy { policy }) => match policy_from(&policy) {
+                Ok(p) => {
+                    h.set_policy(p);
+                    json!({"ok": true})
+                }
+                Err(e) => json!({"ok": false, "error": e}),
+            },
+            Ok(Op::Events) => json!({
+                "ok": true,
+                "events": h.take_events(),
+                "counters": h.counters(),
+            }),
+        };
+        writeln!(out, "{reply}")?;
+    }
+    Ok(())
+}
+
+fn policy_from(v: &Value) -> Result<Policy, String> {
+    Policy::from_json(&v.to_string()).map_err(|e| e.to_string())
+}
+
+/// One line, without its newline; None at end of stream. A line over
+/// `MAX_LINE` is an error: the other side is not the helper.
+fn read_line(r: &mut BufReader<UnixStream>) -> io::Result<Option<String>> {
+    let mut buf = Vec::new();
+    let n = r
+        .by_ref()
+        .take(MAX_LINE as u64 + 1)
+        .read_until(b'\n', &mut buf)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if buf.last() != Some(&b'\n') {
+        return Err(bad("control line too long or cut"));
+    }
+    buf.pop();
+    String::from_utf8(buf)
+        .map(Some)
+        .map_err(|_| bad("control line is not UTF-8"))
+}
+
+fn bad(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
+}
+
+fn die_with_parent() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments.
+    let r = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // The parent may have died before the call above took effect.
+    if std::os::unix::process::parent_id() == 1 {
+        return Err(bad("parent already gone"));
+    }
+    Ok(())
+}
+
+/// no_new_privs always; as root, become nobody with no groups and no
+/// capabilities (a uid change from 0 clears them all).
+fn drop_privileges() -> io::Result<()> {
+    // SAFETY: plain system calls with integer arguments.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::geteuid() == 0
+            && (libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setresgid(NOBODY, NOBODY, NOBODY) != 0
+                || libc::setresuid(NOBODY, NOBODY, NOBODY) != 0)
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The first nameserver of the host's resolv.conf (read before privileges
+/// are dropped; the host's file, not the sandbox's).
+fn host_resolver() -> io::Result<SocketAddr> {
+    let text = std::fs::read_to_string("/etc/resolv.conf")?;
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .find_map(|a| a.trim().parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .ok_or_else(|| bad("no nameserver in /etc/resolv.conf"))
+}
+
+/// Every address on the host's interfaces (in this process's network
+/// namespace, the one whose sockets the forwarder opens).
+fn host_addresses() -> io::Result<Vec<IpAddr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head`; the list is walked read-only and
+    // freed once.
+    unsafe {
+        if libc::getifaddrs(&mut head) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut out = Vec::new();
+        let mut p = head;
+        while !p.is_null() {
+            let a = (*p).ifa_addr;
+            if !a.is_null() {
+                match i32::from((*a).sa_family) {
+                    libc::AF_INET => {
+                        let s = &*(a as *const libc::sockaddr_in);
+                        out.push(IpAddr::from(u32::from_be(s.sin_addr.s_addr).to_be_bytes()));
+                    }
+                    libc::AF_INET6 => {
+                        let s = &*(a as *const libc::sockaddr_in6);
+                        out.push(IpAddr::from(s.sin6_addr.s6_addr));
+                    }
+                    _ => {}
+                }
+            }
+            p = (*p).ifa_next;
+        }
+        libc::freeifaddrs(head);
+        Ok(out)
+    }
+}

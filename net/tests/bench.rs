@@ -1,0 +1,132 @@
+//! Forwarder figures against the direct path (`make bench-net`): 1 GiB
+//! download throughput, added connection latency (p50), DNS answer time,
+//! and memory. The direct path is the forwarder's own namespace talking
+//! to the same test host, i.e. what the host socket alone costs.
+
+mod lab;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use lab::{resolve, Lab, BULK};
+use lockbox_net::policy::Policy;
+
+const GIB: u64 = 1 << 30;
+
+fn download(bytes: u64) -> f64 {
+    let a: SocketAddr = BULK.parse().unwrap();
+    let mut c = TcpStream::connect_timeout(&a, Duration::from_secs(5)).unwrap();
+    let t0 = Instant::now();
+    c.write_all(&bytes.to_be_bytes()).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = 0u64;
+    while got < bytes {
+        let n = c.read(&mut buf).unwrap();
+        assert!(n > 0, "download cut short at {got}");
+        got += n as u64;
+    }
+    got as f64 / t0.elapsed().as_secs_f64() / (1u64 << 20) as f64
+}
+
+fn connect_p50(n: usize) -> Duration {
+    let a: SocketAddr = "198.51.100.10:80".parse().unwrap();
+    let mut t: Vec<Duration> = (0..n)
+        .map(|_| {
+            let t0 = Instant::now();
+            let c = TcpStream::connect_timeout(&a, Duration::from_secs(5)).unwrap();
+            let d = t0.elapsed();
+            drop(c);
+            d
+        })
+        .collect();
+    t.sort();
+    t[n / 2]
+}
+
+fn rss_kib() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+#[ignore = "benchmark: make bench-net"]
+fn bench_forwarder_against_direct() {
+    let rss0 = rss_kib();
+    let policy = Policy::from_json(
+        r#"{"rules":[{"action":"allow","domain":"api.test"},{"action":"allow","cidr":"198.51.100.10/32"}]}"#,
+    )
+    .unwrap();
+    let lab = Lab::new(policy);
+    let rss_idle = rss_kib();
+
+    let direct = lab.outside(|| (download(GIB), connect_p50(200)));
+    let through = lab.inside(|| (download(GIB), connect_p50(200)));
+
+    let dns = lab.inside(|| {
+        let mut allowed: Vec<Duration> = (0..200)
+            .map(|_| {
+                let t0 = Instant::now();
+                resolve("api.test");
+                t0.elapsed()
+            })
+            .collect();
+        let mut denied: Vec<Duration> = (0..200)
+            .map(|i| {
+                let t0 = Instant::now();
+                resolve(&format!("x{i}.denied.test"));
+                t0.elapsed()
+            })
+            .collect();
+        allowed.sort();
+        denied.sort();
+        (allowed[100], denied[100])
+    });
+
+    // Memory with 100 open, idle connections.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let sb = lab.sandbox.clone();
+    let holder = std::thread::spawn(move || {
+        lab::in_ns(&sb, move || {
+            let a: SocketAddr = "198.51.100.10:80".parse().unwrap();
+            let conns: Vec<_> = (0..100)
+                .map(|_| TcpStream::connect_timeout(&a, Duration::from_secs(5)).unwrap())
+                .collect();
+            tx.send(()).unwrap();
+            let _ = done_rx.recv();
+            drop(conns);
+        })
+    });
+    rx.recv().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let rss_conns = rss_kib();
+    done_tx.send(()).unwrap();
+    holder.join().unwrap();
+
+    println!("net bench (through the forwarder vs the direct path):");
+    println!(
+        "  1 GiB download: {:.0} MiB/s through, {:.0} MiB/s direct ({:.2}x)",
+        through.0,
+        direct.0,
+        through.0 / direct.0
+    );
+    println!(
+        "  connect p50: {:?} through, {:?} direct (added {:?})",
+        through.1,
+        direct.1,
+        through.1.saturating_sub(direct.1)
+    );
+    println!(
+        "  DNS p50: allowed name {:?} (upstream round trip), denied name {:?} (local NXDOMAIN)",
+        dns.0, dns.1
+    );
+    println!(
+        "  memory (test process RSS): +{} KiB for an idle forwarder and its lab, +{} KiB more with 100 open connections",
+        rss_idle.saturating_sub(rss0),
+        rss_conns.saturating_sub(rss_idle)
+    );
+}
