@@ -117,13 +117,21 @@ fn wire_io(e: std::io::Error, what: &str) -> WireError {
 }
 
 /// The fields of the first line of `rel` whose first field is `name`, or
-/// `None` when the file or the entry does not exist.
+/// `None` when the file or the entry does not exist. A database that is
+/// not a readable regular file within the bound holds no one: `not_found`,
+/// naming the entry and why.
 fn lookup(
     root: std::os::fd::RawFd,
     rel: &str,
     name: &str,
 ) -> Result<Option<Vec<String>>, WireError> {
-    let Some(text) = read_db(root, rel).map_err(|e| wire_io(e, &format!("/{rel}")))? else {
+    let text = read_db(root, rel).map_err(|e| {
+        WireError::new(
+            ErrorCode::NotFound,
+            format!("{name:?} cannot be looked up: the sandbox's /{rel} is unusable ({e})"),
+        )
+    })?;
+    let Some(text) = text else {
         return Ok(None);
     };
     Ok(String::from_utf8_lossy(&text)
@@ -244,13 +252,16 @@ mod tests {
         // SAFETY: valid C string.
         assert_eq!(unsafe { libc::mkfifo(p.as_ptr(), 0o644) }, 0);
         let t = std::time::Instant::now();
-        assert!(at(&d, "bob").is_err());
+        let e = at(&d, "bob").unwrap_err();
+        assert_eq!(e.code, ErrorCode::NotFound, "{e:?}");
+        assert!(e.message.contains("not a regular file"), "{}", e.message);
         assert!(t.elapsed() < std::time::Duration::from_secs(2));
         std::fs::remove_file(&passwd).unwrap();
         let mut big = "bob:x:1000:1000::/:/bin/sh\n".to_string();
         big.push_str(&"#".repeat(MAX_DB_BYTES as usize));
         std::fs::write(&passwd, big).unwrap();
         let e = at(&d, "bob").unwrap_err();
+        assert_eq!(e.code, ErrorCode::NotFound, "{e:?}");
         assert!(e.message.contains("larger than"), "{}", e.message);
     }
 }
