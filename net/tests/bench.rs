@@ -63,8 +63,12 @@ fn bench_forwarder_against_direct() {
     let lab = Lab::new(policy);
     let rss_idle = rss_kib();
 
-    let direct = lab.outside(|| (download(GIB), connect_p50(200)));
-    let through = lab.inside(|| (download(GIB), connect_p50(200)));
+    let bytes = std::env::var("LOCKBOX_NET_BENCH_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(GIB);
+    let direct = lab.outside(move || (download(bytes), connect_p50(200)));
+    let through = lab.inside(move || (download(bytes), connect_p50(200)));
 
     let dns = lab.inside(|| {
         let mut allowed: Vec<Duration> = (0..200)
@@ -109,7 +113,8 @@ fn bench_forwarder_against_direct() {
 
     println!("net bench (through the forwarder vs the direct path):");
     println!(
-        "  1 GiB download: {:.0} MiB/s through, {:.0} MiB/s direct ({:.2}x)",
+        "  {} MiB download: {:.0} MiB/s through, {:.0} MiB/s direct ({:.2}x)",
+        bytes >> 20,
         through.0,
         direct.0,
         through.0 / direct.0

@@ -311,3 +311,18 @@ fn connections_per_sandbox_are_bounded() {
         .iter()
         .any(|d| d.kind == DenialKind::Limit));
 }
+
+#[test]
+fn bulk_data_arrives_whole_before_the_close() {
+    let lab = Lab::new(policy(
+        r#"{"rules":[{"action":"allow","cidr":"198.51.100.10/32","ports":["9000"]}]}"#,
+    ));
+    // The server closes right after its last byte: the close must not
+    // overtake the data still queued for the sandbox.
+    let got = lab.inside(|| {
+        (0..3)
+            .map(|_| lab::bulk_download(16 << 20).map_err(|e| e.kind()))
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(got, vec![Ok(16 << 20); 3]);
+}

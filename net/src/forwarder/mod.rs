@@ -448,6 +448,7 @@ impl Stack {
             to_host: Some(to_host),
             from_host,
             pending: None,
+            host_done: false,
             gate: Some(Vec::new()),
             tasks,
         };

@@ -39,6 +39,9 @@ pub enum Phase {
         to_host: Option<mpsc::Sender<Vec<u8>>>,
         from_host: mpsc::Receiver<FromHost>,
         pending: Option<(Vec<u8>, usize)>,
+        /// The host side has ended (EOF or error): nothing more comes
+        /// from it, and its closed channel is no reason to reset.
+        host_done: bool,
         gate: Option<Vec<u8>>,
         tasks: [JoinHandle<()>; 2],
     },
@@ -134,6 +137,7 @@ pub fn shuttle(sock: &mut tcp::Socket<'_>, phase: &mut Phase) -> bool {
         to_host,
         from_host,
         pending,
+        host_done,
         gate,
         ..
     } = phase
@@ -162,7 +166,7 @@ pub fn shuttle(sock: &mut tcp::Socket<'_>, phase: &mut Phase) -> bool {
         }
     }
     // Host → sandbox.
-    loop {
+    while !*host_done {
         if let Some((buf, off)) = pending {
             match sock.send_slice(&buf[*off..]) {
                 Ok(n) => *off += n,
@@ -176,12 +180,12 @@ pub fn shuttle(sock: &mut tcp::Socket<'_>, phase: &mut Phase) -> bool {
         match from_host.try_recv() {
             Ok(FromHost::Data(d)) => *pending = Some((d, 0)),
             Ok(FromHost::Eof) => {
+                *host_done = true;
                 sock.close();
-                break;
             }
             Ok(FromHost::Reset) | Err(mpsc::error::TryRecvError::Disconnected) => {
+                *host_done = true;
                 sock.abort();
-                break;
             }
             Err(mpsc::error::TryRecvError::Empty) => break,
         }

@@ -478,3 +478,22 @@ pub const FAST: Duration = Duration::from_millis(500);
 pub fn refused_fast(r: &Tcp) -> bool {
     matches!(r, Tcp::Refused(d) if *d < FAST)
 }
+
+/// Asks the bulk server for `bytes` and reads them all; returns how many
+/// arrived intact before the server closed (or the error).
+pub fn bulk_download(bytes: u64) -> Result<u64, std::io::Error> {
+    let a: SocketAddr = BULK.parse().unwrap();
+    let mut c = TcpStream::connect_timeout(&a, Duration::from_secs(5))?;
+    c.set_read_timeout(Some(Duration::from_secs(10)))?;
+    c.write_all(&bytes.to_be_bytes())?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = 0u64;
+    loop {
+        let n = c.read(&mut buf)?;
+        if n == 0 {
+            return Ok(got);
+        }
+        assert!(buf[..n].iter().all(|&b| b == 0x5a), "corrupted at {got}");
+        got += n as u64;
+    }
+}
