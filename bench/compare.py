@@ -303,6 +303,7 @@ class Case:
     notes: list[str] = field(default_factory=list)
     skipped: str = ""
     results: list[Result] = field(default_factory=list)
+    trace: Path | None = None  # LOCKBOX_TRACE file of the Lockbox runs (cold cases)
 
 
 def run_case(case: Case, runs: int, warmup: int) -> None:
@@ -502,6 +503,112 @@ def lockbox_split(case: Case) -> list[str]:
             f"first output at {med('first_ns'):.2f} ms, Remove done at {med('done_ns'):.2f} ms."]
 
 
+# What each traced step covers: the name is the mark that ends it (agent
+# setup/trace.rs and engine backend/native.rs write the marks).
+STEP_MEANING = {
+    "helper_spawned": "engine: launch.json, helper.log, fork/exec of lockbox-helper",
+    "helper_main": "helper: exec to main (loader, Rust start-up)",
+    "spec_read": "helper: read and parse launch.json",
+    "validate_layer_dirs": "helper: validate, create and chown upper/work",
+    "cgroup_create": "helper: create the sandbox's cgroup, write limits",
+    "socket_bind": "helper: bind the agent socket",
+    "clone_namespaces": "helper: clone (user, mount, pid, uts, ipc, net namespaces)",
+    "id_maps": "helper: write uid/gid maps",
+    "userns_limits": "helper: per-user-namespace quotas (fork + setns)",
+    "network": "helper: outbound network (pasta), if asked",
+    "cgroup_attach_oom": "helper: move the child into the cgroup, OOM score",
+    "prepare_layer_mounts": "helper: detached idmapped clones of layers and volumes",
+    "plan_sent": "helper: send mount fds and the plan",
+    "child_plan_received": "child: receive the plan",
+    "child_root_cgroupns": "child: become root, cgroup namespace",
+    "child_adopt_paths": "child: open path sources",
+    "child_host_devices": "child: clone host device nodes",
+    "child_proc_sys_fsmount": "child: new proc and sysfs instances",
+    "child_overlay_pivot": "child: overlay of the layers, pivot_root",
+    "child_dev": "child: /dev (tmpfs, devices, shm, pts)",
+    "child_proc_mask": "child: /proc mounted and masked",
+    "child_sys": "child: /sys read-only",
+    "child_volumes": "child: volumes",
+    "child_workdir_hostname_lo": "child: workdir, hostname, loopback up",
+    "child_user_resolve": "child: resolve the user in the image's /etc/passwd",
+    "child_caps_landlock_seccomp": "child: capabilities, no_new_privs, Landlock, seccomp",
+    "child_done": "child: done",
+    "setup_result_read": "helper: read the child's setup report",
+    "status_written": "helper: status line written",
+    "status_read": "engine: status line read",
+}
+
+
+def read_trace(path: Path | None) -> list[dict[str, int]]:
+    """Per sandbox (in creation order): step name -> its duration in ns.
+
+    Engine and helper lines of one sandbox share its id; their marks are
+    CLOCK_MONOTONIC timestamps on one machine, so sorted they form one
+    timeline, and each step is the time from the previous mark to its own.
+    Sandboxes missing either side (a failed launch) are left out.
+    """
+    if path is None or not path.exists():
+        return []
+    marks: dict[str, dict[str, list]] = {}
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        marks.setdefault(rec["id"], {})[rec["who"]] = rec["marks"]
+    out = []
+    for sides in marks.values():
+        if set(sides) != {"engine", "helper"}:
+            continue
+        timeline = sorted((int(t), name) for name, t in sides["engine"] + sides["helper"])
+        steps = {}
+        for (t0, _), (t1, name) in zip(timeline, timeline[1:]):
+            steps[name] = steps.get(name, 0) + (t1 - t0)
+        steps["launch_total"] = timeline[-1][0] - timeline[0][0]
+        out.append(steps)
+    return out
+
+
+def step_breakdown(case: Case) -> list[str]:
+    """The per-step table of Lockbox's cold path, medians over the traced runs,
+    beside the totals of every tool in the same run."""
+    lb = next((r for r in case.results if r.label == "lockbox" and r.samples), None)
+    runs = read_trace(case.trace)
+    if lb is None or not runs:
+        return []
+    runs = runs[-len(lb.samples):]  # the recorded runs: warm-ups and probes came first
+    ms = lambda ns: ns / 1e6
+    first = statistics.median(lb.values_ms("first_ns"))
+    created = statistics.median(lb.values_ms("create_ns"))
+    launch = ms(statistics.median(r["launch_total"] for r in runs))
+    out = [f"### Where Lockbox's cold time goes (LOCKBOX_TRACE, {len(runs)} runs)", "",
+           "| step | median | share of first output |", "|---|---:|---:|"]
+    order = [k for k in STEP_MEANING if any(k in r for r in runs)]
+    order += sorted({k for r in runs for k in r} - set(order) - {"launch_total"})
+    for k in order:
+        v = ms(statistics.median(r.get(k, 0) for r in runs))
+        out.append(f"| `{k}`: {STEP_MEANING.get(k, '')} | {v:.3f} ms | {100 * v / first:.1f}% |")
+    out.append(f"| **launch (engine_launch → status_read)** | **{launch:.3f} ms** | "
+               f"{100 * launch / first:.1f}% |")
+    rest = created - launch
+    out.append(f"| rest of CreateSandbox: plan, layers, agent connect and hello "
+               f"(difference of medians) | {rest:.3f} ms | {100 * rest / first:.1f}% |")
+    ex = first - created
+    out.append(f"| CreateSandbox return → first output: exec request, fork/exec in the "
+               f"sandbox, output back (difference of medians) | {ex:.3f} ms | "
+               f"{100 * ex / first:.1f}% |")
+    out.append(f"| **first output (total)** | **{first:.3f} ms** | 100% |")
+    for r in case.results:
+        if r is lb or not r.samples or r.label.startswith("host"):
+            continue
+        b = statistics.median(r.values_ms("first_ns"))
+        out.append(f"| {r.label}, same run: first output | {b:.3f} ms | "
+                   f"Lockbox {first / b:.2f}× |")
+    return out + ["", "Steps are medians of each step over the runs, so they need not add "
+                  "up exactly to the medians of the totals. Tracing adds a few clock reads "
+                  "and, in the engine, one file append before CreateSandbox returns.", ""]
+
+
 def lockbox_isolation(info: dict) -> str:
     """Lockbox's isolation as its own Info() reported it on this machine."""
     if not info:
@@ -537,6 +644,7 @@ def write_markdown(path: Path, cases: list[Case], machine, args, plot_note: str,
                    else "time to the first output byte."), ""]
         out += table(c) + [""]
         out += [f"- {n}" for n in c.notes + lockbox_split(c)] + [""]
+        out += step_breakdown(c)
     out += sdk_section(args.sdk)
     out += ["## Which OCI runtime ran", ""] + [f"- {n}" for n in oci_notes] + [""]
     out += ["## How each tool is isolated", "",
@@ -653,8 +761,17 @@ def main() -> int:
             oci_notes.append(f"{rt}: refused on this machine ({err}).")
 
     env = dict(os.environ)
-    lb = lambda case, rootfs: LockboxRunner(args.lockbox_driver, args.lockbox_missing,
-                                            case, rootfs, env)
+    env.pop("LOCKBOX_TRACE", None)
+    traces = {}
+
+    def lb(case: str, rootfs: Path) -> LockboxRunner:
+        e = dict(env)
+        if case != "exec":
+            # The helper's per-step trace of the cold path (a fresh file).
+            traces[case] = work / f"trace-{case}.jsonl"
+            traces[case].unlink(missing_ok=True)
+            e["LOCKBOX_TRACE"] = str(traces[case])
+        return LockboxRunner(args.lockbox_driver, args.lockbox_missing, case, rootfs, e)
     floor = ProcessRunner("host spawn floor", lambda _: ["/bin/echo", "hi"], hi)
 
     cases = [
@@ -685,6 +802,8 @@ def main() -> int:
                       f"({args.python_rootfs or 'none given'}); `make image-python` builds it.")
     cases.append(py)
 
+    for c in cases:
+        c.trace = traces.get(c.key)
     only = set(filter(None, args.only.split(",")))
     lockbox_info: dict = {}
     for c in cases:

@@ -66,5 +66,47 @@ class SdkSectionTest(unittest.TestCase):
         self.assertIn("SKIP", out)
 
 
+class TraceTest(unittest.TestCase):
+    def test_steps_are_gaps_of_one_sorted_timeline_per_sandbox(self):
+        lines = [
+            {"id": "a", "who": "engine", "marks": [["engine_launch", 100], ["helper_spawned", 400],
+                                                   ["status_read", 2000]]},
+            {"id": "a", "who": "helper", "marks": [["helper_main", 500], ["plan_sent", 900],
+                                                   ["child_done", 1900]]},
+            {"id": "b", "who": "helper", "marks": [["helper_main", 1]]},  # no engine side
+        ]
+        with tempfile.NamedTemporaryFile("w", suffix=".jsonl") as f:
+            f.write("\n".join(__import__("json").dumps(x) for x in lines) + "\nnot json\n")
+            f.flush()
+            runs = compare.read_trace(Path(f.name))
+        self.assertEqual(len(runs), 1)
+        self.assertEqual(runs[0], {"helper_spawned": 300, "helper_main": 100, "plan_sent": 400,
+                                   "child_done": 1000, "status_read": 100, "launch_total": 1900})
+
+    def test_breakdown_beside_peer_totals(self):
+        lines = [{"id": str(i), "who": w, "marks": m} for i in range(3) for w, m in (
+            ("engine", [["engine_launch", 0], ["status_read", 4_000_000]]),
+            ("helper", [["clone_namespaces", 1_000_000]]))]
+        with tempfile.NamedTemporaryFile("w", suffix=".jsonl") as f:
+            f.write("\n".join(__import__("json").dumps(x) for x in lines) + "\n")
+            f.flush()
+            c = compare.Case("echo", "t", "first_ns", "to first output", [])
+            c.results = [compare.Result("lockbox", [compare.Sample(10_000_000, 12_000_000,
+                                                                   6_000_000)] * 3),
+                         compare.Result("bwrap", [compare.Sample(5_000_000, 6_000_000)] * 3)]
+            c.trace = Path(f.name)
+            out = "\n".join(compare.step_breakdown(c))
+        self.assertIn("| `clone_namespaces`: helper: clone", out)
+        self.assertIn("| 1.000 ms | 10.0% |", out)
+        self.assertIn("| **launch (engine_launch → status_read)** | **4.000 ms** |", out)
+        self.assertIn("difference of medians) | 2.000 ms | 20.0% |", out)  # 6 - 4
+        self.assertIn("| bwrap, same run: first output | 5.000 ms | Lockbox 2.00× |", out)
+
+    def test_no_breakdown_without_a_trace(self):
+        c = compare.Case("echo", "t", "first_ns", "to first output", [])
+        c.results = [compare.Result("lockbox", [compare.Sample(1, 2, 1)])]
+        self.assertEqual(compare.step_breakdown(c), [])
+
+
 if __name__ == "__main__":
     unittest.main()

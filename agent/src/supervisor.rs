@@ -15,6 +15,7 @@ use lockbox_protocol::{ErrorCode, LaunchSpec, LaunchStatus, MountSpec, NetworkMo
 use crate::cgroup::Cgroup;
 use crate::report::Report;
 use crate::setup::plan::{Plan, SetupResult, Source};
+use crate::setup::trace::Trace;
 use crate::sys;
 
 /// Where sandbox uid/gid 0..65536 live on the host when we are root. A
@@ -60,13 +61,14 @@ struct Running {
 
 /// Entry point of `run`. Returns the process exit status.
 pub fn run(spec_path: &Path) -> i32 {
+    let (mut trace, trace_path) = Trace::from_env();
     let spec: Result<LaunchSpec, Failure> = fs::read(spec_path)
         .map_err(|e| io_fail(&format!("read {}", spec_path.display()), e))
         .and_then(|b| {
             serde_json::from_slice(&b)
                 .map_err(|e| fail(ErrorCode::InvalidArgument, format!("bad launch spec: {e}")))
         });
-    let launched = spec.and_then(|s| launch(&s).map(|r| (s, r)));
+    let launched = spec.and_then(|s| launch(&s, &mut trace).map(|r| (s, r)));
     match launched {
         Ok((spec, (running, report))) => {
             status(LaunchStatus {
@@ -76,6 +78,10 @@ pub fn run(spec_path: &Path) -> i32 {
                 helper_pid: Some(std::process::id()),
                 report: Some(report.0),
             });
+            if let Some(p) = &trace_path {
+                trace.mark("status_written");
+                trace.write(p, &spec.id);
+            }
             watch(&spec, running)
         }
         Err(f) => {
@@ -182,7 +188,8 @@ fn bind_socket(path: &Path) -> Result<UnixListener, Failure> {
     r.map_err(|e| io_fail(&format!("bind {}", path.display()), e))
 }
 
-fn launch(spec: &LaunchSpec) -> Result<(Running, Report), Failure> {
+fn launch(spec: &LaunchSpec, trace: &mut Trace) -> Result<(Running, Report), Failure> {
+    trace.mark("spec_read");
     validate(spec)?;
     if spec.detached {
         // Out of the engine's session and process group: a Ctrl-C or hangup
@@ -202,7 +209,9 @@ fn launch(spec: &LaunchSpec) -> Result<(Running, Report), Failure> {
                 .map_err(|e| io_fail(&format!("chown {d}"), e))?;
         }
     }
+    trace.mark("validate_layer_dirs");
     let cgroup = Cgroup::create(&spec.id, &spec.limits, &mut report);
+    trace.mark("cgroup_create");
     report.0.cgroup = cgroup.paths.clone();
     let cleanup_cg = |f: Failure| {
         cgroup.remove();
@@ -219,8 +228,10 @@ fn launch(spec: &LaunchSpec) -> Result<(Running, Report), Failure> {
         | libc::CLONE_NEWUTS
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWNET;
+    trace.mark("socket_bind");
     let pid =
         clone_as_owner(flags, rootless).map_err(|e| cleanup_cg(io_fail("create namespaces", e)))?;
+    trace.mark("clone_namespaces");
     if pid == 0 {
         drop(parent_sock);
         unblock_signals();
@@ -240,7 +251,9 @@ fn launch(spec: &LaunchSpec) -> Result<(Running, Report), Failure> {
     };
     let pidfd = sys::pidfd_open(pid).map_err(|e| kill_child(io_fail("pidfd_open", e)))?;
     write_id_maps(pid, rootless).map_err(|e| kill_child(io_fail("write id maps", e)))?;
+    trace.mark("id_maps");
     set_userns_limits(pid).map_err(|e| kill_child(io_fail("user namespace limits", e)))?;
+    trace.mark("userns_limits");
     report.ok("userns_limits");
     let mut pasta = None;
     if spec.network.mode == NetworkMode::Outbound {
@@ -261,6 +274,7 @@ fn launch(spec: &LaunchSpec) -> Result<(Running, Report), Failure> {
             report.ok("ports");
         }
     }
+    trace.mark("network");
     if let Err(e) = cgroup.attach(pid) {
         for f in ["memory", "cpus", "pids"] {
             if report.0.enforced.iter().any(|x| x == f) {
@@ -274,7 +288,9 @@ fn launch(spec: &LaunchSpec) -> Result<(Running, Report), Failure> {
         // this to 0 before exec.
         let _ = fs::write(format!("/proc/{pid}/oom_score_adj"), "-1000");
     }
+    trace.mark("cgroup_attach_oom");
     let (plan, fds) = prepare_mounts(spec, pid, rootless, &mut report);
+    trace.mark("prepare_layer_mounts");
     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
     sys::send_fds(parent_sock.as_raw_fd(), &raw)
         .map_err(|e| kill_child(io_fail("send mounts", e)))?;
@@ -283,6 +299,7 @@ fn launch(spec: &LaunchSpec) -> Result<(Running, Report), Failure> {
     (&parent_sock)
         .write_all(&plan_json)
         .map_err(|e| kill_child(io_fail("send plan", e)))?;
+    trace.mark("plan_sent");
 
     let mut buf = vec![0u8; 1 << 20];
     let n = (&parent_sock).read(&mut buf).unwrap_or(0);
@@ -301,6 +318,8 @@ fn launch(spec: &LaunchSpec) -> Result<(Running, Report), Failure> {
         )));
     }
     report.merge(res.report);
+    trace.extend(res.trace);
+    trace.mark("setup_result_read");
     if rootless {
         report.not(
             "uid_mapping",
@@ -787,6 +806,7 @@ fn watch(spec: &LaunchSpec, r: Running) -> i32 {
             }
             // SAFETY: our own child.
             unsafe { libc::kill(r.pid, libc::SIGTERM) };
+            r.cgroup.thaw();
         }
         if lifeline {
             let mut b = [0u8; 512];
@@ -796,6 +816,7 @@ fn watch(spec: &LaunchSpec, r: Running) -> i32 {
                 lifeline_open = false;
                 // SAFETY: our own child; PID 1 dying takes the namespace with it.
                 unsafe { libc::kill(r.pid, libc::SIGKILL) };
+                r.cgroup.thaw();
             }
         }
     }

@@ -9,6 +9,7 @@ pub mod net;
 pub mod plan;
 pub mod procfs;
 pub mod rootfs;
+pub mod trace;
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -24,7 +25,11 @@ use plan::{Plan, SetupResult};
 /// Never returns: exits with the agent's status.
 pub fn child_main(spec: LaunchSpec, sync: UnixStream, listener: OwnedFd) -> ! {
     let mut report = Report::default();
-    let result = build(&spec, &sync, &mut report);
+    // No mark before the plan arrives: until then the child only waits
+    // while the supervisor works, and the timeline is one sequence.
+    let mut trace = trace::Trace::default();
+    let result = build(&spec, &sync, &mut report, &mut trace);
+    trace.mark("child_done");
     let (error, code) = match &result {
         Ok(_) => (None, None),
         Err(e) => (Some(format!("{e:#}")), Some(code_of(e))),
@@ -33,6 +38,7 @@ pub fn child_main(spec: LaunchSpec, sync: UnixStream, listener: OwnedFd) -> ! {
         error,
         code,
         report: report.clone(),
+        trace: trace.take(),
     };
     let mut s = &sync;
     let _ = s.write_all(&serde_json::to_vec(&msg).unwrap_or_default());
@@ -65,6 +71,7 @@ fn build(
     spec: &LaunchSpec,
     sync: &UnixStream,
     report: &mut Report,
+    trace: &mut trace::Trace,
 ) -> Result<(crate::confine::Confine, u32)> {
     // Die with the supervisor: it owns the cgroup and the socket.
     // SAFETY: prctl with plain integer arguments.
@@ -76,6 +83,7 @@ fn build(
     let n = s.read(&mut chunk)?;
     buf.extend_from_slice(&chunk[..n]);
     let mut plan: Plan = serde_json::from_slice(&buf).context("bad plan from supervisor")?;
+    trace.mark("child_plan_received");
     become_root(&plan)?;
     // setuid cleared the death signal.
     // SAFETY: as above.
@@ -88,23 +96,32 @@ fn build(
     // that cgroup becomes the namespace's root.
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).context("cgroup namespace")?;
     report.ok("cgroupns");
+    trace.mark("child_root_cgroupns");
 
     // Everything the host provides is taken as fds now: after `enter` the
     // host's root is gone.
     rootfs::adopt_paths(spec, &mut plan, &mut fds)?;
+    trace.mark("child_adopt_paths");
     let devices = devfs::HostDevices::clone().context("/dev")?;
+    trace.mark("child_host_devices");
     let kernel = procfs::KernelMounts::create().context("/proc")?;
+    trace.mark("child_proc_sys_fsmount");
     let root = rootfs::enter(spec, &plan, &fds, report)?;
+    trace.mark("child_overlay_pivot");
     report.ok("mountns");
     let dev_null = devfs::populate(&root, devices, spec.limits.memory_mib).context("/dev")?;
+    trace.mark("child_dev");
     procfs::mount_proc(&root, &kernel, &dev_null).context("/proc")?;
     report.ok("proc_masked");
+    trace.mark("child_proc_mask");
     match procfs::mount_sys(&root, kernel).context("/sys")? {
         None => report.ok("sys_read_only"),
         Some(why) => report.not("sys", format!("/sys left absent: {why}")),
     }
+    trace.mark("child_sys");
     rootfs::volumes(spec, &root, &plan, &fds, report)?;
     drop(fds);
+    trace.mark("child_volumes");
 
     if spec.workdir.starts_with('/') && !Path::new(&spec.workdir).exists() {
         // Like an image WORKDIR: the default cwd of every exec must exist.
@@ -124,6 +141,7 @@ fn build(
     }
     net::loopback_up().context("bring up loopback")?;
     report.ok("netns");
+    trace.mark("child_workdir_hostname_lo");
     if spec.network.mode == NetworkMode::Outbound {
         // pasta answers DNS on its forwarder address.
         // Written without following a link: the image's resolv.conf may
@@ -145,10 +163,10 @@ fn build(
     // create (or the image's USER) must exist in this root.
     let user =
         crate::users::resolve(&spec.user).with_context(|| format!("user {:?}", spec.user))?;
-    Ok((
-        crate::confine::Confine::lock_agent(spec, user, report)?,
-        plan.host_pid,
-    ))
+    trace.mark("child_user_resolve");
+    let confine = crate::confine::Confine::lock_agent(spec, user, report)?;
+    trace.mark("child_caps_landlock_seccomp");
+    Ok((confine, plan.host_pid))
 }
 
 /// Replaces `name` in the directory `dir` (an O_PATH fd) with a regular

@@ -33,4 +33,7 @@ pub struct SetupResult {
     pub error: Option<String>,
     pub code: Option<lockbox_protocol::ErrorCode>,
     pub report: crate::report::Report,
+    /// The child's step timestamps when LOCKBOX_TRACE is on (see `trace`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trace: Vec<(String, u64)>,
 }

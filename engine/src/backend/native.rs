@@ -114,7 +114,13 @@ impl Drop for KillGuard {
 /// host's secrets.
 fn helper_env(cmd: &mut Command) {
     cmd.env_clear();
-    for k in ["PATH", "RUST_BACKTRACE", "LOCKBOX_LOG", "LOCKBOX_HOME"] {
+    for k in [
+        "PATH",
+        "RUST_BACKTRACE",
+        "LOCKBOX_LOG",
+        "LOCKBOX_HOME",
+        "LOCKBOX_TRACE",
+    ] {
         if let Some(v) = std::env::var_os(k) {
             cmd.env(k, v);
         }
@@ -124,7 +130,45 @@ fn helper_env(cmd: &mut Command) {
     }
 }
 
+/// CLOCK_MONOTONIC in ns, the helper's trace clock (LOCKBOX_TRACE).
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// With LOCKBOX_TRACE=<absolute file> (a benchmark's debug switch), the
+/// engine's side of a launch's timeline goes to the file the helper
+/// appends its setup steps to; see the helper's setup/trace.rs.
+fn write_trace(id: &str, marks: &[(&str, u64)]) {
+    let Some(path) = std::env::var_os("LOCKBOX_TRACE").map(PathBuf::from) else {
+        return;
+    };
+    if !path.is_absolute() {
+        return;
+    }
+    use std::os::unix::fs::OpenOptionsExt;
+    let line = serde_json::json!({"id": id, "who": "engine", "marks": marks});
+    let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
+    bytes.push(b'\n');
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    {
+        let _ = f.write_all(&bytes);
+    }
+}
+
 async fn launch(helper: &Path, spec: &LaunchSpec) -> Result<Launched> {
+    let tracing = std::env::var_os("LOCKBOX_TRACE").is_some();
+    let t_launch = if tracing { mono_ns() } else { 0 };
     let dir = Path::new(&spec.dir);
     let launch_json = dir.join("launch.json");
     let bytes = serde_json::to_vec(spec)
@@ -153,6 +197,7 @@ async fn launch(helper: &Path, spec: &LaunchSpec) -> Result<Launched> {
     let mut child = cmd
         .spawn()
         .map_err(|e| EngineError::io(format!("start {}", helper.display()), e))?;
+    let t_spawned = if tracing { mono_ns() } else { 0 };
     let lifeline = child.stdin.take();
     let stdout = child.stdout.take().expect("stdout is piped");
     let child_pid = child.id();
@@ -189,6 +234,17 @@ async fn launch(helper: &Path, spec: &LaunchSpec) -> Result<Launched> {
             )))
         }
         Ok(Ok(_)) => {}
+    }
+    if tracing {
+        let t_status = mono_ns();
+        write_trace(
+            &spec.id,
+            &[
+                ("engine_launch", t_launch),
+                ("helper_spawned", t_spawned),
+                ("status_read", t_status),
+            ],
+        );
     }
     let status: LaunchStatus = serde_json::from_str(line.trim()).map_err(|e| {
         EngineError::internal(format!(
