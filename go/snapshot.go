@@ -3,6 +3,7 @@ package lockbox
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 
 	"lockbox.dev/lockbox/internal/wire"
 )
@@ -107,4 +108,23 @@ func (s *Sandbox) Checkpoint(ctx context.Context, name string) error {
 func Restore(ctx context.Context, name string, opts ...Option) (*Sandbox, error) {
 	return nil, &Error{Op: "sandbox.restore", Code: CodeUnsupported,
 		Message: "restore: the native backend cannot restore process memory (no working CRIU); create from a Snapshot image instead"}
+}
+
+// Export writes the stored image nameOrDigest (a Snapshot or any other) as
+// an OCI image layout in dir, a new directory (its parent must exist and
+// be reached without a symlink). ref, when set, names the manifest in the
+// layout's index. Each of the image's layers is one uncompressed layer,
+// its deletions as OCI whiteouts, so Import or any OCI tool gives back the
+// same filesystem. Returns the manifest's digest.
+func (*ImageService) Export(ctx context.Context, nameOrDigest, dir, ref string) (string, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", &Error{Op: "image.export", Code: CodeInvalidArgument, Message: err.Error()}
+	}
+	var r wire.ExportResult
+	p := wire.ExportParams{Name: nameOrDigest, Path: abs, Reference: ref}
+	if err := callMethod(ctx, "image.export", wire.ImageExport, &p, &r); err != nil {
+		return "", err
+	}
+	return r.Digest, nil
 }

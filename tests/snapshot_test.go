@@ -122,6 +122,24 @@ func TestSnapshotContentAndIsolation(t *testing.T) {
 	if got := sh(t, c, "cat /data/a"); got != "one\n" {
 		t.Fatalf("a child's write reached the image: %q", got)
 	}
+	// Exported as an OCI layout and imported again: the same filesystem,
+	// the deletion and the replaced directory included (OCI whiteouts).
+	dir := filepath.Join(t.TempDir(), "layout")
+	if _, err := lockbox.Images().Export(ctx, name, dir, "snap:v1"); err != nil {
+		t.Fatalf("Export: %v", err)
+	}
+	back := uniq("reimported")
+	removeImage(t, back)
+	if _, err := lockbox.Images().Import(ctx, dir, lockbox.WithImageName(back)); err != nil {
+		t.Fatalf("Import of the export: %v", err)
+	}
+	r := plainSandbox(t, lockbox.WithImage(back))
+	if got := sh(t, r, "cat /data/a; readlink /data/link; ls /opq; test -e /etc/nsswitch.conf && echo WHITEOUT-LOST; test -e /bin/sh && echo base"); got != "one\n/data/a\nnew\nbase\n" {
+		t.Fatalf("sandbox of the re-imported export sees %q", got)
+	}
+	if _, err := lockbox.Images().Export(ctx, name, dir, ""); !errors.Is(err, lockbox.ErrInvalidArgument) {
+		t.Fatalf("Export over an existing directory: %v", err)
+	}
 	// Layered: the image directory holds only the changes, not the base.
 	var n int
 	filepath.Walk(img.Rootfs, func(string, os.FileInfo, error) error { n++; return nil })

@@ -218,3 +218,39 @@ pub fn lowers_of(home: &Path, image: &crate::images::Resolved) -> Result<Vec<Str
         .map(|p| p.to_string_lossy().into_owned())
         .collect())
 }
+
+/// Writes the stored image `name_or_digest` (a snapshot or any other) as an
+/// OCI image layout in the new host directory `dir`, named `ref_name` in
+/// its index when given; returns the manifest digest. `dir` must not exist
+/// and its parent must be reachable without a symlink (as for CopyToHost).
+pub async fn export(
+    home: &Path,
+    name_or_digest: String,
+    dir: String,
+    ref_name: Option<String>,
+) -> Result<String> {
+    let p = Path::new(&dir);
+    let (Some(parent), Some(leaf)) = (p.parent(), p.file_name()) else {
+        return Err(EngineError::invalid(format!(
+            "export: {dir:?} is not a directory path"
+        )));
+    };
+    if !p.is_absolute() {
+        return Err(EngineError::invalid(format!(
+            "export: {dir:?} must be absolute"
+        )));
+    }
+    let parent = crate::fs::host_path_without_links(&parent.to_string_lossy())
+        .map_err(|e| e.context(format!("export to {dir:?}")))?;
+    let dest = parent.join(leaf);
+    let home = home.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let store = ImageStore::open(&home).map_err(store_error)?;
+        let d = store
+            .export_oci_layout(&name_or_digest, &dest, ref_name.as_deref())
+            .map_err(store_error)?;
+        Ok(d.to_string())
+    })
+    .await
+    .map_err(|e| EngineError::internal(format!("export task: {e}")))?
+}

@@ -22,6 +22,7 @@ mod decompress;
 mod digest;
 mod docker_archive;
 mod error;
+mod export;
 mod fsutil;
 mod imports;
 mod layered;

@@ -88,6 +88,7 @@ methods! {
     ImagePrune = "image.prune": Empty => wire::image::PruneReport, image::prune;
     ImageImport = "image.import": wire::image::ImportParams => wire::image::ImageInfo, image::import;
     ImagePull = "image.pull": wire::image::PullParams => wire::image::ImageInfo, image::pull;
+    ImageExport = "image.export": wire::snapshot::ExportParams => wire::snapshot::Exported, snapshot::export;
 
     VolumeCreate = "volume.create": Name => wire::volume::VolumeInfo, volume::create;
     VolumeList = "volume.list": Empty => wire::volume::VolumeList, volume::list;

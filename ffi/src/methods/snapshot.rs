@@ -5,7 +5,7 @@ use super::CallCtx;
 use crate::error::ApiError;
 use crate::wire::image::ImageInfo;
 use crate::wire::sandbox::SandboxRef;
-use crate::wire::snapshot::{ForkParams, Forked, SnapshotParams};
+use crate::wire::snapshot::{ExportParams, Exported, ForkParams, Forked, SnapshotParams};
 use crate::wire::Empty;
 
 pub(super) fn pause(p: SandboxRef, ctx: &CallCtx) -> Result<Empty, ApiError> {
@@ -43,4 +43,12 @@ pub(super) fn fork(p: ForkParams, ctx: &CallCtx) -> Result<Forked, ApiError> {
         sandboxes.push(open(engine.clone(), k)?);
     }
     Ok(Forked { sandboxes })
+}
+
+pub(super) fn export(p: ExportParams, ctx: &CallCtx) -> Result<Exported, ApiError> {
+    let home = engine()?.home().to_path_buf();
+    let digest = ctx.block_on(async {
+        Ok(lockbox_engine::snapshot::export(&home, p.name, p.path, p.reference).await?)
+    })?;
+    Ok(Exported { digest })
 }

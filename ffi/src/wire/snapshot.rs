@@ -32,3 +32,21 @@ pub(crate) struct ForkParams {
 pub(crate) struct Forked {
     pub sandboxes: Vec<Opened>,
 }
+
+/// `{"name", "path", "reference"?}`: write the stored image as an OCI
+/// image layout in the new host directory `path`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ExportParams {
+    pub name: String,
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Exported {
+    /// The manifest's digest.
+    pub digest: String,
+}

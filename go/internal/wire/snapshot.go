@@ -9,7 +9,7 @@ var (
 	SandboxFork     = Method[ForkParams, Forked]{"sandbox.fork"}
 )
 
-var snapshotMethods = []spec{SandboxPause, SandboxResume, SandboxSnapshot, SandboxFork}
+var snapshotMethods = []spec{SandboxPause, SandboxResume, SandboxSnapshot, SandboxFork, ImageExport}
 
 // SnapshotParams: the image is recorded under Name when given.
 type SnapshotParams struct {
@@ -29,4 +29,21 @@ type ForkParams struct {
 // Forked holds each child, opened as sandbox.create opens one.
 type Forked struct {
 	Sandboxes []SandboxOpened `json:"sandboxes"`
+}
+
+// ImageExport writes a stored image as an OCI image layout in a new host
+// directory.
+var ImageExport = Method[ExportParams, ExportResult]{"image.export"}
+
+// ExportParams names the image, the new directory and, optionally, the
+// reference its index records.
+type ExportParams struct {
+	Name      string `json:"name"`
+	Path      string `json:"path"`
+	Reference string `json:"reference,omitempty"`
+}
+
+// ExportResult is the exported manifest's digest.
+type ExportResult struct {
+	Digest string `json:"digest"`
 }
