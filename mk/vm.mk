@@ -1,0 +1,17 @@
+# microVM guest (issue 14 groundwork): the kernel and initramfs with the
+# agent as /init, and a TCG boot that runs the agent protocol over
+# virtio-serial. Assets are cached by input hash (scripts/vm/build-assets.sh).
+VM_ASSETS := $(CURDIR)/build/vm
+
+.PHONY: vm-assets test-vm bench-vm
+vm-assets:
+	cargo build --locked --release -p lockbox-agent
+	scripts/vm/build-assets.sh $(VM_ASSETS) $(CURDIR)/target/release/lockbox-helper
+
+test-vm: vm-assets
+	LOCKBOX_VM_ASSETS=$(VM_ASSETS) cargo test --locked --release -p lockbox-agent --test guest_boot
+
+# Boot to handshake, median of 3 cold TCG boots.
+BENCH_STEPS += bench-vm
+bench-vm: vm-assets
+	LOCKBOX_VM_ASSETS=$(VM_ASSETS) cargo test --locked --release -p lockbox-agent --test guest_boot -- --ignored --nocapture bench_guest_boot
