@@ -13,6 +13,10 @@ pub const MIN_HOLD: Duration = Duration::from_secs(300);
 /// ...and never longer than this, whatever TTL the upstream claims.
 pub const MAX_HOLD: Duration = Duration::from_secs(24 * 3600);
 
+/// Names kept per address: enough for the names a CDN address serves a
+/// program, and a bound on what one connection check walks.
+pub const MAX_NAMES_PER_ADDRESS: usize = 16;
+
 /// Bounded by entries (one per address and name): the sandbox chooses what
 /// it resolves, so it chooses how much this would grow.
 pub struct NameTable {
@@ -50,6 +54,16 @@ impl NameTable {
         let list = self.by_ip.entry(ip).or_default();
         if let Some(e) = list.iter_mut().find(|e| e.name == name) {
             e.expires = e.expires.max(expires);
+            return;
+        }
+        if list.len() >= MAX_NAMES_PER_ADDRESS {
+            // Full for this address: the name closest to expiring makes room.
+            if let Some(e) = list.iter_mut().min_by_key(|e| e.expires) {
+                *e = Entry {
+                    name: name.to_string(),
+                    expires,
+                };
+            }
             return;
         }
         list.push(Entry {
@@ -134,6 +148,20 @@ mod tests {
         assert_eq!(t.names(ip("1.2.3.4"), later), vec!["b.test"]);
         assert!(t.names(ip("1.2.3.4"), t0 + MAX_HOLD).is_empty());
         assert!(t.names(ip("1.2.3.5"), t0).is_empty());
+    }
+
+    #[test]
+    fn names_per_address_are_bounded() {
+        let t0 = Instant::now();
+        let mut t = NameTable::new(1000);
+        for i in 0..100u64 {
+            let ttl = MIN_HOLD + Duration::from_secs(i);
+            t.insert(ip("1.2.3.4"), &format!("n{i}.test"), ttl, t0);
+        }
+        let names = t.names(ip("1.2.3.4"), t0);
+        assert_eq!(names.len(), MAX_NAMES_PER_ADDRESS);
+        assert!(names.contains(&"n99.test"));
+        assert_eq!(t.len(), MAX_NAMES_PER_ADDRESS);
     }
 
     #[test]

@@ -159,12 +159,16 @@ impl Forwarder {
         // SAFETY: the AsyncFd owns the fd; nothing else closes or
         // replaces it while it is registered.
         let tap = unsafe { AsyncFd::register_with_interest(self.tap, Interest::READABLE)? };
-        let upstream = UdpSocket::bind(SocketAddr::new(
+        let up = std::net::UdpSocket::bind(SocketAddr::new(
             unspecified_like(self.config.upstream_dns.ip()),
             0,
-        ))
-        .await?;
-        upstream.connect(self.config.upstream_dns).await?;
+        ))?;
+        up.connect(self.config.upstream_dns)?;
+        up.set_nonblocking(true)?;
+        // Queries go out through the plain socket (see udp::Flow::send);
+        // answers come in through the runtime.
+        let upstream_send = up.try_clone()?;
+        let upstream = UdpSocket::from_std(up)?;
         let mut st = Stack::new(self.config, self.shared.clone());
         let mut frame = vec![0u8; 65536];
         let mut answer = vec![0u8; 65536];
@@ -173,7 +177,7 @@ impl Forwarder {
             if self.shared.stop.load(Ordering::SeqCst) {
                 return Ok(());
             }
-            st.round(&upstream);
+            st.round(&upstream_send);
             while let Some(f) = st.dev.tx.pop_front() {
                 device::write_frame(tap.get_ref(), &f);
             }
@@ -298,7 +302,7 @@ impl Stack {
 
     /// Everything that does not wait: connect results, host datagrams,
     /// the stack, the sockets.
-    fn round(&mut self, upstream: &UdpSocket) {
+    fn round(&mut self, upstream: &std::net::UdpSocket) {
         self.refresh_policy();
         while let Ok((key, r)) = self.connected_rx.try_recv() {
             self.on_connected(key, r);
@@ -346,6 +350,8 @@ impl Stack {
         d.ip = Some(dst.ip());
         d.port = Some(dst.port());
         d.name = (!names.is_empty()).then(|| names.join(","));
+        // At most MAX_NAMES_PER_ADDRESS names of at most 253 bytes: an
+        // event stays small whatever the sandbox resolved.
         (false, Some(d))
     }
 
@@ -637,7 +643,7 @@ impl Stack {
             .send_slice(data, meta);
     }
 
-    fn serve_dns(&mut self, upstream: &UdpSocket) {
+    fn serve_dns(&mut self, upstream: &std::net::UdpSocket) {
         let policy = self.policy.clone();
         let ctx = Ctx {
             policy: &policy,
@@ -656,7 +662,7 @@ impl Stack {
                     let _ = s.send_slice(&r, m);
                 }
                 QueryOutcome::Forward(b) => {
-                    let _ = upstream.try_send(&b);
+                    let _ = upstream.send(&b);
                 }
                 QueryOutcome::Ignore => {}
             }
