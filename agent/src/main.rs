@@ -4,6 +4,7 @@
 
 mod cgroup;
 mod confine;
+mod guest;
 mod init;
 mod pasta;
 mod report;
@@ -24,6 +25,9 @@ fn close_inherited_fds() {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if guest::is_init(args.first().map(String::as_str)) {
+        std::process::exit(guest::main());
+    }
     match args.get(1).map(String::as_str) {
         Some("run") if args.len() == 3 => {
             close_inherited_fds();
