@@ -57,13 +57,14 @@ pub fn resolve_in(root: std::os::fd::RawFd, spec: &str) -> Result<User, WireErro
     if u.is_empty() {
         return Err(invalid(format!("user {spec:?} has no user part")));
     }
-    let mut user = match u.parse::<u32>() {
-        Ok(uid) => User {
+    let mut user = match parse_id(u) {
+        Some(uid) => User {
             uid,
             gid: uid,
             home: None,
         },
-        Err(_) => {
+        None if u.parse::<u64>().is_ok() => return Err(not_an_id("user", u)),
+        None => {
             let f = lookup(root, "etc/passwd", u)?.ok_or_else(|| {
                 WireError::new(
                     ErrorCode::NotFound,
@@ -82,9 +83,10 @@ pub fn resolve_in(root: std::os::fd::RawFd, spec: &str) -> Result<User, WireErro
     match g {
         None | Some("") => {}
         Some(g) => {
-            user.gid = match g.parse::<u32>() {
-                Ok(n) => n,
-                Err(_) => lookup(root, "etc/group", g)?
+            user.gid = match parse_id(g) {
+                Some(n) => n,
+                None if g.parse::<u64>().is_ok() => return Err(not_an_id("group", g)),
+                None => lookup(root, "etc/group", g)?
                     .and_then(|f| num(f.get(2)))
                     .ok_or_else(|| {
                         WireError::new(
@@ -105,7 +107,21 @@ pub fn resolve(spec: &str) -> Result<User, WireError> {
 }
 
 fn num(f: Option<&String>) -> Option<u32> {
-    f.and_then(|v| v.parse().ok())
+    f.and_then(|v| parse_id(v))
+}
+
+/// An id a process can switch to. (uid_t)-1 is not one: setresuid and
+/// setresgid read it as "leave this id unchanged", so a passwd line or a
+/// spec naming it would keep the caller's root.
+fn parse_id(s: &str) -> Option<u32> {
+    s.parse::<u32>().ok().filter(|&n| n != u32::MAX)
+}
+
+fn not_an_id(what: &str, s: &str) -> WireError {
+    invalid(format!(
+        "{what} id {s} is out of range (0..={})",
+        u32::MAX - 1
+    ))
 }
 
 fn wire_io(e: std::io::Error, what: &str) -> WireError {
@@ -194,6 +210,32 @@ mod tests {
     fn at(d: &tempfile::TempDir, spec: &str) -> Result<User, WireError> {
         let f = std::fs::File::open(d.path()).unwrap();
         resolve_in(f.as_raw_fd(), spec)
+    }
+
+    #[test]
+    fn the_keep_unchanged_id_is_never_a_user() {
+        // (uid_t)-1 in a spec or a passwd line would make setresuid a no-op
+        // and leave the exec as root; the id below it is an ordinary user.
+        let d = root_with(
+            "evil:x:4294967295:1000::/:/bin/sh\nedge:x:4294967294:4294967294::/:/bin/sh\n",
+            "evilg:x:4294967295:\n",
+        );
+        for spec in [
+            "4294967295",
+            "4294967295:1000",
+            "1000:4294967295",
+            "99999999999",
+        ] {
+            assert_eq!(
+                at(&d, spec).unwrap_err().code,
+                ErrorCode::InvalidArgument,
+                "{spec}"
+            );
+        }
+        assert!(at(&d, "evil").is_err());
+        assert!(at(&d, "1000:evilg").is_err());
+        let edge = at(&d, "edge").unwrap();
+        assert_eq!((edge.uid, edge.gid), (u32::MAX - 1, u32::MAX - 1));
     }
 
     #[test]
