@@ -44,9 +44,14 @@ func pinSource(devPin string) (fs.FS, string, string) {
 }
 
 var loadTrust = sync.OnceValue(func() *embeddedTrust {
-	t := &embeddedTrust{}
 	h := currentHost()
-	devPin := h.DevPin
+	return readTrust(h.DevPin, h.Version)
+})
+
+// readTrust reads the keys and the pinned manifest of version from the
+// development pin when one is set, else from the embedded pin.
+func readTrust(devPin, version string) *embeddedTrust {
+	t := &embeddedTrust{}
 	src, dir, what := pinSource(devPin)
 	entries, err := fs.ReadDir(src, path.Join(dir, "keys"))
 	if err != nil && devPin != "" {
@@ -57,23 +62,32 @@ var loadTrust = sync.OnceValue(func() *embeddedTrust {
 			continue
 		}
 		b, err := fs.ReadFile(src, path.Join(dir, "keys", e.Name()))
+		var k ed25519.PublicKey
 		if err == nil {
-			var k ed25519.PublicKey
 			k, err = ParsePublicKey(string(b))
-			t.keys = append(t.keys, trustedKey{strings.TrimSuffix(e.Name(), ".pub"), k})
 		}
 		if err != nil {
-			t.err = fmt.Errorf("%s key %s: %v", what, e.Name(), err)
+			// A key that does not parse is an error of the whole pin, never
+			// an empty key left in the list for a later signature check.
+			if t.err == nil {
+				t.err = fmt.Errorf("%s key %s: %v", what, e.Name(), err)
+			}
+			continue
 		}
+		t.keys = append(t.keys, trustedKey{strings.TrimSuffix(e.Name(), ".pub"), k})
 	}
-	if b, err := fs.ReadFile(src, path.Join(dir, h.Version, manifestFile)); err == nil {
+	if b, err := fs.ReadFile(src, path.Join(dir, version, manifestFile)); err == nil {
 		t.pinBytes = b
 		t.pinSHA256 = sha256Hex(b)
 		t.pinMarkerStr = markerContent(t.pinSHA256)
-		t.pinManifest, t.err = parseManifest(b)
+		m, perr := parseManifest(b)
+		t.pinManifest = m
+		if t.err == nil {
+			t.err = perr
+		}
 	}
 	return t
-})
+}
 
 func sha256Hex(b []byte) string {
 	s := sha256.Sum256(b)
@@ -100,7 +114,8 @@ func verifySignature(keys []trustedKey, manifest, sig []byte) (string, error) {
 		return "", fmt.Errorf("%w: manifest.json.sig is not a base64 ed25519 signature", ErrVerification)
 	}
 	for _, k := range keys {
-		if ed25519.Verify(k.key, manifest, raw) {
+		// ed25519.Verify panics on a key of the wrong length.
+		if len(k.key) == ed25519.PublicKeySize && ed25519.Verify(k.key, manifest, raw) {
 			return k.name, nil
 		}
 	}
