@@ -31,11 +31,12 @@ func ExampleEnsureInstalled() {
 	fmt.Println("engine in", inst.Dir)
 }
 
-// CI installs ahead of time (lockbox-installer install --version ...);
+// CI installs ahead of time (`lockbox install --version ...`, the same
+// installer as EnsureInstalled);
 // the program then only checks, and never downloads.
 func ExampleIsInstalled() {
 	if !lockbox.IsInstalled() {
-		log.Fatal("run `lockbox-installer install` first")
+		log.Fatal("run `lockbox install` first")
 	}
 	if _, err := lockbox.EnsureInstalled(context.Background(), lockbox.WithOffline(true)); err != nil {
 		log.Fatal(err) // lists what is missing
