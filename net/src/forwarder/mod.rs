@@ -60,9 +60,9 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
-            max_tcp: 256,
+            max_tcp: 128,
             max_udp: 256,
-            tcp_buffer: 64 * 1024,
+            tcp_buffer: 256 * 1024,
             max_names: 4096,
             max_pending_dns: 64,
             max_events: 1024,
@@ -524,7 +524,7 @@ impl Stack {
                             {
                                 for c in first.chunks(tcp::CHUNK) {
                                     // A fresh channel has room for one
-                                    // gate's worth (MAX_HELLO < 2 chunks).
+                                    // gate (MAX_HELLO is less than one chunk).
                                     let _ = tx.try_send(c.to_vec());
                                 }
                             }
@@ -715,13 +715,13 @@ fn peer_closed(s: &stcp::Socket<'_>) -> bool {
     matches!(s.state(), CloseWait | LastAck | Closing | TimeWait | Closed)
 }
 
-/// Room for `packets` datagrams each way; no datagram is larger than the
-/// MTU because fragments are dropped.
+/// Room for `packets` datagrams and 128 KiB each way (a datagram is at
+/// most 64 KiB).
 fn udp_socket(packets: usize) -> sudp::Socket<'static> {
     let buf = || {
         sudp::PacketBuffer::new(
             vec![sudp::PacketMetadata::EMPTY; packets],
-            vec![0; packets * MTU],
+            vec![0; 128 * 1024],
         )
     };
     sudp::Socket::new(buf(), buf())

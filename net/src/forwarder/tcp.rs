@@ -21,8 +21,8 @@ use crate::sni::{self, Hello};
 
 /// Chunks in flight per direction; with `CHUNK` this bounds what a
 /// connection holds outside the smoltcp buffers.
-const CHANNEL: usize = 4;
-pub const CHUNK: usize = 16 * 1024;
+const CHANNEL: usize = 2;
+pub const CHUNK: usize = 64 * 1024;
 
 pub enum FromHost {
     Data(Vec<u8>),

@@ -152,7 +152,7 @@ impl Topology {
         });
         for args in [
             &["addr", "add", "10.0.2.100/24", "dev", "tap0"][..],
-            &["link", "set", "tap0", "up"],
+            &["link", "set", "tap0", "mtu", "65520", "up"],
             &["route", "add", "default", "via", "10.0.2.2"],
         ] {
             let mut a = vec!["-n", sandbox.as_str()];
