@@ -14,13 +14,19 @@
 //! - setuid/setgid bits are dropped; of the xattrs only the overlay opaque
 //!   mark is kept (file capabilities are not);
 //! - entries, bytes, depth and link lengths are bounded: past a bound the
-//!   copy fails and the caller discards the half-made layer.
+//!   copy fails and the caller discards the half-made layer. A regular
+//!   file is charged its apparent size (`st_size`), not the bytes it
+//!   holds: holes stay holes here, but every later reader (export, a
+//!   copy out) sees zeros, so a 16 TB sparse file must not pass;
+//! - a file with more than one name is copied once: its later names are
+//!   hard links inside the new layer, charged nothing more.
 //!
 //! The result is itself an overlay layer (whiteouts and opaque marks in
 //! overlay's `userxattr` form) that the helper stacks above the image's
 //! layers. Its digest covers names, types, modes, owners, mtimes, link
 //! targets and content, in sorted order, so equal trees hash equal.
 
+use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -36,6 +42,9 @@ use crate::unpack::UnpackStats;
 /// Overlay's opaque-directory mark with `userxattr` (how the helper mounts).
 const OPAQUE: &CStr = c"user.overlay.opaque";
 pub const MAX_DEPTH: usize = 256;
+/// Bytes of layer-relative paths remembered for hard-linked files; past
+/// it further names are full copies (still charged), never unbounded memory.
+const MAX_LINK_PATHS: usize = 64 << 20;
 
 /// How upper ids become layer ids.
 #[derive(Clone, Copy, Debug)]
@@ -168,6 +177,13 @@ struct Copier {
     bytes_left: u64,
     entries_left: u64,
     buf: Vec<u8>,
+    /// The new layer's root: later names of a hard-linked file link here.
+    dst_root: OwnedFd,
+    /// Layer-relative path of the directory whose entries are being copied.
+    cur: Vec<u8>,
+    /// (dev, ino) of a multiply-linked source file -> its first copy's path.
+    links: HashMap<(u64, u64), CString>,
+    link_bytes: usize,
 }
 
 impl Copier {
@@ -211,12 +227,72 @@ impl Copier {
 
     fn mode(&mut self, st: &libc::stat) -> libc::mode_t {
         let m = st.st_mode & 0o7777;
-        if m & 0o6000 != 0 && st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+        // A directory's setgid only makes new files inherit its group;
+        // kept when ids are shifted back to sandbox ids, dropped when
+        // they are stored as the host caller's (there the group is a
+        // host group a later sandbox's files would silently join).
+        let keep_sgid_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR
+            && matches!(self.ids, IdShift::FromHost { .. });
+        let keep = if keep_sgid_dir { 0o3777 } else { 0o1777 };
+        if m & !keep & 0o6000 != 0 {
             self.stats.dropped_setid_bits += 1;
-            return m & 0o1777;
         }
-        // Directories keep setgid (inheritance), never setuid.
-        m & 0o3777
+        m & keep
+    }
+
+    fn rel_path(&self, name: &CStr) -> Vec<u8> {
+        let mut p = self.cur.clone();
+        if !p.is_empty() {
+            p.push(b'/');
+        }
+        p.extend_from_slice(name.to_bytes());
+        p
+    }
+
+    /// A later name of a file already copied: linked to the first copy.
+    /// Returns false when it is the first name seen (copy it).
+    fn hard_link(&mut self, dst: &OwnedFd, name: &CStr, st: &libc::stat) -> Result<bool> {
+        if st.st_nlink <= 1 {
+            return Ok(false);
+        }
+        let key = (st.st_dev, st.st_ino);
+        let Some(first) = self.links.get(&key) else {
+            return Ok(false);
+        };
+        let os = OsStr::from_bytes(name.to_bytes());
+        // SAFETY: valid fds and C strings. `first` is a path of our own
+        // making inside the new layer (directories we created), never a
+        // name resolved in the sandbox's tree; flags 0: no link followed.
+        check(
+            unsafe {
+                libc::linkat(
+                    self.dst_root.as_raw_fd(),
+                    first.as_ptr(),
+                    dst.as_raw_fd(),
+                    name.as_ptr(),
+                    0,
+                )
+            },
+            "link",
+            os,
+        )?;
+        let target = first.to_bytes().to_vec();
+        self.record(b'h', name, st, None, &target);
+        Ok(true)
+    }
+
+    fn remember_link(&mut self, name: &CStr, st: &libc::stat) {
+        if st.st_nlink <= 1 {
+            return;
+        }
+        let p = self.rel_path(name);
+        if self.link_bytes + p.len() > MAX_LINK_PATHS {
+            return;
+        }
+        if let Ok(c) = CString::new(p) {
+            self.link_bytes += c.as_bytes().len();
+            self.links.insert((st.st_dev, st.st_ino), c);
+        }
     }
 
     fn finish_entry(
@@ -284,6 +360,14 @@ impl Copier {
             )));
         }
         let size = st.st_size.max(0) as u64;
+        // Charged in full up front: the copy reads at most `size` bytes.
+        if size > self.bytes_left {
+            return Err(ImageError::TooLarge(format!(
+                "snapshot: {os:?} is {size} bytes (apparent size, holes included), past what is left of its byte budget ({})",
+                self.bytes_left
+            )));
+        }
+        self.bytes_left -= size;
         let out = openat(
             dst.as_raw_fd(),
             name,
@@ -309,13 +393,13 @@ impl Copier {
         self.record(b'f', name, st, ids, &extra);
         let mode = self.mode(st);
         drop(w);
-        self.finish_entry(dst.as_raw_fd(), name, st, ids, Some(mode))
+        self.finish_entry(dst.as_raw_fd(), name, st, ids, Some(mode))?;
+        self.remember_link(name, st);
+        Ok(())
     }
 
-    /// Copies the data segments of `r` (up to `size`) and leaves its holes
-    /// as holes: a sparse file of any apparent size costs the host only
-    /// the bytes really written in the sandbox, and those are charged to
-    /// the budget. Returns the bytes copied.
+    /// Copies the data segments of `r` (up to `size`, already charged) and
+    /// leaves its holes as holes. Returns the bytes copied.
     fn copy_data(
         &mut self,
         r: &std::fs::File,
@@ -358,10 +442,9 @@ impl Copier {
                     // Shrunk while read (no freezer): what was there is kept.
                     break 'segments;
                 }
-                if n as u64 > self.bytes_left {
+                if n as u64 > end - pos {
                     return Err(CopyError::Budget);
                 }
-                self.bytes_left -= n as u64;
                 content.update(&self.buf[..n]);
                 w.write_all_at(&self.buf[..n], pos).map_err(CopyError::Io)?;
                 pos += n as u64;
@@ -453,7 +536,11 @@ impl Copier {
             self.stats.entries += 1;
             match st.st_mode & libc::S_IFMT {
                 libc::S_IFDIR => subdirs.push((name, st)),
-                libc::S_IFREG => self.file(src, dst, &name, &st)?,
+                libc::S_IFREG => {
+                    if !self.hard_link(dst, &name, &st)? {
+                        self.file(src, dst, &name, &st)?
+                    }
+                }
                 libc::S_IFLNK => self.symlink(src, dst, &name, &st)?,
                 libc::S_IFIFO => self.node(dst, &name, &st, b'p', libc::S_IFIFO | 0o600)?,
                 libc::S_IFCHR if st.st_rdev == 0 => {
@@ -474,6 +561,8 @@ struct Frame {
     todo: Vec<(CString, libc::stat)>,
     /// This directory's own entry in its parent (None for the root).
     this: Option<(CString, libc::stat)>,
+    /// Its path relative to the layer's root.
+    rel: Vec<u8>,
 }
 
 fn opaque(fd: &OwnedFd) -> bool {
@@ -508,6 +597,13 @@ pub fn copy_upper(
         0,
     )
     .map_err(|e| ImageError::io("open", dst, e))?;
+    let dst_root = openat(
+        dst_fd.as_raw_fd(),
+        c".",
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+    )
+    .map_err(|e| ImageError::io("open", dst, e))?;
     let mut c = Copier {
         hash: Sha256::new(),
         stats: UnpackStats {
@@ -518,6 +614,10 @@ pub fn copy_upper(
         bytes_left: limits.max_bytes,
         entries_left: limits.max_entries,
         buf: vec![0u8; 1 << 20],
+        dst_root,
+        cur: Vec::new(),
+        links: HashMap::new(),
+        link_bytes: 0,
     };
     let root_st = fstat(src.as_raw_fd()).map_err(|e| ImageError::io("fstat", dst, e))?;
     if opaque(&src) {
@@ -529,6 +629,7 @@ pub fn copy_upper(
         dst: dst_fd,
         todo: rev(todo),
         this: None,
+        rel: Vec::new(),
     }];
     c.hash.update(b"{");
     while let Some(top) = stack.last_mut() {
@@ -587,12 +688,16 @@ pub fn copy_upper(
         }
         c.record(b'd', &name, &st, ids, &extra);
         c.hash.update(b"{");
+        c.cur = top.rel.clone();
+        let rel = c.rel_path(&name);
+        c.cur = rel.clone();
         let todo = c.dir(&s, &d)?;
         stack.push(Frame {
             src: s,
             dst: d,
             todo: rev(todo),
             this: Some((name, st)),
+            rel,
         });
     }
     let _ = root_st;
@@ -652,7 +757,7 @@ mod tests {
         std::fs::write(u.join("suid"), "x").unwrap();
         std::fs::set_permissions(u.join("suid"), std::fs::Permissions::from_mode(0o4755)).unwrap();
         let f = std::fs::File::create(u.join("sparse")).unwrap();
-        f.set_len(10 << 30).unwrap();
+        f.set_len(900 << 10).unwrap();
         std::fs::create_dir(u.join("d")).unwrap();
         std::fs::write(u.join("d").join("f"), "data").unwrap();
 
@@ -671,8 +776,8 @@ mod tests {
         );
         assert_eq!(stats.dropped_setid_bits, 1);
         let sp = std::fs::metadata(out.join("sparse")).unwrap();
-        assert_eq!(sp.len(), 10 << 30);
-        assert!(sp.blocks() * 512 < 1 << 20, "holes were filled");
+        assert_eq!(sp.len(), 900 << 10);
+        assert!(sp.blocks() * 512 < 64 << 10, "holes were filled");
         assert_eq!(std::fs::read_to_string(out.join("d/f")).unwrap(), "data");
 
         let (_dst2, d2, _) = copy(u).unwrap();
@@ -680,6 +785,76 @@ mod tests {
         std::fs::write(u.join("d").join("f"), "datb").unwrap();
         let (_dst3, d3, _) = copy(u).unwrap();
         assert_ne!(d1, d3, "a changed byte changes the digest");
+    }
+
+    // Five bytes written at the start of a 1 TB sparse file: the apparent
+    // size is what an export or a copy out would read, so it is what is
+    // charged. Control: the same file within the budget is copied.
+    #[test]
+    fn sparse_files_are_charged_their_apparent_size() {
+        let up = tempfile::tempdir().unwrap();
+        let f = std::fs::File::create(up.path().join("sparse")).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"hello", 0).unwrap();
+        f.set_len(1 << 40).unwrap();
+        match copy(up.path()) {
+            Err(ImageError::TooLarge(m)) => assert!(m.contains("apparent size"), "{m}"),
+            other => panic!(
+                "a 1 TB sparse file past a 1 MiB budget: {:?}",
+                other.map(|r| r.2)
+            ),
+        }
+        f.set_len(512 << 10).unwrap();
+        let (dst, _, _) = copy(up.path()).unwrap();
+        let m = std::fs::metadata(dst.path().join("sparse")).unwrap();
+        assert_eq!(m.len(), 512 << 10);
+    }
+
+    // One 600 KiB file under eleven names fits a 1 MiB budget: its later
+    // names are links to the first copy, not copies. Control: two distinct
+    // 600 KiB files do not fit.
+    #[test]
+    fn hard_links_are_copied_once() {
+        let up = tempfile::tempdir().unwrap();
+        let u = up.path();
+        std::fs::create_dir(u.join("a")).unwrap();
+        std::fs::create_dir(u.join("b")).unwrap();
+        std::fs::write(u.join("a/big"), vec![7u8; 600 << 10]).unwrap();
+        for i in 0..10 {
+            std::fs::hard_link(u.join("a/big"), u.join(format!("b/l{i}"))).unwrap();
+        }
+        let (dst, d1, stats) = copy(u).unwrap();
+        assert_eq!(stats.bytes, 600 << 10);
+        let first = std::fs::metadata(dst.path().join("a/big")).unwrap();
+        assert_eq!(first.nlink(), 11);
+        for i in 0..10 {
+            let p = dst.path().join(format!("b/l{i}"));
+            assert_eq!(std::fs::metadata(&p).unwrap().ino(), first.ino());
+            assert_eq!(std::fs::read(&p).unwrap().len(), 600 << 10);
+        }
+        let (_d2, d2, _) = copy(u).unwrap();
+        assert_eq!(d1, d2);
+
+        std::fs::write(u.join("b/other"), vec![8u8; 600 << 10]).unwrap();
+        assert!(matches!(copy(u), Err(ImageError::TooLarge(_))));
+    }
+
+    // Stored as the caller's ids, a directory's setgid would make later
+    // files join a host group: dropped. Shifted to sandbox ids it is kept.
+    #[test]
+    fn setgid_directories_lose_the_bit_when_ids_are_kept() {
+        let up = tempfile::tempdir().unwrap();
+        std::fs::create_dir(up.path().join("g")).unwrap();
+        std::fs::set_permissions(up.path().join("g"), std::fs::Permissions::from_mode(0o2775))
+            .unwrap();
+        assert_eq!(
+            std::fs::metadata(up.path().join("g")).unwrap().mode() & 0o7777,
+            0o2775,
+            "control: the source has the bit"
+        );
+        let (dst, _, stats) = copy(up.path()).unwrap();
+        let m = std::fs::metadata(dst.path().join("g")).unwrap().mode() & 0o7777;
+        assert_eq!(m, 0o775);
+        assert_eq!(stats.dropped_setid_bits, 1);
     }
 
     #[test]
