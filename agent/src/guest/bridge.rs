@@ -27,9 +27,22 @@ pub fn listener() -> io::Result<(OwnedFd, SocketAddr)> {
     Ok((l.into(), addr))
 }
 
+/// The bridge threads block every signal: the agent takes SIGCHLD and
+/// SIGTERM from a signalfd, which only sees signals that every thread
+/// blocks (a thread that does not would take SIGCHLD and discard it, and
+/// the agent would never reap). The mask is set around the spawn so the
+/// threads never run a moment without it.
 pub fn spawn(port: File, addr: SocketAddr) -> io::Result<()> {
     let port = Arc::new(port);
-    std::thread::Builder::new()
+    // SAFETY: sigset operations on local values; pthread_sigmask on this thread.
+    let old = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+        old
+    };
+    let r = std::thread::Builder::new()
         .name("vport".into())
         .spawn(move || loop {
             wait_for_host(&port);
@@ -37,8 +50,10 @@ pub fn spawn(port: File, addr: SocketAddr) -> io::Result<()> {
                 eprintln!("lockbox guest: session: {e}");
                 std::thread::sleep(Duration::from_millis(100));
             }
-        })?;
-    Ok(())
+        });
+    // SAFETY: restores this thread's mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    r.map(drop)
 }
 
 /// Returns once the host has sent something. While no host end is open
