@@ -9,6 +9,11 @@
 //! The store's content is read by an explicit walk that never follows a
 //! link (`symlink_metadata`, links stored as links); the destination must
 //! not exist, and everything is written under it only.
+//!
+//! A stored file's apparent size is what goes into the tar (holes become
+//! zeros), so the sum of the layers' file sizes is capped at the store's
+//! `max_unpacked_bytes`, checked before a byte is written; on any error
+//! the new directory (temp layers included) is removed.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -100,8 +105,21 @@ fn is_opaque(p: &Path) -> bool {
     n == 1 && v[0] == b'y'
 }
 
-/// Writes `root` as one OCI layer tar into `blobs`.
-fn layer(root: &Path, blobs: &Path) -> Result<Blob> {
+fn charge(budget: &mut u64, size: u64, p: &Path) -> Result<()> {
+    if size > *budget {
+        return Err(ImageError::TooLarge(format!(
+            "export: {} is {size} bytes (holes included), past what is left of the export's cap ({})",
+            p.display(),
+            *budget
+        )));
+    }
+    *budget -= size;
+    Ok(())
+}
+
+/// Writes `root` as one OCI layer tar into `blobs`, its file sizes charged
+/// to `budget`.
+fn layer(root: &Path, blobs: &Path, budget: &mut u64) -> Result<Blob> {
     let tmp = blobs.join(format!(".layer-{}", unique_suffix()));
     let f = File::create(&tmp).ctx("create", &tmp)?;
     let mut b = tar::Builder::new(Hashing {
@@ -132,6 +150,7 @@ fn layer(root: &Path, blobs: &Path) -> Result<Blob> {
                 b.append_data(&mut h, &r, io::empty()).ctx("tar", &p)?;
                 stack.push(r);
             } else if t.is_file() {
+                charge(budget, m.len(), &p)?;
                 let mut h = header(&m, tar::EntryType::Regular, m.len());
                 let f = File::open(&p).ctx("open", &p)?;
                 b.append_data(&mut h, &r, f).ctx("tar", &p)?;
@@ -185,11 +204,28 @@ impl ImageStore {
                 ImageError::io("mkdir", dir, e)
             }
         })?;
+        let r = self.fill_layout(&info, &roots, dir, ref_name);
+        if r.is_err() {
+            // The directory is ours (created just above): nothing half
+            // written, no temp layer, is left behind.
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        r
+    }
+
+    fn fill_layout(
+        &self,
+        info: &crate::store::ImageInfo,
+        roots: &[PathBuf],
+        dir: &Path,
+        ref_name: Option<&str>,
+    ) -> Result<Digest> {
         let blobs = dir.join("blobs").join("sha256");
         std::fs::create_dir_all(&blobs).ctx("mkdir", &blobs)?;
+        let mut budget = self.options().max_unpacked_bytes;
         let layers = roots
             .iter()
-            .map(|r| layer(r, &blobs))
+            .map(|r| layer(r, &blobs, &mut budget))
             .collect::<Result<Vec<_>>>()?;
         let c = &info.config;
         let config = serde_json::json!({
@@ -231,5 +267,114 @@ impl ImageStore {
         let p = dir.join("oci-layout");
         std::fs::write(&p, br#"{"imageLayoutVersion":"1.0.0"}"#).ctx("write", &p)?;
         Ok(manifest.digest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::StoreOptions;
+    use crate::upper_copy::IdShift;
+    use crate::Cancel;
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    fn blob(dir: &Path, data: &[u8]) -> String {
+        let d = Digest::of_bytes(data);
+        std::fs::write(dir.join("blobs/sha256").join(d.hex()), data).unwrap();
+        d.to_string()
+    }
+
+    /// A one-layer image whose only layer is empty.
+    fn empty_layout(dir: &Path) {
+        std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        let tar = vec![0u8; 1024];
+        let l = blob(dir, &tar);
+        let config = format!(
+            r#"{{"architecture":"{}","os":"linux","config":{{}},"rootfs":{{"type":"layers","diff_ids":["{l}"]}}}}"#,
+            crate::oci::host_arch()
+        );
+        let c = blob(dir, config.as_bytes());
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{MT_MANIFEST}","config":{{"mediaType":"{MT_CONFIG}","digest":"{c}","size":{}}},"layers":[{{"mediaType":"{MT_LAYER}","digest":"{l}","size":1024}}]}}"#,
+            config.len()
+        );
+        let m = blob(dir, manifest.as_bytes());
+        let index = format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{MT_MANIFEST}","digest":"{m}","size":{}}}]}}"#,
+            manifest.len()
+        );
+        std::fs::write(dir.join("index.json"), index).unwrap();
+    }
+
+    fn store(home: &Path, max: u64) -> ImageStore {
+        ImageStore::open_with(
+            home,
+            StoreOptions {
+                max_unpacked_bytes: max,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    }
+
+    // Five bytes written into a 3 MiB sparse file would be exported as 3 MiB
+    // of tar. Past the store's cap the export fails before writing it and
+    // leaves no directory (nor `.layer-*` temp) behind. Control: under a
+    // cap that allows it the same image exports, its layer holding the
+    // full apparent size.
+    #[test]
+    fn export_is_capped_by_apparent_size_and_cleans_up() {
+        let t = tempfile::tempdir().unwrap();
+        let home = t.path().join("home");
+        empty_layout(&t.path().join("layout"));
+        let big = store(&home, 8 << 20);
+        let base = big
+            .import_oci_layout(
+                &t.path().join("layout"),
+                None,
+                Some("base:1"),
+                &Cancel::never(),
+            )
+            .unwrap();
+        let up = t.path().join("upper");
+        std::fs::create_dir(&up).unwrap();
+        let f = File::create(up.join("sparse")).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"hello", 0).unwrap();
+        f.set_len(3 << 20).unwrap();
+        let c = std::ffi::CString::new(up.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: valid path; the fd is handed to an OwnedFd at once.
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY) };
+        assert!(fd >= 0);
+        // SAFETY: just opened, owned nowhere else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let snap = big
+            .install_layer(
+                &base.digest,
+                fd,
+                IdShift::Keep,
+                Some("snap:1"),
+                "test".into(),
+                &Cancel::never(),
+            )
+            .unwrap();
+
+        let small = store(&home, 1 << 20);
+        let out = t.path().join("out");
+        let e = small
+            .export_oci_layout(&snap.digest.to_string(), &out, None)
+            .unwrap_err();
+        assert!(matches!(e, ImageError::TooLarge(_)), "{e}");
+        assert!(!out.exists(), "a failed export left its directory behind");
+
+        let out2 = t.path().join("out2");
+        big.export_oci_layout(&snap.digest.to_string(), &out2, None)
+            .unwrap();
+        let largest = std::fs::read_dir(out2.join("blobs/sha256"))
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .max()
+            .unwrap();
+        assert!(largest >= 3 << 20, "control: the layer holds the zeros");
     }
 }
