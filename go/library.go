@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"lockbox.dev/lockbox/internal/abi"
+	"lockbox.dev/lockbox/internal/wire"
 )
 
 // LoadOption configures Load.
@@ -47,21 +48,22 @@ type VersionInfo struct {
 
 // LibraryVersion loads the library if needed and reports its version.
 func LibraryVersion(ctx context.Context) (VersionInfo, error) {
-	var v VersionInfo
-	if err := call(ctx, "version", "version", nil, &v); err != nil {
+	var r wire.VersionResult
+	if err := callMethod(ctx, "version", wire.Version, nil, &r); err != nil {
 		return VersionInfo{}, err
 	}
-	v.Path = abi.LoadedPath()
-	return v, nil
+	return VersionInfo{
+		Version:   r.Version,
+		ABI:       r.ABI,
+		GitCommit: r.GitCommit,
+		Profile:   r.Profile,
+		Path:      abi.LoadedPath(),
+	}, nil
 }
 
 // SetLibraryLog sets the engine library's log level ("off", "error",
 // "warn", "info" or "debug") and appends its records to file. The library
 // is silent by default and never writes to the process's stdout/stderr.
 func SetLibraryLog(ctx context.Context, level, file string) error {
-	params := struct {
-		Level string `json:"level"`
-		File  string `json:"file,omitempty"`
-	}{level, file}
-	return call(ctx, "log.set_level", "log.set_level", params, nil)
+	return callMethod(ctx, "log.set_level", wire.LogSetLevel, &wire.LogSetLevelParams{Level: level, File: file}, nil)
 }
