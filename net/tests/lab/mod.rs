@@ -110,6 +110,7 @@ impl Topology {
     /// Builds the namespaces and the hosts; returns the sandbox's tap fd,
     /// for whoever runs the forwarder.
     pub fn new() -> (Topology, OwnedFd) {
+        remove_stale();
         let n = format!(
             "{}-{}",
             std::process::id(),
@@ -238,6 +239,26 @@ impl Drop for Lab {
         self.handle.stop();
         if let Some(t) = self.forwarder.take() {
             let _ = t.join();
+        }
+    }
+}
+
+/// Namespaces left by a test process that was killed (its Drop never
+/// ran): named lbx?-<pid>-<n>, removed once that pid is gone.
+fn remove_stale() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(rest) = name.strip_prefix("lbx").and_then(|r| r.get(2..)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
         }
     }
 }
