@@ -185,8 +185,26 @@ impl Policy {
                 continue;
             }
             let hit = match &r.dest {
+                // A /0 is "everywhere out there", not the host's own
+                // loopback and services: the forwarder's sockets live in the
+                // host's network namespace, so non-public and host addresses
+                // need a rule that names their range.
+                Dest::Cidr(net) if net.prefix_len() == 0 && r.action == Action::Allow => {
+                    net.contains(&ip) && preset_contains(Preset::PublicInternet, ip, host)
+                }
                 Dest::Cidr(net) => net.contains(&ip),
                 Dest::Preset(p) => preset_contains(*p, ip, host),
+                // A name vouches for an address only where the server name
+                // is checked (TLS over TCP). UDP has no such check (QUIC to a
+                // shared CDN address would reach any site it hosts), so a
+                // name allows UDP only when its rule says udp explicitly.
+                Dest::Domain(_) | Dest::WildcardSuffix(_)
+                    if r.action == Action::Allow
+                        && t.protocol == Protocol::Udp
+                        && r.protocol != Some(Protocol::Udp) =>
+                {
+                    false
+                }
                 Dest::Domain(_) | Dest::WildcardSuffix(_) => t.names.iter().any(|n| r.names(n)),
             };
             if !hit {
@@ -470,6 +488,44 @@ mod tests {
 
     fn allowed(p: &Policy, t: Target<'_>) -> bool {
         p.decide(&t, &HostAddrs::default()).allowed
+    }
+
+    #[test]
+    fn a_name_allows_udp_only_when_its_rule_says_udp() {
+        let udp = |names: &'static [&'static str]| Target {
+            ip: "1.2.3.4".parse().unwrap(),
+            names,
+            port: 443,
+            protocol: Protocol::Udp,
+        };
+        // Control: the same name and port over TCP (where SNI is checked).
+        let any = pol(r#"{"rules":[{"action":"allow","domain":"pypi.org","ports":["443"]}]}"#);
+        assert!(allowed(&any, tcp("1.2.3.4", &["pypi.org"], 443)));
+        assert!(!allowed(&any, udp(&["pypi.org"])));
+        let explicit = pol(
+            r#"{"rules":[{"action":"allow","domain":"pypi.org","ports":["443"],"protocol":"udp"}]}"#,
+        );
+        assert!(allowed(&explicit, udp(&["pypi.org"])));
+        // A deny by name still refuses UDP.
+        let deny = pol(
+            r#"{"rules":[{"action":"allow","cidr":"1.2.3.0/24"},{"action":"deny","domain":"pypi.org"}]}"#,
+        );
+        assert!(!allowed(&deny, udp(&["pypi.org"])));
+        assert!(allowed(&deny, udp(&[])));
+    }
+
+    #[test]
+    fn an_allow_of_everything_is_not_the_hosts_loopback() {
+        let p = pol(
+            r#"{"rules":[{"action":"allow","cidr":"0.0.0.0/0"},{"action":"allow","cidr":"::/0"}]}"#,
+        );
+        assert!(allowed(&p, tcp("93.184.216.34", &[], 80)));
+        for inside in ["127.0.0.1", "10.1.2.3", "169.254.169.254", "::1", "fd00::1"] {
+            assert!(!allowed(&p, tcp(inside, &[], 80)), "{inside}");
+        }
+        // Control: naming the range opens it.
+        let named = pol(r#"{"rules":[{"action":"allow","cidr":"127.0.0.0/8"}]}"#);
+        assert!(allowed(&named, tcp("127.0.0.1", &[], 80)));
     }
 
     #[test]
