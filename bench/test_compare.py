@@ -83,6 +83,25 @@ class TraceTest(unittest.TestCase):
         self.assertEqual(runs[0], {"helper_spawned": 300, "helper_main": 100, "plan_sent": 400,
                                    "child_done": 1000, "status_read": 100, "launch_total": 1900})
 
+    def test_child_lane_runs_beside_the_helper(self):
+        lines = [
+            {"id": "a", "who": "engine", "marks": [["engine_launch", 0], ["status_read", 100]]},
+            {"id": "a", "who": "helper", "marks": [["plan_sent", 10], ["joined", 50],
+                                                   ["go_sent", 51], ["setup_result_read", 90]]},
+            {"id": "a", "who": "child", "marks": []},
+        ]
+        lines[1]["marks"] += [["child_plan_received", 12], ["child_overlay", 40],
+                              ["child_go", 55], ["child_done", 80]]
+        with tempfile.NamedTemporaryFile("w", suffix=".jsonl") as f:
+            f.write("\n".join(__import__("json").dumps(x) for x in lines[:2]) + "\n")
+            f.flush()
+            r = compare.read_trace(Path(f.name))[0]
+        self.assertEqual(r["joined"], 40)  # from plan_sent, not from child_overlay
+        self.assertEqual(r["child_overlay"], 28)  # from child_plan_received
+        self.assertEqual(r["child_go"], 15)
+        self.assertEqual(r["setup_result_read"], 10)  # from child_done, the later of the two
+        self.assertEqual(r["launch_total"], 100)
+
     def test_breakdown_beside_peer_totals(self):
         lines = [{"id": str(i), "who": w, "marks": m} for i in range(3) for w, m in (
             ("engine", [["engine_launch", 0], ["status_read", 4_000_000]]),

@@ -136,6 +136,21 @@ fn landlock_self() -> Result<RulesetStatus> {
     Ok(status.ruleset)
 }
 
+/// The seccomp programs, compiled (installed by `lock_agent_with`).
+pub struct Filters {
+    agent: Vec<seccompiler::BpfProgram>,
+    exec: std::sync::Arc<seccompiler::BpfProgram>,
+}
+
+impl Filters {
+    pub fn compile() -> Result<Filters> {
+        Ok(Filters {
+            agent: crate::seccomp::program()?,
+            exec: std::sync::Arc::new(crate::seccomp::exec_program()?),
+        })
+    }
+}
+
 impl Confine {
     /// Confines the calling process (the agent, after setup, while it is
     /// still single-threaded) and records what took effect.
@@ -144,8 +159,21 @@ impl Confine {
         default_user: crate::users::User,
         report: &mut Report,
     ) -> Result<Confine> {
-        let filters = crate::seccomp::program()?;
-        let exec_filter = std::sync::Arc::new(crate::seccomp::exec_program()?);
+        Self::lock_agent_with(spec, default_user, report, Filters::compile()?)
+    }
+
+    /// `lock_agent` with filters compiled beforehand (native setup compiles
+    /// them while it waits for the cgroup join, off the critical path).
+    pub fn lock_agent_with(
+        spec: &LaunchSpec,
+        default_user: crate::users::User,
+        report: &mut Report,
+        compiled: Filters,
+    ) -> Result<Confine> {
+        let Filters {
+            agent: filters,
+            exec: exec_filter,
+        } = compiled;
         reduce_caps().context("reduce capabilities")?;
         report.ok("caps");
         // SAFETY: prctl with integer arguments.

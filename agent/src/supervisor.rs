@@ -222,6 +222,11 @@ fn launch(spec: &LaunchSpec, trace: &mut Trace) -> Result<(Running, Report), Fai
     let (parent_sock, child_sock) =
         seqpacket_pair().map_err(|e| cleanup_cg(io_fail("socketpair", e)))?;
 
+    // The go signal (see `start_attacher`) goes through a pipe, not the
+    // seqpacket: a write to a seqpacket whose peer already failed and
+    // closed would discard the report it left for us.
+    let (go_rd, go_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| cleanup_cg(io_fail("pipe", e.into())))?;
     let flags = libc::CLONE_NEWUSER
         | libc::CLONE_NEWNS
         | libc::CLONE_NEWPID
@@ -234,12 +239,14 @@ fn launch(spec: &LaunchSpec, trace: &mut Trace) -> Result<(Running, Report), Fai
     trace.mark("clone_namespaces");
     if pid == 0 {
         drop(parent_sock);
+        drop(go_wr);
         unblock_signals();
         hide_host_strings();
         let l: OwnedFd = listener.into();
-        crate::setup::child_main(spec.clone(), child_sock, l);
+        crate::setup::child_main(spec.clone(), child_sock, go_rd, l);
     }
     drop(child_sock);
+    drop(go_rd);
     drop(listener);
     let kill_child = |f: Failure| {
         // SAFETY: our own child.
@@ -252,9 +259,14 @@ fn launch(spec: &LaunchSpec, trace: &mut Trace) -> Result<(Running, Report), Fai
     let pidfd = sys::pidfd_open(pid).map_err(|e| kill_child(io_fail("pidfd_open", e)))?;
     write_id_maps(pid, rootless).map_err(|e| kill_child(io_fail("write id maps", e)))?;
     trace.mark("id_maps");
-    set_userns_limits(pid).map_err(|e| kill_child(io_fail("user namespace limits", e)))?;
-    trace.mark("userns_limits");
-    report.ok("userns_limits");
+    // Joining the cgroup waits for the kernel (a cgroup v1 migration takes
+    // an RCU grace period per hierarchy, milliseconds): a forked process
+    // does it while we prepare the mounts and the child builds its root.
+    // The child runs nothing of the sandbox's until it is told the join
+    // is done (`go` below).
+    let attacher = start_attacher(pid, &cgroup, rootless)
+        .map_err(|e| kill_child(io_fail("user namespace limits", e)))?;
+    trace.mark("attacher_forked");
     let mut pasta = None;
     if spec.network.mode == NetworkMode::Outbound {
         let outbound_fail = |e: anyhow::Error| {
@@ -275,20 +287,6 @@ fn launch(spec: &LaunchSpec, trace: &mut Trace) -> Result<(Running, Report), Fai
         }
     }
     trace.mark("network");
-    if let Err(e) = cgroup.attach(pid) {
-        for f in ["memory", "cpus", "pids"] {
-            if report.0.enforced.iter().any(|x| x == f) {
-                report.0.enforced.retain(|x| x != f);
-                report.not(f, format!("cannot join cgroup: {e}"));
-            }
-        }
-    }
-    if !rootless {
-        // The agent (PID 1) must outlive an OOM inside: the workloads reset
-        // this to 0 before exec.
-        let _ = fs::write(format!("/proc/{pid}/oom_score_adj"), "-1000");
-    }
-    trace.mark("cgroup_attach_oom");
     let (plan, fds) = prepare_mounts(spec, pid, rootless, &mut report);
     trace.mark("prepare_layer_mounts");
     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
@@ -300,6 +298,23 @@ fn launch(spec: &LaunchSpec, trace: &mut Trace) -> Result<(Running, Report), Fai
         .write_all(&plan_json)
         .map_err(|e| kill_child(io_fail("send plan", e)))?;
     trace.mark("plan_sent");
+    let attach_err = attacher
+        .finish()
+        .map_err(|e| kill_child(io_fail("user namespace limits", e)))?;
+    report.ok("userns_limits");
+    if let Some(e) = attach_err {
+        for f in ["memory", "cpus", "pids"] {
+            if report.0.enforced.iter().any(|x| x == f) {
+                report.0.enforced.retain(|x| x != f);
+                report.not(f, format!("cannot join cgroup: {e}"));
+            }
+        }
+    }
+    trace.mark("cgroup_attach_limits_joined");
+    // A child that failed has closed its end: its report, read below,
+    // says why, so a failed send is not the error to return.
+    let _ = fs::File::from(go_wr).write_all(crate::setup::plan::GO);
+    trace.mark("go_sent");
 
     let mut buf = vec![0u8; 1 << 20];
     let n = (&parent_sock).read(&mut buf).unwrap_or(0);
@@ -433,15 +448,72 @@ fn hide_host_strings() {
     }
 }
 
+/// The forked process that joins the sandbox child to its cgroup and
+/// writes its user namespace's quotas; `finish` waits for it.
+struct Attacher {
+    pid: nix::unistd::Pid,
+    /// What the cgroup join's failure said (empty: it joined).
+    errors: OwnedFd,
+}
+
+impl Attacher {
+    /// The cgroup join's error, if any; Err if the quotas were not written.
+    fn finish(self) -> std::io::Result<Option<String>> {
+        let mut msg = Vec::new();
+        // Our own child writes at most one short line.
+        let _ = fs::File::from(self.errors).take(4096).read_to_end(&mut msg);
+        match nix::sys::wait::waitpid(self.pid, None)? {
+            nix::sys::wait::WaitStatus::Exited(_, 0) => {}
+            st => {
+                return Err(std::io::Error::other(format!(
+                    "writing /proc/sys/user limits failed: {st:?}"
+                )))
+            }
+        }
+        Ok((!msg.is_empty()).then(|| String::from_utf8_lossy(&msg).into_owned()))
+    }
+}
+
+/// Forks the attacher: as host root it moves `pid` into the cgroup and
+/// sets its OOM score, then joins the sandbox's user namespace for
+/// `set_userns_limits`.
+fn start_attacher(pid: libc::pid_t, cgroup: &Cgroup, rootless: bool) -> std::io::Result<Attacher> {
+    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let limits = userns_limit_files();
+    let userns = fs::File::open(format!("/proc/{pid}/ns/user"))?;
+    // SAFETY: we are single-threaded; the child writes files and exits.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Child => {
+            drop(rd);
+            if let Err(e) = cgroup.attach(pid) {
+                let _ = fs::File::from(wr).write_all(e.to_string().as_bytes());
+            } else {
+                drop(wr);
+            }
+            if !rootless {
+                // The agent (PID 1) must outlive an OOM inside: the
+                // workloads reset this to 0 before exec.
+                let _ = fs::write(format!("/proc/{pid}/oom_score_adj"), "-1000");
+            }
+            // SAFETY: system calls on prepared buffers, then _exit.
+            unsafe { libc::_exit(set_userns_limits(&userns, &limits)) }
+        }
+        nix::unistd::ForkResult::Parent { child } => Ok(Attacher {
+            pid: child,
+            errors: rd,
+        }),
+    }
+}
+
 /// Per-user-namespace quotas of the sandbox, written from inside its user
-/// namespace (a forked child joins it: there we hold CAP_SYS_RESOURCE).
+/// namespace (the attacher joins it: there we hold CAP_SYS_RESOURCE).
 /// The kernel checks them per user of the sandbox and charges every use to
 /// the namespace's owner too: rootless the sandbox has one user, so these
 /// cap all it can take from the caller's quotas; as root the owner is
 /// NS_OWNER_ID, never host root. Nested namespaces: only what setup itself
 /// makes (seccomp and the dropped capabilities already refuse them to
 /// workloads; this holds if those ever fail).
-fn set_userns_limits(pid: libc::pid_t) -> std::io::Result<()> {
+fn userns_limit_files() -> Vec<(std::ffi::CString, String)> {
     let host = |name: &str, dflt: u64| {
         fs::read_to_string(format!("/proc/sys/user/{name}"))
             .ok()
@@ -482,46 +554,36 @@ fn set_userns_limits(pid: libc::pid_t) -> std::io::Result<()> {
         // setup's own unshare(CLONE_NEWCGROUP).
         ("max_cgroup_namespaces".into(), 1),
     ];
-    let files: Vec<(std::ffi::CString, String)> = limits
+    limits
         .into_iter()
         .filter_map(|(n, v)| {
             let p = std::ffi::CString::new(format!("/proc/sys/user/{n}")).ok()?;
             Some((p, v.to_string()))
         })
-        .collect();
-    let userns = fs::File::open(format!("/proc/{pid}/ns/user"))?;
-    // SAFETY: we are single-threaded; the child makes system calls only.
-    match unsafe { nix::unistd::fork() }? {
-        nix::unistd::ForkResult::Child => {
-            // SAFETY: system calls on prepared buffers, then _exit.
-            unsafe {
-                if libc::setns(userns.as_raw_fd(), libc::CLONE_NEWUSER) != 0 {
-                    libc::_exit(2);
-                }
-                let mut bad = 0;
-                for (path, v) in &files {
-                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                    if fd < 0 {
-                        // Older kernels lack some of these files.
-                        continue;
-                    }
-                    if libc::write(fd, v.as_ptr().cast(), v.len()) != v.len() as isize {
-                        bad = 3;
-                    }
-                    libc::close(fd);
-                }
-                libc::_exit(bad);
-            }
+        .collect()
+}
+
+/// In the attacher, a forked copy of us: joins `userns` and writes the
+/// prepared quota files. Returns the exit status (0: all written).
+fn set_userns_limits(userns: &fs::File, files: &[(std::ffi::CString, String)]) -> i32 {
+    // SAFETY: system calls on prepared buffers.
+    unsafe {
+        if libc::setns(userns.as_raw_fd(), libc::CLONE_NEWUSER) != 0 {
+            return 2;
         }
-        nix::unistd::ForkResult::Parent { child } => {
-            drop(userns);
-            match nix::sys::wait::waitpid(child, None)? {
-                nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
-                st => Err(std::io::Error::other(format!(
-                    "writing /proc/sys/user limits failed: {st:?}"
-                ))),
+        let mut bad = 0;
+        for (path, v) in files {
+            let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                // Older kernels lack some of these files.
+                continue;
             }
+            if libc::write(fd, v.as_ptr().cast(), v.len()) != v.len() as isize {
+                bad = 3;
+            }
+            libc::close(fd);
         }
+        bad
     }
 }
 

@@ -23,12 +23,12 @@ use crate::report::Report;
 use plan::{Plan, SetupResult};
 
 /// Never returns: exits with the agent's status.
-pub fn child_main(spec: LaunchSpec, sync: UnixStream, listener: OwnedFd) -> ! {
+pub fn child_main(spec: LaunchSpec, sync: UnixStream, go: OwnedFd, listener: OwnedFd) -> ! {
     let mut report = Report::default();
     // No mark before the plan arrives: until then the child only waits
     // while the supervisor works, and the timeline is one sequence.
     let mut trace = trace::Trace::default();
-    let result = build(&spec, &sync, &mut report, &mut trace);
+    let result = build(&spec, &sync, go, &mut report, &mut trace);
     trace.mark("child_done");
     let (error, code) = match &result {
         Ok(_) => (None, None),
@@ -70,6 +70,7 @@ fn code_of(e: &anyhow::Error) -> ErrorCode {
 fn build(
     spec: &LaunchSpec,
     sync: &UnixStream,
+    go: OwnedFd,
     report: &mut Report,
     trace: &mut trace::Trace,
 ) -> Result<(crate::confine::Confine, u32)> {
@@ -92,11 +93,7 @@ fn build(
     report.ok("pidns");
     report.ok("ipcns");
     report.ok("utsns");
-    // Unshared only now, after the supervisor moved us into our cgroup, so
-    // that cgroup becomes the namespace's root.
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).context("cgroup namespace")?;
-    report.ok("cgroupns");
-    trace.mark("child_root_cgroupns");
+    trace.mark("child_become_root");
 
     // Everything the host provides is taken as fds now: after `enter` the
     // host's root is gone.
@@ -164,7 +161,24 @@ fn build(
     let user =
         crate::users::resolve(&spec.user).with_context(|| format!("user {:?}", spec.user))?;
     trace.mark("child_user_resolve");
-    let confine = crate::confine::Confine::lock_agent(spec, user, report)?;
+    let filters = crate::confine::Filters::compile()?;
+    trace.mark("child_seccomp_compile");
+    // The supervisor joins us to our cgroup meanwhile; nothing of the
+    // sandbox runs before it has.
+    let mut word = [0u8; 8];
+    let n = std::fs::File::from(go)
+        .read(&mut word)
+        .context("waiting for the cgroup join")?;
+    if &word[..n] != plan::GO {
+        anyhow::bail!("supervisor went away before the cgroup join");
+    }
+    trace.mark("child_go_received");
+    // Unshared only now, after the supervisor moved us into our cgroup, so
+    // that cgroup becomes the namespace's root.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).context("cgroup namespace")?;
+    report.ok("cgroupns");
+    trace.mark("child_cgroupns");
+    let confine = crate::confine::Confine::lock_agent_with(spec, user, report, filters)?;
     trace.mark("child_caps_landlock_seccomp");
     Ok((confine, plan.host_pid))
 }

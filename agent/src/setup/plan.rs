@@ -27,6 +27,11 @@ pub struct Plan {
     pub host_pid: u32,
 }
 
+/// The supervisor's second message, after the plan: the child is in its
+/// cgroup and the user namespace's quotas are set, so the child may make
+/// its cgroup namespace and become the agent.
+pub const GO: &[u8] = b"go";
+
 /// The child's answer once the sandbox is set up (or failed).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SetupResult {
