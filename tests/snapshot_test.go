@@ -178,8 +178,7 @@ func TestSnapshotHostileUpper(t *testing.T) {
 	}
 	sb := plainSandbox(t, layerOpts()...)
 	sh(t, sb, fmt.Sprintf(`ln -s %s /evil && ln -s /../../../%s /evil2 && mkfifo /fifo &&
-		mkdir -p '/d/...' && echo x > '/d/...'/'..x' && ln -s / /d/root && echo hi > /d/root-file &&
-		dd if=/dev/zero of=/sparse bs=1 count=0 seek=20G 2>/dev/null && echo tail >> /sparse`, marker, marker))
+		mkdir -p '/d/...' && echo x > '/d/...'/'..x' && ln -s / /d/root && echo hi > /d/root-file`, marker, marker))
 	name := uniq("hostile")
 	removeImage(t, name)
 	done := make(chan error, 1)
@@ -214,15 +213,6 @@ func TestSnapshotHostileUpper(t *testing.T) {
 	if b, _ := os.ReadFile(marker); string(b) != "HOST-SECRET" {
 		t.Fatal("host marker changed")
 	}
-	// A 20 GiB sparse file costs the host its real bytes only. Control:
-	// its apparent size is what a naive copy would have written.
-	var sp syscall.Stat_t
-	if err := syscall.Stat(filepath.Join(img.Rootfs, "sparse"), &sp); err != nil {
-		t.Fatal(err)
-	}
-	if sp.Size < 20<<30 || sp.Blocks*512 > 1<<20 {
-		t.Fatalf("sparse file in the layer: size %d, %d bytes allocated", sp.Size, sp.Blocks*512)
-	}
 	// Nothing was written outside the layer: the odd names stayed inside.
 	if _, err := os.Lstat(filepath.Join(img.Rootfs, "d", "...", "..x")); err != nil {
 		t.Fatalf("odd name not copied in place: %v", err)
@@ -230,6 +220,131 @@ func TestSnapshotHostileUpper(t *testing.T) {
 	c := plainSandbox(t, lockbox.WithImage(name))
 	if got := sh(t, c, "readlink /evil; test -p /fifo && echo fifo; cat /evil 2>&1 | head -c 40 || true"); !strings.Contains(got, marker) || !strings.Contains(got, "fifo") || strings.Contains(got, "HOST-SECRET") {
 		t.Fatalf("child of the hostile snapshot sees %q", got)
+	}
+}
+
+// A snapshot takes no more than its sandbox could hold: one 20 MB file
+// under 41 names in a WithDisk(64) sandbox is stored once (the other names
+// are hard links), and a sparse file whose apparent size passes the disk
+// budget is refused (it would be exported as that many zeros). Controls:
+// the names' apparent sizes add up to 820 MB, past the 64 MiB budget (a
+// copy per name would have failed or stored that much); the sparse file
+// fits the sandbox's tmpfs, and without it the same sandbox snapshots.
+func TestSnapshotSizeBounds(t *testing.T) {
+	needEngine(t)
+	if os.Geteuid() != 0 {
+		t.Skip("a disk budget is a tmpfs only root can read from the host")
+	}
+	ctx := snapCtx(t)
+	sb := plainSandbox(t, lockbox.WithDisk(64))
+	sh(t, sb, `head -c 20000000 /dev/urandom > /f && mkdir /l && i=0; while [ $i -lt 40 ]; do ln /f /l/$i; i=$((i+1)); done`)
+	var size, names int64
+	if _, err := fmt.Sscan(sh(t, sb, `stat -c '%s %h' /f`), &size, &names); err != nil || size*names <= 64<<20 {
+		t.Fatalf("control: the names should add up to past 64 MiB: %d bytes x %d names (%v)", size, names, err)
+	}
+	name := uniq("links")
+	removeImage(t, name)
+	img, err := sb.Snapshot(ctx, name)
+	if err != nil {
+		t.Fatalf("Snapshot: %v", err)
+	}
+	var first syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(img.Rootfs, "f"), &first); err != nil {
+		t.Fatal(err)
+	}
+	var allocated int64
+	filepath.Walk(img.Rootfs, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && fi.Mode().IsRegular() {
+			st := fi.Sys().(*syscall.Stat_t)
+			if st.Ino != first.Ino {
+				allocated += st.Blocks * 512
+			}
+		}
+		return nil
+	})
+	if first.Nlink != 41 || first.Blocks*512+allocated > 40<<20 {
+		t.Fatalf("stored snapshot: /f has %d names, %d bytes besides it", first.Nlink, allocated)
+	}
+
+	sh(t, sb, `rm -r /f /l && dd if=/dev/zero of=/sparse bs=1048576 count=0 seek=1048576 && echo tail >> /sparse && test $(stat -c %s /sparse) -gt 1000000000000`)
+	bad := uniq("sparse")
+	removeImage(t, bad)
+	if _, err := sb.Snapshot(ctx, bad); err == nil || !strings.Contains(err.Error(), "apparent size") {
+		t.Fatalf("a 1 TB sparse file in a 64 MiB sandbox: Snapshot gave %v", err)
+	}
+	sh(t, sb, `rm /sparse`)
+	good := uniq("nosparse")
+	removeImage(t, good)
+	if _, err := sb.Snapshot(ctx, good); err != nil {
+		t.Fatalf("control: without the sparse file: %v", err)
+	}
+}
+
+// A Pause made while a snapshot holds the sandbox frozen outlives the
+// snapshot (the snapshot's thaw used to undo it silently). Control: a
+// snapshot with no Pause during it leaves the sandbox running.
+func TestSnapshotKeepsPauseMadeDuringIt(t *testing.T) {
+	needEngine(t)
+	ctx := snapCtx(t)
+	sb := plainSandbox(t, layerOpts()...)
+	// Enough content that the copy takes a while (~0.3 s) to pause into.
+	sh(t, sb, `head -c 300000000 /dev/zero > /big`)
+	paused := func() bool {
+		_, err := sb.Shell(ctx, "true")
+		return errors.Is(err, lockbox.ErrUnavailable) && strings.Contains(err.Error(), "paused")
+	}
+	landed := false
+	for try := 0; try < 3 && !landed; try++ {
+		name := uniq("pausing")
+		removeImage(t, name)
+		done := make(chan error, 1)
+		go func() {
+			_, err := sb.Snapshot(ctx, name)
+			done <- err
+		}()
+		for !paused() {
+			time.Sleep(time.Millisecond)
+		}
+		if err := sb.Pause(ctx); err != nil {
+			if errors.Is(err, lockbox.ErrUnsupported) {
+				<-done
+				t.Skipf("no freezer here: %v", err)
+			}
+			t.Fatalf("Pause: %v", err)
+		}
+		select {
+		case err := <-done:
+			// Finished before the Pause: inconclusive, resume and retry.
+			if err != nil {
+				t.Fatalf("Snapshot: %v", err)
+			}
+			if err := sb.Resume(ctx); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		default:
+		}
+		landed = true
+		if err := <-done; err != nil {
+			t.Fatalf("Snapshot: %v", err)
+		}
+	}
+	if !landed {
+		t.Skip("every snapshot finished before the Pause landed")
+	}
+	if !paused() {
+		t.Fatal("a Pause made during a snapshot was undone when it ended")
+	}
+	if err := sb.Resume(ctx); err != nil {
+		t.Fatalf("Resume: %v", err)
+	}
+	name := uniq("unpaused")
+	removeImage(t, name)
+	if _, err := sb.Snapshot(ctx, name); err != nil {
+		t.Fatalf("Snapshot: %v", err)
+	}
+	if paused() {
+		t.Fatal("control: a snapshot alone left the sandbox frozen")
 	}
 }
 

@@ -9,8 +9,17 @@
 //! (`thaw_for_removal`): a v1-frozen task does not act on SIGKILL until
 //! thawed. Rootless without a delegated freezer there is no directory to
 //! write: Pause is `unsupported`, naming why.
+//!
+//! Pause/Resume and a snapshot's freeze share one per-sandbox state (a
+//! user pause flag and a count of snapshot holds) under one lock: the
+//! sandbox thaws only when it is neither paused by the user nor held by a
+//! snapshot. So a Pause during a snapshot stays in force after it, and
+//! two concurrent snapshots do not thaw each other; a Resume during a
+//! snapshot takes effect when the snapshot ends.
 
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use lockbox_protocol::{CgroupPaths, ErrorCode};
@@ -23,7 +32,7 @@ use crate::sandbox::Sandbox;
 pub const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The directory and the kind of freezer it offers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Freezer {
     V2(PathBuf),
     V1(PathBuf),
@@ -34,6 +43,13 @@ pub enum Freezer {
 /// cgroup.
 fn owned(dir: &str) -> Option<PathBuf> {
     let p = Path::new(dir);
+    // `Path::starts_with` compares components without resolving `..`:
+    // `/sys/fs/cgroup/../../x/lockbox/y` would pass it.
+    let mut comps = p.components();
+    if comps.next() != Some(Component::RootDir) || !comps.all(|c| matches!(c, Component::Normal(_)))
+    {
+        return None;
+    }
     let parent = p.parent()?;
     (p.starts_with("/sys/fs/cgroup") && parent.file_name()? == "lockbox").then(|| p.to_path_buf())
 }
@@ -147,6 +163,39 @@ fn freezer_of(sb: &Sandbox) -> Result<Freezer> {
     })
 }
 
+/// Who wants a sandbox frozen (see the module doc).
+#[derive(Default)]
+struct Holds {
+    /// None until first seen: then taken from the cgroup (a pause made by
+    /// an earlier engine in this process's place).
+    user_paused: Option<bool>,
+    snapshots: u32,
+}
+
+type Shared = Arc<Mutex<Holds>>;
+
+fn holds_of(f: &Freezer) -> Shared {
+    static ALL: OnceLock<Mutex<HashMap<Freezer, Shared>>> = OnceLock::new();
+    let mut all = ALL
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    all.entry(f.clone()).or_default().clone()
+}
+
+fn lock(s: &Shared) -> std::sync::MutexGuard<'_, Holds> {
+    s.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Holds {
+    fn user_paused(&mut self, f: &Freezer) -> bool {
+        let first = self.snapshots == 0;
+        *self
+            .user_paused
+            .get_or_insert_with(|| first && f.is_requested())
+    }
+}
+
 /// Pause: every process of the sandbox stops; CPU use drops to zero.
 pub fn pause(sb: &Sandbox) -> Result<()> {
     if !sb.is_running() {
@@ -155,13 +204,60 @@ pub fn pause(sb: &Sandbox) -> Result<()> {
             format!("sandbox {:?} is not running", sb.name),
         ));
     }
-    freezer_of(sb)?.freeze()
+    let f = freezer_of(sb)?;
+    let h = holds_of(&f);
+    let mut h = lock(&h);
+    if h.snapshots == 0 {
+        f.freeze()?;
+    }
+    h.user_paused = Some(true);
+    Ok(())
 }
 
-/// Resume: the processes continue where they stopped. Resuming a running
-/// sandbox is a no-op.
+/// Resume: the processes continue where they stopped (at the end of a
+/// snapshot in progress). Resuming a running sandbox is a no-op.
 pub fn resume(sb: &Sandbox) -> Result<()> {
-    freezer_of(sb)?.thaw()
+    let f = freezer_of(sb)?;
+    let h = holds_of(&f);
+    let mut h = lock(&h);
+    h.user_paused = Some(false);
+    if h.snapshots == 0 {
+        f.thaw()?;
+    }
+    Ok(())
+}
+
+/// A snapshot's freeze: released (thawing unless paused or held by
+/// another snapshot) on drop.
+pub struct SnapshotHold {
+    f: Freezer,
+    h: Shared,
+}
+
+/// Freezes the sandbox for a snapshot (blocking, bounded by
+/// [`FREEZE_TIMEOUT`]). None: no freezer.
+pub fn hold_for_snapshot(c: &CgroupPaths) -> Result<Option<SnapshotHold>> {
+    let Some(f) = of(c) else { return Ok(None) };
+    let h = holds_of(&f);
+    {
+        let mut g = lock(&h);
+        let paused = g.user_paused(&f);
+        if g.snapshots == 0 && !paused {
+            f.freeze()?;
+        }
+        g.snapshots += 1;
+    }
+    Ok(Some(SnapshotHold { f, h }))
+}
+
+impl Drop for SnapshotHold {
+    fn drop(&mut self) {
+        let mut g = lock(&self.h);
+        g.snapshots -= 1;
+        if g.snapshots == 0 && g.user_paused != Some(true) {
+            let _ = self.f.thaw();
+        }
+    }
 }
 
 /// Whether the sandbox is paused (asked to freeze), for Info and the call
@@ -200,5 +296,11 @@ mod tests {
         assert!(owned("/sys/fs/cgroup/freezer").is_none());
         assert!(owned("/sys/fs/cgroup/freezer/user.slice").is_none());
         assert!(owned("/tmp/lockbox/abc").is_none());
+        // Control: the `..` path does pass `starts_with` and the parent
+        // name test, so only the component check stops it.
+        let sneaky = "/sys/fs/cgroup/../../tmp/lockbox/abc";
+        assert!(Path::new(sneaky).starts_with("/sys/fs/cgroup"));
+        assert!(owned(sneaky).is_none());
+        assert!(owned("/sys/fs/cgroup/x/lockbox/abc").is_some());
     }
 }

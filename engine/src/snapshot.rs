@@ -68,6 +68,40 @@ fn helper_children(helper: u32) -> Vec<u32> {
         .collect()
 }
 
+/// A pidfd on `pid`: names that one process, whatever later takes its pid.
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags; the fd returned is ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    // SAFETY: just opened, owned here only.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Whether the process behind `pidfd` has not exited (signal 0 checks
+/// only that it exists).
+fn pidfd_alive(pidfd: &OwnedFd) -> bool {
+    // SAFETY: a valid pidfd; signal 0 sends nothing.
+    (unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    }) == 0
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 4, after the command name, which may hold spaces and `)`.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 fn is_tmpfs(fd: &OwnedFd) -> bool {
     // SAFETY: zeroed statfs is a valid out buffer; valid fd.
     let mut s: libc::statfs = unsafe { std::mem::zeroed() };
@@ -91,13 +125,23 @@ fn open_upper(sb: &Sandbox, budget: Option<u64>) -> Result<OwnedFd> {
     }
     let mut last = None;
     for pid in helper_children(st.helper_pid) {
+        // Pinned first: if the child exits and its pid is reused (by
+        // another sandbox's PID 1, say) the checks below see it.
+        let Some(pidfd) = pidfd_open(pid) else {
+            continue;
+        };
         let p = PathBuf::from(format!("/proc/{pid}/fd/{UPPER_FD}"));
         // The magic link is the one link followed on purpose: it is the
         // kernel's handle on PID 1's fd, not a path the sandbox wrote.
         match open_dir(libc::AT_FDCWD, &cpath(&p)?, true) {
             Ok(fd) if is_tmpfs(&fd) => {
-                // Still the same helper: the child was not a recycled pid.
-                if !sb.state().helper_alive() {
+                // The pinned process still lives (so it is the one whose fd
+                // was opened) and is this helper's child, and the helper is
+                // still this sandbox's: not a recycled pid at any step.
+                if parent_of(pid) != Some(st.helper_pid)
+                    || !pidfd_alive(&pidfd)
+                    || !sb.state().helper_alive()
+                {
                     break;
                 }
                 return Ok(fd);
@@ -139,16 +183,6 @@ fn store_error(e: lockbox_images::ImageError) -> EngineError {
     EngineError::new(code, format!("snapshot: {e}"))
 }
 
-/// Thaws on drop, unless the sandbox was paused before the snapshot.
-struct FreezeGuard(Option<freezer::Freezer>);
-impl Drop for FreezeGuard {
-    fn drop(&mut self) {
-        if let Some(f) = self.0.take() {
-            let _ = f.thaw();
-        }
-    }
-}
-
 /// Captures the sandbox's filesystem as a stored image (named `name` when
 /// given) and returns it. The image's config is its parent image's.
 pub async fn snapshot(sb: &Sandbox, home: &Path, name: Option<String>) -> Result<ImageInfo> {
@@ -161,17 +195,15 @@ pub async fn snapshot(sb: &Sandbox, home: &Path, name: Option<String>) -> Result
     let parent = Digest::parse(&parent.digest).map_err(store_error)?;
     let budget = sb.info()?.disk_mib;
     let cg = sb.state().report.cgroup;
-    let guard = match freezer::of(&cg) {
-        Some(f) if !freezer::is_paused(&cg) => {
-            let f2 = f.clone();
-            tokio::task::spawn_blocking(move || f2.freeze())
-                .await
-                .map_err(|e| EngineError::internal(format!("freeze task: {e}")))??;
-            FreezeGuard(Some(f))
-        }
-        _ => FreezeGuard(None),
-    };
+    // Shared with Pause/Resume (freezer.rs): a Pause made during the copy
+    // outlives it, and concurrent snapshots do not thaw each other.
+    let guard = tokio::task::spawn_blocking(move || freezer::hold_for_snapshot(&cg))
+        .await
+        .map_err(|e| EngineError::internal(format!("freeze task: {e}")))??;
     let upper = open_upper(sb, budget)?;
+    // The copy may take no more than the sandbox could hold (sparse files
+    // count at their apparent size, hard links once).
+    let max_bytes = budget.map(|mib| mib.saturating_mul(1 << 20));
     let home = home.to_path_buf();
     let source = format!("snapshot of sandbox {} ({})", sb.name, sb.id());
     let cancel = Cancel::never();
@@ -180,7 +212,15 @@ pub async fn snapshot(sb: &Sandbox, home: &Path, name: Option<String>) -> Result
     let info = tokio::task::spawn_blocking(move || {
         let store = ImageStore::open(&home).map_err(store_error)?;
         let r = store
-            .install_layer(&parent, upper, id_shift(), name.as_deref(), source, &c2)
+            .install_layer(
+                &parent,
+                upper,
+                id_shift(),
+                max_bytes,
+                name.as_deref(),
+                source,
+                &c2,
+            )
             .map_err(store_error)?;
         store.inspect(&r.digest.to_string()).map_err(store_error)
     })

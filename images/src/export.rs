@@ -353,6 +353,7 @@ mod tests {
                 &base.digest,
                 fd,
                 IdShift::Keep,
+                None,
                 Some("snap:1"),
                 "test".into(),
                 &Cancel::never(),

@@ -88,12 +88,16 @@ impl ImageStore {
     /// Makes a layered image from `upper` (an open directory: a sandbox's
     /// overlay upper) over the stored image `parent`. `ids` says how host
     /// owners become image owners. Named `name` when given; the content
-    /// is discarded on any error.
+    /// is discarded on any error. `max_bytes` lowers the store's byte
+    /// budget for this copy (a sandbox's own disk budget: what it could
+    /// hold is all its snapshot may take).
+    #[allow(clippy::too_many_arguments)]
     pub fn install_layer(
         &self,
         parent: &Digest,
         upper: OwnedFd,
         ids: IdShift,
+        max_bytes: Option<u64>,
         name: Option<&str>,
         source: String,
         cancel: &Cancel,
@@ -112,7 +116,9 @@ impl ImageStore {
         }
         let limits = CopyLimits {
             max_entries: self.options().max_entries,
-            max_bytes: self.options().max_unpacked_bytes,
+            max_bytes: max_bytes.map_or(self.options().max_unpacked_bytes, |m| {
+                m.min(self.options().max_unpacked_bytes)
+            }),
         };
         let config = base.config.clone();
         let resolved = self.install(None, cancel, |unpacker| {
