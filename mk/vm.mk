@@ -3,6 +3,9 @@
 # virtio-serial. Assets are cached by input hash (scripts/vm/build-assets.sh).
 VM_ASSETS := $(CURDIR)/build/vm
 
+# The boot test takes ~30 s under TCG on this loaded machine.
+TEST_STEPS += 32:test-vm
+
 .PHONY: vm-assets test-vm bench-vm
 vm-assets:
 	cargo build --locked --release -p lockbox-agent
