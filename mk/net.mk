@@ -4,7 +4,7 @@ TEST_STEPS += test-net
 
 .PHONY: test-net
 test-net:
-	cargo test -p lockbox-net
+	cargo test --locked -p lockbox-net
 
 # Throughput (1 GiB), connection latency, DNS answer time and memory,
 # through the forwarder against the direct path.

@@ -7,14 +7,16 @@ VM_ASSETS := $(CURDIR)/build/vm
 TEST_STEPS += 32:test-vm
 
 .PHONY: vm-assets test-vm bench-vm
-vm-assets:
-	cargo build --locked --release -p lockbox-agent
-	scripts/vm/build-assets.sh $(VM_ASSETS) $(CURDIR)/target/release/lockbox-helper
+# The guest's agent is the release helper from release-bins (one build of
+# it per tier, with the reproducible-build flags); the test binary that
+# drives qemu is the debug one test-agent already built.
+vm-assets: release-bins
+	scripts/vm/build-assets.sh $(VM_ASSETS) $(RELEASE_HELPER)
 
 test-vm: vm-assets
-	LOCKBOX_VM_ASSETS=$(VM_ASSETS) cargo test --locked --release -p lockbox-agent --test guest_boot
+	LOCKBOX_VM_ASSETS=$(VM_ASSETS) cargo test --locked -p lockbox-agent --test guest_boot
 
 # Boot to handshake, median of 3 cold TCG boots.
 BENCH_STEPS += bench-vm
 bench-vm: vm-assets
-	LOCKBOX_VM_ASSETS=$(VM_ASSETS) cargo test --locked --release -p lockbox-agent --test guest_boot -- --ignored --nocapture bench_guest_boot
+	LOCKBOX_VM_ASSETS=$(VM_ASSETS) cargo test --locked -p lockbox-agent --test guest_boot -- --ignored --nocapture bench_guest_boot
