@@ -302,8 +302,21 @@ func TestSnapshotKeepsPauseMadeDuringIt(t *testing.T) {
 			_, err := sb.Snapshot(ctx, name)
 			done <- err
 		}()
-		for !paused() {
-			time.Sleep(time.Millisecond)
+		var early error
+		finished := false
+		for !finished && !frozenOnHost(sb.ID()) {
+			select {
+			case early = <-done:
+				finished = true
+			case <-time.After(time.Millisecond):
+			}
+		}
+		if finished {
+			// Done before it was seen frozen: inconclusive, retry.
+			if early != nil {
+				t.Fatalf("Snapshot: %v", early)
+			}
+			continue
 		}
 		if err := sb.Pause(ctx); err != nil {
 			if errors.Is(err, lockbox.ErrUnsupported) {
@@ -432,6 +445,18 @@ func TestPauseResumeBusyLoop(t *testing.T) {
 
 // assertNoCgroups: no `lockbox/<id>` directory in any hierarchy (freezer
 // included), waiting briefly for the asynchronous sweep.
+// frozenOnHost reads the sandbox's freezer from the host: unlike a call
+// to the sandbox it never waits on a frozen agent.
+func frozenOnHost(id string) bool {
+	if b, err := os.ReadFile("/sys/fs/cgroup/lockbox/" + id + "/cgroup.freeze"); err == nil {
+		return strings.TrimSpace(string(b)) == "1"
+	}
+	if b, err := os.ReadFile("/sys/fs/cgroup/freezer/lockbox/" + id + "/freezer.state"); err == nil {
+		return strings.TrimSpace(string(b)) != "THAWED"
+	}
+	return false
+}
+
 func assertNoCgroups(t *testing.T, id string) {
 	t.Helper()
 	var left []string
