@@ -79,7 +79,9 @@ check-pin-copies:
 # with the same release environment; the library and helper must be
 # byte-identical to target/release's, and neither may name a directory of
 # the build machine (the probe for such names is first shown to find them
-# in the debug helper, built without the remapping).
+# in the debug helper, built without the remapping). $HOME itself is not
+# probed: the places a build embeds ($CARGO_HOME, the sysroot) are, and a
+# HOME of /root matches the sandbox's own "/root" + "/proc/..." strings.
 # The copy's files are new, so every workspace crate (ffi, engine, agent,
 # protocol, images...) is compiled again from the other path. The registry
 # dependencies are compiled once per machine: the first run seeds the
@@ -104,7 +106,7 @@ check-repro: release-bins helper-debug
 	  a=$(TARGET)/release/$$f; b=$(REPRO_TARGET)/release/$$f; \
 	  if cmp -s $$a $$b; then echo "repro: $$f: byte-identical from $(ROOT) and $(REPRO_SRC) (sha256 $$(sha256sum < $$a | cut -c1-16)...)"; \
 	  else echo "repro: $$f: the builds in $(ROOT) and $(REPRO_SRC) differ"; fail=1; fi; \
-	  for d in $(ROOT) $(REPRO_DIR) $(CARGO_HOME_DIR) $(RUSTC_SYSROOT) $(HOME); do \
+	  for d in $(ROOT) $(REPRO_DIR) $(CARGO_HOME_DIR) $(RUSTC_SYSROOT); do \
 	    if grep -q -a -F "$$d/" $$a; then echo "repro: $$f names $$d/ (a build path leaks into the release)"; fail=1; fi; done; \
 	done; exit $$fail
 
