@@ -24,12 +24,46 @@ fn last() -> io::Error {
 }
 
 fn open_dir_at(dir: RawFd, name: &CStr) -> io::Result<OwnedFd> {
+    match open_at(dir, name, libc::O_RDONLY) {
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) => open_unreadable_dir(dir, name),
+        r => r,
+    }
+}
+
+fn open_at(dir: RawFd, name: &CStr, mode: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: valid fd and C string.
     let fd = unsafe {
         libc::openat(
             dir,
             name.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            mode | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(last());
+    }
+    // SAFETY: fresh fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A directory its owner cannot read (overlayfs leaves `work/work` at mode
+/// 000; a sandbox can chmod its own dirs so): without CAP_DAC_OVERRIDE, as
+/// rootless, the plain open fails. The directory is pinned with O_PATH (no
+/// link followed), opened up to 0700 through that fd's /proc magic link
+/// (fchmod refuses O_PATH fds), and reopened through the same link, so a
+/// swap of the name in between changes nothing.
+fn open_unreadable_dir(dir: RawFd, name: &CStr) -> io::Result<OwnedFd> {
+    let pinned = open_at(dir, name, libc::O_PATH)?;
+    let via = CString::new(format!("/proc/self/fd/{}", pinned.as_raw_fd()))?;
+    // SAFETY: valid C string.
+    if unsafe { libc::chmod(via.as_ptr(), 0o700) } != 0 {
+        return Err(last());
+    }
+    // SAFETY: valid C string.
+    let fd = unsafe {
+        libc::open(
+            via.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
         )
     };
     if fd < 0 {
@@ -236,6 +270,75 @@ mod tests {
             fd = open_dir_at(fd.as_raw_fd(), name).unwrap();
         }
         fd
+    }
+
+    /// As rootless (no CAP_DAC_OVERRIDE), a directory at mode 000, as
+    /// overlayfs leaves `work/work`, must still be removed. The removal runs
+    /// in this test binary re-executed as uid 65534.
+    #[test]
+    fn removes_mode_000_dirs_without_dac_override() {
+        use std::os::unix::process::CommandExt;
+        if let Ok(dir) = std::env::var("LOCKBOX_TREE_TEST_AS_USER") {
+            remove_tree(Path::new(&dir)).unwrap();
+            return;
+        }
+        // SAFETY: no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: switching to another uid needs root");
+            return;
+        }
+        let base = tempfile::tempdir().unwrap();
+        // The user owns the parent too, as rootless owns its sandboxes dir.
+        std::os::unix::fs::lchown(base.path(), Some(65534), Some(65534)).unwrap();
+        let t = base.path().join("layer");
+        std::fs::create_dir_all(t.join("work/work/inner")).unwrap();
+        std::fs::write(t.join("work/work/inner/f"), b"x").unwrap();
+        for p in [
+            "",
+            "work",
+            "work/work",
+            "work/work/inner",
+            "work/work/inner/f",
+        ] {
+            std::os::unix::fs::lchown(t.join(p), Some(65534), Some(65534)).unwrap();
+        }
+        std::fs::set_permissions(
+            t.join("work/work/inner"),
+            std::fs::Permissions::from_mode(0o000),
+        )
+        .unwrap();
+        std::fs::set_permissions(t.join("work/work"), std::fs::Permissions::from_mode(0o000))
+            .unwrap();
+        let run = || {
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "tree::tests::removes_mode_000_dirs_without_dac_override",
+                ])
+                .env("LOCKBOX_TREE_TEST_AS_USER", &t)
+                .uid(65534)
+                .gid(65534)
+                .output()
+                .unwrap()
+        };
+        // Control: as that user, a plain open of the mode-000 dir is refused.
+        let probe = std::process::Command::new("ls")
+            .arg(t.join("work/work"))
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        assert!(
+            !probe.status.success(),
+            "the control could read a mode-000 dir"
+        );
+        let out = run();
+        assert!(
+            out.status.success(),
+            "removal as uid 65534 failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(!t.exists(), "the tree is still there");
     }
 
     #[test]
