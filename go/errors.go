@@ -87,21 +87,6 @@ func limitError(op, msg string, sentinel error) *Error {
 // NoLimit, given to WithOutputLimit or WithMaxBytes, removes the cap.
 const NoLimit int64 = -1
 
-var sentinels = map[Code]error{
-	CodeNotFound:          ErrNotFound,
-	CodeAlreadyExists:     ErrAlreadyExists,
-	CodeInvalidArgument:   ErrInvalidArgument,
-	CodeTimeout:           ErrTimeout,
-	CodeCanceled:          ErrCanceled,
-	CodeUnsupported:       ErrUnsupported,
-	CodePermissionDenied:  ErrPermission,
-	CodeUnavailable:       ErrUnavailable,
-	CodeResourceExhausted: ErrResourceExhausted,
-	CodeInternal:          ErrInternal,
-	CodeNotInstalled:      ErrNotInstalled,
-	CodeLibraryNotLoaded:  ErrLibraryNotLoaded,
-}
-
 // Error is the error type of this package.
 //
 // A call canceled through its context has Code canceled (or timeout when
@@ -114,20 +99,22 @@ type Error struct {
 	cause   error // a context error or an OS error behind this one
 }
 
-func (e *Error) Error() string {
-	s := "lockbox: "
-	if e.Op != "" {
-		s += e.Op + ": "
-	}
-	return s + e.Message + " (" + string(e.Code) + ")"
+// Error and Is are the call path's own (internal/abi): one rendering and
+// one code-to-sentinel table for both layers.
+func (e *Error) core() abi.Error {
+	return abi.Error{Op: e.Op, Code: abi.Code(e.Code), Message: e.Message}
 }
 
-// Is matches the sentinel for the error's code.
+func (e *Error) Error() string {
+	c := e.core()
+	return c.Error()
+}
+
+// Is matches the sentinel for the error's code; not_installed also
+// matches ErrLibraryNotLoaded.
 func (e *Error) Is(target error) bool {
-	if s, ok := sentinels[e.Code]; ok && s == target {
-		return true
-	}
-	return e.Code == CodeNotInstalled && target == ErrLibraryNotLoaded
+	c := e.core()
+	return c.Is(target)
 }
 
 // Unwrap returns the cause: a context error for canceled calls, an OS

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"testing"
 
+	"lockbox.dev/lockbox/internal/abi"
 	"lockbox.dev/lockbox/internal/wire"
 )
 
@@ -13,13 +14,14 @@ func asError(err error, e **Error) bool { return errors.As(err, e) }
 func isErr(err, target error) bool      { return errors.Is(err, target) }
 
 func TestSentinelsMatchTheirCodeOnly(t *testing.T) {
-	for code, sentinel := range sentinels {
+	for c, sentinel := range abi.Sentinels {
+		code := Code(c)
 		err := error(&Error{Op: "op", Code: code, Message: "m"})
 		if !errors.Is(err, sentinel) {
 			t.Errorf("%s: errors.Is(err, %v) = false", code, sentinel)
 		}
-		for other, s := range sentinels {
-			if other == code || (code == CodeNotInstalled && s == ErrLibraryNotLoaded) {
+		for other, s := range abi.Sentinels {
+			if Code(other) == code || (code == CodeNotInstalled && s == ErrLibraryNotLoaded) {
 				continue
 			}
 			if errors.Is(err, s) {
