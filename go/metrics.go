@@ -13,6 +13,9 @@ type Metrics struct {
 	MemoryBytes     uint64        // memory in use now
 	MemoryPeakBytes uint64        // highest memory use (0 if untracked)
 	Pids            uint64        // processes and threads now
+	// Network is what the network policy decided; nil for a sandbox
+	// made without WithNetworkPolicy.
+	Network *NetworkMetrics
 }
 
 // Metrics reads the sandbox's current resource use. Without a cgroup (see
@@ -28,5 +31,6 @@ func (s *Sandbox) Metrics(ctx context.Context) (*Metrics, error) {
 		MemoryBytes:     r.MemoryBytes,
 		MemoryPeakBytes: r.MemoryPeakBytes,
 		Pids:            r.Pids,
+		Network:         networkMetrics(r.Network),
 	}, nil
 }

@@ -31,6 +31,16 @@ type sandboxConfig struct {
 	// cannot carry (empty, NUL): CreateSandbox fails with
 	// ErrInvalidArgument before anything is sent.
 	badEnvKey *string
+	// invalid is the first error of an option that checks its argument
+	// (WithNetworkPolicy, WithSecret): CreateSandbox returns it before
+	// anything is sent.
+	invalid error
+}
+
+func (c *sandboxConfig) refuse(err error) {
+	if c.invalid == nil {
+		c.invalid = err
+	}
 }
 
 // validEnvKey reports whether key reads back as itself in KEY=VALUE.

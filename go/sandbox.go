@@ -127,6 +127,9 @@ func CreateSandbox(ctx context.Context, opts ...Option) (*Sandbox, error) {
 		return nil, &Error{Op: "sandbox.create", Code: CodeInvalidArgument,
 			Message: fmt.Sprintf("WithEnv key %q: must be non-empty, without '=' or NUL", *k)}
 	}
+	if cfg.invalid != nil {
+		return nil, cfg.invalid
+	}
 	var r wire.SandboxOpened
 	if err := callMethod(ctx, "sandbox.create", wire.SandboxCreate, &cfg.SandboxConfig, &r); err != nil {
 		return nil, err

@@ -82,6 +82,9 @@ func (s *Sandbox) Fork(ctx context.Context, n int, opts ...Option) ([]*Sandbox, 
 			return nil, &Error{Op: "sandbox.fork", Code: CodeInvalidArgument,
 				Message: fmt.Sprintf("WithEnv key %q: must be non-empty, without '=' or NUL", *k)}
 		}
+		if cfg.invalid != nil {
+			return nil, cfg.invalid
+		}
 		p.Config = &cfg.SandboxConfig
 	}
 	var r wire.Forked

@@ -60,6 +60,10 @@ type SandboxConfig struct {
 	Detached     bool              `json:"detached,omitempty"`
 	Replace      bool              `json:"replace,omitempty"`
 	Labels       map[string]string `json:"labels,omitempty"`
+	// NetworkPolicy routes the sandbox's network through the policy
+	// forwarder (network then absent or "none").
+	NetworkPolicy *NetworkPolicy `json:"network_policy,omitempty"`
+	Secrets       []Secret       `json:"secrets,omitempty"`
 }
 
 type VolumeMount struct {
@@ -138,8 +142,9 @@ type ImageUsed struct {
 
 // Metrics is a sandbox's resource use from its cgroup.
 type Metrics struct {
-	CPUUsec         uint64 `json:"cpu_usec"`
-	MemoryBytes     uint64 `json:"memory_bytes"`
-	MemoryPeakBytes uint64 `json:"memory_peak_bytes"`
-	Pids            uint64 `json:"pids"`
+	CPUUsec         uint64           `json:"cpu_usec"`
+	MemoryBytes     uint64           `json:"memory_bytes"`
+	MemoryPeakBytes uint64           `json:"memory_peak_bytes"`
+	Pids            uint64           `json:"pids"`
+	Network         *NetworkCounters `json:"network,omitempty"`
 }
