@@ -1,6 +1,6 @@
 # Releases and installs (installer/: the release tool; go/internal/install:
 # the one installer; manifests/; tests/install*).
-#   make release        dist/$(VERSION)/ signed. With SIGNING_KEY: refreshes the committed pin in
+#   make release        dist/$(VERSION)/ signed, with the microVM guest (make vm-assets). With SIGNING_KEY: refreshes the committed pin in
 #                       manifests/ and go/internal/pin/; without: a development pin in build/pin
 #                       key: SIGNING_KEY=file, or LOCKBOX_SIGNING_KEY (base64 seed), else a local dev key
 #   make check-pin      the pin copies agree (check-pin-copies, also in make check); the release
@@ -24,23 +24,36 @@ SIGNING_KEY ?=
 
 .PHONY: release release-only check-pin check-pin-copies check-repro check-pin-source test-install bench-install
 
-release: build release-only
+# The microVM guest's assets are always in a release: built from the
+# release helper (the initramfs holds it as /init) and cached by input
+# hash, they cost ~0.1 s warm, ~5 s cold (one apt download of the kernel
+# package, then cached in build/vm/cache); installs download them only
+# when asked (WithVMAssets, lockbox install --vm).
+release: build vm-assets release-only
 
 # The build inputs are committed: the manifest may say what it was built from.
 INPUTS_STATE = $$(if [ -z "$$(git -C $(ROOT) status --porcelain -- $(REPRO_INPUTS))" ]; then echo clean; else echo dirty; fi)
 SET_RELEASE_SOURCE = src=(); if [ "$(INPUTS_STATE)" = clean ]; then src=(--source-commit $(SOURCE_COMMIT) --rustc "$$(rustc -V)"); \
   else echo "release: the build inputs have uncommitted changes: the manifest records no source"; fi
 
-# Packs whatever `make build` (and `make images`, if run) left in target/release and build/images.
+# release-only adds $(VM_ASSETS) when make vm-assets built it from this
+# release helper, never a guest holding another build's helper.
+SET_RELEASE_VM = vm=(); helper_sum=$$(sha256sum < $(RELEASE_HELPER) | cut -d' ' -f1); \
+  if [ ! -f $(VM_ASSETS)/vmlinuz ] || [ ! -f $(VM_ASSETS)/initramfs.img ]; then \
+    echo "release: no VM assets in $(VM_ASSETS) (make vm-assets): releasing without them"; \
+  elif grep -qF "\"agent_sha256\": \"$$helper_sum\"" $(VM_ASSETS)/assets.json; then vm=(--vm-assets $(VM_ASSETS)); \
+  else echo "release: $(VM_ASSETS) holds another helper than $(RELEASE_HELPER): releasing without VM assets (make vm-assets)"; fi
+
+# Packs whatever `make build` (and `make images`, `make vm-assets`, if run) left in target/release, build/images and build/vm.
 release-only:
-	@$(SET_RELEASE_SOURCE); \
+	@$(SET_RELEASE_SOURCE); $(SET_RELEASE_VM); \
 	if [ -n "$(SIGNING_KEY)$${LOCKBOX_SIGNING_KEY:-}" ]; then \
 	  if [ -n "$(SIGNING_KEY)" ]; then keyarg="--key $(SIGNING_KEY)"; else keyarg=""; fi; \
 	  pub=$$($(INSTALLER_BIN) public-key $$keyarg); \
 	  grep -qxF "$$pub" manifests/keys/*.pub || { \
 	    echo "release: the signing key's public key ($$pub) is not in manifests/keys/: add it there first"; exit 1; }; \
 	  $(INSTALLER_BIN) release --version $(VERSION) --out $(DIST) --root $(ROOT) --pin manifests $$keyarg \
-	    --lib $(RELEASE_LIB) --helper $(RELEASE_HELPER) "$${src[@]}"; \
+	    --lib $(RELEASE_LIB) --helper $(RELEASE_HELPER) "$${src[@]}" "$${vm[@]}"; \
 	  rm -rf $(PIN_GO_DIR)/keys $(PIN_GO_DIR)/$(VERSION); \
 	  mkdir -p $(PIN_GO_DIR)/keys $(PIN_GO_DIR)/$(VERSION); \
 	  cp manifests/keys/*.pub $(PIN_GO_DIR)/keys/; \
@@ -60,7 +73,7 @@ release-only:
 	  $(INSTALLER_BIN) public-key --key $(DEV_SIGNING_KEY) > $(DEV_PIN)/keys/dev.pub; \
 	  $(INSTALLER_BIN) release --version $(VERSION) --out $(DIST) --root $(ROOT) --pin $(DEV_PIN) \
 	    --key $(DEV_SIGNING_KEY) \
-	    --lib $(RELEASE_LIB) --helper $(RELEASE_HELPER) "$${src[@]}"; \
+	    --lib $(RELEASE_LIB) --helper $(RELEASE_HELPER) "$${src[@]}" "$${vm[@]}"; \
 	  echo "release: $(DIST)/$(VERSION) (development pin in $(DEV_PIN))"; \
 	fi
 

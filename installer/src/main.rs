@@ -20,6 +20,8 @@ struct Cli {
     cmd: Cmd,
 }
 
+// Parsed once per run: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Build dist/<version>/ from this build's artifacts, with a signed manifest.
@@ -43,6 +45,10 @@ enum Cmd {
         /// Directory of <name>.tar.zst images. Default: <root>/build/images (if present).
         #[arg(long)]
         images: Option<PathBuf>,
+        /// Directory holding the microVM guest's vmlinuz and initramfs.img
+        /// (make vm-assets: build/vm). Default: no VM assets.
+        #[arg(long)]
+        vm_assets: Option<PathBuf>,
         /// Also copy <version>/manifest.json(+.sig) under this directory. Repeatable.
         #[arg(long)]
         pin: Vec<PathBuf>,
@@ -113,6 +119,7 @@ fn run(cmd: Cmd) -> Result<(), Error> {
             lib,
             helper,
             images,
+            vm_assets,
             pin,
             platform,
             source_commit,
@@ -139,18 +146,14 @@ fn run(cmd: Cmd) -> Result<(), Error> {
                 library: lib.unwrap_or_else(|| root.join("target/release/liblockbox.so")),
                 helpers,
                 images_dir: Some(images.unwrap_or_else(|| root.join("build/images"))),
+                vm_assets,
                 pin_dirs: pin,
                 source: source_commit
                     .zip(rustc)
                     .map(|(commit, rustc)| BuildSource { commit, rustc }),
             })?;
             for a in r.manifest.platforms.values().flatten() {
-                eprintln!(
-                    "  {:<8} {:>12} {}",
-                    format!("{:?}", a.kind).to_lowercase(),
-                    a.size,
-                    a.path
-                );
+                eprintln!("  {:<12} {:>12} {}", a.kind.name(), a.size, a.path);
             }
             println!("{}", r.dir.display());
             Ok(())

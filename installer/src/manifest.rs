@@ -61,12 +61,22 @@ pub struct Artifact {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum ArtifactKind {
     Library,
     Helper,
     Image,
+    /// The microVM guest's kernel: installed only when asked for.
+    VmKernel,
+    /// The microVM guest's initramfs (the release helper as /init).
+    VmInitramfs,
 }
+
+/// The one file name the engine looks for per VM kind (`<version
+/// dir>/vm/<name>`): a manifest may not name them otherwise.
+pub const VM_KERNEL_FILE: &str = "vmlinuz";
+pub const VM_INITRAMFS_FILE: &str = "initramfs.img";
+pub const VM_DIR: &str = "vm";
 
 impl ArtifactKind {
     /// The directory of the install tree that holds artifacts of this kind.
@@ -75,6 +85,31 @@ impl ArtifactKind {
             ArtifactKind::Library => "lib",
             ArtifactKind::Helper => "bin",
             ArtifactKind::Image => "images",
+            ArtifactKind::VmKernel | ArtifactKind::VmInitramfs => VM_DIR,
+        }
+    }
+
+    /// The manifest's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            ArtifactKind::Library => "library",
+            ArtifactKind::Helper => "helper",
+            ArtifactKind::Image => "image",
+            ArtifactKind::VmKernel => "vm-kernel",
+            ArtifactKind::VmInitramfs => "vm-initramfs",
+        }
+    }
+
+    /// VM assets are an optional group: an install holds both or neither.
+    pub fn is_vm(self) -> bool {
+        matches!(self, ArtifactKind::VmKernel | ArtifactKind::VmInitramfs)
+    }
+
+    fn fixed_file(self) -> Option<&'static str> {
+        match self {
+            ArtifactKind::VmKernel => Some(VM_KERNEL_FILE),
+            ArtifactKind::VmInitramfs => Some(VM_INITRAMFS_FILE),
+            _ => None,
         }
     }
 
@@ -165,6 +200,19 @@ impl Manifest {
             if libs != 1 {
                 return bad(format!("{platform}: {libs} libraries (want exactly 1)"));
             }
+            let kernels = artifacts
+                .iter()
+                .filter(|a| a.kind == ArtifactKind::VmKernel)
+                .count();
+            let initramfs = artifacts
+                .iter()
+                .filter(|a| a.kind == ArtifactKind::VmInitramfs)
+                .count();
+            if kernels != initramfs {
+                return bad(format!(
+                    "{platform}: {kernels} VM kernels and {initramfs} initramfs (VM assets come as a pair)"
+                ));
+            }
         }
         Ok(())
     }
@@ -196,10 +244,18 @@ impl Artifact {
         };
         if dir != self.kind.dir() || !valid_file_name(file) {
             return Err(format!(
-                "path {:?} is not {}/<file> for a {:?}",
+                "path {:?} is not {}/<file> for a {}",
                 self.path,
                 self.kind.dir(),
-                self.kind
+                self.kind.name()
+            ));
+        }
+        if let Some(want) = self.kind.fixed_file().filter(|w| *w != file) {
+            return Err(format!(
+                "path {:?}: a {} is {}/{want}",
+                self.path,
+                self.kind.name(),
+                self.kind.dir()
             ));
         }
         if !valid_file_name(&self.name) {
@@ -301,6 +357,35 @@ mod tests {
         assert!(manifest(vec![artifact("bin/h", ArtifactKind::Helper)])
             .validate()
             .is_err());
+    }
+
+    #[test]
+    fn vm_assets_have_fixed_paths_and_come_as_a_pair() {
+        let lib = artifact("lib/liblockbox.so", ArtifactKind::Library);
+        let kernel = artifact("vm/vmlinuz", ArtifactKind::VmKernel);
+        let initramfs = artifact("vm/initramfs.img", ArtifactKind::VmInitramfs);
+        let m = manifest(vec![lib.clone(), kernel.clone(), initramfs.clone()]);
+        assert_eq!(Manifest::parse(&m.to_bytes()).unwrap(), m);
+        let text = String::from_utf8(m.to_bytes()).unwrap();
+        assert!(text.contains(r#""kind": "vm-kernel""#), "{text}");
+        assert!(text.contains(r#""kind": "vm-initramfs""#), "{text}");
+
+        assert!(manifest(vec![lib.clone(), kernel.clone()])
+            .validate()
+            .is_err());
+        assert!(manifest(vec![lib.clone(), initramfs.clone()])
+            .validate()
+            .is_err());
+        for (path, kind) in [
+            ("vm/bzImage", ArtifactKind::VmKernel),
+            ("vm/vmlinuz", ArtifactKind::VmInitramfs),
+            ("lib/vmlinuz", ArtifactKind::VmKernel),
+            ("vm/liblockbox.so", ArtifactKind::Library),
+        ] {
+            let mut a = artifact(path, kind);
+            a.kind = kind;
+            assert!(a.validate().is_err(), "{path} as {kind:?} accepted");
+        }
     }
 
     #[test]

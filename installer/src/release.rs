@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::fsutil::{remove_tree, sync_dir, write_atomic};
 use crate::manifest::{
     Artifact, ArtifactKind, BuildSource, Manifest, ABI_VERSION, MANIFEST, PRODUCT, SCHEMA_VERSION,
-    SIGNATURE,
+    SIGNATURE, VM_INITRAMFS_FILE, VM_KERNEL_FILE,
 };
 use crate::signing::sign;
 
@@ -26,6 +26,9 @@ pub struct ReleaseRequest {
     pub helpers: Vec<PathBuf>,
     /// Every *.tar.zst in it becomes an image artifact; absent is fine.
     pub images_dir: Option<PathBuf>,
+    /// A directory holding `vmlinuz` and `initramfs.img` (make vm-assets'
+    /// build/vm): released as the vm-kernel and vm-initramfs artifacts.
+    pub vm_assets: Option<PathBuf>,
     /// Directories that receive a copy of <version>/manifest.json(+.sig): the pins.
     pub pin_dirs: Vec<PathBuf>,
     /// Recorded in the manifest when known (see `BuildSource`).
@@ -59,6 +62,14 @@ pub fn release(req: &ReleaseRequest) -> Result<Released> {
         for p in images {
             let name = file_name(&p)?;
             inputs.push((p, ArtifactKind::Image, name));
+        }
+    }
+    if let Some(dir) = &req.vm_assets {
+        for (file, kind) in [
+            (VM_KERNEL_FILE, ArtifactKind::VmKernel),
+            (VM_INITRAMFS_FILE, ArtifactKind::VmInitramfs),
+        ] {
+            inputs.push((dir.join(file), kind, file.into()));
         }
     }
     for (p, _, _) in &inputs {

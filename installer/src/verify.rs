@@ -2,7 +2,8 @@
 //! published or after it was copied to a mirror) from scratch: signature,
 //! every artifact's size, sha256 and mode, and no stray files. An
 //! installed version directory passes too: its `.complete` must then name
-//! the manifest.
+//! the manifest, and its VM assets may be absent (they are installed only
+//! when asked for), but only both together with their `vm/` directory.
 
 use std::collections::HashSet;
 use std::fs;
@@ -13,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::fsutil::{hash_reader, open_trusted, read_trusted, sha256_hex};
 use crate::manifest::{
     Manifest, ABI_VERSION, MANIFEST, MARKER, MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, SIGNATURE,
+    VM_DIR,
 };
 use crate::signing::TrustedKeys;
 
@@ -39,7 +41,10 @@ pub fn verify_tree(dir: &Path, trusted: &TrustedKeys, platform: &str) -> Result<
         )));
     }
     let mut expected: HashSet<String> = [MANIFEST, SIGNATURE].map(String::from).into();
-    if fs::symlink_metadata(dir.join(MARKER)).is_ok() {
+    let installed = fs::symlink_metadata(dir.join(MARKER)).is_ok();
+    let vm_absent = fs::symlink_metadata(dir.join(VM_DIR))
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+    if installed {
         let marker = read_trusted(&dir.join(MARKER), 128)?;
         if marker != format!("{}\n", sha256_hex(&bytes)).as_bytes() {
             return Err(Error::Verification(format!(
@@ -50,6 +55,9 @@ pub fn verify_tree(dir: &Path, trusted: &TrustedKeys, platform: &str) -> Result<
         expected.insert(MARKER.into());
     }
     for a in manifest.artifacts_for(platform)? {
+        if a.kind.is_vm() && installed && vm_absent {
+            continue;
+        }
         let p = dir.join(&a.path);
         if fs::symlink_metadata(&p).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
             return Err(Error::Verification(format!("{} is missing", a.path)));
@@ -111,7 +119,14 @@ mod tests {
 
     /// A real release of small files, the trust that accepts it, and its dir.
     fn released(tmp: &Path) -> (PathBuf, TrustedKeys) {
+        released_with(tmp, false)
+    }
+
+    fn released_with(tmp: &Path, vm: bool) -> (PathBuf, TrustedKeys) {
         let src = tmp.join("src");
+        fs::create_dir_all(src.join("vm")).unwrap();
+        fs::write(src.join("vm/vmlinuz"), vec![9u8; 5000]).unwrap();
+        fs::write(src.join("vm/initramfs.img"), vec![8u8; 3000]).unwrap();
         fs::create_dir_all(src.join("images")).unwrap();
         fs::write(src.join("liblockbox.so"), vec![7u8; 100_000]).unwrap();
         fs::write(src.join("lockbox-helper"), b"#!/bin/sh\n").unwrap();
@@ -127,6 +142,7 @@ mod tests {
             library: src.join("liblockbox.so"),
             helpers: vec![src.join("lockbox-helper")],
             images_dir: Some(src.join("images")),
+            vm_assets: vm.then(|| src.join("vm")),
             pin_dirs: vec![],
             source: None,
         })
@@ -169,6 +185,47 @@ mod tests {
         assert!(
             matches!(verify(&dir, &trusted), Err(Error::Verification(e)) if e.contains("base.tar.zst is missing"))
         );
+    }
+
+    // A release must carry its VM assets; an install may lack them, but
+    // only as a whole: a vm/ directory present is checked like the rest.
+    #[test]
+    fn vm_assets_are_checked_and_optional_only_in_an_install() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, trusted) = released_with(tmp.path(), true);
+        let m = verify(&dir, &trusted).unwrap();
+        let kinds: Vec<_> = m.platforms.values().flatten().map(|a| a.kind).collect();
+        assert!(kinds.contains(&crate::manifest::ArtifactKind::VmKernel));
+        assert!(kinds.contains(&crate::manifest::ArtifactKind::VmInitramfs));
+
+        let initramfs = dir.join("vm/initramfs.img");
+        let good = fs::read(&initramfs).unwrap();
+        let mut bad = good.clone();
+        bad[1000] ^= 1;
+        fs::write(&initramfs, &bad).unwrap();
+        assert!(
+            matches!(verify(&dir, &trusted), Err(Error::Verification(e)) if e.contains("vm/initramfs.img"))
+        );
+        fs::write(&initramfs, &good).unwrap();
+
+        let vm = tmp.path().join("vm-aside");
+        fs::rename(dir.join("vm"), &vm).unwrap();
+        assert!(
+            matches!(verify(&dir, &trusted), Err(Error::Verification(e)) if e.contains("vm/vmlinuz is missing")),
+            "a release without its VM assets verified"
+        );
+        let sum = sha256_hex(&fs::read(dir.join(MANIFEST)).unwrap());
+        fs::write(dir.join(MARKER), format!("{sum}\n")).unwrap();
+        verify(&dir, &trusted).unwrap();
+
+        // Half of them is not "not installed".
+        fs::create_dir(dir.join("vm")).unwrap();
+        fs::copy(vm.join("vmlinuz"), dir.join("vm/vmlinuz")).unwrap();
+        assert!(
+            matches!(verify(&dir, &trusted), Err(Error::Verification(e)) if e.contains("vm/initramfs.img is missing"))
+        );
+        fs::copy(vm.join("initramfs.img"), dir.join("vm/initramfs.img")).unwrap();
+        verify(&dir, &trusted).unwrap();
     }
 
     #[test]
