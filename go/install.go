@@ -41,6 +41,9 @@ type Installation struct {
 	LibraryPath string // Dir/lib/liblockbox.so
 	HelperPath  string // Dir/bin/lockbox-helper
 	ImagesDir   string // Dir/images
+	// VMAssetsDir is Dir/vm (the microVM guest's vmlinuz and
+	// initramfs.img) when WithVMAssets asked for them; else "".
+	VMAssetsDir string
 }
 
 // InstallEventKind names the steps EnsureInstalled reports to WithProgress.
@@ -71,6 +74,11 @@ type InstallEvent struct {
 // where it is. When it already is, this is a marker check plus an lstat
 // of every artifact (owner, mode, size; no re-hash: the loader re-hashes
 // the library before loading it).
+//
+// The microVM guest's kernel and initramfs are installed only with
+// WithVMAssets: a version installed without them gets them added (as one
+// directory, renamed into place once both are verified), and with it the
+// warm path also re-hashes them (about 18 MB), replacing them if damaged.
 //
 // Downloads are checked against the signature of a trusted key and, for
 // the pinned version, the manifest hash embedded in this SDK, and each

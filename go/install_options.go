@@ -31,6 +31,15 @@ func WithReleaseURL(u string) InstallOption { return func(s *installSettings) { 
 // per-user data dir). Versions live in <dir>/versions/<version>.
 func WithInstallDir(d string) InstallOption { return func(s *installSettings) { s.s.Root = d } }
 
+// WithVMAssets also installs the microVM guest (kernel and initramfs,
+// kinds vm-kernel and vm-initramfs of the signed manifest) into
+// <version dir>/vm/, where the engine finds them for
+// WithIsolation(IsolationMicroVM). Without it they are never downloaded:
+// the native backend does not need them. A version already installed
+// without them gets them added; damaged ones are replaced. A release
+// without VM assets gives ErrReleaseNotFound.
+func WithVMAssets() InstallOption { return func(s *installSettings) { s.s.VMAssets = true } }
+
 // WithOffline never downloads: EnsureInstalled succeeds only if the version
 // is already completely installed, and otherwise lists what is missing.
 func WithOffline(offline bool) InstallOption {

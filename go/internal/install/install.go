@@ -27,6 +27,9 @@ type Installation struct {
 	LibraryPath string // Dir/lib/liblockbox.so
 	HelperPath  string // Dir/bin/lockbox-helper
 	ImagesDir   string // Dir/images
+	// VMAssetsDir is Dir/vm when the VM assets were asked for
+	// (Settings.VMAssets) and are installed and verified, else "".
+	VMAssetsDir string
 }
 
 // The steps Ensure reports to Settings.Progress.
@@ -147,9 +150,29 @@ func (e *notCompleteError) Unwrap() error { return e.err }
 // For the pinned version the marker must equal the embedded manifest
 // hash; otherwise the installed manifest must match the marker and carry
 // a trusted signature.
+//
+// With Settings.VMAssets the VM assets must be there too, re-hashed
+// (checkVM); a *vmNotReadyError then means only they are missing.
 func (in *installer) checkComplete() (*Installation, error) {
-	inst, _, err := in.check()
-	return inst, err
+	inst, m, err := in.check()
+	if err != nil || !in.s.VMAssets {
+		return inst, err
+	}
+	_, vm := splitVM(m.Platforms[platformName()])
+	if len(vm) == 0 {
+		return nil, noVMAssets(m, platformName())
+	}
+	if err := checkVM(inst.Dir, vm); err != nil {
+		return nil, err
+	}
+	inst.VMAssetsDir = filepath.Join(inst.Dir, vmDir)
+	return inst, nil
+}
+
+// installedManifest is check's manifest once the version passed it.
+func (in *installer) installedManifest() (*releaseManifest, error) {
+	_, m, err := in.check()
+	return m, err
 }
 
 func (in *installer) check() (*Installation, *releaseManifest, error) {
@@ -199,6 +222,8 @@ func (in *installer) check() (*Installation, *releaseManifest, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	// The VM assets are optional here: checkComplete checks them when asked.
+	arts, _ = splitVM(arts)
 	checked := map[string]bool{}
 	for _, a := range arts {
 		p := filepath.Join(paths.dir, filepath.FromSlash(a.Path))
@@ -262,6 +287,15 @@ func (in *installer) run(ctx context.Context) (*Installation, error) {
 		in.emit(Event{Kind: AlreadyInstalled})
 		return inst, nil
 	}
+	var noVM *noVMAssetsError
+	if errors.As(cerr, &noVM) {
+		return nil, cerr // installed, but the release has no VM assets to add
+	}
+	var vmErr *vmNotReadyError
+	if in.s.Offline && errors.As(cerr, &vmErr) {
+		return nil, fmt.Errorf("%w (offline): version %s is installed in %s without usable VM assets: %w",
+			abi.ErrNotInstalled, in.s.Version, in.paths.dir, cerr)
+	}
 	if in.s.Offline {
 		var nc *notCompleteError
 		if errors.As(cerr, &nc) {
@@ -303,11 +337,23 @@ func (in *installer) run(ctx context.Context) (*Installation, error) {
 	}
 	defer unlock()
 	// Another process may have finished while we waited.
-	if inst, err := in.checkComplete(); err == nil {
+	inst, cerr = in.checkComplete()
+	if cerr == nil {
 		in.emit(Event{Kind: AlreadyInstalled})
 		return inst, nil
 	}
-	if err := in.clearLeftovers(); err != nil {
+	if err := in.clearScratch(); err != nil {
+		return nil, err
+	}
+	if errors.As(cerr, &vmErr) {
+		// The rest of the version passed check: only the VM assets are added.
+		m, err := in.installedManifest()
+		if err != nil {
+			return nil, err
+		}
+		return in.installVM(ctx, src, m)
+	}
+	if err := in.clearVersionDir(); err != nil {
 		return nil, err
 	}
 	return in.fetchAndInstall(ctx, src)
@@ -338,6 +384,13 @@ func (in *installer) fetchAndInstall(ctx context.Context, src *releaseSource) (*
 	if err != nil {
 		return nil, err
 	}
+	arts, vm := splitVM(arts)
+	if in.s.VMAssets {
+		if len(vm) == 0 {
+			return nil, noVMAssets(m, platformName())
+		}
+		arts = append(arts, vm...)
+	}
 	staging, err := in.paths.scratchDir("staging")
 	if err != nil {
 		return nil, err
@@ -361,7 +414,11 @@ func (in *installer) fetchAndInstall(ctx context.Context, src *releaseSource) (*
 		return nil, err
 	}
 	in.emit(Event{Kind: Complete})
-	return in.installation(in.paths, m), nil
+	inst := in.installation(in.paths, m)
+	if in.s.VMAssets {
+		inst.VMAssetsDir = filepath.Join(in.paths.dir, vmDir)
+	}
+	return inst, nil
 }
 
 func (in *installer) stage(ctx context.Context, src *releaseSource, staging string, mb, sig []byte, arts []releaseArtifact) error {
@@ -371,6 +428,15 @@ func (in *installer) stage(ctx context.Context, src *releaseSource, staging stri
 	if err := writeFileSync(filepath.Join(staging, signatureFile), sig, 0o644); err != nil {
 		return err
 	}
+	if err := in.downloadAll(ctx, src, staging, arts); err != nil {
+		return err
+	}
+	return syncDir(staging)
+}
+
+// downloadAll fetches arts into their paths under staging (a scratch dir
+// this install made) and fsyncs the directories that received them.
+func (in *installer) downloadAll(ctx context.Context, src *releaseSource, staging string, arts []releaseArtifact) error {
 	dirs := map[string]bool{}
 	for _, a := range arts {
 		d := filepath.Join(staging, filepath.Dir(filepath.FromSlash(a.Path)))
@@ -419,7 +485,7 @@ func (in *installer) stage(ctx context.Context, src *releaseSource, staging stri
 			return err
 		}
 	}
-	return syncDir(staging)
+	return nil
 }
 
 // downloadArtifact fetches a into a new file of unpredictable name next
@@ -463,10 +529,10 @@ func (in *installer) downloadArtifact(ctx context.Context, src *releaseSource, a
 	return nil
 }
 
-// clearLeftovers runs under the lock: staging/trash dirs of this version
-// belong to killed installs, an older installer's partial downloads are
-// unverified, and a version dir that failed checkComplete is not installed. Renamed aside first so no reader sees a half-deleted tree.
-func (in *installer) clearLeftovers() error {
+// clearScratch runs under the lock: staging/trash dirs of this version
+// belong to killed installs, and an older installer's partial downloads
+// are unverified.
+func (in *installer) clearScratch() error {
 	entries, err := os.ReadDir(in.paths.versions)
 	if err != nil {
 		return err
@@ -482,6 +548,12 @@ func (in *installer) clearLeftovers() error {
 			}
 		}
 	}
+	return nil
+}
+
+// clearVersionDir runs under the lock: a version dir that failed check is
+// not installed. Renamed aside first so no reader sees a half-deleted tree.
+func (in *installer) clearVersionDir() error {
 	if _, err := os.Lstat(in.paths.dir); err == nil {
 		trash, err := in.paths.scratchDir("trash")
 		if err != nil {

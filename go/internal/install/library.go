@@ -44,7 +44,7 @@ func installedLibraryFor(in *installer) (string, error) {
 	}
 	for _, a := range m.Platforms[platformName()] {
 		if a.Kind == "library" {
-			if err := verifyLibraryFile(inst.LibraryPath, a); err != nil {
+			if err := verifyFileSHA256(inst.LibraryPath, a); err != nil {
 				return "", err
 			}
 			return inst.LibraryPath, nil
@@ -53,12 +53,12 @@ func installedLibraryFor(in *installer) (string, error) {
 	return "", fmt.Errorf("%w: %s: the manifest lists no library", ErrVerification, inst.Dir)
 }
 
-// verifyLibraryFile re-hashes the library through a descriptor opened
-// without following links (about 8 MiB: a few milliseconds), so a file
-// swapped in after the install is never dlopen()ed. The directories above
-// it passed checkComplete: nobody but this user or root can swap it
-// between this check and dlopen.
-func verifyLibraryFile(path string, a releaseArtifact) error {
+// verifyFileSHA256 re-hashes an installed file through a descriptor
+// opened without following links (the library, about 8 MiB: a few
+// milliseconds), so a file swapped in after the install is never
+// dlopen()ed. The directories above it passed checkComplete: nobody but
+// this user or root can swap it between this check and dlopen.
+func verifyFileSHA256(path string, a releaseArtifact) error {
 	f, fi, err := openTrusted(path)
 	if err != nil {
 		return err

@@ -32,7 +32,21 @@ const (
 	maxSignatureBytes     = 4096
 )
 
-var kindDirs = map[string]string{"library": "lib", "helper": "bin", "image": "images"}
+// The VM kinds: the microVM guest, installed only when asked for
+// (Settings.VMAssets), under one fixed path each, where the engine looks
+// (<version dir>/vm/, docs/microvm.md).
+const (
+	kindVMKernel    = "vm-kernel"
+	kindVMInitramfs = "vm-initramfs"
+	vmDir           = "vm"
+)
+
+var kindDirs = map[string]string{"library": "lib", "helper": "bin", "image": "images",
+	kindVMKernel: vmDir, kindVMInitramfs: vmDir}
+
+var vmFiles = map[string]string{kindVMKernel: "vmlinuz", kindVMInitramfs: "initramfs.img"}
+
+func (a releaseArtifact) isVM() bool { return a.Kind == kindVMKernel || a.Kind == kindVMInitramfs }
 
 // platformName names this OS/CPU the way the Rust installer does
 // (std::env::consts): linux-x86_64, linux-aarch64.
@@ -87,7 +101,7 @@ func (m *releaseManifest) validate() error {
 	}
 	for platform, arts := range m.Platforms {
 		seen := map[string]bool{}
-		libs := 0
+		libs, kernels, initramfs := 0, 0, 0
 		for _, a := range arts {
 			if err := a.validate(); err != nil {
 				return fmt.Errorf("%s: %v", platform, err)
@@ -96,12 +110,20 @@ func (m *releaseManifest) validate() error {
 				return fmt.Errorf("%s: duplicate path %s", platform, a.Path)
 			}
 			seen[a.Path] = true
-			if a.Kind == "library" {
+			switch a.Kind {
+			case "library":
 				libs++
+			case kindVMKernel:
+				kernels++
+			case kindVMInitramfs:
+				initramfs++
 			}
 		}
 		if libs != 1 {
 			return fmt.Errorf("%s: %d libraries (want exactly 1)", platform, libs)
+		}
+		if kernels != initramfs {
+			return fmt.Errorf("%s: %d VM kernels and %d initramfs (VM assets come as a pair)", platform, kernels, initramfs)
 		}
 	}
 	return nil
@@ -114,6 +136,9 @@ func (a releaseArtifact) validate() error {
 	want, known := kindDirs[a.Kind]
 	if !ok || !known || dir != want || !safeName(file) {
 		return fmt.Errorf("path %q is not <kind dir>/<file> for kind %q", a.Path, a.Kind)
+	}
+	if want, fixed := vmFiles[a.Kind]; fixed && file != want {
+		return fmt.Errorf("path %q: a %s is %s/%s", a.Path, a.Kind, vmDir, want)
 	}
 	if !safeName(a.Name) {
 		return fmt.Errorf("name %q", a.Name)
@@ -132,6 +157,18 @@ func (a releaseArtifact) mode() uint32 {
 		return 0o755
 	}
 	return 0o644
+}
+
+// splitVM separates the VM assets from the artifacts every install has.
+func splitVM(arts []releaseArtifact) (base, vm []releaseArtifact) {
+	for _, a := range arts {
+		if a.isVM() {
+			vm = append(vm, a)
+		} else {
+			base = append(base, a)
+		}
+	}
+	return base, vm
 }
 
 func (m *releaseManifest) artifactsFor(platform string) ([]releaseArtifact, error) {

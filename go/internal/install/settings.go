@@ -47,6 +47,9 @@ type Settings struct {
 	StallTimeout   time.Duration
 	MinRate        int64
 	InstallTimeout time.Duration
+	// VMAssets also installs (and on the warm path re-hashes) the microVM
+	// guest's kernel and initramfs; without it they are never downloaded.
+	VMAssets bool
 }
 
 // Defaults are what an install uses without options: the pinned version,
