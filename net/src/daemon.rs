@@ -3,8 +3,10 @@
 //! network namespace, and takes orders as JSON lines on a control socket.
 //!
 //! ```text
-//! → {"gateway":"10.0.2.2","prefix_len":24,"policy":{"rules":[…]}}      (first line)
-//! ← {"ok":true}
+//! → {"gateway":"10.0.2.2","prefix_len":24,"policy":{"rules":[…]},       (first line)
+//!    "secrets":[{"placeholder":"lockbox-secret-…","value":"…","hosts":[…]}],
+//!    "upstream_roots_pem":"-----BEGIN CERTIFICATE-----…"}               (both optional)
+//! ← {"ok":true}                  ({"ok":true,"ca_pem":"…"} with secrets)
 //! → {"op":"set_policy","policy":{"rules":[…]}}
 //! ← {"ok":true}
 //! → {"op":"events"}
@@ -18,12 +20,15 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::forwarder::{Config, Forwarder, Handle, Limits};
+use crate::intercept::{roots_from_pem, system_roots, Interception};
 use crate::policy::{HostAddrs, Policy};
+use crate::secrets::{SecretSpec, Secrets};
 
 /// A control line is at most this long: a policy of `MAX_RULES` rules fits.
 pub const MAX_LINE: usize = 1 << 20;
@@ -43,6 +48,13 @@ struct Start {
     #[serde(default)]
     host_addrs: Option<Vec<IpAddr>>,
     policy: Value,
+    /// Placeholders and their real values (never echoed or logged).
+    #[serde(default)]
+    secrets: Vec<SecretSpec>,
+    /// Extra roots for the secret hosts' certificates, besides the host's
+    /// system bundle.
+    #[serde(default)]
+    upstream_roots_pem: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -56,11 +68,28 @@ enum Op {
 /// thread, then serves control lines until the stream ends.
 pub fn serve(tap: OwnedFd, control: UnixStream) -> io::Result<()> {
     die_with_parent()?;
+    // Secret values and the CA key live in this process: no core dump,
+    // and no ptrace by other processes of the same uid (nobody, or the
+    // rootless user).
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
     let mut reader = BufReader::new(control.try_clone()?);
     let mut out = control;
     let line = read_line(&mut reader)?.ok_or_else(|| bad("no start line"))?;
-    let start: Start = serde_json::from_str(&line).map_err(|e| bad(&e.to_string()))?;
+    // serde's message may quote a value from the line, and the line
+    // holds secrets: say only where it went wrong.
+    let start: Start = serde_json::from_str(&line).map_err(|e| {
+        bad(&format!(
+            "bad start line ({:?} error at column {})",
+            e.classify(),
+            e.column()
+        ))
+    })?;
     let policy = policy_from(&start.policy).map_err(|e| bad(&e))?;
+    let interception = interception_from(start.secrets, start.upstream_roots_pem.as_deref())
+        .map_err(|e| bad(&e))?;
     let config = Config {
         gateway: start.gateway,
         prefix_len: start.prefix_len,
@@ -75,9 +104,16 @@ pub fn serve(tap: OwnedFd, control: UnixStream) -> io::Result<()> {
         limits: Limits::default(),
     };
     drop_privileges()?;
-    let (fwd, handle) = Forwarder::new(tap, config, policy);
+    let (mut fwd, handle) = Forwarder::new(tap, config, policy);
+    let reply = match &interception {
+        Some(ix) => {
+            fwd = fwd.with_interception(ix.clone());
+            json!({"ok": true, "ca_pem": ix.ca_pem()})
+        }
+        None => json!({"ok": true}),
+    };
     let runner = std::thread::spawn(move || fwd.run());
-    writeln!(out, "{}", json!({"ok": true}))?;
+    writeln!(out, "{reply}")?;
     let result = control_loop(&mut reader, &mut out, &handle);
     handle.stop();
     let _ = runner.join();
@@ -108,6 +144,23 @@ fn control_loop(
         writeln!(out, "{reply}")?;
     }
     Ok(())
+}
+
+/// None without secrets: nothing is intercepted then. The system roots
+/// are read here, before privileges are dropped.
+fn interception_from(
+    specs: Vec<SecretSpec>,
+    extra_roots: Option<&str>,
+) -> Result<Option<Arc<Interception>>, String> {
+    let secrets = Secrets::new(specs)?;
+    if secrets.is_empty() {
+        return Ok(None);
+    }
+    let mut roots = system_roots();
+    if let Some(pem) = extra_roots {
+        roots.extend(roots_from_pem(pem)?);
+    }
+    Interception::new(secrets, roots).map(|ix| Some(Arc::new(ix)))
 }
 
 fn policy_from(v: &Value) -> Result<Policy, String> {

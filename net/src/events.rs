@@ -26,6 +26,10 @@ pub enum DenialKind {
     Sni,
     /// A per-sandbox bound was reached (connections, pending queries).
     Limit,
+    /// A secret placeholder going where it is not substituted (a host its
+    /// secret is not bound to, or plaintext), or an intercepted connection
+    /// reset (the real host failed verification, a refused request head).
+    Secret,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -68,6 +72,8 @@ pub struct Counters {
     pub dns_denied: u64,
     pub dns_answers_refused: u64,
     pub events_dropped: u64,
+    /// Placeholders replaced by their real value in requests to their hosts.
+    pub secrets_substituted: u64,
 }
 
 pub struct Events {
@@ -99,6 +105,8 @@ impl Events {
             }
             DenialKind::Dns => g.counters.dns_denied += 1,
             DenialKind::DnsAnswer => g.counters.dns_answers_refused += 1,
+            // Reported, not a refused connection: the bytes went on.
+            DenialKind::Secret => {}
         }
         if g.queue.len() == g.cap {
             g.queue.pop_front();

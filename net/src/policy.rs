@@ -324,7 +324,7 @@ fn eq_name(rule: &str, name: &str) -> bool {
 }
 
 /// `name` is strictly below `suffix` at a label boundary.
-fn below(name: &str, suffix: &str) -> bool {
+pub(crate) fn below(name: &str, suffix: &str) -> bool {
     let name = name.trim_end_matches('.');
     if name.len() <= suffix.len() + 1 {
         return false;
@@ -349,7 +349,7 @@ fn validate_rule(r: &Rule) -> Result<(), String> {
     Ok(())
 }
 
-fn validate_name(d: &str) -> Result<(), String> {
+pub(crate) fn validate_name(d: &str) -> Result<(), String> {
     if d.is_empty() || d.len() > MAX_NAME {
         return Err(format!("domain must be 1..={MAX_NAME} characters"));
     }

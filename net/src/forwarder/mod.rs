@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::dns::{Ctx, DnsFilter, QueryOutcome};
 use crate::events::{Counters, Denial, DenialKind, Events};
+use crate::intercept::Interception;
 use crate::policy::{HostAddrs, Policy, Protocol, Target};
 pub use device::MTU;
 
@@ -87,7 +88,7 @@ pub struct Config {
 
 struct Shared {
     policy: RwLock<Arc<Policy>>,
-    events: Events,
+    events: Arc<Events>,
     stop: AtomicBool,
     wake: Arc<Notify>,
 }
@@ -122,6 +123,7 @@ pub struct Forwarder {
     tap: OwnedFd,
     config: Config,
     shared: Arc<Shared>,
+    interception: Option<Arc<Interception>>,
 }
 
 impl Forwarder {
@@ -130,7 +132,7 @@ impl Forwarder {
     pub fn new(tap: OwnedFd, config: Config, policy: Policy) -> (Forwarder, Handle) {
         let shared = Arc::new(Shared {
             policy: RwLock::new(Arc::new(policy)),
-            events: Events::new(config.limits.max_events),
+            events: Arc::new(Events::new(config.limits.max_events)),
             stop: AtomicBool::new(false),
             wake: Arc::new(Notify::new()),
         });
@@ -140,9 +142,17 @@ impl Forwarder {
                 tap,
                 config,
                 shared,
+                interception: None,
             },
             h,
         )
+    }
+
+    /// Intercepts TLS to the hosts `ix`'s secrets are bound to (and only
+    /// those), substituting their placeholders; watches plaintext for them.
+    pub fn with_interception(mut self, ix: Arc<Interception>) -> Forwarder {
+        self.interception = Some(ix);
+        self
     }
 
     /// Runs until `Handle::stop` or a tap error, on the calling thread and
@@ -169,7 +179,7 @@ impl Forwarder {
         // answers come in through the runtime.
         let upstream_send = up.try_clone()?;
         let upstream = UdpSocket::from_std(up)?;
-        let mut st = Stack::new(self.config, self.shared.clone());
+        let mut st = Stack::new(self.config, self.shared.clone(), self.interception);
         let mut frame = vec![0u8; 65536];
         let mut answer = vec![0u8; 65536];
         let wake = self.shared.wake.clone();
@@ -217,6 +227,7 @@ type TcpKey = (SocketAddr, SocketAddr);
 struct Stack {
     config: Config,
     shared: Arc<Shared>,
+    interception: Option<Arc<Interception>>,
     policy: Arc<Policy>,
     iface: Interface,
     dev: device::Queues,
@@ -234,7 +245,7 @@ struct Stack {
 }
 
 impl Stack {
-    fn new(config: Config, shared: Arc<Shared>) -> Stack {
+    fn new(config: Config, shared: Arc<Shared>, interception: Option<Arc<Interception>>) -> Stack {
         let mut dev = device::Queues::default();
         let mut ic = IfaceConfig::new(GATEWAY_MAC.into());
         ic.random_seed = random_u64();
@@ -274,6 +285,7 @@ impl Stack {
         Stack {
             config,
             shared,
+            interception,
             policy,
             iface,
             dev,
@@ -448,7 +460,12 @@ impl Stack {
             return;
         }
         let handle = self.sockets.add(s);
-        let (to_host, from_host, tasks) = tcp::spawn_relay(stream, self.shared.wake.clone());
+        let ctx = tcp::RelayCtx {
+            interception: self.interception.clone(),
+            events: self.shared.events.clone(),
+            dst: flow.dst,
+        };
+        let (to_host, from_host, tasks) = tcp::spawn_relay(stream, self.shared.wake.clone(), ctx);
         flow.phase = tcp::Phase::Open {
             handle,
             to_host: Some(to_host),
@@ -518,14 +535,26 @@ impl Stack {
                         if ok {
                             let first = std::mem::take(g);
                             *gate = None;
+                            let mode = match (&self.interception, name) {
+                                (None, _) => None,
+                                (Some(_), None) => Some(tcp::ToHost::Scan),
+                                (Some(ix), Some(n)) => ix
+                                    .secrets()
+                                    .intercepts(&n)
+                                    .then_some(tcp::ToHost::Intercept(n)),
+                            };
                             if let tcp::Phase::Open {
                                 to_host: Some(tx), ..
                             } = &flow.phase
                             {
+                                // A fresh channel has room for the mode
+                                // and one gate (MAX_HELLO is less than
+                                // one chunk).
+                                if let Some(m) = mode {
+                                    let _ = tx.try_send(m);
+                                }
                                 for c in first.chunks(tcp::CHUNK) {
-                                    // A fresh channel has room for one
-                                    // gate (MAX_HELLO is less than one chunk).
-                                    let _ = tx.try_send(c.to_vec());
+                                    let _ = tx.try_send(tcp::ToHost::Data(c.to_vec()));
                                 }
                             }
                         } else {

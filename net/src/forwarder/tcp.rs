@@ -7,22 +7,45 @@
 //! are held back (at most one TLS record) until its server name, if any,
 //! has been checked.
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 
+use crate::events::{Denial, DenialKind, Events};
+use crate::intercept::Interception;
+use crate::policy::Protocol;
+use crate::secrets::StreamScan;
 use crate::sni::{self, Hello};
 
 /// Chunks in flight per direction; with `CHUNK` this bounds what a
 /// connection holds outside the smoltcp buffers.
 const CHANNEL: usize = 2;
 pub const CHUNK: usize = 64 * 1024;
+
+/// From the loop to the host side. When the forwarder holds secrets, the
+/// gate's verdict comes first: `Intercept` (TLS to a secret host) or
+/// `Scan` (plaintext, watched for placeholders); then the bytes.
+pub enum ToHost {
+    Data(Vec<u8>),
+    Intercept(String),
+    Scan,
+}
+
+/// What a connection's host side needs besides its socket.
+#[derive(Clone)]
+pub struct RelayCtx {
+    pub interception: Option<Arc<Interception>>,
+    pub events: Arc<Events>,
+    pub dst: SocketAddr,
+}
 
 pub enum FromHost {
     Data(Vec<u8>),
@@ -36,7 +59,7 @@ pub enum Phase {
     /// Relaying; `gate` holds the sandbox's first bytes until decided.
     Open {
         handle: SocketHandle,
-        to_host: Option<mpsc::Sender<Vec<u8>>>,
+        to_host: Option<mpsc::Sender<ToHost>>,
         from_host: mpsc::Receiver<FromHost>,
         pending: Option<(Vec<u8>, usize)>,
         /// The host side has ended (EOF or error): nothing more comes
@@ -66,30 +89,52 @@ impl Drop for Flow {
     }
 }
 
-/// Starts the two host-side tasks of an open connection.
+/// Starts the two host-side tasks of an open connection. The reader
+/// hands its half back when the writer learns the connection is to be
+/// intercepted (the real host says nothing before the ClientHello, so
+/// nothing has been read from it by then).
 pub fn spawn_relay(
     stream: TcpStream,
     wake: Arc<Notify>,
+    ctx: RelayCtx,
 ) -> (
-    mpsc::Sender<Vec<u8>>,
+    mpsc::Sender<ToHost>,
     mpsc::Receiver<FromHost>,
     [JoinHandle<()>; 2],
 ) {
     let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
-    let (to_host, mut to_host_rx) = mpsc::channel::<Vec<u8>>(CHANNEL);
+    let (mut rd, wr) = stream.into_split();
+    let (to_host, mut to_host_rx) = mpsc::channel::<ToHost>(CHANNEL);
     let (from_host_tx, from_host) = mpsc::channel::<FromHost>(CHANNEL);
+    let (stop_tx, mut stop_rx) = oneshot::channel::<oneshot::Sender<OwnedReadHalf>>();
     let w1 = wake.clone();
+    let reader_tx = from_host_tx.clone();
     let reader = tokio::spawn(async move {
         let mut buf = vec![0u8; CHUNK];
+        let mut armed = true;
         loop {
-            let msg = match rd.read(&mut buf).await {
-                Ok(0) => FromHost::Eof,
-                Ok(n) => FromHost::Data(buf[..n].to_vec()),
-                Err(_) => FromHost::Reset,
+            let msg = tokio::select! {
+                biased;
+                back = &mut stop_rx, if armed => {
+                    match back {
+                        Ok(back) => {
+                            let _ = back.send(rd);
+                            return;
+                        }
+                        Err(_) => {
+                            armed = false;
+                            continue;
+                        }
+                    }
+                }
+                r = rd.read(&mut buf) => match r {
+                    Ok(0) => FromHost::Eof,
+                    Ok(n) => FromHost::Data(buf[..n].to_vec()),
+                    Err(_) => FromHost::Reset,
+                },
             };
             let last = !matches!(msg, FromHost::Data(_));
-            if from_host_tx.send(msg).await.is_err() {
+            if reader_tx.send(msg).await.is_err() {
                 return;
             }
             w1.notify_one();
@@ -99,16 +144,134 @@ pub fn spawn_relay(
         }
     });
     let writer = tokio::spawn(async move {
-        while let Some(chunk) = to_host_rx.recv().await {
+        let mut wr = wr;
+        let mut next = to_host_rx.recv().await;
+        let mut scan = None;
+        match next {
+            Some(ToHost::Intercept(host)) => {
+                let r = intercept(host, stop_tx, wr, to_host_rx, &from_host_tx, &wake, &ctx).await;
+                let end = if r.is_ok() {
+                    FromHost::Eof
+                } else {
+                    FromHost::Reset
+                };
+                let _ = from_host_tx.send(end).await;
+                wake.notify_one();
+                return;
+            }
+            Some(ToHost::Scan) => {
+                scan = Some(StreamScan::default());
+                next = to_host_rx.recv().await;
+            }
+            _ => {}
+        }
+        // Not intercepted: the reader keeps its half, and only it may end
+        // the sandbox's side.
+        drop((stop_tx, from_host_tx));
+        let mut reported: Vec<String> = Vec::new();
+        while let Some(ToHost::Data(chunk)) = next {
+            if let (Some(sc), Some(ix)) = (scan.as_mut(), ctx.interception.as_ref()) {
+                for s in sc.scan(ix.secrets(), &chunk) {
+                    if reported.contains(&s.placeholder) {
+                        continue;
+                    }
+                    reported.push(s.placeholder.clone());
+                    let mut d = Denial::now(
+                        DenialKind::Secret,
+                        format!(
+                            "placeholder {} sent without TLS to a secret host: not substituted (its hosts: {})",
+                            s.placeholder,
+                            s.hosts().join(",")
+                        ),
+                    );
+                    d.protocol = Some(Protocol::Tcp);
+                    d.ip = Some(ctx.dst.ip());
+                    d.port = Some(ctx.dst.port());
+                    ctx.events.deny(d);
+                }
+            }
             if wr.write_all(&chunk).await.is_err() {
                 return;
             }
             // Room in the channel again: the loop may read more.
             wake.notify_one();
+            next = to_host_rx.recv().await;
         }
         let _ = wr.shutdown().await;
     });
     (to_host, from_host, [reader, writer])
+}
+
+/// Takes the host connection back from the reader and serves it through
+/// the interception; the sandbox's bytes reach it through an in-memory
+/// pipe (bounded like the channels).
+async fn intercept(
+    host: String,
+    stop_tx: oneshot::Sender<oneshot::Sender<OwnedReadHalf>>,
+    wr: tokio::net::tcp::OwnedWriteHalf,
+    mut to_host_rx: mpsc::Receiver<ToHost>,
+    from_host_tx: &mpsc::Sender<FromHost>,
+    wake: &Notify,
+    ctx: &RelayCtx,
+) -> io::Result<()> {
+    let ix = ctx
+        .interception
+        .clone()
+        .ok_or_else(|| io::Error::other("no interception"))?;
+    let (back_tx, back_rx) = oneshot::channel();
+    stop_tx
+        .send(back_tx)
+        .map_err(|_| io::Error::other("host side gone"))?;
+    let rd = back_rx
+        .await
+        .map_err(|_| io::Error::other("host side gone"))?;
+    let stream = rd.reunite(wr).map_err(io::Error::other)?;
+    let (ours, theirs) = tokio::io::duplex(CHUNK);
+    let (pipe_r, pipe_w) = tokio::io::split(ours);
+    let up = pump_up(&mut to_host_rx, pipe_w, wake);
+    // Ends at the pipe's end: once `serve` is over and dropped its side,
+    // after everything it wrote toward the sandbox was delivered.
+    let down = pump_down(pipe_r, from_host_tx, wake);
+    let work = ix.serve(&host, stream, theirs, &ctx.events, ctx.dst);
+    tokio::pin!(up, down, work);
+    let (mut up_done, mut down_done, mut result) = (false, false, None);
+    loop {
+        tokio::select! {
+            r = &mut work, if result.is_none() => {
+                if r.is_err() || down_done {
+                    return r;
+                }
+                result = Some(r);
+            }
+            _ = &mut down, if !down_done => {
+                down_done = true;
+                if let Some(r) = result.take() {
+                    return r;
+                }
+            }
+            _ = &mut up, if !up_done => up_done = true,
+        }
+    }
+}
+
+async fn pump_up(rx: &mut mpsc::Receiver<ToHost>, mut w: WriteHalf<DuplexStream>, wake: &Notify) {
+    while let Some(ToHost::Data(d)) = rx.recv().await {
+        if w.write_all(&d).await.is_err() {
+            return;
+        }
+        wake.notify_one();
+    }
+    let _ = w.shutdown().await;
+}
+
+async fn pump_down(mut r: ReadHalf<DuplexStream>, tx: &mpsc::Sender<FromHost>, wake: &Notify) {
+    let mut buf = vec![0u8; CHUNK];
+    while let Ok(n) = r.read(&mut buf).await {
+        if n == 0 || tx.send(FromHost::Data(buf[..n].to_vec())).await.is_err() {
+            return;
+        }
+        wake.notify_one();
+    }
 }
 
 /// What the gate decided about the sandbox's first bytes.
@@ -158,7 +321,7 @@ pub fn shuttle(sock: &mut tcp::Socket<'_>, phase: &mut Phase) -> bool {
             if chunk.is_empty() {
                 break;
             }
-            permit.send(chunk);
+            permit.send(ToHost::Data(chunk));
         }
         if !sock.may_recv() && !sock.can_recv() {
             // The sandbox closed its side: close the host's write side.
