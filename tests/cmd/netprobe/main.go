@@ -11,6 +11,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -40,6 +41,8 @@ func main() {
 
 func run(cmd string, a []string) string {
 	switch cmd {
+	// HEADER is one header line with $VARS expanded from the environment;
+	// "BASIC user:$VAR" sends that, expanded, as Basic auth.
 	case "http": // http ADDR:PORT HOST [HEADER]
 		return httpGet(a[0], a[1], "", optional(a, 2))
 	case "tls": // tls ADDR:PORT SNI CAFILE [HEADER]
@@ -94,6 +97,7 @@ func httpGet(addr, host, sni, header string) string {
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(timeout))
+	issuer := ""
 	if sni != "" {
 		pool, err := roots()
 		if err != nil {
@@ -107,8 +111,12 @@ func httpGet(addr, host, sni, header string) string {
 			return classify(err)
 		}
 		c = tc
+		issuer = "issuer=" + strings.ReplaceAll(tc.ConnectionState().PeerCertificates[0].Issuer.CommonName, " ", "_") + " "
 	}
 	req := "GET / HTTP/1.0\r\nHost: " + host + "\r\n"
+	if basic, ok := strings.CutPrefix(header, "BASIC "); ok {
+		header = "Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte(os.ExpandEnv(basic)))
+	}
 	if header != "" {
 		req += os.ExpandEnv(header) + "\r\n"
 	}
@@ -126,7 +134,7 @@ func httpGet(addr, host, sni, header string) string {
 	if _, after, ok := strings.Cut(body, "\r\n\r\n"); ok {
 		body = after
 	}
-	return "OK " + status + " " + strings.TrimSpace(body)
+	return "OK " + issuer + status + " " + strings.TrimSpace(body)
 }
 
 // roots is the system pool (SSL_CERT_FILE: the sandbox's bundle, with
