@@ -17,6 +17,7 @@ type sandboxFlags struct {
 	hostname, name                       string
 	cpus                                 float64
 	pids, disk                           int64
+	net                                  netFlags // net_flags.go
 }
 
 func (f *sandboxFlags) register(fs *flags) {
@@ -45,6 +46,7 @@ func (f *sandboxFlags) register(fs *flags) {
 	fs.StringVar(&f.hostname, "hostname", "", "hostname inside the sandbox")
 	fs.Var(&f.tmpfs, "tmpfs", "mount a tmpfs at PATH[:SIZE_MIB]; repeatable")
 	fs.Var(&f.labels, "label", "KEY=VALUE label; repeatable")
+	f.net.register(fs)
 }
 
 // options turns the flags and IMAGE into SDK options. IMAGE is an image
@@ -110,6 +112,11 @@ func (f *sandboxFlags) options(image string) ([]lockbox.Option, error) {
 	default:
 		return nil, usagef("--network %q: want none or outbound", f.network)
 	}
+	netOpts, err := f.net.options(f.network)
+	if err != nil {
+		return nil, err
+	}
+	opts = append(opts, netOpts...)
 	for _, p := range f.publish {
 		h, g, ok := strings.Cut(p, ":")
 		hp, err1 := strconv.Atoi(h)
