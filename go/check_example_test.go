@@ -35,5 +35,6 @@ func ExampleCheck() {
 	// seccomp
 	// pasta
 	// kvm
+	// microvm
 	// engine
 }

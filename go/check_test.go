@@ -18,7 +18,7 @@ import (
 	"time"
 )
 
-var checkNames = []string{"userns", "apparmor-userns", "landlock", "cgroup", "seccomp", "pasta", "kvm", "engine"}
+var checkNames = []string{"userns", "apparmor-userns", "landlock", "cgroup", "seccomp", "pasta", "kvm", "microvm", "engine"}
 
 func assertReportShape(t *testing.T, r *Report) {
 	t.Helper()
@@ -238,4 +238,57 @@ func copyExecutable(src, dst string) error {
 		return err
 	}
 	return out.Close()
+}
+
+// The microvm item says what is missing and how to get it: with the
+// guest's assets and LOCKBOX_VM_ACCEL=tcg on a host with qemu it is ok;
+// without assets, or without an acceleration known to work, it warns with
+// the install command or the variable, and names the qemu it found.
+func TestCheckMicroVMItem(t *testing.T) {
+	qemu, qerr := exec.LookPath(qemuBinary())
+	assets := t.TempDir()
+	for _, f := range []string{"vmlinuz", "initramfs.img"} {
+		if err := os.WriteFile(filepath.Join(assets, f), []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	item := func() CheckItem {
+		it := checkMicroVM(context.Background())
+		t.Logf("%s: %s (fix: %s)", it.Status, it.Found, it.Fix)
+		return it
+	}
+	t.Setenv("LOCKBOX_VM_ASSETS", assets)
+	t.Setenv("LOCKBOX_VM_ACCEL", "tcg")
+	it := item()
+	if !strings.Contains(it.Found, "acceleration tcg") || !strings.Contains(it.Found, "assets "+assets) {
+		t.Fatalf("tcg with assets: %+v", it)
+	}
+	if qerr == nil {
+		if it.Status != CheckOK || !strings.Contains(it.Found, "qemu "+qemu) || !strings.HasPrefix(it.Found, "microVM sandboxes available") {
+			t.Fatalf("qemu at %s, assets, tcg: %+v", qemu, it)
+		}
+	} else if it.Status != CheckWarn || !strings.Contains(it.Fix, "apt install") {
+		t.Fatalf("no qemu on this host: %+v", it)
+	}
+
+	// No assets where the engine looks: the fix says how to install them.
+	os.Remove(filepath.Join(assets, "initramfs.img"))
+	it = item()
+	if it.Status != CheckWarn || !strings.Contains(it.Found, "no guest assets") || !strings.Contains(it.Fix, "lockbox install --vm") {
+		t.Fatalf("assets missing: %+v", it)
+	}
+	t.Setenv("LOCKBOX_VM_ASSETS", "")
+	t.Setenv("LOCKBOX_LIB", "")
+	t.Setenv("LOCKBOX_HOME", t.TempDir())
+	if it = item(); !strings.Contains(it.Found, "assets: not installed") || !strings.Contains(it.Fix, "lockbox install --vm") {
+		t.Fatalf("nothing installed: %+v", it)
+	}
+
+	// Without the variable, KVM is never assumed to boot a guest from
+	// /dev/kvm opening alone; TCG is named as the explicit choice.
+	t.Setenv("LOCKBOX_VM_ACCEL", "")
+	it = item()
+	if it.Status != CheckWarn || strings.Contains(it.Found, "acceleration kvm") || !strings.Contains(it.Fix, "LOCKBOX_VM_ACCEL=tcg") {
+		t.Fatalf("no accel chosen: %+v", it)
+	}
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"strings"
 	"text/tabwriter"
 
 	"lockbox.dev/lockbox"
@@ -57,19 +59,21 @@ type installJSON struct {
 	LibraryPath string `json:"library"`
 	HelperPath  string `json:"helper"`
 	ImagesDir   string `json:"images"`
+	VMAssetsDir string `json:"vm_assets,omitempty"`
 	Engine      string `json:"engine_version,omitempty"`
 	GitCommit   string `json:"engine_commit,omitempty"`
 }
 
 func toJSON(in *lockbox.Installation) installJSON {
-	return installJSON{Version: in.Version, Dir: in.Dir, LibraryPath: in.LibraryPath, HelperPath: in.HelperPath, ImagesDir: in.ImagesDir}
+	return installJSON{Version: in.Version, Dir: in.Dir, LibraryPath: in.LibraryPath, HelperPath: in.HelperPath, ImagesDir: in.ImagesDir, VMAssetsDir: in.VMAssetsDir}
 }
 
 func runInstall(ctx context.Context, env *cli, args []string) int {
-	fs := newFlags("install", "lockbox install [--version V] [--dir D] [--release-url URL] [--trusted-key FILE] [--offline] [--json]")
+	fs := newFlags("install", "lockbox install [--version V] [--dir D] [--release-url URL] [--trusted-key FILE] [--vm] [--offline] [--json]")
 	var f installFlags
 	f.register(fs)
 	offline := fs.Bool("offline", false, "never download: succeed only if the version is installed already")
+	vm := fs.Bool("vm", false, "also install the microVM guest (kernel and initramfs, in <version dir>/vm), added to an install without it")
 	if _, err := fs.parseExact(args, 0, false); err != nil {
 		return fs.badUsage(env, err)
 	}
@@ -78,6 +82,9 @@ func runInstall(ctx context.Context, env *cli, args []string) int {
 		return fail(env, "install", err, false)
 	}
 	opts = append(opts, lockbox.WithOffline(*offline))
+	if *vm {
+		opts = append(opts, lockbox.WithVMAssets())
+	}
 	if !f.asJSON {
 		opts = append(opts, lockbox.WithProgress(newInstallProgress(env.stderr).event))
 	}
@@ -89,18 +96,23 @@ func runInstall(ctx context.Context, env *cli, args []string) int {
 		printJSON(env.stdout, toJSON(inst))
 	} else {
 		fmt.Fprintf(env.stdout, "lockbox %s installed in %s\n", inst.Version, inst.Dir)
+		if inst.VMAssetsDir != "" {
+			fmt.Fprintf(env.stdout, "microVM guest installed in %s\n", inst.VMAssetsDir)
+		}
 	}
 	return exitOK
 }
 
 // runVerify checks an install without downloading: the marker, the
-// signed (or pinned) manifest, every artifact's owner, mode and size; then
-// it loads the library, which re-hashes it against the manifest first,
-// and asks it its version.
+// signed (or pinned) manifest, every artifact's owner, mode and size; the
+// VM assets' sha256s when a vm/ dir is there (or --vm requires them);
+// then it loads the library, which re-hashes it against the manifest
+// first, and asks it its version.
 func runVerify(ctx context.Context, env *cli, args []string) int {
-	fs := newFlags("verify", "lockbox verify [--version V] [--dir D] [--trusted-key FILE] [--json]")
+	fs := newFlags("verify", "lockbox verify [--version V] [--dir D] [--trusted-key FILE] [--vm] [--json]")
 	var f installFlags
 	f.register(fs)
+	requireVM := fs.Bool("vm", false, "fail unless the microVM guest is installed too")
 	if _, err := fs.parseExact(args, 0, false); err != nil {
 		return fs.badUsage(env, err)
 	}
@@ -111,6 +123,15 @@ func runVerify(ctx context.Context, env *cli, args []string) int {
 	inst, err := lockbox.EnsureInstalled(ctx, append(opts, lockbox.WithOffline(true))...)
 	if err != nil {
 		return fail(env, "verify", err, false)
+	}
+	// An install without a vm/ dir has no VM assets, which is fine unless
+	// asked; one with it must hold both, as the manifest says.
+	if _, err := os.Lstat(filepath.Join(inst.Dir, "vm")); err == nil || *requireVM {
+		vmInst, err := lockbox.EnsureInstalled(ctx, append(opts, lockbox.WithOffline(true), lockbox.WithVMAssets())...)
+		if err != nil {
+			return fail(env, "verify", fmt.Errorf("VM assets: %w (lockbox install --vm replaces them)", err), false)
+		}
+		inst.VMAssetsDir = vmInst.VMAssetsDir
 	}
 	// The install is what is verified: a development LOCKBOX_LIB must not
 	// stand in for it. A plain Load takes the install EnsureInstalled just
@@ -129,6 +150,11 @@ func runVerify(ctx context.Context, env *cli, args []string) int {
 		printJSON(env.stdout, out)
 	} else {
 		fmt.Fprintf(env.stdout, "lockbox %s in %s: verified (engine %s, commit %s)\n", inst.Version, inst.Dir, v.Version, v.GitCommit)
+		if inst.VMAssetsDir != "" {
+			fmt.Fprintf(env.stdout, "microVM guest in %s: verified (sha256)\n", inst.VMAssetsDir)
+		} else {
+			fmt.Fprintln(env.stdout, "microVM guest: not installed (lockbox install --vm)")
+		}
 	}
 	return exitOK
 }
@@ -149,7 +175,15 @@ func runDoctor(ctx context.Context, env *cli, args []string) int {
 		fmt.Fprintf(env.stdout, "kernel %s, uid %d\n", r.Kernel, r.UID)
 		tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
 		for _, it := range r.Items {
-			fmt.Fprintf(tw, "%s\t%s\t%s\n", it.Status, it.Name, it.Found)
+			if it.Name == "microvm" { // the verdict, then one fact a line
+				parts := strings.Split(it.Found, "; ")
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", it.Status, it.Name, parts[0])
+				for _, p := range parts[1:] {
+					fmt.Fprintf(tw, "\t\t  %s\n", p)
+				}
+			} else {
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", it.Status, it.Name, it.Found)
+			}
 			if it.Fix != "" {
 				fmt.Fprintf(tw, "\t\tfix: %s\n", it.Fix)
 			}
