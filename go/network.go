@@ -310,8 +310,11 @@ func normalCIDR(s string) (string, error) {
 // WithNetworkPolicy gives the sandbox network access under policy p:
 // default deny, allow and deny rules by domain, address range, port and
 // protocol, enforced outside the sandbox by a forwarder no process inside
-// can reach or reconfigure. Do not combine it with WithNetwork: a policy
-// is the network mode. An invalid policy makes CreateSandbox fail with
+// can reach or reconfigure. A policy is a network mode of its own: with
+// WithNetwork(NetworkOutbound) it is ErrInvalidArgument (the
+// PublicInternet preset is what outbound means), and so is WithPort for
+// now (published ports are not relayed on the policy path yet). IPv6 is
+// off on the policy path. An invalid policy makes CreateSandbox fail with
 // ErrInvalidArgument (see NetworkPolicy.Validate). Change it later with
 // SetNetworkPolicy.
 func WithNetworkPolicy(p NetworkPolicy) Option {
