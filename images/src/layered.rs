@@ -18,8 +18,9 @@ use crate::cancel::Cancel;
 use crate::digest::Digest;
 use crate::error::{ImageError, IoContext, Result};
 use crate::fsutil::write_atomic;
+use crate::reclaim::ForkHold;
 use crate::store::{validate_name, Filled, ImageStore, ResolvedImage};
-use crate::upper_copy::{copy_upper, CopyLimits, IdShift};
+use crate::upper_copy::{copy_upper, CopyLimits, IdShift, LayerDigest};
 
 const PARENTS: &str = "parents.json";
 /// Overlay takes up to 500 lowers; a chain this deep is a misuse anyway.
@@ -90,7 +91,8 @@ impl ImageStore {
     /// owners become image owners. Named `name` when given; the content
     /// is discarded on any error. `max_bytes` lowers the store's byte
     /// budget for this copy (a sandbox's own disk budget: what it could
-    /// hold is all its snapshot may take).
+    /// hold is all its snapshot may take). Content-addressed: every byte
+    /// is read and hashed, and the store is synced before it is published.
     #[allow(clippy::too_many_arguments)]
     pub fn install_layer(
         &self,
@@ -105,35 +107,104 @@ impl ImageStore {
         if let Some(n) = name {
             validate_name(n)?;
         }
-        let base = self.inspect(&parent.to_string())?;
-        let mut chain = vec![parent.clone()];
-        chain.extend(self.parents(parent)?);
+        let layer = Layer {
+            parent,
+            upper,
+            ids,
+            max_bytes,
+            source,
+        };
+        let (resolved, _) = self.install_any_layer(layer, None, cancel)?;
+        if let Some(n) = name {
+            self.set_ref(n, &resolved.digest, None)?;
+        }
+        Ok(resolved)
+    }
+
+    /// Fork's unnamed layer: as `install_layer`, but the data is copied by
+    /// the kernel (a reflink where the store's filesystem shares extents)
+    /// and never read or hashed here, so its digest is made unique with a
+    /// random nonce instead of naming its content. Synced only when
+    /// `durable` (children that outlive their engine); otherwise a host
+    /// crash loses at most an image that the next open removes anyway.
+    /// The returned hold keeps it from Prune and from the next open's
+    /// reclaim until the children's configs name it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn install_fork_layer(
+        &self,
+        parent: &Digest,
+        upper: OwnedFd,
+        ids: IdShift,
+        max_bytes: Option<u64>,
+        source: String,
+        durable: bool,
+        cancel: &Cancel,
+    ) -> Result<(ResolvedImage, ForkHold)> {
+        let layer = Layer {
+            parent,
+            upper,
+            ids,
+            max_bytes,
+            source,
+        };
+        let (r, hold) = self.install_any_layer(layer, Some(durable), cancel)?;
+        Ok((r, hold.expect("a fork layer is held")))
+    }
+
+    /// `fork`: None for a content-addressed snapshot, Some(durable) for a
+    /// fork's layer.
+    fn install_any_layer(
+        &self,
+        l: Layer<'_>,
+        fork: Option<bool>,
+        cancel: &Cancel,
+    ) -> Result<(ResolvedImage, Option<ForkHold>)> {
+        let base = self.inspect(&l.parent.to_string())?;
+        let mut chain = vec![l.parent.clone()];
+        chain.extend(self.parents(l.parent)?);
         if chain.len() > MAX_CHAIN {
             return Err(ImageError::InvalidArgument(format!(
-                "image {parent} already stands on {} layers (at most {MAX_CHAIN})",
+                "image {} already stands on {} layers (at most {MAX_CHAIN})",
+                l.parent,
                 chain.len() - 1
             )));
         }
         let limits = CopyLimits {
             max_entries: self.options().max_entries,
-            max_bytes: max_bytes.map_or(self.options().max_unpacked_bytes, |m| {
+            max_bytes: l.max_bytes.map_or(self.options().max_unpacked_bytes, |m| {
                 m.min(self.options().max_unpacked_bytes)
             }),
         };
+        let digest_of = match fork {
+            None => LayerDigest::Content,
+            Some(_) => LayerDigest::Metadata,
+        };
+        let nonce = match fork {
+            None => String::new(),
+            Some(_) => nonce()?,
+        };
         let config = base.config.clone();
-        let resolved = self.install(None, cancel, |unpacker| {
+        let (upper, ids, source) = (l.upper, l.ids, l.source);
+        let mut hold = None;
+        let resolved = self.install_with(None, cancel, fork.unwrap_or(true), |unpacker| {
             let root = unpacker.root().to_path_buf();
-            let (layer, stats) = copy_upper(upper, &root, ids, limits)?;
+            let dir = root.parent().expect("rootfs has a parent").to_path_buf();
+            if fork.is_some() {
+                hold = Some(ImageStore::hold_fork(&dir)?);
+            }
+            let (layer, stats) = copy_upper(upper, &root, ids, limits, digest_of)?;
             unpacker.stats = stats;
-            let id = serde_json::json!({
+            let mut id = serde_json::json!({
                 "layer": layer.to_string(),
                 "parents": chain,
                 "config": config,
             });
+            if fork.is_some() {
+                id["fork"] = serde_json::Value::from(nonce.clone());
+            }
             let digest = Digest::of_bytes(&serde_json::to_vec(&id).expect("serializes"));
-            let meta = root.parent().expect("rootfs has a parent").join(PARENTS);
             write_atomic(
-                &meta,
+                &dir.join(PARENTS),
                 &serde_json::to_vec(&Parents {
                     parents: chain.clone(),
                 })
@@ -145,9 +216,33 @@ impl ImageStore {
                 source,
             })
         })?;
-        if let Some(n) = name {
-            self.set_ref(n, &resolved.digest, None)?;
-        }
-        Ok(resolved)
+        Ok((resolved, hold))
     }
+}
+
+struct Layer<'a> {
+    parent: &'a Digest,
+    upper: OwnedFd,
+    ids: IdShift,
+    max_bytes: Option<u64>,
+    source: String,
+}
+
+/// 128 random bits, hex: a fork layer's identity.
+fn nonce() -> Result<String> {
+    let mut b = [0u8; 16];
+    let mut got = 0;
+    while got < b.len() {
+        // SAFETY: the buffer has len - got bytes left from `got`.
+        let r = unsafe { libc::getrandom(b[got..].as_mut_ptr().cast(), b.len() - got, 0) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(ImageError::io("getrandom", std::path::Path::new(""), e));
+        }
+        got += r as usize;
+    }
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }

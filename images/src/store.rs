@@ -209,8 +209,14 @@ impl ImageStore {
         let tmp = self.root.join("tmp");
         for ent in std::fs::read_dir(&tmp).ctx("readdir", &tmp)? {
             let ent = ent.ctx("readdir", &tmp)?;
-            std::fs::remove_dir_all(ent.path()).ctx("remove", &ent.path())?;
-            report.removed_temp_dirs += 1;
+            if ent.file_type().is_ok_and(|t| t.is_dir()) {
+                make_writable(&ent.path());
+                std::fs::remove_dir_all(ent.path()).ctx("remove", &ent.path())?;
+                report.removed_temp_dirs += 1;
+            } else {
+                // A temp dir's claim (reclaim.rs); no install runs now.
+                let _ = std::fs::remove_file(ent.path());
+            }
         }
         // No unpack runs under the exclusive lock: every digest lock file
         // is free to go.
@@ -227,7 +233,7 @@ impl ImageStore {
             if named.contains(&digest) {
                 continue;
             }
-            if in_use.contains(&digest) {
+            if in_use.contains(&digest) || self.fork_in_progress(&digest) {
                 report.kept_in_use.push(digest);
                 continue;
             }
@@ -241,7 +247,7 @@ impl ImageStore {
 
     /// Digests of every image directory of this store's ownership, complete
     /// or not (other entries: refs, tmp, locks, other ownerships, are skipped).
-    fn stored_digests(&self) -> Result<Vec<Digest>> {
+    pub(crate) fn stored_digests(&self) -> Result<Vec<Digest>> {
         let suffix = self.opts.ownership.dir_suffix();
         let mut out = Vec::new();
         for ent in std::fs::read_dir(&self.root).ctx("readdir", &self.root)? {
@@ -264,15 +270,15 @@ impl ImageStore {
         self.root.join("refs")
     }
 
-    fn key(&self, d: &Digest) -> String {
+    pub(crate) fn key(&self, d: &Digest) -> String {
         format!("{}{}", d.hex(), self.opts.ownership.dir_suffix())
     }
 
-    fn image_dir(&self, d: &Digest) -> PathBuf {
+    pub(crate) fn image_dir(&self, d: &Digest) -> PathBuf {
         self.root.join(self.key(d))
     }
 
-    fn is_complete(&self, d: &Digest) -> bool {
+    pub(crate) fn is_complete(&self, d: &Digest) -> bool {
         self.image_dir(d).join(COMPLETE).is_file()
     }
 
@@ -347,7 +353,7 @@ impl ImageStore {
         )
     }
 
-    fn remove_content(&self, d: &Digest) -> Result<()> {
+    pub(crate) fn remove_content(&self, d: &Digest) -> Result<()> {
         let dir = self.image_dir(d);
         // Marker first: a crash midway leaves an incomplete dir, never a
         // half-deleted image that still looks complete.
@@ -370,6 +376,19 @@ impl ImageStore {
         cancel: &Cancel,
         fill: impl FnOnce(&mut Unpacker) -> Result<Filled>,
     ) -> Result<ResolvedImage> {
+        self.install_with(known, cancel, true, fill)
+    }
+
+    /// As `install`; `durable: false` skips the `syncfs` before publishing
+    /// (Fork's unnamed layer for sandboxes that do not outlive their
+    /// engine: reclaim.rs removes it at the next open after a crash).
+    pub(crate) fn install_with(
+        &self,
+        known: Option<&Digest>,
+        cancel: &Cancel,
+        durable: bool,
+        fill: impl FnOnce(&mut Unpacker) -> Result<Filled>,
+    ) -> Result<ResolvedImage> {
         let _store = self.store_lock(false, cancel)?;
         let mut digest_lock = None;
         if let Some(d) = known {
@@ -382,6 +401,9 @@ impl ImageStore {
             }
         }
         let tmp = self.root.join("tmp").join(unique_suffix());
+        // Claimed before it exists: a reclaim at another engine's open
+        // removes only unclaimed (crashed) temp dirs.
+        let _claim = crate::reclaim::TempClaim::take(&tmp)?;
         std::fs::create_dir(&tmp).ctx("mkdir", &tmp)?;
         std::fs::set_permissions(&tmp, Permissions::from_mode(0o700)).ctx("chmod", &tmp)?;
         let rootfs = tmp.join("rootfs");
@@ -428,7 +450,9 @@ impl ImageStore {
                 make_writable(&dest);
                 std::fs::remove_dir_all(&dest).ctx("remove", &dest)?;
             }
-            syncfs(&tmp)?;
+            if durable {
+                syncfs(&tmp)?;
+            }
             std::fs::set_permissions(&tmp, Permissions::from_mode(0o755)).ctx("chmod", &tmp)?;
             std::fs::rename(&tmp, &dest).ctx("rename", &dest)?;
             write_atomic(&dest.join(COMPLETE), d.to_string().as_bytes())?;

@@ -37,6 +37,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::digest::Digest;
 use crate::error::{ImageError, Result};
+use crate::kernel_copy::{self, Copied, Ways};
 use crate::unpack::UnpackStats;
 
 /// Overlay's opaque-directory mark with `userxattr` (how the helper mounts).
@@ -60,6 +61,19 @@ pub enum IdShift {
 pub struct CopyLimits {
     pub max_entries: u64,
     pub max_bytes: u64,
+}
+
+/// What the layer's digest covers, and so how file data may be copied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerDigest {
+    /// Every byte (a named snapshot: content-addressed). The data passes
+    /// through one bounded buffer, read once for the copy and the hash.
+    Content,
+    /// Names, types, modes, owners, sizes and link targets, not the bytes
+    /// (Fork's unnamed layer, whose image digest is made unique by the
+    /// caller): the data is copied by the kernel (reflink, then
+    /// `copy_file_range`, then `sendfile`) and never read here.
+    Metadata,
 }
 
 fn err(what: &str, name: &OsStr, e: io::Error) -> ImageError {
@@ -184,6 +198,8 @@ struct Copier {
     /// (dev, ino) of a multiply-linked source file -> its first copy's path.
     links: HashMap<(u64, u64), CString>,
     link_bytes: usize,
+    digest: LayerDigest,
+    ways: Ways,
 }
 
 impl Copier {
@@ -377,19 +393,23 @@ impl Copier {
         .map_err(|e| err("create", os, e))?;
         let (r, w) = (std::fs::File::from(f), std::fs::File::from(out));
         let mut content = Sha256::new();
-        let copied = self
-            .copy_data(&r, &w, size, &mut content)
-            .map_err(|e| match e {
-                CopyError::Io(e) => err("copy", os, e),
-                CopyError::Budget => {
-                    ImageError::TooLarge(format!("snapshot: more than its byte budget at {os:?}"))
-                }
-            })?;
+        let copied = match self.digest {
+            LayerDigest::Content => self.copy_data(&r, &w, size, &mut content),
+            LayerDigest::Metadata => self.copy_data_in_kernel(&r, &w, size),
+        }
+        .map_err(|e| match e {
+            CopyError::Io(e) => err("copy", os, e),
+            CopyError::Budget => {
+                ImageError::TooLarge(format!("snapshot: more than its byte budget at {os:?}"))
+            }
+        })?;
         self.stats.bytes += copied;
         let ids = self.ids(st);
         let mut extra = size.to_le_bytes().to_vec();
-        extra.extend_from_slice(&copied.to_le_bytes());
-        extra.extend_from_slice(&content.finalize());
+        if self.digest == LayerDigest::Content {
+            extra.extend_from_slice(&copied.to_le_bytes());
+            extra.extend_from_slice(&content.finalize());
+        }
         self.record(b'f', name, st, ids, &extra);
         let mode = self.mode(st);
         drop(w);
@@ -449,6 +469,65 @@ impl Copier {
                 w.write_all_at(&self.buf[..n], pos).map_err(CopyError::Io)?;
                 pos += n as u64;
                 copied += n as u64;
+            }
+            off = end;
+        }
+        w.set_len(size).map_err(CopyError::Io)?;
+        Ok(copied)
+    }
+
+    /// As `copy_data`, without reading the data here: a reflink of the
+    /// whole file, or its data segments copied by the kernel, holes kept.
+    /// Falls back to `copy_data` (its hash unused) when the kernel refuses.
+    fn copy_data_in_kernel(
+        &mut self,
+        r: &std::fs::File,
+        w: &std::fs::File,
+        size: u64,
+    ) -> std::result::Result<u64, CopyError> {
+        let (fd, wfd) = (r.as_raw_fd(), w.as_raw_fd());
+        if let Copied::Bytes(n) =
+            kernel_copy::reflink(&mut self.ways, fd, wfd, size).map_err(CopyError::Io)?
+        {
+            return Ok(n);
+        }
+        let (mut off, mut copied) = (0u64, 0u64);
+        while off < size {
+            // SAFETY: lseek on a valid fd.
+            let data = unsafe { libc::lseek(fd, off as libc::off_t, libc::SEEK_DATA) };
+            if data < 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::ENXIO) {
+                    break;
+                }
+                return Err(CopyError::Io(e));
+            }
+            let data = data as u64;
+            if data >= size {
+                break;
+            }
+            // SAFETY: as above.
+            let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
+            if hole < 0 {
+                return Err(CopyError::Io(io::Error::last_os_error()));
+            }
+            let end = (hole as u64).min(size);
+            match kernel_copy::range(&mut self.ways, fd, wfd, data, end).map_err(CopyError::Io)? {
+                Copied::Bytes(n) => {
+                    copied += n;
+                    if n < end - data {
+                        // Shrunk while copied (no freezer): what was there is kept.
+                        break;
+                    }
+                }
+                Copied::Refused if off == 0 && copied == 0 => {
+                    return self.copy_data(r, w, size, &mut Sha256::new());
+                }
+                Copied::Refused => {
+                    return Err(CopyError::Io(io::Error::other(
+                        "the kernel stopped copying halfway",
+                    )))
+                }
             }
             off = end;
         }
@@ -587,6 +666,7 @@ pub fn copy_upper(
     dst: &Path,
     ids: IdShift,
     limits: CopyLimits,
+    digest: LayerDigest,
 ) -> Result<(Digest, UnpackStats)> {
     let dst_c = CString::new(dst.as_os_str().as_bytes())
         .map_err(|_| ImageError::invalid_image("bad path"))?;
@@ -618,6 +698,8 @@ pub fn copy_upper(
         cur: Vec::new(),
         links: HashMap::new(),
         link_bytes: 0,
+        digest,
+        ways: Ways::default(),
     };
     let root_st = fstat(src.as_raw_fd()).map_err(|e| ImageError::io("fstat", dst, e))?;
     if opaque(&src) {
@@ -735,7 +817,13 @@ mod tests {
 
     fn copy(src: &Path) -> Result<(tempfile::TempDir, Digest, UnpackStats)> {
         let dst = tempfile::tempdir().unwrap();
-        let (d, s) = copy_upper(open_dir(src), dst.path(), IdShift::Keep, limits())?;
+        let (d, s) = copy_upper(
+            open_dir(src),
+            dst.path(),
+            IdShift::Keep,
+            limits(),
+            LayerDigest::Content,
+        )?;
         Ok((dst, d, s))
     }
 
@@ -878,5 +966,116 @@ mod tests {
         }
         assert!(matches!(copy(&top), Err(ImageError::TooLarge(_))));
         let _ = std::fs::remove_dir_all(top);
+    }
+
+    fn copy_in_kernel(src: &Path, dst: &Path, max_bytes: u64) -> Result<(Digest, UnpackStats)> {
+        copy_upper(
+            open_dir(src),
+            dst,
+            IdShift::Keep,
+            CopyLimits {
+                max_entries: 1000,
+                max_bytes,
+            },
+            LayerDigest::Metadata,
+        )
+    }
+
+    fn same_files(a: &Path, b: &Path, names: &[&str]) {
+        for n in names {
+            assert_eq!(
+                std::fs::read(a.join(n)).unwrap(),
+                std::fs::read(b.join(n)).unwrap(),
+                "{n} differs"
+            );
+        }
+    }
+
+    // A fork's copy by the kernel, on the same filesystem (copy_file_range,
+    // or a reflink where it shares extents) and across two (tmpfs to this
+    // disk: sendfile): the same bytes, holes kept, hard links once, the
+    // apparent size charged as in a hashed copy, and the digest unmoved by
+    // a changed byte (it does not cover content; the store adds a nonce).
+    #[test]
+    fn kernel_copy_keeps_every_bound() {
+        let shm = Path::new("/dev/shm");
+        let mut sources = vec![tempfile::tempdir().unwrap()];
+        if shm.is_dir() {
+            sources.push(tempfile::tempdir_in(shm).unwrap());
+        }
+        for up in &sources {
+            let u = up.path();
+            let data: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+            std::fs::write(u.join("big"), &data).unwrap();
+            std::fs::hard_link(u.join("big"), u.join("big2")).unwrap();
+            let f = std::fs::File::create(u.join("sparse")).unwrap();
+            std::os::unix::fs::FileExt::write_all_at(&f, b"middle", 5 << 20).unwrap();
+            f.set_len(12 << 20).unwrap();
+            std::fs::create_dir(u.join("d")).unwrap();
+            std::fs::write(u.join("d/small"), "x").unwrap();
+            std::fs::write(u.join("empty"), "").unwrap();
+
+            let dst = tempfile::tempdir().unwrap();
+            let (d1, stats) = copy_in_kernel(u, dst.path(), 32 << 20).unwrap();
+            let out = dst.path();
+            same_files(u, out, &["big", "big2", "sparse", "d/small", "empty"]);
+            let sp = std::fs::metadata(out.join("sparse")).unwrap();
+            assert_eq!(sp.len(), 12 << 20);
+            assert!(
+                sp.blocks() * 512 < 1 << 20,
+                "holes were filled: {}",
+                sp.blocks()
+            );
+            assert_eq!(
+                std::fs::metadata(out.join("big2")).unwrap().ino(),
+                std::fs::metadata(out.join("big")).unwrap().ino()
+            );
+            assert!(stats.bytes >= 3 << 20);
+
+            // 3 MiB + 12 MiB apparent: past 14 MiB, as a hashed copy would be.
+            let dst2 = tempfile::tempdir().unwrap();
+            assert!(matches!(
+                copy_in_kernel(u, dst2.path(), 14 << 20),
+                Err(ImageError::TooLarge(_))
+            ));
+            let dst3 = tempfile::tempdir().unwrap();
+            std::fs::write(u.join("d/small"), "y").unwrap();
+            let (d2, _) = copy_in_kernel(u, dst3.path(), 32 << 20).unwrap();
+            assert_eq!(d1, d2, "content is not in a fork layer's digest");
+            assert_eq!(std::fs::read(dst3.path().join("d/small")).unwrap(), b"y");
+        }
+    }
+
+    // Without any in-kernel way (every one refused) the range copy says so
+    // and copies nothing; with sendfile alone it copies exactly the range.
+    #[test]
+    fn range_copy_is_bounded_and_falls_back() {
+        let t = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 13) as u8).collect();
+        std::fs::write(t.path().join("src"), &data).unwrap();
+        let r = std::fs::File::open(t.path().join("src")).unwrap();
+        let w = std::fs::File::create(t.path().join("dst")).unwrap();
+        let mut none = Ways {
+            clone: false,
+            copy_range: false,
+            sendfile: false,
+        };
+        assert!(matches!(
+            kernel_copy::range(&mut none, r.as_raw_fd(), w.as_raw_fd(), 0, 4096).unwrap(),
+            Copied::Refused
+        ));
+        let mut send = Ways {
+            clone: false,
+            copy_range: false,
+            sendfile: true,
+        };
+        match kernel_copy::range(&mut send, r.as_raw_fd(), w.as_raw_fd(), 4096, 70000).unwrap() {
+            Copied::Bytes(n) => assert_eq!(n, 70000 - 4096),
+            Copied::Refused => panic!("sendfile refused between two files of one disk"),
+        }
+        let got = std::fs::read(t.path().join("dst")).unwrap();
+        assert_eq!(got.len(), 70000);
+        assert_eq!(&got[4096..], &data[4096..70000]);
+        assert!(got[..4096].iter().all(|&b| b == 0));
     }
 }
