@@ -6,6 +6,8 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -300,6 +302,33 @@ func TestNetworkPolicy(t *testing.T) {
 		res, err = sb.Exec(ctx, "sh", "-c", "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 "+B+" 8080; echo rc=$?")
 		if err != nil || strings.Contains(string(res.Stdout), "hello-from") {
 			t.Fatalf("EGRESS: nc to a denied port: %v %q", err, res.Stdout)
+		}
+	})
+	t.Run("PythonSocket", func(t *testing.T) {
+		if _, err := os.Stat(filepath.Join(os.Getenv("LOCKBOX_IMAGES"), "python")); err != nil {
+			t.Skip("no python image in LOCKBOX_IMAGES")
+		}
+		py := lab.sandbox(t, lockbox.WithImage("python"), lockbox.WithNetworkPolicy(policy))
+		script := `import socket, sys
+def get(port):
+    try:
+        s = socket.create_connection((sys.argv[1], port), timeout=3)
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        return s.recv(200).decode(errors="replace").split("\r\n\r\n")[-1]
+    except OSError as e:
+        return type(e).__name__
+print(get(80), get(8080))`
+		res, err := py.Exec(ctx, "python3", "-c", script, B)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := strings.Fields(string(res.Stdout))
+		t.Logf("python: %q %s", res.Stdout, res.Stderr)
+		if len(out) != 2 || out[0] != "hello-from-"+B+":80" {
+			t.Fatalf("control: python socket to an allowed address: %q %s", res.Stdout, res.Stderr)
+		}
+		if strings.HasPrefix(out[1], "hello") || (out[1] != "ConnectionResetError" && out[1] != "ConnectionRefusedError") {
+			t.Fatalf("EGRESS: python socket to a denied port: %q", out[1])
 		}
 	})
 	t.Run("LiveChange", func(t *testing.T) {
