@@ -314,7 +314,8 @@ def get(port):
     try:
         s = socket.create_connection((sys.argv[1], port), timeout=3)
         s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-        return s.recv(200).decode(errors="replace").split("\r\n\r\n")[-1]
+        data = b"".join(iter(lambda: s.recv(4096), b""))
+        return data.decode(errors="replace").split("\r\n\r\n")[-1]
     except OSError as e:
         return type(e).__name__
 print(get(80), get(8080))`
