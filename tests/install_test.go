@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -583,9 +584,34 @@ func TestInstallRealDist(t *testing.T) {
 	key := filepath.Join(instPinDir(), "keys", "dev.pub")
 	instMustCLI(t, "verify", filepath.Join(dist, lockbox.Version), "--trusted-key", key)
 	instMustCLI(t, "verify", r["dir"], "--trusted-key", key)
+	// Without WithVMAssets the microVM guest is neither requested nor
+	// installed: the tree is dist's without vm/.
+	distTree := instSnapshot(t, filepath.Join(dist, lockbox.Version))
+	native := maps.Clone(distTree)
+	maps.DeleteFunc(native, func(p string, _ instFile) bool { return p == "vm" || strings.HasPrefix(p, "vm/") })
 	installed := instSnapshot(t, r["dir"])
-	if !reflect.DeepEqual(installed, instDistPlusMarker(t, instSnapshot(t, filepath.Join(dist, lockbox.Version)), installed)) {
+	if !reflect.DeepEqual(installed, instDistPlusMarker(t, native, installed)) {
 		t.Fatalf("installed tree of dist/%s differs from dist", lockbox.Version)
+	}
+	if n := srv.count("/vm/vmlinuz") + srv.count("/vm/initramfs.img"); n != 0 {
+		t.Fatalf("a native install requested the VM assets %d times", n)
+	}
+	if _, ok := distTree["vm/vmlinuz"]; !ok {
+		t.Logf("dist/%s carries no VM assets (make vm-assets): not adding them", lockbox.Version)
+		return
+	}
+	// Adding them: the installed tree is then all of dist's.
+	out, err = instChild("LOCKBOX_HOME="+root, "LOCKBOX_RELEASE_URL="+srv.URL, "LOCKBOX_INSTALL_CHILD_VM=1").CombinedOutput()
+	if err != nil {
+		t.Fatalf("adding the VM assets of dist/%s: %v\n%s", lockbox.Version, err, out)
+	}
+	if got := instChildResult(t, out)["vm_assets"]; got != filepath.Join(r["dir"], "vm") {
+		t.Fatalf("VMAssetsDir %q", got)
+	}
+	instMustCLI(t, "verify", r["dir"], "--trusted-key", key)
+	installed = instSnapshot(t, r["dir"])
+	if !reflect.DeepEqual(installed, instDistPlusMarker(t, distTree, installed)) {
+		t.Fatalf("installed tree of dist/%s with its VM assets differs from dist", lockbox.Version)
 	}
 }
 
@@ -601,6 +627,9 @@ func TestInstallChildProcess(t *testing.T) {
 	}
 	if k := os.Getenv("LOCKBOX_INSTALL_CHILD_KEY"); k != "" {
 		opts = append(opts, lockbox.WithTrustedKey(k))
+	}
+	if os.Getenv("LOCKBOX_INSTALL_CHILD_VM") == "1" {
+		opts = append(opts, lockbox.WithVMAssets())
 	}
 	ctx := context.Background()
 	res := map[string]string{}
@@ -620,7 +649,7 @@ func TestInstallChildProcess(t *testing.T) {
 		if err != nil {
 			t.Fatalf("EnsureInstalled: %v", err)
 		}
-		res["dir"], res["lib"] = inst.Dir, inst.LibraryPath
+		res["dir"], res["lib"], res["vm_assets"] = inst.Dir, inst.LibraryPath, inst.VMAssetsDir
 		if mode == "load" {
 			v, err := lockbox.LibraryVersion(ctx)
 			if err != nil {
