@@ -6,6 +6,7 @@ mod cgroup;
 mod confine;
 mod guest;
 mod init;
+mod netd;
 mod pasta;
 mod report;
 mod seccomp;
@@ -33,6 +34,9 @@ fn main() {
             close_inherited_fds();
             std::process::exit(supervisor::run(Path::new(&args[2])));
         }
+        // The egress forwarder of one sandbox, started by its helper
+        // (netd.rs) with the fds it needs open.
+        Some(netd::MODE) => std::process::exit(netd::forwarder_main(&args)),
         Some("--version") => println!("lockbox-helper {}", env!("CARGO_PKG_VERSION")),
         _ => {
             eprintln!("usage: lockbox-helper run <launch.json>");

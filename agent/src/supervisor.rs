@@ -57,6 +57,7 @@ struct Running {
     cgroup: Cgroup,
     socket: PathBuf,
     pasta: Option<crate::pasta::Pasta>,
+    netd: Option<crate::netd::Netd>,
 }
 
 /// Entry point of `run`. Returns the process exit status.
@@ -159,6 +160,11 @@ fn validate(spec: &LaunchSpec) -> Result<(), Failure> {
             }
         }
     }
+    if spec.network.forwarder
+        && (spec.network.mode != NetworkMode::None || !spec.network.ports.is_empty())
+    {
+        return bad("a network policy replaces outbound mode and published ports".into());
+    }
     if !spec.network.ports.is_empty() && spec.network.mode != NetworkMode::Outbound {
         return Err(fail(
             ErrorCode::InvalidArgument,
@@ -218,6 +224,16 @@ fn launch(spec: &LaunchSpec, trace: &mut Trace) -> Result<(Running, Report), Fai
         f
     };
     let listener = bind_socket(Path::new(&spec.socket_path)).map_err(cleanup_cg)?;
+    // Before the sandbox exists: the executable the forwarder runs from,
+    // and the socket the engine drives it through.
+    let net_sock = dir.join("net.sock");
+    let forwarder = if spec.network.forwarder {
+        let exe = crate::netd::own_executable()
+            .map_err(|e| cleanup_cg(io_fail("open the helper's own executable", e)))?;
+        Some((exe, bind_socket(&net_sock).map_err(cleanup_cg)?))
+    } else {
+        None
+    };
     let _ = fs::set_permissions(&spec.socket_path, fs::Permissions::from_mode(0o600));
     let (parent_sock, child_sock) =
         seqpacket_pair().map_err(|e| cleanup_cg(io_fail("socketpair", e)))?;
@@ -286,6 +302,18 @@ fn launch(spec: &LaunchSpec, trace: &mut Trace) -> Result<(Running, Report), Fai
             report.ok("ports");
         }
     }
+    let mut netd = None;
+    if let Some((exe, net_listener)) = forwarder {
+        netd = Some(
+            crate::netd::start(pid, rootless, &exe, net_listener, &net_sock).map_err(|e| {
+                kill_child(fail(
+                    ErrorCode::Unsupported,
+                    format!("network policy: {e:#}"),
+                ))
+            })?,
+        );
+        report.ok("network_policy");
+    }
     trace.mark("network");
     let (plan, fds) = prepare_mounts(spec, pid, rootless, &mut report);
     trace.mark("prepare_layer_mounts");
@@ -350,6 +378,7 @@ fn launch(spec: &LaunchSpec, trace: &mut Trace) -> Result<(Running, Report), Fai
             cgroup,
             socket: PathBuf::from(&spec.socket_path),
             pasta,
+            netd,
         },
         report,
     ))
@@ -838,6 +867,11 @@ fn watch(spec: &LaunchSpec, r: Running) -> i32 {
     // SAFETY: fd 0 stays open for our lifetime.
     let stdin = unsafe { std::os::fd::BorrowedFd::borrow_raw(0) };
     let mut lifeline_open = !spec.detached;
+    if let Some(n) = &r.netd {
+        if let Err(e) = n.serve() {
+            eprintln!("lockbox-helper: network relay: {e}");
+        }
+    }
     loop {
         let mut fds = vec![PollFd::new(r.pidfd.as_fd(), PollFlags::POLLIN)];
         if let Some(s) = &sfd {
@@ -885,6 +919,9 @@ fn watch(spec: &LaunchSpec, r: Running) -> i32 {
     let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(r.pid), None);
     if let Some(p) = r.pasta {
         crate::pasta::stop(p);
+    }
+    if let Some(n) = r.netd {
+        n.stop();
     }
     r.cgroup.remove();
     let _ = fs::remove_file(&r.socket);

@@ -34,6 +34,54 @@ pub struct SandboxConfig {
     pub detached: bool,
     pub replace: bool,
     pub labels: BTreeMap<String, String>,
+    /// Which backend runs the sandbox (docs/microvm.md); native by default.
+    #[serde(skip_serializing_if = "Isolation::is_native")]
+    pub isolation: Isolation,
+    /// lockbox-net's policy JSON (docs/network.md, "The model"). Present:
+    /// the sandbox's only network is a tap device served by the forwarder
+    /// (no pasta); see network.rs for how it combines with `network`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<serde_json::Value>,
+    /// Values the sandbox sees only as placeholders; need a policy.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<Secret>,
+}
+
+impl SandboxConfig {
+    /// The config as it may be stored, echoed in info, logged or quoted:
+    /// every secret's value left out.
+    pub fn without_secret_values(&self) -> SandboxConfig {
+        let mut c = self.clone();
+        for s in &mut c.secrets {
+            s.value = None;
+        }
+        c
+    }
+}
+
+/// `$name` inside holds a placeholder; the forwarder puts `value` in its
+/// place only in requests to `hosts`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Secret {
+    pub name: String,
+    /// Required at create; never stored or echoed (None there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<SecretValue>,
+    pub hosts: Vec<String>,
+}
+
+/// A secret's value: serialized only where the caller handed it in (the
+/// params of sandbox.create); its Debug form never shows it, so no log
+/// line or error that formats a config can carry it.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretValue(pub String);
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,4 +115,28 @@ pub struct TmpfsMount {
 pub struct Port {
     pub host: i64,
     pub guest: i64,
+}
+
+/// What stands between the workload and the host: the host kernel with
+/// namespaces (native) or a guest kernel in a confined VMM (microvm).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    #[default]
+    Native,
+    Microvm,
+}
+
+impl Isolation {
+    pub fn is_native(&self) -> bool {
+        *self == Isolation::Native
+    }
+
+    /// The backend kind (`BackendInfo::kind`) that provides it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Isolation::Native => "native",
+            Isolation::Microvm => "microvm",
+        }
+    }
 }

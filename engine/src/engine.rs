@@ -157,7 +157,7 @@ impl Engine {
         let stored = StoredConfig {
             id: id.clone(),
             name: name.clone(),
-            config: cfg.clone(),
+            config: cfg.without_secret_values(),
             lower: plan.layers.clone(),
             env: plan.env.clone(),
             workdir: plan.workdir.clone(),
@@ -197,7 +197,14 @@ impl Engine {
             state.report.cgroup.clone(),
         )));
         write_json_with(&dir.join("state.json"), &state, durability)?;
+        let ca = match &plan.net {
+            Some(n) => crate::network::control::start(&dir, n).await?,
+            None => None,
+        };
         let client = backend.connect(&dir, &name).await?;
+        if plan.net.is_some() {
+            crate::network::install(&client, ca.as_deref()).await?;
+        }
         kill_on_fail.disarm();
         made.disarm();
         let sb = Arc::new(Sandbox {

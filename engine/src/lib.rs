@@ -22,6 +22,7 @@ pub(crate) mod image_ops;
 pub(crate) mod images;
 pub(crate) mod metrics;
 pub(crate) mod names;
+pub mod network;
 pub(crate) mod paths;
 pub(crate) mod plan;
 pub(crate) mod sandbox;

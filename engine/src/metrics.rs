@@ -16,6 +16,9 @@ pub struct Metrics {
     /// Highest memory use seen (0 when the kernel does not track it).
     pub memory_peak_bytes: u64,
     pub pids: u64,
+    /// The forwarder's counters; absent without a network policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::network::NetworkCounters>,
 }
 
 fn read_u64(p: &Path) -> Result<u64> {
@@ -124,7 +127,8 @@ mod tests {
                 cpu_usec: 1500,
                 memory_bytes: 4096,
                 memory_peak_bytes: 8192,
-                pids: 3
+                pids: 3,
+                network: None,
             }
         );
 
@@ -150,7 +154,8 @@ mod tests {
                 cpu_usec: 5000,
                 memory_bytes: 100,
                 memory_peak_bytes: 200,
-                pids: 7
+                pids: 7,
+                network: None,
             }
         );
 

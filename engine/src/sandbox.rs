@@ -56,7 +56,8 @@ pub struct ImageUsed {
 pub struct SandboxInfo {
     pub name: String,
     pub id: String,
-    /// "running" or "stopped".
+    /// "running", "paused" (frozen) or "stopped" ("damaged" when its state
+    /// cannot be read).
     pub status: String,
     pub image: Option<String>,
     pub rootfs: Option<String>,
@@ -217,7 +218,42 @@ impl Sandbox {
                 self.name
             )));
         }
-        crate::metrics::read(&self.state().report.cgroup)
+        let mut m = crate::metrics::read(&self.state().report.cgroup)?;
+        if self.stored.config.network_policy.is_some() {
+            m.network = Some(crate::network::control::poll(&self.dir)?);
+        }
+        Ok(m)
+    }
+
+    fn check_has_policy(&self) -> Result<()> {
+        self.check_not_removed()?;
+        if self.stored.config.network_policy.is_none() {
+            return Err(EngineError::invalid(format!(
+                "sandbox {:?} was created without a network policy",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Replaces the rules of a sandbox made with a policy: new
+    /// connections and DNS queries see them at once. The stored config
+    /// keeps the policy it was created with.
+    pub async fn set_network_policy(&self, policy: &serde_json::Value) -> Result<()> {
+        self.check_has_policy()?;
+        crate::network::parse_policy(policy)?;
+        crate::network::control::set_policy(&self.dir, policy).await
+    }
+
+    /// Denials since the last call (at most `max`), waiting up to `wait`
+    /// for one; see network::control::events.
+    pub async fn network_events(
+        &self,
+        wait: Duration,
+        max: usize,
+    ) -> Result<crate::network::NetworkEvents> {
+        self.check_has_policy()?;
+        crate::network::control::events(&self.dir, wait, max).await
     }
 
     /// The complete exec request (the plan's `exec`).
@@ -370,7 +406,14 @@ pub fn info_from(
     SandboxInfo {
         name: stored.name.clone(),
         id: stored.id.clone(),
-        status: if running { "running" } else { "stopped" }.into(),
+        // Frozen (Pause, or a snapshot's brief hold): its processes exist
+        // but run nothing, and calls that need the agent are refused.
+        status: match running {
+            true if crate::freezer::is_paused(&st.report.cgroup) => "paused",
+            true => "running",
+            false => "stopped",
+        }
+        .into(),
         image: stored.config.image.clone(),
         rootfs: stored.config.rootfs.clone(),
         detached: stored.config.detached,

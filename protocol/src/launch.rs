@@ -123,6 +123,11 @@ pub struct NetworkSpec {
     pub mode: NetworkMode,
     /// (host port on 127.0.0.1, guest port)
     pub ports: Vec<PortSpec>,
+    /// The sandbox's only interface is a tap served by the lockbox-net
+    /// forwarder, which the helper starts (mode must be `None`, no ports);
+    /// the engine sends the policy over `<dir>/net.sock`.
+    #[serde(default)]
+    pub forwarder: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

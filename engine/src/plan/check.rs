@@ -181,6 +181,7 @@ pub fn check(cfg: &SandboxConfig) -> Result<Limits> {
     if let Some(u) = &cfg.user {
         check_user(u)?;
     }
+    crate::network::check(cfg)?;
     Ok(limits)
 }
 
@@ -209,7 +210,7 @@ pub fn check_user(u: &str) -> Result<()> {
     Ok(())
 }
 /// An error message quotes at most this much of what it rejects.
-pub(super) fn shown(s: &str) -> String {
+pub(crate) fn shown(s: &str) -> String {
     const SHOW: usize = 64;
     if s.len() <= SHOW {
         return format!("{s:?}");

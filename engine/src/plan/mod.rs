@@ -95,6 +95,10 @@ pub struct Plan {
     pub user: String,
     pub limits: Limits,
     pub network: NetworkSpec,
+    /// The forwarder's policy and secrets (values included): never
+    /// serialized, so no plan written anywhere holds a secret.
+    #[serde(skip)]
+    pub net: Option<crate::network::NetPlan>,
     pub detached: bool,
 }
 
@@ -140,6 +144,13 @@ pub fn sandbox(cfg: &SandboxConfig, name: &str, root: Root) -> Result<Plan> {
     // The image's env is image content: bounded like the caller's.
     let env = env::merge("image env", &base, &root.env)?;
     let env = env::merge("env", &env, &cfg.env)?;
+    let net = crate::network::plan(cfg)?;
+    // The placeholders and CA variables win over the caller's entries of
+    // the same names: a secret's name is its variable.
+    let env = match &net {
+        Some(n) => env::merge("env", &env, &crate::network::env(n))?,
+        None => env,
+    };
     let workdir = match cfg.workdir.as_ref().or(root.workdir.as_ref()) {
         Some(w) => check::guest_path("workdir", w)?,
         None => DEFAULT_WORKDIR.into(),
@@ -171,7 +182,9 @@ pub fn sandbox(cfg: &SandboxConfig, name: &str, root: Root) -> Result<Plan> {
                     guest: p.guest as u16,
                 })
                 .collect(),
+            forwarder: net.is_some(),
         },
+        net,
         detached: cfg.detached,
     })
 }

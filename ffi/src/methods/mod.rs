@@ -64,6 +64,8 @@ methods! {
     SandboxResume = "sandbox.resume": wire::sandbox::SandboxRef => Empty, snapshot::resume;
     SandboxSnapshot = "sandbox.snapshot": wire::snapshot::SnapshotParams => wire::image::ImageInfo, snapshot::snapshot;
     SandboxFork = "sandbox.fork": wire::snapshot::ForkParams => wire::snapshot::Forked, snapshot::fork;
+    SandboxSetNetworkPolicy = "sandbox.set_network_policy": wire::sandbox::SetNetworkPolicyParams => Empty, sandbox::set_network_policy;
+    SandboxNetworkEvents = "sandbox.network_events": wire::sandbox::NetworkEventsParams => wire::sandbox::NetworkEvents, sandbox::network_events;
 
     ExecStart = "exec.start": wire::exec::StartParams => wire::exec::Started, exec::start, async exec::start_async;
     ExecWait = "exec.wait": wire::exec::ExecRef => wire::exec::Exited, exec::wait, async exec::wait_async;

@@ -4,7 +4,8 @@ use super::CallCtx;
 use crate::error::ApiError;
 use crate::registry::{self, Kind};
 use crate::wire::sandbox::{
-    Metrics, Opened, RemoveParams, SandboxConfig, SandboxInfo, SandboxList, SandboxRef, StopParams,
+    Metrics, NetworkEvents, NetworkEventsParams, Opened, RemoveParams, SandboxConfig, SandboxInfo,
+    SandboxList, SandboxRef, SetNetworkPolicyParams, StopParams,
 };
 use crate::wire::{Empty, Name};
 use std::time::Duration;
@@ -82,4 +83,42 @@ pub(super) async fn close_async(p: SandboxRef) -> Result<Empty, ApiError> {
         }
     }
     Ok(Empty {})
+}
+
+pub(super) fn set_network_policy(
+    p: SetNetworkPolicyParams,
+    ctx: &CallCtx,
+) -> Result<Empty, ApiError> {
+    let sb = sandbox(p.sandbox)?;
+    ctx.block_on(async { Ok(sb.set_network_policy(&p.policy).await?) })?;
+    Ok(Empty {})
+}
+
+/// Most events one call returns unless the caller asks for fewer.
+const DEFAULT_EVENTS: u32 = 256;
+const MAX_EVENTS: u32 = 1024;
+const MAX_WAIT_MS: u64 = 30_000;
+
+pub(super) fn network_events(
+    p: NetworkEventsParams,
+    ctx: &CallCtx,
+) -> Result<NetworkEvents, ApiError> {
+    let wait = p.wait_ms.unwrap_or(0);
+    if wait > MAX_WAIT_MS {
+        return Err(ApiError::invalid_argument(format!(
+            "sandbox.network_events: wait_ms {wait} is over {MAX_WAIT_MS}"
+        )));
+    }
+    let max = p.max.unwrap_or(DEFAULT_EVENTS);
+    if max == 0 || max > MAX_EVENTS {
+        return Err(ApiError::invalid_argument(format!(
+            "sandbox.network_events: max {max} is out of range (1..={MAX_EVENTS})"
+        )));
+    }
+    let sb = sandbox(p.sandbox)?;
+    ctx.block_on(async {
+        Ok(sb
+            .network_events(Duration::from_millis(wait), max as usize)
+            .await?)
+    })
 }

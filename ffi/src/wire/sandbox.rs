@@ -46,3 +46,25 @@ pub(crate) struct StopParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grace_ms: Option<u64>,
 }
+
+/// sandbox.set_network_policy: lockbox-net's policy JSON.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SetNetworkPolicyParams {
+    pub sandbox: u64,
+    pub policy: serde_json::Value,
+}
+
+/// sandbox.network_events: wait up to `wait_ms` (0..=30000, default 0)
+/// for at least one event; at most `max` (default 256, at most 1024).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NetworkEventsParams {
+    pub sandbox: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<u32>,
+}
+
+pub(crate) use lockbox_engine::network::NetworkEvents;

@@ -1,0 +1,370 @@
+//! A sandbox with a network policy (docs/network.md): its only interface
+//! is a tap device served by the lockbox-net forwarder, which runs as a
+//! mode of this binary in the helper's (host) network namespace, never in
+//! the sandbox. pasta is not started for it.
+//!
+//! - The tap is made inside the sandbox's network namespace by a forked
+//!   child of the helper (rootless: after joining the sandbox's user
+//!   namespace, where it is owner), configured (10.0.2.100/24, MTU 65520,
+//!   default route via 10.0.2.2, IPv6 off), and its fd sent back.
+//! - The forwarder is started from an fd of the helper's own executable
+//!   opened before the sandbox existed (never a path anything can swap),
+//!   with the tap fd and one end of a socketpair; it drops to 65534 with
+//!   no capabilities when started as root (lockbox_net::daemon).
+//! - `<dir>/net.sock` (0600, in the sandbox's host-side directory, outside
+//!   its root) is relayed line by line to the forwarder's control socket,
+//!   so the engine reaches it across detach and reattach. The engine, not
+//!   the helper, sends the start line: it holds the secret values, which
+//!   are never written to launch.json.
+//! - It ends when the helper ends: the helper's end of the control socket
+//!   closes (even on SIGKILL), and the daemon stops at that EOF.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+pub const MODE: &str = "net-forwarder";
+const IFNAME: &[u8] = b"eth0";
+const GUEST_ADDR: [u8; 4] = [10, 0, 2, 100];
+const NETMASK: [u8; 4] = [255, 255, 255, 0];
+const GATEWAY: [u8; 4] = [10, 0, 2, 2];
+const MTU: i32 = 65520;
+/// A request line from the engine: the daemon's own bound.
+const MAX_REQUEST: u64 = lockbox_net::daemon::MAX_LINE as u64;
+/// A reply line from the forwarder (events with long names).
+const MAX_REPLY: u64 = 16 << 20;
+/// A connected engine that sends nothing is dropped after this.
+const CLIENT_IDLE: Duration = Duration::from_secs(30);
+
+/// The running forwarder of one sandbox.
+pub struct Netd {
+    child: Child,
+    control: UnixStream,
+    listener: UnixListener,
+    socket: PathBuf,
+}
+
+/// Opened at the start of `run`, before any sandbox process exists.
+pub fn own_executable() -> std::io::Result<File> {
+    File::open("/proc/self/exe")
+}
+
+/// Makes the tap in the namespaces of `pid` and starts the forwarder;
+/// `listener` is bound at `socket` already.
+pub fn start(
+    pid: libc::pid_t,
+    rootless: bool,
+    exe: &File,
+    listener: UnixListener,
+    socket: &Path,
+) -> Result<Netd> {
+    let tap = make_tap(pid, rootless).context("tap device in the sandbox's network namespace")?;
+    let (ours, theirs) = UnixStream::pair().context("socketpair")?;
+    let (t, c) = (tap.as_raw_fd(), theirs.as_raw_fd());
+    let mut cmd = Command::new(format!("/proc/self/fd/{}", exe.as_raw_fd()));
+    cmd.arg0("lockbox-helper")
+        .args([
+            MODE,
+            "--tap-fd",
+            &t.to_string(),
+            "--control-fd",
+            &c.to_string(),
+        ])
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .current_dir("/");
+    let helper = std::process::id() as libc::pid_t;
+    // SAFETY: only async-signal-safe system calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() != helper
+            {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            // Nothing of the helper's but these two (and stderr, the log).
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
+            for fd in [t, c] {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().context("start the network forwarder")?;
+    drop((tap, theirs));
+    let _ = std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o600));
+    Ok(Netd {
+        child,
+        control: ours,
+        listener,
+        socket: socket.to_path_buf(),
+    })
+}
+
+impl Netd {
+    /// Relays `net.sock` to the forwarder on a thread, one client at a
+    /// time (the engine connects per request). Called once the helper has
+    /// forked everything it forks: from here it has threads.
+    pub fn serve(&self) -> Result<()> {
+        let listener = self.listener.try_clone()?;
+        let control = self.control.try_clone()?;
+        std::thread::Builder::new()
+            .name("net-relay".into())
+            .spawn(move || relay(listener, control))?;
+        Ok(())
+    }
+
+    /// Kills and reaps the forwarder, removes the socket.
+    pub fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+fn relay(listener: UnixListener, control: UnixStream) {
+    let mut from_fwd = BufReader::new(match control.try_clone() {
+        Ok(c) => c,
+        Err(_) => return,
+    });
+    let mut to_fwd = control;
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        match serve_client(conn, &mut to_fwd, &mut from_fwd) {
+            Ok(()) => {}
+            // The forwarder is gone: nothing left to relay to.
+            Err(Broken::Forwarder) => return,
+            Err(Broken::Client) => {}
+        }
+    }
+}
+
+enum Broken {
+    Client,
+    Forwarder,
+}
+
+/// One bounded line (newline kept); None at EOF.
+fn line(r: &mut impl BufRead, max: u64) -> std::io::Result<Option<Vec<u8>>> {
+    let mut buf = Vec::new();
+    r.take(max + 1).read_until(b'\n', &mut buf)?;
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    if buf.last() != Some(&b'\n') {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "line too long or cut",
+        ));
+    }
+    Ok(Some(buf))
+}
+
+fn serve_client(
+    conn: UnixStream,
+    to_fwd: &mut UnixStream,
+    from_fwd: &mut BufReader<UnixStream>,
+) -> Result<(), Broken> {
+    let _ = conn.set_read_timeout(Some(CLIENT_IDLE));
+    let _ = conn.set_write_timeout(Some(CLIENT_IDLE));
+    let mut out = conn.try_clone().map_err(|_| Broken::Client)?;
+    let mut rd = BufReader::new(conn);
+    while let Some(req) = line(&mut rd, MAX_REQUEST).map_err(|_| Broken::Client)? {
+        to_fwd.write_all(&req).map_err(|_| Broken::Forwarder)?;
+        let reply = match line(from_fwd, MAX_REPLY) {
+            Ok(Some(r)) => r,
+            _ => return Err(Broken::Forwarder),
+        };
+        out.write_all(&reply).map_err(|_| Broken::Client)?;
+    }
+    Ok(())
+}
+
+/// `lockbox-helper net-forwarder --tap-fd N --control-fd M`.
+pub fn forwarder_main(args: &[String]) -> i32 {
+    let fd = |name: &str| -> Option<RawFd> {
+        let i = args.iter().position(|a| a == name)?;
+        let v: RawFd = args.get(i + 1)?.parse().ok()?;
+        // SAFETY: F_GETFD only asks whether the fd is open.
+        (v > 2 && unsafe { libc::fcntl(v, libc::F_GETFD) } >= 0).then_some(v)
+    };
+    let (Some(t), Some(c)) = (fd("--tap-fd"), fd("--control-fd")) else {
+        eprintln!("lockbox-helper {MODE}: --tap-fd and --control-fd must name open fds");
+        return 2;
+    };
+    if t == c {
+        eprintln!("lockbox-helper {MODE}: --tap-fd and --control-fd must differ");
+        return 2;
+    }
+    // SAFETY: both were checked open and differ; they were handed to us.
+    let (tap, control) = unsafe { (OwnedFd::from_raw_fd(t), UnixStream::from_raw_fd(c)) };
+    match lockbox_net::daemon::serve(tap, control) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("lockbox-helper {MODE}: {e}");
+            1
+        }
+    }
+}
+
+/// The tap, made and configured by a forked child inside the sandbox's
+/// network namespace and sent back over a socketpair.
+fn make_tap(pid: libc::pid_t, rootless: bool) -> Result<OwnedFd> {
+    let userns = File::open(format!("/proc/{pid}/ns/user")).context("open user ns")?;
+    let netns = File::open(format!("/proc/{pid}/ns/net")).context("open net ns")?;
+    let (ours, theirs) = UnixStream::pair().context("socketpair")?;
+    // SAFETY: the helper is single-threaded here (its design); the child
+    // makes system calls only and leaves with _exit.
+    match unsafe { nix::unistd::fork() }.context("fork")? {
+        nix::unistd::ForkResult::Child => {
+            drop(ours);
+            let code = match tap_in_namespace(&userns, &netns, rootless) {
+                Ok(fd) => match crate::sys::send_fds(theirs.as_raw_fd(), &[fd.as_raw_fd()]) {
+                    Ok(()) => 0,
+                    Err(_) => 1,
+                },
+                Err((step, errno)) => {
+                    let _ = (&theirs).write_all(format!("{step}: {errno}").as_bytes());
+                    1
+                }
+            };
+            // SAFETY: leave without running the helper's exit path.
+            unsafe { libc::_exit(code) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(theirs);
+            let fds = crate::sys::recv_fds(ours.as_raw_fd());
+            let _ = nix::sys::wait::waitpid(child, None);
+            match fds {
+                Ok(mut v) if v.len() == 1 => Ok(v.remove(0)),
+                _ => {
+                    let mut why = String::new();
+                    let _ = (&ours).take(512).read_to_string(&mut why);
+                    bail!("{}", if why.is_empty() { "no tap fd" } else { &why })
+                }
+            }
+        }
+    }
+}
+
+type Step = (&'static str, std::io::Error);
+
+fn tap_in_namespace(userns: &File, netns: &File, rootless: bool) -> Result<OwnedFd, Step> {
+    let os = |s: &'static str| (s, std::io::Error::last_os_error());
+    // SAFETY: system calls on fds we own, in a fresh single-threaded child.
+    unsafe {
+        if rootless && libc::setns(userns.as_raw_fd(), libc::CLONE_NEWUSER) != 0 {
+            return Err(os("join the sandbox's user namespace"));
+        }
+        if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+            return Err(os("join the sandbox's network namespace"));
+        }
+    }
+    // The forwarder drops every non-IPv4 frame; with IPv6 off the sandbox
+    // does not even try (sysctls under /proc/sys/net are the opener's
+    // namespace's).
+    for f in ["all", "default"] {
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{f}/disable_ipv6"), "1");
+    }
+    // SAFETY: plain open; the fd is owned below.
+    let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(os("open /dev/net/tun"));
+    }
+    // SAFETY: fresh fd.
+    let tap = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut req = ifreq();
+    req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    // SAFETY: a valid ifreq for TUNSETIFF.
+    if unsafe { libc::ioctl(tap.as_raw_fd(), libc::TUNSETIFF as _, &mut req) } != 0 {
+        return Err(os("TUNSETIFF"));
+    }
+    configure().map_err(|(s, e)| (s, e))?;
+    Ok(tap)
+}
+
+fn ifreq() -> libc::ifreq {
+    // SAFETY: ifreq is plain old data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (i, b) in IFNAME.iter().enumerate() {
+        req.ifr_name[i] = *b as libc::c_char;
+    }
+    req
+}
+
+fn sockaddr(a: [u8; 4]) -> libc::sockaddr {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(a),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr have the same size; plain data.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}
+
+/// Address, netmask, MTU, up, default route: what `ip` would do, by ioctl.
+fn configure() -> Result<(), Step> {
+    let os = |s: &'static str| (s, std::io::Error::last_os_error());
+    // SAFETY: plain socket call.
+    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if s < 0 {
+        return Err(os("socket"));
+    }
+    // SAFETY: fresh fd.
+    let _guard = unsafe { OwnedFd::from_raw_fd(s) };
+    // SAFETY: each ioctl gets a valid ifreq / rtentry.
+    unsafe {
+        let mut r = ifreq();
+        r.ifr_ifru.ifru_addr = sockaddr(GUEST_ADDR);
+        if libc::ioctl(s, libc::SIOCSIFADDR, &r) != 0 {
+            return Err(os("set the address"));
+        }
+        let mut r = ifreq();
+        r.ifr_ifru.ifru_netmask = sockaddr(NETMASK);
+        if libc::ioctl(s, libc::SIOCSIFNETMASK, &r) != 0 {
+            return Err(os("set the netmask"));
+        }
+        let mut r = ifreq();
+        r.ifr_ifru.ifru_mtu = MTU;
+        if libc::ioctl(s, libc::SIOCSIFMTU, &r) != 0 {
+            return Err(os("set the MTU"));
+        }
+        let mut r = ifreq();
+        if libc::ioctl(s, libc::SIOCGIFFLAGS, &mut r) != 0 {
+            return Err(os("read the flags"));
+        }
+        r.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        if libc::ioctl(s, libc::SIOCSIFFLAGS, &r) != 0 {
+            return Err(os("bring it up"));
+        }
+        let mut rt: libc::rtentry = std::mem::zeroed();
+        rt.rt_dst = sockaddr([0; 4]);
+        rt.rt_genmask = sockaddr([0; 4]);
+        rt.rt_gateway = sockaddr(GATEWAY);
+        rt.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
+        if libc::ioctl(s, libc::SIOCADDRT, &rt) != 0 {
+            return Err(os("add the default route"));
+        }
+    }
+    Ok(())
+}
