@@ -439,3 +439,62 @@ func TestVMAssetsKilledHalfway(t *testing.T) {
 		t.Fatalf("leftovers after the next install: %v", l)
 	}
 }
+
+// BenchmarkWarmVMCheck: what WithVMAssets adds to the warm path: the
+// re-hash of a guest of the size make vm-assets builds (14186432-byte
+// kernel, 3710725-byte initramfs).
+func BenchmarkWarmVMCheck(b *testing.B) {
+	dir := b.TempDir()
+	var vm []releaseArtifact
+	for path, n := range map[string]int{kernelPath: 14186432, initramfsPath: 3710725} {
+		buf := make([]byte, n)
+		rand.Read(buf)
+		if err := os.MkdirAll(filepath.Join(dir, "vm"), 0o700); err != nil {
+			b.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, path), buf, 0o644); err != nil {
+			b.Fatal(err)
+		}
+		kind := kindVMKernel
+		if path == initramfsPath {
+			kind = kindVMInitramfs
+		}
+		vm = append(vm, releaseArtifact{Path: path, Kind: kind, Size: int64(n), SHA256: sha256Hex(buf)})
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := checkVM(dir, vm); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// VM assets have one path each and come as a pair: a manifest naming them
+// otherwise is refused (the engine looks only at vm/vmlinuz and
+// vm/initramfs.img). Control: the right pair parses.
+func TestManifestVMKinds(t *testing.T) {
+	sum := strings.Repeat("0", 64)
+	lib := releaseArtifact{Name: "liblockbox.so", Path: "lib/liblockbox.so", Kind: "library", Size: 1, SHA256: sum}
+	kernel := releaseArtifact{Name: "vmlinuz", Path: kernelPath, Kind: kindVMKernel, Size: 1, SHA256: sum}
+	initramfs := releaseArtifact{Name: "initramfs.img", Path: initramfsPath, Kind: kindVMInitramfs, Size: 1, SHA256: sum}
+	m := func(arts ...releaseArtifact) *releaseManifest {
+		return &releaseManifest{SchemaVersion: 1, Product: "lockbox", Version: "1.0.0", ABIVersion: 1,
+			Platforms: map[string][]releaseArtifact{platformName(): arts}}
+	}
+	if err := m(lib, kernel, initramfs).validate(); err != nil {
+		t.Fatalf("control: %v", err)
+	}
+	if m(lib, kernel).validate() == nil || m(lib, initramfs).validate() == nil {
+		t.Fatal("half a pair accepted")
+	}
+	for _, bad := range []releaseArtifact{
+		{Name: "bzImage", Path: "vm/bzImage", Kind: kindVMKernel, Size: 1, SHA256: sum},
+		{Name: "vmlinuz", Path: "vm/vmlinuz", Kind: kindVMInitramfs, Size: 1, SHA256: sum},
+		{Name: "vmlinuz", Path: "lib/vmlinuz", Kind: kindVMKernel, Size: 1, SHA256: sum},
+		{Name: "x.so", Path: "vm/x.so", Kind: "library", Size: 1, SHA256: sum},
+	} {
+		if bad.validate() == nil {
+			t.Errorf("accepted %+v", bad)
+		}
+	}
+}
