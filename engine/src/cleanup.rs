@@ -177,6 +177,20 @@ pub fn cleanup_stale(layout: &Layout) -> CleanupReport {
     rep
 }
 
+/// What crashed installs and forks left in the image store: unclaimed
+/// temp dirs, incomplete image dirs, and fork images no sandbox uses
+/// (images/src/reclaim.rs). Runs after `cleanup_stale`, so the sandboxes
+/// a crashed engine owned no longer count as users. Best effort: a store
+/// busy in another process is left to that process's next open.
+pub fn reclaim_store(layout: &Layout) -> Option<lockbox_images::ReclaimReport> {
+    if !layout.home.join("images").is_dir() {
+        return None;
+    }
+    let store = lockbox_images::ImageStore::open(&layout.home).ok()?;
+    let in_use = crate::image_ops::in_use(&layout.sandboxes(), store.root());
+    store.reclaim_interrupted(&in_use).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

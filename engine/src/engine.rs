@@ -62,6 +62,7 @@ impl Engine {
             let _ = std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700));
         }
         cleanup_stale(&layout);
+        crate::cleanup::reclaim_store(&layout);
         Ok(Engine {
             layout,
             open: Mutex::new(HashMap::new()),

@@ -86,7 +86,12 @@ pub async fn fork(
             "fork: n must be 1..={MAX_FORKS}, not {n}"
         )));
     }
-    let img = crate::snapshot::snapshot(parent, engine.home(), None).await?;
+    // Children that outlive their engine (detached) need their lower to
+    // survive a host crash: only then is the copy synced to disk.
+    let durable = cfg
+        .as_ref()
+        .map_or(parent.stored.config.detached, |c| c.detached);
+    let (img, _hold) = crate::snapshot::fork_point(parent, engine.home(), durable).await?;
     let cfg = child_config(parent, cfg, img.digest.to_string());
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..n {

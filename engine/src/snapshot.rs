@@ -19,7 +19,7 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use lockbox_images::{Cancel, Digest, IdShift, ImageInfo, ImageStore};
+use lockbox_images::{Cancel, Digest, ForkHold, IdShift, ImageInfo, ImageStore};
 use lockbox_protocol::ErrorCode;
 
 use crate::error::{EngineError, Result};
@@ -186,6 +186,25 @@ fn store_error(e: lockbox_images::ImageError) -> EngineError {
 /// Captures the sandbox's filesystem as a stored image (named `name` when
 /// given) and returns it. The image's config is its parent image's.
 pub async fn snapshot(sb: &Sandbox, home: &Path, name: Option<String>) -> Result<ImageInfo> {
+    let (info, _) = capture(sb, home, Capture::Snapshot(name)).await?;
+    Ok(info)
+}
+
+/// Fork's unnamed image of the sandbox's filesystem: its data copied by
+/// the kernel (reflinked where the store's filesystem can), not hashed,
+/// synced only when `durable`. The hold keeps it from Prune and from the
+/// next open's reclaim until the children's configs name it.
+pub async fn fork_point(sb: &Sandbox, home: &Path, durable: bool) -> Result<(ImageInfo, ForkHold)> {
+    let (info, hold) = capture(sb, home, Capture::Fork { durable }).await?;
+    Ok((info, hold.expect("a fork capture is held")))
+}
+
+enum Capture {
+    Snapshot(Option<String>),
+    Fork { durable: bool },
+}
+
+async fn capture(sb: &Sandbox, home: &Path, how: Capture) -> Result<(ImageInfo, Option<ForkHold>)> {
     let parent = sb.stored.image.as_ref().ok_or_else(|| {
         unsupported(format!(
             "sandbox {:?} was not made from a stored image (WithRootfs or a development image tree): there is nothing to layer a snapshot on",
@@ -205,30 +224,45 @@ pub async fn snapshot(sb: &Sandbox, home: &Path, name: Option<String>) -> Result
     // count at their apparent size, hard links once).
     let max_bytes = budget.map(|mib| mib.saturating_mul(1 << 20));
     let home = home.to_path_buf();
-    let source = format!("snapshot of sandbox {} ({})", sb.name, sb.id());
+    let source = match &how {
+        Capture::Snapshot(_) => format!("snapshot of sandbox {} ({})", sb.name, sb.id()),
+        Capture::Fork { .. } => format!("fork of sandbox {} ({})", sb.name, sb.id()),
+    };
     let cancel = Cancel::never();
     let c2 = cancel.clone();
     let mut on_drop = CancelOnDrop(cancel, false);
-    let info = tokio::task::spawn_blocking(move || {
+    let r = tokio::task::spawn_blocking(move || {
         let store = ImageStore::open(&home).map_err(store_error)?;
-        let r = store
-            .install_layer(
-                &parent,
-                upper,
-                id_shift(),
-                max_bytes,
-                name.as_deref(),
-                source,
-                &c2,
-            )
-            .map_err(store_error)?;
-        store.inspect(&r.digest.to_string()).map_err(store_error)
+        let (r, hold) = match how {
+            Capture::Snapshot(name) => {
+                let r = store
+                    .install_layer(
+                        &parent,
+                        upper,
+                        id_shift(),
+                        max_bytes,
+                        name.as_deref(),
+                        source,
+                        &c2,
+                    )
+                    .map_err(store_error)?;
+                (r, None)
+            }
+            Capture::Fork { durable } => {
+                let (r, hold) = store
+                    .install_fork_layer(&parent, upper, id_shift(), max_bytes, source, durable, &c2)
+                    .map_err(store_error)?;
+                (r, Some(hold))
+            }
+        };
+        let info = store.inspect(&r.digest.to_string()).map_err(store_error)?;
+        Ok::<_, EngineError>((info, hold))
     })
     .await
     .map_err(|e| EngineError::internal(format!("snapshot task: {e}")))?;
     on_drop.1 = true;
     drop(guard);
-    info
+    r
 }
 
 struct CancelOnDrop(Cancel, bool);
