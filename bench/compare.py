@@ -375,6 +375,104 @@ def sdk_section(path: Path | None) -> list[str]:
 
 
 
+BENCH_NAME = re.compile(r"^Benchmark(\S+?)(?:-\d+)?\s+(\d+)\s+(.*)$")
+METRIC = re.compile(r"([\d.]+) (\S+)")
+
+
+def bench_metrics(path: Path | None) -> dict[str, dict[str, float]]:
+    """Every `value unit` pair of each Go benchmark line, by benchmark name."""
+    out: dict[str, dict[str, float]] = {}
+    if path is None or not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        m = BENCH_NAME.match(line.strip())
+        if m:
+            out[m.group(1)] = {u: float(v) for v, u in METRIC.findall(m.group(3))}
+    return out
+
+
+def case_median(cases: list[Case], key: str, label: str) -> float | None:
+    c = next((c for c in cases if c.key == key and not c.skipped), None)
+    if c is None:
+        return None
+    r = next((r for r in c.results if r.label == label and r.samples), None)
+    return statistics.median(r.values_ms(c.metric)) if r else None
+
+
+def issue13_section(cases: list[Case], sdk: Path | None, reflink: Path | None,
+                    reflink_note: str) -> list[str]:
+    """Issue 13's figures from this one run: the cold and exec medians of
+    the cases above, the SDK benchmarks' medians (bench/snapshot_test.go,
+    bench/idle_test.go) and the reflink run's, each with its target and,
+    for the times, its ratio to bubblewrap's and runc's cold `echo`."""
+    m = bench_metrics(sdk)
+    x = bench_metrics(reflink)
+    bw = case_median(cases, "echo", "bwrap")
+    rc = case_median(cases, "echo", "runc")
+
+    def ratio(v: float | None, peer: float | None) -> str:
+        return f"{v / peer:.2f}×" if v is not None and peer else "—"
+
+    def ms(v: float | None) -> str:
+        return "not measured" if v is None else (f"{v:.3f} ms" if v < 1 else f"{v:.1f} ms")
+
+    def met(v: float | None, target: float | None) -> str:
+        if v is None or target is None:
+            return ""
+        return " (met)" if v <= target else " (not met)"
+
+    def get(src, bench, unit):
+        return src.get(bench, {}).get(unit)
+
+    cold = case_median(cases, "echo", "lockbox")
+    exec_rt = case_median(cases, "exec", "lockbox")
+    rows = [
+        ("Cold create → first output of `echo`", cold, "≤ 1.2× bwrap",
+         (cold / bw <= 1.2) if cold is not None and bw else None),
+        ("Exec round trip p50 (`echo hi`, the exec table above)", exec_rt, "≤ 1 ms", None),
+        ("`Pool.Get` p50 (pool kept full)", get(m, "PoolGet", "p50-ms"), "≤ 1 ms", None),
+        ("`Fork(ctx, 1)` of a sandbox that wrote 100 MiB, tmpfs layer → this disk, p50",
+         get(m, "Fork100MiB", "p50-ms"), "< 20 ms", None),
+        ("… the first fork after the write", get(m, "Fork100MiB", "first-ms"), "", None),
+        ("`Fork(ctx, 1)`, `WithDisk(0)` layer on this disk's filesystem, p50",
+         get(m, "Fork100MiBDiskLayer", "p50-ms"), "< 20 ms", None),
+        ("`Fork(ctx, 1)`, `WithDisk(0)` layer on xfs with reflink=1 (loop mount), p50",
+         get(x, "Fork100MiBDiskLayer", "p50-ms"), "< 20 ms", None),
+        ("… the first fork after the write (xfs: the write reaches the disk first)",
+         get(x, "Fork100MiBDiskLayer", "first-ms"), "", None),
+        ("`Snapshot` of 100 MiB of changes p50",
+         get(m, "Snapshot100MiBAndCreate", "snapshot-p50-ms"), "reported", None),
+        ("Create from that snapshot to first exec p50",
+         get(m, "Snapshot100MiBAndCreate", "create-from-it-p50-ms"), "reported", None),
+        ("`Resume` of a paused sandbox p50", get(m, "ResumeAfterPause", "resume-p50-ms"),
+         "reported", None),
+        ("`Resume` until an exec answers p50",
+         get(m, "ResumeAfterPause", "resume+exec-p50-ms"), "reported", None),
+    ]
+    targets = {"≤ 1 ms": 1.0, "< 20 ms": 20.0}
+    out = ["## Instant sandboxes (issue 13), this run", "",
+           "Every figure below comes from the same `make bench-compare` run: the cold and "
+           "exec medians from the tables above, the rest from the Go benchmarks it runs "
+           "(bench/snapshot_test.go, bench/idle_test.go; each reports its own median, "
+           "not testing.B's mean). The ratios divide by bubblewrap's and runc's median "
+           "cold `echo` of this run: what it costs to get a usable sandbox another way.", "",
+           "| figure | Lockbox | target | ÷ bwrap cold echo | ÷ runc cold echo |",
+           "|---|---:|---|---:|---:|"]
+    for name, v, target, ok in rows:
+        verdict = (" (met)" if ok else " (not met)") if ok is not None \
+            else met(v, targets.get(target))
+        out.append(f"| {name} | {ms(v)} | {target}{verdict if v is not None else ''} | "
+                   f"{ratio(v, bw)} | {ratio(v, rc)} |")
+    pss = get(m, "IdlePSS20", "pss-p50-MiB")
+    out.append(f"| Idle memory per sandbox, PSS p50 of 20 (helper + its descendants) | "
+               + ("not measured" if pss is None else f"{pss:.2f} MiB")
+               + " | ≤ 1 MiB" + ("" if pss is None else (" (met)" if pss <= 1 else " (not met)"))
+               + " | | |")
+    out += ["", f"- Reflink run: {reflink_note}" if reflink_note else
+            "- Reflink run: not made (`make bench-reflink`, root only).", ""]
+    return out
+
+
 def first_line(argv: list[str]) -> str:
     try:
         p = subprocess.run(argv, capture_output=True, text=True, timeout=10)
@@ -648,7 +746,12 @@ def write_markdown(path: Path, cases: list[Case], machine, args, plot_note: str,
            f"(`{args.rootfs_label}`), {args.runs} runs per tool, interleaved "
            "(one run of each tool per round, the order rotating every round) after "
            f"{args.warmup} unrecorded warm-up runs. Median and p90 are nearest-rank. "
-           "A ratio below 1 means Lockbox is faster than that tool.", ""]
+           "A ratio below 1 means Lockbox is faster than that tool.", "",
+           "The machine is shared and noisy: other builds and tests run beside the "
+           f"benchmark (load average {load_average()} when the report was written). "
+           "Read the ratios within this one run, not the absolute times across runs."
+           + (f" Lockbox figures: commit `{args.measured_commit}`." if args.measured_commit
+              else ""), ""]
     out += summary(cases)
     for c in cases:
         out += [f"## {c.title}", ""]
@@ -662,6 +765,7 @@ def write_markdown(path: Path, cases: list[Case], machine, args, plot_note: str,
         out += table(c) + [""]
         out += [f"- {n}" for n in c.notes + lockbox_split(c)] + [""]
         out += step_breakdown(c)
+    out += issue13_section(cases, args.sdk, args.reflink, args.reflink_note)
     out += sdk_section(args.sdk)
     out += ["## Which OCI runtime ran", ""] + [f"- {n}" for n in oci_notes] + [""]
     out += ["## How each tool is isolated", "",
@@ -755,6 +859,12 @@ def main() -> int:
     ap.add_argument("--command", default="make bench-compare")
     ap.add_argument("--sdk", type=Path, help="output of the Go SDK benchmarks to include")
     ap.add_argument("--only", default="", help="comma-separated case keys to run")
+    ap.add_argument("--reflink", type=Path,
+                    help="output of the fork benchmarks run on a reflink filesystem")
+    ap.add_argument("--reflink-note", default="",
+                    help="how the reflink run was made (or why it was not)")
+    ap.add_argument("--measured-commit", default="",
+                    help="the commit the Lockbox figures come from")
     args = ap.parse_args()
     args.rootfs_label = os.path.relpath(args.rootfs)
     random.seed(0)

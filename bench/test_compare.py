@@ -66,6 +66,35 @@ class SdkSectionTest(unittest.TestCase):
         self.assertIn("SKIP", out)
 
 
+class Issue13SectionTest(unittest.TestCase):
+    def test_custom_metrics_targets_and_ratios(self):
+        sdk = ("BenchmarkPoolGet-2 \t 100\t 0 ns/op\t 0.004 p50-ms\t 100 B/op\t 2 allocs/op\n"
+               "BenchmarkFork100MiB-2 \t 9\t 0 ns/op\t 250.0 first-ms\t 120.5 p50-ms\n"
+               "BenchmarkIdlePSS20-2 \t 1\t 0 ns/op\t 0.93 pss-p50-MiB\n")
+        xfs = "BenchmarkFork100MiBDiskLayer-2 \t 30\t 0 ns/op\t 210.0 first-ms\t 8.0 p50-ms\n"
+        lb = compare.Result("lockbox", [compare.Sample(12_000_000, 20_000_000)] * 3)
+        bw = compare.Result("bwrap", [compare.Sample(6_000_000, 7_000_000)] * 3)
+        c = compare.Case("echo", "t", "first_ns", "to first output", [])
+        c.results = [lb, bw]
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "sdk.txt").write_text(sdk)
+            (Path(d) / "xfs.txt").write_text(xfs)
+            out = compare.issue13_section([c], Path(d) / "sdk.txt", Path(d) / "xfs.txt", "xfs")
+        row = {r.split(" | ")[0]: r for r in out if r.startswith("| ")}
+        cold = next(r for k, r in row.items() if "Cold create" in k)
+        self.assertIn("| 12.0 ms | ≤ 1.2× bwrap (not met) | 2.00× |", cold)
+        pool = next(r for k, r in row.items() if "Pool.Get" in k)
+        self.assertIn("| 0.004 ms | ≤ 1 ms (met) |", pool)
+        fork = next(r for k, r in row.items() if "tmpfs layer" in k)
+        self.assertIn("| 120.5 ms | < 20 ms (not met) | 20.08× |", fork)
+        reflink = next(r for k, r in row.items() if "reflink=1" in k)
+        self.assertIn("| 8.0 ms | < 20 ms (met) |", reflink)
+        pss = next(r for k, r in row.items() if "PSS" in k)
+        self.assertIn("0.93 MiB | ≤ 1 MiB (met)", pss)
+        snap = next(r for k, r in row.items() if "Snapshot" in k)
+        self.assertIn("not measured", snap)
+
+
 class TraceTest(unittest.TestCase):
     def test_steps_are_gaps_of_one_sorted_timeline_per_sandbox(self):
         lines = [

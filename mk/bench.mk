@@ -33,13 +33,38 @@ check-bench:
 
 bench-compare: deps bench-venv bench-rootfs-dev bench-compare-images bench-driver
 	@$(MAKE) --no-print-directory bench-sdk || echo "bench-sdk failed (its output is in the doc)"
+	@$(MAKE) --no-print-directory bench-reflink || echo "bench-reflink failed (the doc says so)"
 	@rootfs=$(BASE_ROOTFS); [ -d "$$rootfs" ] || rootfs=$(BENCH_ROOTFS_DEV); \
 	why=$$(cat $(BENCH_WORK)/driver.missing 2>/dev/null || true); \
 	LOCKBOX_LIB=$(BENCH_LIB) LOCKBOX_HOME=$(BENCH_HOME) $(BENCH_VENV)/bin/python bench/compare.py \
 	  --runs $(BENCH_RUNS) --rootfs "$$rootfs" --python-rootfs $(PYTHON_ROOTFS) \
 	  --lockbox-driver $(BENCH_WORK)/lockbox-bench --lockbox-missing "$$why" \
 	  --workdir $(BENCH_WORK) --md docs/benchmarks.md --png docs/benchmarks.png \
-	  --sdk $(BENCH_WORK)/sdk.txt --command "make bench-compare"
+	  --sdk $(BENCH_WORK)/sdk.txt --command "make bench-compare" \
+	  --reflink $(BENCH_WORK)/reflink.txt --reflink-note "$$(cat $(BENCH_WORK)/reflink.note 2>/dev/null)" \
+	  --measured-commit "$$(git describe --always --dirty 2>/dev/null)"
+
+# Fork where the store's filesystem reflinks: a loop-mounted xfs made with
+# reflink=1 is the LOCKBOX_HOME of one run of the WithDisk(0) fork
+# benchmark (its writable layer and the store on one filesystem, so the
+# copy is FICLONE). Root only (mount); otherwise the note says why.
+REFLINK_IMG := $(BENCH_WORK)/xfs.img
+REFLINK_MNT := $(BENCH_WORK)/xfs
+.PHONY: bench-reflink
+bench-reflink: deps bench-driver
+	@mkdir -p $(BENCH_WORK); rm -f $(BENCH_WORK)/reflink.txt; note=$(BENCH_WORK)/reflink.note; \
+	if [ "$$(id -u)" != 0 ]; then echo "not run: a loop mount needs root" > $$note; exit 0; fi; \
+	umount -l $(REFLINK_MNT) 2>/dev/null; rm -f $(REFLINK_IMG); mkdir -p $(REFLINK_MNT); \
+	if ! { truncate -s 3G $(REFLINK_IMG) && mkfs.xfs -q -f -m reflink=1 $(REFLINK_IMG) && \
+	       mount -o loop $(REFLINK_IMG) $(REFLINK_MNT); }; then \
+	  echo "not run: could not make and mount an xfs with reflink=1 here" > $$note; rm -f $(REFLINK_IMG); exit 0; fi; \
+	trap 'umount -l $(REFLINK_MNT); rm -f $(REFLINK_IMG)' EXIT; \
+	mkdir -p $(REFLINK_MNT)/home; \
+	echo "LOCKBOX_HOME on a 3 GiB loop-mounted xfs ($$(mkfs.xfs -V | head -1), -m reflink=1); \
+	  BenchmarkFork100MiBDiskLayer, the same benchmark as on this disk" > $$note; \
+	cd bench && LOCKBOX_LIB=$(BENCH_LIB) LOCKBOX_HOME=$(REFLINK_MNT)/home CGO_ENABLED=0 \
+	  go test -run '^$$' -bench '^BenchmarkFork100MiBDiskLayer$$' -benchmem -count 1 -v . 2>&1 | \
+	  tee $(BENCH_WORK)/reflink.txt
 
 # The Lockbox side: the engine (cargo) and the Go driver on the public API.
 # If either does not build, the comparison still runs the peers and the
