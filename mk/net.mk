@@ -12,3 +12,11 @@ BENCH_STEPS += bench-net
 .PHONY: bench-net
 bench-net:
 	cargo test -p lockbox-net --release --test bench -- --ignored --nocapture
+
+# A real sandbox with a network policy (engine/tests/network_e2e.rs, root):
+# the helper's tap and forwarder, the engine's control socket, traffic to
+# test hosts in namespaces the test makes. About 1 s.
+TEST_STEPS += test-net-wire
+.PHONY: test-net-wire
+test-net-wire: engine-helper-debug image-base
+	cargo test --locked -p lockbox-engine --test network_e2e

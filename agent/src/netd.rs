@@ -296,7 +296,7 @@ fn tap_in_namespace(userns: &File, netns: &File, rootless: bool) -> Result<Owned
     if unsafe { libc::ioctl(tap.as_raw_fd(), libc::TUNSETIFF as _, &mut req) } != 0 {
         return Err(os("TUNSETIFF"));
     }
-    configure().map_err(|(s, e)| (s, e))?;
+    configure()?;
     Ok(tap)
 }
 

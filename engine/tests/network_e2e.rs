@@ -1,0 +1,446 @@
+//! A real sandbox with a network policy, end to end: the helper's tap and
+//! forwarder, the engine's control socket, real traffic to test hosts.
+//!
+//! Needs root (namespaces, veth). The test builds two network namespaces
+//! of its own: "outside" stands for the host (the engine, the helper and
+//! the forwarder run there: the test re-runs itself in it with
+//! nsenter), and "hosts" holds the test hosts (TCP servers that
+//! answer with their name, a DNS server) behind a veth. Every packet
+//! stays in those namespaces.
+//!
+//! ```text
+//!  sandbox netns ── tap ── forwarder (outside ns) ── veth ── hosts ns
+//!  10.0.2.100               198.51.100.1                    198.51.100.10 api.test
+//!                                                           198.51.100.11 (no name)
+//!                                                           198.51.100.53 DNS
+//! ```
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, MessageType, ResponseCode};
+use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::{RData, Record, RecordType};
+use lockbox_engine::{Engine, ErrorCode, ExecOptions, Sandbox, SandboxConfig};
+use serde_json::json;
+
+const INNER: &str = "LOCKBOX_NET_E2E_INNER";
+const DNS: &str = "198.51.100.53:53";
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn ready() -> bool {
+    let base = concat!(env!("CARGO_MANIFEST_DIR"), "/../build/images/base/rootfs");
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let ok = root && lockbox_engine::find_helper().is_ok() && std::path::Path::new(base).is_dir();
+    if !ok {
+        eprintln!("skipping: needs root, lockbox-helper and the base image");
+    }
+    ok
+}
+
+struct Namespaces {
+    outside: String,
+    hosts: String,
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in [&self.outside, &self.hosts] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn namespaces() -> Namespaces {
+    let n = std::process::id();
+    let ns = Namespaces {
+        outside: format!("lbwo-{n}"),
+        hosts: format!("lbwh-{n}"),
+    };
+    for s in [&ns.outside, &ns.hosts] {
+        let _ = Command::new("ip").args(["netns", "del", s]).status();
+        ip(&["netns", "add", s]);
+        ip(&["-n", s, "link", "set", "lo", "up"]);
+    }
+    let (va, vb) = (format!("lbwo{n}"), format!("lbwh{n}"));
+    ip(&[
+        "-n",
+        &ns.outside,
+        "link",
+        "add",
+        &va,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &vb,
+        "netns",
+        &ns.hosts,
+    ]);
+    ip(&[
+        "-n",
+        &ns.outside,
+        "addr",
+        "add",
+        "198.51.100.1/24",
+        "dev",
+        &va,
+    ]);
+    for a in ["198.51.100.10/24", "198.51.100.11/24", "198.51.100.53/24"] {
+        ip(&["-n", &ns.hosts, "addr", "add", a, "dev", &vb]);
+    }
+    ip(&["-n", &ns.outside, "link", "set", &va, "up"]);
+    ip(&["-n", &ns.hosts, "link", "set", &vb, "up"]);
+    ns
+}
+
+fn enter(ns: &str) {
+    let f = File::open(format!("/var/run/netns/{ns}")).expect("open netns");
+    // SAFETY: setns on this thread with an fd we own.
+    let r = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
+    assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+}
+
+/// The test hosts, on threads inside the hosts namespace. Returns the
+/// names the DNS server was asked.
+fn start_hosts(ns: &str) -> Arc<Mutex<Vec<String>>> {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (ns, l) = (ns.to_string(), log.clone());
+    std::thread::spawn(move || {
+        enter(&ns);
+        for (addr, name) in [("198.51.100.10:80", "api"), ("198.51.100.11:80", "pkg")] {
+            let l = TcpListener::bind(addr).expect("bind test server");
+            std::thread::spawn(move || {
+                for c in l.incoming() {
+                    let Ok(mut c) = c else { continue };
+                    std::thread::spawn(move || {
+                        let mut b = [0u8; 4096];
+                        let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                        if matches!(c.read(&mut b), Ok(n) if n > 0) {
+                            let _ = c.write_all(name.as_bytes());
+                        }
+                    });
+                }
+            });
+        }
+        let s = UdpSocket::bind(DNS).expect("bind dns");
+        std::thread::spawn(move || dns_server(s, l));
+        tx.send(()).unwrap();
+    });
+    rx.recv_timeout(Duration::from_secs(10)).expect("hosts up");
+    log
+}
+
+/// api.test is 198.51.100.10; every other name is NXDOMAIN. Logs names.
+fn dns_server(s: UdpSocket, log: Arc<Mutex<Vec<String>>>) {
+    let zone = HashMap::from([("api.test", Ipv4Addr::new(198, 51, 100, 10))]);
+    let mut buf = [0u8; 4096];
+    while let Ok((n, from)) = s.recv_from(&mut buf) {
+        let Ok(q) = Message::from_vec(&buf[..n]) else {
+            continue;
+        };
+        let Some(query) = q.queries().first().cloned() else {
+            continue;
+        };
+        let name = query
+            .name()
+            .to_ascii()
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        log.lock().unwrap().push(name.clone());
+        let mut r = Message::new();
+        r.set_id(q.id())
+            .set_message_type(MessageType::Response)
+            .add_query(query.clone());
+        match zone.get(name.as_str()) {
+            Some(a) if query.query_type() == RecordType::A => {
+                r.add_answer(Record::from_rdata(
+                    query.name().clone(),
+                    60,
+                    RData::A(A(*a)),
+                ));
+            }
+            Some(_) => {}
+            None => {
+                r.set_response_code(ResponseCode::NXDomain);
+            }
+        }
+        let _ = s.send_to(&r.to_vec().unwrap(), from);
+    }
+}
+
+#[test]
+fn network_policy_end_to_end() {
+    if std::env::var_os(INNER).is_some() {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(inside_outside_ns());
+        return;
+    }
+    if !ready() {
+        return;
+    }
+    let ns = namespaces();
+    let dns_log = start_hosts(&ns.hosts);
+    let exe = std::env::current_exe().unwrap();
+    // nsenter, not `ip netns exec`: that one remounts /sys, hiding the
+    // cgroup tree the helper needs.
+    let status = Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", ns.outside))
+        .arg(&exe)
+        .args([
+            "--exact",
+            "network_policy_end_to_end",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(INNER, "1")
+        .env("LOCKBOX_NET_DNS", DNS)
+        .status()
+        .unwrap();
+    assert!(status.success(), "the run in the outside namespace failed");
+    let asked = dns_log.lock().unwrap().clone();
+    // Control: allowed names do reach the test DNS server...
+    assert!(asked.iter().any(|n| n == "api.test"), "{asked:?}");
+    // ...denied ones never leave the forwarder.
+    assert!(!asked.iter().any(|n| n.contains("denied")), "{asked:?}");
+}
+
+async fn sh(sb: &Sandbox, script: &str) -> (String, Duration) {
+    let t0 = Instant::now();
+    let out = sb
+        .exec_collect(
+            &ExecOptions {
+                argv: vec!["sh".into(), "-c".into(), script.into()],
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
+    s.push_str(&String::from_utf8_lossy(&out.stderr));
+    eprintln!("sandbox$ {script}\n{s}");
+    (s, t0.elapsed())
+}
+
+/// Children of `pid`, with their command lines.
+fn children(pid: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let ppid: u32 = after.split(' ').nth(1).unwrap().parse().unwrap();
+        if ppid == pid {
+            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            out.push((p, String::from_utf8_lossy(&cmd).replace('\0', " ")));
+        }
+    }
+    out
+}
+
+fn forwarder_of(helper: u32) -> u32 {
+    let kids = children(helper);
+    assert!(
+        !kids.iter().any(|(_, c)| c.contains("pasta")),
+        "no pasta for a policy sandbox: {kids:?}"
+    );
+    let fwd: Vec<u32> = kids
+        .iter()
+        .filter(|(_, c)| c.contains("net-forwarder"))
+        .map(|(p, _)| *p)
+        .collect();
+    assert_eq!(fwd.len(), 1, "one forwarder: {kids:?}");
+    fwd[0]
+}
+
+fn gone_soon(pid: u32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return true,
+            // A zombie is gone for our purpose (its parent reaps it).
+            Ok(s) if s[s.rfind(')').unwrap() + 2..].starts_with('Z') => return true,
+            Ok(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    false
+}
+
+async fn inside_outside_ns() {
+    let home = tempfile::tempdir().unwrap();
+    let engine = Engine::with_home(home.path().to_path_buf()).unwrap();
+    let policy = json!({"rules": [{"action": "allow", "domain": "api.test", "ports": ["80"]}]});
+
+    // A bad policy is refused before anything starts.
+    let e = engine
+        .create(SandboxConfig {
+            network_policy: Some(json!({"rules": [{"action": "allow", "domain": "a..b"}]})),
+            ..Default::default()
+        })
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(e.code, ErrorCode::InvalidArgument, "{}", e.message);
+    assert!(engine.list().unwrap().is_empty());
+
+    let sb = engine
+        .create(SandboxConfig {
+            name: Some("netpol".into()),
+            network_policy: Some(policy.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    // An allowed name resolves through the forwarder and connects.
+    let (out, _) = sh(&sb, "echo hi | nc -w 3 api.test 80").await;
+    assert_eq!(out, "api", "allowed name");
+    // A denied name is NXDOMAIN.
+    let (out, _) = sh(&sb, "nslookup denied.test; echo rc=$?").await;
+    assert!(out.contains("NXDOMAIN") && out.contains("rc=1"), "{out}");
+    // A denied address is refused, fast.
+    let (out, took) = sh(&sb, "echo hi | nc -w 5 198.51.100.11 80; echo rc=$?").await;
+    assert!(!out.contains("pkg") && !out.contains("rc=0"), "{out}");
+    assert!(took < Duration::from_secs(2), "refusal took {took:?}");
+
+    // Denials are events, with the rule that refused.
+    let ev = sb
+        .network_events(Duration::from_secs(2), 100)
+        .await
+        .unwrap();
+    let connect = ev
+        .events
+        .iter()
+        .find(|e| e.kind == "connect" && e.ip.as_deref() == Some("198.51.100.11"))
+        .unwrap_or_else(|| panic!("no connect event: {ev:?}"));
+    assert_eq!(connect.port, Some(80));
+    assert_eq!(connect.protocol.as_deref(), Some("tcp"));
+    assert_eq!(connect.rule, "default deny");
+    assert!(
+        ev.events
+            .iter()
+            .any(|e| e.kind == "dns" && e.name.as_deref() == Some("denied.test")),
+        "{ev:?}"
+    );
+    // Taken once: the next call waits, and comes back empty.
+    let t0 = Instant::now();
+    let again = sb
+        .network_events(Duration::from_millis(300), 100)
+        .await
+        .unwrap();
+    assert!(again.events.is_empty(), "{again:?}");
+    assert!(t0.elapsed() >= Duration::from_millis(250));
+
+    // Counters in metrics.
+    let m = sb.metrics().unwrap().network.expect("network counters");
+    assert!(m.connections_allowed >= 1, "{m:?}");
+    assert!(m.connections_denied >= 1, "{m:?}");
+    assert!(m.dns_denied >= 1 && m.dns_answered >= 1, "{m:?}");
+
+    // A live policy change turns the refusal into a connection.
+    let wider = json!({"rules": [
+        {"action": "allow", "domain": "api.test", "ports": ["80"]},
+        {"action": "allow", "cidr": "198.51.100.11/32", "ports": ["80"]}
+    ]});
+    sb.set_network_policy(&wider).await.unwrap();
+    let (out, _) = sh(&sb, "echo hi | nc -w 3 198.51.100.11 80").await;
+    assert_eq!(out, "pkg", "after set_network_policy");
+    let e = sb
+        .set_network_policy(&json!({"rules": [{"action": "maybe"}]}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidArgument);
+
+    // The forwarder: a child of the helper, no pasta, unprivileged when
+    // the helper is root, invisible and unreachable from inside.
+    let helper = sb.info().unwrap().helper_pid;
+    let fwd = forwarder_of(helper);
+    let status = std::fs::read_to_string(format!("/proc/{fwd}/status")).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(uid.split_whitespace().nth(1), Some("65534"), "{uid}");
+    let (out, _) = sh(
+        &sb,
+        &format!("kill -9 {fwd}; echo rc=$?; ls /proc | grep -x {fwd}; kill -0 $$ && echo self-ok"),
+    )
+    .await;
+    assert!(
+        out.contains("rc=1") && out.contains("No such process"),
+        "{out}"
+    );
+    assert!(!out.lines().any(|l| l == fwd.to_string()), "{out}");
+    assert!(
+        out.contains("self-ok"),
+        "control: the sandbox can signal itself: {out}"
+    );
+    assert!(
+        std::path::Path::new(&format!("/proc/{fwd}")).exists(),
+        "forwarder survived"
+    );
+    let (out, _) = sh(&sb, "echo hi | nc -w 3 api.test 80").await;
+    assert_eq!(out, "api", "still forwarding");
+
+    // Remove takes the forwarder with it.
+    engine.remove("netpol").await.unwrap();
+    assert!(gone_soon(fwd), "forwarder {fwd} outlived Remove");
+
+    // So does a SIGKILLed helper.
+    let sb2 = engine
+        .create(SandboxConfig {
+            name: Some("netpol2".into()),
+            network_policy: Some(policy),
+            detached: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let helper = sb2.info().unwrap().helper_pid;
+    let fwd = forwarder_of(helper);
+    // SAFETY: signalling the helper we started.
+    unsafe { libc::kill(helper as i32, libc::SIGKILL) };
+    assert!(
+        gone_soon(fwd),
+        "forwarder {fwd} outlived its SIGKILLed helper"
+    );
+    let _ = engine.remove("netpol2").await;
+
+    // Without a policy there is nothing to change or read.
+    let plain = engine
+        .create(SandboxConfig {
+            name: Some("plain".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let e = plain
+        .set_network_policy(&json!({"rules": []}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidArgument);
+    assert!(plain.metrics().unwrap().network.is_none());
+    engine.remove("plain").await.unwrap();
+}
