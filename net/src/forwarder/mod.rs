@@ -567,6 +567,12 @@ impl Stack {
                 over.push((*key, handle));
             }
         }
+        if !over.is_empty() {
+            // An aborted socket sends its reset when polled: poll before
+            // it goes, or the sandbox waits for a reset that never comes.
+            self.iface
+                .poll(smol_now(), &mut self.dev, &mut self.sockets);
+        }
         for (key, handle) in over {
             self.tcp.remove(&key);
             self.sockets.remove(handle);

@@ -14,6 +14,8 @@
 
 #![allow(dead_code)]
 
+pub mod https;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -30,6 +32,7 @@ use hickory_proto::op::{Message, MessageType, Query, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use lockbox_net::forwarder::{Config, Forwarder, Handle, Limits};
+use lockbox_net::intercept::Interception;
 use lockbox_net::policy::{HostAddrs, Policy};
 
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
@@ -44,6 +47,8 @@ pub struct Topology {
     hosts: String,
     /// Every name the test DNS server was asked, in order.
     pub dns_log: Arc<Mutex<Vec<String>>>,
+    /// Every request head the HTTPS test hosts received.
+    pub https_log: https::HttpsLog,
 }
 
 /// A topology with the forwarder running in this process, on a thread in
@@ -161,13 +166,15 @@ impl Topology {
             ip(&a);
         }
         let dns_log = Arc::new(Mutex::new(Vec::new()));
-        start_hosts(&hosts, dns_log.clone());
+        let https_log = https::HttpsLog::default();
+        start_hosts(&hosts, dns_log.clone(), https_log.clone());
         (
             Topology {
                 sandbox,
                 outside,
                 hosts,
                 dns_log,
+                https_log,
             },
             tap,
         )
@@ -206,8 +213,20 @@ impl Lab {
     }
 
     pub fn with_limits(policy: Policy, limits: Limits) -> Lab {
+        Lab::build(policy, limits, None)
+    }
+
+    /// A lab whose forwarder intercepts TLS to `ix`'s secret hosts.
+    pub fn with_interception(policy: Policy, ix: Arc<Interception>) -> Lab {
+        Lab::build(policy, Limits::default(), Some(ix))
+    }
+
+    fn build(policy: Policy, limits: Limits, ix: Option<Arc<Interception>>) -> Lab {
         let (net, tap) = Topology::new();
-        let (fwd, handle) = Forwarder::new(tap, config(limits), policy);
+        let (mut fwd, handle) = Forwarder::new(tap, config(limits), policy);
+        if let Some(ix) = ix {
+            fwd = fwd.with_interception(ix);
+        }
         let out = net.outside.clone();
         let forwarder = thread::spawn(move || {
             enter(&out);
@@ -269,7 +288,7 @@ fn trunc(s: &str) -> String {
 
 /// The test hosts. Each TCP server answers one read with its name and
 /// closes; each UDP echo sends back what it got.
-fn start_hosts(ns: &str, dns_log: Arc<Mutex<Vec<String>>>) {
+fn start_hosts(ns: &str, dns_log: Arc<Mutex<Vec<String>>>, https_log: https::HttpsLog) {
     let (tx, rx) = std::sync::mpsc::channel();
     spawn_in(ns, move || {
         for (addr, name) in [
@@ -287,6 +306,12 @@ fn start_hosts(ns: &str, dns_log: Arc<Mutex<Vec<String>>>) {
         for addr in ["198.51.100.10:7", "198.51.100.10:9", "198.51.100.10:80"] {
             let s = UdpSocket::bind(addr).expect("bind udp echo");
             thread::spawn(move || udp_echo(s));
+        }
+        for (addr, label, name, rogue) in HTTPS_HOSTS {
+            let l = TcpListener::bind(addr).expect("bind https server");
+            let (cfg, _) = https::server_config(name, rogue);
+            let log = https_log.clone();
+            thread::spawn(move || https::serve(l, label, cfg, log));
         }
         let s = UdpSocket::bind(DNS_SERVER).expect("bind dns");
         thread::spawn(move || dns_server(s, dns_log));
@@ -307,6 +332,14 @@ fn tcp_server(l: TcpListener, name: &'static str) {
         });
     }
 }
+
+/// HTTPS hosts: (address, label, certificate name, issued by the rogue
+/// CA). The rogue one claims api.test with a certificate nobody trusts.
+pub const HTTPS_HOSTS: [(&str, &str, &str, bool); 3] = [
+    ("198.51.100.10:443", "api-tls", "api.test", false),
+    ("198.51.100.11:443", "pkg-tls", "files.pkg.test", false),
+    ("198.51.100.10:8443", "rogue", "api.test", true),
+];
 
 /// Reads a big-endian u64 and sends that many bytes.
 pub const BULK: &str = "198.51.100.10:9000";
