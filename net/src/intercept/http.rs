@@ -423,6 +423,7 @@ mod tests {
             format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD)),
             format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(2 * MAX_HEAD)),
             "GET / HTTP/1.1\r\nX: a\r\n".into(),
+            "GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n".into(),
         ] {
             let e = run(bad.as_bytes()).unwrap_err();
             assert!(
