@@ -212,9 +212,9 @@ fn a_host_that_cannot_prove_its_name_gets_no_secret() {
 }
 
 #[test]
-fn an_oversized_request_head_is_refused() {
+fn oversized_or_misaddressed_request_heads_are_refused() {
     let (lab, ca) = lab(false);
-    let (big, under) = lab.inside(move || {
+    let (big, other_host, under) = lab.inside(move || {
         resolve("api.test");
         let head = |pad: usize| {
             format!(
@@ -224,18 +224,30 @@ fn an_oversized_request_head_is_refused() {
         };
         let mut c = connect("198.51.100.10:443", "api.test", &[&ca]).unwrap();
         let big = roundtrip(&mut c, head(MAX_HEAD).as_bytes());
+        // Verified as api.test, asking the same server for another name.
+        let mut c = connect("198.51.100.10:443", "api.test", &[&ca]).unwrap();
+        let other = format!("GET / HTTP/1.1\r\nHost: files.pkg.test\r\nAuthorization: Bearer {API_P}\r\n\r\n");
+        let other_host = roundtrip(&mut c, other.as_bytes());
         let mut c = connect("198.51.100.10:443", "api.test", &[&ca]).unwrap();
         let under = roundtrip(&mut c, head(MAX_HEAD - 200).as_bytes());
-        (big, under)
+        (big, other_host, under)
     });
     assert!(big.is_err(), "{big:?}");
+    assert!(other_host.is_err(), "{other_host:?}");
     assert_eq!(under.unwrap(), "ok api-tls");
     let api = heads(&lab, "api-tls");
-    assert_eq!(api.len(), 1, "only the head under the bound arrived");
+    assert_eq!(api.len(), 1, "only the good head arrived: {api:?}");
     assert!(api[0].contains(API_V));
     let ev = secret_events(&lab);
-    assert_eq!(ev.len(), 1, "{ev:#?}");
+    assert_eq!(ev.len(), 2, "{ev:#?}");
     assert!(ev[0].rule.contains("over 65536 bytes"), "{}", ev[0].rule);
+    assert!(
+        ev[1]
+            .rule
+            .contains("Host \"files.pkg.test\" is not api.test"),
+        "{}",
+        ev[1].rule
+    );
 }
 
 #[test]

@@ -59,6 +59,7 @@ pub fn rewrite_head(raw: &[u8], secrets: &Secrets, host: &str) -> io::Result<Rew
     let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
         return Err(refused("bad request line"));
     };
+    check_target(method, path, req.headers, host)?;
     let mut out = Rewritten::default();
     for (_, s) in find_placeholders(secrets, path.as_bytes()) {
         note(&mut out, s, host, true);
@@ -110,6 +111,61 @@ pub fn rewrite_head(raw: &[u8], secrets: &Secrets, host: &str) -> io::Result<Rew
     };
     out.head = head;
     Ok(out)
+}
+
+/// The request must be for the name the TLS connection was verified for:
+/// a server behind one address may serve other names too (a CDN, a
+/// shared host), and it would route by the Host header or an absolute
+/// target, sending the real value to whoever owns that other name.
+fn check_target(
+    method: &str,
+    path: &str,
+    headers: &[httparse::Header<'_>],
+    host: &str,
+) -> io::Result<()> {
+    let mismatch = |what: &str, got: &str| {
+        refused(format!(
+            "{what} {:?} is not {host}, the verified TLS name",
+            got.chars().take(64).collect::<String>()
+        ))
+    };
+    let mut hosts = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("host"));
+    if let Some(h) = hosts.next() {
+        let v = std::str::from_utf8(h.value).map_err(|_| refused("Host is not text"))?;
+        if !same_authority(v, host) {
+            return Err(mismatch("Host", v));
+        }
+    }
+    if hosts.next().is_some() {
+        return Err(refused("more than one Host header"));
+    }
+    if method == "CONNECT" {
+        if !same_authority(path, host) {
+            return Err(mismatch("CONNECT target", path));
+        }
+    } else if !path.starts_with('/') && path != "*" {
+        // Absolute form: scheme://authority/...
+        let authority = path
+            .split_once("://")
+            .map(|(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""))
+            .ok_or_else(|| refused("request target is neither a path nor absolute"))?;
+        let authority = authority.rsplit('@').next().unwrap_or("");
+        if !same_authority(authority, host) {
+            return Err(mismatch("request target", authority));
+        }
+    }
+    Ok(())
+}
+
+/// `authority` (name, optional port) names `host`.
+fn same_authority(authority: &str, host: &str) -> bool {
+    let name = match authority.rsplit_once(':') {
+        Some((n, port)) if port.bytes().all(|b| b.is_ascii_digit()) => n,
+        _ => authority,
+    };
+    name.trim_end_matches('.').eq_ignore_ascii_case(host)
 }
 
 fn is_auth(name: &str) -> bool {
@@ -424,6 +480,12 @@ mod tests {
             format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(2 * MAX_HEAD)),
             "GET / HTTP/1.1\r\nX: a\r\n".into(),
             "GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n".into(),
+            // Another name behind the same server.
+            "GET / HTTP/1.1\r\nHost: evil.test\r\n\r\n".into(),
+            "GET / HTTP/1.1\r\nHost: api.test\r\nHost: evil.test\r\n\r\n".into(),
+            "GET http://evil.test/ HTTP/1.1\r\nHost: api.test\r\n\r\n".into(),
+            "GET https://api.test@evil.test/ HTTP/1.1\r\n\r\n".into(),
+            "CONNECT evil.test:443 HTTP/1.1\r\nHost: api.test\r\n\r\n".into(),
         ] {
             let e = run(bad.as_bytes()).unwrap_err();
             assert!(
@@ -434,7 +496,15 @@ mod tests {
                 "{e}"
             );
         }
-        // Control: just under the bound passes.
+        // Controls: the verified name in every form, and a head just under
+        // the bound, pass.
+        for ok in [
+            "GET / HTTP/1.1\r\nHost: API.test:443\r\n\r\n",
+            "GET https://api.test/x?y HTTP/1.1\r\nHost: api.test\r\n\r\n",
+            "OPTIONS * HTTP/1.1\r\nHost: api.test.\r\n\r\n",
+        ] {
+            assert!(run(ok.as_bytes()).is_ok(), "{ok}");
+        }
         let ok = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD - 64));
         assert!(run(ok.as_bytes()).is_ok());
     }
