@@ -12,6 +12,7 @@
 //!  sandbox netns ── tap ── forwarder (outside ns) ── veth ── hosts ns
 //!  10.0.2.100               198.51.100.1                    198.51.100.10 api.test
 //!                                                           198.51.100.11 (no name)
+//!                                                           198.51.100.12 secret.test (HTTPS)
 //!                                                           198.51.100.53 DNS
 //! ```
 
@@ -31,6 +32,9 @@ use serde_json::json;
 
 const INNER: &str = "LOCKBOX_NET_E2E_INNER";
 const DNS: &str = "198.51.100.53:53";
+const ROOTS: &str = "LOCKBOX_NET_E2E_ROOTS";
+/// The real value: only the HTTPS test host may ever see it.
+const SECRET: &str = "sk-real-7f3a9c";
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip");
@@ -101,7 +105,12 @@ fn namespaces() -> Namespaces {
         "dev",
         &va,
     ]);
-    for a in ["198.51.100.10/24", "198.51.100.11/24", "198.51.100.53/24"] {
+    for a in [
+        "198.51.100.10/24",
+        "198.51.100.11/24",
+        "198.51.100.12/24",
+        "198.51.100.53/24",
+    ] {
         ip(&["-n", &ns.hosts, "addr", "add", a, "dev", &vb]);
     }
     ip(&["-n", &ns.outside, "link", "set", &va, "up"]);
@@ -116,14 +125,84 @@ fn enter(ns: &str) {
     assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
 }
 
+type Log = Arc<Mutex<Vec<String>>>;
+
+/// A test CA and a server config for secret.test signed by it.
+fn test_pki() -> (String, Arc<rustls::ServerConfig>) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::default();
+    p.distinguished_name
+        .push(DnType::CommonName, "network_e2e test CA");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = p.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::default();
+    p.distinguished_name.push(DnType::CommonName, "secret.test");
+    p.subject_alt_names = vec![SanType::DnsName("secret.test".try_into().unwrap())];
+    let leaf = p.signed_by(&key, &ca, &ca_key).unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .unwrap();
+    (ca.pem(), Arc::new(cfg))
+}
+
+/// HTTPS on secret.test: logs each request head and answers whether its
+/// Authorization carried the real value (never the value itself).
+fn https_server(l: TcpListener, cfg: Arc<rustls::ServerConfig>, log: Log) {
+    for c in l.incoming() {
+        let Ok(c) = c else { continue };
+        let (cfg, log) = (cfg.clone(), log.clone());
+        std::thread::spawn(move || {
+            let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+            let Ok(conn) = rustls::ServerConnection::new(cfg) else {
+                return;
+            };
+            let mut s = rustls::StreamOwned::new(conn, c);
+            let mut head = Vec::new();
+            let mut b = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
+                match s.read(&mut b) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&b[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&head).into_owned();
+            let ok = head
+                .lines()
+                .any(|l| l.eq_ignore_ascii_case(&format!("authorization: Bearer {SECRET}")));
+            log.lock().unwrap().push(head);
+            let body = if ok { "auth-ok" } else { "auth-missing" };
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(resp.as_bytes()).and_then(|_| s.flush());
+            s.conn.send_close_notify();
+            let _ = s.flush();
+        });
+    }
+}
+
 /// The test hosts, on threads inside the hosts namespace. Returns the
-/// names the DNS server was asked.
-fn start_hosts(ns: &str) -> Arc<Mutex<Vec<String>>> {
+/// names the DNS server was asked and the HTTPS request heads.
+fn start_hosts(ns: &str, tls: Arc<rustls::ServerConfig>) -> (Log, Log) {
     let log = Arc::new(Mutex::new(Vec::new()));
+    let https_log: Log = Arc::new(Mutex::new(Vec::new()));
     let (tx, rx) = std::sync::mpsc::channel();
-    let (ns, l) = (ns.to_string(), log.clone());
+    let (ns, l, hl) = (ns.to_string(), log.clone(), https_log.clone());
     std::thread::spawn(move || {
         enter(&ns);
+        let h = TcpListener::bind("198.51.100.12:443").expect("bind https");
+        std::thread::spawn(move || https_server(h, tls, hl));
         for (addr, name) in [("198.51.100.10:80", "api"), ("198.51.100.11:80", "pkg")] {
             let l = TcpListener::bind(addr).expect("bind test server");
             std::thread::spawn(move || {
@@ -144,12 +223,16 @@ fn start_hosts(ns: &str) -> Arc<Mutex<Vec<String>>> {
         tx.send(()).unwrap();
     });
     rx.recv_timeout(Duration::from_secs(10)).expect("hosts up");
-    log
+    (log, https_log)
 }
 
-/// api.test is 198.51.100.10; every other name is NXDOMAIN. Logs names.
-fn dns_server(s: UdpSocket, log: Arc<Mutex<Vec<String>>>) {
-    let zone = HashMap::from([("api.test", Ipv4Addr::new(198, 51, 100, 10))]);
+/// api.test is 198.51.100.10, secret.test .12; every other name is
+/// NXDOMAIN. Logs names.
+fn dns_server(s: UdpSocket, log: Log) {
+    let zone = HashMap::from([
+        ("api.test", Ipv4Addr::new(198, 51, 100, 10)),
+        ("secret.test", Ipv4Addr::new(198, 51, 100, 12)),
+    ]);
     let mut buf = [0u8; 4096];
     while let Ok((n, from)) = s.recv_from(&mut buf) {
         let Ok(q) = Message::from_vec(&buf[..n]) else {
@@ -200,7 +283,10 @@ fn network_policy_end_to_end() {
         return;
     }
     let ns = namespaces();
-    let dns_log = start_hosts(&ns.hosts);
+    let (ca_pem, tls) = test_pki();
+    let roots = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(roots.path(), &ca_pem).unwrap();
+    let (dns_log, https_log) = start_hosts(&ns.hosts, tls);
     let exe = std::env::current_exe().unwrap();
     // nsenter, not `ip netns exec`: that one remounts /sys, hiding the
     // cgroup tree the helper needs.
@@ -215,6 +301,8 @@ fn network_policy_end_to_end() {
         ])
         .env(INNER, "1")
         .env("LOCKBOX_NET_DNS", DNS)
+        .env("LOCKBOX_NET_ROOTS", roots.path())
+        .env(ROOTS, &ca_pem)
         .status()
         .unwrap();
     assert!(status.success(), "the run in the outside namespace failed");
@@ -223,6 +311,14 @@ fn network_policy_end_to_end() {
     assert!(asked.iter().any(|n| n == "api.test"), "{asked:?}");
     // ...denied ones never leave the forwarder.
     assert!(!asked.iter().any(|n| n.contains("denied")), "{asked:?}");
+    // The secret host got the real value, substituted by the forwarder.
+    let heads = https_log.lock().unwrap().clone();
+    assert!(
+        heads
+            .iter()
+            .any(|h| h.contains(&format!("Bearer {SECRET}"))),
+        "{heads:?}"
+    );
 }
 
 async fn sh(sb: &Sandbox, script: &str) -> (String, Duration) {
@@ -428,6 +524,8 @@ async fn inside_outside_ns() {
     );
     let _ = engine.remove("netpol2").await;
 
+    secrets(&engine).await;
+
     // Without a policy there is nothing to change or read.
     let plain = engine
         .create(SandboxConfig {
@@ -443,4 +541,119 @@ async fn inside_outside_ns() {
     assert_eq!(e.code, ErrorCode::InvalidArgument);
     assert!(plain.metrics().unwrap().network.is_none());
     engine.remove("plain").await.unwrap();
+}
+
+/// A secret: the sandbox holds a placeholder; the forwarder puts the real
+/// value in the request to its host (through the per-sandbox CA it trusts)
+/// and reports the placeholder going anywhere else.
+async fn secrets(engine: &Engine) {
+    let root = curl_rootfs();
+    let cfg: SandboxConfig = serde_json::from_value(json!({
+        "name": "secrets",
+        "rootfs": root.path(),
+        "network_policy": {"rules": [
+            {"action": "allow", "domain": "api.test", "ports": ["80"]},
+            {"action": "allow", "domain": "secret.test", "ports": ["443"]}
+        ]},
+        "secrets": [{"name": "API_KEY", "value": SECRET, "hosts": ["secret.test"]}]
+    }))
+    .unwrap();
+    let sb = engine.create(cfg).await.unwrap();
+    let (ph, _) = sh(&sb, "printf %s \"$API_KEY\"").await;
+    assert!(ph.starts_with("lockbox-secret-") && ph.len() == 47, "{ph}");
+    // Nowhere inside: env, every process's environ, the files we wrote.
+    let (out, _) = sh(
+        &sb,
+        &format!(
+            "env; cat /proc/*/environ; echo; grep -rl {SECRET} /etc /proc/1/environ; echo done"
+        ),
+    )
+    .await;
+    assert!(
+        !out.contains(SECRET) && out.contains(&ph) && out.contains("\ndone\n"),
+        "{out}"
+    );
+    // The CA the forwarder made is installed, and the usual variables
+    // name a bundle holding it.
+    let (out, _) = sh(
+        &sb,
+        "cat /etc/lockbox/ca.pem; echo $SSL_CERT_FILE; grep -c BEGIN \"$SSL_CERT_FILE\"",
+    )
+    .await;
+    assert!(
+        out.contains("BEGIN CERTIFICATE") && out.contains("/etc/lockbox/ca-bundle.crt"),
+        "{out}"
+    );
+    let info = serde_json::to_string(&sb.info().unwrap()).unwrap();
+    assert!(!info.contains(SECRET) && info.contains("API_KEY"), "{info}");
+    let stored =
+        std::fs::read_to_string(std::path::Path::new(&sb.info().unwrap().dir).join("config.json"))
+            .unwrap();
+    assert!(!stored.contains(SECRET), "{stored}");
+
+    // Through TLS to the secret host: substituted (the host answers
+    // whether it got the real value).
+    let (out, _) = sh(
+        &sb,
+        "curl -sS -H \"Authorization: Bearer $API_KEY\" https://secret.test/ 2>&1",
+    )
+    .await;
+    assert!(out.contains("auth-ok"), "{out}");
+    let m = sb.metrics().unwrap().network.unwrap();
+    assert!(m.secrets_substituted >= 1, "{m:?}");
+
+    // To another host: not substituted, and reported.
+    let (out, _) = sh(
+        &sb,
+        "printf \"GET / HTTP/1.1\\r\\nAuthorization: $API_KEY\\r\\n\\r\\n\" | nc -w 3 api.test 80",
+    )
+    .await;
+    assert_eq!(out, "api");
+    let ev = sb
+        .network_events(Duration::from_secs(2), 100)
+        .await
+        .unwrap();
+    assert!(ev.events.iter().any(|e| e.kind == "secret"), "{ev:?}");
+    let log =
+        std::fs::read_to_string(std::path::Path::new(&sb.info().unwrap().dir).join("helper.log"))
+            .unwrap_or_default();
+    assert!(!log.contains(SECRET), "{log}");
+    engine.remove("secrets").await.unwrap();
+}
+
+/// The base image plus the host's curl and the libraries it loads: a TLS
+/// client that honours CURL_CA_BUNDLE (busybox's wget speaks no TLS the
+/// forwarder's certificates use, and checks no certificate anyway).
+fn curl_rootfs() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    let base = concat!(env!("CARGO_MANIFEST_DIR"), "/../build/images/base/rootfs/.");
+    let st = Command::new("cp")
+        .args(["-a", base])
+        .arg(d.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let ldd = Command::new("ldd").arg("/usr/bin/curl").output().unwrap();
+    let mut files = vec!["/usr/bin/curl".to_string()];
+    for l in String::from_utf8_lossy(&ldd.stdout).lines() {
+        let path = l
+            .split("=>")
+            .last()
+            .unwrap()
+            .trim()
+            .split(' ')
+            .next()
+            .unwrap();
+        if path.starts_with('/') {
+            files.push(path.to_string());
+        }
+    }
+    for f in files {
+        let to = d.path().join(f.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&f, &to).unwrap();
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    d
 }
