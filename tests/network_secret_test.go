@@ -92,10 +92,15 @@ func TestNetworkSecret(t *testing.T) {
 		if !strings.HasPrefix(got, "CLEAN") {
 			t.Fatalf("LEAK: the real value is inside the sandbox: %s", got)
 		}
-		// Control: the same scan finds the value when it is inside.
+		// Control: the same scan finds the value when it is inside, in an
+		// environment and in a file.
 		ctl := lab.sandbox(t, lockbox.WithEnv("API_KEY", real))
-		if got, _ := netProbe(t, ctl, "scan", hexReversed(real)); !strings.HasPrefix(got, "FOUND") {
-			t.Fatalf("control: the scan misses a value in the environment: %s", got)
+		if _, err := ctl.Exec(ctx, "sh", "-c", `printf 'x=%s\n' "$API_KEY" > /tmp/leak`); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := netProbe(t, ctl, "scan", hexReversed(real)); !strings.HasPrefix(got, "FOUND") ||
+			!strings.Contains(got, "/environ") || !strings.Contains(got, "/tmp/leak") {
+			t.Fatalf("control: the scan misses the value in an environment or a file: %s", got)
 		}
 	})
 	t.Run("PlaceholderElsewhere", func(t *testing.T) {

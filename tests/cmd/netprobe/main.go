@@ -369,12 +369,12 @@ func scan(hexrev string) string {
 		want[len(rev)-1-i] = b
 	}
 	var hits []string
-	self := strconv.Itoa(os.Getpid())
+	// This process's own environment counts: it is an exec in the sandbox.
 	procs, _ := filepath.Glob("/proc/[0-9]*")
 	for _, p := range procs {
 		for _, f := range []string{"environ", "cmdline"} {
 			b, err := os.ReadFile(filepath.Join(p, f))
-			if err == nil && strings.Contains(string(b), string(want)) && filepath.Base(p) != self {
+			if err == nil && strings.Contains(string(b), string(want)) {
 				hits = append(hits, filepath.Join(p, f))
 			}
 		}
