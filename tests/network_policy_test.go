@@ -444,3 +444,52 @@ func TestNetworkEventsEnd(t *testing.T) {
 	}
 	ended(byClose, "the sandbox was closed")
 }
+
+// A reader that stops reading loses the oldest events, never the
+// sandbox's time or the host's memory, and is told how many: every
+// denial is either delivered or counted in a later event's Dropped, and
+// the drops match Metrics().Network.EventsDropped. The control is the
+// same count adding up with drops at zero for a burst that fits.
+func TestNetworkEventsSlowReader(t *testing.T) {
+	lab := newNetLab(t)
+	sb := lab.sandbox(t, lockbox.WithNetworkPolicy(lockbox.NewNetworkPolicy(lockbox.Allow("api."+labZone))))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch, err := sb.NetworkEvents(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// drain reads until the events stop coming: delivered and dropped.
+	drain := func() (got, dropped uint64) {
+		for {
+			select {
+			case ev := <-ch:
+				got++
+				dropped += ev.Dropped
+			case <-time.After(time.Second):
+				return got, dropped
+			}
+		}
+	}
+	burst := func(n int) {
+		t.Helper()
+		if got, _ := netProbe(t, sb, "tunnel", "exfil."+labZone, strconv.Itoa(n)); got != "NXDOMAIN all="+strconv.Itoa(n) {
+			t.Fatalf("burst: %s", got)
+		}
+	}
+	burst(100)
+	if got, dropped := drain(); got != 100 || dropped != 0 {
+		t.Fatalf("control: 100 denials, %d delivered, %d dropped", got, dropped)
+	}
+	const n = 1500
+	burst(n) // nobody reads meanwhile
+	got, dropped := drain()
+	m, err := sb.Metrics(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d denials: %d delivered, %d dropped; metrics: %+v", n, got, dropped, *m.Network)
+	if got+dropped != n || dropped == 0 || dropped != m.Network.EventsDropped {
+		t.Fatalf("%d denials: %d delivered + %d dropped (engine counted %d dropped)", n, got, dropped, m.Network.EventsDropped)
+	}
+}
