@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
 
+use crate::cancel::Cancel;
 use crate::decompress::decompressed;
 use crate::digest::{Digest, HashingReader};
 use crate::error::{ImageError, IoContext, Result};
@@ -42,6 +43,23 @@ pub(crate) struct LayerCheck<'a> {
     pub what: &'a str,
 }
 
+/// A layer's bytes that stop when the caller gives up: what is left after
+/// the tar's end (read only to hash it) is not bounded by the unpacker's
+/// budgets, and a compressed tail may expand without end.
+struct Cancellable<'c, R> {
+    inner: R,
+    cancel: &'c Cancel,
+}
+
+impl<R: Read> Read for Cancellable<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.cancel.is_canceled() {
+            return Err(std::io::Error::other("canceled"));
+        }
+        self.inner.read(buf)
+    }
+}
+
 /// Applies one image layer and checks both digests. A blob that fails its
 /// digest is reported as such even when it broke the tar first.
 pub(crate) fn unpack_checked_layer<R: Read>(
@@ -49,17 +67,22 @@ pub(crate) fn unpack_checked_layer<R: Read>(
     unpacker: &mut Unpacker,
     check: LayerCheck,
 ) -> Result<()> {
+    let cancel = unpacker.cancel();
+    let raw = Cancellable { inner: raw, cancel };
     let mut hashing = HashingReader::new(raw);
     let applied = (|| {
         let stream = decompressed(BufReader::with_capacity(256 << 10, &mut hashing))?;
-        let mut plain = HashingReader::new(stream);
+        let mut plain = HashingReader::new(Cancellable {
+            inner: stream,
+            cancel,
+        });
         unpacker.apply(&mut plain, LayerKind::OciLayer)?;
         plain
             .finish()
             .map(|(d, _)| d)
             .map_err(|e| ImageError::invalid_image(format!("reading {}: {e}", check.what)))
     })();
-    if let Err(ImageError::Canceled) = applied {
+    if matches!(applied, Err(ImageError::Canceled)) || cancel.is_canceled() {
         return Err(ImageError::Canceled);
     }
     let (blob_digest, size) = hashing

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::rc::Rc;
 
@@ -110,18 +111,27 @@ fn named_digest(name: &str) -> Option<Digest> {
 /// in place. Plain tarballs are used as they are.
 pub(crate) fn plain_tarball(tarball: &Path, tmp_dir: &Path, budget: u64) -> Result<PlainTarball> {
     use std::io::BufRead;
-    let mut head = std::io::BufReader::new(File::open(tarball).ctx("open", tarball)?);
+    // Opened once, without a link on its path and without blocking; every
+    // later read goes through this open file (its /proc/self/fd link), so
+    // a name swapped for a FIFO, a device or a link meanwhile is never read.
+    let held = crate::oci_layout::host_dir::open_host_file(tarball)?;
+    let mut head = std::io::BufReader::new(held.try_clone().ctx("dup", tarball)?);
     let magic = head.fill_buf().ctx("read", tarball)?;
     let compressed =
         magic.starts_with(&[0x1f, 0x8b]) || magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
     if !compressed {
         return Ok(PlainTarball {
-            path: tarball.to_path_buf(),
+            path: format!("/proc/self/fd/{}", held.as_raw_fd()).into(),
             temp: false,
+            _held: Some(held),
         });
     }
     let path = tmp_dir.join(format!("{}.tar", crate::fsutil::unique_suffix()));
-    let out = PlainTarball { path, temp: true };
+    let out = PlainTarball {
+        path,
+        temp: true,
+        _held: None,
+    };
     let mut stream = crate::decompress::decompressed(head)?.take(budget + 1);
     let mut file = File::create(&out.path).ctx("create", &out.path)?;
     let n = std::io::copy(&mut stream, &mut file).map_err(|e| {
@@ -140,6 +150,8 @@ pub(crate) fn plain_tarball(tarball: &Path, tmp_dir: &Path, budget: u64) -> Resu
 pub(crate) struct PlainTarball {
     pub path: std::path::PathBuf,
     temp: bool,
+    /// The caller's tarball, open for as long as `path` names it.
+    _held: Option<File>,
 }
 
 impl Drop for PlainTarball {

@@ -15,8 +15,11 @@
 //! `max_unpacked_bytes`, checked before a byte is written; on any error
 //! the new directory (temp layers included) is removed.
 
+use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
 use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -26,6 +29,7 @@ use crate::digest::Digest;
 use crate::error::{ImageError, IoContext, Result};
 use crate::fsutil::unique_suffix;
 use crate::oci::REF_NAME;
+use crate::oci_layout::host_dir::HostDir;
 use crate::store::ImageStore;
 
 const MT_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -56,14 +60,162 @@ struct Blob {
     size: u64,
 }
 
-fn write_blob(blobs: &Path, data: &[u8]) -> Result<Blob> {
-    let digest = Digest::of_bytes(data);
-    let p = blobs.join(digest.hex());
-    std::fs::write(&p, data).ctx("write", &p)?;
-    Ok(Blob {
-        digest,
-        size: data.len() as u64,
-    })
+/// The new layout directory, written only through fds: its parent may be
+/// a directory a sandbox can rename things in, so no path below the
+/// parent's fd is ever resolved again. Remembers what it made, so a
+/// failed export removes exactly that.
+struct Out {
+    parent: HostDir,
+    leaf: CString,
+    dir: OwnedFd,
+    /// `blobs` and `blobs/sha256`, once made.
+    blobs: Option<(OwnedFd, OwnedFd)>,
+    made_blobs: Vec<CString>,
+}
+
+fn cname(name: &str) -> CString {
+    CString::new(name).expect("a name of our own has no NUL")
+}
+
+fn last_err(what: &'static str, p: &Path) -> ImageError {
+    ImageError::io(what, p, io::Error::last_os_error())
+}
+
+impl Out {
+    fn create(dir: &Path) -> Result<Self> {
+        let (Some(parent), Some(leaf)) = (dir.parent(), dir.file_name()) else {
+            return Err(ImageError::InvalidArgument(format!(
+                "{}: not a directory path",
+                dir.display()
+            )));
+        };
+        let parent = HostDir::open(parent)?;
+        let leaf = CString::new(leaf.as_bytes())
+            .map_err(|_| ImageError::InvalidArgument("NUL in a path".into()))?;
+        // SAFETY: valid fd and C string.
+        if unsafe { libc::mkdirat(parent.fd(), leaf.as_ptr(), 0o755) } != 0 {
+            let e = io::Error::last_os_error();
+            return Err(if e.kind() == io::ErrorKind::AlreadyExists {
+                ImageError::InvalidArgument(format!(
+                    "{}: already exists; export writes a new directory",
+                    dir.display()
+                ))
+            } else {
+                ImageError::io("mkdir", dir, e)
+            });
+        }
+        // A link swapped in since mkdirat is refused; another directory
+        // swapped in is one the swapper could write anyway.
+        let fd = open_dir(parent.fd(), &leaf).map_err(|e| ImageError::io("open", dir, e))?;
+        Ok(Out {
+            parent,
+            leaf,
+            dir: fd,
+            blobs: None,
+            made_blobs: Vec::new(),
+        })
+    }
+
+    fn path(&self) -> PathBuf {
+        self.parent
+            .path()
+            .join(OsStr::from_bytes(self.leaf.as_bytes()))
+    }
+
+    fn blobs_dir(&mut self) -> Result<RawFd> {
+        if self.blobs.is_none() {
+            let mk = |at: RawFd, name: &CStr| {
+                // SAFETY: valid fd and C string.
+                if unsafe { libc::mkdirat(at, name.as_ptr(), 0o755) } != 0 {
+                    return Err(last_err("mkdir", &self.path()));
+                }
+                open_dir(at, name).map_err(|e| ImageError::io("open", self.path(), e))
+            };
+            let blobs = mk(self.dir.as_raw_fd(), c"blobs")?;
+            let sha = mk(blobs.as_raw_fd(), c"sha256")?;
+            self.blobs = Some((blobs, sha));
+        }
+        Ok(self.blobs.as_ref().expect("just made").1.as_raw_fd())
+    }
+
+    /// A new file `name` in `dir` (never an existing one, never a link).
+    fn new_file(&self, dir: RawFd, name: &CStr) -> Result<File> {
+        // SAFETY: valid fd and C string; the fd returned is ours.
+        let fd = unsafe {
+            libc::openat(
+                dir,
+                name.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o644 as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            return Err(last_err(
+                "create",
+                &self.path().join(OsStr::from_bytes(name.to_bytes())),
+            ));
+        }
+        // SAFETY: just opened, owned here only.
+        Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Stores a blob under its digest (a blob already there holds the
+    /// same bytes).
+    fn blob(&mut self, data: &[u8]) -> Result<Blob> {
+        let digest = Digest::of_bytes(data);
+        let name = cname(digest.hex());
+        let blobs = self.blobs_dir()?;
+        if !self.made_blobs.contains(&name) {
+            let mut f = self.new_file(blobs, &name)?;
+            self.made_blobs.push(name);
+            f.write_all(data).ctx("write", &self.path())?;
+        }
+        Ok(Blob {
+            digest,
+            size: data.len() as u64,
+        })
+    }
+
+    fn top_file(&self, name: &CStr, data: &[u8]) -> Result<()> {
+        self.new_file(self.dir.as_raw_fd(), name)?
+            .write_all(data)
+            .ctx("write", &self.path())
+    }
+
+    /// Removes what this export made (names it made, by fd), then the
+    /// directory itself if it is still the entry it made.
+    fn remove(self) {
+        let d = self.dir.as_raw_fd();
+        // SAFETY: valid fds and C strings; unlinkat never follows a link.
+        unsafe {
+            if let Some((blobs, sha)) = &self.blobs {
+                for n in &self.made_blobs {
+                    libc::unlinkat(sha.as_raw_fd(), n.as_ptr(), 0);
+                }
+                libc::unlinkat(blobs.as_raw_fd(), c"sha256".as_ptr(), libc::AT_REMOVEDIR);
+                libc::unlinkat(d, c"blobs".as_ptr(), libc::AT_REMOVEDIR);
+            }
+            libc::unlinkat(d, c"index.json".as_ptr(), 0);
+            libc::unlinkat(d, c"oci-layout".as_ptr(), 0);
+            libc::unlinkat(self.parent.fd(), self.leaf.as_ptr(), libc::AT_REMOVEDIR);
+        }
+    }
+}
+
+fn open_dir(at: RawFd, name: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: valid fd and C string; the fd returned is ours.
+    let fd = unsafe {
+        libc::openat(
+            at,
+            name.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: just opened, owned here only.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn header(meta: &std::fs::Metadata, kind: tar::EntryType, size: u64) -> tar::Header {
@@ -117,11 +269,14 @@ fn charge(budget: &mut u64, size: u64, p: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes `root` as one OCI layer tar into `blobs`, its file sizes charged
-/// to `budget`.
-fn layer(root: &Path, blobs: &Path, budget: &mut u64) -> Result<Blob> {
-    let tmp = blobs.join(format!(".layer-{}", unique_suffix()));
-    let f = File::create(&tmp).ctx("create", &tmp)?;
+/// Writes `root` as one OCI layer tar into the layout's blobs, its file
+/// sizes charged to `budget`.
+fn layer(root: &Path, out: &mut Out, budget: &mut u64) -> Result<Blob> {
+    let blobs = out.blobs_dir()?;
+    let tmp_name = cname(&format!(".layer-{}", unique_suffix()));
+    let tmp = out.path().join(OsStr::from_bytes(tmp_name.as_bytes()));
+    let f = out.new_file(blobs, &tmp_name)?;
+    out.made_blobs.push(tmp_name.clone());
     let mut b = tar::Builder::new(Hashing {
         inner: io::BufWriter::new(f),
         hash: Sha256::new(),
@@ -173,8 +328,15 @@ fn layer(root: &Path, blobs: &Path, budget: &mut u64) -> Result<Blob> {
     let mut w = b.into_inner().ctx("tar", &tmp)?;
     w.flush().ctx("write", &tmp)?;
     let digest = Digest::from_hasher(w.hash);
-    let dest = blobs.join(digest.hex());
-    std::fs::rename(&tmp, &dest).ctx("rename", &dest)?;
+    let dest = cname(digest.hex());
+    // SAFETY: valid fd and C strings; both names are in our own directory.
+    if unsafe { libc::renameat(blobs, tmp_name.as_ptr(), blobs, dest.as_ptr()) } != 0 {
+        return Err(last_err("rename", &tmp));
+    }
+    out.made_blobs.retain(|n| n != &tmp_name);
+    if !out.made_blobs.contains(&dest) {
+        out.made_blobs.push(dest);
+    }
     Ok(Blob {
         digest,
         size: w.len,
@@ -194,21 +356,11 @@ impl ImageStore {
         let info = self.inspect(name_or_digest)?;
         let mut roots = self.lowers(&info.digest)?;
         roots.reverse();
-        std::fs::create_dir(dir).map_err(|e| {
-            if e.kind() == io::ErrorKind::AlreadyExists {
-                ImageError::InvalidArgument(format!(
-                    "{}: already exists; export writes a new directory",
-                    dir.display()
-                ))
-            } else {
-                ImageError::io("mkdir", dir, e)
-            }
-        })?;
-        let r = self.fill_layout(&info, &roots, dir, ref_name);
+        let mut out = Out::create(dir)?;
+        let r = self.fill_layout(&info, &roots, &mut out, ref_name);
         if r.is_err() {
-            // The directory is ours (created just above): nothing half
-            // written, no temp layer, is left behind.
-            let _ = std::fs::remove_dir_all(dir);
+            // Nothing half written, no temp layer, is left behind.
+            out.remove();
         }
         r
     }
@@ -217,15 +369,13 @@ impl ImageStore {
         &self,
         info: &crate::store::ImageInfo,
         roots: &[PathBuf],
-        dir: &Path,
+        out: &mut Out,
         ref_name: Option<&str>,
     ) -> Result<Digest> {
-        let blobs = dir.join("blobs").join("sha256");
-        std::fs::create_dir_all(&blobs).ctx("mkdir", &blobs)?;
         let mut budget = self.options().max_unpacked_bytes;
         let layers = roots
             .iter()
-            .map(|r| layer(r, &blobs, &mut budget))
+            .map(|r| layer(r, out, &mut budget))
             .collect::<Result<Vec<_>>>()?;
         let c = &info.config;
         let config = serde_json::json!({
@@ -243,7 +393,7 @@ impl ImageStore {
                 "diff_ids": layers.iter().map(|l| l.digest.to_string()).collect::<Vec<_>>(),
             },
         });
-        let config = write_blob(&blobs, &serde_json::to_vec(&config).expect("json"))?;
+        let config = out.blob(&serde_json::to_vec(&config).expect("json"))?;
         let manifest = serde_json::json!({
             "schemaVersion": 2,
             "mediaType": MT_MANIFEST,
@@ -252,7 +402,7 @@ impl ImageStore {
                 "mediaType": MT_LAYER, "digest": l.digest.to_string(), "size": l.size,
             })).collect::<Vec<_>>(),
         });
-        let manifest = write_blob(&blobs, &serde_json::to_vec(&manifest).expect("json"))?;
+        let manifest = out.blob(&serde_json::to_vec(&manifest).expect("json"))?;
         let mut desc = serde_json::json!({
             "mediaType": MT_MANIFEST,
             "digest": manifest.digest.to_string(),
@@ -262,10 +412,8 @@ impl ImageStore {
             desc["annotations"] = serde_json::json!({ REF_NAME: r });
         }
         let index = serde_json::json!({"schemaVersion": 2, "manifests": [desc]});
-        let p = dir.join("index.json");
-        std::fs::write(&p, serde_json::to_vec(&index).expect("json")).ctx("write", &p)?;
-        let p = dir.join("oci-layout");
-        std::fs::write(&p, br#"{"imageLayoutVersion":"1.0.0"}"#).ctx("write", &p)?;
+        out.top_file(c"index.json", &serde_json::to_vec(&index).expect("json"))?;
+        out.top_file(c"oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
         Ok(manifest.digest)
     }
 }
@@ -377,5 +525,39 @@ mod tests {
             .max()
             .unwrap();
         assert!(largest >= 3 << 20, "control: the layer holds the zeros");
+    }
+
+    // The parent of the new directory may be one a sandbox renames things
+    // in: a link there (to a host directory) is refused, not written
+    // through. Control: the same export to the real directory lands.
+    #[test]
+    fn export_never_writes_through_a_link_in_its_path() {
+        let t = tempfile::tempdir().unwrap();
+        let home = t.path().join("home");
+        empty_layout(&t.path().join("layout"));
+        let s = store(&home, 8 << 20);
+        let img = s
+            .import_oci_layout(
+                &t.path().join("layout"),
+                None,
+                Some("e:1"),
+                &Cancel::never(),
+            )
+            .unwrap();
+        let victim = t.path().join("victim");
+        std::fs::create_dir(&victim).unwrap();
+        std::os::unix::fs::symlink(&victim, t.path().join("link")).unwrap();
+        let d = img.digest.to_string();
+        assert!(s
+            .export_oci_layout(&d, &t.path().join("link/out"), None)
+            .is_err());
+        assert_eq!(
+            std::fs::read_dir(&victim).unwrap().count(),
+            0,
+            "written through the link"
+        );
+        s.export_oci_layout(&d, &victim.join("out"), None).unwrap();
+        assert!(victim.join("out/index.json").is_file());
+        assert!(victim.join("out/oci-layout").is_file());
     }
 }

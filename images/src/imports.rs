@@ -58,14 +58,15 @@ impl ImageStore {
         name: Option<&str>,
         cancel: &Cancel,
     ) -> Result<ResolvedImage> {
-        let plan = crate::oci_layout::plan(dir, reference)?;
+        let layout = crate::oci_layout::host_dir::HostDir::open(dir)?;
+        let plan = crate::oci_layout::plan(&layout, reference)?;
         let ref_name = name.map(str::to_string).or_else(|| plan.ref_name.clone());
         if let Some(n) = &ref_name {
             validate_name(n)?;
         }
         let digest = plan.config_digest.clone();
         let resolved = self.install(Some(&digest), cancel, |unpacker| {
-            crate::oci_layout::unpack(dir, &plan, unpacker)?;
+            crate::oci_layout::unpack(&layout, &plan, unpacker)?;
             Ok(Filled {
                 digest: plan.config_digest.clone(),
                 config: plan.config.clone(),

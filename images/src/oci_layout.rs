@@ -1,13 +1,22 @@
 //! Importing an OCI image layout directory.
+//!
+//! The layout may be one a sandbox wrote (into a volume, say): every file
+//! in it is hostile. The directory is opened once without following a
+//! link ([`host_dir`]); its files are reached beneath that fd, regular
+//! files only, never through a link, never blocking; the small JSON files
+//! are read through a bound, and a layer never past its descriptor's size.
 
-use std::fs::File;
+pub(crate) mod host_dir;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
+
+use host_dir::HostDir;
 
 use crate::archive::{unpack_checked_layer, LayerCheck};
 use crate::config::ImageConfig;
 use crate::digest::Digest;
-use crate::error::{ImageError, IoContext, Result};
+use crate::error::{ImageError, Result};
 use crate::oci::{self, Descriptor, Index, Manifest, MAX_JSON, REF_NAME};
 use crate::unpack::Unpacker;
 
@@ -20,25 +29,19 @@ pub(crate) struct Plan {
     pub ref_name: Option<String>,
 }
 
-fn blob_path(dir: &Path, d: &Digest) -> PathBuf {
-    dir.join("blobs").join("sha256").join(d.hex())
+fn blob_path(d: &Digest) -> PathBuf {
+    Path::new("blobs").join("sha256").join(d.hex())
 }
 
 /// Reads a small blob whole and checks its size and digest.
-fn read_json_blob(dir: &Path, desc: &Descriptor) -> Result<Vec<u8>> {
+fn read_json_blob(dir: &HostDir, desc: &Descriptor) -> Result<Vec<u8>> {
     if desc.size > MAX_JSON {
         return Err(ImageError::invalid_image(format!(
             "{} is {} bytes, more than a manifest or config may be",
             desc.digest, desc.size
         )));
     }
-    let p = blob_path(dir, &desc.digest);
-    let mut body = Vec::new();
-    File::open(&p)
-        .ctx("open", &p)?
-        .take(MAX_JSON + 1)
-        .read_to_end(&mut body)
-        .ctx("read", &p)?;
+    let body = dir.read_bounded(&blob_path(&desc.digest), MAX_JSON)?;
     check_size(desc, body.len() as u64)?;
     desc.digest
         .verify(&Digest::of_bytes(&body), &format!("blob {}", desc.digest))?;
@@ -55,14 +58,15 @@ fn check_size(desc: &Descriptor, actual: u64) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn plan(dir: &Path, reference: Option<&str>) -> Result<Plan> {
-    let layout_file = dir.join("oci-layout");
-    let layout = std::fs::read(&layout_file).map_err(|e| {
-        ImageError::InvalidArgument(format!(
-            "{} is not an OCI image layout (oci-layout: {e})",
-            dir.display()
-        ))
-    })?;
+pub(crate) fn plan(dir: &HostDir, reference: Option<&str>) -> Result<Plan> {
+    let layout = dir
+        .read_bounded(Path::new("oci-layout"), MAX_JSON)
+        .map_err(|e| {
+            ImageError::InvalidArgument(format!(
+                "{} is not an OCI image layout (oci-layout: {e})",
+                dir.path().display()
+            ))
+        })?;
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Layout {
@@ -74,15 +78,16 @@ pub(crate) fn plan(dir: &Path, reference: Option<&str>) -> Result<Plan> {
             "unsupported image layout version {version}"
         )));
     }
-    let index_path = dir.join("index.json");
-    let index_body = std::fs::read(&index_path).ctx("read", &index_path)?;
+    let index_body = dir.read_bounded(Path::new("index.json"), MAX_JSON)?;
     let index: Index = oci::parse(&index_body, "index.json")?;
     let desc = match reference {
         Some(r) => index
             .manifests
             .iter()
             .find(|d| d.annotations.get(REF_NAME).is_some_and(|n| n == r))
-            .ok_or_else(|| ImageError::NotFound(format!("no image {r:?} in {}", dir.display())))?,
+            .ok_or_else(|| {
+                ImageError::NotFound(format!("no image {r:?} in {}", dir.path().display()))
+            })?,
         None => match index.manifests.as_slice() {
             [one] => one,
             [] => return Err(ImageError::invalid_image("the layout's index is empty")),
@@ -117,7 +122,7 @@ pub(crate) fn plan(dir: &Path, reference: Option<&str>) -> Result<Plan> {
 }
 
 /// Follows indexes (choosing this platform) down to an image manifest.
-fn resolve_manifest(dir: &Path, desc: Descriptor, depth: u32) -> Result<Manifest> {
+fn resolve_manifest(dir: &HostDir, desc: Descriptor, depth: u32) -> Result<Manifest> {
     if depth > 4 {
         return Err(ImageError::invalid_image("image indexes nest too deep"));
     }
@@ -130,10 +135,14 @@ fn resolve_manifest(dir: &Path, desc: Descriptor, depth: u32) -> Result<Manifest
     oci::parse(&body, "image manifest")
 }
 
-pub(crate) fn unpack(dir: &Path, plan: &Plan, unpacker: &mut Unpacker) -> Result<()> {
+pub(crate) fn unpack(dir: &HostDir, plan: &Plan, unpacker: &mut Unpacker) -> Result<()> {
+    let sizes: std::collections::HashMap<&Digest, u64> =
+        plan.layers.iter().map(|l| (&l.digest, l.size)).collect();
     unpack_layers(&plan.layers, &plan.diff_ids, unpacker, |digest| {
-        let p = blob_path(dir, digest);
-        File::open(&p).ctx("open", &p)
+        // One byte past the descriptor's size is enough to tell it lied
+        // (the size check then fails); an endless file is never read on.
+        let limit = sizes.get(digest).copied().unwrap_or(0).saturating_add(1);
+        Ok(dir.open_file(&blob_path(digest))?.take(limit))
     })
 }
 

@@ -78,6 +78,11 @@ impl<'a> Unpacker<'a> {
         }
     }
 
+    /// The caller's cancellation flag (readers of a layer check it too).
+    pub(crate) fn cancel(&self) -> &'a Cancel {
+        self.cancel
+    }
+
     /// The directory being filled (for layers copied without a tar).
     pub(crate) fn root(&self) -> &Path {
         &self.root
