@@ -37,6 +37,11 @@ pub(crate) struct Shared {
     closed: AtomicBool,
     /// Set to true to end both connection tasks.
     stop: tokio::sync::watch::Sender<bool>,
+    /// Bytes the agent sent per (operation, stream) not yet given back as
+    /// credit. An honest agent never has more than its window in flight;
+    /// one that does (in a microVM, guest root can replace the agent) is
+    /// cut off instead of buffered: operations' queues are unbounded.
+    unacked: Mutex<HashMap<(u32, u8), u64>>,
 }
 
 impl Shared {
@@ -54,9 +59,30 @@ impl Shared {
                 f.payload.len()
             )));
         }
+        if matches!(f.kind, FrameKind::Credit) {
+            if let (Ok(n), Ok(mut u)) = (f.credit_bytes(), self.unacked.lock()) {
+                if let Some(left) = u.get_mut(&(f.id, f.stream)) {
+                    *left = left.saturating_sub(n.into());
+                    if *left == 0 {
+                        u.remove(&(f.id, f.stream));
+                    }
+                }
+            }
+        }
         self.tx
             .send(f)
             .map_err(|_| EngineError::unavailable("the sandbox is not running"))
+    }
+
+    /// Counts `n` bytes received on (id, stream); false once the agent has
+    /// more in flight than its window allows.
+    fn note_data(&self, id: u32, stream: u8, n: usize) -> bool {
+        let Ok(mut u) = self.unacked.lock() else {
+            return false;
+        };
+        let left = u.entry((id, stream)).or_insert(0);
+        *left = left.saturating_add(n as u64);
+        *left <= u64::from(lockbox_protocol::INITIAL_WINDOW)
     }
 }
 
@@ -176,6 +202,7 @@ impl AgentClient {
             next_id: AtomicU32::new(1),
             closed: AtomicBool::new(false),
             stop: tokio::sync::watch::channel(false).0,
+            unacked: Mutex::new(HashMap::new()),
         });
 
         // Handshake before the tasks start, on the raw halves.
@@ -358,7 +385,17 @@ async fn read_loop(mut rd: tokio::net::unix::OwnedReadHalf, shared: Arc<Shared>)
                 Ok(m) => Incoming::Control(m),
                 Err(e) => break EngineError::from(e),
             },
-            FrameKind::Data => Incoming::Data(f.stream, f.payload),
+            FrameKind::Data => {
+                if !shared.note_data(f.id, f.stream, f.payload.len()) {
+                    break EngineError::internal(format!(
+                        "agent protocol violation: more than its {}-byte window in flight on operation {} stream {}",
+                        lockbox_protocol::INITIAL_WINDOW,
+                        f.id,
+                        f.stream
+                    ));
+                }
+                Incoming::Data(f.stream, f.payload)
+            }
             FrameKind::Eof => Incoming::Eof(f.stream),
             FrameKind::Credit => match f.credit_bytes() {
                 Ok(n) => Incoming::Credit(f.stream, n),
@@ -377,9 +414,7 @@ async fn read_loop(mut rd: tokio::net::unix::OwnedReadHalf, shared: Arc<Shared>)
         // Nobody wants these bytes any more: acknowledge them so the agent
         // never waits for credit that would never come.
         if let Some(Incoming::Data(stream, bytes)) = undelivered {
-            let _ = shared
-                .tx
-                .send(Frame::credit(f.id, stream, bytes.len() as u32));
+            let _ = shared.send(Frame::credit(f.id, stream, bytes.len() as u32));
         }
     };
     shared.closed.store(true, Ordering::Release);
@@ -454,5 +489,91 @@ mod tests {
             Ok(Message::Ok)
         ));
         assert!(seen.lock().unwrap().iter().any(|n| *n > MAX_PAYLOAD - 4096));
+    }
+
+    /// A hostile agent (in a microVM, guest root can replace it): answers
+    /// the handshake, then sends `total` bytes of stdout for the first
+    /// request's id without waiting for any credit.
+    async fn flooding_agent(l: tokio::net::UnixListener, total: usize) {
+        let (s, _) = l.accept().await.unwrap();
+        let (mut r, w) = s.into_split();
+        let mut w = BufWriter::new(w);
+        let hello = read_frame(&mut r).await.unwrap();
+        let ack = Message::HelloAck {
+            version: PROTOCOL_VERSION,
+            agent_pid: 1,
+            sandbox: "fake".into(),
+        };
+        write_frame(&mut w, &Frame::control(hello.id, &ack))
+            .await
+            .unwrap();
+        w.flush().await.unwrap();
+        let req = read_frame(&mut r).await.unwrap();
+        // Keep reading (credits) so only the window is at stake.
+        tokio::spawn(async move { while read_frame(&mut r).await.is_ok() {} });
+        let mut sent = 0;
+        while sent < total {
+            let f = Frame::data(req.id, 1, vec![b'x'; lockbox_protocol::DATA_CHUNK]);
+            if write_frame(&mut w, &f).await.is_err() {
+                return;
+            }
+            sent += lockbox_protocol::DATA_CHUNK;
+        }
+        let _ = w.flush().await;
+        std::future::pending::<()>().await;
+    }
+
+    /// What an operation that is not being read holds after `total` bytes
+    /// were pushed at it, and whether the connection is still up.
+    async fn buffered_after_flood(total: usize) -> (usize, bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let l = tokio::net::UnixListener::bind(dir.path().join("agent.sock")).unwrap();
+        tokio::spawn(flooding_agent(l, total));
+        let c = AgentClient::connect(dir.path(), "fake").await.unwrap();
+        let mut op = c.op().unwrap();
+        op.send(&Message::Ping).unwrap();
+        // Let the flood arrive (or the engine cut it off).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut last = usize::MAX;
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let n = op.rx.len();
+            if c.is_closed() || n == last || std::time::Instant::now() > deadline {
+                break;
+            }
+            last = n;
+        }
+        let mut bytes = 0;
+        while let Ok(m) = op.rx.try_recv() {
+            if let Incoming::Data(_, b) = m {
+                bytes += b.len();
+            }
+        }
+        (bytes, c.is_closed())
+    }
+
+    // The agent may have at most its window (INITIAL_WINDOW per stream)
+    // in flight; a hostile one that ignores it must not make the host
+    // buffer without bound: the connection is cut as a protocol
+    // violation. Control: an agent that stays within the window is
+    // delivered all of it and the connection lives.
+    #[tokio::test]
+    async fn an_agent_past_its_window_is_cut_off_not_buffered() {
+        let window = lockbox_protocol::INITIAL_WINDOW as usize;
+        let (held, closed) = buffered_after_flood(window).await;
+        assert_eq!(held, window, "control: a full window is delivered");
+        assert!(
+            !closed,
+            "control: an agent within its window keeps its connection"
+        );
+
+        let (held, closed) = buffered_after_flood(8 * window).await;
+        assert!(
+            held <= window,
+            "the host buffered {} MiB for an unread operation (window {} MiB)",
+            held >> 20,
+            window >> 20
+        );
+        assert!(closed, "an agent past its window keeps its connection");
     }
 }
