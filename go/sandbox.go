@@ -53,6 +53,9 @@ type SandboxInfo struct {
 	// DiskMiB is the writable layer's budget in MiB (WithDisk, or 1024
 	// by default); 0 when WithDisk(0) asked for none.
 	DiskMiB int64 `json:"disk_mib"`
+	// Backend is which backend runs the sandbox (WithIsolation) and what
+	// stands between it and the host.
+	Backend BackendInfo `json:"backend"`
 
 	CreatedUnix int64 `json:"created_unix"`
 }
@@ -104,6 +107,9 @@ func sandboxInfo(w *wire.SandboxState) SandboxInfo {
 	}
 	if w.DiskMiB != nil {
 		i.DiskMiB = *w.DiskMiB
+	}
+	if b := w.Backend; b != nil {
+		i.Backend = BackendInfo{Kind: b.Kind, Boundary: b.Boundary}
 	}
 	i.fill()
 	return i

@@ -20,3 +20,24 @@ test-vm: vm-assets
 BENCH_STEPS += bench-vm
 bench-vm: vm-assets
 	LOCKBOX_VM_ASSETS=$(VM_ASSETS) cargo test --locked -p lockbox-agent --test guest_boot -- --ignored --nocapture bench_guest_boot
+
+# The backend matrix (tests/vm_backend_test.go): the sandbox API against
+# native and microVM (TCG: this host's nested KVM does not boot the guest);
+# one VM boot per run.
+VM_SCRATCH := $(CURDIR)/build/vm-test
+TEST_STEPS += 34:test-vm-backend
+.PHONY: test-vm-backend bench-vm-backend
+test-vm-backend: vm-assets image-base
+	@rm -rf $(VM_SCRATCH)/home && mkdir -p $(VM_SCRATCH)/home
+	cd tests && LOCKBOX_LIB=$(RELEASE_LIB) LOCKBOX_HELPER=$(RELEASE_HELPER) LOCKBOX_IMAGES=$(IMAGES) \
+	  LOCKBOX_HOME=$(VM_SCRATCH)/home LOCKBOX_VM_ASSETS=$(VM_ASSETS) LOCKBOX_VM_ACCEL=tcg \
+	  CGO_ENABLED=0 go test -count=1 -run '^(TestBackendMatrix|TestMicroVMUnsupported)$$' -v . 2>&1 | \
+	  grep -E '^(=== RUN|--- |PASS|FAIL|ok)|_test.go' ; exit $${PIPESTATUS[0]}
+
+# Create -> first output and exec round trip, microVM (TCG) beside native.
+BENCH_STEPS += bench-vm-backend
+bench-vm-backend: vm-assets image-base
+	@rm -rf $(VM_SCRATCH)/bench-home && mkdir -p $(VM_SCRATCH)/bench-home
+	cd tests && LOCKBOX_LIB=$(RELEASE_LIB) LOCKBOX_HELPER=$(RELEASE_HELPER) LOCKBOX_IMAGES=$(IMAGES) \
+	  LOCKBOX_HOME=$(VM_SCRATCH)/bench-home LOCKBOX_VM_ASSETS=$(VM_ASSETS) LOCKBOX_VM_ACCEL=tcg LOCKBOX_VM_BENCH=1 \
+	  CGO_ENABLED=0 go test -count=1 -run '^TestVMBenchFigures$$' -v . 2>&1 | grep -E 'BENCH|^(--- |FAIL|ok)' ; exit $${PIPESTATUS[0]}

@@ -5,7 +5,7 @@
 set -euo pipefail
 tools="$(realpath -m "${1:-$(dirname "$0")/../build/tools}")"
 
-pkgs=(gcc g++ binutils busybox-static bubblewrap passt nftables runc crun debootstrap uidmap cbindgen zstd curl iproute2 python3 skopeo umoci docker-registry qemu-system-x86 xfsprogs)
+pkgs=(gcc g++ binutils busybox-static bubblewrap passt nftables runc crun debootstrap uidmap cbindgen zstd curl iproute2 python3 skopeo umoci docker-registry qemu-system-x86 erofs-utils xfsprogs)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -14,6 +14,7 @@ mod setup;
 mod supervisor;
 mod sys;
 mod users;
+mod vmm;
 
 use std::path::Path;
 
@@ -34,12 +35,16 @@ fn main() {
             close_inherited_fds();
             std::process::exit(supervisor::run(Path::new(&args[2])));
         }
+        Some("vmm") if args.len() == 3 => {
+            close_inherited_fds();
+            std::process::exit(vmm::run(Path::new(&args[2])));
+        }
         // The egress forwarder of one sandbox, started by its helper
         // (netd.rs) with the fds it needs open.
         Some(netd::MODE) => std::process::exit(netd::forwarder_main(&args)),
         Some("--version") => println!("lockbox-helper {}", env!("CARGO_PKG_VERSION")),
         _ => {
-            eprintln!("usage: lockbox-helper run <launch.json>");
+            eprintln!("usage: lockbox-helper run <launch.json> | vmm <vmm.json>");
             std::process::exit(2);
         }
     }

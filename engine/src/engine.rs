@@ -113,7 +113,7 @@ impl Engine {
         // Nothing is looked up, made or started for a config that is wrong
         // by itself.
         crate::plan::check(&cfg)?;
-        let backend = crate::backend::of(crate::backend::NATIVE)?;
+        let backend = crate::backend::of(cfg.isolation.kind())?;
         let root = self.resolve_root(&cfg).await?;
         let id = crate::names::new_id();
         let name = cfg.name.clone().unwrap_or_else(|| format!("sb-{id}"));

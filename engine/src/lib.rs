@@ -34,6 +34,7 @@ pub(crate) mod volume;
 
 // The API: what the C ABI (and any other caller) uses. Modules are
 // crate-private so that whatever nothing here reaches is reported as dead.
+pub use backend::microvm::{vm_check, VmCheck};
 pub use backend::BackendInfo;
 pub use config::SandboxConfig;
 pub use engine::Engine;

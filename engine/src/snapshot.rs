@@ -205,6 +205,13 @@ enum Capture {
 }
 
 async fn capture(sb: &Sandbox, home: &Path, how: Capture) -> Result<(ImageInfo, Option<ForkHold>)> {
+    // A VM's writable layer is a disk only its guest reads (docs/microvm.md).
+    if sb.stored.backend != crate::backend::NATIVE {
+        return Err(unsupported(format!(
+            "{} backend: snapshots and forks are not supported yet",
+            sb.stored.backend
+        )));
+    }
     let parent = sb.stored.image.as_ref().ok_or_else(|| {
         unsupported(format!(
             "sandbox {:?} was not made from a stored image (WithRootfs or a development image tree): there is nothing to layer a snapshot on",

@@ -10,9 +10,12 @@
 //! agent meets the same walls as in a native sandbox.
 
 mod bridge;
+mod config;
+mod limits;
 mod modules;
 mod mounts;
 mod port;
+mod rootfs;
 
 use std::time::Duration;
 
@@ -48,21 +51,36 @@ fn start() -> anyhow::Result<i32> {
     mounts::early().context("mounts")?;
     modules::load_all(std::path::Path::new(MODULES_DIR)).context("modules")?;
     eprintln!("lockbox guest: modules loaded");
+    let cfg = config::read().context("config disk")?;
+    let mut report = crate::report::Report::default();
+    let (spec, user) = match &cfg {
+        // The engine's sandbox: its image as the root, its limits.
+        Some(cfg) => {
+            rootfs::enter(cfg).context("root filesystem")?;
+            rootfs::set_hostname(&cfg.spec.hostname);
+            limits::apply(&cfg.spec.limits, &mut report);
+            let user = crate::users::resolve(&cfg.spec.user)
+                .map_err(|e| anyhow::anyhow!("user {:?}: {}", cfg.spec.user, e.message))?;
+            (cfg.spec.clone(), user)
+        }
+        // A bare boot (no config disk): the initramfs is the root.
+        None => (
+            LaunchSpec {
+                name: hostname(),
+                workdir: "/".into(),
+                user: "0".into(),
+                ..Default::default()
+            },
+            crate::users::User {
+                uid: 0,
+                gid: 0,
+                home: Some("/root".into()),
+            },
+        ),
+    };
     let port = port::open(PORT_NAME, PORT_WAIT).context("agent port")?;
     eprintln!("lockbox guest: serving on port {PORT_NAME}");
     let (listener, addr) = bridge::listener().context("agent listener")?;
-    let spec = LaunchSpec {
-        name: hostname(),
-        workdir: "/".into(),
-        user: "0".into(),
-        ..Default::default()
-    };
-    let user = crate::users::User {
-        uid: 0,
-        gid: 0,
-        home: Some("/root".into()),
-    };
-    let mut report = crate::report::Report::default();
     let confine = crate::confine::Confine::lock_agent(&spec, user, &mut report)?;
     // After lock_agent: seccomp, capabilities and no_new_privs are per
     // thread, and a thread inherits them only from its creator.

@@ -24,6 +24,7 @@
 //!   it and the host; what each layer enforced is the launch report's
 //!   `enforced` / `not_enforced`, as for every backend.
 
+pub(crate) mod microvm;
 pub(crate) mod native;
 pub(crate) mod process;
 
@@ -46,7 +47,8 @@ pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// What `Info()` reports about the backend of a sandbox.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendInfo {
-    /// "native" (namespaces on the host kernel); "microvm" to come.
+    /// "native" (namespaces on the host kernel) or "microvm" (a guest
+    /// kernel in a confined VMM).
     pub kind: String,
     /// What stands between the workload and the host kernel.
     pub boundary: String,
@@ -119,11 +121,13 @@ pub(crate) fn default_kind() -> String {
 }
 
 static NATIVE_BACKEND: native::Native = native::Native::new();
+static MICROVM_BACKEND: microvm::MicroVm = microvm::MicroVm::new();
 
 /// The backend a sandbox of `kind` runs on.
 pub(crate) fn of(kind: &str) -> Result<&'static dyn Backend> {
     match kind {
         NATIVE | "" => Ok(&NATIVE_BACKEND),
+        microvm::MICROVM => Ok(&MICROVM_BACKEND),
         k => Err(EngineError::unsupported(format!(
             "sandbox backend {k:?} is not available in this build"
         ))),

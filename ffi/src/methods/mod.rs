@@ -28,6 +28,7 @@ mod debug;
 mod engine;
 mod exec;
 mod fs;
+mod host;
 mod image;
 #[cfg(any(test, feature = "test-hooks"))]
 pub(crate) mod mem_pipe;
@@ -91,6 +92,8 @@ methods! {
     ImageImport = "image.import": wire::image::ImportParams => wire::image::ImageInfo, image::import;
     ImagePull = "image.pull": wire::image::PullParams => wire::image::ImageInfo, image::pull;
     ImageExport = "image.export": wire::snapshot::ExportParams => wire::snapshot::Exported, snapshot::export;
+
+    HostVmCheck = "host.vm_check": Empty => wire::host::VmCheck, host::vm_check, async host::vm_check_async;
 
     VolumeCreate = "volume.create": Name => wire::volume::VolumeInfo, volume::create;
     VolumeList = "volume.list": Empty => wire::volume::VolumeList, volume::list;

@@ -12,6 +12,7 @@ pub(crate) mod core;
 pub(crate) mod debug;
 pub(crate) mod exec;
 pub(crate) mod fs;
+pub(crate) mod host;
 pub(crate) mod image;
 pub(crate) mod sandbox;
 pub(crate) mod snapshot;

@@ -60,6 +60,8 @@ type SandboxConfig struct {
 	Detached     bool              `json:"detached,omitempty"`
 	Replace      bool              `json:"replace,omitempty"`
 	Labels       map[string]string `json:"labels,omitempty"`
+	// Isolation picks the backend: "native" (default when empty) or "microvm".
+	Isolation string `json:"isolation,omitempty"`
 	// NetworkPolicy routes the sandbox's network through the policy
 	// forwarder (network then absent or "none").
 	NetworkPolicy *NetworkPolicy `json:"network_policy,omitempty"`
@@ -122,7 +124,7 @@ type SandboxState struct {
 	Error       string            `json:"error,omitempty"`
 }
 
-// Backend is what runs the sandbox: kind ("native", later "microvm") and
+// Backend is what runs the sandbox: kind ("native" or "microvm") and
 // what stands between the workload and the host kernel.
 type Backend struct {
 	Kind     string `json:"kind"`

@@ -36,7 +36,7 @@ func (Method[P, R]) newResult() any       { return new(R) }
 // list next to its types).
 func all() []spec {
 	var out []spec
-	for _, g := range [][]spec{coreMethods, sandboxMethods, snapshotMethods, execMethods, fsMethods, imageMethods, volumeMethods, networkMethods} {
+	for _, g := range [][]spec{coreMethods, sandboxMethods, snapshotMethods, execMethods, fsMethods, imageMethods, volumeMethods, networkMethods, hostMethods} {
 		out = append(out, g...)
 	}
 	return out

@@ -1,0 +1,76 @@
+//! The sandbox's spec reaches the guest on a small read-only disk whose
+//! virtio serial is `lockbox-cfg`: JSON, then zero padding to a whole
+//! number of sectors. A disk and not the kernel command line: that is
+//! 2 KiB at most and visible to every process in /proc/cmdline.
+
+use std::io::{self, Read};
+use std::time::{Duration, Instant};
+
+use lockbox_protocol::LaunchSpec;
+use serde::Deserialize;
+
+pub const SERIAL: &str = "lockbox-cfg";
+/// The engine writes far less; a spec is bounded (env, mounts) long before.
+const MAX_BYTES: u64 = 1 << 20;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestConfig {
+    pub spec: LaunchSpec,
+    /// Serials of the read-only root layer disks (erofs), topmost first.
+    pub layers: Vec<String>,
+    /// Serial of the writable layer's disk (ext4, made by the engine).
+    pub upper: String,
+}
+
+/// `/dev/vdX` of the disk whose serial is `serial`, if there is one.
+pub fn find_disk(serial: &str) -> io::Result<Option<String>> {
+    let dir = match std::fs::read_dir("/sys/block") {
+        Ok(d) => d,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    for entry in dir {
+        let entry = entry?;
+        let s = std::fs::read_to_string(entry.path().join("serial")).unwrap_or_default();
+        if s.trim_end_matches(['\n', '\0']) == serial {
+            if let Some(name) = entry.file_name().to_str() {
+                return Ok(Some(format!("/dev/{name}")));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Waits (bounded) for a disk that must be there.
+pub fn wait_disk(serial: &str, wait: Duration) -> io::Result<String> {
+    let deadline = Instant::now() + wait;
+    loop {
+        if let Some(d) = find_disk(serial)? {
+            return Ok(d);
+        }
+        if Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no disk with serial {serial} after {wait:?}"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The config, or None when the VM has no config disk (a bare boot of the
+/// agent, as agent/tests/guest_boot.rs does).
+pub fn read() -> io::Result<Option<GuestConfig>> {
+    let Some(dev) = find_disk(SERIAL)? else {
+        return Ok(None);
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(&dev)?
+        .take(MAX_BYTES)
+        .read_to_end(&mut bytes)?;
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    serde_json::from_slice(&bytes[..end])
+        .map(Some)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("config disk: {e}")))
+}

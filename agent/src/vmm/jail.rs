@@ -1,0 +1,425 @@
+//! qemu's jail, in the spirit of Firecracker's jailer: its own user,
+//! mount, pid, ipc, uts, network and cgroup namespaces; a root of a small
+//! read-only tmpfs holding only /usr (qemu, its libraries and firmware),
+//! the guest's kernel and initramfs, the sandbox's disk images and
+//! /dev/{null,urandom} (and /dev/kvm when used); an unprivileged host uid;
+//! no capabilities; no_new_privs. qemu adds its own seccomp filter
+//! (`-sandbox on,...`, in the engine's command line).
+//!
+//! The mounts are cloned here by the helper before it drops anything
+//! (it may read the sandbox's directory; the VMM's uid may not), then
+//! attached inside the jail.
+
+use std::ffi::CString;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use super::VmmSpec;
+use crate::cgroup::Cgroup;
+use crate::sys;
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+
+/// Where the jail's root is built, inside the jail's own mount namespace
+/// (a tmpfs mounted over it there; the host's /tmp is not touched).
+const BUILD_AT: &str = "/tmp";
+
+struct Tree {
+    fd: OwnedFd,
+    /// Path below the jail's root.
+    dst: PathBuf,
+    is_dir: bool,
+}
+
+pub struct Mounts {
+    trees: Vec<Tree>,
+    /// Top-level names that are symlinks on the host (merged /usr).
+    links: Vec<(String, String)>,
+}
+
+pub struct Child {
+    pub pid: libc::pid_t,
+    pub pidfd: OwnedFd,
+}
+
+fn tree(src: &Path, dst: &str, attrs: u64) -> io::Result<Tree> {
+    let is_dir = std::fs::metadata(src)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", src.display())))?
+        .is_dir();
+    let fd = sys::clone_tree(src)
+        .map_err(|e| io::Error::new(e.kind(), format!("clone {}: {e}", src.display())))?;
+    sys::set_tree_attrs(fd.as_raw_fd(), attrs, None)?;
+    Ok(Tree {
+        fd,
+        dst: PathBuf::from(dst.trim_start_matches('/')),
+        is_dir,
+    })
+}
+
+impl Mounts {
+    pub fn prepare(spec: &VmmSpec) -> io::Result<Mounts> {
+        let ro = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+        let mut trees = vec![tree(Path::new("/usr"), "/usr", ro)?];
+        let mut links = Vec::new();
+        for top in ["lib", "lib64", "bin"] {
+            let host = Path::new("/").join(top);
+            match std::fs::symlink_metadata(&host) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    let to = std::fs::read_link(&host)?;
+                    links.push((top.to_string(), to.to_string_lossy().into_owned()));
+                }
+                Ok(m) if m.is_dir() => trees.push(tree(&host, top, ro)?),
+                _ => {}
+            }
+        }
+        let dev = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC;
+        trees.push(tree(Path::new("/dev/null"), "/dev/null", dev)?);
+        trees.push(tree(Path::new("/dev/urandom"), "/dev/urandom", dev)?);
+        if spec.kvm {
+            trees.push(tree(Path::new("/dev/kvm"), "/dev/kvm", dev)?);
+        }
+        for b in &spec.binds {
+            if !b.dst.starts_with('/') || b.dst.contains("..") || b.dst == "/" {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("bad jail path {:?}", b.dst),
+                ));
+            }
+            let attrs = MOUNT_ATTR_NOSUID
+                | MOUNT_ATTR_NODEV
+                | MOUNT_ATTR_NOEXEC
+                | if b.writable { 0 } else { MOUNT_ATTR_RDONLY };
+            trees.push(tree(Path::new(&b.src), &b.dst, attrs)?);
+        }
+        Ok(Mounts { trees, links })
+    }
+}
+
+/// Forks the jail's outer process: it joins the cgroup, drops to the
+/// VMM's uid, makes the namespaces and forks qemu as PID 1 of the new pid
+/// namespace, then waits for it. Any failure before qemu's execve comes
+/// back through a close-on-exec pipe.
+pub fn spawn(
+    spec: &VmmSpec,
+    mounts: &Mounts,
+    listener: OwnedFd,
+    cgroup: &Cgroup,
+    root: bool,
+) -> io::Result<Child> {
+    let argv: Vec<CString> = std::iter::once(spec.qemu.as_str())
+        .chain(spec.args.iter().map(String::as_str))
+        .map(|a| CString::new(a).map_err(|_| io::Error::other("NUL in qemu argument")))
+        .collect::<io::Result<_>>()?;
+    let kvm_gid = if spec.kvm && root {
+        use std::os::unix::fs::MetadataExt;
+        Some(std::fs::metadata("/dev/kvm")?.gid())
+    } else {
+        None
+    };
+    let mut p = [0; 2];
+    // SAFETY: pipe2 into a local array.
+    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh fds from pipe2.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
+    let helper = std::process::id() as libc::pid_t;
+    // SAFETY: the helper is single-threaded here; the child only makes
+    // system calls and exits.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        drop(rd);
+        let e = outer(mounts, &listener, cgroup, root, kvm_gid, helper, &argv, &wr);
+        report_and_exit(&wr, &e);
+    }
+    drop(wr);
+    let pidfd = sys::pidfd_open(pid)?;
+    let mut msg = String::new();
+    let _ = (&std::fs::File::from(rd)).read_to_string(&mut msg);
+    if !msg.is_empty() {
+        // SAFETY: our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        return Err(io::Error::other(msg));
+    }
+    Ok(Child { pid, pidfd })
+}
+
+fn report_and_exit(wr: &OwnedFd, e: &io::Error) -> ! {
+    let m = e.to_string();
+    // SAFETY: write to our pipe, then leave without running any destructor.
+    unsafe {
+        libc::write(wr.as_raw_fd(), m.as_ptr().cast(), m.len());
+        libc::_exit(127)
+    }
+}
+
+fn ctx<T>(what: &str, r: io::Result<T>) -> io::Result<T> {
+    r.map_err(|e| io::Error::new(e.kind(), format!("{what}: {e}")))
+}
+
+fn cvt(r: libc::c_int) -> io::Result<()> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Runs in the forked child; returns only on failure.
+#[allow(clippy::too_many_arguments)]
+fn outer(
+    mounts: &Mounts,
+    listener: &OwnedFd,
+    cgroup: &Cgroup,
+    root: bool,
+    kvm_gid: Option<u32>,
+    helper: libc::pid_t,
+    argv: &[CString],
+    wr: &OwnedFd,
+) -> io::Error {
+    let r = (|| -> io::Result<()> {
+        // SAFETY: getpid.
+        ctx("join cgroup", cgroup.attach(unsafe { libc::getpid() }))?;
+        // SAFETY: credential calls on this (single-threaded) process.
+        let (uid, gid) = unsafe {
+            if root {
+                let groups: Vec<libc::gid_t> = kvm_gid.into_iter().collect();
+                ctx(
+                    "setgroups",
+                    cvt(libc::setgroups(groups.len(), groups.as_ptr())),
+                )?;
+                ctx(
+                    "setresgid",
+                    cvt(libc::setresgid(super::VMM_ID, super::VMM_ID, super::VMM_ID)),
+                )?;
+                ctx(
+                    "setresuid",
+                    cvt(libc::setresuid(super::VMM_ID, super::VMM_ID, super::VMM_ID)),
+                )?;
+            }
+            (libc::geteuid(), libc::getegid())
+        };
+        // A changed uid made us not dumpable, which makes /proc/self root's
+        // and the id maps below unwritable for us.
+        // SAFETY: prctl with integers.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
+        die_with(Some(helper))?;
+        let ns = libc::CLONE_NEWUSER
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWNET
+            | libc::CLONE_NEWCGROUP;
+        // SAFETY: unshare with flags.
+        ctx("unshare", cvt(unsafe { libc::unshare(ns) }))?;
+        ctx(
+            "setgroups deny",
+            std::fs::write("/proc/self/setgroups", "deny"),
+        )?;
+        ctx(
+            "uid_map",
+            std::fs::write("/proc/self/uid_map", format!("0 {uid} 1")),
+        )?;
+        ctx(
+            "gid_map",
+            std::fs::write("/proc/self/gid_map", format!("0 {gid} 1")),
+        )?;
+        // SAFETY: single-threaded; the child execs or exits.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if pid == 0 {
+            let e = inner(mounts, listener, argv);
+            report_and_exit(wr, &e);
+        }
+        // SAFETY: closing our copy of the pipe's write end: the helper
+        // sees EOF when qemu's execve closes the last one.
+        unsafe { libc::close(wr.as_raw_fd()) };
+        let mut st = 0;
+        // SAFETY: waits for our own child.
+        unsafe { libc::waitpid(pid, &mut st, 0) };
+        // SAFETY: leave without destructors.
+        unsafe {
+            libc::_exit(if libc::WIFEXITED(st) {
+                libc::WEXITSTATUS(st)
+            } else {
+                128 + libc::WTERMSIG(st)
+            })
+        }
+    })();
+    r.err()
+        .unwrap_or_else(|| io::Error::other("jail: unreachable"))
+}
+
+/// SIGKILL when `parent` goes; and if it already went, go now. `None`
+/// for PID 1 of the new pid namespace, whose parent is outside it (its
+/// getppid() is 0): a parent that died before the prctl leaves it to the
+/// helper's teardown, which kills the whole cgroup.
+fn die_with(parent: Option<libc::pid_t>) -> io::Result<()> {
+    // SAFETY: prctl with integers; getppid.
+    unsafe {
+        cvt(libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ))?;
+        if parent.is_some_and(|p| libc::getppid() != p) {
+            libc::_exit(1);
+        }
+    }
+    Ok(())
+}
+
+fn mount(
+    src: &str,
+    target: &Path,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> io::Result<()> {
+    sys::mount(Some(src), target, Some(fstype), flags, Some(data))
+}
+
+/// PID 1 of the jail's pid namespace: builds the root and becomes qemu.
+fn inner(mounts: &Mounts, listener: &OwnedFd, argv: &[CString]) -> io::Error {
+    let r = (|| -> io::Result<()> {
+        die_with(None)?;
+        let none: Option<&str> = None;
+        ctx(
+            "private /",
+            sys::mount(
+                none,
+                Path::new("/"),
+                none,
+                libc::MS_REC | libc::MS_PRIVATE,
+                none,
+            ),
+        )?;
+        let root = Path::new(BUILD_AT);
+        ctx(
+            "root tmpfs",
+            mount(
+                "tmpfs",
+                root,
+                "tmpfs",
+                libc::MS_NOSUID | libc::MS_NODEV,
+                "mode=0755,size=1m",
+            ),
+        )?;
+        for t in &mounts.trees {
+            let at = root.join(&t.dst);
+            if let Some(parent) = at.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            if t.is_dir {
+                std::fs::create_dir_all(&at)?;
+            } else {
+                std::fs::File::create(&at)?;
+            }
+            ctx(
+                &format!("attach {}", t.dst.display()),
+                sys::attach_tree(t.fd.as_raw_fd(), &at),
+            )?;
+        }
+        for (name, to) in &mounts.links {
+            std::os::unix::fs::symlink(to, root.join(name))?;
+        }
+        std::fs::create_dir_all(root.join("proc"))?;
+        // A fresh proc of the jail's pid namespace; it may be refused where
+        // the host's /proc is partly masked, and qemu runs without it.
+        let _ = mount(
+            "proc",
+            &root.join("proc"),
+            "proc",
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            "",
+        );
+        std::fs::create_dir_all(root.join("old"))?;
+        ctx("pivot_root", sys::pivot_root(root, &root.join("old")))?;
+        std::env::set_current_dir("/")?;
+        // SAFETY: umount2/rmdir with C strings.
+        unsafe {
+            cvt(libc::umount2(c"/old".as_ptr(), libc::MNT_DETACH))?;
+            cvt(libc::rmdir(c"/old".as_ptr()))?;
+        }
+        ctx(
+            "read-only root",
+            sys::mount(
+                none,
+                Path::new("/"),
+                none,
+                libc::MS_REMOUNT
+                    | libc::MS_BIND
+                    | libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV,
+                none,
+            ),
+        )?;
+        // SAFETY: sethostname and setrlimit with local values.
+        unsafe {
+            let h = b"lockbox-vmm";
+            libc::sethostname(h.as_ptr().cast(), h.len());
+            let zero = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::setrlimit(libc::RLIMIT_CORE, &zero);
+        }
+        move_to(listener.as_raw_fd(), 3)?;
+        // stdout is /dev/null once the helper reported; qemu's console
+        // (only with the engine's LOCKBOX_VM_CONSOLE debug switch) goes to
+        // the helper's log instead.
+        // SAFETY: dup2 of our stderr.
+        unsafe { libc::dup2(2, 1) };
+        // SAFETY: close every other fd but the pipe (close-on-exec).
+        unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                4u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            )
+        };
+        ctx("drop capabilities", super::caps::drop_all())?;
+        // SAFETY: prctl with integers.
+        ctx(
+            "no_new_privs",
+            cvt(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }),
+        )?;
+        die_with(None)?;
+        let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+        ptrs.push(std::ptr::null());
+        let env: [*const libc::c_char; 1] = [std::ptr::null()];
+        // SAFETY: NULL-terminated arrays of valid C strings.
+        unsafe { libc::execve(argv[0].as_ptr(), ptrs.as_ptr(), env.as_ptr()) };
+        let e = io::Error::last_os_error();
+        Err(io::Error::new(e.kind(), format!("execve qemu: {e}")))
+    })();
+    r.err()
+        .unwrap_or_else(|| io::Error::other("jail: unreachable"))
+}
+
+/// dup2 without close-on-exec (qemu inherits it as `fd=3`).
+fn move_to(fd: RawFd, to: RawFd) -> io::Result<()> {
+    if fd == to {
+        // SAFETY: clears FD_CLOEXEC on our fd.
+        return cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) });
+    }
+    // SAFETY: dup2 of an fd we hold.
+    cvt(unsafe { libc::dup2(fd, to) })
+}

@@ -1,0 +1,249 @@
+//! `lockbox-helper vmm <vmm.json>`: the host process of a microVM sandbox.
+//! It stays in the host's namespaces, makes the cgroup the VMM runs in
+//! (the engine owns it afterwards: metrics, freezer, removal), binds the
+//! agent socket, starts qemu in its jail (`jail.rs`), reports one
+//! `LaunchStatus` line and then supervises: the lifeline's EOF (or its
+//! own death, through PR_SET_PDEATHSIG down the chain) ends qemu, and
+//! qemu's exit ends this process after it removed the cgroup.
+//!
+//! The engine writes the whole qemu command line (paths as qemu sees them
+//! inside the jail); this process decides only how qemu is confined.
+
+mod caps;
+mod jail;
+
+use std::fs;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use lockbox_protocol::{ErrorCode, LaunchStatus, Limits};
+use serde::Deserialize;
+
+use crate::cgroup::Cgroup;
+use crate::report::Report;
+
+/// What the engine asks for (engine/src/backend/microvm/launch.rs writes it).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmmSpec {
+    /// The sandbox id: the cgroup's name.
+    pub id: String,
+    /// qemu's host path; must be under /usr, which the jail shows read-only.
+    pub qemu: String,
+    /// qemu's arguments; fd 3 is the agent socket's listener.
+    pub args: Vec<String>,
+    /// Host files and directories qemu may reach, and where it sees them.
+    pub binds: Vec<Bind>,
+    /// Host path of the agent socket this process binds (qemu gets fd 3).
+    pub socket: String,
+    /// The cgroup's limits: guest memory plus the VMM's own overhead.
+    pub limits: Limits,
+    /// Whether /dev/kvm is passed in.
+    pub kvm: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bind {
+    pub src: String,
+    /// Absolute path inside the jail, one level below its root
+    /// (`/vm`, `/disk/rw.img`).
+    pub dst: String,
+    pub writable: bool,
+    /// A per-sandbox file: handed to the VMM's unprivileged uid.
+    pub own: bool,
+}
+
+/// The host uid/gid qemu runs as when the helper is root: outside the
+/// range sandbox files get (supervisor::HOST_ID_BASE..) and below the
+/// user-namespace owner id; it owns nothing on the host but the
+/// per-sandbox disk files handed to it.
+pub const VMM_ID: u32 = crate::supervisor::HOST_ID_BASE - 2;
+
+pub fn run(spec_path: &Path) -> i32 {
+    let spec: Result<VmmSpec, String> = fs::read(spec_path)
+        .map_err(|e| format!("read {}: {e}", spec_path.display()))
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| format!("bad vmm spec: {e}")));
+    let spec = match spec {
+        Ok(s) => s,
+        Err(e) => return failed(ErrorCode::InvalidArgument, e),
+    };
+    if spec.id.is_empty() || spec.id.contains(['/', '\0']) || spec.id.starts_with('.') {
+        return failed(ErrorCode::InvalidArgument, format!("bad id {:?}", spec.id));
+    }
+    let mut report = Report::default();
+    let cgroup = Cgroup::create(&spec.id, &spec.limits, &mut report);
+    match start(&spec, &cgroup, &mut report) {
+        Ok(child) => {
+            let mut r = report.0.clone();
+            r.cgroup = cgroup.paths.clone();
+            status(LaunchStatus {
+                ok: true,
+                error: None,
+                code: None,
+                helper_pid: Some(std::process::id()),
+                report: Some(r),
+            });
+            let code = supervise(child);
+            kill_cgroup(&cgroup);
+            cgroup.remove();
+            let _ = fs::remove_file(&spec.socket);
+            code
+        }
+        Err(e) => {
+            kill_cgroup(&cgroup);
+            cgroup.remove();
+            let _ = fs::remove_file(&spec.socket);
+            failed(ErrorCode::Internal, e)
+        }
+    }
+}
+
+fn failed(code: ErrorCode, msg: String) -> i32 {
+    eprintln!("lockbox-helper vmm: {msg}");
+    status(LaunchStatus {
+        ok: false,
+        error: Some(msg),
+        code: Some(code),
+        helper_pid: Some(std::process::id()),
+        report: None,
+    });
+    1
+}
+
+/// The one status line, then stdout is /dev/null (as `run` does).
+fn status(s: LaunchStatus) {
+    let mut line = serde_json::to_vec(&s).unwrap_or_default();
+    line.push(b'\n');
+    // SAFETY: fd 1 is ours to write and replace.
+    unsafe {
+        let mut out = std::fs::File::from_raw_fd(1);
+        let _ = out.write_all(&line);
+        std::mem::forget(out);
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
+        if null >= 0 {
+            libc::dup2(null, 1);
+            libc::close(null);
+        }
+    }
+}
+
+/// Binds the socket, prepares the jail's mounts (as the helper: it may
+/// read what the unprivileged VMM may not) and forks the jailed qemu.
+fn start(spec: &VmmSpec, cgroup: &Cgroup, report: &mut Report) -> Result<jail::Child, String> {
+    if !spec.qemu.starts_with("/usr/") || spec.qemu.contains("/../") {
+        return Err(format!("qemu {} is not under /usr", spec.qemu));
+    }
+    let listener = std::os::unix::net::UnixListener::bind(&spec.socket)
+        .map_err(|e| format!("bind {}: {e}", spec.socket))?;
+    let _ = fs::set_permissions(&spec.socket, fs::Permissions::from_mode(0o600));
+    // SAFETY: geteuid.
+    let is_root = unsafe { libc::geteuid() } == 0;
+    // A /dev/kvm only root may open (no group access) cannot be handed to
+    // the VMM's uid: then qemu keeps the helper's uid, said in the report.
+    let kvm_root_only = spec.kvm && {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata("/dev/kvm")
+            .map(|m| m.mode() & 0o060 != 0o060)
+            .unwrap_or(true)
+    };
+    let root = is_root && !kvm_root_only;
+    if root {
+        for b in spec.binds.iter().filter(|b| b.own) {
+            std::os::unix::fs::lchown(&b.src, Some(VMM_ID), Some(VMM_ID))
+                .map_err(|e| format!("chown {}: {e}", b.src))?;
+        }
+    }
+    let mounts = jail::Mounts::prepare(spec).map_err(|e| format!("jail mounts: {e}"))?;
+    let child = jail::spawn(spec, &mounts, OwnedFd::from(listener), cgroup, root)
+        .map_err(|e| format!("start qemu: {e}"))?;
+    for f in [
+        "userns", "mountns", "pidns", "netns", "ipcns", "utsns", "cgroupns",
+    ] {
+        report.ok(&format!("vmm_{f}"));
+    }
+    report.ok("vmm_no_new_privs");
+    report.ok("vmm_caps");
+    report.ok("vmm_qemu_sandbox");
+    if root {
+        report.ok("vmm_uid");
+    } else if is_root {
+        report.not(
+            "vmm_uid",
+            "/dev/kvm is root-only on this host: qemu keeps uid 0 (in its own user namespace)",
+        );
+    } else {
+        report.not("vmm_uid", "rootless: qemu runs as the caller's uid");
+    }
+    Ok(child)
+}
+
+/// Waits for qemu's end or the lifeline's EOF (stdin; /dev/null for a
+/// detached sandbox reads EOF at once, so then only qemu's end counts).
+fn supervise(child: jail::Child) -> i32 {
+    let detached = unsafe { libc::isatty(0) } == 0 && is_devnull(0);
+    let mut fds = [
+        libc::pollfd {
+            fd: child.pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: if detached { -1 } else { 0 },
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: valid pollfd array.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            break;
+        }
+        if fds[0].revents != 0 {
+            break;
+        }
+        if fds[1].revents != 0 {
+            let mut b = [0u8; 64];
+            // SAFETY: read into a local buffer.
+            let r = unsafe { libc::read(0, b.as_mut_ptr().cast(), b.len()) };
+            if r <= 0 {
+                // SAFETY: kill our own child.
+                unsafe { libc::kill(child.pid, libc::SIGKILL) };
+                break;
+            }
+        }
+    }
+    let mut st = 0;
+    // SAFETY: reaps our own child.
+    unsafe { libc::waitpid(child.pid, &mut st, 0) };
+    if libc::WIFEXITED(st) {
+        libc::WEXITSTATUS(st)
+    } else {
+        128 + libc::WTERMSIG(st)
+    }
+}
+
+fn is_devnull(fd: i32) -> bool {
+    let mut a: libc::stat = unsafe { std::mem::zeroed() };
+    let mut b: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: stat into local structs.
+    unsafe {
+        libc::fstat(fd, &mut a) == 0
+            && libc::stat(c"/dev/null".as_ptr(), &mut b) == 0
+            && a.st_rdev == b.st_rdev
+            && (a.st_mode & libc::S_IFMT) == libc::S_IFCHR
+    }
+}
+
+/// Every process of the VMM, whatever it did, before the cgroup goes.
+fn kill_cgroup(cgroup: &Cgroup) {
+    for d in &cgroup.paths.dirs {
+        let _ = fs::write(Path::new(d).join("cgroup.kill"), "1");
+    }
+}

@@ -1,0 +1,3 @@
+//! host.*: the host's abilities.
+
+pub(crate) use lockbox_engine::VmCheck;

@@ -1,0 +1,306 @@
+package tests
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"lockbox.dev/lockbox"
+)
+
+// The backend matrix (issue 14): the same sandbox API checks against the
+// native backend and the microVM backend. The microVM runs under TCG here
+// (LOCKBOX_VM_ACCEL=tcg, set by `make test-vm-backend`); one VM boot per
+// run keeps it to ~10-30 s: every check of a backend shares one sandbox.
+
+type backend struct {
+	name string
+	iso  lockbox.Isolation
+}
+
+// vmSkipReason says why this host cannot run the microVM half, or "".
+func vmSkipReason() string {
+	if _, err := os.Stat("/usr/bin/qemu-system-x86_64"); err != nil {
+		return "qemu-system-x86_64 is not installed (Debian: qemu-system-x86)"
+	}
+	dir := os.Getenv("LOCKBOX_VM_ASSETS")
+	if dir == "" {
+		return "LOCKBOX_VM_ASSETS is not set: run `make test-vm-backend` (builds build/vm)"
+	}
+	for _, f := range []string{"vmlinuz", "initramfs.img"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			return "VM asset missing: " + err.Error()
+		}
+	}
+	if os.Getenv("LOCKBOX_VM_ACCEL") == "" {
+		return "LOCKBOX_VM_ACCEL is not set (tcg here: this host's KVM does not boot the guest)"
+	}
+	return ""
+}
+
+func backends(t *testing.T) []backend {
+	needEngine(t)
+	return []backend{{"native", lockbox.IsolationNative}, {"microvm", lockbox.IsolationMicroVM}}
+}
+
+func skipUnlessBackend(t *testing.T, b backend) {
+	t.Helper()
+	if b.iso == lockbox.IsolationMicroVM {
+		if r := vmSkipReason(); r != "" {
+			t.Skip(r)
+		}
+	}
+}
+
+// descendants lists the pids whose parent chain reaches root.
+func descendants(root int) []int {
+	parent := map[int]int{}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		if len(f) > 1 {
+			parent[pid], _ = strconv.Atoi(f[1])
+		}
+	}
+	var out []int
+	for pid := range parent {
+		for p := parent[pid]; p > 1; p = parent[p] {
+			if p == root {
+				out = append(out, pid)
+				break
+			}
+		}
+	}
+	return out
+}
+
+func exeOf(pid int) string {
+	l, _ := os.Readlink(filepath.Join("/proc", strconv.Itoa(pid), "exe"))
+	return l
+}
+
+func alive(pid int) bool {
+	_, err := os.Stat(filepath.Join("/proc", strconv.Itoa(pid)))
+	return err == nil
+}
+
+// TestBackendMatrix: exec with exit codes and streaming, files both ways,
+// a memory limit hit inside the sandbox (with a control under it),
+// metrics, Info's backend, and removal leaving nothing behind.
+func TestBackendMatrix(t *testing.T) {
+	for _, b := range backends(t) {
+		t.Run(b.name, func(t *testing.T) {
+			skipUnlessBackend(t, b)
+			ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+			defer cancel()
+			name := "matrix-" + b.name
+			start := time.Now()
+			sb, err := lockbox.CreateSandbox(ctx, lockbox.WithName(name), lockbox.WithReplace(),
+				lockbox.WithIsolation(b.iso), lockbox.WithMemory(128), lockbox.WithCPUs(1))
+			if err != nil {
+				t.Fatalf("CreateSandbox: %v", err)
+			}
+			removed := false
+			defer func() {
+				if !removed {
+					_ = sb.Remove(context.Background())
+				}
+			}()
+			t.Logf("%s: create %v", b.name, time.Since(start))
+
+			info, err := sb.Info(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info.Backend.Kind != b.name {
+				t.Fatalf("Info().Backend = %+v, want kind %q", info.Backend, b.name)
+			}
+			t.Logf("backend: %s; enforced %v; not enforced %v", info.Backend.Boundary, info.Enforced, info.NotEnforced)
+
+			// Whose kernel: the guest's differs from the host's.
+			host, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+			res, err := sb.Exec(ctx, "cat", "/proc/sys/kernel/osrelease")
+			if err != nil || res.ExitCode != 0 {
+				t.Fatalf("osrelease: %v %+v", err, res)
+			}
+			sameKernel := bytes.Equal(bytes.TrimSpace(res.Stdout), bytes.TrimSpace(host))
+			if sameKernel != (b.iso == lockbox.IsolationNative) {
+				t.Fatalf("kernel %q vs host %q: wrong for %s", res.Stdout, host, b.name)
+			}
+
+			// Exit codes, stdout and stderr.
+			res, err = sb.Shell(ctx, "echo out; echo err >&2; exit 7")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.ExitCode != 7 || string(res.Stdout) != "out\n" || string(res.Stderr) != "err\n" {
+				t.Fatalf("shell: exit %d stdout %q stderr %q", res.ExitCode, res.Stdout, res.Stderr)
+			}
+
+			// Streaming: the first line arrives while the process still runs.
+			st, err := sb.ExecStream(ctx, []string{"sh", "-c", "echo one; sleep 2; echo two"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t0 := time.Now()
+			var first time.Duration
+			var out []byte
+			var exit lockbox.ExitStatus
+			for ev := range st.Events() {
+				switch ev.Kind {
+				case lockbox.EventStdout:
+					if first == 0 {
+						first = time.Since(t0)
+					}
+					out = append(out, ev.Data...)
+				case lockbox.EventExit:
+					exit = ev.Exit
+					if ev.Err != nil {
+						t.Fatal(ev.Err)
+					}
+				}
+			}
+			total := time.Since(t0)
+			if string(out) != "one\ntwo\n" || exit.ExitCode != 0 || first == 0 || total-first < time.Second {
+				t.Fatalf("stream: %q exit %+v first after %v of %v", out, exit, first, total)
+			}
+
+			// Files both ways.
+			if err := sb.FS().WriteFile(ctx, "/tmp/in.txt", []byte("from host\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			res, err = sb.Shell(ctx, "cat /tmp/in.txt; echo from guest > /tmp/out.txt")
+			if err != nil || string(res.Stdout) != "from host\n" {
+				t.Fatalf("read back: %v %q", err, res.Stdout)
+			}
+			got, err := sb.FS().ReadFile(ctx, "/tmp/out.txt")
+			if err != nil || string(got) != "from guest\n" {
+				t.Fatalf("ReadFile: %v %q", err, got)
+			}
+
+			// The memory limit: 16 MiB fits (the control), 160 MiB is
+			// killed inside the sandbox, which stays usable.
+			res, err = sb.Shell(ctx, "dd if=/dev/zero of=/dev/null bs=16M count=1 2>/dev/null && echo fits")
+			if err != nil || res.ExitCode != 0 || string(res.Stdout) != "fits\n" {
+				t.Fatalf("control allocation: %v %+v", err, res)
+			}
+			res, err = sb.Exec(ctx, "dd", "if=/dev/zero", "of=/dev/null", "bs=160M", "count=1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.ExitCode == 0 || res.Signal != 9 {
+				t.Fatalf("160 MiB under a 128 MiB limit: exit %d signal %d (want SIGKILL by the OOM killer)", res.ExitCode, res.Signal)
+			}
+			if r, err := sb.Exec(ctx, "true"); err != nil || r.ExitCode != 0 {
+				t.Fatalf("sandbox after OOM: %v %+v", err, r)
+			}
+
+			m, err := sb.Metrics(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("%s: metrics %+v", b.name, m)
+			if m.MemoryBytes == 0 {
+				t.Fatalf("no memory reported")
+			}
+			if b.iso == lockbox.IsolationMicroVM && m.MemoryBytes < 32<<20 {
+				t.Fatalf("microvm memory %d: the VMM's cgroup (guest RAM) should be far above 32 MiB", m.MemoryBytes)
+			}
+
+			// Removal leaves nothing: no helper, no VMM, no sandbox dir
+			// (socket, disks), no cgroup.
+			procs := descendants(info.HelperPID)
+			if b.iso == lockbox.IsolationMicroVM {
+				qemu := 0
+				for _, p := range procs {
+					if strings.Contains(exeOf(p), "qemu-system") {
+						qemu++
+					}
+				}
+				if qemu != 1 {
+					t.Fatalf("want one qemu under helper %d, found %d among %v", info.HelperPID, qemu, procs)
+				}
+			}
+			dir := filepath.Join(os.Getenv("LOCKBOX_HOME"), "sandboxes", name)
+			if _, err := os.Stat(dir); err != nil {
+				t.Fatalf("sandbox dir %s: %v (the removal check below would prove nothing)", dir, err)
+			}
+			if err := sb.Remove(ctx); err != nil {
+				t.Fatal(err)
+			}
+			removed = true
+			deadline := time.Now().Add(10 * time.Second)
+			for _, p := range append(procs, info.HelperPID) {
+				for alive(p) && time.Now().Before(deadline) {
+					time.Sleep(50 * time.Millisecond)
+				}
+				if alive(p) {
+					t.Fatalf("pid %d (%s) survived Remove", p, exeOf(p))
+				}
+			}
+			if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("sandbox dir %s after Remove: %v", dir, err)
+			}
+			cg, _ := filepath.Glob("/sys/fs/cgroup/*/lockbox/" + info.ID)
+			cg2, _ := filepath.Glob("/sys/fs/cgroup/lockbox/" + info.ID)
+			if len(cg)+len(cg2) > 0 {
+				t.Fatalf("cgroups left: %v %v", cg, cg2)
+			}
+		})
+	}
+}
+
+// TestMicroVMUnsupported: what the microVM backend cannot do fails with
+// ErrUnsupported naming the backend, before anything boots; the same
+// options on the native backend work (the control).
+func TestMicroVMUnsupported(t *testing.T) {
+	needEngine(t)
+	if r := vmSkipReason(); r != "" {
+		t.Skip(r)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	vol := t.TempDir()
+	cases := map[string][]lockbox.Option{
+		"volume":   {lockbox.WithVolume(vol, "/data", true)},
+		"tmpfs":    {lockbox.WithTmpfs("/scratch", 8)},
+		"network":  {lockbox.WithNetwork(lockbox.NetworkOutbound)},
+		"detached": {lockbox.WithDetached()},
+	}
+	for what, opts := range cases {
+		t0 := time.Now()
+		sb, err := lockbox.CreateSandbox(ctx, append(opts, lockbox.WithIsolation(lockbox.IsolationMicroVM))...)
+		if err == nil {
+			_ = sb.Remove(ctx)
+			t.Fatalf("%s on microvm: created, want ErrUnsupported", what)
+		}
+		if !errors.Is(err, lockbox.ErrUnsupported) || !strings.Contains(err.Error(), "microvm") {
+			t.Fatalf("%s on microvm: %v, want ErrUnsupported naming the backend", what, err)
+		}
+		if d := time.Since(t0); d > 5*time.Second {
+			t.Fatalf("%s: refused after %v: something was started first", what, d)
+		}
+		t.Logf("%s: %v", what, err)
+	}
+	// Control: the volume option itself is fine on the native backend.
+	sb, err := lockbox.CreateSandbox(ctx, lockbox.WithVolume(vol, "/data", true))
+	if err != nil {
+		t.Fatalf("control: native with a volume: %v", err)
+	}
+	_ = sb.Remove(ctx)
+}
