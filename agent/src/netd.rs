@@ -241,7 +241,8 @@ fn make_tap(pid: libc::pid_t, rootless: bool) -> Result<OwnedFd> {
                     Err(_) => 1,
                 },
                 Err((step, errno)) => {
-                    let _ = (&theirs).write_all(format!("{step}: {errno}").as_bytes());
+                    // The first byte is what recv_fds takes as its payload.
+                    let _ = (&theirs).write_all(format!("!{step}: {errno}").as_bytes());
                     1
                 }
             };

@@ -70,8 +70,27 @@ impl Drop for Namespaces {
     }
 }
 
-fn namespaces() -> Namespaces {
-    let n = std::process::id();
+/// Namespaces of a test process that was killed (its Drop never ran):
+/// lbw?-<pid><tag>, removed once that pid is gone.
+fn remove_stale() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(rest) = name.strip_prefix("lbw").and_then(|r| r.get(2..)) else {
+            continue;
+        };
+        let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        if !pid.is_empty() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
+fn namespaces(tag: char) -> Namespaces {
+    remove_stale();
+    let n = format!("{}{tag}", std::process::id());
     let ns = Namespaces {
         outside: format!("lbwo-{n}"),
         hosts: format!("lbwh-{n}"),
@@ -270,6 +289,20 @@ fn dns_server(s: UdpSocket, log: Log) {
 
 #[test]
 fn network_policy_end_to_end() {
+    run("network_policy_end_to_end", false);
+}
+
+/// The same as the calling user 65534 (rootless helper): where that user
+/// may open /dev/net/tun the whole flow runs; where it may not (mode 0600,
+/// as on this machine) create fails, clearly, before anything runs.
+#[test]
+fn network_policy_end_to_end_rootless() {
+    run("network_policy_end_to_end_rootless", true);
+}
+
+const ROOTLESS: &str = "LOCKBOX_NET_E2E_ROOTLESS";
+
+fn run(test: &str, rootless: bool) {
     if std::env::var_os(INNER).is_some() {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -282,30 +315,60 @@ fn network_policy_end_to_end() {
     if !ready() {
         return;
     }
-    let ns = namespaces();
+    let ns = namespaces(if rootless { 'r' } else { 'n' });
     let (ca_pem, tls) = test_pki();
-    let roots = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(roots.path(), &ca_pem).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let roots = scratch.path().join("roots.pem");
+    std::fs::write(&roots, &ca_pem).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for p in [scratch.path(), &roots] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     let (dns_log, https_log) = start_hosts(&ns.hosts, tls);
-    let exe = std::env::current_exe().unwrap();
-    // nsenter, not `ip netns exec`: that one remounts /sys, hiding the
-    // cgroup tree the helper needs.
-    let status = Command::new("nsenter")
-        .arg(format!("--net=/var/run/netns/{}", ns.outside))
-        .arg(&exe)
-        .args([
-            "--exact",
-            "network_policy_end_to_end",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(INNER, "1")
-        .env("LOCKBOX_NET_DNS", DNS)
-        .env("LOCKBOX_NET_ROOTS", roots.path())
-        .env(ROOTS, &ca_pem)
-        .status()
-        .unwrap();
-    assert!(status.success(), "the run in the outside namespace failed");
+    let inner = |tun: Option<&std::path::Path>| {
+        // nsenter, not `ip netns exec`: that one remounts /sys, hiding
+        // the cgroup tree the helper needs.
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/var/run/netns/{}", ns.outside));
+        if rootless {
+            // A tun node user 65534 may open, bound over /dev/net/tun in a
+            // mount namespace of this run only (the host's stays 0600).
+            let bind = tun.map_or(String::new(), |t| {
+                format!("mount --bind {} /dev/net/tun && ", t.display())
+            });
+            cmd.args(["unshare", "--mount", "--propagation", "private", "sh", "-c"])
+                .arg(format!(
+                    "{bind}exec setpriv --reuid=65534 --regid=65534 --clear-groups \"$@\""
+                ))
+                .arg("sh")
+                .env(ROOTLESS, "1")
+                .env("HOME", "/tmp");
+        }
+        let status = cmd
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .env(INNER, "1")
+            .env("LOCKBOX_NET_DNS", DNS)
+            .env("LOCKBOX_NET_ROOTS", &roots)
+            .env(ROOTS, &ca_pem)
+            .status()
+            .unwrap();
+        assert!(status.success(), "the run in the outside namespace failed");
+    };
+    if rootless {
+        // As the host has it (0600 here: the clear refusal), then with a
+        // tun the user may open (the whole flow).
+        inner(None);
+        let node = scratch.path().join("tun");
+        let c = std::ffi::CString::new(node.to_str().unwrap()).unwrap();
+        // SAFETY: mknod with a valid path.
+        let r = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(10, 200)) };
+        assert_eq!(r, 0, "mknod: {}", std::io::Error::last_os_error());
+        std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o666)).unwrap();
+        inner(Some(&node));
+    } else {
+        inner(None);
+    }
     let asked = dns_log.lock().unwrap().clone();
     // Control: allowed names do reach the test DNS server...
     assert!(asked.iter().any(|n| n == "api.test"), "{asked:?}");
@@ -319,6 +382,12 @@ fn network_policy_end_to_end() {
             .any(|h| h.contains(&format!("Bearer {SECRET}"))),
         "{heads:?}"
     );
+}
+
+/// Whether uid 65534 may open /dev/net/tun for reading and writing.
+fn tun_usable_by_nobody() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/dev/net/tun").is_ok_and(|m| m.mode() & 0o006 == 0o006)
 }
 
 async fn sh(sb: &Sandbox, script: &str) -> (String, Duration) {
@@ -359,6 +428,19 @@ fn children(pid: u32) -> Vec<(u32, String)> {
     out
 }
 
+/// Metrics().network; None when rootless without a cgroup (Metrics has
+/// nothing to read then, network included: reported, not hidden).
+fn network_counters(sb: &Sandbox) -> Option<lockbox_engine::network::NetworkCounters> {
+    match sb.metrics() {
+        Ok(m) => Some(m.network.expect("network counters")),
+        Err(e) if std::env::var_os(ROOTLESS).is_some() && e.code == ErrorCode::Unsupported => {
+            eprintln!("rootless: no metrics: {}", e.message);
+            None
+        }
+        Err(e) => panic!("metrics: {e:?}"),
+    }
+}
+
 fn forwarder_of(helper: u32) -> u32 {
     let kids = children(helper);
     assert!(
@@ -391,6 +473,22 @@ async fn inside_outside_ns() {
     let home = tempfile::tempdir().unwrap();
     let engine = Engine::with_home(home.path().to_path_buf()).unwrap();
     let policy = json!({"rules": [{"action": "allow", "domain": "api.test", "ports": ["80"]}]});
+    let rootless = std::env::var_os(ROOTLESS).is_some();
+    if rootless && !tun_usable_by_nobody() {
+        let e = engine
+            .create(SandboxConfig {
+                network_policy: Some(policy.clone()),
+                ..Default::default()
+            })
+            .await
+            .err()
+            .expect("no tap without /dev/net/tun");
+        assert_eq!(e.code, ErrorCode::Unsupported, "{}", e.message);
+        assert!(e.message.contains("/dev/net/tun"), "{}", e.message);
+        eprintln!("rootless without /dev/net/tun: {}", e.message);
+        assert!(engine.list().unwrap().is_empty());
+        return;
+    }
 
     // A bad policy is refused before anything starts.
     let e = engine
@@ -453,10 +551,11 @@ async fn inside_outside_ns() {
     assert!(t0.elapsed() >= Duration::from_millis(250));
 
     // Counters in metrics.
-    let m = sb.metrics().unwrap().network.expect("network counters");
-    assert!(m.connections_allowed >= 1, "{m:?}");
-    assert!(m.connections_denied >= 1, "{m:?}");
-    assert!(m.dns_denied >= 1 && m.dns_answered >= 1, "{m:?}");
+    if let Some(m) = network_counters(&sb) {
+        assert!(m.connections_allowed >= 1, "{m:?}");
+        assert!(m.connections_denied >= 1, "{m:?}");
+        assert!(m.dns_denied >= 1 && m.dns_answered >= 1, "{m:?}");
+    }
 
     // A live policy change turns the refusal into a connection.
     let wider = json!({"rules": [
@@ -539,7 +638,11 @@ async fn inside_outside_ns() {
         .await
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidArgument);
-    assert!(plain.metrics().unwrap().network.is_none());
+    if let Ok(m) = plain.metrics() {
+        assert!(m.network.is_none());
+    } else {
+        assert!(rootless, "metrics of a plain sandbox");
+    }
     engine.remove("plain").await.unwrap();
 }
 
@@ -599,8 +702,9 @@ async fn secrets(engine: &Engine) {
     )
     .await;
     assert!(out.contains("auth-ok"), "{out}");
-    let m = sb.metrics().unwrap().network.unwrap();
-    assert!(m.secrets_substituted >= 1, "{m:?}");
+    if let Some(m) = network_counters(&sb) {
+        assert!(m.secrets_substituted >= 1, "{m:?}");
+    }
 
     // To another host: not substituted, and reported.
     let (out, _) = sh(
@@ -627,12 +731,13 @@ async fn secrets(engine: &Engine) {
 fn curl_rootfs() -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
     let base = concat!(env!("CARGO_MANIFEST_DIR"), "/../build/images/base/rootfs/.");
-    let st = Command::new("cp")
-        .args(["-a", base])
+    // Rootless, the image's /root (0700, owned by root) is not readable:
+    // everything else is copied, and a shell is all the test needs of it.
+    let _ = Command::new("cp")
+        .args(["-r", "--no-preserve=ownership", base])
         .arg(d.path())
-        .status()
-        .unwrap();
-    assert!(st.success());
+        .status();
+    assert!(d.path().join("bin/busybox").is_file());
     let ldd = Command::new("ldd").arg("/usr/bin/curl").output().unwrap();
     let mut files = vec!["/usr/bin/curl".to_string()];
     for l in String::from_utf8_lossy(&ldd.stdout).lines() {
