@@ -37,10 +37,11 @@ const (
 type NetworkEvent struct {
 	Kind NetworkEventKind
 	Time time.Time
-	// Protocol is TCP or UDP; AnyProtocol for a DNS event.
+	// Protocol is TCP or UDP (a DNS query's own: UDP), AnyProtocol when
+	// the engine gave none.
 	Protocol NetworkProtocol
-	// IP and Port are the destination; IP is the zero Addr (IsValid
-	// false) and Port 0 when there was none (a DNS query).
+	// IP and Port are the destination. For a DNS event IP is the zero
+	// Addr (IsValid false): the query never left; Port is 0 when unknown.
 	IP   netip.Addr
 	Port uint16
 	// Name is the name asked for, the TLS server name, or the names the

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -402,6 +403,10 @@ func TestNetworkPolicyNeedsPolicySandbox(t *testing.T) {
 func TestNetworkEventsEnd(t *testing.T) {
 	lab := newNetLab(t)
 	sb := lab.sandbox(t, lockbox.WithNetworkPolicy(lockbox.NewNetworkPolicy(lockbox.Allow("api."+labZone))))
+	if _, err := sb.Info(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	base := runtime.NumGoroutine()
 	ctx, cancel := context.WithCancel(context.Background())
 	byCtx, err := sb.NetworkEvents(ctx)
 	if err != nil {
@@ -410,6 +415,13 @@ func TestNetworkEventsEnd(t *testing.T) {
 	byClose, err := sb.NetworkEvents(context.Background())
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Control: two goroutines per open channel (the poll and its watch on
+	// the sandbox's handle), so a leak would show in the count.
+	for deadline := time.Now().Add(2 * time.Second); runtime.NumGoroutine() < base+4; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("control: %d goroutines with two channels open, %d before", runtime.NumGoroutine(), base)
+		}
 	}
 	// A denial nobody reads yet: the pump must not be stuck on it.
 	netProbe(t, sb, "dns", "nope."+labZone)
@@ -443,6 +455,12 @@ func TestNetworkEventsEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	ended(byClose, "the sandbox was closed")
+	// And every goroutine the two channels used is gone.
+	for deadline := time.Now().Add(3 * time.Second); runtime.NumGoroutine() > base; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("goroutines: %d before the channels, %d after both ended", base, runtime.NumGoroutine())
+		}
+	}
 }
 
 // A reader that stops reading loses the oldest events, never the
