@@ -615,6 +615,21 @@ async fn inside_outside_ns() {
         .unwrap();
     let helper = sb2.info().unwrap().helper_pid;
     let fwd = forwarder_of(helper);
+    // Detached: another engine (as another process would) reaches its
+    // forwarder through the sandbox's directory.
+    let other = Engine::with_home(home.path().to_path_buf()).unwrap();
+    let again = other.get("netpol2").await.unwrap();
+    again
+        .set_network_policy(&json!({"rules": []}))
+        .await
+        .unwrap();
+    let (out, _) = sh(&again, "echo hi | nc -w 3 api.test 80; echo rc=$?").await;
+    assert!(out.contains("bad address") && out.contains("rc=1"), "{out}");
+    let ev = again
+        .network_events(Duration::from_secs(2), 10)
+        .await
+        .unwrap();
+    assert!(ev.events.iter().any(|e| e.kind == "dns"), "{ev:?}");
     // SAFETY: signalling the helper we started.
     unsafe { libc::kill(helper as i32, libc::SIGKILL) };
     assert!(
