@@ -302,7 +302,7 @@ func normalCIDR(s string) (string, error) {
 	}
 	a, err := netip.ParseAddr(s)
 	if err != nil || a.Zone() != "" {
-		return "", fmt.Errorf("cidr %q: want an address range (10.0.0.0/8, 2001:db8::/32) or an address", s)
+		return "", fmt.Errorf("cidr %q: want an address range (10.0.0.0/8, 2001:db8::/32) or an address; ports go in Port or PortRange", s)
 	}
 	return netip.PrefixFrom(a, a.BitLen()).String(), nil
 }

@@ -70,6 +70,7 @@ func TestNetworkPolicyValidate(t *testing.T) {
 		{Allow(strings.Repeat("a", 64) + ".com"), Allow(strings.Repeat("a", 63) + ".com"), "longer than 63"},
 		{Allow("10.0.0.0/33"), Allow("10.0.0.0/32"), "cidr"},
 		{Allow("fe80::1%eth0"), Allow("fe80::1"), "cidr"},
+		{Allow("api.example.com:443"), Allow("api.example.com").Port(443), "ports go in Port"},
 		{Allow("10.0.0.0/8").Port(0), Allow("10.0.0.0/8").Port(1), "ports are 1-65535"},
 		{Allow("10.0.0.0/8").PortRange(90, 80), Allow("10.0.0.0/8").PortRange(80, 90), "first <= last"},
 		{NetworkRule{Action: "permit", Domain: "a.example"}, NetworkRule{Action: ActionAllow, Domain: "a.example"}, "action"},
