@@ -152,7 +152,8 @@ func (r NetworkRule) TCP() NetworkRule { r.Protocol = TCP; return r }
 // UDP returns the rule limited to UDP.
 func (r NetworkRule) UDP() NetworkRule { r.Protocol = UDP; return r }
 
-// String is the rule as the engine reports it in NetworkEvent.Rule.
+// String is the rule in short ("allow domain pypi.org ports 443 tcp"),
+// for logs and messages. (NetworkEvent.Rule is the engine's JSON form.)
 func (r NetworkRule) String() string {
 	w, err := r.wire()
 	if err != nil {
