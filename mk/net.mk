@@ -20,3 +20,10 @@ TEST_STEPS += test-net-wire
 .PHONY: test-net-wire
 test-net-wire: engine-helper-debug image-base
 	cargo test --locked -p lockbox-engine --test network_e2e
+
+# What a policy adds to a sandbox's start and its host memory (the
+# forwarder process), against the same sandbox without network.
+BENCH_STEPS += bench-net-wire
+.PHONY: bench-net-wire
+bench-net-wire: engine-helper-debug image-base
+	cargo test --locked -p lockbox-engine --test network_e2e -- --ignored --nocapture network_policy_start_cost

@@ -777,3 +777,67 @@ fn curl_rootfs() -> tempfile::TempDir {
     std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     d
 }
+
+/// `make bench-net-wire`: what a policy adds to a sandbox's start and its
+/// host memory (the forwarder process). No traffic: the sandboxes only
+/// start, run `true` and stop, so this runs in the host's namespace.
+#[test]
+#[ignore]
+fn network_policy_start_cost() {
+    if !ready() {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let home = tempfile::tempdir().unwrap();
+        let engine = Engine::with_home(home.path().to_path_buf()).unwrap();
+        let policy =
+            json!({"rules": [{"action": "allow", "domain": "api.test", "ports": ["443"]}]});
+        const N: usize = 15;
+        let mut rss = Vec::new();
+        for with in [false, true, false, true] {
+            let mut ms = Vec::new();
+            for i in 0..N {
+                let t0 = Instant::now();
+                let sb = engine
+                    .create(SandboxConfig {
+                        name: Some(format!("cost{i}")),
+                        network_policy: with.then(|| policy.clone()),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                sh(&sb, "true").await;
+                ms.push(t0.elapsed().as_secs_f64() * 1e3);
+                if with {
+                    let fwd = forwarder_of(sb.info().unwrap().helper_pid);
+                    let st = std::fs::read_to_string(format!("/proc/{fwd}/status")).unwrap();
+                    let kb: u64 = st
+                        .lines()
+                        .find_map(|l| l.strip_prefix("VmRSS:"))
+                        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                        .unwrap();
+                    rss.push(kb);
+                }
+                engine.remove(&format!("cost{i}")).await.unwrap();
+            }
+            ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            println!(
+                "create + first exec, {}: p50 {:.1} ms, p90 {:.1} ms (n={N})",
+                if with { "with a policy" } else { "no network" },
+                ms[N / 2],
+                ms[N * 9 / 10]
+            );
+        }
+        rss.sort();
+        println!(
+            "forwarder RSS, idle: p50 {} KiB, max {} KiB",
+            rss[rss.len() / 2],
+            rss[rss.len() - 1]
+        );
+    });
+}
