@@ -31,6 +31,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -107,8 +108,11 @@ func randByte() int {
 func newNetLab(t *testing.T) *netLab {
 	t.Helper()
 	needNetLab(t)
+	sweepNetLabs()
 	suffix := randHex(3)
-	l := &netLab{ns: "lbx-net-" + suffix, auth: map[string][]string{}}
+	// The creator's pid in the name lets a later run remove what a killed
+	// one left (sweepNetLabs).
+	l := &netLab{ns: fmt.Sprintf("lbx-net-%s-%d", suffix, os.Getpid()), auth: map[string][]string{}}
 	hostIf, peerIf := "lbxh"+suffix, "lbxp"+suffix
 	// A free link /30 and a free /28 of TEST-NET-2, so that two runs on
 	// one machine do not step on each other.
@@ -162,6 +166,26 @@ func newNetLab(t *testing.T) *netLab {
 	t.Setenv("LOCKBOX_NET_DNS", l.DNS.String()+":53")
 	t.Setenv("LOCKBOX_NET_ROOTS", l.CAFile)
 	return l
+}
+
+// sweepNetLabs deletes the lab namespaces of test processes that are gone
+// (killed before their cleanup ran); their veth pair, and with it the
+// host's route to their addresses, goes with the namespace.
+func sweepNetLabs() {
+	for _, line := range strings.Split(ipOut("netns", "list"), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) == 0 || !strings.HasPrefix(fields[0], "lbx-net-") {
+			continue
+		}
+		parts := strings.Split(fields[0], "-")
+		pid, err := strconv.Atoi(parts[len(parts)-1])
+		if err != nil || pid <= 0 {
+			continue
+		}
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); os.IsNotExist(err) {
+			exec.Command("ip", "netns", "del", fields[0]).Run()
+		}
+	}
 }
 
 // makeCA writes a fresh test CA to CAFile and returns a server
