@@ -73,6 +73,90 @@ func tinyLayout(t *testing.T, dir string) (layerBlob string) {
 	return filepath.Join(blobs, strings.TrimPrefix(layer, "sha256:"))
 }
 
+// openFinding skips a reproducer of a finding that is reported but not
+// fixed (its test would fail): LOCKBOX_ATTACK_OPEN=1 runs it.
+func openFinding(t *testing.T) {
+	t.Helper()
+	if os.Getenv("LOCKBOX_ATTACK_OPEN") == "" {
+		t.Skip("reproducer of an open finding: set LOCKBOX_ATTACK_OPEN=1 to run it")
+	}
+}
+
+// tinyLayoutNamed is tinyLayout with the index's ref-name annotation set
+// and a layer holding body.
+func tinyLayoutNamed(t *testing.T, dir, ref, body string) {
+	t.Helper()
+	tinyLayout(t, dir)
+	// Rewrite the one file and the digests above it.
+	blobs := filepath.Join(dir, "blobs", "sha256")
+	os.RemoveAll(blobs)
+	os.MkdirAll(blobs, 0o755)
+	put := func(b []byte) (string, int) {
+		sum := sha256.Sum256(b)
+		h := hex.EncodeToString(sum[:])
+		os.WriteFile(filepath.Join(blobs, h), b, 0o644)
+		return "sha256:" + h, len(b)
+	}
+	var tb bytes.Buffer
+	tw := tar.NewWriter(&tb)
+	tw.WriteHeader(&tar.Header{Name: "hello.txt", Mode: 0o644, Size: int64(len(body)), Typeflag: tar.TypeReg})
+	tw.Write([]byte(body))
+	tw.Close()
+	layer, layerSize := put(tb.Bytes())
+	config, _ := json.Marshal(map[string]any{
+		"architecture": runtime.GOARCH, "os": "linux", "config": map[string]any{},
+		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{layer}},
+	})
+	cd, cs := put(config)
+	manifest, _ := json.Marshal(map[string]any{
+		"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+		"config": map[string]any{"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
+		"layers": []any{map[string]any{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": layerSize}},
+	})
+	md, ms := put(manifest)
+	index, _ := json.Marshal(map[string]any{
+		"schemaVersion": 2,
+		"manifests": []any{map[string]any{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms,
+			"annotations": map[string]string{"org.opencontainers.image.ref.name": ref}}},
+	})
+	os.WriteFile(filepath.Join(dir, "index.json"), index, 0o644)
+}
+
+// OPEN FINDING (not fixed): a layout's own ref-name annotation names the
+// imported image when the caller gives no name, and silently moves an
+// existing name (a snapshot, an image the user imported or named) to the
+// attacker's image: every later WithImage(name) runs it. Docker's `load`
+// retags the same way; whether Lockbox should refuse to move an existing
+// name without WithImageName is the lead's call.
+func TestAttackImportMovesAnExistingName(t *testing.T) {
+	needEngine(t)
+	openFinding(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	victim := uniq("victim")
+	good := filepath.Join(t.TempDir(), "good")
+	tinyLayoutNamed(t, good, "unused-name", "the user's image\n")
+	orig, err := lockbox.Images().Import(ctx, good, lockbox.WithImageName(victim))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lockbox.Images().Remove(context.Background(), victim)
+	evil := filepath.Join(t.TempDir(), "evil")
+	tinyLayoutNamed(t, evil, victim, "the attacker's image\n")
+	got, err := lockbox.Images().Import(ctx, evil)
+	if err != nil {
+		t.Fatalf("the hostile layout did not import: %v", err)
+	}
+	defer lockbox.Images().Remove(context.Background(), got.Digest)
+	now, err := lockbox.Images().Inspect(ctx, victim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if now.Digest != orig.Digest {
+		t.Errorf("FOUND: importing a layout with no name moved the existing name %q from %s to the layout's image %s", victim, orig.Digest, now.Digest)
+	}
+}
+
 // processCPU is this process's user+system CPU time (the engine's threads
 // included: it is loaded into this process).
 func processCPU(t *testing.T) time.Duration {
