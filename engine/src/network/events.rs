@@ -56,15 +56,20 @@ struct Buffer {
     dropped: u64,
     /// The forwarder's cumulative `events_dropped` when last seen.
     seen_dropped: u64,
+    /// Dropped by this buffer since it was made (the forwarder's count
+    /// does not know them).
+    own_dropped: u64,
 }
 
 /// Keyed by sandbox directory: every handle on one sandbox in this
 /// process shares one buffer (a metrics read must not lose events).
 static BUFFERS: Mutex<Option<HashMap<PathBuf, Buffer>>> = Mutex::new(None);
 
-/// Adds what one control `events` reply carried; returns its counters.
+/// Adds what one control `events` reply carried; returns its counters,
+/// with `events_dropped` counting this buffer's drops too: every event
+/// the forwarder reported is either handed out or counted there.
 pub fn absorb(dir: &Path, reply: &Value) -> NetworkCounters {
-    let counters: NetworkCounters = reply
+    let mut counters: NetworkCounters = reply
         .get("counters")
         .and_then(|c| serde_json::from_value(c.clone()).ok())
         .unwrap_or_default();
@@ -82,9 +87,11 @@ pub fn absorb(dir: &Path, reply: &Value) -> NetworkCounters {
         if b.events.len() == BUFFER_CAP {
             b.events.pop_front();
             b.dropped += 1;
+            b.own_dropped += 1;
         }
         b.events.push_back(from_forwarder(e));
     }
+    counters.events_dropped += b.own_dropped;
     counters
 }
 

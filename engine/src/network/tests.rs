@@ -146,6 +146,8 @@ fn events_are_buffered_bounded_and_drops_counted() {
             "dns_denied": 4, "dns_answers_refused": 5, "events_dropped": 7}});
     let c = events::absorb(d.path(), &reply);
     assert_eq!(c.dns_denied, 4);
+    // The forwarder's 7 and this buffer's 5: every drop a reader can see.
+    assert_eq!(c.events_dropped, 7 + 5);
     let got = events::take(d.path(), 10);
     assert_eq!(got.events.len(), 10);
     assert_eq!(got.events[0].time_unix_ns, 5, "the oldest went first");
