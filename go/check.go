@@ -25,7 +25,7 @@ const (
 // CheckItem is one thing the host allows or not.
 type CheckItem struct {
 	// Name is stable, for scripts: "userns", "apparmor-userns",
-	// "landlock", "cgroup", "seccomp", "pasta", "kvm", "engine".
+	// "landlock", "cgroup", "seccomp", "pasta", "kvm", "microvm", "engine".
 	Name   string      `json:"name"`
 	Status CheckStatus `json:"status"`
 	// Found says what was seen, with the values read.
@@ -66,7 +66,12 @@ func (r *Report) Item(name string) (CheckItem, bool) {
 // on them), Landlock, cgroups, seccomp, pasta, KVM and the installed
 // engine. It is what to run when the engine will not start: it never loads
 // the engine library and writes nothing (its probes are short-lived child
-// processes and read-only opens). The error is only ever ctx's.
+// processes and read-only opens). The microvm item says whether this host
+// runs IsolationMicroVM sandboxes: when the engine is already loaded in
+// this process (lockbox doctor loads it), from the engine's host.vm_check,
+// whose bounded KVM boot probe is cached under the engine's state dir;
+// otherwise from Go's probes, which leave that verdict pending. The error
+// is only ever ctx's.
 func Check(ctx context.Context) (*Report, error) {
 	r := &Report{Kernel: kernelRelease(), UID: os.Geteuid()}
 	for _, c := range append(hostChecks(), checkEngine) {

@@ -10,6 +10,9 @@ import (
 	"runtime"
 	"strings"
 	"syscall"
+
+	"lockbox.dev/lockbox/internal/abi"
+	"lockbox.dev/lockbox/internal/wire"
 )
 
 // vmFacts is what decides whether this host runs microVM sandboxes: the
@@ -145,7 +148,7 @@ func microVMItem(f vmFacts) CheckItem {
 		kvm += ": " + f.KVMReason
 	}
 	if !f.Probed {
-		kvm += "; boot probe pending: the engine's host.vm_check is not available, so whether KVM boots a guest is not known"
+		kvm += "; boot probe pending: the engine is not loaded, so whether KVM boots a guest is not known (lockbox doctor loads it)"
 	}
 	qemu := "qemu " + f.QEMU
 	if f.QEMU == "" {
@@ -159,7 +162,7 @@ func microVMItem(f vmFacts) CheckItem {
 	if f.DefaultAccel == "" {
 		accel = "acceleration: none: " + f.Reason
 	}
-	if f.DefaultAccel != "tcg" {
+	if f.DefaultAccel != "tcg" && !strings.Contains(f.Reason, vmAccelEnv+"=tcg") {
 		accel += "; TCG only with " + vmAccelEnv + "=tcg"
 	}
 	verdict := "microVM sandboxes available"
@@ -173,6 +176,47 @@ func microVMItem(f vmFacts) CheckItem {
 	return it
 }
 
+// checkMicroVM asks the engine when it is loaded in this process (lockbox
+// doctor loads it; Check itself never does): its KVM verdict comes from a
+// bounded boot probe, cached per host and guest kernel. Otherwise, or if
+// the engine cannot answer, Go's own probes say what they can.
 func checkMicroVM(ctx context.Context) CheckItem {
-	return microVMItem(goVMFacts(ctx))
+	if abi.LoadedPath() == "" {
+		return microVMItem(goVMFacts(ctx))
+	}
+	f, err := engineVMFacts(ctx)
+	if err != nil {
+		it := microVMItem(goVMFacts(ctx))
+		it.Found += "; the engine's probe failed: " + strings.ReplaceAll(err.Error(), "; ", ", ")
+		return it
+	}
+	return microVMItem(f)
+}
+
+func engineVMFacts(ctx context.Context) (vmFacts, error) {
+	var r wire.VMCheck
+	if err := callMethod(ctx, "host.vm_check", wire.HostVMCheck, nil, &r); err != nil {
+		return vmFacts{}, err
+	}
+	f := vmFacts{KVM: r.KVM, KVMReason: r.KVMReason, Reason: r.Reason, Probed: true}
+	if r.QEMU != nil {
+		f.QEMU = *r.QEMU
+	}
+	if r.Assets != nil {
+		f.Assets = *r.Assets
+	} else {
+		f.AssetsWhy = "not found (" + assetsWhere() + ")"
+	}
+	if r.DefaultAccel != nil {
+		f.DefaultAccel = *r.DefaultAccel
+	}
+	return f, nil
+}
+
+// assetsWhere: where the engine looks for the guest (C3).
+func assetsWhere() string {
+	if d := os.Getenv("LOCKBOX_VM_ASSETS"); d != "" {
+		return "LOCKBOX_VM_ASSETS=" + d
+	}
+	return "LOCKBOX_VM_ASSETS unset, <libdir>/../vm has no vmlinuz and initramfs.img: lockbox install --vm"
 }

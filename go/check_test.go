@@ -292,3 +292,47 @@ func TestCheckMicroVMItem(t *testing.T) {
 		t.Fatalf("no accel chosen: %+v", it)
 	}
 }
+
+// With the engine loaded, the microvm item is the engine's host.vm_check
+// answer (its KVM verdict from the boot probe), not Go's "probe pending".
+// The engine reads LOCKBOX_VM_ASSETS from its process environment, so a
+// child process runs the check; the assets dir is empty, so the engine
+// probes nothing and answers at once.
+func TestCheckMicroVMFromEngine(t *testing.T) {
+	if mode := os.Getenv("LOCKBOX_CHECK_VM_CHILD"); mode != "" {
+		if mode == "load" {
+			if err := Load(); err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+		}
+		b, _ := json.Marshal(checkMicroVM(context.Background()))
+		os.Stdout.Write(append(append([]byte("ITEM "), b...), '\n'))
+		return
+	}
+	if os.Getenv("LOCKBOX_LIB") == "" {
+		t.Skip("needs LOCKBOX_LIB (make test-go sets it)")
+	}
+	empty := t.TempDir()
+	run := func(extra ...string) CheckItem {
+		cmd := exec.Command(os.Args[0], "-test.run", "^TestCheckMicroVMFromEngine$", "-test.v")
+		cmd.Env = append(os.Environ(), append([]string{"LOCKBOX_VM_ASSETS=" + empty, "LOCKBOX_HOME=" + t.TempDir()}, extra...)...)
+		out, err := cmd.CombinedOutput()
+		_, line, ok := strings.Cut(string(out), "ITEM ")
+		line, _, _ = strings.Cut(line, "\n")
+		var it CheckItem
+		if err != nil || !ok || json.Unmarshal([]byte(line), &it) != nil {
+			t.Fatalf("child: %v\n%s", err, out)
+		}
+		t.Logf("%s: %s (fix: %s)", it.Status, it.Found, it.Fix)
+		return it
+	}
+	it := run("LOCKBOX_CHECK_VM_CHILD=load")
+	if strings.Contains(it.Found, "probe pending") || it.Status != CheckWarn ||
+		!strings.Contains(it.Found, "LOCKBOX_VM_ASSETS="+empty) || !strings.Contains(it.Fix, "lockbox install --vm") {
+		t.Fatalf("engine's answer: %+v", it)
+	}
+	// Control: without the engine loaded, the same check is Go's own.
+	if goItem := run("LOCKBOX_CHECK_VM_CHILD=go"); !strings.Contains(goItem.Found, "probe pending") {
+		t.Fatalf("control: Go's probes claim a boot probe: %+v", goItem)
+	}
+}

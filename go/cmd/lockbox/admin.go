@@ -165,6 +165,10 @@ func runDoctor(ctx context.Context, env *cli, args []string) int {
 	if _, err := fs.parseExact(args, 0, false); err != nil {
 		return fs.badUsage(env, err)
 	}
+	// With the engine loaded, the microvm item has the engine's KVM boot
+	// probe (bounded, ~20 s at most the first time, then cached). An engine
+	// that does not load is the engine item's to report.
+	_ = lockbox.Load()
 	r, err := lockbox.Check(ctx)
 	if err != nil {
 		return fail(env, "doctor", err, false)
