@@ -104,7 +104,8 @@ func EnsureInstalled(ctx context.Context, opts ...InstallOption) (*Installation,
 }
 
 // IsInstalled reports whether the version is completely installed (the
-// same check as EnsureInstalled's warm path). It never downloads.
+// same check as EnsureInstalled's warm path; with WithVMAssets, the VM
+// assets too, re-hashed). It never downloads.
 func IsInstalled(opts ...InstallOption) bool {
 	s, err := resolveInstallSettings(opts)
 	if err != nil {
