@@ -29,9 +29,11 @@ type NotEnforced struct {
 type SandboxInfo struct {
 	Name string `json:"name"`
 	ID   string `json:"id"`
-	// Status is "running", "stopped", or "damaged": the sandbox's state
-	// files cannot be read (Error says why). A damaged sandbox's files are
-	// kept, never cleaned up behind your back; RemoveSandbox deletes them.
+	// Status is StatusRunning, StatusPaused (frozen by Pause, or for the
+	// moment a Snapshot or Fork copies its files), StatusStopped, or
+	// StatusDamaged: the sandbox's state files cannot be read (Error says
+	// why). A damaged sandbox's files are kept, never cleaned up behind
+	// your back; RemoveSandbox deletes them.
 	Status   string            `json:"status"`
 	Error    string            `json:"error,omitempty"`
 	Image    string            `json:"image"`
@@ -78,8 +80,19 @@ func (i *SandboxImage) DefaultCommand() []string {
 	return append(append([]string{}, i.Entrypoint...), i.Cmd...)
 }
 
-// Running reports whether the sandbox is running.
-func (i *SandboxInfo) Running() bool { return i.Status == "running" }
+// SandboxInfo.Status values.
+const (
+	StatusRunning = "running"
+	StatusPaused  = "paused"
+	StatusStopped = "stopped"
+	StatusDamaged = "damaged"
+)
+
+// Running reports whether the sandbox's processes exist: running, or
+// paused (frozen until Resume).
+func (i *SandboxInfo) Running() bool {
+	return i.Status == StatusRunning || i.Status == StatusPaused
+}
 
 func (i *SandboxInfo) fill() {
 	i.Created = time.Unix(i.CreatedUnix, 0)

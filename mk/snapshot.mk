@@ -14,5 +14,5 @@ test-snapshot: engine-release image-base
 	cd go && CGO_ENABLED=0 go test -count=1 -run 'TestNewPool|TestPoolClosed' .
 	cd tests && LOCKBOX_LIB=$(RELEASE_LIB) LOCKBOX_HELPER=$(RELEASE_HELPER) \
 	  LOCKBOX_IMAGES=$(IMAGES) LOCKBOX_HOME=$(SNAPSHOT_SCRATCH)/home \
-	  CGO_ENABLED=0 go test -count=1 -run '^(TestSnapshot|TestPauseResume|TestPausedSandbox|TestForkIsolation|TestCheckpoint|TestPool)' -v . 2>&1 | \
+	  CGO_ENABLED=0 go test -count=1 -run '^(TestSnapshot|TestPauseResume|TestPausedSandbox|TestForkIsolation|TestCheckpoint|TestPool|TestForkCrashReclaimed)' -v . 2>&1 | \
 	  grep -E '^(=== RUN|--- |PASS|FAIL|ok)|snapshot_test|pool_test' ; exit $${PIPESTATUS[0]}

@@ -272,7 +272,19 @@ func TestSnapshotSizeBounds(t *testing.T) {
 	if _, err := sb.Snapshot(ctx, bad); err == nil || !strings.Contains(err.Error(), "apparent size") {
 		t.Fatalf("a 1 TB sparse file in a 64 MiB sandbox: Snapshot gave %v", err)
 	}
+	// Fork's copy (by the kernel, not hashed) is charged the same way.
+	if kids, err := sb.Fork(ctx, 1); err == nil || !strings.Contains(err.Error(), "apparent size") {
+		for _, k := range kids {
+			_ = k.Remove(ctx)
+		}
+		t.Fatalf("a 1 TB sparse file in a 64 MiB sandbox: Fork gave %v", err)
+	}
 	sh(t, sb, `rm /sparse`)
+	kids, err := sb.Fork(ctx, 1)
+	if err != nil {
+		t.Fatalf("control: Fork without the sparse file: %v", err)
+	}
+	_ = kids[0].Remove(ctx)
 	good := uniq("nosparse")
 	removeImage(t, good)
 	if _, err := sb.Snapshot(ctx, good); err != nil {
@@ -389,6 +401,9 @@ func TestPauseResumeBusyLoop(t *testing.T) {
 		}
 		t.Skipf("no cgroup here, Pause is unsupported as it should be: %v", err)
 	}
+	if info.Status != lockbox.StatusRunning {
+		t.Fatalf("control: a running sandbox's status is %q", info.Status)
+	}
 	sh(t, sb, "sh -c 'while :; do :; done' </dev/null >/dev/null 2>&1 &")
 	a := cpuTime(t, sb)
 	time.Sleep(300 * time.Millisecond)
@@ -400,6 +415,9 @@ func TestPauseResumeBusyLoop(t *testing.T) {
 			t.Skipf("no freezer here: %v", err)
 		}
 		t.Fatalf("Pause: %v", err)
+	}
+	if i, err := sb.Info(ctx); err != nil || i.Status != lockbox.StatusPaused || !i.Running() {
+		t.Fatalf("Info of a paused sandbox: %+v, %v (want status paused)", i, err)
 	}
 	p0 := cpuTime(t, sb)
 	time.Sleep(500 * time.Millisecond)
@@ -421,6 +439,9 @@ func TestPauseResumeBusyLoop(t *testing.T) {
 		t.Fatalf("Resume: %v", err)
 	}
 	t.Logf("resume took %v", time.Since(t0))
+	if i, err := sb.Info(ctx); err != nil || i.Status != lockbox.StatusRunning {
+		t.Fatalf("Info after Resume: %+v, %v (want status running)", i, err)
+	}
 	r0 := cpuTime(t, sb)
 	time.Sleep(300 * time.Millisecond)
 	if r1 := cpuTime(t, sb); r1-r0 < 50*time.Millisecond {
