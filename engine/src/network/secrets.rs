@@ -75,8 +75,10 @@ pub fn check(secrets: &[Secret], policy: &Policy) -> Result<()> {
         }
         let v = s.value.as_ref().map(|v| v.0.as_str()).unwrap_or("");
         if v.is_empty() {
+            // Values are kept nowhere: a config read back from Info, or a
+            // fork of a sandbox with secrets, must be given them again.
             return Err(EngineError::invalid(format!(
-                "secret {} has no value",
+                "secret {} has no value (values are never stored: a fork or a config from Info needs them given again)",
                 s.name
             )));
         }
