@@ -15,6 +15,7 @@
 //! `max_unpacked_bytes`, checked before a byte is written; on any error
 //! the new directory (temp layers included) is removed.
 
+use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
 use std::io::{self, Write};
@@ -35,6 +36,9 @@ use crate::store::ImageStore;
 const MT_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const MT_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const MT_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+/// Bytes of layer paths remembered for hard-linked files; past it later
+/// names are written in full (still charged), never unbounded memory.
+const MAX_LINK_PATHS: usize = 64 << 20;
 
 /// Hashes and counts what goes through it.
 struct Hashing<W: Write> {
@@ -283,6 +287,11 @@ fn layer(root: &Path, out: &mut Out, budget: &mut u64) -> Result<Blob> {
         len: 0,
     });
     b.follow_symlinks(false);
+    // A file with several names is written once; its later names are tar
+    // hard links to the first (a snapshot stores them once, so a copy per
+    // name would turn a small sandbox's layer into the whole export cap).
+    let mut firsts: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    let mut first_bytes = 0usize;
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         let dir = root.join(&rel);
@@ -304,8 +313,16 @@ fn layer(root: &Path, out: &mut Out, budget: &mut u64) -> Result<Blob> {
                 let mut h = header(&m, tar::EntryType::Directory, 0);
                 b.append_data(&mut h, &r, io::empty()).ctx("tar", &p)?;
                 stack.push(r);
+            } else if t.is_file() && m.nlink() > 1 && firsts.contains_key(&(m.dev(), m.ino())) {
+                let mut h = header(&m, tar::EntryType::Link, 0);
+                let target = &firsts[&(m.dev(), m.ino())];
+                b.append_link(&mut h, &r, target).ctx("tar", &p)?;
             } else if t.is_file() {
                 charge(budget, m.len(), &p)?;
+                if m.nlink() > 1 && first_bytes + r.as_os_str().len() <= MAX_LINK_PATHS {
+                    first_bytes += r.as_os_str().len();
+                    firsts.insert((m.dev(), m.ino()), r.clone());
+                }
                 let mut h = header(&m, tar::EntryType::Regular, m.len());
                 let f = File::open(&p).ctx("open", &p)?;
                 b.append_data(&mut h, &r, f).ctx("tar", &p)?;
@@ -559,5 +576,71 @@ mod tests {
         s.export_oci_layout(&d, &victim.join("out"), None).unwrap();
         assert!(victim.join("out/index.json").is_file());
         assert!(victim.join("out/oci-layout").is_file());
+    }
+
+    // One 600 KiB file under eleven names exports under a 1 MiB cap (its
+    // later names are tar hard links) and imports back with the names
+    // sharing one inode. Control: eleven distinct 600 KiB files do not fit.
+    #[test]
+    fn hard_links_are_exported_once() {
+        let t = tempfile::tempdir().unwrap();
+        let home = t.path().join("home");
+        empty_layout(&t.path().join("layout"));
+        let big = store(&home, 64 << 20);
+        let base = big
+            .import_oci_layout(
+                &t.path().join("layout"),
+                None,
+                Some("b:1"),
+                &Cancel::never(),
+            )
+            .unwrap();
+        let snap = |dir: &Path, name: &str| {
+            let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: valid path; the fd is handed to an OwnedFd at once.
+            let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY) };
+            assert!(fd >= 0);
+            // SAFETY: just opened, owned nowhere else.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            big.install_layer(
+                &base.digest,
+                fd,
+                IdShift::Keep,
+                None,
+                Some(name),
+                "test".into(),
+                &Cancel::never(),
+            )
+            .unwrap()
+        };
+        let up = t.path().join("upper");
+        std::fs::create_dir(&up).unwrap();
+        std::fs::write(up.join("big"), vec![7u8; 600 << 10]).unwrap();
+        for i in 0..10 {
+            std::fs::hard_link(up.join("big"), up.join(format!("l{i}"))).unwrap();
+        }
+        let linked = snap(&up, "linked:1");
+        let small = store(&home, 1 << 20);
+        let out = t.path().join("out");
+        small
+            .export_oci_layout(&linked.digest.to_string(), &out, None)
+            .unwrap();
+        let again = small
+            .import_oci_layout(&out, None, Some("again:1"), &Cancel::never())
+            .unwrap();
+        let a = std::fs::metadata(again.rootfs.join("big")).unwrap();
+        let b = std::fs::metadata(again.rootfs.join("l9")).unwrap();
+        assert_eq!((a.ino(), a.len()), (b.ino(), 600 << 10));
+
+        let up2 = t.path().join("upper2");
+        std::fs::create_dir(&up2).unwrap();
+        for i in 0..11 {
+            std::fs::write(up2.join(format!("f{i}")), vec![i as u8; 600 << 10]).unwrap();
+        }
+        let distinct = snap(&up2, "distinct:1");
+        let e = small
+            .export_oci_layout(&distinct.digest.to_string(), &t.path().join("out2"), None)
+            .unwrap_err();
+        assert!(matches!(e, ImageError::TooLarge(_)), "{e}");
     }
 }
