@@ -235,6 +235,7 @@ func TestBackendMatrix(t *testing.T) {
 				if qemu != 1 {
 					t.Fatalf("want one qemu under helper %d, found %d among %v", info.HelperPID, qemu, procs)
 				}
+				checkVMMConfined(t, info.HelperPID, procs)
 			}
 			dir := filepath.Join(os.Getenv("LOCKBOX_HOME"), "sandboxes", name)
 			if _, err := os.Stat(dir); err != nil {
@@ -281,6 +282,7 @@ func TestMicroVMUnsupported(t *testing.T) {
 		"tmpfs":    {lockbox.WithTmpfs("/scratch", 8)},
 		"network":  {lockbox.WithNetwork(lockbox.NetworkOutbound)},
 		"detached": {lockbox.WithDetached()},
+		"policy":   {lockbox.WithNetworkPolicy(lockbox.NewNetworkPolicy(lockbox.Allow("example.com")))},
 	}
 	for what, opts := range cases {
 		t0 := time.Now()
@@ -303,4 +305,81 @@ func TestMicroVMUnsupported(t *testing.T) {
 		t.Fatalf("control: native with a volume: %v", err)
 	}
 	_ = sb.Remove(ctx)
+}
+
+func statusField(pid int, key string) string {
+	b, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, key+":"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
+
+func nsOf(pid int, ns string) string {
+	l, _ := os.Readlink(filepath.Join("/proc", strconv.Itoa(pid), "ns", ns))
+	return l
+}
+
+// confinement of one process as the host sees it: "" when confined.
+func vmmUnconfined(pid int) []string {
+	var why []string
+	for _, ns := range []string{"user", "mnt", "pid", "net", "ipc", "uts", "cgroup"} {
+		if nsOf(pid, ns) == nsOf(os.Getpid(), ns) {
+			why = append(why, "host "+ns+" namespace")
+		}
+	}
+	if v := statusField(pid, "CapEff"); v != "0000000000000000" {
+		why = append(why, "CapEff "+v)
+	}
+	if v := statusField(pid, "CapBnd"); v != "0000000000000000" {
+		why = append(why, "CapBnd "+v)
+	}
+	if v := statusField(pid, "NoNewPrivs"); v != "1" {
+		why = append(why, "NoNewPrivs "+v)
+	}
+	if v := statusField(pid, "Seccomp"); v != "2" {
+		why = append(why, "Seccomp "+v)
+	}
+	if os.Getuid() == 0 {
+		if f := strings.Fields(statusField(pid, "Uid")); len(f) == 0 || f[0] == "0" {
+			why = append(why, "host uid 0")
+		}
+	}
+	return why
+}
+
+// checkVMMConfined: qemu runs in its own namespaces, without capabilities,
+// with no_new_privs and a seccomp filter, as an unprivileged host uid,
+// and sees a root holding only what it needs. The helper (which stays in
+// the host's namespaces, by design) is the control: the same check must
+// find it unconfined.
+func checkVMMConfined(t *testing.T, helper int, procs []int) {
+	t.Helper()
+	if len(vmmUnconfined(helper)) == 0 {
+		t.Fatalf("control: the helper %d passes the confinement check: the check proves nothing", helper)
+	}
+	for _, p := range procs {
+		if !strings.Contains(exeOf(p), "qemu-system") {
+			continue
+		}
+		if why := vmmUnconfined(p); len(why) > 0 {
+			t.Fatalf("VMM ESCAPE: qemu %d is not confined: %v", p, why)
+		}
+		ents, err := os.ReadDir(filepath.Join("/proc", strconv.Itoa(p), "root"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		allowed := map[string]bool{"usr": true, "lib": true, "lib64": true, "bin": true, "dev": true,
+			"proc": true, "vm": true, "layers": true, "disk": true}
+		var names []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+			if !allowed[e.Name()] {
+				t.Fatalf("VMM ESCAPE: qemu's root holds %q (all: %v)", e.Name(), names)
+			}
+		}
+		t.Logf("qemu %d: uid %s, root %v", p, statusField(p, "Uid"), names)
+	}
 }

@@ -58,6 +58,11 @@ fn check(plan: &Plan, req: &LaunchRequest<'_>) -> Result<()> {
     if plan.network.mode != lockbox_protocol::NetworkMode::None || !plan.network.ports.is_empty() {
         return Err(unsupported("network access (the VM has no network device)"));
     }
+    if plan.net.is_some() {
+        return Err(unsupported(
+            "network policies and secrets (the VM has no network device)",
+        ));
+    }
     if plan.detached {
         return Err(unsupported("detached sandboxes (reattach to a VM)"));
     }
@@ -112,17 +117,41 @@ impl Backend for MicroVm {
                 return Err(unsupported("reconnecting to a running VM (reattach)"));
             }
             match tokio::time::timeout(BOOT_TIMEOUT, AgentClient::connect(dir, name)).await {
-                Ok(r) => r.map_err(|e| e.context("microvm: the guest's agent")),
+                Ok(r) => r.map_err(|e| {
+                    e.context(format!(
+                        "microvm: the guest's agent (log: {})",
+                        log_tail(dir)
+                    ))
+                }),
                 Err(_) => Err(EngineError::new(
                     lockbox_protocol::ErrorCode::Timeout,
                     format!(
-                        "microvm: the guest did not answer within {BOOT_TIMEOUT:?}; log: {}",
-                        dir.join("helper.log").display()
+                        "microvm: the guest did not answer within {BOOT_TIMEOUT:?} (log: {})",
+                        log_tail(dir)
                     ),
                 )),
             }
         })
     }
+}
+
+/// The last lines of the helper's log (qemu's errors; the guest's console
+/// only with LOCKBOX_VM_CONSOLE), bounded: the sandbox's directory goes
+/// when a create fails.
+fn log_tail(dir: &Path) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut s = String::new();
+    if let Ok(mut f) = std::fs::File::open(dir.join("helper.log")) {
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = f.seek(SeekFrom::Start(len.saturating_sub(600)));
+        let mut b = Vec::new();
+        let _ = f.take(600).read_to_end(&mut b);
+        s = String::from_utf8_lossy(&b)
+            .lines()
+            .collect::<Vec<_>>()
+            .join(" | ");
+    }
+    s
 }
 
 /// `host.vm_check`: what this host can do for microVMs (contracts C3).

@@ -150,3 +150,61 @@ async fn boot(dir: &Path, qemu: &Path, assets: &Path) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(&run);
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    /// `host.vm_check` on this host (`make test-vm-backend` sets
+    /// LOCKBOX_VM_ASSETS and LOCKBOX_HELPER): a verdict with its reason,
+    /// bounded even where KVM hangs the guest, and the second call answers
+    /// from the cache without booting anything.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn vm_check_is_bounded_and_cached() {
+        if std::env::var_os(super::super::host::ASSETS_ENV).is_none() {
+            eprintln!("skipped: LOCKBOX_VM_ASSETS is not set (make test-vm-backend)");
+            return;
+        }
+        let home = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        let first = super::super::vm_check(home.path()).await;
+        let took = t0.elapsed();
+        eprintln!("vm_check: {first:?} in {took:?}");
+        assert!(
+            took < super::PROBE_TIMEOUT + Duration::from_secs(15),
+            "{took:?}"
+        );
+        assert!(first.qemu.is_some() && first.assets.is_some(), "{first:?}");
+        assert!(
+            ["usable", "unusable", "absent"].contains(&first.kvm.as_str()),
+            "{first:?}"
+        );
+        assert!(!first.kvm_reason.is_empty() && !first.reason.is_empty());
+        match std::env::var(super::super::host::ACCEL_ENV).ok().as_deref() {
+            Some(a @ ("tcg" | "kvm")) => assert_eq!(first.default_accel.as_deref(), Some(a)),
+            _ => assert_eq!(
+                first.default_accel.as_deref() == Some("kvm"),
+                first.kvm == "usable"
+            ),
+        }
+        if first.kvm != "absent" {
+            let cached: super::Probe = serde_json::from_slice(
+                &std::fs::read(home.path().join("vm/kvm-probe.json")).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(cached.verdict.name(), first.kvm);
+            // No boot left behind, no probe directory either.
+            let left: Vec<_> = std::fs::read_dir(home.path().join("vm"))
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("kvmprobe-"))
+                .collect();
+            assert!(left.is_empty(), "{left:?}");
+        }
+        let t1 = Instant::now();
+        let second = super::super::vm_check(home.path()).await;
+        assert_eq!(second, first);
+        assert!(t1.elapsed() < Duration::from_secs(2), "{:?}", t1.elapsed());
+    }
+}
