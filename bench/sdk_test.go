@@ -74,6 +74,20 @@ func BenchmarkExecTrue(b *testing.B) {
 	}
 }
 
+// BenchmarkStatRoundTrip is an agent round trip that starts no process:
+// the floor under BenchmarkExecTrue (what remains is the process itself).
+func BenchmarkStatRoundTrip(b *testing.B) {
+	sb := sandbox(b)
+	ctx := context.Background()
+	fs := sb.FS()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := fs.Stat(ctx, "/"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 // BenchmarkFSWriteRead1MiB writes 1 MiB into the sandbox and reads it back.
 func BenchmarkFSWriteRead1MiB(b *testing.B) {
 	sb := sandbox(b)
