@@ -4,7 +4,9 @@
 //! be written ends up in the report with the reason.
 
 use std::fs;
-use std::io;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use lockbox_protocol::{CgroupPaths, Limits};
@@ -239,6 +241,39 @@ impl Cgroup {
         cg
     }
 
+    /// Prepares the sandbox child to join the cgroup by itself (v1 only).
+    ///
+    /// Moving another process (`attach`, a cgroup.procs write) takes the
+    /// kernel's global threadgroup lock, whose write side waits an RCU
+    /// grace period: milliseconds, tens of them on a loaded host, on the
+    /// path of every create. A thread that writes "0" to a v1 `tasks` file
+    /// moves itself without that lock. The files are opened here, with the
+    /// supervisor's credentials (the kernel checks the opener's), and the
+    /// child, single-threaded as a clone of the single-threaded supervisor,
+    /// writes them before it does anything else.
+    ///
+    /// None for v2 (cgroup.threads only moves threads inside a threaded
+    /// subtree), or when a file cannot be opened: `attach` then does it.
+    pub fn self_join(&self) -> Option<(SelfJoin, JoinOutcome)> {
+        if self.paths.version != 1 || self.dirs.is_empty() {
+            return None;
+        }
+        let tasks = self
+            .dirs
+            .iter()
+            .map(|d| {
+                fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_CLOEXEC)
+                    .open(d.join("tasks"))
+                    .map(OwnedFd::from)
+            })
+            .collect::<io::Result<Vec<_>>>()
+            .ok()?;
+        let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ok()?;
+        Some((SelfJoin { tasks, errors: wr }, JoinOutcome { errors: rd }))
+    }
+
     /// Moves `pid` into every directory of the cgroup.
     pub fn attach(&self, pid: libc::pid_t) -> io::Result<()> {
         for d in &self.dirs {
@@ -272,5 +307,139 @@ impl Cgroup {
                 let _ = fs::remove_dir(parent);
             }
         }
+    }
+}
+
+/// The child's half of `Cgroup::self_join`.
+pub struct SelfJoin {
+    tasks: Vec<OwnedFd>,
+    errors: OwnedFd,
+}
+
+impl SelfJoin {
+    /// In the sandbox child, first thing: joins every hierarchy and closes
+    /// the files (opened with host credentials, they must not reach
+    /// anything of the sandbox). A failure goes to the supervisor, which
+    /// reports the limits as not enforced, as when `attach` fails.
+    pub fn join(self) {
+        let mut failed = None;
+        for fd in &self.tasks {
+            // SAFETY: a one-byte write from a static buffer to our own fd.
+            if unsafe { libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) } != 1 {
+                failed.get_or_insert_with(io::Error::last_os_error);
+            }
+        }
+        drop(self.tasks);
+        if let Some(e) = failed {
+            let msg = format!("join cgroup: {e}");
+            // SAFETY: a write from a live buffer to our own pipe.
+            unsafe { libc::write(self.errors.as_raw_fd(), msg.as_ptr().cast(), msg.len()) };
+        }
+    }
+}
+
+/// The supervisor's half of `Cgroup::self_join`.
+pub struct JoinOutcome {
+    errors: OwnedFd,
+}
+
+impl JoinOutcome {
+    /// What the child's join said (None: it joined). Returns once the
+    /// child has joined or failed, or is gone.
+    pub fn wait(self) -> Option<String> {
+        let mut msg = Vec::new();
+        // The child writes one short line at most.
+        let _ = fs::File::from(self.errors).take(4096).read_to_end(&mut msg);
+        (!msg.is_empty()).then(|| String::from_utf8_lossy(&msg).into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The host's cgroup file of `pid`, one "id:controllers:path" a line.
+    fn cgroup_of(pid: i32) -> String {
+        fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap()
+    }
+
+    /// Every open fd of `pid` that names a cgroup `tasks` file.
+    fn tasks_fds(pid: i32) -> Vec<String> {
+        fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+            .map(|p| p.to_string_lossy().into_owned())
+            .filter(|p| p.ends_with("/tasks"))
+            .collect()
+    }
+
+    /// Forks a child that joins (or not) and then waits to be killed; the
+    /// checks run here, on the live child, from its /proc.
+    fn child_after(join: Option<SelfJoin>) -> i32 {
+        // SAFETY: the child makes system calls only (join allocates only
+        // on failure) and waits in pause until it is killed.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                if let Some(j) = join {
+                    j.join();
+                }
+                loop {
+                    // SAFETY: plain pause.
+                    unsafe { libc::pause() };
+                }
+            }
+            nix::unistd::ForkResult::Parent { child } => child.as_raw(),
+        }
+    }
+
+    fn reap(pid: i32) {
+        // SAFETY: kill of our own child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+    }
+
+    #[test]
+    fn a_child_joins_every_v1_hierarchy_by_itself_and_keeps_no_file() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root to make a cgroup");
+            return;
+        }
+        let id = format!("selfjoin-test-{}", std::process::id());
+        let limits = Limits {
+            memory_mib: Some(256),
+            pids: Some(64),
+            ..Default::default()
+        };
+        let cg = Cgroup::create(&id, &limits, &mut Report::default());
+        if cg.paths.version != 1 {
+            cg.remove();
+            eprintln!("skipped: no cgroup v1 hierarchies here (v2 joins through attach)");
+            return;
+        }
+        let (join, outcome) = cg.self_join().expect("tasks files open as root");
+        let pid = child_after(Some(join));
+        let reported = outcome.wait();
+        let after = cgroup_of(pid);
+        let fds = tasks_fds(pid);
+        // Control: a child that does not join stays where we are.
+        let other = child_after(None);
+        let control = cgroup_of(other);
+        reap(pid);
+        reap(other);
+        cg.remove();
+        assert_eq!(reported, None, "the join reported a failure");
+        let ours = format!("/lockbox/{id}");
+        for ctrl in ["memory", "pids", "freezer"] {
+            let line = after
+                .lines()
+                .find(|l| l.split(':').nth(1) == Some(ctrl))
+                .unwrap_or_else(|| panic!("no {ctrl} line in {after}"));
+            assert!(line.ends_with(&ours), "{ctrl} not joined: {after}");
+        }
+        assert!(
+            fds.is_empty(),
+            "host cgroup files still open after the join: {fds:?}"
+        );
+        assert!(!control.contains(&ours), "control joined: {control}");
     }
 }

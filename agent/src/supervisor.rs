@@ -250,10 +250,14 @@ fn launch(spec: &LaunchSpec, trace: &mut Trace) -> Result<(Running, Report), Fai
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWNET;
     trace.mark("socket_bind");
+    let self_join = cgroup.self_join();
     let pid =
         clone_as_owner(flags, rootless).map_err(|e| cleanup_cg(io_fail("create namespaces", e)))?;
     trace.mark("clone_namespaces");
     if pid == 0 {
+        if let Some((join, _)) = self_join {
+            join.join();
+        }
         drop(parent_sock);
         drop(go_wr);
         unblock_signals();
@@ -275,12 +279,15 @@ fn launch(spec: &LaunchSpec, trace: &mut Trace) -> Result<(Running, Report), Fai
     let pidfd = sys::pidfd_open(pid).map_err(|e| kill_child(io_fail("pidfd_open", e)))?;
     write_id_maps(pid, rootless).map_err(|e| kill_child(io_fail("write id maps", e)))?;
     trace.mark("id_maps");
-    // Joining the cgroup waits for the kernel (a cgroup v1 migration takes
-    // an RCU grace period per hierarchy, milliseconds): a forked process
-    // does it while we prepare the mounts and the child builds its root.
-    // The child runs nothing of the sandbox's until it is told the join
-    // is done (`go` below).
-    let attacher = start_attacher(pid, &cgroup, rootless)
+    // On v1 the child has joined its cgroup itself (`Cgroup::self_join`).
+    // Otherwise the join waits for the kernel (moving another process
+    // takes an RCU grace period, milliseconds): a forked process does it
+    // while we prepare the mounts and the child builds its root. Either
+    // way the child runs nothing of the sandbox's until it is told the
+    // join is done (`go` below).
+    let join_outcome = self_join.map(|(_, outcome)| outcome);
+    let attach = join_outcome.is_none().then_some(&cgroup);
+    let attacher = start_attacher(pid, attach, rootless)
         .map_err(|e| kill_child(io_fail("user namespace limits", e)))?;
     trace.mark("attacher_forked");
     let mut pasta = None;
@@ -328,7 +335,8 @@ fn launch(spec: &LaunchSpec, trace: &mut Trace) -> Result<(Running, Report), Fai
     trace.mark("plan_sent");
     let attach_err = attacher
         .finish()
-        .map_err(|e| kill_child(io_fail("user namespace limits", e)))?;
+        .map_err(|e| kill_child(io_fail("user namespace limits", e)))?
+        .or_else(|| join_outcome.and_then(|o| o.wait()));
     report.ok("userns_limits");
     if let Some(e) = attach_err {
         for f in ["memory", "cpus", "pids"] {
@@ -503,10 +511,14 @@ impl Attacher {
     }
 }
 
-/// Forks the attacher: as host root it moves `pid` into the cgroup and
-/// sets its OOM score, then joins the sandbox's user namespace for
-/// `set_userns_limits`.
-fn start_attacher(pid: libc::pid_t, cgroup: &Cgroup, rootless: bool) -> std::io::Result<Attacher> {
+/// Forks the attacher: as host root it moves `pid` into `cgroup` (unless
+/// the child joins by itself, `Cgroup::self_join`) and sets its OOM score,
+/// then joins the sandbox's user namespace for `set_userns_limits`.
+fn start_attacher(
+    pid: libc::pid_t,
+    cgroup: Option<&Cgroup>,
+    rootless: bool,
+) -> std::io::Result<Attacher> {
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let limits = userns_limit_files();
     let userns = fs::File::open(format!("/proc/{pid}/ns/user"))?;
@@ -514,7 +526,7 @@ fn start_attacher(pid: libc::pid_t, cgroup: &Cgroup, rootless: bool) -> std::io:
     match unsafe { nix::unistd::fork() }? {
         nix::unistd::ForkResult::Child => {
             drop(rd);
-            if let Err(e) = cgroup.attach(pid) {
+            if let Some(Err(e)) = cgroup.map(|c| c.attach(pid)) {
                 let _ = fs::File::from(wr).write_all(e.to_string().as_bytes());
             } else {
                 drop(wr);
