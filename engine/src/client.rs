@@ -42,7 +42,17 @@ pub(crate) struct Shared {
     /// one that does (in a microVM, guest root can replace the agent) is
     /// cut off instead of buffered: operations' queues are unbounded.
     unacked: Mutex<HashMap<(u32, u8), u64>>,
+    /// Frames queued for the agent and not yet written. Each data frame
+    /// the agent sends for an operation nobody reads is acknowledged with
+    /// a credit frame: an agent that floods tiny frames and never reads its
+    /// socket would grow this queue without end (about 10 bytes of memory
+    /// per byte it sends). Past [`MAX_QUEUED_FRAMES`] it is cut off.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// An honest agent reads its socket while it writes: a million frames
+/// waiting for it means it stopped reading (about 100 MB held by then).
+const MAX_QUEUED_FRAMES: usize = 1 << 20;
 
 impl Shared {
     pub(crate) fn send(&self, f: Frame) -> Result<()> {
@@ -69,9 +79,12 @@ impl Shared {
                 }
             }
         }
-        self.tx
-            .send(f)
-            .map_err(|_| EngineError::unavailable("the sandbox is not running"))
+        // Counted before it is queued, so the writer never takes it first.
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        self.tx.send(f).map_err(|_| {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            EngineError::unavailable("the sandbox is not running")
+        })
     }
 
     /// Counts `n` bytes received on (id, stream); false once the agent has
@@ -203,6 +216,7 @@ impl AgentClient {
             closed: AtomicBool::new(false),
             stop: tokio::sync::watch::channel(false).0,
             unacked: Mutex::new(HashMap::new()),
+            queued: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         });
 
         // Handshake before the tasks start, on the raw halves.
@@ -247,7 +261,12 @@ impl AgentClient {
             }
         };
 
-        tokio::spawn(write_loop(wr, rx, shared.stop.subscribe()));
+        tokio::spawn(write_loop(
+            wr,
+            rx,
+            shared.stop.subscribe(),
+            shared.queued.clone(),
+        ));
         tokio::spawn(read_loop(rd, shared.clone()));
         Ok(AgentClient {
             shared,
@@ -323,17 +342,20 @@ async fn write_loop(
     mut wr: BufWriter<tokio::net::unix::OwnedWriteHalf>,
     mut rx: mpsc::UnboundedReceiver<Frame>,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
 ) {
     loop {
         let f = tokio::select! {
             f = rx.recv() => match f { Some(f) => f, None => break },
             _ = stop.wait_for(|s| *s) => break,
         };
+        queued.fetch_sub(1, Ordering::AcqRel);
         if !write_one(&mut wr, &f).await {
             return;
         }
         // Batch: only flush when nothing else is queued.
         while let Ok(f) = rx.try_recv() {
+            queued.fetch_sub(1, Ordering::AcqRel);
             if !write_one(&mut wr, &f).await {
                 return;
             }
@@ -414,6 +436,11 @@ async fn read_loop(mut rd: tokio::net::unix::OwnedReadHalf, shared: Arc<Shared>)
         // Nobody wants these bytes any more: acknowledge them so the agent
         // never waits for credit that would never come.
         if let Some(Incoming::Data(stream, bytes)) = undelivered {
+            if shared.queued.load(Ordering::Acquire) > MAX_QUEUED_FRAMES {
+                break EngineError::internal(format!(
+                    "agent protocol violation: {MAX_QUEUED_FRAMES} frames wait for it to read"
+                ));
+            }
             let _ = shared.send(Frame::credit(f.id, stream, bytes.len() as u32));
         }
     };
@@ -575,5 +602,67 @@ mod tests {
             window >> 20
         );
         assert!(closed, "an agent past its window keeps its connection");
+    }
+
+    /// A hostile agent that floods one-byte data frames for an operation
+    /// that does not exist and never reads its socket: each is answered
+    /// with a credit frame that cannot be written.
+    async fn deaf_flooding_agent(l: tokio::net::UnixListener, frames: usize) {
+        let (s, _) = l.accept().await.unwrap();
+        let (mut r, w) = s.into_split();
+        let mut w = BufWriter::new(w);
+        let hello = read_frame(&mut r).await.unwrap();
+        let ack = Message::HelloAck {
+            version: PROTOCOL_VERSION,
+            agent_pid: 1,
+            sandbox: "fake".into(),
+        };
+        write_frame(&mut w, &Frame::control(hello.id, &ack))
+            .await
+            .unwrap();
+        w.flush().await.unwrap();
+        for _ in 0..frames {
+            if write_frame(&mut w, &Frame::data(999, 1, vec![b'x']))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let _ = w.flush().await;
+        // Never reads: hold the socket open.
+        std::future::pending::<()>().await;
+    }
+
+    // The credits owed to such an agent must not queue without bound:
+    // past MAX_QUEUED_FRAMES the connection is cut. Control: the same
+    // agent sending fewer frames than the bound keeps its connection (the
+    // credits wait, bounded).
+    #[tokio::test]
+    async fn an_agent_that_never_reads_is_cut_off_not_queued_for() {
+        async fn run(frames: usize) -> (bool, usize) {
+            let dir = tempfile::tempdir().unwrap();
+            let l = tokio::net::UnixListener::bind(dir.path().join("agent.sock")).unwrap();
+            tokio::spawn(deaf_flooding_agent(l, frames));
+            let c = AgentClient::connect(dir.path(), "fake").await.unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            let mut last = usize::MAX;
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                let q = c.shared.queued.load(Ordering::Acquire);
+                if c.is_closed() || q == last || std::time::Instant::now() > deadline {
+                    return (c.is_closed(), q);
+                }
+                last = q;
+            }
+        }
+        let (closed, queued) = run(MAX_QUEUED_FRAMES / 4).await;
+        assert!(!closed, "control: below the bound the connection lives");
+        assert!(queued > 0, "control: credits did queue ({queued})");
+        let (closed, queued) = run(2 * MAX_QUEUED_FRAMES).await;
+        assert!(
+            closed && queued <= MAX_QUEUED_FRAMES + 1,
+            "an agent that never reads: closed={closed}, {queued} frames queued for it"
+        );
     }
 }
