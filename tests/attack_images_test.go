@@ -3,6 +3,7 @@ package tests
 import (
 	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -231,6 +232,41 @@ func TestAttackImportHostileLayout(t *testing.T) {
 		if oerr == nil {
 			w.Close()
 			t.Errorf("FOUND: the engine had opened the FIFO named as an archive and was blocked on it (%v after the call returned)", took.Round(time.Millisecond))
+		}
+	})
+
+	t.Run("ArchiveBombStopsOnCancel", func(t *testing.T) {
+		// 24 gzip members of 64 MiB of zeros each: 1.5 GiB from ~1.5 MB.
+		// A docker archive is decompressed to disk before it is read.
+		var one bytes.Buffer
+		zw, _ := gzip.NewWriterLevel(&one, gzip.BestCompression)
+		zeros := make([]byte, 1<<20)
+		for i := 0; i < 64; i++ {
+			zw.Write(zeros)
+		}
+		zw.Close()
+		bomb := filepath.Join(t.TempDir(), "bomb.tar.gz")
+		f, err := os.Create(bomb)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 24; i++ {
+			f.Write(one.Bytes())
+		}
+		f.Close()
+		cctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		defer cancel()
+		_, err = lockbox.Images().Import(cctx, bomb)
+		if err == nil {
+			t.Fatal("a bomb imported")
+		}
+		time.Sleep(100 * time.Millisecond)
+		c0 := processCPU(t)
+		time.Sleep(1500 * time.Millisecond)
+		used := processCPU(t) - c0
+		t.Logf("import of a 1.5 GiB gzip bomb: %v; CPU in the 1.5 s after it returned: %v", err, used.Round(time.Millisecond))
+		if used > 500*time.Millisecond {
+			t.Errorf("FOUND: after Import returned (canceled), the engine kept decompressing the archive to disk (%v CPU in 1.5 s)", used.Round(time.Millisecond))
 		}
 	})
 

@@ -46,9 +46,9 @@ pub(crate) struct LayerCheck<'a> {
 /// A layer's bytes that stop when the caller gives up: what is left after
 /// the tar's end (read only to hash it) is not bounded by the unpacker's
 /// budgets, and a compressed tail may expand without end.
-struct Cancellable<'c, R> {
-    inner: R,
-    cancel: &'c Cancel,
+pub(crate) struct Cancellable<'c, R> {
+    pub inner: R,
+    pub cancel: &'c Cancel,
 }
 
 impl<R: Read> Read for Cancellable<'_, R> {

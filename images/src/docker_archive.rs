@@ -10,7 +10,8 @@ use std::rc::Rc;
 
 use serde::Deserialize;
 
-use crate::archive::{unpack_checked_layer, LayerCheck};
+use crate::archive::{unpack_checked_layer, Cancellable, LayerCheck};
+use crate::cancel::Cancel;
 use crate::config::ImageConfig;
 use crate::digest::Digest;
 use crate::error::{ImageError, IoContext, Result};
@@ -109,7 +110,12 @@ fn named_digest(name: &str) -> Option<Digest> {
 /// A `docker save | gzip` (or zstd) tarball is decompressed once into the
 /// store's temp dir, within the unpack budget, so its members can be read
 /// in place. Plain tarballs are used as they are.
-pub(crate) fn plain_tarball(tarball: &Path, tmp_dir: &Path, budget: u64) -> Result<PlainTarball> {
+pub(crate) fn plain_tarball(
+    tarball: &Path,
+    tmp_dir: &Path,
+    budget: u64,
+    cancel: &Cancel,
+) -> Result<PlainTarball> {
     use std::io::BufRead;
     // Opened once, without a link on its path and without blocking; every
     // later read goes through this open file (its /proc/self/fd link), so
@@ -132,9 +138,17 @@ pub(crate) fn plain_tarball(tarball: &Path, tmp_dir: &Path, budget: u64) -> Resu
         temp: true,
         _held: None,
     };
-    let mut stream = crate::decompress::decompressed(head)?.take(budget + 1);
+    // A few MiB of zstd can expand to the whole budget on disk: the copy
+    // stops as soon as the caller gives up.
+    let mut stream = Cancellable {
+        inner: crate::decompress::decompressed(head)?,
+        cancel,
+    }
+    .take(budget + 1);
     let mut file = File::create(&out.path).ctx("create", &out.path)?;
-    let n = std::io::copy(&mut stream, &mut file).map_err(|e| {
+    let n = std::io::copy(&mut stream, &mut file);
+    cancel.check()?;
+    let n = n.map_err(|e| {
         ImageError::invalid_image(format!("decompressing {}: {e}", tarball.display()))
     })?;
     if n > budget {

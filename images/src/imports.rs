@@ -95,6 +95,7 @@ impl ImageStore {
             tarball,
             &self.root().join("tmp"),
             self.options().max_unpacked_bytes,
+            cancel,
         )?;
         let plan = crate::docker_archive::plan(&plain.path, reference)?;
         let ref_name = name.map(str::to_string).or_else(|| plan.ref_name.clone());

@@ -136,13 +136,8 @@ fn resolve_manifest(dir: &HostDir, desc: Descriptor, depth: u32) -> Result<Manif
 }
 
 pub(crate) fn unpack(dir: &HostDir, plan: &Plan, unpacker: &mut Unpacker) -> Result<()> {
-    let sizes: std::collections::HashMap<&Digest, u64> =
-        plan.layers.iter().map(|l| (&l.digest, l.size)).collect();
     unpack_layers(&plan.layers, &plan.diff_ids, unpacker, |digest| {
-        // One byte past the descriptor's size is enough to tell it lied
-        // (the size check then fails); an endless file is never read on.
-        let limit = sizes.get(digest).copied().unwrap_or(0).saturating_add(1);
-        Ok(dir.open_file(&blob_path(digest))?.take(limit))
+        dir.open_file(&blob_path(digest))
     })
 }
 
@@ -156,8 +151,12 @@ pub(crate) fn unpack_layers<R: Read>(
     mut open: impl FnMut(&Digest) -> Result<R>,
 ) -> Result<()> {
     for (layer, diff_id) in layers.iter().zip(diff_ids) {
+        // One byte past the descriptor's size is enough to tell it lied
+        // (the size check then fails): an endless blob, from a layout or a
+        // registry, is never read on.
+        let limit = layer.size.saturating_add(1);
         unpack_checked_layer(
-            open(&layer.digest)?,
+            open(&layer.digest)?.take(limit),
             unpacker,
             LayerCheck {
                 blob: Some((&layer.digest, Some(layer.size))),
