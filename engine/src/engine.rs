@@ -198,11 +198,18 @@ impl Engine {
             state.report.cgroup.clone(),
         )));
         write_json_with(&dir.join("state.json"), &state, durability)?;
-        let ca = match &plan.net {
-            Some(n) => crate::network::control::start(&dir, n).await?,
-            None => None,
+        // The forwarder starts (its exec, its start line) while the agent
+        // connection is made: neither waits for the other.
+        let (ca, client) = match &plan.net {
+            Some(n) => {
+                let (ca, client) = tokio::join!(
+                    crate::network::control::start(&dir, n),
+                    backend.connect(&dir, &name)
+                );
+                (ca?, client?)
+            }
+            None => (None, backend.connect(&dir, &name).await?),
         };
-        let client = backend.connect(&dir, &name).await?;
         if plan.net.is_some() {
             crate::network::install(&client, ca.as_deref()).await?;
         }
