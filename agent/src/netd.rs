@@ -145,13 +145,17 @@ fn relay(listener: UnixListener, control: UnixStream) {
         Err(_) => return,
     });
     let mut to_fwd = control;
+    let mut forwarder_gone = false;
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
-        match serve_client(conn, &mut to_fwd, &mut from_fwd) {
-            Ok(()) => {}
-            // The forwarder is gone: nothing left to relay to.
-            Err(Broken::Forwarder) => return,
-            Err(Broken::Client) => {}
+        // Once the forwarder is gone each caller gets an immediate end of
+        // stream (its error says so), not a wait for its timeout.
+        if forwarder_gone {
+            continue;
+        }
+        if let Err(Broken::Forwarder) = serve_client(conn, &mut to_fwd, &mut from_fwd) {
+            eprintln!("lockbox-helper: the network forwarder is gone");
+            forwarder_gone = true;
         }
     }
 }

@@ -737,7 +737,34 @@ async fn secrets(engine: &Engine) {
         std::fs::read_to_string(std::path::Path::new(&sb.info().unwrap().dir).join("helper.log"))
             .unwrap_or_default();
     assert!(!log.contains(SECRET), "{log}");
+
+    // A forwarder that died is reported at once, not after a timeout.
+    let fwd = forwarder_of(sb.info().unwrap().helper_pid);
+    // SAFETY: signalling a process of this test.
+    unsafe { libc::kill(fwd as i32, libc::SIGKILL) };
+    assert!(gone_soon(fwd));
+    let t0 = Instant::now();
+    let e = sb.network_events(Duration::ZERO, 10).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::Unavailable, "{}", e.message);
+    assert!(e.message.contains("forwarder"), "{}", e.message);
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
     engine.remove("secrets").await.unwrap();
+
+    // A bad host setting fails the create and leaves nothing behind.
+    std::env::set_var("LOCKBOX_NET_DNS", "not-an-address");
+    let e = engine
+        .create(SandboxConfig {
+            name: Some("baddns".into()),
+            network_policy: Some(json!({"rules": []})),
+            ..Default::default()
+        })
+        .await
+        .err()
+        .unwrap();
+    std::env::set_var("LOCKBOX_NET_DNS", DNS);
+    assert_eq!(e.code, ErrorCode::InvalidArgument, "{}", e.message);
+    assert!(e.message.contains("LOCKBOX_NET_DNS"), "{}", e.message);
+    assert!(engine.list().unwrap().is_empty());
 }
 
 /// The base image plus the host's curl and the libraries it loads: a TLS
