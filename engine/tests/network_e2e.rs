@@ -511,6 +511,15 @@ async fn inside_outside_ns() {
         .await
         .unwrap();
 
+    // Its network: loopback and the tap, IPv6 off (the forwarder relays
+    // IPv4 only; nothing may go around it).
+    let (out, _) = sh(
+        &sb,
+        "cat /proc/sys/net/ipv6/conf/all/disable_ipv6; tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort | tr '\\n' ' '; cat /etc/resolv.conf",
+    )
+    .await;
+    assert!(out.starts_with("1\neth0 lo nameserver 10.0.2.2\n"), "{out}");
+
     // An allowed name resolves through the forwarder and connects.
     let (out, _) = sh(&sb, "echo hi | nc -w 3 api.test 80").await;
     assert_eq!(out, "api", "allowed name");
