@@ -307,6 +307,10 @@ func (in *installer) run(ctx context.Context) (*Installation, error) {
 		if errors.Is(cerr, ErrInstallDirUnsafe) {
 			return nil, cerr // say why the tree there is not used
 		}
+		if errors.As(cerr, &vmErr) {
+			return nil, fmt.Errorf("%w: lockbox %s is installed in %s, its VM assets are not (%v), and no release source is set: set LOCKBOX_RELEASE_URL (or WithReleaseURL)",
+				ErrNoReleaseURL, in.s.Version, in.paths.dir, cerr)
+		}
 		return nil, fmt.Errorf("%w: lockbox %s is not installed in %s and no release source is set: set LOCKBOX_RELEASE_URL (or WithReleaseURL) to an http(s):// mirror or a directory made by `make release`; there is no default download server",
 			ErrNoReleaseURL, in.s.Version, in.paths.dir)
 	}

@@ -188,6 +188,16 @@ func TestVMAssetsOnlyWhenAskedAndAddedLater(t *testing.T) {
 	if !IsInstalled(vmSettings(t, root, srv.URL, r.pub, false)) || srv.count(kernelPath) != 1 {
 		t.Fatalf("warm path: requests %v", srv.hits)
 	}
+	// Installed without them and no source to get them from: the error
+	// says what is missing, not that nothing is installed.
+	noSrc := vmSettings(t, t.TempDir(), "", r.pub, false)
+	if _, err := Ensure(context.Background(), vmSettings(t, noSrc.Root, srv.URL, r.pub, false)); err != nil {
+		t.Fatal(err)
+	}
+	noSrc.VMAssets = true
+	if _, err := Ensure(context.Background(), noSrc); !errors.Is(err, ErrNoReleaseURL) || !strings.Contains(err.Error(), "VM assets are not") {
+		t.Fatalf("no release URL, VM assets missing: %v", err)
+	}
 	// A fresh install with them fetches everything in one go.
 	root2 := t.TempDir()
 	inst, err = Ensure(context.Background(), vmSettings(t, root2, srv.URL, r.pub, true))
