@@ -22,7 +22,9 @@ fn download(bytes: u64) -> f64 {
     let mut buf = vec![0u8; 1 << 20];
     let mut got = 0u64;
     while got < bytes {
-        let n = c.read(&mut buf).unwrap();
+        let n = c
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("download: {e} after {got} of {bytes} bytes"));
         assert!(n > 0, "download cut short at {got}");
         got += n as u64;
     }

@@ -16,14 +16,32 @@ pub const MTU: usize = 65520;
 /// Ethernet header plus the MTU.
 pub const MAX_FRAME: usize = MTU + 14;
 
+/// Frame buffers kept for reuse: enough for a burst of full frames
+/// without an allocation (and its zeroing) for each.
+const SPARE: usize = 16;
+
 #[derive(Default)]
 pub struct Queues {
     pub rx: VecDeque<Vec<u8>>,
     pub tx: VecDeque<Vec<u8>>,
+    spare: Vec<Vec<u8>>,
+}
+
+impl Queues {
+    /// Gives back a frame written to the tap, for the next transmit.
+    pub fn recycle(&mut self, mut f: Vec<u8>) {
+        if self.spare.len() < SPARE {
+            f.clear();
+            self.spare.push(f);
+        }
+    }
 }
 
 pub struct RxToken(Vec<u8>);
-pub struct TxToken<'a>(&'a mut VecDeque<Vec<u8>>);
+pub struct TxToken<'a> {
+    tx: &'a mut VecDeque<Vec<u8>>,
+    spare: &'a mut Vec<Vec<u8>>,
+}
 
 impl phy::RxToken for RxToken {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
@@ -33,9 +51,12 @@ impl phy::RxToken for RxToken {
 
 impl phy::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut buf = vec![0; len];
+        // Zeroed again: smoltcp may leave padding bytes (TCP options after
+        // End of List) unwritten, and they must not be an older frame's.
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.resize(len, 0);
         let r = f(&mut buf);
-        self.0.push_back(buf);
+        self.tx.push_back(buf);
         r
     }
 }
@@ -46,11 +67,18 @@ impl Device for Queues {
 
     fn receive(&mut self, _: Instant) -> Option<(RxToken, TxToken<'_>)> {
         let f = self.rx.pop_front()?;
-        Some((RxToken(f), TxToken(&mut self.tx)))
+        let tx = TxToken {
+            tx: &mut self.tx,
+            spare: &mut self.spare,
+        };
+        Some((RxToken(f), tx))
     }
 
     fn transmit(&mut self, _: Instant) -> Option<TxToken<'_>> {
-        Some(TxToken(&mut self.tx))
+        Some(TxToken {
+            tx: &mut self.tx,
+            spare: &mut self.spare,
+        })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {

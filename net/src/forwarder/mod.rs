@@ -190,6 +190,7 @@ impl Forwarder {
             st.round(&upstream_send);
             while let Some(f) = st.dev.tx.pop_front() {
                 device::write_frame(tap.get_ref(), &f);
+                st.dev.recycle(f);
             }
             let delay = st
                 .iface

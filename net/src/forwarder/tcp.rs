@@ -110,9 +110,10 @@ pub fn spawn_relay(
     let w1 = wake.clone();
     let reader_tx = from_host_tx.clone();
     let reader = tokio::spawn(async move {
-        let mut buf = vec![0u8; CHUNK];
         let mut armed = true;
         loop {
+            // Read straight into the chunk that travels: no second copy.
+            let mut buf = Vec::with_capacity(CHUNK);
             let msg = tokio::select! {
                 biased;
                 back = &mut stop_rx, if armed => {
@@ -127,9 +128,9 @@ pub fn spawn_relay(
                         }
                     }
                 }
-                r = rd.read(&mut buf) => match r {
+                r = rd.read_buf(&mut buf) => match r {
                     Ok(0) => FromHost::Eof,
-                    Ok(n) => FromHost::Data(buf[..n].to_vec()),
+                    Ok(_) => FromHost::Data(buf),
                     Err(_) => FromHost::Reset,
                 },
             };
