@@ -150,7 +150,7 @@ fn placeholders_become_values_only_at_their_hosts() {
 fn only_secret_hosts_are_intercepted() {
     let (lab, ca) = lab(false);
     let lab_ca = https::pki().ca_pem.clone();
-    let (pkg, api_lab_only, api_ours) = lab.inside(move || {
+    let (pkg, api_lab_only, api_ours, h2, both) = lab.inside(move || {
         resolve("api.test");
         resolve("files.pkg.test");
         // No secret for files.pkg.test: the client sees the real server,
@@ -161,7 +161,17 @@ fn only_secret_hosts_are_intercepted() {
         // fails, one that does succeeds with our leaf.
         let lab_only = connect("198.51.100.10:443", "api.test", &[&lab_ca]).map(|_| ());
         let ours = connect("198.51.100.10:443", "api.test", &[&ca]).map(|c| https::peer_leaf(&c));
-        (pkg, lab_only, ours)
+        // Only HTTP/1.1 requests are rewritten: a client offering only h2
+        // is refused, not silently passed through unsubstituted.
+        let h2 = https::connect_alpn("198.51.100.10:443", "api.test", &[&ca], &[b"h2"]).map(|_| ());
+        let both = https::connect_alpn(
+            "198.51.100.10:443",
+            "api.test",
+            &[&ca],
+            &[b"h2", b"http/1.1"],
+        )
+        .map(|c| c.conn.alpn_protocol().map(|p| p.to_vec()));
+        (pkg, lab_only, ours, h2, both)
     });
     assert_eq!(pkg, "ok pkg-tls");
     let e = api_lab_only.unwrap_err().to_string();
@@ -170,6 +180,9 @@ fn only_secret_hosts_are_intercepted() {
         "{e}"
     );
     assert!(api_ours.is_ok(), "{api_ours:?}");
+    // Refused at ALPN (the forwarder's alert, or the reset after it).
+    assert!(h2.is_err(), "{h2:?}");
+    assert_eq!(both.unwrap(), Some(b"http/1.1".to_vec()));
     // Neither api.test handshake let a request through.
     assert!(heads(&lab, "api-tls").is_empty());
     assert_eq!(heads(&lab, "pkg-tls").len(), 1);

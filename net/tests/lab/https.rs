@@ -144,6 +144,16 @@ pub type Client = StreamOwned<ClientConnection, TcpStream>;
 /// A TLS connection to `addr` with server name `sni`, trusting only the
 /// CAs in `roots_pem`; the handshake is done before it returns.
 pub fn connect(addr: &str, sni: &str, roots_pem: &[&str]) -> io::Result<Client> {
+    connect_alpn(addr, sni, roots_pem, &[b"http/1.1"])
+}
+
+/// `connect`, offering the ALPN protocols `alpn`.
+pub fn connect_alpn(
+    addr: &str,
+    sni: &str,
+    roots_pem: &[&str],
+    alpn: &[&[u8]],
+) -> io::Result<Client> {
     let mut roots = RootCertStore::empty();
     for pem in roots_pem {
         for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
@@ -156,7 +166,7 @@ pub fn connect(addr: &str, sni: &str, roots_pem: &[&str]) -> io::Result<Client> 
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let a: SocketAddr = addr.parse().unwrap();
     let mut sock = TcpStream::connect_timeout(&a, Duration::from_secs(5))?;
     sock.set_read_timeout(Some(Duration::from_secs(10)))?;
