@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -131,7 +132,6 @@ func tinyLayoutNamed(t *testing.T, dir, ref, body string) {
 // name without WithImageName is the lead's call.
 func TestAttackImportMovesAnExistingName(t *testing.T) {
 	needEngine(t)
-	openFinding(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	victim := uniq("victim")
@@ -144,17 +144,25 @@ func TestAttackImportMovesAnExistingName(t *testing.T) {
 	defer lockbox.Images().Remove(context.Background(), victim)
 	evil := filepath.Join(t.TempDir(), "evil")
 	tinyLayoutNamed(t, evil, victim, "the attacker's image\n")
-	got, err := lockbox.Images().Import(ctx, evil)
-	if err != nil {
-		t.Fatalf("the hostile layout did not import: %v", err)
+	_, err = lockbox.Images().Import(ctx, evil)
+	if !errors.Is(err, lockbox.ErrAlreadyExists) {
+		t.Errorf("importing a layout whose ref-name annotation names another image: err = %v, want ErrAlreadyExists", err)
 	}
-	defer lockbox.Images().Remove(context.Background(), got.Digest)
 	now, err := lockbox.Images().Inspect(ctx, victim)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if now.Digest != orig.Digest {
-		t.Errorf("FOUND: importing a layout with no name moved the existing name %q from %s to the layout's image %s", victim, orig.Digest, now.Digest)
+		t.Fatalf("FOUND: importing a layout with no name moved the existing name %q from %s to the layout's image %s", victim, orig.Digest, now.Digest)
+	}
+	// Control: the caller naming it explicitly may move the name.
+	got, err := lockbox.Images().Import(ctx, evil, lockbox.WithImageName(victim))
+	if err != nil {
+		t.Fatalf("control: an explicit name does not import: %v", err)
+	}
+	defer lockbox.Images().Remove(context.Background(), got.Digest)
+	if now, _ = lockbox.Images().Inspect(ctx, victim); now.Digest != got.Digest {
+		t.Fatalf("control: the explicit name was not moved (%s, want %s)", now.Digest, got.Digest)
 	}
 }
 

@@ -23,6 +23,11 @@ pub enum ImageError {
     TooLarge(String),
     #[error("image {0} is in use by a sandbox")]
     InUse(String),
+    /// A name the image carries (an OCI ref-name annotation, a RepoTag)
+    /// already names another image. Only the caller's own choice of name
+    /// may move a name: an image can come from a sandbox's output.
+    #[error("image name {0:?} (from the image's own metadata) already names another image; choose the name explicitly to replace it")]
+    NameTaken(String),
     #[error("canceled")]
     Canceled,
     #[error("{op} {path}: {source}")]
@@ -44,6 +49,7 @@ impl ImageError {
             | ImageError::DigestMismatch { .. } => "invalid_argument",
             ImageError::TooLarge(_) => "resource_exhausted",
             ImageError::InUse(_) => "unavailable",
+            ImageError::NameTaken(_) => "already_exists",
             ImageError::Canceled => "canceled",
             ImageError::Io { source, .. } => match source.kind() {
                 std::io::ErrorKind::PermissionDenied => "permission_denied",

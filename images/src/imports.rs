@@ -8,7 +8,7 @@ use std::path::Path;
 use crate::cancel::Cancel;
 use crate::config::ImageConfig;
 use crate::digest::Digest;
-use crate::error::Result;
+use crate::error::{ImageError, Result};
 use crate::refs::SourceStamp;
 use crate::store::{validate_name, Filled, ImageStore, ResolvedImage};
 
@@ -64,6 +64,10 @@ impl ImageStore {
         if let Some(n) = &ref_name {
             validate_name(n)?;
         }
+        let embedded = name.is_none();
+        if embedded {
+            self.embedded_name_free(ref_name.as_deref(), &plan.config_digest)?;
+        }
         let digest = plan.config_digest.clone();
         let resolved = self.install(Some(&digest), cancel, |unpacker| {
             crate::oci_layout::unpack(&layout, &plan, unpacker)?;
@@ -74,6 +78,9 @@ impl ImageStore {
             })
         })?;
         if let Some(n) = ref_name {
+            if embedded {
+                self.embedded_name_free(Some(&n), &resolved.digest)?;
+            }
             self.set_ref(&n, &resolved.digest, None)?;
         }
         Ok(resolved)
@@ -102,6 +109,10 @@ impl ImageStore {
         if let Some(n) = &ref_name {
             validate_name(n)?;
         }
+        let embedded = name.is_none();
+        if embedded {
+            self.embedded_name_free(ref_name.as_deref(), &plan.config_digest)?;
+        }
         let digest = plan.config_digest.clone();
         let resolved = self.install(Some(&digest), cancel, |unpacker| {
             crate::docker_archive::unpack(&plain.path, &plan, unpacker)?;
@@ -112,9 +123,22 @@ impl ImageStore {
             })
         })?;
         if let Some(n) = ref_name {
+            if embedded {
+                self.embedded_name_free(Some(&n), &resolved.digest)?;
+            }
             self.set_ref(&n, &resolved.digest, None)?;
         }
         Ok(resolved)
+    }
+
+    /// A name taken from the image's own metadata may name this image
+    /// already, or nothing: never move it from another image (a layout a
+    /// sandbox wrote could otherwise re-point the user's snapshot names).
+    fn embedded_name_free(&self, name: Option<&str>, digest: &Digest) -> Result<()> {
+        match name.and_then(|n| crate::refs::read(&self.refs_dir(), n)) {
+            Some(r) if &r.digest != digest => Err(ImageError::NameTaken(r.name)),
+            _ => Ok(()),
+        }
     }
 
     /// Pulls `reference` (`[registry/]repo[:tag][@sha256:..]`) from its

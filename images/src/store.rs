@@ -266,7 +266,7 @@ impl ImageStore {
         Ok(out)
     }
 
-    fn refs_dir(&self) -> PathBuf {
+    pub(crate) fn refs_dir(&self) -> PathBuf {
         self.root.join("refs")
     }
 
