@@ -14,7 +14,7 @@ pub const PREFIX: &[u8] = b"lockbox-secret-";
 pub const PLACEHOLDER_LEN: usize = PREFIX.len() + 32;
 pub const MAX_SECRETS: usize = 64;
 pub const MAX_HOSTS: usize = 64;
-pub const MAX_VALUE: usize = 8192;
+pub const MAX_VALUE: usize = 16 * 1024;
 
 /// One secret as the start line gives it.
 #[derive(Deserialize)]
@@ -82,9 +82,12 @@ impl Secrets {
                 return Err(format!("secret {p}: value must be 1..={MAX_VALUE} bytes"));
             }
             // It goes into header values as is: a CR or LF would let it
-            // add headers, a NUL or other control byte breaks parsers.
-            if s.value.bytes().any(|b| b < 0x20 || b == 0x7f) {
-                return Err(format!("secret {p}: value holds a control character"));
+            // add headers or requests, a NUL cuts C parsers. (The same
+            // rule as the engine's check at create.)
+            if s.value.bytes().any(|b| b == 0 || b == b'\r' || b == b'\n') {
+                return Err(format!(
+                    "secret {p}: value holds NUL, CR or LF (a control character)"
+                ));
             }
             if s.hosts.is_empty() || s.hosts.len() > MAX_HOSTS {
                 return Err(format!("secret {p}: 1..={MAX_HOSTS} hosts"));

@@ -16,6 +16,9 @@ use crate::secrets::{find_placeholders, Secret, Secrets};
 /// The sandbox sends every byte: a head longer than this is refused.
 pub const MAX_HEAD: usize = 64 * 1024;
 pub const MAX_HEADERS: usize = 128;
+/// A head after substitution: placeholders (47 bytes) become values of up
+/// to 16 KiB, so a 64 KiB head could otherwise grow to megabytes.
+pub const MAX_REWRITTEN: usize = 256 * 1024;
 /// A chunk-size line with its extensions.
 const MAX_CHUNK_LINE: usize = 4096;
 const READ: usize = 16 * 1024;
@@ -69,9 +72,9 @@ pub fn rewrite_head(raw: &[u8], secrets: &Secrets, host: &str) -> io::Result<Rew
     let (mut length, mut chunked, mut te_count, mut opaque) = (None, false, 0, method == "CONNECT");
     for h in req.headers.iter() {
         let name = h.name;
-        let value = substitute(h.value, secrets, host, &mut out);
+        let value = substitute(h.value, secrets, host, &mut out)?;
         let value = if is_auth(name) {
-            basic_auth(&value, secrets, host, &mut out).unwrap_or(value)
+            basic_auth(&value, secrets, host, &mut out)?.unwrap_or(value)
         } else {
             value
         };
@@ -98,6 +101,9 @@ pub fn rewrite_head(raw: &[u8], secrets: &Secrets, host: &str) -> io::Result<Rew
         head.extend_from_slice(b": ");
         head.extend_from_slice(&value);
         head.extend_from_slice(b"\r\n");
+        if head.len() > MAX_REWRITTEN {
+            return Err(too_big());
+        }
     }
     head.extend_from_slice(b"\r\n");
     if chunked && length.is_some() {
@@ -185,8 +191,19 @@ fn note(out: &mut Rewritten, s: &Secret, host: &str, outside_headers: bool) {
     }
 }
 
+fn too_big() -> io::Error {
+    refused(format!(
+        "request head over {MAX_REWRITTEN} bytes once substituted"
+    ))
+}
+
 /// `value` with every placeholder bound to `host` replaced.
-fn substitute(value: &[u8], secrets: &Secrets, host: &str, out: &mut Rewritten) -> Vec<u8> {
+fn substitute(
+    value: &[u8],
+    secrets: &Secrets,
+    host: &str,
+    out: &mut Rewritten,
+) -> io::Result<Vec<u8>> {
     let mut v = Vec::with_capacity(value.len());
     let mut at = 0;
     for (i, s) in find_placeholders(secrets, value) {
@@ -194,6 +211,9 @@ fn substitute(value: &[u8], secrets: &Secrets, host: &str, out: &mut Rewritten) 
             continue;
         }
         if s.bound_to(host) {
+            if v.len() + (i - at) + s.value.len() > MAX_REWRITTEN {
+                return Err(too_big());
+            }
             v.extend_from_slice(&value[at..i]);
             v.extend_from_slice(s.value.as_bytes());
             at = i + s.placeholder.len();
@@ -203,29 +223,40 @@ fn substitute(value: &[u8], secrets: &Secrets, host: &str, out: &mut Rewritten) 
         }
     }
     v.extend_from_slice(&value[at..]);
-    v
+    Ok(v)
 }
 
 /// `Basic <base64(user:password)>` with a placeholder inside the
 /// credentials: decoded, substituted, encoded again. None: not Basic, or
 /// nothing to replace.
-fn basic_auth(value: &[u8], secrets: &Secrets, host: &str, out: &mut Rewritten) -> Option<Vec<u8>> {
-    let sp = value.iter().position(|&b| b == b' ')?;
+fn basic_auth(
+    value: &[u8],
+    secrets: &Secrets,
+    host: &str,
+    out: &mut Rewritten,
+) -> io::Result<Option<Vec<u8>>> {
+    let Some(sp) = value.iter().position(|&b| b == b' ') else {
+        return Ok(None);
+    };
     let (scheme, rest) = value.split_at(sp);
     if !scheme.eq_ignore_ascii_case(b"basic") {
-        return None;
+        return Ok(None);
     }
-    let token = rest.trim_ascii();
-    let creds = B64.decode(token).ok()?;
+    let Ok(creds) = B64.decode(rest.trim_ascii()) else {
+        return Ok(None);
+    };
     let before = out.substituted;
-    let replaced = substitute(&creds, secrets, host, out);
+    let replaced = substitute(&creds, secrets, host, out)?;
     if out.substituted == before {
-        return None;
+        return Ok(None);
+    }
+    if replaced.len() / 3 * 4 + 8 > MAX_REWRITTEN {
+        return Err(too_big());
     }
     let mut v = scheme.to_vec();
     v.push(b' ');
     v.extend_from_slice(B64.encode(replaced).as_bytes());
-    Some(v)
+    Ok(Some(v))
 }
 
 /// Where a head ends: after the first empty line at or after `from`.
@@ -403,11 +434,11 @@ mod tests {
     const P: &str = "lockbox-secret-0123456789abcdef0123456789abcdef";
     const Q: &str = "lockbox-secret-ffffffffffffffffffffffffffffffff";
 
-    fn secrets() -> Secrets {
+    fn secrets(value: &str) -> Secrets {
         Secrets::new(vec![
             SecretSpec {
                 placeholder: P.into(),
-                value: "sk-real".into(),
+                value: value.into(),
                 hosts: vec!["api.test".into()],
             },
             SecretSpec {
@@ -420,6 +451,10 @@ mod tests {
     }
 
     fn run(input: &[u8]) -> io::Result<(Vec<u8>, u64, Vec<String>)> {
+        run_with(input, "sk-real")
+    }
+
+    fn run_with(input: &[u8], value: &str) -> io::Result<(Vec<u8>, u64, Vec<String>)> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
@@ -427,7 +462,7 @@ mod tests {
             let mut out = Vec::new();
             let (mut n, mut mis) = (0, vec![]);
             Requests::new(input)
-                .relay(&mut out, &secrets(), "api.test", |s| {
+                .relay(&mut out, &secrets(value), "api.test", |s| {
                     n += s.substituted;
                     mis.extend(s.misdirected);
                 })
@@ -496,6 +531,12 @@ mod tests {
                 "{e}"
             );
         }
+        // Many placeholders whose values would grow the head past the bound
+        // once substituted.
+        let many = format!("{P} ").repeat(1200);
+        let req = format!("GET / HTTP/1.1\r\nX: {many}\r\n\r\n");
+        let e = run_with(req.as_bytes(), &"v".repeat(16 * 1024)).unwrap_err();
+        assert!(e.to_string().contains("once substituted"), "{e}");
         // Controls: the verified name in every form, and a head just under
         // the bound, pass.
         for ok in [
