@@ -176,7 +176,9 @@ fn the_daemon_answers_secrets_with_its_ca_and_substitutes() {
     let got = net.inside(move || {
         let _ = resolve("api.test");
         let mut c = lab::https::connect("198.51.100.10:443", "api.test", &[&ca]).unwrap();
-        let req = format!("GET / HTTP/1.1\r\nAuthorization: Bearer {PLACEHOLDER}\r\n\r\n");
+        let req = format!(
+            "GET / HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer {PLACEHOLDER}\r\n\r\n"
+        );
         lab::https::roundtrip(&mut c, req.as_bytes()).unwrap()
     });
     assert_eq!(got, "ok api-tls");

@@ -138,11 +138,17 @@ fn check_target(
     let mut hosts = headers
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("host"));
-    if let Some(h) = hosts.next() {
-        let v = std::str::from_utf8(h.value).map_err(|_| refused("Host is not text"))?;
-        if !same_authority(v, host) {
-            return Err(mismatch("Host", v));
-        }
+    // Without a Host a shared server routes by its default, not by the
+    // TLS name (HTTP/1.0 allows that; Go's server takes it as Host ""):
+    // every real client sends one, so a request without it gets nothing.
+    let Some(h) = hosts.next() else {
+        return Err(refused(format!(
+            "no Host header: the request must name {host}, the verified TLS name"
+        )));
+    };
+    let v = std::str::from_utf8(h.value).map_err(|_| refused("Host is not text"))?;
+    if !same_authority(v, host) {
+        return Err(mismatch("Host", v));
     }
     if hosts.next().is_some() {
         return Err(refused("more than one Host header"));
@@ -476,12 +482,12 @@ mod tests {
         let basic = B64.encode(format!("user:{P}"));
         let req = format!(
             "POST /a HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer {P}\r\nContent-Length: 52\r\n\r\nbody {P}\
-             GET /b HTTP/1.1\nAuthorization: Basic {basic}\nX-Other: {Q}\n\n"
+             GET /b HTTP/1.1\nHost: api.test\nAuthorization: Basic {basic}\nX-Other: {Q}\n\n"
         );
         let (out, n, mis) = run(req.as_bytes()).unwrap();
         let want = format!(
             "POST /a HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer sk-real\r\nContent-Length: 52\r\n\r\nbody {P}\
-             GET /b HTTP/1.1\r\nAuthorization: Basic {}\r\nX-Other: {Q}\r\n\r\n",
+             GET /b HTTP/1.1\r\nHost: api.test\r\nAuthorization: Basic {}\r\nX-Other: {Q}\r\n\r\n",
             B64.encode("user:sk-real")
         );
         assert_eq!(String::from_utf8(out).unwrap(), want);
@@ -491,14 +497,14 @@ mod tests {
     #[test]
     fn chunked_bodies_are_framed_and_passed_through() {
         let req = format!(
-            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nX: {P}\r\n\r\n5;e=1\r\nhello\r\n0\r\nT: 1\r\n\r\n\
-             GET / HTTP/1.1\r\nX: {P}\r\n\r\n"
+            "POST / HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\nX: {P}\r\n\r\n5;e=1\r\nhello\r\n0\r\nT: 1\r\n\r\n\
+             GET / HTTP/1.1\r\nHost: api.test\r\nX: {P}\r\n\r\n"
         );
         let (out, n, _) = run(req.as_bytes()).unwrap();
         let out = String::from_utf8(out).unwrap();
         assert_eq!(n, 2);
         assert!(
-            out.contains("5;e=1\r\nhello\r\n0\r\nT: 1\r\n\r\nGET / HTTP/1.1\r\nX: sk-real\r\n\r\n"),
+            out.contains("5;e=1\r\nhello\r\n0\r\nT: 1\r\n\r\nGET / HTTP/1.1\r\nHost: api.test\r\nX: sk-real\r\n\r\n"),
             "{out}"
         );
     }
@@ -506,20 +512,20 @@ mod tests {
     #[test]
     fn ambiguous_or_oversized_heads_are_refused() {
         for bad in [
-            "POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            "POST / HTTP/1.1\r\nHost: api.test\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
                 .to_string(),
-            "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n".into(),
-            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n".into(),
-            "POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\n".into(),
-            format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD)),
-            format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(2 * MAX_HEAD)),
-            "GET / HTTP/1.1\r\nX: a\r\n".into(),
-            "GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n".into(),
+            "POST / HTTP/1.1\r\nHost: api.test\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n".into(),
+            "POST / HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: gzip, chunked\r\n\r\n".into(),
+            "POST / HTTP/1.1\r\nHost: api.test\r\nContent-Length: +1\r\n\r\n".into(),
+            format!("GET / HTTP/1.1\r\nHost: api.test\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD)),
+            format!("GET / HTTP/1.1\r\nHost: api.test\r\nX: {}", "a".repeat(2 * MAX_HEAD)),
+            "GET / HTTP/1.1\r\nHost: api.test\r\nX: a\r\n".into(),
+            "GET / HTTP/1.1\r\nHost: api.test\r\nX: a\r\n b\r\n\r\n".into(),
             // Another name behind the same server.
             "GET / HTTP/1.1\r\nHost: evil.test\r\n\r\n".into(),
             "GET / HTTP/1.1\r\nHost: api.test\r\nHost: evil.test\r\n\r\n".into(),
             "GET http://evil.test/ HTTP/1.1\r\nHost: api.test\r\n\r\n".into(),
-            "GET https://api.test@evil.test/ HTTP/1.1\r\n\r\n".into(),
+            "GET https://api.test@evil.test/ HTTP/1.1\r\nHost: api.test\r\n\r\n".into(),
             "CONNECT evil.test:443 HTTP/1.1\r\nHost: api.test\r\n\r\n".into(),
         ] {
             let e = run(bad.as_bytes()).unwrap_err();
@@ -534,7 +540,7 @@ mod tests {
         // Many placeholders whose values would grow the head past the bound
         // once substituted.
         let many = format!("{P} ").repeat(1200);
-        let req = format!("GET / HTTP/1.1\r\nX: {many}\r\n\r\n");
+        let req = format!("GET / HTTP/1.1\r\nHost: api.test\r\nX: {many}\r\n\r\n");
         let e = run_with(req.as_bytes(), &"v".repeat(16 * 1024)).unwrap_err();
         assert!(e.to_string().contains("once substituted"), "{e}");
         // Controls: the verified name in every form, and a head just under
@@ -546,7 +552,42 @@ mod tests {
         ] {
             assert!(run(ok.as_bytes()).is_ok(), "{ok}");
         }
-        let ok = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD - 64));
+        let ok = format!(
+            "GET / HTTP/1.1\r\nHost: api.test\r\nX: {}\r\n\r\n",
+            "a".repeat(MAX_HEAD - 64)
+        );
         assert!(run(ok.as_bytes()).is_ok());
+    }
+
+    /// Attack review s4 (ATTACK-2): a head without Host (legal in HTTP/1.0)
+    /// had its placeholders replaced, and a server routing by Host sends
+    /// it to its default site, not the verified name.
+    #[test]
+    fn a_request_without_host_gets_no_value() {
+        for bad in [
+            format!("GET / HTTP/1.0\r\nAuthorization: Bearer {P}\r\n\r\n"),
+            format!("GET / HTTP/1.1\r\nAuthorization: Bearer {P}\r\n\r\n"),
+            // The second request of a keep-alive connection.
+            format!("GET / HTTP/1.1\r\nHost: api.test\r\n\r\nGET / HTTP/1.0\r\nX: {P}\r\n\r\n"),
+        ] {
+            let mut out = Vec::new();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let r = rt.block_on(Requests::new(bad.as_bytes()).relay(
+                &mut out,
+                &secrets("sk-real"),
+                "api.test",
+                |_| {},
+            ));
+            let e = r.expect_err(&bad);
+            assert!(e.to_string().contains("no Host"), "{e}");
+            assert!(!String::from_utf8_lossy(&out).contains("sk-real"), "{bad}");
+        }
+        // Control: the same request naming the host gets the value.
+        let ok = format!("GET / HTTP/1.0\r\nHost: api.test\r\nAuthorization: Bearer {P}\r\n\r\n");
+        let (out, n, _) = run(ok.as_bytes()).unwrap();
+        assert!(String::from_utf8(out).unwrap().contains("Bearer sk-real"));
+        assert_eq!(n, 1);
     }
 }
