@@ -35,7 +35,11 @@ pub fn find_disk(serial: &str) -> io::Result<Option<String>> {
         let s = std::fs::read_to_string(entry.path().join("serial")).unwrap_or_default();
         if s.trim_end_matches(['\n', '\0']) == serial {
             if let Some(name) = entry.file_name().to_str() {
-                return Ok(Some(format!("/dev/{name}")));
+                // devtmpfs makes the node a moment after sysfs shows the
+                // disk (kdevtmpfs runs on its own): not there yet is "not
+                // found yet".
+                let dev = format!("/dev/{name}");
+                return Ok(std::path::Path::new(&dev).exists().then_some(dev));
             }
         }
     }
@@ -59,12 +63,18 @@ pub fn wait_disk(serial: &str, wait: Duration) -> io::Result<String> {
     }
 }
 
-/// The config, or None when the VM has no config disk (a bare boot of the
-/// agent, as agent/tests/guest_boot.rs does).
+/// On the kernel command line of an engine-made VM (launch.rs): wait for
+/// the config disk instead of taking its absence for a bare boot.
+const EXPECT_WORD: &str = "lockbox.config=disk";
+
+/// The config, or None for a bare boot of the agent (no config disk
+/// expected, as in agent/tests/guest_boot.rs and the KVM probe).
 pub fn read() -> io::Result<Option<GuestConfig>> {
-    let Some(dev) = find_disk(SERIAL)? else {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if !cmdline.split_ascii_whitespace().any(|w| w == EXPECT_WORD) {
         return Ok(None);
-    };
+    }
+    let dev = wait_disk(SERIAL, Duration::from_secs(10))?;
     let mut bytes = Vec::new();
     std::fs::File::open(&dev)?
         .take(MAX_BYTES)

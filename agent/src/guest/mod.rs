@@ -49,6 +49,7 @@ pub fn main() -> i32 {
 fn start() -> anyhow::Result<i32> {
     use anyhow::Context;
     mounts::early().context("mounts")?;
+    std_fds();
     modules::load_all(std::path::Path::new(MODULES_DIR)).context("modules")?;
     eprintln!("lockbox guest: modules loaded");
     let cfg = config::read().context("config disk")?;
@@ -86,6 +87,24 @@ fn start() -> anyhow::Result<i32> {
     // thread, and a thread inherits them only from its creator.
     bridge::spawn(port, addr).context("bridge")?;
     Ok(crate::init::run(spec, listener, confine, 0))
+}
+
+/// Without a console the kernel starts init with fds 0-2 closed; the first
+/// files opened would take them, and a message meant for stderr would go
+/// into the agent's port. /dev/null fills the gaps.
+fn std_fds() {
+    for fd in 0..3 {
+        // SAFETY: fcntl probes an fd; open returns a new one.
+        unsafe {
+            if libc::fcntl(fd, libc::F_GETFD) < 0 {
+                let n = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                if n >= 0 && n != fd {
+                    libc::dup2(n, fd);
+                    libc::close(n);
+                }
+            }
+        }
+    }
 }
 
 fn hostname() -> String {

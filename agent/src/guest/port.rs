@@ -10,10 +10,15 @@ pub fn open(name: &str, wait: Duration) -> io::Result<File> {
     let deadline = Instant::now() + wait;
     loop {
         if let Some(dev) = find(name)? {
-            return std::fs::OpenOptions::new()
+            match std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
-                .open(format!("/dev/{dev}"));
+                .open(format!("/dev/{dev}"))
+            {
+                // devtmpfs makes the node a moment after sysfs shows it.
+                Err(e) if e.kind() == io::ErrorKind::NotFound && Instant::now() < deadline => {}
+                r => return r,
+            }
         }
         if Instant::now() >= deadline {
             return Err(io::Error::new(

@@ -71,12 +71,14 @@ pub fn base_args(accel: Accel, guest_mib: u64, cpus: u32) -> Vec<String> {
         "-nic".into(),
         "none".into(),
         // The guest's console is dropped unless asked for (a debug switch:
-        // it goes to helper.log, which the guest could then fill).
+        // it goes to helper.log, which the guest could then fill). `null`,
+        // not `none`: without a serial port the guest has no console and
+        // its init starts without stdin/stdout/stderr.
         "-serial".into(),
         if std::env::var_os("LOCKBOX_VM_CONSOLE").is_some() {
             "stdio".into()
         } else {
-            "none".into()
+            "null".into()
         },
         "-kernel".into(),
         format!("/vm/{KERNEL}"),
@@ -171,6 +173,10 @@ pub async fn launch(helper: &Path, host: &Host, req: &LaunchRequest<'_>) -> Resu
     let cfg_path = dir.join("config.img");
     disks::config(&cfg_path, &serde_json::to_vec(&cfg).unwrap_or_default())?;
     drive(&mut args, "cfg", "/disk/config.img", true);
+    // The guest waits for the config disk only when told it is coming.
+    if let Some(i) = args.iter().position(|a| a == CMDLINE) {
+        args[i] = format!("{CMDLINE} lockbox.config=disk");
+    }
     binds.push(
         json!({"src": s(&cfg_path), "dst": "/disk/config.img", "writable": false, "own": true}),
     );
