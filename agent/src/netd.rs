@@ -30,6 +30,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
+mod seccomp;
+
 pub const MODE: &str = "net-forwarder";
 const IFNAME: &[u8] = b"eth0";
 const GUEST_ADDR: [u8; 4] = [10, 0, 2, 100];
@@ -219,7 +221,17 @@ pub fn forwarder_main(args: &[String]) -> i32 {
     }
     // SAFETY: both were checked open and differ; they were handed to us.
     let (tap, control) = unsafe { (OwnedFd::from_raw_fd(t), UnixStream::from_raw_fd(c)) };
-    match lockbox_net::daemon::serve(tap, control) {
+    // Compiled before the daemon reads anything, installed by it after
+    // the privilege drop.
+    let filter = match seccomp::programs() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("lockbox-helper {MODE}: seccomp filter: {e:#}");
+            return 1;
+        }
+    };
+    let confine = || seccomp::install(&filter);
+    match lockbox_net::daemon::serve_confined(tap, control, confine) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("lockbox-helper {MODE}: {e}");

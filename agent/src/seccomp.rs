@@ -172,7 +172,7 @@ pub fn exec_program() -> Result<BpfProgram> {
 /// number, so a filter keyed on x86_64 numbers lets them all through.
 /// Classic BPF: seccompiler cannot match a range of numbers.
 #[cfg(target_arch = "x86_64")]
-fn x32_kill() -> Option<BpfProgram> {
+pub(crate) fn x32_kill() -> Option<BpfProgram> {
     const BPF_LD_W_ABS: u16 = 0x20;
     const BPF_JMP_JEQ_K: u16 = 0x15;
     const BPF_JMP_JGE_K: u16 = 0x35;
@@ -194,6 +194,6 @@ fn x32_kill() -> Option<BpfProgram> {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn x32_kill() -> Option<BpfProgram> {
+pub(crate) fn x32_kill() -> Option<BpfProgram> {
     None
 }

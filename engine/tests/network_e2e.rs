@@ -456,6 +456,13 @@ fn forwarder_of(helper: u32) -> u32 {
     fwd[0]
 }
 
+/// The value of one line of /proc/<pid>/status.
+fn proc_field(pid: u32, key: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(key)).unwrap();
+    line[key.len()..].trim().to_string()
+}
+
 fn gone_soon(pid: u32) -> bool {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
@@ -587,6 +594,11 @@ async fn inside_outside_ns() {
     let status = std::fs::read_to_string(format!("/proc/{fwd}/status")).unwrap();
     let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
     assert_eq!(uid.split_whitespace().nth(1), Some("65534"), "{uid}");
+    // Under its own system call filter (agent/src/netd/seccomp.rs, whose
+    // unit tests show each forbidden call killing it); the helper that
+    // started it is not filtered (the control: the field can read 0).
+    assert_eq!(proc_field(fwd, "Seccomp:"), "2", "forwarder filtered");
+    assert_eq!(proc_field(helper, "Seccomp:"), "0", "helper unfiltered");
     let (out, _) = sh(
         &sb,
         &format!("kill -9 {fwd}; echo rc=$?; ls /proc | grep -x {fwd}; kill -0 $$ && echo self-ok"),

@@ -67,6 +67,18 @@ enum Op {
 /// Runs the daemon: reads the start line, starts the forwarder on a
 /// thread, then serves control lines until the stream ends.
 pub fn serve(tap: OwnedFd, control: UnixStream) -> io::Result<()> {
+    serve_confined(tap, control, || Ok(()))
+}
+
+/// `serve`, with `confine` (the embedding binary's system call filter)
+/// run once privileges are dropped and before any frame or control line
+/// is read: the process is single-threaded then, so every thread it
+/// starts inherits what `confine` installs.
+pub fn serve_confined(
+    tap: OwnedFd,
+    control: UnixStream,
+    confine: impl FnOnce() -> io::Result<()>,
+) -> io::Result<()> {
     die_with_parent()?;
     // Secret values and the CA key live in this process: no core dump,
     // and no ptrace by other processes of the same uid (nobody, or the
@@ -104,6 +116,7 @@ pub fn serve(tap: OwnedFd, control: UnixStream) -> io::Result<()> {
         limits: Limits::default(),
     };
     drop_privileges()?;
+    confine()?;
     let (mut fwd, handle) = Forwarder::new(tap, config, policy);
     let reply = match &interception {
         Some(ix) => {
@@ -113,7 +126,7 @@ pub fn serve(tap: OwnedFd, control: UnixStream) -> io::Result<()> {
         None => json!({"ok": true}),
     };
     let runner = std::thread::spawn(move || fwd.run());
-    writeln!(out, "{reply}")?;
+    write_line(&mut out, &reply)?;
     let result = control_loop(&mut reader, &mut out, &handle);
     handle.stop();
     let _ = runner.join();
@@ -141,9 +154,16 @@ fn control_loop(
                 "counters": h.counters(),
             }),
         };
-        writeln!(out, "{reply}")?;
+        write_line(out, &reply)?;
     }
     Ok(())
+}
+
+/// One write per reply (`writeln!` on the socket made one per token).
+fn write_line(out: &mut UnixStream, v: &Value) -> io::Result<()> {
+    let mut line = v.to_string();
+    line.push('\n');
+    out.write_all(line.as_bytes())
 }
 
 /// None without secrets: nothing is intercepted then. The system roots
