@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
+mod cgroup;
 mod seccomp;
 
 pub const MODE: &str = "net-forwarder";
@@ -48,6 +49,7 @@ const CLIENT_IDLE: Duration = Duration::from_secs(30);
 /// The running forwarder of one sandbox.
 pub struct Netd {
     child: Child,
+    cgroup: Option<cgroup::NetCgroup>,
     control: UnixStream,
     listener: UnixListener,
     socket: PathBuf,
@@ -58,16 +60,30 @@ pub fn own_executable() -> std::io::Result<File> {
     File::open("/proc/self/exe")
 }
 
-/// Makes the tap in the namespaces of `pid` and starts the forwarder;
-/// `listener` is bound at `socket` already.
+/// Makes the tap in the namespaces of `pid` and starts the forwarder in
+/// a cgroup of its own next to the sandbox's (`sandbox_cgroup`); whether
+/// that limit holds goes to `report`. `listener` is bound at `socket`.
 pub fn start(
     pid: libc::pid_t,
     rootless: bool,
     exe: &File,
     listener: UnixListener,
     socket: &Path,
+    sandbox_cgroup: &lockbox_protocol::CgroupPaths,
+    report: &mut crate::report::Report,
 ) -> Result<Netd> {
     let tap = make_tap(pid, rootless).context("tap device in the sandbox's network namespace")?;
+    let mut limits = match cgroup::create(sandbox_cgroup) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            report.not(cgroup::FEATURE, e);
+            None
+        }
+    };
+    let join: Vec<RawFd> = limits
+        .iter()
+        .flat_map(|c| c.join.iter().map(|f| f.as_raw_fd()))
+        .collect();
     let (ours, theirs) = UnixStream::pair().context("socketpair")?;
     let (t, c) = (tap.as_raw_fd(), theirs.as_raw_fd());
     let mut cmd = Command::new(format!("/proc/self/fd/{}", exe.as_raw_fd()));
@@ -94,6 +110,10 @@ pub fn start(
             {
                 return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
             }
+            // Into its own cgroup; checked from the helper after spawn.
+            for fd in &join {
+                libc::write(*fd, b"0".as_ptr().cast(), 1);
+            }
             // Nothing of the helper's but these two (and stderr, the log).
             libc::syscall(
                 libc::SYS_close_range,
@@ -109,11 +129,37 @@ pub fn start(
             Ok(())
         });
     }
-    let child = cmd.spawn().context("start the network forwarder")?;
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(c) = &limits {
+                c.remove();
+            }
+            return Err(e).context("start the network forwarder");
+        }
+    };
     drop((tap, theirs));
+    if let Some(c) = limits.as_mut() {
+        c.join.clear();
+        if c.holds(child.id()) {
+            report.ok(cgroup::FEATURE);
+            // The engine's cleanup removes every directory listed here
+            // (after Remove, which SIGKILLs this helper); the freezer and
+            // metrics use the sandbox's own, listed first.
+            for d in &c.dirs {
+                report.0.cgroup.dirs.push(d.to_string_lossy().into_owned());
+            }
+        } else {
+            report.not(
+                cgroup::FEATURE,
+                "the forwarder could not join its cgroup (no write access to it or a common ancestor)",
+            );
+        }
+    }
     let _ = std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o600));
     Ok(Netd {
         child,
+        cgroup: limits,
         control: ours,
         listener,
         socket: socket.to_path_buf(),
@@ -133,11 +179,21 @@ impl Netd {
         Ok(())
     }
 
-    /// Kills and reaps the forwarder, removes the socket.
-    pub fn stop(mut self) {
+    /// Kills and reaps the forwarder, removes the socket and its cgroup.
+    pub fn stop(self) {
+        drop(self)
+    }
+}
+
+/// Also on a create that fails after the forwarder started.
+impl Drop for Netd {
+    fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.socket);
+        if let Some(c) = &self.cgroup {
+            c.remove();
+        }
     }
 }
 

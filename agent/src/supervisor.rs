@@ -312,7 +312,16 @@ fn launch(spec: &LaunchSpec, trace: &mut Trace) -> Result<(Running, Report), Fai
     let mut netd = None;
     if let Some((exe, net_listener)) = forwarder {
         netd = Some(
-            crate::netd::start(pid, rootless, &exe, net_listener, &net_sock).map_err(|e| {
+            crate::netd::start(
+                pid,
+                rootless,
+                &exe,
+                net_listener,
+                &net_sock,
+                &cgroup.paths,
+                &mut report,
+            )
+            .map_err(|e| {
                 kill_child(fail(
                     ErrorCode::Unsupported,
                     format!("network policy: {e:#}"),

@@ -456,6 +456,73 @@ fn forwarder_of(helper: u32) -> u32 {
     fwd[0]
 }
 
+/// The forwarder's own cgroup (agent/src/netd/cgroup.rs): a `.net`
+/// directory next to the sandbox's, with its memory and pids limits; the
+/// helper (the control) is not in it. Rootless without a cgroup: reported
+/// as not enforced. Returns the directories found.
+fn forwarder_limits(sb: &Sandbox, fwd: u32, helper: u32) -> Vec<std::path::PathBuf> {
+    const FEATURE: &str = "network_forwarder_limits";
+    let info = sb.info().unwrap();
+    let lines = std::fs::read_to_string(format!("/proc/{fwd}/cgroup")).unwrap();
+    // (controllers, directory under the mount) of each hierarchy.
+    let dirs: Vec<(String, std::path::PathBuf)> = lines
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.splitn(3, ':');
+            let (_, ctrl, path) = (it.next()?, it.next()?, it.next()?);
+            if !path.ends_with(".net") {
+                return None;
+            }
+            let mount = match ctrl {
+                "" => "/sys/fs/cgroup".to_string(),
+                c => format!("/sys/fs/cgroup/{c}"),
+            };
+            Some((
+                ctrl.to_string(),
+                std::path::Path::new(&mount).join(&path[1..]),
+            ))
+        })
+        .collect();
+    if let Some(n) = info.not_enforced.iter().find(|n| n.feature == FEATURE) {
+        assert!(
+            std::env::var_os(ROOTLESS).is_some(),
+            "limits not enforced as root: {}",
+            n.reason
+        );
+        assert!(dirs.is_empty(), "{lines}");
+        eprintln!("rootless: forwarder limits not enforced: {}", n.reason);
+        return Vec::new();
+    }
+    assert!(info.enforced.iter().any(|f| f == FEATURE), "{info:?}");
+    let read = |d: &std::path::Path, f: &str| {
+        std::fs::read_to_string(d.join(f))
+            .unwrap_or_else(|e| panic!("{}/{f}: {e}", d.display()))
+            .trim()
+            .to_string()
+    };
+    let memory = dirs
+        .iter()
+        .find(|(c, _)| c.is_empty() || c.split(',').any(|x| x == "memory"))
+        .unwrap_or_else(|| panic!("no memory cgroup: {lines}"));
+    let file = if memory.0.is_empty() {
+        "memory.max"
+    } else {
+        "memory.limit_in_bytes"
+    };
+    assert_eq!(read(&memory.1, file), (192u64 << 20).to_string());
+    let pids = dirs
+        .iter()
+        .find(|(c, _)| c.is_empty() || c.split(',').any(|x| x == "pids"))
+        .unwrap_or_else(|| panic!("no pids cgroup: {lines}"));
+    assert_eq!(read(&pids.1, "pids.max"), "8");
+    let helper_lines = std::fs::read_to_string(format!("/proc/{helper}/cgroup")).unwrap();
+    assert!(
+        !helper_lines.lines().any(|l| l.ends_with(".net")),
+        "control: the helper is elsewhere: {helper_lines}"
+    );
+    dirs.into_iter().map(|(_, d)| d).collect()
+}
+
 /// The value of one line of /proc/<pid>/status.
 fn proc_field(pid: u32, key: &str) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -599,6 +666,7 @@ async fn inside_outside_ns() {
     // started it is not filtered (the control: the field can read 0).
     assert_eq!(proc_field(fwd, "Seccomp:"), "2", "forwarder filtered");
     assert_eq!(proc_field(helper, "Seccomp:"), "0", "helper unfiltered");
+    let limited = forwarder_limits(&sb, fwd, helper);
     let (out, _) = sh(
         &sb,
         &format!("kill -9 {fwd}; echo rc=$?; ls /proc | grep -x {fwd}; kill -0 $$ && echo self-ok"),
@@ -620,9 +688,12 @@ async fn inside_outside_ns() {
     let (out, _) = sh(&sb, "echo hi | nc -w 3 api.test 80").await;
     assert_eq!(out, "api", "still forwarding");
 
-    // Remove takes the forwarder with it.
+    // Remove takes the forwarder with it, and its cgroup.
     engine.remove("netpol").await.unwrap();
     assert!(gone_soon(fwd), "forwarder {fwd} outlived Remove");
+    for d in &limited {
+        assert!(!d.exists(), "{} outlived Remove", d.display());
+    }
 
     // So does a SIGKILLed helper.
     let sb2 = engine
