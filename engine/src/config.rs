@@ -78,6 +78,14 @@ pub struct Secret {
 #[serde(transparent)]
 pub struct SecretValue(pub String);
 
+/// The caller's copy is wiped when the config goes (values are never
+/// stored, so nothing reads it later).
+impl Drop for SecretValue {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
 impl std::fmt::Debug for SecretValue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("<secret>")

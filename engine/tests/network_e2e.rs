@@ -34,7 +34,9 @@ const INNER: &str = "LOCKBOX_NET_E2E_INNER";
 const DNS: &str = "198.51.100.53:53";
 const ROOTS: &str = "LOCKBOX_NET_E2E_ROOTS";
 /// The real value: only the HTTPS test host may ever see it.
-const SECRET: &str = "sk-real-7f3a9c";
+/// Long enough that a stale copy in freed memory keeps a findable tail
+/// past the 16 bytes malloc writes into a freed chunk.
+const SECRET: &str = "sk-real-7f3a9c-5d1e0b8a2c4f6e9d7b3a1c5e8f0d2b4a";
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip");
@@ -523,6 +525,49 @@ fn forwarder_limits(sb: &Sandbox, fwd: u32, helper: u32) -> Vec<std::path::PathB
     dirs.into_iter().map(|(_, d)| d).collect()
 }
 
+/// How many times `needle` occurs in this process's writable private
+/// memory (heap, anonymous maps, thread stacks), read through
+/// /proc/self/mem; pages that cannot be read are skipped.
+fn copies_in_memory(needle: &[u8]) -> usize {
+    use std::os::unix::fs::FileExt;
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let mem = File::open("/proc/self/mem").unwrap();
+    let mut found = 0;
+    let mut buf = vec![0u8; 1 << 20];
+    for l in maps.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // Writable private maps without a file: where heap data lives.
+        if f.len() < 5 || !f[1].starts_with("rw") || f[4] != "0" {
+            continue;
+        }
+        let (a, b) = f[0].split_once('-').unwrap();
+        let (start, end) = (
+            u64::from_str_radix(a, 16).unwrap(),
+            u64::from_str_radix(b, 16).unwrap(),
+        );
+        let mut at = start;
+        while at < end {
+            let n = ((end - at) as usize).min(buf.len());
+            // Overlap by needle length so a copy across chunks counts.
+            match mem.read_at(&mut buf[..n], at) {
+                Ok(got) if got > 0 => {
+                    found += buf[..got]
+                        .windows(needle.len())
+                        .filter(|w| *w == needle)
+                        .count();
+                    if (got as u64) < (end - at) && got > needle.len() {
+                        at += (got - needle.len()) as u64 + 1;
+                        continue;
+                    }
+                    at += got as u64;
+                }
+                _ => at += 4096,
+            }
+        }
+    }
+    found
+}
+
 /// The value of one line of /proc/<pid>/status.
 fn proc_field(pid: u32, key: &str) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -769,6 +814,15 @@ async fn secrets(engine: &Engine) {
     }))
     .unwrap();
     let sb = engine.create(cfg).await.unwrap();
+    // The engine wiped its copies once the start line went (the config's,
+    // the plan's, the line's): none is left in this process's memory.
+    // Control: a copy kept on purpose is found by the same scan.
+    // The tail: malloc overwrites the first 16 bytes of a freed chunk.
+    let tail = &SECRET.as_bytes()[16..];
+    assert_eq!(copies_in_memory(tail), 0, "secret left in the engine");
+    let kept = SECRET.as_bytes().to_vec();
+    assert!(copies_in_memory(tail) >= 1, "control: scan finds a copy");
+    drop(std::hint::black_box(kept));
     let (ph, _) = sh(&sb, "printf %s \"$API_KEY\"").await;
     assert!(ph.starts_with("lockbox-secret-") && ph.len() == 47, "{ph}");
     // Nowhere inside: env, every process's environ, the files we wrote.

@@ -89,7 +89,12 @@ pub fn serve_confined(
     }
     let mut reader = BufReader::new(control.try_clone()?);
     let mut out = control;
-    let line = read_line(&mut reader)?.ok_or_else(|| bad("no start line"))?;
+    // The start line holds the secret values: read into a buffer of its
+    // final size (no copies left behind by growth) and wiped once parsed.
+    let line = zeroize::Zeroizing::new(
+        read_line_into(&mut reader, Vec::with_capacity(MAX_LINE + 1))?
+            .ok_or_else(|| bad("no start line"))?,
+    );
     // serde's message may quote a value from the line, and the line
     // holds secrets: say only where it went wrong.
     let start: Start = serde_json::from_str(&line).map_err(|e| {
@@ -99,6 +104,7 @@ pub fn serve_confined(
             e.column()
         ))
     })?;
+    drop(line);
     let policy = policy_from(&start.policy).map_err(|e| bad(&e))?;
     let interception = interception_from(start.secrets, start.upstream_roots_pem.as_deref())
         .map_err(|e| bad(&e))?;
@@ -190,7 +196,10 @@ fn policy_from(v: &Value) -> Result<Policy, String> {
 /// One line, without its newline; None at end of stream. A line over
 /// `MAX_LINE` is an error: the other side is not the helper.
 fn read_line(r: &mut BufReader<UnixStream>) -> io::Result<Option<String>> {
-    let mut buf = Vec::new();
+    read_line_into(r, Vec::new())
+}
+
+fn read_line_into(r: &mut BufReader<UnixStream>, mut buf: Vec<u8>) -> io::Result<Option<String>> {
     let n = r
         .by_ref()
         .take(MAX_LINE as u64 + 1)
@@ -199,12 +208,14 @@ fn read_line(r: &mut BufReader<UnixStream>) -> io::Result<Option<String>> {
         return Ok(None);
     }
     if buf.last() != Some(&b'\n') {
+        zeroize::Zeroize::zeroize(&mut buf);
         return Err(bad("control line too long or cut"));
     }
     buf.pop();
-    String::from_utf8(buf)
-        .map(Some)
-        .map_err(|_| bad("control line is not UTF-8"))
+    String::from_utf8(buf).map(Some).map_err(|e| {
+        zeroize::Zeroize::zeroize(&mut e.into_bytes());
+        bad("control line is not UTF-8")
+    })
 }
 
 fn bad(msg: &str) -> io::Error {

@@ -41,21 +41,57 @@ fn connect(dir: &Path) -> Result<UnixStream> {
     })
 }
 
-/// One request and its reply; an `{"ok":false}` reply is an error.
-pub fn ask(dir: &Path, req: &Value) -> Result<Value> {
-    let mut line = req.to_string();
-    if line.len() > MAX_REQUEST {
+/// Counts what is written to it: the exact size of a serialized line.
+struct Count(usize);
+
+impl std::io::Write for Count {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0 += b.len();
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `req` and a newline in one buffer allocated at its final size (a
+/// growing one would leave copies of a start line's secret values in
+/// freed memory), wiped when dropped.
+fn request_line(req: &Value) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    let bad = |e: serde_json::Error| EngineError::internal(format!("network request: {e}"));
+    let mut n = Count(0);
+    serde_json::to_writer(&mut n, req).map_err(bad)?;
+    if n.0 > MAX_REQUEST {
         return Err(EngineError::invalid(format!(
             "network request of {} bytes; at most {MAX_REQUEST}",
-            line.len()
+            n.0
         )));
     }
-    line.push('\n');
+    let mut line = zeroize::Zeroizing::new(Vec::with_capacity(n.0 + 1));
+    serde_json::to_writer(&mut *line, req).map_err(bad)?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// Wipes every string in `v` (a start line's secret values among them).
+fn zeroize_strings(v: &mut Value) {
+    match v {
+        Value::String(s) => zeroize::Zeroize::zeroize(s),
+        Value::Array(a) => a.iter_mut().for_each(zeroize_strings),
+        Value::Object(o) => o.values_mut().for_each(zeroize_strings),
+        _ => {}
+    }
+}
+
+/// One request and its reply; an `{"ok":false}` reply is an error.
+pub fn ask(dir: &Path, req: &Value) -> Result<Value> {
+    let line = request_line(req)?;
     let mut s = connect(dir)?;
     let io = |e: std::io::Error| EngineError::io("network forwarder", e);
     s.set_read_timeout(Some(ASK_TIMEOUT)).map_err(io)?;
     s.set_write_timeout(Some(ASK_TIMEOUT)).map_err(io)?;
-    s.write_all(line.as_bytes()).map_err(io)?;
+    s.write_all(&line).map_err(io)?;
+    drop(line);
     let mut buf = Vec::new();
     BufReader::new(s)
         .take(MAX_REPLY)
@@ -161,9 +197,14 @@ fn start_line(plan: &NetPlan, host: &HostNet) -> Value {
 /// (PEM) when there are secrets.
 pub async fn start(dir: &Path, plan: &NetPlan) -> Result<Option<String>> {
     let host = HostNet::from_env()?;
-    let line = start_line(plan, &host);
+    let mut line = start_line(plan, &host);
     let dir = dir.to_path_buf();
-    let reply = blocking(move || ask(&dir, &line)).await?;
+    let reply = blocking(move || {
+        let r = ask(&dir, &line);
+        zeroize_strings(&mut line);
+        r
+    })
+    .await?;
     let ca = reply
         .get("ca_pem")
         .and_then(Value::as_str)

@@ -32,6 +32,14 @@ pub struct PlannedSecret {
     pub hosts: Vec<String>,
 }
 
+/// The plan's copy of the value is wiped when the plan goes (after the
+/// start line is sent, at the end of create).
+impl Drop for PlannedSecret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.value);
+    }
+}
+
 impl std::fmt::Debug for PlannedSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PlannedSecret")
