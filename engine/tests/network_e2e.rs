@@ -512,6 +512,12 @@ fn forwarder_limits(sb: &Sandbox, fwd: u32, helper: u32) -> Vec<std::path::PathB
         "memory.limit_in_bytes"
     };
     assert_eq!(read(&memory.1, file), (192u64 << 20).to_string());
+    let usage = if memory.0.is_empty() {
+        "memory.current"
+    } else {
+        "memory.usage_in_bytes"
+    };
+    eprintln!("forwarder cgroup: {} bytes charged", read(&memory.1, usage));
     let pids = dirs
         .iter()
         .find(|(c, _)| c.is_empty() || c.split(',').any(|x| x == "pids"))
