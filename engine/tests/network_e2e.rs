@@ -631,6 +631,7 @@ async fn inside_outside_ns() {
         .create(SandboxConfig {
             name: Some("netpol".into()),
             network_policy: Some(policy.clone()),
+            memory_mib: Some(64),
             ..Default::default()
         })
         .await
@@ -738,6 +739,25 @@ async fn inside_outside_ns() {
     );
     let (out, _) = sh(&sb, "echo hi | nc -w 3 api.test 80").await;
     assert_eq!(out, "api", "still forwarding");
+    // The sandbox at its memory limit: the OOM killer chooses among its
+    // own processes; the forwarder, in its own cgroup, serves on.
+    if sb.info().unwrap().enforced.iter().any(|f| f == "memory") {
+        let (out, _) = sh(
+            &sb,
+            "dd if=/dev/zero of=/dev/null bs=200M count=1 2>/dev/null; echo rc=$?",
+        )
+        .await;
+        assert!(
+            out.contains("rc=137"),
+            "control: the hog was OOM-killed: {out}"
+        );
+        assert!(
+            std::path::Path::new(&format!("/proc/{fwd}")).exists(),
+            "the forwarder died with the sandbox's OOM"
+        );
+        let (out, _) = sh(&sb, "echo hi | nc -w 3 api.test 80").await;
+        assert_eq!(out, "api", "forwarding after the sandbox's OOM");
+    }
 
     // Remove takes the forwarder with it, and its cgroup.
     engine.remove("netpol").await.unwrap();
