@@ -145,13 +145,21 @@ impl NetCgroup {
     /// task may take a moment to leave).
     pub fn remove(&self) {
         for d in &self.dirs {
+            let mut last = None;
             for _ in 0..100 {
                 match fs::remove_dir(d) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        last = Some(e);
                         std::thread::sleep(std::time::Duration::from_millis(2))
                     }
-                    _ => break,
+                    _ => {
+                        last = None;
+                        break;
+                    }
                 }
+            }
+            if let Some(e) = last {
+                eprintln!("lockbox-helper: remove {}: {e}", d.display());
             }
         }
     }
