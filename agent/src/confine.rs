@@ -2,12 +2,13 @@
 //! bounding set and capabilities reduced to a minimal set, no_new_privs,
 //! Landlock (all access beneath the sandbox root, nothing outside it) and
 //! the seccomp filter. Every process it starts inherits all of that through
-//! fork and exec, so the per-exec part (between fork and exec, system calls
-//! only) is small: signal mask, session, OOM score, rlimits, user, cwd.
+//! fork and exec, so the per-exec part (between the spawner's clone and
+//! exec, system calls only, see spawner.rs) is small: signal mask, session,
+//! rlimits, user, cwd, one small filter; the OOM score comes from the
+//! spawner.
 //! Installing the filter once also spares a BPF JIT per exec, and a
 //! compromised agent is held by the same walls as the workloads.
 
-use std::ffi::CString;
 use std::io;
 
 use anyhow::{Context, Result};
@@ -42,14 +43,6 @@ pub struct Confine {
     /// The sandbox's user, resolved once the root was built: what execs
     /// and file requests without a user of their own run as.
     pub default_user: crate::users::User,
-}
-
-/// The per-exec settings handed to `pre_exec`.
-pub struct ExecCreds {
-    pub uid: u32,
-    pub gid: u32,
-    pub cwd: CString,
-    pub tty: bool,
 }
 
 fn last_cap() -> u32 {
@@ -204,46 +197,35 @@ impl Confine {
         })
     }
 
-    /// Builds the closure run in the child between fork and exec.
-    pub fn pre_exec(
-        &self,
-        creds: ExecCreds,
-    ) -> impl FnMut() -> io::Result<()> + Send + Sync + 'static {
-        let nofile = self.nofile;
-        let rootless = self.rootless;
-        let filter = self.exec_filter.clone();
-        move || {
-            apply(&creds, nofile, rootless)?;
-            // Last, so nothing above depends on what it refuses. Built
-            // before the fork: this is two system calls, no allocation.
-            seccompiler::apply_filter(&filter).map_err(|_| io::Error::last_os_error())
+    /// What each new process applies to itself (see `apply_in_child`).
+    pub fn child_setup(&self) -> ChildSetup {
+        ChildSetup {
+            nofile: self.nofile,
+            rootless: self.rootless,
+            filter: self.exec_filter.clone(),
         }
     }
 }
 
-fn apply(c: &ExecCreds, nofile: Option<u64>, rootless: bool) -> io::Result<()> {
-    // SAFETY: every call below is a plain system call on this process.
+/// The per-exec settings every process gets, whatever the request.
+pub struct ChildSetup {
+    nofile: Option<u64>,
+    rootless: bool,
+    filter: std::sync::Arc<seccompiler::BpfProgram>,
+}
+
+/// Raises the calling process's OOM score to the maximum. The OOM killer
+/// takes workloads first: the agent is at -1000 where the supervisor may
+/// set that, but a host without CAP_SYS_RESOURCE (rootless, some
+/// containers) leaves it at 0, and memory held outside any resident set
+/// (tmpfs, pipes) would then make the agent, with the largest resident
+/// set, the victim. Raising needs no privilege, but while a process is not
+/// dumpable its /proc files belong to host root, which no id here can
+/// open: dumpable just for the open. Only for a process that shares its
+/// memory with nobody (the spawner, when it starts).
+pub fn raise_oom_score() {
+    // SAFETY: plain system calls on this process.
     unsafe {
-        // The agent blocks SIGCHLD/SIGTERM (it reads them from a signalfd).
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        cvt(libc::sigprocmask(
-            libc::SIG_SETMASK,
-            &empty,
-            std::ptr::null_mut(),
-        ))?;
-        cvt(libc::setsid())?;
-        if c.tty {
-            cvt(libc::ioctl(0, libc::TIOCSCTTY, 0))?;
-        }
-        // The OOM killer takes workloads first: the agent is at -1000 where
-        // the supervisor may set that, but a host without CAP_SYS_RESOURCE
-        // (rootless, some containers) leaves it at 0, and memory held
-        // outside any resident set (tmpfs, pipes) would then make the
-        // agent, with the largest resident set, the victim. Raising needs
-        // no privilege, but while this copy of the agent is not dumpable
-        // its /proc files belong to host root, which no id here can open:
-        // dumpable just for the open (exec resets it anyway).
         libc::prctl(libc::PR_SET_DUMPABLE, 1);
         let fd = libc::open(
             c"/proc/self/oom_score_adj".as_ptr(),
@@ -254,26 +236,79 @@ fn apply(c: &ExecCreds, nofile: Option<u64>, rootless: bool) -> io::Result<()> {
             libc::write(fd, b"1000".as_ptr().cast(), 4);
             libc::close(fd);
         }
+    }
+}
+
+fn raw(r: libc::c_long) -> Result<(), i32> {
+    if r < 0 {
+        Err(io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EINVAL))
+    } else {
+        Ok(())
+    }
+}
+
+/// Run in a new process between clone and exec, on memory it shares with
+/// the spawner: raw system calls only (glibc's set*id wrappers would
+/// consult thread state that is the spawner's), no allocation. Returns the
+/// errno of the step that failed.
+pub fn apply_in_child(
+    s: &ChildSetup,
+    uid: u32,
+    gid: u32,
+    tty: bool,
+    cwd: *const libc::c_char,
+) -> Result<(), i32> {
+    // SAFETY: every call below is a plain system call on this process.
+    unsafe {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        raw(libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) as libc::c_long)?;
+        raw(libc::syscall(libc::SYS_setsid))?;
+        if tty {
+            raw(libc::ioctl(0, libc::TIOCSCTTY, 0) as libc::c_long)?;
+        }
         let core = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
         };
-        cvt(libc::setrlimit(libc::RLIMIT_CORE, &core))?;
-        if let Some(n) = nofile {
+        raw(libc::syscall(libc::SYS_setrlimit, libc::RLIMIT_CORE, &core))?;
+        if let Some(n) = s.nofile {
             let l = libc::rlimit {
                 rlim_cur: n,
                 rlim_max: n,
             };
-            cvt(libc::setrlimit(libc::RLIMIT_NOFILE, &l))?;
+            raw(libc::syscall(libc::SYS_setrlimit, libc::RLIMIT_NOFILE, &l))?;
         }
-        if !rootless {
-            let g = c.gid;
-            cvt(libc::setgroups(1, &g))?;
+        if !s.rootless {
+            let g = gid;
+            raw(libc::syscall(libc::SYS_setgroups, 1, &g))?;
         }
-        cvt(libc::setresgid(c.gid, c.gid, c.gid))?;
+        raw(libc::syscall(libc::SYS_setresgid, gid, gid, gid))?;
         // Root keeps the (already reduced) set; any other uid loses all.
-        cvt(libc::setresuid(c.uid, c.uid, c.uid))?;
-        cvt(libc::chdir(c.cwd.as_ptr()))?;
+        raw(libc::syscall(libc::SYS_setresuid, uid, uid, uid))?;
+        raw(libc::syscall(libc::SYS_chdir, cwd))?;
+        // Last, so nothing above depends on what it refuses: two system
+        // calls, no allocation.
+        let prog = libc::sock_fprog {
+            len: s.filter.len() as u16,
+            filter: s.filter.as_ptr() as *mut libc::sock_filter,
+        };
+        raw(libc::syscall(
+            libc::SYS_prctl,
+            libc::PR_SET_NO_NEW_PRIVS,
+            1,
+            0,
+            0,
+            0,
+        ))?;
+        raw(libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &prog,
+        ))?;
     }
     Ok(())
 }

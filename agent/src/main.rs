@@ -11,6 +11,7 @@ mod pasta;
 mod report;
 mod seccomp;
 mod setup;
+mod spawner;
 mod supervisor;
 mod sys;
 mod users;

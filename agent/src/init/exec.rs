@@ -2,12 +2,10 @@
 //! its stdin, deliver signals and resizes, enforce the timeout, and report
 //! how it ended.
 
-use std::ffi::CString;
-use std::os::fd::OwnedFd;
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -19,7 +17,7 @@ use super::conn::{Conn, Ctl, Input, OpIo};
 use super::fdio::Fd;
 use super::window::Window;
 use super::Agent;
-use crate::confine::ExecCreds;
+use crate::spawner::{Request, SpawnError, Spawner};
 use crate::users::User;
 
 /// After the process exits, output still arriving (from children that kept
@@ -107,22 +105,33 @@ fn spawn(agent: &Agent, req: &ExecRequest) -> Result<Spawned, WireError> {
             format!("working directory {cwd} does not exist"),
         ));
     }
-    let creds = ExecCreds {
-        uid: user.uid,
-        gid: user.gid,
-        cwd: CString::new(cwd)
-            .map_err(|_| WireError::new(ErrorCode::InvalidArgument, "cwd has NUL"))?,
-        tty: req.tty,
-    };
-    let mut cmd = Command::new(&program);
-    cmd.arg0(argv0).args(&req.argv[1..]).env_clear();
-    for kv in &env {
-        if let Some((k, v)) = kv.split_once('=') {
-            cmd.env(k, v);
-        }
+    let has_nul = |s: &str| s.contains('\0');
+    if req.argv.iter().any(|a| has_nul(a)) || env.iter().any(|e| has_nul(e)) || has_nul(&cwd) {
+        return Err(WireError::new(
+            ErrorCode::InvalidArgument,
+            format!("exec {argv0}: nul byte found in provided data"),
+        ));
     }
+    // As the environment of a std Command: one entry per name (the last
+    // given wins), entries without '=' dropped, sorted by name.
+    let env: Vec<String> = env
+        .iter()
+        .filter_map(|kv| kv.split_once('='))
+        .collect::<BTreeMap<_, _>>()
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let program = program
+        .to_str()
+        .ok_or_else(|| WireError::new(ErrorCode::InvalidArgument, "program path is not UTF-8"))?;
+    let cloexec = |f: &OwnedFd| {
+        // SAFETY: fcntl on an fd we own: nothing of it may leak into
+        // execs started while this one runs.
+        unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    };
+    // (ours, the child's) for each of stdin, stdout, stderr.
     let mut pty_master = None;
-    if req.tty {
+    let (mine, theirs): ([Option<OwnedFd>; 3], [OwnedFd; 3]) = if req.tty {
         let ws = nix::pty::Winsize {
             ws_row: req.rows.unwrap_or(24),
             ws_col: req.cols.unwrap_or(80),
@@ -131,57 +140,54 @@ fn spawn(agent: &Agent, req: &ExecRequest) -> Result<Spawned, WireError> {
         };
         let p = nix::pty::openpty(Some(&ws), None)
             .map_err(|e| WireError::new(ErrorCode::Internal, format!("openpty: {e}")))?;
-        let slave = p.slave;
-        // openpty's fds are inheritable: without CLOEXEC the slave would
-        // also leak into execs started while this one runs.
-        // SAFETY: fcntl on fds we own.
-        unsafe {
-            libc::fcntl(
-                std::os::fd::AsRawFd::as_raw_fd(&slave),
-                libc::F_SETFD,
-                libc::FD_CLOEXEC,
-            );
-        }
-        let dup = |f: &OwnedFd| {
-            f.try_clone()
-                .map(Stdio::from)
-                .map_err(|e| super::files::wire(e, "pty"))
-        };
-        cmd.stdin(dup(&slave)?)
-            .stdout(dup(&slave)?)
-            .stderr(Stdio::from(slave));
-        // SAFETY: the master must not leak into the child.
-        unsafe {
-            libc::fcntl(
-                std::os::fd::AsRawFd::as_raw_fd(&p.master),
-                libc::F_SETFD,
-                libc::FD_CLOEXEC,
-            )
-        };
+        cloexec(&p.slave);
+        cloexec(&p.master);
+        let dup = |f: &OwnedFd| f.try_clone().map_err(|e| super::files::wire(e, "pty"));
         pty_master = Some(p.master);
+        (
+            [None, None, None],
+            [dup(&p.slave)?, dup(&p.slave)?, p.slave],
+        )
     } else {
-        cmd.stdin(if req.stdin {
-            Stdio::piped()
+        let pipe = || {
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| super::files::wire(e.into(), "pipe"))
+        };
+        let (in_r, in_w) = if req.stdin {
+            let (r, w) = pipe()?;
+            (r, Some(w))
         } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    }
-    // SAFETY: the closure only makes system calls (see confine.rs).
-    unsafe { cmd.pre_exec(agent.confine.pre_exec(creds)) };
-    // E2BIG (arguments over the kernel's limits) and NUL bytes are the
-    // caller's input: invalid_argument, like any other bad request.
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| super::files::wire(e, &format!("exec {argv0}")))?;
-    let pid = child.id() as i32;
+            let null = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .map_err(|e| super::files::wire(e, "/dev/null"))?;
+            (OwnedFd::from(null), None)
+        };
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        ([in_w, Some(out_r), Some(err_r)], [in_r, out_w, err_w])
+    };
+    let request = Request {
+        program,
+        argv: &req.argv,
+        env: &env,
+        cwd: &cwd,
+        uid: user.uid,
+        gid: user.gid,
+        tty: req.tty,
+        stdio: [&theirs[0], &theirs[1], &theirs[2]],
+    };
+    let pid =
+        start(agent, &request).map_err(|e| super::files::wire(e, &format!("exec {argv0}")))?;
+    drop(theirs);
+    let [stdin, stdout, stderr] = mine;
     let wrap = |f: Option<OwnedFd>| f.and_then(|f| Fd::new(f).ok());
     let mut s = Spawned {
         pid,
-        stdin: wrap(child.stdin.take().map(OwnedFd::from)),
-        stdout: wrap(child.stdout.take().map(OwnedFd::from)).map(Rc::new),
-        stderr: wrap(child.stderr.take().map(OwnedFd::from)).map(Rc::new),
+        stdin: wrap(stdin),
+        stdout: wrap(stdout).map(Rc::new),
+        stderr: wrap(stderr).map(Rc::new),
         pty: None,
     };
     if let Some(m) = pty_master {
@@ -189,8 +195,31 @@ fn spawn(agent: &Agent, req: &ExecRequest) -> Result<Spawned, WireError> {
         s.pty = Some(m.clone());
         s.stdout = Some(m);
     }
-    // The Child is dropped without waiting: the reaper owns the status.
     Ok(s)
+}
+
+/// Starts the process through the agent's spawner, starting a spawner
+/// first when there is none or it has died.
+fn start(agent: &Agent, req: &Request) -> std::io::Result<i32> {
+    let mut slot = agent.spawner.borrow_mut();
+    for _ in 0..2 {
+        if slot.is_none() {
+            *slot = Some(Spawner::start(&agent.confine)?);
+        }
+        let Some(sp) = slot.as_mut() else { break };
+        match sp.spawn(req) {
+            Ok(pid) => return Ok(pid),
+            Err(SpawnError::Exec(e)) => return Err(e),
+            // Nothing started: a new spawner may take it.
+            Err(SpawnError::NotDelivered) => *slot = None,
+            // Perhaps something started: running it twice would be worse.
+            Err(SpawnError::Lost(e)) => {
+                *slot = None;
+                return Err(e);
+            }
+        }
+    }
+    Err(std::io::Error::from_raw_os_error(libc::EAGAIN))
 }
 
 async fn pump(

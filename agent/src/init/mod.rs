@@ -25,6 +25,9 @@ pub struct Agent {
     pub spec: LaunchSpec,
     pub confine: Confine,
     pub reaper: Rc<reaper::Reaper>,
+    /// Starts every exec (see spawner.rs); None until the first start or
+    /// after it died.
+    pub spawner: std::cell::RefCell<Option<crate::spawner::Spawner>>,
     pub host_pid: u32,
     /// Set once a shutdown is under way; wakes the main loop when done.
     pub done: Notify,
@@ -38,6 +41,9 @@ pub fn run(spec: LaunchSpec, listener: OwnedFd, confine: Confine, host_pid: u32)
     // dumpable means they cannot ptrace it or open its /proc files.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0) };
+    // Before any workload exists: the spawner is briefly dumpable while
+    // it raises its OOM score. If this fails, the first exec tries again.
+    let spawner = crate::spawner::Spawner::start(&confine).ok();
     if let Err(e) = signals::Signals::block() {
         eprintln!("agent: block signals: {e}");
         return 1;
@@ -75,6 +81,7 @@ pub fn run(spec: LaunchSpec, listener: OwnedFd, confine: Confine, host_pid: u32)
             spec,
             confine,
             reaper,
+            spawner: std::cell::RefCell::new(spawner),
             host_pid,
             done: Notify::new(),
         });
