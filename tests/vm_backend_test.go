@@ -143,6 +143,18 @@ func TestBackendMatrix(t *testing.T) {
 				t.Fatalf("kernel %q vs host %q: wrong for %s", res.Stdout, host, b.name)
 			}
 
+			if b.iso == lockbox.IsolationMicroVM {
+				// The agent's port exists (sysfs names it) but has no node
+				// a workload could open to talk to the host directly.
+				res, err := sb.Shell(ctx, "cat /sys/class/virtio-ports/*/name; ls /dev | grep -E '^(vport|vd)' || echo no-nodes")
+				if err != nil || !strings.Contains(string(res.Stdout), "lockbox.agent") {
+					t.Fatalf("control: the port is not visible in sysfs: %v %q", err, res.Stdout)
+				}
+				if !strings.HasSuffix(string(res.Stdout), "no-nodes\n") {
+					t.Fatalf("VM ESCAPE PATH: device nodes reachable in the guest: %q", res.Stdout)
+				}
+			}
+
 			// Exit codes, stdout and stderr.
 			res, err = sb.Shell(ctx, "echo out; echo err >&2; exit 7")
 			if err != nil {

@@ -82,11 +82,29 @@ fn start() -> anyhow::Result<i32> {
     let port = port::open(PORT_NAME, PORT_WAIT).context("agent port")?;
     eprintln!("lockbox guest: serving on port {PORT_NAME}");
     let (listener, addr) = bridge::listener().context("agent listener")?;
+    hide_devices();
     let confine = crate::confine::Confine::lock_agent(&spec, user, &mut report)?;
     // After lock_agent: seccomp, capabilities and no_new_privs are per
     // thread, and a thread inherits them only from its creator.
     bridge::spawn(port, addr).context("bridge")?;
     Ok(crate::init::run(spec, listener, confine, 0))
+}
+
+/// Unlinks the nodes of the agent's port and of the disks once they are
+/// open or mounted: a workload (root in the guest, but without CAP_MKNOD
+/// or CAP_SYS_ADMIN) then cannot write into the host's connection or under
+/// the overlay's layers.
+fn hide_devices() {
+    let Ok(dir) = std::fs::read_dir("/dev") else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name();
+        let n = name.to_string_lossy();
+        if n.starts_with("vport") || (n.starts_with("vd") && n.len() <= 4) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Without a console the kernel starts init with fds 0-2 closed; the first
