@@ -300,7 +300,25 @@ fn serve(sock: OwnedFd, setup: &ChildSetup) -> i32 {
     }
     crate::confine::raise_oom_score();
     let mut sock = UnixStream::from(sock);
-    let mut stack = vec![0u8; 64 << 10];
+    // Mapped, not allocated: only the pages a child touches (a few KiB)
+    // are ever resident, and this process lives as long as the sandbox.
+    const STACK: usize = 64 << 10;
+    // SAFETY: a fresh anonymous mapping, never unmapped.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            STACK,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return 1;
+    }
+    // SAFETY: the mapping above, used only by this thread and its clones.
+    let stack = unsafe { std::slice::from_raw_parts_mut(base.cast::<u8>(), STACK) };
     loop {
         let (body, fds) = match receive(&mut sock) {
             Ok(Some(r)) => r,
@@ -310,7 +328,7 @@ fn serve(sock: OwnedFd, setup: &ChildSetup) -> i32 {
             Err(_) => return 1,
         };
         let (pid, errno) = match (decode(&body), <[OwnedFd; 3]>::try_from(fds)) {
-            (Some(d), Ok(fds)) => clone_exec(&d, &fds, setup, &mut stack),
+            (Some(d), Ok(fds)) => clone_exec(&d, &fds, setup, stack),
             _ => (0, libc::EINVAL),
         };
         if reply(&mut sock, pid, errno).is_err() {

@@ -105,3 +105,23 @@ async fn workloads_cannot_open_agent_or_spawner_memory() {
     let r = c.wait(&[bg]).await.pop().unwrap();
     assert_eq!(r.exited().1, Some(libc::SIGKILL));
 }
+
+#[tokio::test]
+async fn a_killed_spawner_is_replaced() {
+    let sb = Sandbox::launch("spawn-kill", |_, _| {});
+    assert!(sb.status.ok, "{:?}", sb.status);
+    let mut c = sb.client().await;
+    // The spawner: the agent's child with the agent's name. Root in the
+    // sandbox keeps CAP_KILL, so it can end it.
+    let find = "a=$(cut -d' ' -f2 /proc/1/stat); for d in /proc/[0-9]*; do set -- $(cat $d/stat 2>/dev/null); [ \"$4\" = 1 ] && [ \"$2\" = \"$a\" ] && echo ${d#/proc/}; done";
+    let first = c.sh(find).await.out();
+    assert_eq!(first.lines().count(), 1, "{first}");
+    let r = c.sh(&format!("kill -9 {}", first.trim())).await;
+    assert_eq!(r.exited().0, Some(0), "{r:?}");
+    // The next exec finds it gone and starts another.
+    let r = c.exec_with(req(&["echo", "still"]), None).await;
+    assert_eq!(r.out(), "still\n", "{r:?}");
+    let second = c.sh(find).await.out();
+    assert_eq!(second.lines().count(), 1, "{second}");
+    assert_ne!(first, second, "a new spawner");
+}
