@@ -132,6 +132,11 @@ func parseSecretFlag(v string, lookup func(string) (string, bool)) (name, value 
 	}
 	spec, hostList := v[:i], v[i+1:]
 	name, value, hasValue := strings.Cut(spec, "=")
+	if !envName(name) {
+		// Not echoed: "--secret sk-live@host" (NAME= forgotten) puts the
+		// value where the name belongs.
+		return "", "", nil, usagef("--secret: want NAME[=VALUE]@HOST[,HOST...] with NAME an environment variable name (what was given is not shown: it may be a value)")
+	}
 	if !hasValue {
 		var ok bool
 		if value, ok = lookup(name); !ok {
@@ -140,4 +145,17 @@ func parseSecretFlag(v string, lookup func(string) (string, bool)) (name, value 
 	}
 	// The value is never part of an error message.
 	return name, value, strings.Split(hostList, ","), nil
+}
+
+// envName reports whether n is a portable environment variable name.
+func envName(n string) bool {
+	if n == "" || n[0] >= '0' && n[0] <= '9' {
+		return false
+	}
+	for _, c := range n {
+		if !(c == '_' || c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9') {
+			return false
+		}
+	}
+	return true
 }

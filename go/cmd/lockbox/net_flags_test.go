@@ -74,4 +74,15 @@ func TestSecretFlag(t *testing.T) {
 			t.Errorf("--secret %s: the error shows the value: %v", bad, err)
 		}
 	}
+	// NAME= forgotten: the value sits where the name belongs and must not
+	// be echoed back as one.
+	if _, _, _, err := parseSecretFlag("sk-live-0123@api.example.com", env); err == nil {
+		t.Error("--secret VALUE@HOST: accepted")
+	} else if strings.Contains(err.Error(), "sk-live-0123") {
+		t.Errorf("--secret VALUE@HOST: the error shows the value: %v", err)
+	}
+	// Control: a valid name that is unset is named in the error.
+	if _, _, _, err := parseSecretFlag("NOT_SET@api.example.com", env); err == nil || !strings.Contains(err.Error(), "NOT_SET") {
+		t.Errorf("an unset NAME is not named: %v", err)
+	}
 }
