@@ -114,7 +114,7 @@ fn async_forms() {
         .filter(|m| m.async_form().is_some())
         .map(|m| m.name())
         .collect();
-    let mut want = BTreeSet::from(["exec.start", "exec.wait", "sandbox.close"]);
+    let mut want = BTreeSet::from(["exec.start", "exec.wait", "host.vm_check", "sandbox.close"]);
     if cfg!(feature = "test-hooks") {
         want.extend(["debug.sleep", "debug.panic"]);
     }
