@@ -33,8 +33,12 @@ use crate::secrets::{SecretSpec, Secrets};
 /// A control line is at most this long: a policy of `MAX_RULES` rules fits.
 pub const MAX_LINE: usize = 1 << 20;
 /// The uid and gid the forwarder runs as when started as root: it needs no
-/// privilege once the tap fd is open (host sockets are ordinary).
-const NOBODY: u32 = 65534;
+/// privilege once the tap fd is open (host sockets are ordinary). Not
+/// 65534: host daemons that run as nobody could signal a forwarder of that
+/// uid. This one belongs to forwarders only (next to 99998, qemu's, and
+/// 99999, which owns the sandboxes' user namespaces); the forwarders'
+/// seccomp filter keeps them from signalling or tracing one another.
+pub const FORWARDER_UID: u32 = 99997;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -245,8 +249,8 @@ fn drop_privileges() -> io::Result<()> {
         }
         if libc::geteuid() == 0
             && (libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setresgid(NOBODY, NOBODY, NOBODY) != 0
-                || libc::setresuid(NOBODY, NOBODY, NOBODY) != 0)
+                || libc::setresgid(FORWARDER_UID, FORWARDER_UID, FORWARDER_UID) != 0
+                || libc::setresuid(FORWARDER_UID, FORWARDER_UID, FORWARDER_UID) != 0)
         {
             return Err(io::Error::last_os_error());
         }

@@ -18,12 +18,12 @@
 //! of a filter's reach; glibc then uses clone, allowed only for threads).
 //!
 //! Narrowed by argument: socket only for AF_INET and AF_INET6 (no
-//! AF_UNIX: as nobody it could still reach host daemons that accept any
+//! AF_UNIX: as an ordinary uid it could still reach host daemons that accept any
 //! local user; no AF_PACKET, AF_NETLINK), ioctl only FIONBIO and FIONREAD
 //! (nothing reaches the tap's own ioctls), mmap/mprotect never with
 //! PROT_EXEC, prctl only PR_SET_NAME and
 //! PR_SET_NO_NEW_PRIVS. No kill, tgkill, ptrace, execve,
-//! fork: a forwarder as nobody shares that uid with every other one.
+//! fork: a forwarder shares its uid (99997) with every other one.
 
 use std::collections::BTreeMap;
 
