@@ -4,8 +4,8 @@
 //! the seccomp filter. Every process it starts inherits all of that through
 //! fork and exec, so the per-exec part (between the spawner's clone and
 //! exec, system calls only, see spawner.rs) is small: signal mask, session,
-//! rlimits, user, cwd, one small filter; the OOM score comes from the
-//! spawner.
+//! rlimits, user, cwd; the OOM score and the small per-exec filter are the
+//! spawner's own, inherited.
 //! Installing the filter once also spares a BPF JIT per exec, and a
 //! compromised agent is held by the same walls as the workloads.
 
@@ -239,6 +239,13 @@ pub fn raise_oom_score() {
     }
 }
 
+/// Installs the per-exec filter (openat2 refused) on the calling process:
+/// the spawner, which never calls openat2, so every process it clones
+/// inherits the filter instead of attaching it between clone and exec.
+pub fn install_exec_filter(s: &ChildSetup) -> io::Result<()> {
+    seccompiler::apply_filter(&s.filter).map_err(|e| io::Error::other(e.to_string()))
+}
+
 fn raw(r: libc::c_long) -> Result<(), i32> {
     if r < 0 {
         Err(io::Error::last_os_error()
@@ -289,26 +296,6 @@ pub fn apply_in_child(
         // Root keeps the (already reduced) set; any other uid loses all.
         raw(libc::syscall(libc::SYS_setresuid, uid, uid, uid))?;
         raw(libc::syscall(libc::SYS_chdir, cwd))?;
-        // Last, so nothing above depends on what it refuses: two system
-        // calls, no allocation.
-        let prog = libc::sock_fprog {
-            len: s.filter.len() as u16,
-            filter: s.filter.as_ptr() as *mut libc::sock_filter,
-        };
-        raw(libc::syscall(
-            libc::SYS_prctl,
-            libc::PR_SET_NO_NEW_PRIVS,
-            1,
-            0,
-            0,
-            0,
-        ))?;
-        raw(libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            0,
-            &prog,
-        ))?;
     }
     Ok(())
 }

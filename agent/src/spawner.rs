@@ -299,6 +299,9 @@ fn serve(sock: OwnedFd, setup: &ChildSetup) -> i32 {
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
     }
     crate::confine::raise_oom_score();
+    if crate::confine::install_exec_filter(setup).is_err() {
+        return 1;
+    }
     let mut sock = UnixStream::from(sock);
     // Mapped, not allocated: only the pages a child touches (a few KiB)
     // are ever resident, and this process lives as long as the sandbox.
