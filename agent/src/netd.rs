@@ -9,7 +9,7 @@
 //!   default route via 10.0.2.2, IPv6 off), and its fd sent back.
 //! - The forwarder is started from an fd of the helper's own executable
 //!   opened before the sandbox existed (never a path anything can swap),
-//!   with the tap fd and one end of a socketpair; it drops to 65534 with
+//!   with the tap fd and one end of a socketpair; it drops to 99997 (forwarders only) with
 //!   no capabilities when started as root (lockbox_net::daemon).
 //! - `<dir>/net.sock` (0600, in the sandbox's host-side directory, outside
 //!   its root) is relayed line by line to the forwarder's control socket,
@@ -343,6 +343,13 @@ fn tap_in_namespace(userns: &File, netns: &File, rootless: bool) -> Result<Owned
     let os = |s: &'static str| (s, std::io::Error::last_os_error());
     // SAFETY: system calls on fds we own, in a fresh single-threaded child.
     unsafe {
+        // Non-dumpable before joining: this child holds the helper's fds
+        // and memory, and inside the sandbox's user namespace its root
+        // would otherwise pass ptrace's capability check (today no sandbox
+        // process exists yet when it runs; attack review s4 H2).
+        if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 {
+            return Err(os("make the tap child non-dumpable"));
+        }
         if rootless && libc::setns(userns.as_raw_fd(), libc::CLONE_NEWUSER) != 0 {
             return Err(os("join the sandbox's user namespace"));
         }
