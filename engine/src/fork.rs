@@ -22,19 +22,7 @@ pub const MAX_FORKS: usize = 64;
 
 fn random_bytes(n: usize) -> Result<Vec<u8>> {
     let mut b = vec![0u8; n];
-    let mut got = 0;
-    while got < n {
-        // SAFETY: the buffer has n - got bytes left from `got`.
-        let r = unsafe { libc::getrandom(b[got..].as_mut_ptr().cast(), n - got, 0) };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(EngineError::io("getrandom", e));
-        }
-        got += r as usize;
-    }
+    getrandom::fill(&mut b).map_err(|e| EngineError::internal(format!("getrandom: {e}")))?;
     Ok(b)
 }
 

@@ -231,18 +231,12 @@ struct Layer<'a> {
 /// 128 random bits, hex: a fork layer's identity.
 fn nonce() -> Result<String> {
     let mut b = [0u8; 16];
-    let mut got = 0;
-    while got < b.len() {
-        // SAFETY: the buffer has len - got bytes left from `got`.
-        let r = unsafe { libc::getrandom(b[got..].as_mut_ptr().cast(), b.len() - got, 0) };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(ImageError::io("getrandom", std::path::Path::new(""), e));
-        }
-        got += r as usize;
-    }
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+    getrandom::fill(&mut b).map_err(|e| {
+        ImageError::io(
+            "getrandom",
+            std::path::Path::new(""),
+            std::io::Error::other(e),
+        )
+    })?;
+    Ok(hex::encode(b))
 }

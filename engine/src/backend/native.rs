@@ -9,16 +9,14 @@
 //! code and installs no SIGCHLD handler. Exits are observed with a pidfd.
 
 use std::io::Write;
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use lockbox_protocol::{ErrorCode, LaunchSpec, LaunchStatus, RootfsSpec};
-use tokio::io::AsyncBufReadExt;
 
-use super::process::watch_exit;
+use super::process::{read_status_line, watch_exit, KillGuard};
 use super::{Backend, BackendInfo, BoxFuture, LaunchRequest, Launched};
 use crate::error::{EngineError, Result};
 
@@ -92,22 +90,6 @@ fn launch_spec(req: &LaunchRequest<'_>) -> Result<LaunchSpec> {
         network: p.network.clone(),
         detached: p.detached,
     })
-}
-
-/// Kills and reaps the helper if launching is abandoned (error or the
-/// caller's future dropped) before it succeeded.
-struct KillGuard(Option<Child>);
-
-impl Drop for KillGuard {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            // Reap off-thread: the helper may take a moment to die.
-            std::thread::spawn(move || {
-                let _ = c.wait();
-            });
-        }
-    }
 }
 
 /// Environment passed to the helper: only what it needs, nothing of the
@@ -203,38 +185,13 @@ async fn launch(helper: &Path, spec: &LaunchSpec) -> Result<Launched> {
     let child_pid = child.id();
     let mut guard = KillGuard(Some(child));
 
-    let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(stdout))
-        .map_err(|e| EngineError::io("status pipe", e))?;
-    let mut line = String::new();
-    let mut rd = tokio::io::BufReader::new(pipe);
-    let read = tokio::time::timeout(LAUNCH_TIMEOUT, rd.read_line(&mut line)).await;
-    let log_tail = || {
-        std::fs::read_to_string(dir.join("helper.log"))
-            .map(|s| {
-                let t: Vec<&str> = s.lines().rev().take(5).collect();
-                t.into_iter().rev().collect::<Vec<_>>().join(" | ")
-            })
-            .unwrap_or_default()
-    };
-    match read {
-        Err(_) => {
-            return Err(EngineError::new(
-                ErrorCode::Timeout,
-                format!(
-                    "lockbox-helper did not report within {LAUNCH_TIMEOUT:?}; log: {}",
-                    log_tail()
-                ),
-            ))
-        }
-        Ok(Err(e)) => return Err(EngineError::io("read helper status", e)),
-        Ok(Ok(0)) => {
-            return Err(EngineError::internal(format!(
-                "lockbox-helper exited without a status; log: {}",
-                log_tail()
-            )))
-        }
-        Ok(Ok(_)) => {}
-    }
+    let line = read_status_line(
+        stdout,
+        LAUNCH_TIMEOUT,
+        "lockbox-helper",
+        &dir.join("helper.log"),
+    )
+    .await?;
     if tracing {
         let t_status = mono_ns();
         write_trace(

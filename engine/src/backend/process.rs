@@ -64,3 +64,63 @@ pub fn kill_verified(pid: u32, start: u64) {
         }
     }
 }
+
+/// Kills and reaps the spawned host process if launching is abandoned
+/// (an error, or the caller's future dropped) before it succeeded; on
+/// success the caller takes the `Child` out.
+pub struct KillGuard(pub Option<Child>);
+
+impl Drop for KillGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            // Reap off-thread: the helper may take a moment to die.
+            std::thread::spawn(move || {
+                let _ = c.wait();
+            });
+        }
+    }
+}
+
+/// A status line is far smaller; the bound keeps a helper gone wrong from
+/// growing the host process.
+const MAX_STATUS_LINE: u64 = 1 << 20;
+
+/// Reads the one status line a host process writes on its stdout when its
+/// setup is done. A timeout, a read error or an exit before it are errors
+/// naming `who` and the last lines of its log.
+pub async fn read_status_line(
+    stdout: std::process::ChildStdout,
+    timeout: Duration,
+    who: &str,
+    log: &std::path::Path,
+) -> crate::error::Result<String> {
+    use crate::error::EngineError;
+    use lockbox_protocol::ErrorCode;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+
+    let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(stdout))
+        .map_err(|e| EngineError::io("status pipe", e))?;
+    let mut rd = tokio::io::BufReader::new(pipe.take(MAX_STATUS_LINE));
+    let mut line = String::new();
+    let tail = || {
+        std::fs::read_to_string(log)
+            .map(|s| {
+                let t: Vec<&str> = s.lines().rev().take(5).collect();
+                t.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            })
+            .unwrap_or_default()
+    };
+    match tokio::time::timeout(timeout, rd.read_line(&mut line)).await {
+        Err(_) => Err(EngineError::new(
+            ErrorCode::Timeout,
+            format!("{who} did not report within {timeout:?}; log: {}", tail()),
+        )),
+        Ok(Err(e)) => Err(EngineError::io(format!("read {who} status"), e)),
+        Ok(Ok(0)) => Err(EngineError::internal(format!(
+            "{who} exited without a status; log: {}",
+            tail()
+        ))),
+        Ok(Ok(_)) => Ok(line),
+    }
+}

@@ -149,19 +149,7 @@ pub fn plan(secrets: &[Secret]) -> Result<Vec<PlannedSecret>> {
 
 fn placeholder() -> Result<String> {
     let mut b = [0u8; 16];
-    let mut got = 0;
-    while got < b.len() {
-        // SAFETY: the buffer has len - got bytes left from `got`.
-        let r = unsafe { libc::getrandom(b[got..].as_mut_ptr().cast(), b.len() - got, 0) };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(EngineError::io("getrandom", e));
-        }
-        got += r as usize;
-    }
+    getrandom::fill(&mut b).map_err(|e| EngineError::internal(format!("getrandom: {e}")))?;
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
     Ok(format!("{PLACEHOLDER_PREFIX}{hex}"))
 }

@@ -3,18 +3,16 @@
 //! supervises qemu and reports one status line as `run` does.
 
 use std::io::Write;
-use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use lockbox_protocol::{ErrorCode, LaunchSpec, LaunchStatus, Limits};
 use serde_json::json;
-use tokio::io::AsyncBufReadExt;
 
 use super::disks;
 use super::host::{Accel, Host, INITRAMFS, KERNEL};
-use crate::backend::process::watch_exit;
+use crate::backend::process::{read_status_line, watch_exit, KillGuard};
 use crate::backend::{LaunchRequest, Launched};
 use crate::error::{EngineError, Result};
 
@@ -206,19 +204,6 @@ pub async fn launch(helper: &Path, host: &Host, req: &LaunchRequest<'_>) -> Resu
     spawn_helper(helper, dir, &vmm, plan.detached).await
 }
 
-struct KillGuard(Option<Child>);
-
-impl Drop for KillGuard {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            std::thread::spawn(move || {
-                let _ = c.wait();
-            });
-        }
-    }
-}
-
 /// Starts `lockbox-helper vmm` and reads its status line.
 pub async fn spawn_helper(
     helper: &Path,
@@ -257,34 +242,13 @@ pub async fn spawn_helper(
     let stdout = child.stdout.take().expect("stdout is piped");
     let child_pid = child.id();
     let mut guard = KillGuard(Some(child));
-    let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(stdout))
-        .map_err(|e| EngineError::io("status pipe", e))?;
-    let mut line = String::new();
-    let mut rd = tokio::io::BufReader::new(pipe);
-    let tail = || {
-        std::fs::read_to_string(dir.join("helper.log"))
-            .map(|s| s.lines().rev().take(3).collect::<Vec<_>>().join(" | "))
-            .unwrap_or_default()
-    };
-    match tokio::time::timeout(STATUS_TIMEOUT, rd.read_line(&mut line)).await {
-        Err(_) => {
-            return Err(EngineError::new(
-                ErrorCode::Timeout,
-                format!(
-                    "lockbox-helper vmm did not report within {STATUS_TIMEOUT:?}; log: {}",
-                    tail()
-                ),
-            ))
-        }
-        Ok(Err(e)) => return Err(EngineError::io("read helper status", e)),
-        Ok(Ok(0)) => {
-            return Err(EngineError::internal(format!(
-                "lockbox-helper vmm exited without a status; log: {}",
-                tail()
-            )))
-        }
-        Ok(Ok(_)) => {}
-    }
+    let line = read_status_line(
+        stdout,
+        STATUS_TIMEOUT,
+        "lockbox-helper vmm",
+        &dir.join("helper.log"),
+    )
+    .await?;
     let status: LaunchStatus = serde_json::from_str(line.trim())
         .map_err(|e| EngineError::internal(format!("bad status from lockbox-helper vmm ({e})")))?;
     if !status.ok {
