@@ -101,7 +101,7 @@ pub fn run(spec_path: &Path) -> i32 {
 
 /// Writes the one status line and closes stdout, so the engine's read
 /// ends even though we keep running.
-fn status(s: LaunchStatus) {
+pub(crate) fn status(s: LaunchStatus) {
     let mut line = serde_json::to_vec(&s).unwrap_or_default();
     line.push(b'\n');
     // SAFETY: fd 1 is ours to write and replace.

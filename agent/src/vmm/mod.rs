@@ -13,8 +13,7 @@ mod caps;
 mod jail;
 
 use std::fs;
-use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -23,6 +22,7 @@ use serde::Deserialize;
 
 use crate::cgroup::Cgroup;
 use crate::report::Report;
+use crate::supervisor::status;
 
 /// What the engine asks for (engine/src/backend/microvm/launch.rs writes it).
 #[derive(Debug, Deserialize)]
@@ -111,23 +111,6 @@ fn failed(code: ErrorCode, msg: String) -> i32 {
         report: None,
     });
     1
-}
-
-/// The one status line, then stdout is /dev/null (as `run` does).
-fn status(s: LaunchStatus) {
-    let mut line = serde_json::to_vec(&s).unwrap_or_default();
-    line.push(b'\n');
-    // SAFETY: fd 1 is ours to write and replace.
-    unsafe {
-        let mut out = std::fs::File::from_raw_fd(1);
-        let _ = out.write_all(&line);
-        std::mem::forget(out);
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
-        if null >= 0 {
-            libc::dup2(null, 1);
-            libc::close(null);
-        }
-    }
 }
 
 /// Binds the socket, prepares the jail's mounts (as the helper: it may
