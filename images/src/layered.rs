@@ -174,6 +174,7 @@ impl ImageStore {
             max_bytes: l.max_bytes.map_or(self.options().max_unpacked_bytes, |m| {
                 m.min(self.options().max_unpacked_bytes)
             }),
+            max_held_name_bytes: crate::upper_copy::MAX_HELD_NAME_BYTES,
         };
         let digest_of = match fork {
             None => LayerDigest::Content,

@@ -46,6 +46,11 @@ pub const MAX_DEPTH: usize = 256;
 /// Bytes of layer-relative paths remembered for hard-linked files; past
 /// it further names are full copies (still charged), never unbounded memory.
 const MAX_LINK_PATHS: usize = 64 << 20;
+/// Bytes of directory entry names a copy may hold at once (the listing
+/// being read plus the subdirectories still to visit at every level): the
+/// entry budget alone let 900k long names hold ~390 MiB of host memory
+/// (attack review s4).
+pub const MAX_HELD_NAME_BYTES: u64 = 64 << 20;
 
 /// How upper ids become layer ids.
 #[derive(Clone, Copy, Debug)]
@@ -61,6 +66,8 @@ pub enum IdShift {
 pub struct CopyLimits {
     pub max_entries: u64,
     pub max_bytes: u64,
+    /// [`MAX_HELD_NAME_BYTES`] outside tests.
+    pub max_held_name_bytes: u64,
 }
 
 /// What the layer's digest covers, and so how file data may be copied.
@@ -130,9 +137,26 @@ fn fstat(fd: RawFd) -> io::Result<libc::stat> {
     Ok(st)
 }
 
+/// What holding a name costs: its bytes and the `CString` beside them.
+fn name_cost(n: &CStr) -> u64 {
+    (n.to_bytes_with_nul().len() + std::mem::size_of::<CString>()) as u64
+}
+
+/// What holding a subdirectory to visit costs.
+fn subdir_cost(n: &CStr) -> u64 {
+    name_cost(n) + std::mem::size_of::<libc::stat>() as u64
+}
+
+fn names_past_budget() -> ImageError {
+    ImageError::TooLarge(format!(
+        "snapshot: directory listings past {MAX_HELD_NAME_BYTES} bytes of names held at once"
+    ))
+}
+
 /// Every name in a directory (not `.`/`..`), sorted, counted against the
-/// entry budget as they are read.
-fn names(dir: &OwnedFd, budget: &mut u64) -> Result<Vec<CString>> {
+/// entry budget and charged to the held-names budget as they are read.
+/// Returns the names and what they were charged.
+fn names(dir: &OwnedFd, budget: &mut u64, held: &mut u64) -> Result<(Vec<CString>, u64)> {
     // fdopendir takes ownership: give it its own open of the directory.
     let dup = openat(dir.as_raw_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
         .map_err(|e| err("reopen dir", OsStr::new("."), e))?;
@@ -142,6 +166,8 @@ fn names(dir: &OwnedFd, budget: &mut u64) -> Result<Vec<CString>> {
         return Err(err("opendir", OsStr::new("."), io::Error::last_os_error()));
     }
     let mut out = Vec::new();
+    let mut charged = 0u64;
+    let mut past_held = false;
     let r = loop {
         // SAFETY: errno reset to tell end-of-directory from an error.
         unsafe { *libc::__errno_location() = 0 };
@@ -164,10 +190,20 @@ fn names(dir: &OwnedFd, budget: &mut u64) -> Result<Vec<CString>> {
             break Err(io::Error::other("too many entries"));
         }
         *budget -= 1;
+        let cost = name_cost(n);
+        if *held < cost {
+            past_held = true;
+            break Ok(());
+        }
+        *held -= cost;
+        charged += cost;
         out.push(n.to_owned());
     };
     // SAFETY: closes the DIR* (and its fd) once.
     unsafe { libc::closedir(d) };
+    if past_held {
+        return Err(names_past_budget());
+    }
     r.map_err(|e| {
         if e.kind() == io::ErrorKind::Other {
             ImageError::TooLarge(format!("snapshot: more than its entry budget ({e})"))
@@ -176,7 +212,7 @@ fn names(dir: &OwnedFd, budget: &mut u64) -> Result<Vec<CString>> {
         }
     })?;
     out.sort();
-    Ok(out)
+    Ok((out, charged))
 }
 
 enum CopyError {
@@ -190,6 +226,8 @@ struct Copier {
     ids: IdShift,
     bytes_left: u64,
     entries_left: u64,
+    /// What may still be held in names (see [`MAX_HELD_NAME_BYTES`]).
+    names_left: u64,
     buf: Vec<u8>,
     /// The new layer's root: later names of a hard-linked file link here.
     dst_root: OwnedFd,
@@ -604,7 +642,8 @@ impl Copier {
     /// caller's stack instead of recursing.
     fn dir(&mut self, src: &OwnedFd, dst: &OwnedFd) -> Result<Vec<(CString, libc::stat)>> {
         let mut subdirs = Vec::new();
-        for name in names(src, &mut self.entries_left)? {
+        let (listing, charged) = names(src, &mut self.entries_left, &mut self.names_left)?;
+        for name in listing {
             let os = OsStr::from_bytes(name.to_bytes()).to_owned();
             let st = match lstatat(src.as_raw_fd(), &name) {
                 Ok(st) => st,
@@ -628,6 +667,15 @@ impl Copier {
                 }
                 _ => self.stats.skipped_devices += 1,
             }
+        }
+        // The listing is gone; the subdirectories stay until visited.
+        self.names_left += charged;
+        for (name, _) in &subdirs {
+            let cost = subdir_cost(name);
+            if self.names_left < cost {
+                return Err(names_past_budget());
+            }
+            self.names_left -= cost;
         }
         Ok(subdirs)
     }
@@ -693,6 +741,7 @@ pub fn copy_upper(
         ids,
         bytes_left: limits.max_bytes,
         entries_left: limits.max_entries,
+        names_left: limits.max_held_name_bytes,
         buf: vec![0u8; 1 << 20],
         dst_root,
         cur: Vec::new(),
@@ -726,6 +775,7 @@ pub fn copy_upper(
             }
             continue;
         };
+        c.names_left += subdir_cost(&name);
         if stack.len() >= MAX_DEPTH {
             return Err(ImageError::TooLarge(format!(
                 "snapshot: directories nested deeper than {MAX_DEPTH}"
@@ -812,7 +862,62 @@ mod tests {
         CopyLimits {
             max_entries: 1000,
             max_bytes: 1 << 20,
+            max_held_name_bytes: MAX_HELD_NAME_BYTES,
         }
+    }
+
+    fn copy_with_names(src: &Path, max_held_name_bytes: u64) -> Result<UnpackStats> {
+        let dst = tempfile::tempdir().unwrap();
+        let l = CopyLimits {
+            max_held_name_bytes,
+            ..limits()
+        };
+        copy_upper(
+            open_dir(src),
+            dst.path(),
+            IdShift::Keep,
+            l,
+            LayerDigest::Content,
+        )
+        .map(|r| r.1)
+    }
+
+    /// Names held at once are bounded in bytes, not only in count: long
+    /// names in a wide listing, and long subdirectory names waiting at every
+    /// level, are both charged.
+    #[test]
+    fn names_held_at_once_are_bounded_in_bytes() {
+        let long = |i: usize| format!("{i:04}{}", "n".repeat(200));
+        let files = tempfile::tempdir().unwrap();
+        for i in 0..100 {
+            std::fs::write(files.path().join(long(i)), b"").unwrap();
+        }
+        let dirs = tempfile::tempdir().unwrap();
+        for i in 0..100 {
+            std::fs::create_dir(dirs.path().join(long(i))).unwrap();
+        }
+        // 100 names of ~205 bytes cost ~23 KiB; 100 waiting subdirectories more.
+        for t in [files.path(), dirs.path()] {
+            assert!(
+                matches!(copy_with_names(t, 16 << 10), Err(ImageError::TooLarge(_))),
+                "{t:?}"
+            );
+            // Control: the same tree within the default budget.
+            assert_eq!(
+                copy_with_names(t, MAX_HELD_NAME_BYTES).unwrap().entries,
+                100
+            );
+        }
+        // A budget that holds the listing but not the subdirectories
+        // waiting with their stat: files fit, directories do not.
+        assert!(copy_with_names(files.path(), 30 << 10).is_ok());
+        assert!(matches!(
+            copy_with_names(dirs.path(), 30 << 10),
+            Err(ImageError::TooLarge(_))
+        ));
+        // The subdirectories' names are given back as they are visited:
+        // a budget that holds one listing and its waiting entries copies it.
+        assert!(copy_with_names(dirs.path(), 64 << 10).is_ok());
     }
 
     fn copy(src: &Path) -> Result<(tempfile::TempDir, Digest, UnpackStats)> {
@@ -976,6 +1081,7 @@ mod tests {
             CopyLimits {
                 max_entries: 1000,
                 max_bytes,
+                max_held_name_bytes: MAX_HELD_NAME_BYTES,
             },
             LayerDigest::Metadata,
         )
@@ -1039,7 +1145,19 @@ mod tests {
                 Err(ImageError::TooLarge(_))
             ));
             let dst3 = tempfile::tempdir().unwrap();
+            // Same metadata, other content: the mtime is put back, or a
+            // second boundary between the two writes changes the digest.
+            let mtime = std::fs::metadata(u.join("d/small"))
+                .unwrap()
+                .modified()
+                .unwrap();
             std::fs::write(u.join("d/small"), "y").unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(u.join("d/small"))
+                .unwrap()
+                .set_modified(mtime)
+                .unwrap();
             let (d2, _) = copy_in_kernel(u, dst3.path(), 32 << 20).unwrap();
             assert_eq!(d1, d2, "content is not in a fork layer's digest");
             assert_eq!(std::fs::read(dst3.path().join("d/small")).unwrap(), b"y");
