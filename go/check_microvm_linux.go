@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	"lockbox.dev/lockbox/internal/abi"
+	"lockbox.dev/lockbox/internal/checkmode"
 	"lockbox.dev/lockbox/internal/wire"
 )
 
@@ -176,12 +177,13 @@ func microVMItem(f vmFacts) CheckItem {
 	return it
 }
 
-// checkMicroVM asks the engine when it is loaded in this process (lockbox
-// doctor loads it; Check itself never does): its KVM verdict comes from a
-// bounded boot probe, cached per host and guest kernel. Otherwise, or if
-// the engine cannot answer, Go's own probes say what they can.
+// checkMicroVM asks the engine only when lockbox doctor loaded it and said
+// so (checkmode; Check itself never loads or opens it): its KVM verdict
+// comes from a bounded boot probe, cached per host and guest kernel.
+// Otherwise, or if the engine cannot answer, Go's own probes say what
+// they can.
 func checkMicroVM(ctx context.Context) CheckItem {
-	if abi.LoadedPath() == "" {
+	if abi.LoadedPath() == "" || !checkmode.Engine() {
 		return microVMItem(goVMFacts(ctx))
 	}
 	f, err := engineVMFacts(ctx)

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"lockbox.dev/lockbox/internal/checkmode"
 )
 
 var checkNames = []string{"userns", "apparmor-userns", "landlock", "cgroup", "seccomp", "pasta", "kvm", "microvm", "engine"}
@@ -304,6 +306,7 @@ func TestCheckMicroVMFromEngine(t *testing.T) {
 			if err := Load(); err != nil {
 				t.Fatalf("Load: %v", err)
 			}
+			checkmode.UseEngine()
 		}
 		b, _ := json.Marshal(checkMicroVM(context.Background()))
 		os.Stdout.Write(append(append([]byte("ITEM "), b...), '\n'))

@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 
 	"lockbox.dev/lockbox"
+	"lockbox.dev/lockbox/internal/checkmode"
 )
 
 func printJSON(w io.Writer, v any) {
@@ -168,7 +169,9 @@ func runDoctor(ctx context.Context, env *cli, args []string) int {
 	// With the engine loaded, the microvm item has the engine's KVM boot
 	// probe (bounded, ~20 s at most the first time, then cached). An engine
 	// that does not load is the engine item's to report.
-	_ = lockbox.Load()
+	if lockbox.Load() == nil {
+		checkmode.UseEngine()
+	}
 	r, err := lockbox.Check(ctx)
 	if err != nil {
 		return fail(env, "doctor", err, false)
