@@ -142,6 +142,18 @@ impl Spawner {
             let rest: Vec<u8> = len.iter().chain(body.iter()).skip(sent).copied().collect();
             self.sock.write_all(&rest).map_err(SpawnError::Lost)?;
         }
+        // No receipt (the spawner died first, e.g. killed from inside the
+        // sandbox an instant before): nothing started, safe to retry. A
+        // timeout is not that: a stopped spawner may still go on.
+        let mut got = [0u8; 1];
+        match self.sock.read_exact(&mut got) {
+            Ok(()) if got[0] == RECEIVED => {}
+            Ok(()) => return Err(SpawnError::Lost(io::Error::other("spawner out of step"))),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(SpawnError::NotDelivered)
+            }
+            Err(e) => return Err(SpawnError::Lost(e)),
+        }
         let mut ans = [0u8; 8];
         self.sock.read_exact(&mut ans).map_err(SpawnError::Lost)?;
         let pid = i32::from_le_bytes(ans[..4].try_into().unwrap());
@@ -153,8 +165,12 @@ impl Spawner {
     }
 }
 
+/// The spawner's receipt of a request, sent before it starts anything.
+const RECEIVED: u8 = 0xA5;
+
 pub enum SpawnError {
-    /// The spawner is gone; nothing was started.
+    /// The spawner is gone and never acknowledged the request: nothing was
+    /// started.
     NotDelivered,
     /// The spawner went away mid-request: whether a process started is
     /// unknown (if one did, the reaper collects it).
@@ -330,6 +346,11 @@ fn serve(sock: OwnedFd, setup: &ChildSetup) -> i32 {
             // sending): leaving makes its next request start a new one.
             Err(_) => return 1,
         };
+        // Receipt, before anything can start: a spawner that dies before
+        // this byte leaves the agent certain nothing ran, so it retries.
+        if sock.write_all(&[RECEIVED]).is_err() {
+            return 0;
+        }
         let (pid, errno) = match (decode(&body), <[OwnedFd; 3]>::try_from(fds)) {
             (Some(d), Ok(fds)) => clone_exec(&d, &fds, setup, stack),
             _ => (0, libc::EINVAL),

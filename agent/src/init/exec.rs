@@ -215,7 +215,10 @@ fn start(agent: &Agent, req: &Request) -> std::io::Result<i32> {
             // Perhaps something started: running it twice would be worse.
             Err(SpawnError::Lost(e)) => {
                 *slot = None;
-                return Err(e);
+                return Err(std::io::Error::other(format!(
+                    "the sandbox's exec spawner went away mid-request ({e}); \
+                     whether the command started is unknown"
+                )));
             }
         }
     }
