@@ -88,7 +88,8 @@ fn the_daemon_enforces_takes_orders_and_runs_unprivileged() {
             .split_whitespace()
             .collect::<Vec<_>>()
     };
-    assert_eq!(field("Uid:"), ["65534"; 4], "{status}");
+    let uid = lockbox_net::daemon::FORWARDER_UID.to_string();
+    assert_eq!(field("Uid:"), [uid.as_str(); 4], "{status}");
     assert_eq!(field("CapEff:"), ["0000000000000000"]);
     assert_eq!(field("NoNewPrivs:"), ["1"]);
 
