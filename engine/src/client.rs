@@ -518,10 +518,13 @@ mod tests {
         assert!(seen.lock().unwrap().iter().any(|n| *n > MAX_PAYLOAD - 4096));
     }
 
-    /// A hostile agent (in a microVM, guest root can replace it): answers
-    /// the handshake, then sends `total` bytes of stdout for the first
-    /// request's id without waiting for any credit.
-    async fn flooding_agent(l: tokio::net::UnixListener, total: usize) {
+    /// Accepts one connection and answers its handshake as an agent would.
+    async fn accept_handshake(
+        l: tokio::net::UnixListener,
+    ) -> (
+        tokio::net::unix::OwnedReadHalf,
+        BufWriter<tokio::net::unix::OwnedWriteHalf>,
+    ) {
         let (s, _) = l.accept().await.unwrap();
         let (mut r, w) = s.into_split();
         let mut w = BufWriter::new(w);
@@ -535,6 +538,14 @@ mod tests {
             .await
             .unwrap();
         w.flush().await.unwrap();
+        (r, w)
+    }
+
+    /// A hostile agent (in a microVM, guest root can replace it): answers
+    /// the handshake, then sends `total` bytes of stdout for the first
+    /// request's id without waiting for any credit.
+    async fn flooding_agent(l: tokio::net::UnixListener, total: usize) {
+        let (mut r, mut w) = accept_handshake(l).await;
         let req = read_frame(&mut r).await.unwrap();
         // Keep reading (credits) so only the window is at stake.
         tokio::spawn(async move { while read_frame(&mut r).await.is_ok() {} });
@@ -608,19 +619,7 @@ mod tests {
     /// that does not exist and never reads its socket: each is answered
     /// with a credit frame that cannot be written.
     async fn deaf_flooding_agent(l: tokio::net::UnixListener, frames: usize) {
-        let (s, _) = l.accept().await.unwrap();
-        let (mut r, w) = s.into_split();
-        let mut w = BufWriter::new(w);
-        let hello = read_frame(&mut r).await.unwrap();
-        let ack = Message::HelloAck {
-            version: PROTOCOL_VERSION,
-            agent_pid: 1,
-            sandbox: "fake".into(),
-        };
-        write_frame(&mut w, &Frame::control(hello.id, &ack))
-            .await
-            .unwrap();
-        w.flush().await.unwrap();
+        let (_r, mut w) = accept_handshake(l).await;
         for _ in 0..frames {
             if write_frame(&mut w, &Frame::data(999, 1, vec![b'x']))
                 .await
