@@ -8,15 +8,15 @@
 //! and no pre_exec hook: the library never forks the host to run its own
 //! code and installs no SIGCHLD handler. Exits are observed with a pidfd.
 
+use std::ffi::OsStr;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use lockbox_protocol::{ErrorCode, LaunchSpec, LaunchStatus, RootfsSpec};
+use lockbox_protocol::{LaunchSpec, RootfsSpec};
 
-use super::process::{read_status_line, watch_exit, KillGuard};
+use super::process::{mono_ns, spawn_host_process, watch_exit, HostProcess, Started};
 use super::{Backend, BackendInfo, BoxFuture, LaunchRequest, Launched};
 use crate::error::{EngineError, Result};
 
@@ -92,37 +92,6 @@ fn launch_spec(req: &LaunchRequest<'_>) -> Result<LaunchSpec> {
     })
 }
 
-/// Environment passed to the helper: only what it needs, nothing of the
-/// host's secrets.
-fn helper_env(cmd: &mut Command) {
-    cmd.env_clear();
-    for k in [
-        "PATH",
-        "RUST_BACKTRACE",
-        "LOCKBOX_LOG",
-        "LOCKBOX_HOME",
-        "LOCKBOX_TRACE",
-    ] {
-        if let Some(v) = std::env::var_os(k) {
-            cmd.env(k, v);
-        }
-    }
-    if std::env::var_os("PATH").is_none() {
-        cmd.env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
-    }
-}
-
-/// CLOCK_MONOTONIC in ns, the helper's trace clock (LOCKBOX_TRACE).
-fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// With LOCKBOX_TRACE=<absolute file> (a benchmark's debug switch), the
 /// engine's side of a launch's timeline goes to the file the helper
 /// appends its setup steps to; see the helper's setup/trace.rs.
@@ -159,38 +128,15 @@ async fn launch(helper: &Path, spec: &LaunchSpec) -> Result<Launched> {
     std::fs::File::create(&launch_json)
         .and_then(|mut f| f.write_all(&bytes))
         .map_err(|e| EngineError::io(launch_json.display(), e))?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("helper.log"))
-        .map_err(|e| EngineError::io("helper.log", e))?;
-
-    let mut cmd = Command::new(helper);
-    cmd.arg("run").arg(&launch_json);
-    helper_env(&mut cmd);
-    cmd.stdin(if spec.detached {
-        Stdio::null()
-    } else {
-        Stdio::piped()
+    let started = spawn_host_process(HostProcess {
+        helper,
+        args: &[OsStr::new("run"), launch_json.as_os_str()],
+        dir,
+        detached: spec.detached,
+        who: "lockbox-helper",
+        what: "sandbox",
+        timeout: LAUNCH_TIMEOUT,
     })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::from(log))
-    .current_dir("/");
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| EngineError::io(format!("start {}", helper.display()), e))?;
-    let t_spawned = if tracing { mono_ns() } else { 0 };
-    let lifeline = child.stdin.take();
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let child_pid = child.id();
-    let mut guard = KillGuard(Some(child));
-
-    let line = read_status_line(
-        stdout,
-        LAUNCH_TIMEOUT,
-        "lockbox-helper",
-        &dir.join("helper.log"),
-    )
     .await?;
     if tracing {
         let t_status = mono_ns();
@@ -198,30 +144,19 @@ async fn launch(helper: &Path, spec: &LaunchSpec) -> Result<Launched> {
             &spec.id,
             &[
                 ("engine_launch", t_launch),
-                ("helper_spawned", t_spawned),
+                ("helper_spawned", started.spawned_ns),
                 ("status_read", t_status),
             ],
         );
     }
-    let status: LaunchStatus = serde_json::from_str(line.trim()).map_err(|e| {
-        EngineError::internal(format!(
-            "bad status from lockbox-helper ({e}): {}",
-            line.trim()
-        ))
-    })?;
-    if !status.ok {
-        let code = status.code.unwrap_or(ErrorCode::Internal);
-        let msg = status
-            .error
-            .clone()
-            .unwrap_or_else(|| "sandbox setup failed".into());
-        return Err(EngineError::new(
-            code,
-            format!("sandbox setup failed: {msg}"),
-        ));
-    }
+    let Started {
+        child,
+        lifeline,
+        status,
+        ..
+    } = started;
+    let child_pid = child.id();
     let helper_pid = status.helper_pid.unwrap_or(child_pid);
-    let child = guard.0.take().expect("child held until success");
     // Our direct child is reaped when it exits; the supervising helper (the
     // same process unless the helper re-parents itself) is watched.
     let child_exit = watch_exit(child_pid, Some(child));

@@ -3,8 +3,11 @@
 //! only when its start time proves it is still the same process.
 
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::process::Child;
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
+
+use lockbox_protocol::{ErrorCode, LaunchStatus};
 
 use tokio::sync::watch;
 
@@ -123,4 +126,121 @@ pub async fn read_status_line(
         ))),
         Ok(Ok(_)) => Ok(line),
     }
+}
+
+/// Environment passed to a host process: only what it needs, nothing of
+/// the host's secrets.
+pub fn helper_env(cmd: &mut Command) {
+    cmd.env_clear();
+    for k in [
+        "PATH",
+        "RUST_BACKTRACE",
+        "LOCKBOX_LOG",
+        "LOCKBOX_HOME",
+        "LOCKBOX_TRACE",
+    ] {
+        if let Some(v) = std::env::var_os(k) {
+            cmd.env(k, v);
+        }
+    }
+    if std::env::var_os("PATH").is_none() {
+        cmd.env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    }
+}
+
+/// A host process that reported a successful setup.
+pub struct Started {
+    pub child: Child,
+    /// Its stdin: dropping it (the engine gone) tells it to end. None
+    /// for a detached sandbox, which outlives the engine.
+    pub lifeline: Option<ChildStdin>,
+    pub status: LaunchStatus,
+    /// CLOCK_MONOTONIC when it was started (LOCKBOX_TRACE's clock).
+    pub spawned_ns: u64,
+}
+
+/// CLOCK_MONOTONIC in ns, the helper's trace clock (LOCKBOX_TRACE).
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// What to start and how to speak of it.
+pub struct HostProcess<'a> {
+    pub helper: &'a Path,
+    pub args: &'a [&'a std::ffi::OsStr],
+    /// The sandbox's directory: `helper.log` (its stderr) lives there.
+    pub dir: &'a Path,
+    pub detached: bool,
+    /// The process in errors ("lockbox-helper vmm").
+    pub who: &'a str,
+    /// What a failed setup was ("sandbox", "microvm").
+    pub what: &'a str,
+    pub timeout: Duration,
+}
+
+/// Starts the helper with its stderr in `helper.log`, waits for its one
+/// status line and decodes it; a status that is not ok becomes the error
+/// it names. On any error the process is killed and reaped.
+pub async fn spawn_host_process(p: HostProcess<'_>) -> crate::error::Result<Started> {
+    let HostProcess {
+        helper,
+        args,
+        dir,
+        detached,
+        who,
+        what,
+        timeout,
+    } = p;
+    use crate::error::EngineError;
+    let log_path = dir.join("helper.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| EngineError::io("helper.log", e))?;
+    let mut cmd = Command::new(helper);
+    cmd.args(args);
+    helper_env(&mut cmd);
+    cmd.stdin(if detached {
+        Stdio::null()
+    } else {
+        Stdio::piped()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::from(log))
+    .current_dir("/");
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| EngineError::io(format!("start {}", helper.display()), e))?;
+    let spawned_ns = mono_ns();
+    let lifeline = child.stdin.take();
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut guard = KillGuard(Some(child));
+    let line = read_status_line(stdout, timeout, who, &log_path).await?;
+    let status: LaunchStatus = serde_json::from_str(line.trim()).map_err(|e| {
+        EngineError::internal(format!("bad status from {who} ({e}): {}", line.trim()))
+    })?;
+    if !status.ok {
+        let code = status.code.unwrap_or(ErrorCode::Internal);
+        let msg = status
+            .error
+            .clone()
+            .unwrap_or_else(|| format!("{what} setup failed"));
+        return Err(EngineError::new(
+            code,
+            format!("{what} setup failed: {msg}"),
+        ));
+    }
+    Ok(Started {
+        child: guard.0.take().expect("held until success"),
+        lifeline,
+        status,
+        spawned_ns,
+    })
 }

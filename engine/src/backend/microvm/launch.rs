@@ -2,17 +2,17 @@
 //! sees them in its jail), and `lockbox-helper vmm`, which confines and
 //! supervises qemu and reports one status line as `run` does.
 
+use std::ffi::OsStr;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use lockbox_protocol::{ErrorCode, LaunchSpec, LaunchStatus, Limits};
+use lockbox_protocol::{LaunchSpec, Limits};
 use serde_json::json;
 
 use super::disks;
 use super::host::{Accel, Host, INITRAMFS, KERNEL};
-use crate::backend::process::{read_status_line, watch_exit, KillGuard};
+use crate::backend::process::{spawn_host_process, watch_exit, HostProcess, Started};
 use crate::backend::{LaunchRequest, Launched};
 use crate::error::{EngineError, Result};
 
@@ -215,49 +215,22 @@ pub async fn spawn_helper(
     std::fs::File::create(&path)
         .and_then(|mut f| f.write_all(&serde_json::to_vec(vmm).unwrap_or_default()))
         .map_err(|e| EngineError::io(path.display(), e))?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("helper.log"))
-        .map_err(|e| EngineError::io("helper.log", e))?;
-    let mut cmd = Command::new(helper);
-    cmd.arg("vmm").arg(&path).env_clear();
-    for k in ["PATH", "RUST_BACKTRACE", "LOCKBOX_LOG"] {
-        if let Some(v) = std::env::var_os(k) {
-            cmd.env(k, v);
-        }
-    }
-    cmd.stdin(if detached {
-        Stdio::null()
-    } else {
-        Stdio::piped()
+    let Started {
+        child,
+        lifeline,
+        status,
+        ..
+    } = spawn_host_process(HostProcess {
+        helper,
+        args: &[OsStr::new("vmm"), path.as_os_str()],
+        dir,
+        detached,
+        who: "lockbox-helper vmm",
+        what: "microvm",
+        timeout: STATUS_TIMEOUT,
     })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::from(log))
-    .current_dir("/");
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| EngineError::io(format!("start {}", helper.display()), e))?;
-    let lifeline = child.stdin.take();
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let child_pid = child.id();
-    let mut guard = KillGuard(Some(child));
-    let line = read_status_line(
-        stdout,
-        STATUS_TIMEOUT,
-        "lockbox-helper vmm",
-        &dir.join("helper.log"),
-    )
     .await?;
-    let status: LaunchStatus = serde_json::from_str(line.trim())
-        .map_err(|e| EngineError::internal(format!("bad status from lockbox-helper vmm ({e})")))?;
-    if !status.ok {
-        return Err(EngineError::new(
-            status.code.unwrap_or(ErrorCode::Internal),
-            format!("microvm setup failed: {}", status.error.unwrap_or_default()),
-        ));
-    }
-    let child = guard.0.take().expect("held until success");
+    let child_pid = child.id();
     Ok(Launched {
         pid: child_pid,
         report: status.report.unwrap_or_default(),
