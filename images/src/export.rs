@@ -438,50 +438,9 @@ impl ImageStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::options::StoreOptions;
+    use crate::test_fixtures::{dir_fd, empty_layout, store};
     use crate::upper_copy::IdShift;
     use crate::Cancel;
-    use std::os::fd::{FromRawFd, OwnedFd};
-
-    fn blob(dir: &Path, data: &[u8]) -> String {
-        let d = Digest::of_bytes(data);
-        std::fs::write(dir.join("blobs/sha256").join(d.hex()), data).unwrap();
-        d.to_string()
-    }
-
-    /// A one-layer image whose only layer is empty.
-    fn empty_layout(dir: &Path) {
-        std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
-        std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-        let tar = vec![0u8; 1024];
-        let l = blob(dir, &tar);
-        let config = format!(
-            r#"{{"architecture":"{}","os":"linux","config":{{}},"rootfs":{{"type":"layers","diff_ids":["{l}"]}}}}"#,
-            crate::oci::host_arch()
-        );
-        let c = blob(dir, config.as_bytes());
-        let manifest = format!(
-            r#"{{"schemaVersion":2,"mediaType":"{MT_MANIFEST}","config":{{"mediaType":"{MT_CONFIG}","digest":"{c}","size":{}}},"layers":[{{"mediaType":"{MT_LAYER}","digest":"{l}","size":1024}}]}}"#,
-            config.len()
-        );
-        let m = blob(dir, manifest.as_bytes());
-        let index = format!(
-            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{MT_MANIFEST}","digest":"{m}","size":{}}}]}}"#,
-            manifest.len()
-        );
-        std::fs::write(dir.join("index.json"), index).unwrap();
-    }
-
-    fn store(home: &Path, max: u64) -> ImageStore {
-        ImageStore::open_with(
-            home,
-            StoreOptions {
-                max_unpacked_bytes: max,
-                ..Default::default()
-            },
-        )
-        .unwrap()
-    }
 
     // Five bytes written into a 3 MiB sparse file would be exported as 3 MiB
     // of tar. Past the store's cap the export fails before writing it and
@@ -507,12 +466,7 @@ mod tests {
         let f = File::create(up.join("sparse")).unwrap();
         std::os::unix::fs::FileExt::write_all_at(&f, b"hello", 0).unwrap();
         f.set_len(3 << 20).unwrap();
-        let c = std::ffi::CString::new(up.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: valid path; the fd is handed to an OwnedFd at once.
-        let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY) };
-        assert!(fd >= 0);
-        // SAFETY: just opened, owned nowhere else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = dir_fd(&up);
         let snap = big
             .install_layer(
                 &base.digest,
@@ -596,12 +550,7 @@ mod tests {
             )
             .unwrap();
         let snap = |dir: &Path, name: &str| {
-            let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
-            // SAFETY: valid path; the fd is handed to an OwnedFd at once.
-            let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY) };
-            assert!(fd >= 0);
-            // SAFETY: just opened, owned nowhere else.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let fd = dir_fd(dir);
             big.install_layer(
                 &base.digest,
                 fd,

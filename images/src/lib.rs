@@ -40,6 +40,8 @@ mod safe_path;
 mod store;
 mod unpack;
 mod upper_copy;
+#[cfg(test)]
+mod test_fixtures;
 
 pub use cancel::Cancel;
 pub use config::ImageConfig;

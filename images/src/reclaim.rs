@@ -189,57 +189,8 @@ fn make_writable(dir: &Path) {
 mod tests {
     use super::*;
     use crate::cancel::Cancel;
-    use crate::options::StoreOptions;
+    use crate::test_fixtures::{dir_fd, empty_layout, store};
     use crate::upper_copy::IdShift;
-    use std::os::fd::{FromRawFd, OwnedFd};
-
-    fn blob(dir: &Path, data: &[u8]) -> String {
-        let d = Digest::of_bytes(data);
-        std::fs::write(dir.join("blobs/sha256").join(d.hex()), data).unwrap();
-        d.to_string()
-    }
-
-    /// An OCI layout of one image whose only layer is empty.
-    fn empty_layout(dir: &Path) {
-        std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
-        std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-        let l = blob(dir, &[0u8; 1024]);
-        let config = format!(
-            r#"{{"architecture":"{}","os":"linux","config":{{}},"rootfs":{{"type":"layers","diff_ids":["{l}"]}}}}"#,
-            crate::oci::host_arch()
-        );
-        let c = blob(dir, config.as_bytes());
-        let manifest = format!(
-            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{c}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{l}","size":1024}}]}}"#,
-            config.len()
-        );
-        let m = blob(dir, manifest.as_bytes());
-        let index = format!(
-            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{m}","size":{}}}]}}"#,
-            manifest.len()
-        );
-        std::fs::write(dir.join("index.json"), index).unwrap();
-    }
-
-    fn store(home: &Path, max: u64) -> ImageStore {
-        ImageStore::open_with(
-            home,
-            StoreOptions {
-                max_unpacked_bytes: max,
-                ..Default::default()
-            },
-        )
-        .unwrap()
-    }
-
-    fn open_dir(p: &Path) -> OwnedFd {
-        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: valid path; the fd is handed to an OwnedFd at once.
-        let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY) };
-        assert!(fd >= 0);
-        // SAFETY: just opened, owned nowhere else.
-        unsafe { OwnedFd::from_raw_fd(fd) }
-    }
 
     fn listed(s: &ImageStore, d: &Digest) -> bool {
         s.list().unwrap().iter().any(|i| &i.digest == d)
@@ -283,7 +234,7 @@ mod tests {
         let (fork, hold) = s
             .install_fork_layer(
                 &base.digest,
-                open_dir(&up),
+                dir_fd(&up),
                 IdShift::Keep,
                 None,
                 "test fork".into(),
@@ -294,7 +245,7 @@ mod tests {
         let snap = s
             .install_layer(
                 &base.digest,
-                open_dir(&up),
+                dir_fd(&up),
                 IdShift::Keep,
                 None,
                 None,
@@ -342,7 +293,7 @@ mod tests {
         let mk = || {
             s.install_fork_layer(
                 &base.digest,
-                open_dir(&up),
+                dir_fd(&up),
                 IdShift::Keep,
                 None,
                 "f".into(),
