@@ -13,6 +13,14 @@ use serde::Serialize;
 
 use crate::policy::Protocol;
 
+/// The most a queued denial's name or rule takes once JSON-escaped. The
+/// sandbox chooses much of that text (a TLS server name, a request's
+/// Host), and a full queue must fit in one control reply (16 MiB at the
+/// helper's relay; a longer one ended the host's control of the
+/// forwarder: attack review s5, S5-NET-1): 1024 events of two such texts
+/// and their fixed fields stay under 9 MiB.
+pub const MAX_TEXT: usize = 4096;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DenialKind {
@@ -97,7 +105,11 @@ impl Events {
         }
     }
 
-    pub fn deny(&self, d: Denial) {
+    pub fn deny(&self, mut d: Denial) {
+        if let Some(n) = d.name.as_mut() {
+            clip(n);
+        }
+        clip(&mut d.rule);
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         match d.kind {
             DenialKind::Connect | DenialKind::Sni | DenialKind::Limit => {
@@ -134,6 +146,28 @@ impl Events {
     }
 }
 
+/// Cuts `s` so that its JSON form holds at most `MAX_TEXT` bytes between
+/// the quotes, marking the cut with "...".
+fn clip(s: &mut String) {
+    let escaped = |c: char| match c {
+        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+        c if (c as u32) < 0x20 => 6,
+        c => c.len_utf8(),
+    };
+    if s.chars().map(escaped).sum::<usize>() <= MAX_TEXT {
+        return;
+    }
+    let mut used = 0;
+    for (i, c) in s.char_indices() {
+        used += escaped(c);
+        if used > MAX_TEXT - 3 {
+            s.truncate(i);
+            s.push_str("...");
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,5 +183,41 @@ mod tests {
         let c = ev.counters();
         assert_eq!((c.dns_denied, c.events_dropped), (5, 2));
         assert!(ev.drain().is_empty());
+    }
+
+    /// S5-NET-1: whatever text the sandbox puts into denials, a full queue
+    /// serializes to less than one control reply (16 MiB); unclipped, the
+    /// same queue is larger (the control).
+    #[test]
+    fn a_full_queue_fits_one_control_reply() {
+        const REPLY: usize = 16 << 20;
+        let worst = |i: usize| {
+            let mut d = Denial::now(DenialKind::Sni, "\u{1}\"".repeat(8000) + &i.to_string());
+            d.protocol = Some(Protocol::Tcp);
+            d.ip = Some("255.255.255.255".parse().unwrap());
+            d.port = Some(65535);
+            d.name = Some("a".repeat(16328));
+            d
+        };
+        let ev = Events::new(1024);
+        let raw: Vec<Denial> = (0..1024).map(worst).collect();
+        for d in raw.clone() {
+            ev.deny(d);
+        }
+        let queued = ev.drain();
+        assert_eq!(queued.len(), 1024);
+        let size = serde_json::to_string(&queued).unwrap().len();
+        assert!(size < 9 << 20, "{size} bytes");
+        assert!(serde_json::to_string(&raw).unwrap().len() > REPLY);
+        // Clipped on a character boundary, marked, and short text kept.
+        let d = &queued[0];
+        assert!(d.rule.ends_with("...") && d.name.as_ref().unwrap().ends_with("..."));
+        assert!(serde_json::to_string(&d.rule).unwrap().len() <= MAX_TEXT + 2);
+        let mut s = "é".repeat(3000);
+        clip(&mut s);
+        assert!(s.len() <= MAX_TEXT && s.ends_with("..."));
+        let mut short = "default deny".to_string();
+        clip(&mut short);
+        assert_eq!(short, "default deny");
     }
 }

@@ -5,6 +5,10 @@
 
 /// The most the forwarder holds back before deciding: one TLS record.
 pub const MAX_HELLO: usize = 5 + 16384;
+/// The longest name DNS can carry (in text, without the trailing dot). A
+/// longer "server name" names nothing a policy could allow, and each
+/// refusal puts the name into an event (attack review s5, S5-NET-1).
+pub const MAX_NAME: usize = 253;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Hello {
@@ -75,6 +79,9 @@ fn client_hello_name(rec: &[u8]) -> Option<Option<String>> {
             let n = usize::from(list.u16()?);
             let name = list.take(n)?;
             if name_type == 0 {
+                if name.len() > MAX_NAME {
+                    return None;
+                }
                 // Text comparison needs plain names; anything else is
                 // refused by the caller as "no name".
                 let ok = !name.is_empty()
@@ -160,5 +167,21 @@ mod tests {
         assert_eq!(parse(&bad), Hello::Malformed);
         let odd = client_hello(Some("a\0b.test"));
         assert_eq!(parse(&odd), Hello::ClientHello(None));
+    }
+
+    /// S5-NET-1: one record could carry a 16 KiB "name".
+    #[test]
+    fn names_longer_than_dns_allows_are_malformed() {
+        let longest = format!("{}.test", "a".repeat(MAX_NAME - 5));
+        assert_eq!(
+            parse(&client_hello(Some(&longest))),
+            Hello::ClientHello(Some(longest.clone()))
+        );
+        let over = format!("a{longest}");
+        assert_eq!(parse(&client_hello(Some(&over))), Hello::Malformed);
+        assert_eq!(
+            parse(&client_hello(Some(&"a".repeat(16328)))),
+            Hello::Malformed
+        );
     }
 }
