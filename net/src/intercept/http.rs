@@ -62,6 +62,14 @@ pub fn rewrite_head(raw: &[u8], secrets: &Secrets, host: &str) -> io::Result<Rew
     let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
         return Err(refused("bad request line"));
     };
+    // TRACE (and IIS's TRACK) asks the server to send the request back as
+    // it received it, substituted values included; Apache answers it
+    // unless told not to (attack review s5, S5-NET-2).
+    if method.eq_ignore_ascii_case("TRACE") || method.eq_ignore_ascii_case("TRACK") {
+        return Err(refused(format!(
+            "{method} would echo the request, secrets included"
+        )));
+    }
     check_target(method, path, req.headers, host)?;
     let mut out = Rewritten::default();
     for (_, s) in find_placeholders(secrets, path.as_bytes()) {
@@ -557,6 +565,23 @@ mod tests {
             "a".repeat(MAX_HEAD - 64)
         );
         assert!(run(ok.as_bytes()).is_ok());
+    }
+
+    /// S5-NET-2: a server answering TRACE sends the head back as it got it,
+    /// the real value in it.
+    #[test]
+    fn trace_is_refused() {
+        for m in ["TRACE", "TRACK", "trace"] {
+            let bad =
+                format!("{m} / HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer {P}\r\n\r\n");
+            let e = run(bad.as_bytes()).unwrap_err();
+            assert!(e.to_string().contains("echo the request"), "{e}");
+        }
+        // Control: the same head with another method gets the value.
+        let ok = format!("GET / HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer {P}\r\n\r\n");
+        let (out, n, _) = run(ok.as_bytes()).unwrap();
+        assert!(String::from_utf8(out).unwrap().contains("Bearer sk-real"));
+        assert_eq!(n, 1);
     }
 
     /// Attack review s4 (ATTACK-2): a head without Host (legal in HTTP/1.0)
