@@ -33,12 +33,15 @@ struct Tree {
     /// Path below the jail's root.
     dst: PathBuf,
     is_dir: bool,
+    writable: bool,
 }
 
 pub struct Mounts {
     trees: Vec<Tree>,
     /// Top-level names that are symlinks on the host (merged /usr).
     links: Vec<(String, String)>,
+    /// qemu's Landlock rules; None where the kernel has no Landlock.
+    landlock: Option<Vec<super::landlock::Rule>>,
 }
 
 pub struct Child {
@@ -57,6 +60,7 @@ fn tree(src: &Path, dst: &str, attrs: u64) -> io::Result<Tree> {
         fd,
         dst: PathBuf::from(dst.trim_start_matches('/')),
         is_dir,
+        writable: attrs & MOUNT_ATTR_RDONLY == 0,
     })
 }
 
@@ -95,7 +99,19 @@ impl Mounts {
                 | if b.writable { 0 } else { MOUNT_ATTR_RDONLY };
             trees.push(tree(Path::new(&b.src), &b.dst, attrs)?);
         }
-        Ok(Mounts { trees, links })
+        let landlock = (super::landlock::kernel_abi() > 0)
+            .then(|| {
+                let t = trees
+                    .iter()
+                    .map(|t| (t.dst.as_path(), t.is_dir, t.writable));
+                super::landlock::jail_rules(Path::new(&spec.qemu), t)
+            })
+            .transpose()?;
+        Ok(Mounts {
+            trees,
+            links,
+            landlock,
+        })
     }
 }
 
@@ -107,6 +123,8 @@ pub fn spawn(
     spec: &VmmSpec,
     mounts: &Mounts,
     listener: OwnedFd,
+    qmp: Option<OwnedFd>,
+    shares: &[(OwnedFd, RawFd)],
     cgroup: &Cgroup,
     root: bool,
 ) -> io::Result<Child> {
@@ -136,7 +154,12 @@ pub fn spawn(
     }
     if pid == 0 {
         drop(rd);
-        let e = outer(mounts, &listener, cgroup, root, kvm_gid, helper, &argv, &wr);
+        let fds = Fds {
+            agent: &listener,
+            qmp: qmp.as_ref(),
+            shares,
+        };
+        let e = outer(mounts, &fds, cgroup, root, kvm_gid, helper, &argv, &wr);
         report_and_exit(&wr, &e);
     }
     drop(wr);
@@ -175,11 +198,21 @@ fn cvt(r: libc::c_int) -> io::Result<()> {
     }
 }
 
+/// The sockets qemu inherits: the agent port's listener as fd 3, the QMP
+/// monitor's as fd 4.
+struct Fds<'a> {
+    agent: &'a OwnedFd,
+    qmp: Option<&'a OwnedFd>,
+    /// virtiofsd's vhost-user sockets, each at the number qemu's command
+    /// line names (vmm/share.rs).
+    shares: &'a [(OwnedFd, RawFd)],
+}
+
 /// Runs in the forked child; returns only on failure.
 #[allow(clippy::too_many_arguments)]
 fn outer(
     mounts: &Mounts,
-    listener: &OwnedFd,
+    fds: &Fds<'_>,
     cgroup: &Cgroup,
     root: bool,
     kvm_gid: Option<u32>,
@@ -241,7 +274,7 @@ fn outer(
             return Err(io::Error::last_os_error());
         }
         if pid == 0 {
-            let e = inner(mounts, listener, argv);
+            let e = inner(mounts, fds, argv);
             report_and_exit(wr, &e);
         }
         // SAFETY: closing our copy of the pipe's write end: the helper
@@ -295,7 +328,7 @@ fn mount(
 }
 
 /// PID 1 of the jail's pid namespace: builds the root and becomes qemu.
-fn inner(mounts: &Mounts, listener: &OwnedFd, argv: &[CString]) -> io::Error {
+fn inner(mounts: &Mounts, fds: &Fds<'_>, argv: &[CString]) -> io::Error {
     let r = (|| -> io::Result<()> {
         die_with(None)?;
         let none: Option<&str> = None;
@@ -380,7 +413,17 @@ fn inner(mounts: &Mounts, listener: &OwnedFd, argv: &[CString]) -> io::Error {
             };
             libc::setrlimit(libc::RLIMIT_CORE, &zero);
         }
-        move_to(listener.as_raw_fd(), 3)?;
+        // Out of the way first: the agent's move to 3 must not close it.
+        let qmp = match fds.qmp {
+            // SAFETY: F_DUPFD_CLOEXEC of an fd we hold.
+            Some(q) => Some(unsafe { libc::fcntl(q.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) }),
+            None => None,
+        };
+        move_to(fds.agent.as_raw_fd(), 3)?;
+        if let Some(q) = qmp {
+            cvt(q)?;
+            move_to(q, 4)?;
+        }
         // stdout is /dev/null once the helper reported; qemu's console
         // (only with the engine's LOCKBOX_VM_CONSOLE debug switch) goes to
         // the helper's log instead.
@@ -390,17 +433,24 @@ fn inner(mounts: &Mounts, listener: &OwnedFd, argv: &[CString]) -> io::Error {
         unsafe {
             libc::syscall(
                 libc::SYS_close_range,
-                4u32,
+                if qmp.is_some() { 5u32 } else { 4u32 },
                 u32::MAX,
                 libc::CLOSE_RANGE_CLOEXEC,
             )
         };
+        super::share::place_fds(fds.shares)?;
         ctx("drop capabilities", super::caps::drop_all())?;
         // SAFETY: prctl with integers.
         ctx(
             "no_new_privs",
             cvt(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }),
         )?;
+        if let Some(rules) = &mounts.landlock {
+            super::landlock::enforce(rules)?;
+        }
+        let filters = super::seccomp::programs(argv[0].as_ptr())
+            .map_err(|e| io::Error::other(format!("seccomp filter: {e:#}")))?;
+        ctx("seccomp", super::seccomp::install(&filters))?;
         die_with(None)?;
         let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
         ptrs.push(std::ptr::null());
