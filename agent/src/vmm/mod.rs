@@ -13,7 +13,6 @@ mod caps;
 mod jail;
 mod landlock;
 mod seccomp;
-mod share;
 
 use std::fs;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -45,14 +44,6 @@ pub struct VmmSpec {
     pub limits: Limits,
     /// Whether /dev/kvm is passed in.
     pub kvm: bool,
-    /// Host path of the QMP socket this process binds (qemu gets fd 4):
-    /// the engine's control of the VM (stop, migrate, cont). Only the
-    /// engine connects to it (0600, in the sandbox's directory).
-    #[serde(default)]
-    pub qmp: Option<String>,
-    /// Volumes: one confined virtiofsd each (share.rs).
-    #[serde(default)]
-    pub shares: Vec<share::ShareSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -84,13 +75,6 @@ pub fn run(spec_path: &Path) -> i32 {
     if spec.id.is_empty() || spec.id.contains(['/', '\0']) || spec.id.starts_with('.') {
         return failed(ErrorCode::InvalidArgument, format!("bad id {:?}", spec.id));
     }
-    if is_devnull(0) {
-        // Detached (no lifeline): out of the engine's session and process
-        // group, so a Ctrl-C or hangup meant for the host program does not
-        // stop the VM, which outlives that program.
-        // SAFETY: setsid has no memory effects.
-        unsafe { libc::setsid() };
-    }
     let mut report = Report::default();
     let cgroup = Cgroup::create(&spec.id, &spec.limits, &mut report);
     match start(&spec, &cgroup, &mut report) {
@@ -107,36 +91,16 @@ pub fn run(spec_path: &Path) -> i32 {
             let code = supervise(child);
             kill_cgroup(&cgroup);
             cgroup.remove();
-            remove_sockets(&spec);
+            let _ = fs::remove_file(&spec.socket);
             code
         }
         Err(e) => {
             kill_cgroup(&cgroup);
             cgroup.remove();
-            remove_sockets(&spec);
+            let _ = fs::remove_file(&spec.socket);
             failed(ErrorCode::Internal, e)
         }
     }
-}
-
-fn remove_sockets(spec: &VmmSpec) {
-    let _ = fs::remove_file(&spec.socket);
-    if let Some(q) = &spec.qmp {
-        let _ = fs::remove_file(q);
-    }
-}
-
-/// A listening socket only this uid may connect to: bound under a umask
-/// that leaves no window in which the socket file is more open than 0600.
-fn bind_private(path: &str) -> Result<std::os::unix::net::UnixListener, String> {
-    // SAFETY: umask is process-wide; the helper is single-threaded here.
-    let old = unsafe { libc::umask(0o177) };
-    let l = std::os::unix::net::UnixListener::bind(path);
-    // SAFETY: restores the previous mask.
-    unsafe { libc::umask(old) };
-    let l = l.map_err(|e| format!("bind {path}: {e}"))?;
-    let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o600));
-    Ok(l)
 }
 
 fn failed(code: ErrorCode, msg: String) -> i32 {
@@ -157,13 +121,9 @@ fn start(spec: &VmmSpec, cgroup: &Cgroup, report: &mut Report) -> Result<jail::C
     if !spec.qemu.starts_with("/usr/") || spec.qemu.contains("/../") {
         return Err(format!("qemu {} is not under /usr", spec.qemu));
     }
-    let listener = bind_private(&spec.socket)?;
-    let qmp = spec
-        .qmp
-        .as_deref()
-        .map(bind_private)
-        .transpose()?
-        .map(OwnedFd::from);
+    let listener = std::os::unix::net::UnixListener::bind(&spec.socket)
+        .map_err(|e| format!("bind {}: {e}", spec.socket))?;
+    let _ = fs::set_permissions(&spec.socket, fs::Permissions::from_mode(0o600));
     // SAFETY: geteuid.
     let is_root = unsafe { libc::geteuid() } == 0;
     // A /dev/kvm only root may open (no group access) cannot be handed to
@@ -181,10 +141,8 @@ fn start(spec: &VmmSpec, cgroup: &Cgroup, report: &mut Report) -> Result<jail::C
                 .map_err(|e| format!("chown {}: {e}", b.src))?;
         }
     }
-    let dir = Path::new(&spec.socket).parent().unwrap_or(Path::new("/"));
-    let shares = share::start_all(&spec.shares, dir, cgroup)?;
     let mounts = jail::Mounts::prepare(spec).map_err(|e| format!("jail mounts: {e}"))?;
-    let child = jail::spawn(spec, &mounts, OwnedFd::from(listener), qmp, &shares, cgroup, root)
+    let child = jail::spawn(spec, &mounts, OwnedFd::from(listener), cgroup, root)
         .map_err(|e| format!("start qemu: {e}"))?;
     for f in [
         "userns", "mountns", "pidns", "netns", "ipcns", "utsns", "cgroupns",
@@ -195,9 +153,6 @@ fn start(spec: &VmmSpec, cgroup: &Cgroup, report: &mut Report) -> Result<jail::C
     report.ok("vmm_caps");
     report.ok("vmm_qemu_sandbox");
     report.ok("vmm_seccomp");
-    if !shares.is_empty() {
-        report.ok("vmm_virtiofsd_jail");
-    }
     if landlock::kernel_abi() > 0 {
         report.ok("vmm_landlock");
     } else {
