@@ -46,6 +46,11 @@ fn connect_p50(n: usize) -> Duration {
     t[n / 2]
 }
 
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
 fn rss_kib() -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap();
     s.lines()
@@ -69,8 +74,35 @@ fn bench_forwarder_against_direct() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(GIB);
-    let direct = lab.outside(move || (download(bytes), connect_p50(200)));
-    let through = lab.inside(move || (download(bytes), connect_p50(200)));
+    let rounds: usize = std::env::var("LOCKBOX_NET_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    // The user-mode path alone (no redirect rule), in a lab of its own:
+    // what TCP cost before the kernel path, measured in the same sitting.
+    let tap_lab = Lab::tap_only(
+        Policy::from_json(r#"{"rules":[{"action":"allow","cidr":"198.51.100.10/32"}]}"#).unwrap(),
+    );
+    // Interleaved so that a busy moment on the machine lands on every
+    // path alike; medians, and the ratio of each round.
+    let (mut direct, mut through, mut tap) = (Vec::new(), Vec::new(), Vec::new());
+    let mut ratios = Vec::new();
+    for _ in 0..rounds {
+        let d = lab.outside(move || download(bytes));
+        let t = lab.inside(move || download(bytes));
+        let u = tap_lab.inside(move || download(bytes));
+        ratios.push(t / d);
+        direct.push(d);
+        through.push(t);
+        tap.push(u);
+    }
+    drop(tap_lab);
+    let connect_direct = lab.outside(|| connect_p50(200));
+    let connect_through = lab.inside(|| connect_p50(200));
+    let direct = (median(&mut direct), connect_direct);
+    let through = (median(&mut through), connect_through);
+    let tap = median(&mut tap);
+    let ratio = median(&mut ratios);
 
     let dns = lab.inside(|| {
         let mut allowed: Vec<Duration> = (0..200)
@@ -115,11 +147,13 @@ fn bench_forwarder_against_direct() {
 
     println!("net bench (through the forwarder vs the direct path):");
     println!(
-        "  {} MiB download: {:.0} MiB/s through, {:.0} MiB/s direct ({:.2}x)",
+        "  {} MiB download, median of {rounds} interleaved rounds: {:.0} MiB/s through (kernel path), {:.0} MiB/s direct, {:.0} MiB/s through the tap alone; ratio through/direct median {:.2}x (rounds: {})",
         bytes >> 20,
         through.0,
         direct.0,
-        through.0 / direct.0
+        tap,
+        ratio,
+        ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(" ")
     );
     println!(
         "  connect p50: {:?} through, {:?} direct (added {:?})",

@@ -10,6 +10,8 @@
 
 mod device;
 mod frame;
+mod redirect;
+mod splice;
 mod tcp;
 mod udp;
 
@@ -17,7 +19,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -26,7 +28,7 @@ use smoltcp::socket::{tcp as stcp, udp as sudp};
 use smoltcp::wire::{EthernetAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, Notify};
 
 use crate::dns::{Ctx, DnsFilter, QueryOutcome};
@@ -34,6 +36,7 @@ use crate::events::{Counters, Denial, DenialKind, Events};
 use crate::intercept::Interception;
 use crate::policy::{HostAddrs, Policy, Protocol, Target};
 pub use device::MTU;
+pub use redirect::{listener as redirect_listener, nft_ruleset as redirect_ruleset};
 
 /// The gateway's Ethernet address (locally administered).
 const GATEWAY_MAC: EthernetAddress = EthernetAddress([0x02, 0x4c, 0x42, 0x00, 0x00, 0x01]);
@@ -93,6 +96,15 @@ struct Shared {
     wake: Arc<Notify>,
 }
 
+impl Shared {
+    fn current_policy(&self) -> Arc<Policy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
 /// The host's side: replace the policy, read denials, stop.
 #[derive(Clone)]
 pub struct Handle(Arc<Shared>);
@@ -121,6 +133,7 @@ impl Handle {
 
 pub struct Forwarder {
     tap: OwnedFd,
+    redirect: Option<OwnedFd>,
     config: Config,
     shared: Arc<Shared>,
     interception: Option<Arc<Interception>>,
@@ -140,6 +153,7 @@ impl Forwarder {
         (
             Forwarder {
                 tap,
+                redirect: None,
                 config,
                 shared,
                 interception: None,
@@ -152,6 +166,16 @@ impl Forwarder {
     /// those), substituting their placeholders; watches plaintext for them.
     pub fn with_interception(mut self, ix: Arc<Interception>) -> Forwarder {
         self.interception = Some(ix);
+        self
+    }
+
+    /// Serves the sandbox's TCP from `listener`: a listening socket in the
+    /// sandbox's network namespace that an nftables rule there redirects
+    /// every outgoing TCP connection to (see `redirect`). SYNs that still
+    /// reach the tap are served by the user-mode stack, under the same
+    /// rules.
+    pub fn with_redirect(mut self, listener: OwnedFd) -> Forwarder {
+        self.redirect = Some(listener);
         self
     }
 
@@ -179,6 +203,14 @@ impl Forwarder {
         // answers come in through the runtime.
         let upstream_send = up.try_clone()?;
         let upstream = UdpSocket::from_std(up)?;
+        let listener = match self.redirect {
+            Some(fd) => {
+                let l = std::net::TcpListener::from(fd);
+                l.set_nonblocking(true)?;
+                Some(TcpListener::from_std(l)?)
+            }
+            None => None,
+        };
         let mut st = Stack::new(self.config, self.shared.clone(), self.interception);
         let mut frame = vec![0u8; 65536];
         let mut answer = vec![0u8; 65536];
@@ -212,6 +244,12 @@ impl Forwarder {
                     }
                 }
                 _ = wake.notified() => {}
+                r = accept(listener.as_ref()) => match r {
+                    Ok((s, _)) => st.on_redirected(s),
+                    // Out of fds or memory: the sandbox's connection
+                    // waits in the backlog; try again after a pause.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                },
                 r = upstream.recv(&mut answer) => {
                     if let Ok(n) = r {
                         st.on_dns_answer(&answer[..n]);
@@ -236,6 +274,8 @@ struct Stack {
     dns_socket: SocketHandle,
     dns: DnsFilter,
     tcp: HashMap<TcpKey, tcp::Flow>,
+    /// Open connections through the redirect listener.
+    redirected: Arc<AtomicUsize>,
     udp: HashMap<udp::Key, udp::Flow>,
     udp_ports: HashMap<u16, SocketHandle>,
     connected_tx: mpsc::UnboundedSender<(TcpKey, io::Result<TcpStream>)>,
@@ -294,6 +334,7 @@ impl Stack {
             dns_socket,
             dns: dns_filter,
             tcp: HashMap::new(),
+            redirected: Arc::new(AtomicUsize::new(0)),
             udp: HashMap::new(),
             udp_ports: HashMap::new(),
             connected_tx,
@@ -392,12 +433,7 @@ impl Stack {
             self.dev.rx.push_back(f);
             return;
         }
-        if self.tcp.len() >= self.config.limits.max_tcp {
-            let mut d = Denial::now(DenialKind::Limit, "open TCP connections".into());
-            d.protocol = Some(Protocol::Tcp);
-            d.ip = Some(dst.ip());
-            d.port = Some(dst.port());
-            self.shared.events.deny(d);
+        if self.tcp_full(dst) {
             self.dev.rx.push_back(f);
             return;
         }
@@ -421,6 +457,67 @@ impl Stack {
                 connect: Some(task),
             },
         );
+    }
+
+    /// Both TCP paths together hold at most `max_tcp` connections; one
+    /// more is refused and reported.
+    fn tcp_full(&self, dst: SocketAddr) -> bool {
+        let open = self.tcp.len() + self.redirected.load(Ordering::SeqCst);
+        if open < self.config.limits.max_tcp {
+            return false;
+        }
+        let mut d = Denial::now(DenialKind::Limit, "open TCP connections".into());
+        d.protocol = Some(Protocol::Tcp);
+        d.ip = Some(dst.ip());
+        d.port = Some(dst.port());
+        self.shared.events.deny(d);
+        true
+    }
+
+    /// A connection accepted on the redirect listener: decided as a SYN
+    /// on the tap is, then served on a task of its own.
+    fn on_redirected(&mut self, s: TcpStream) {
+        self.refresh_policy();
+        let dst = match redirect::original_dst(&s) {
+            Ok(d) => SocketAddr::V4(d),
+            Err(_) => return redirect::refuse(s),
+        };
+        // Loopback never leaves the sandbox (the rule redirects only what
+        // would), so a loopback destination is a connection made straight
+        // to the listener: never forwarded, whatever a CIDR rule says
+        // (it would be the host's loopback). The gateway has no TCP
+        // service, as on the tap.
+        if dst.ip().is_loopback() {
+            let mut d = Denial::now(
+                DenialKind::Connect,
+                "the forwarder's redirect listener is not a destination".into(),
+            );
+            d.protocol = Some(Protocol::Tcp);
+            d.ip = Some(dst.ip());
+            d.port = Some(dst.port());
+            self.shared.events.deny(d);
+            return redirect::refuse(s);
+        }
+        if dst.ip() == IpAddr::V4(self.config.gateway) {
+            return redirect::refuse(s);
+        }
+        let (ok, denial) = self.decide(dst, Protocol::Tcp);
+        if let Some(d) = denial {
+            self.shared.events.deny(d);
+        }
+        if !ok || self.tcp_full(dst) {
+            return redirect::refuse(s);
+        }
+        self.shared.events.count(|c| c.connections_allowed += 1);
+        let conn = redirect::Conn {
+            shared: self.shared.clone(),
+            host_addrs: self.config.host_addrs.clone(),
+            interception: self.interception.clone(),
+            connect_timeout: self.config.limits.connect_timeout,
+            dst,
+            slot: redirect::Slot::take(&self.redirected),
+        };
+        tokio::spawn(redirect::serve(s, conn));
     }
 
     fn on_connected(&mut self, key: TcpKey, r: io::Result<TcpStream>) {
@@ -779,6 +876,14 @@ fn unspecified_like(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    }
+}
+
+/// The next connection on the redirect listener; never, without one.
+async fn accept(l: Option<&TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
+    match l {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
     }
 }
 

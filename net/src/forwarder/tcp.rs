@@ -172,24 +172,7 @@ pub fn spawn_relay(
         let mut reported: Vec<String> = Vec::new();
         while let Some(ToHost::Data(chunk)) = next {
             if let (Some(sc), Some(ix)) = (scan.as_mut(), ctx.interception.as_ref()) {
-                for s in sc.scan(ix.secrets(), &chunk) {
-                    if reported.contains(&s.placeholder) {
-                        continue;
-                    }
-                    reported.push(s.placeholder.clone());
-                    let mut d = Denial::now(
-                        DenialKind::Secret,
-                        format!(
-                            "placeholder {} sent without TLS to a secret host: not substituted (its hosts: {})",
-                            s.placeholder,
-                            s.hosts().join(",")
-                        ),
-                    );
-                    d.protocol = Some(Protocol::Tcp);
-                    d.ip = Some(ctx.dst.ip());
-                    d.port = Some(ctx.dst.port());
-                    ctx.events.deny(d);
-                }
+                report_plaintext(sc, ix, &chunk, &mut reported, &ctx);
             }
             if wr.write_all(&chunk).await.is_err() {
                 return;
@@ -201,6 +184,35 @@ pub fn spawn_relay(
         let _ = wr.shutdown().await;
     });
     (to_host, from_host, [reader, writer])
+}
+
+/// Reports each placeholder found in plaintext the sandbox sends (once
+/// per placeholder per connection); the bytes go on unchanged.
+pub fn report_plaintext(
+    scan: &mut StreamScan,
+    ix: &Interception,
+    chunk: &[u8],
+    reported: &mut Vec<String>,
+    ctx: &RelayCtx,
+) {
+    for s in scan.scan(ix.secrets(), chunk) {
+        if reported.contains(&s.placeholder) {
+            continue;
+        }
+        reported.push(s.placeholder.clone());
+        let mut d = Denial::now(
+            DenialKind::Secret,
+            format!(
+                "placeholder {} sent without TLS to a secret host: not substituted (its hosts: {})",
+                s.placeholder,
+                s.hosts().join(",")
+            ),
+        );
+        d.protocol = Some(Protocol::Tcp);
+        d.ip = Some(ctx.dst.ip());
+        d.port = Some(ctx.dst.port());
+        ctx.events.deny(d);
+    }
 }
 
 /// Takes the host connection back from the reader and serves it through

@@ -183,6 +183,36 @@ impl Topology {
     pub fn inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         in_ns(&self.sandbox, f)
     }
+
+    /// The fast TCP path's listener in the sandbox's namespace, with the
+    /// nftables rule that redirects the sandbox's TCP to it (what the
+    /// helper's tap child does).
+    pub fn redirect(&self) -> OwnedFd {
+        let l = self.inside(|| lockbox_net::forwarder::redirect_listener().expect("listener"));
+        let port = l.local_addr().unwrap().port();
+        nft(
+            &self.sandbox,
+            &lockbox_net::forwarder::redirect_ruleset(port),
+        );
+        l.into()
+    }
+}
+
+/// Loads `rules` into namespace `ns`.
+pub fn nft(ns: &str, rules: &str) {
+    let mut c = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run nft");
+    c.stdin.take().unwrap().write_all(rules.as_bytes()).unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "nft: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Drop for Topology {
@@ -221,9 +251,27 @@ impl Lab {
         Lab::build(policy, Limits::default(), Some(ix))
     }
 
+    /// A lab whose sandbox TCP goes only through the tap and the
+    /// user-mode stack (no redirect rule), for comparisons.
+    pub fn tap_only(policy: Policy) -> Lab {
+        Lab::build_with(policy, Limits::default(), None, false)
+    }
+
     fn build(policy: Policy, limits: Limits, ix: Option<Arc<Interception>>) -> Lab {
+        Lab::build_with(policy, limits, ix, true)
+    }
+
+    fn build_with(
+        policy: Policy,
+        limits: Limits,
+        ix: Option<Arc<Interception>>,
+        redirect: bool,
+    ) -> Lab {
         let (net, tap) = Topology::new();
         let (mut fwd, handle) = Forwarder::new(tap, config(limits), policy);
+        if redirect {
+            fwd = fwd.with_redirect(net.redirect());
+        }
         if let Some(ix) = ix {
             fwd = fwd.with_interception(ix);
         }
@@ -474,10 +522,15 @@ pub fn tcp_exchange(addr: &str, payload: &[u8]) -> Tcp {
     let t0 = std::time::Instant::now();
     let mut c = match TcpStream::connect_timeout(&a, Duration::from_secs(5)) {
         Ok(c) => c,
+        // Refused on the tap path; on the redirect path the kernel inside
+        // has completed the handshake before the forwarder decides, and
+        // the reset may land before connect() returns.
         Err(e) => {
-            assert_eq!(
-                e.kind(),
-                std::io::ErrorKind::ConnectionRefused,
+            assert!(
+                matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
+                ),
                 "{addr}: {e}"
             );
             return Tcp::Refused(t0.elapsed());
