@@ -2,7 +2,9 @@
 # placeholder tries to have the forwarder substitute the real value into a
 # request a shared server routes to another name (no Host, another Host,
 # absolute target, pipelining, CL.TE smuggling, Upgrade, CONNECT), against
-# the network lab of tests/network_hosts_test.go (root). About 5 s.
+# the network lab of tests/network_hosts_test.go (root). Session 5 adds
+# long TLS server names against the control socket and TRACE at a secret
+# host (tests/attack_s5_net_test.go). About 8 s.
 #   make test-attack-net   tests/attack_net_*_test.go (each with a control)
 TEST_STEPS += 55:test-attack-net
 
