@@ -5,6 +5,10 @@
 //	                                   ClientHello whose server name is LEN
 //	                                   bytes of valid characters; prints
 //	                                   "DONE <connections made>"
+//	s5attack churn ADDR:PORT N SECONDS up to N connections opened and
+//	                                   closed at once (the sandbox closes
+//	                                   first), for at most SECONDS; prints
+//	                                   "DONE <connections made> <failures>"
 package main
 
 import (
@@ -14,6 +18,8 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -24,7 +30,13 @@ func main() {
 		fmt.Println(longSNI(os.Args[2], n, size))
 		return
 	}
-	fmt.Println("ERR usage: s5attack longsni ADDR:PORT N LEN")
+	if len(os.Args) == 5 && os.Args[1] == "churn" {
+		n, _ := strconv.Atoi(os.Args[3])
+		secs, _ := strconv.Atoi(os.Args[4])
+		fmt.Println(churn(os.Args[2], n, time.Duration(secs)*time.Second))
+		return
+	}
+	fmt.Println("ERR usage: s5attack longsni ADDR:PORT N LEN | churn ADDR:PORT N SECONDS")
 }
 
 func longSNI(addr string, n, size int) string {
@@ -70,4 +82,29 @@ func clientHello(name string) []byte {
 	rec := []byte{0x16, 3, 1}
 	rec = append(rec, be16(len(hs))...)
 	return append(rec, hs...)
+}
+
+// churn opens and closes connections from 32 goroutines until n are made
+// or the time is up.
+func churn(addr string, n int, d time.Duration) string {
+	var made, failed atomic.Int64
+	deadline := time.Now().Add(d)
+	var wg sync.WaitGroup
+	for w := 0; w < 32; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for made.Load() < int64(n) && time.Now().Before(deadline) {
+				c, err := net.DialTimeout("tcp", addr, 3*time.Second)
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				made.Add(1)
+				c.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	return fmt.Sprintf("DONE %d %d", made.Load(), failed.Load())
 }
