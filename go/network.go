@@ -313,10 +313,13 @@ func normalCIDR(s string) (string, error) {
 // protocol, enforced outside the sandbox by a forwarder no process inside
 // can reach or reconfigure. A policy is a network mode of its own: with
 // WithNetwork(NetworkOutbound) it is ErrInvalidArgument (the
-// PublicInternet preset is what outbound means), and so is WithPort for
-// now (published ports are not relayed on the policy path yet). IPv6 is
-// off on the policy path. An invalid policy makes CreateSandbox fail with
-// ErrInvalidArgument (see NetworkPolicy.Validate). Change it later with
+// PublicInternet preset is what outbound means). WithPort works as with
+// NetworkOutbound: the host's 127.0.0.1:hostPort (loopback only) reaches
+// the sandbox's guestPort; the policy rules egress, not these inbound
+// connections. A host port already in use fails CreateSandbox with
+// ErrAlreadyExists. IPv6 is off on the policy path. An invalid policy
+// makes CreateSandbox fail with ErrInvalidArgument (see
+// NetworkPolicy.Validate). Change it later with
 // SetNetworkPolicy.
 func WithNetworkPolicy(p NetworkPolicy) Option {
 	return func(c *sandboxConfig) {

@@ -145,7 +145,8 @@ func WithTmpfs(guestPath string, sizeMiB int64) Option {
 // WithNetwork selects the network mode (NetworkNone by default).
 func WithNetwork(n Network) Option { return func(c *sandboxConfig) { c.Network = string(n) } }
 
-// WithPort publishes guestPort on the host's 127.0.0.1:hostPort.
+// WithPort publishes guestPort on the host's 127.0.0.1:hostPort (only
+// loopback), with NetworkOutbound or WithNetworkPolicy.
 func WithPort(hostPort, guestPort int) Option {
 	return func(c *sandboxConfig) { c.Ports = append(c.Ports, wire.Port{Host: hostPort, Guest: guestPort}) }
 }

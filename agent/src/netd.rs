@@ -31,6 +31,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 mod cgroup;
+pub mod ingress;
 mod seccomp;
 
 pub const MODE: &str = "net-forwarder";
@@ -63,12 +64,16 @@ pub fn own_executable() -> std::io::Result<File> {
 /// Makes the tap in the namespaces of `pid` and starts the forwarder in
 /// a cgroup of its own next to the sandbox's (`sandbox_cgroup`); whether
 /// that limit holds goes to `report`. `listener` is bound at `socket`.
+// Each argument is one thing the forwarder is started with; a struct
+// would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub fn start(
     pid: libc::pid_t,
     rootless: bool,
     exe: &File,
     listener: UnixListener,
     socket: &Path,
+    published: Vec<ingress::Bound>,
     sandbox_cgroup: &lockbox_protocol::CgroupPaths,
     report: &mut crate::report::Report,
 ) -> Result<Netd> {
@@ -95,10 +100,15 @@ pub fn start(
             "--control-fd",
             &c.to_string(),
         ])
+        .args(ingress::args(&published))
         .env_clear()
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .current_dir("/");
+    let keep: Vec<RawFd> = [t, c]
+        .into_iter()
+        .chain(published.iter().map(|p| p.fd()))
+        .collect();
     let helper = std::process::id() as libc::pid_t;
     // SAFETY: only async-signal-safe system calls between fork and exec.
     unsafe {
@@ -114,14 +124,15 @@ pub fn start(
             for fd in &join {
                 libc::write(*fd, b"0".as_ptr().cast(), 1);
             }
-            // Nothing of the helper's but these two (and stderr, the log).
+            // Nothing of the helper's but the tap, the control socket and
+            // the published ports (and stderr, the log).
             libc::syscall(
                 libc::SYS_close_range,
                 3u32,
                 u32::MAX,
                 libc::CLOSE_RANGE_CLOEXEC,
             );
-            for fd in [t, c] {
+            for &fd in &keep {
                 if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -138,7 +149,8 @@ pub fn start(
             return Err(e).context("start the network forwarder");
         }
     };
-    drop((tap, theirs));
+    // The ports are the forwarder's now: freed when it ends.
+    drop((tap, theirs, published));
     if let Some(c) = limits.as_mut() {
         c.join.clear();
         if c.holds(child.id()) {
@@ -286,8 +298,15 @@ pub fn forwarder_main(args: &[String]) -> i32 {
             return 1;
         }
     };
+    let published = match ingress::parse(args, GUEST_ADDR.into(), &[t, c]) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("lockbox-helper {MODE}: {e}");
+            return 2;
+        }
+    };
     let confine = || seccomp::install(&filter);
-    match lockbox_net::daemon::serve_confined(tap, control, confine) {
+    match lockbox_net::daemon::serve_published(tap, control, published, confine) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("lockbox-helper {MODE}: {e}");

@@ -160,15 +160,16 @@ fn validate(spec: &LaunchSpec) -> Result<(), Failure> {
             }
         }
     }
-    if spec.network.forwarder
-        && (spec.network.mode != NetworkMode::None || !spec.network.ports.is_empty())
-    {
-        return bad("a network policy replaces outbound mode and published ports".into());
+    if spec.network.forwarder && spec.network.mode != NetworkMode::None {
+        return bad("a network policy replaces outbound mode".into());
     }
-    if !spec.network.ports.is_empty() && spec.network.mode != NetworkMode::Outbound {
+    if !spec.network.ports.is_empty()
+        && spec.network.mode != NetworkMode::Outbound
+        && !spec.network.forwarder
+    {
         return Err(fail(
             ErrorCode::InvalidArgument,
-            "published ports need network mode outbound",
+            "published ports need network mode outbound or a network policy",
         ));
     }
     Ok(())
@@ -311,6 +312,9 @@ fn launch(spec: &LaunchSpec, trace: &mut Trace) -> Result<(Running, Report), Fai
     }
     let mut netd = None;
     if let Some((exe, net_listener)) = forwarder {
+        // After the clone: the sandbox never holds these sockets.
+        let published = crate::netd::ingress::bind(&spec.network.ports)
+            .map_err(|(code, m)| kill_child(fail(code, m)))?;
         netd = Some(
             crate::netd::start(
                 pid,
@@ -318,6 +322,7 @@ fn launch(spec: &LaunchSpec, trace: &mut Trace) -> Result<(Running, Report), Fai
                 &exe,
                 net_listener,
                 &net_sock,
+                published,
                 &cgroup.paths,
                 &mut report,
             )
@@ -329,6 +334,9 @@ fn launch(spec: &LaunchSpec, trace: &mut Trace) -> Result<(Running, Report), Fai
             })?,
         );
         report.ok("network_policy");
+        if !spec.network.ports.is_empty() {
+            report.ok("ports");
+        }
     }
     trace.mark("network");
     let (plan, fds) = prepare_mounts(spec, pid, rootless, &mut report);

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::forwarder::{Config, Forwarder, Handle, Limits};
+use crate::forwarder::{Config, Forwarder, Handle, Limits, Published};
 use crate::intercept::{roots_from_pem, system_roots, Interception};
 use crate::policy::{HostAddrs, Policy};
 use crate::secrets::{SecretSpec, Secrets};
@@ -83,6 +83,18 @@ pub fn serve_confined(
     control: UnixStream,
     confine: impl FnOnce() -> io::Result<()>,
 ) -> io::Result<()> {
+    serve_published(tap, control, Vec::new(), confine)
+}
+
+/// `serve_confined`, also relaying connections accepted on `published`
+/// (listening sockets the caller bound: published ports) into the
+/// sandbox.
+pub fn serve_published(
+    tap: OwnedFd,
+    control: UnixStream,
+    published: Vec<Published>,
+    confine: impl FnOnce() -> io::Result<()>,
+) -> io::Result<()> {
     die_with_parent()?;
     // Secret values and the CA key live in this process: no core dump,
     // and no ptrace by other processes of the same uid (nobody, or the
@@ -127,7 +139,8 @@ pub fn serve_confined(
     };
     drop_privileges()?;
     confine()?;
-    let (mut fwd, handle) = Forwarder::new(tap, config, policy);
+    let (fwd, handle) = Forwarder::new(tap, config, policy);
+    let mut fwd = fwd.with_published(published);
     let reply = match &interception {
         Some(ix) => {
             fwd = fwd.with_interception(ix.clone());

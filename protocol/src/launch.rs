@@ -124,7 +124,8 @@ pub struct NetworkSpec {
     /// (host port on 127.0.0.1, guest port)
     pub ports: Vec<PortSpec>,
     /// The sandbox's only interface is a tap served by the lockbox-net
-    /// forwarder, which the helper starts (mode must be `None`, no ports);
+    /// forwarder, which the helper starts (mode must be `None`; published
+    /// ports are bound by the helper and relayed by the forwarder);
     /// the engine sends the policy over `<dir>/net.sock`.
     #[serde(default)]
     pub forwarder: bool,

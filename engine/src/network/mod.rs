@@ -5,8 +5,9 @@
 //! How `network_policy` relates to `network`: a policy replaces pasta
 //! entirely. `network` must then be "none" (the default); "outbound" with
 //! a policy is refused (the `public-internet` preset is what outbound
-//! means), and so are published ports (the forwarder does not relay
-//! ingress yet). Plain "outbound" without a policy stays pasta's.
+//! means). Published ports work as with outbound: the helper binds them
+//! on the host's 127.0.0.1 and the forwarder relays them into the
+//! sandbox. Plain "outbound" without a policy stays pasta's.
 
 pub mod control;
 pub mod events;
@@ -28,6 +29,9 @@ pub const GATEWAY: &str = "10.0.2.2";
 pub const PREFIX_LEN: u8 = 24;
 /// The sandbox's resolver: the forwarder answers on the gateway.
 pub const RESOLV_CONF: &str = "nameserver 10.0.2.2\noptions edns0\n";
+/// Published ports of a sandbox with a policy: the helper's bound (one
+/// listening socket and one accept task each in the forwarder).
+const MAX_PUBLISHED: usize = 64;
 
 /// What the forwarder of one sandbox is started with. Holds secret values:
 /// never serialized as a whole, and its Debug form hides them.
@@ -59,10 +63,11 @@ pub fn check(cfg: &SandboxConfig) -> Result<()> {
             "network: use either NetworkOutbound or a policy (the public-internet preset is outbound)",
         ));
     }
-    if !cfg.ports.is_empty() {
-        return Err(EngineError::invalid(
-            "published ports are not available with a network policy yet",
-        ));
+    if cfg.ports.len() > MAX_PUBLISHED {
+        return Err(EngineError::invalid(format!(
+            "{} published ports: at most {MAX_PUBLISHED} with a network policy",
+            cfg.ports.len()
+        )));
     }
     let policy = parse_policy(p)?;
     secrets::check(&cfg.secrets, &policy)

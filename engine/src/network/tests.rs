@@ -29,16 +29,25 @@ fn a_bad_policy_is_refused_with_the_parsers_reason() {
 }
 
 #[test]
-fn a_policy_replaces_outbound_and_ports() {
+fn a_policy_replaces_outbound() {
     let e = check(&with(r#", "network": "outbound""#)).unwrap_err();
     assert!(
         e.message.contains("either NetworkOutbound or a policy"),
         "{}",
         e.message
     );
-    let e = check(&with(r#", "ports": [{"host": 8080, "guest": 80}]"#)).unwrap_err();
-    assert_eq!(e.code, InvalidArgument);
     check(&with(r#", "network": "none""#)).unwrap();
+}
+
+#[test]
+fn a_policy_takes_published_ports_up_to_a_bound() {
+    check(&with(r#", "ports": [{"host": 8080, "guest": 80}]"#)).unwrap();
+    let many: Vec<String> = (0..65)
+        .map(|i| format!(r#"{{"host": {}, "guest": 80}}"#, 20000 + i))
+        .collect();
+    let e = check(&with(&format!(r#", "ports": [{}]"#, many.join(",")))).unwrap_err();
+    assert_eq!(e.code, InvalidArgument);
+    assert!(e.message.contains("at most 64"), "{}", e.message);
 }
 
 #[test]

@@ -67,14 +67,25 @@ struct Flow {
     from_host: Option<mpsc::Receiver<FromHost>>,
     pending: Option<(Vec<u8>, usize)>,
     host_done: bool,
-    tasks: Vec<JoinHandle<()>>,
-    _permit: OwnedSemaphorePermit,
+    /// The sandbox closed its sending side: what it sent is in the
+    /// writer's hands, which finishes on its own.
+    sandbox_done: bool,
+    reader: Option<JoinHandle<()>>,
+    writer: Option<JoinHandle<()>>,
+    /// Moves to the writer once the relay starts: a connection counts
+    /// until its last byte is written to the client.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Drop for Flow {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        if let Some(t) = &self.reader {
             t.abort();
+        }
+        if let Some(t) = &self.writer {
+            if !self.sandbox_done {
+                t.abort();
+            }
         }
         if let Some((s, _)) = self.waiting.take() {
             reset(s);
@@ -214,8 +225,10 @@ impl Ingress {
                 from_host: None,
                 pending: None,
                 host_done: false,
-                tasks: Vec::new(),
-                _permit: permit,
+                sandbox_done: false,
+                reader: None,
+                writer: None,
+                permit: Some(permit),
             },
         );
     }
@@ -279,8 +292,10 @@ impl Flow {
                 permit.send(chunk);
             }
             if !sock.may_recv() && !sock.can_recv() {
-                // The sandbox closed its side: close the client's.
+                // The sandbox closed its side: close the client's once
+                // the writer has written what is queued.
                 self.to_host = None;
+                self.sandbox_done = true;
             }
         }
         // Host → sandbox.
@@ -340,26 +355,25 @@ impl Flow {
                 }
             }
         });
+        let permit = self.permit.take();
         let writer = tokio::spawn(async move {
+            let _permit = permit;
             while let Some(chunk) = to_host_rx.recv().await {
                 if wr.write_all(&chunk).await.is_err() {
-                    // Dropping the receiver tells the loop the client is
-                    // gone.
-                    drop(to_host_rx);
-                    wake.notify_one();
-                    std::future::pending::<()>().await;
-                    return;
+                    // The receiver dropped here tells the loop the client
+                    // is gone.
+                    break;
                 }
                 wake.notify_one();
             }
             let _ = wr.shutdown().await;
-            // Keep the write half (and the reader's half alive with it)
-            // until the flow ends and aborts this task.
-            std::future::pending::<()>().await;
+            drop(to_host_rx);
+            wake.notify_one();
         });
         self.to_host = Some(to_host);
         self.from_host = Some(from_host);
-        self.tasks = vec![reader, writer];
+        self.reader = Some(reader);
+        self.writer = Some(writer);
     }
 }
 

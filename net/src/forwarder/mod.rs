@@ -10,6 +10,7 @@
 
 mod device;
 mod frame;
+mod ingress;
 mod redirect;
 mod splice;
 mod tcp;
@@ -36,6 +37,7 @@ use crate::events::{Counters, Denial, DenialKind, Events};
 use crate::intercept::Interception;
 use crate::policy::{HostAddrs, Policy, Protocol, Target};
 pub use device::MTU;
+pub use ingress::Published;
 pub use redirect::{listener as redirect_listener, nft_ruleset as redirect_ruleset};
 
 /// The gateway's Ethernet address (locally administered).
@@ -137,6 +139,7 @@ pub struct Forwarder {
     config: Config,
     shared: Arc<Shared>,
     interception: Option<Arc<Interception>>,
+    published: Vec<Published>,
 }
 
 impl Forwarder {
@@ -157,6 +160,7 @@ impl Forwarder {
                 config,
                 shared,
                 interception: None,
+                published: Vec::new(),
             },
             h,
         )
@@ -166,6 +170,13 @@ impl Forwarder {
     /// those), substituting their placeholders; watches plaintext for them.
     pub fn with_interception(mut self, ix: Arc<Interception>) -> Forwarder {
         self.interception = Some(ix);
+        self
+    }
+
+    /// Relays connections accepted on these host sockets into the
+    /// sandbox (published ports; see ingress.rs).
+    pub fn with_published(mut self, p: Vec<Published>) -> Forwarder {
+        self.published = p;
         self
     }
 
@@ -212,6 +223,10 @@ impl Forwarder {
             None => None,
         };
         let mut st = Stack::new(self.config, self.shared.clone(), self.interception);
+        if !self.published.is_empty() {
+            let (gw, wake) = (st.config.gateway, self.shared.wake.clone());
+            st.ingress = Some(ingress::Ingress::start(self.published, gw, wake)?);
+        }
         let mut frame = vec![0u8; 65536];
         let mut answer = vec![0u8; 65536];
         let wake = self.shared.wake.clone();
@@ -283,6 +298,7 @@ struct Stack {
     udp_tx: mpsc::Sender<(udp::Key, Vec<u8>)>,
     udp_rx: mpsc::Receiver<(udp::Key, Vec<u8>)>,
     last_sweep: Instant,
+    ingress: Option<ingress::Ingress>,
 }
 
 impl Stack {
@@ -342,6 +358,7 @@ impl Stack {
             udp_tx,
             udp_rx,
             last_sweep: Instant::now(),
+            ingress: None,
         }
     }
 
@@ -369,6 +386,9 @@ impl Stack {
         self.serve_dns(upstream);
         self.udp_from_sandbox();
         self.relay_tcp();
+        if let Some(i) = self.ingress.as_mut() {
+            i.round(&mut self.iface, &mut self.dev, &mut self.sockets);
+        }
         self.iface
             .poll(smol_now(), &mut self.dev, &mut self.sockets);
         if self.last_sweep.elapsed() > Duration::from_secs(1) {
