@@ -267,8 +267,13 @@ impl Policy {
         if !ranges::is_non_public(ip) && !host.contains(ip) {
             return true;
         }
+        // A /0 means the public addresses (as in `decide`), so it does not
+        // name these: with it every name resolves, and an answer of
+        // 169.254.169.254 or the host's split-horizon 10.x would reach the
+        // sandbox and the name table (attack review s5, S5-NET-5).
         self.rules.iter().any(|r| {
-            r.action == Action::Allow && matches!(&r.dest, Dest::Cidr(n) if n.contains(&ip))
+            r.action == Action::Allow
+                && matches!(&r.dest, Dest::Cidr(n) if n.prefix_len() > 0 && n.contains(&ip))
         })
     }
 
@@ -526,6 +531,37 @@ mod tests {
         // Control: naming the range opens it.
         let named = pol(r#"{"rules":[{"action":"allow","cidr":"127.0.0.0/8"}]}"#);
         assert!(allowed(&named, tcp("127.0.0.1", &[], 80)));
+    }
+
+    /// S5-NET-5: the /0 allow kept DNS answers pointing inside (every name
+    /// resolves with it, so any zone could answer 169.254.169.254).
+    #[test]
+    fn an_allow_of_everything_does_not_keep_inside_answers() {
+        let host = HostAddrs(vec!["198.51.100.1".parse().unwrap()]);
+        let p = pol(
+            r#"{"rules":[{"action":"allow","cidr":"0.0.0.0/0"},{"action":"allow","cidr":"::/0"}]}"#,
+        );
+        for inside in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "169.254.169.254",
+            "198.51.100.1",
+            "::1",
+            "fd00:ec2::254",
+            "::ffff:10.1.2.3",
+        ] {
+            assert!(
+                !p.answer_address_ok(inside.parse().unwrap(), &host),
+                "{inside}"
+            );
+        }
+        assert!(p.answer_address_ok("93.184.216.34".parse().unwrap(), &host));
+        // Control: a rule naming the range keeps its answers.
+        let named = pol(
+            r#"{"rules":[{"action":"allow","cidr":"0.0.0.0/0"},{"action":"allow","cidr":"10.0.0.0/8"}]}"#,
+        );
+        assert!(named.answer_address_ok("10.1.2.3".parse().unwrap(), &host));
+        assert!(!named.answer_address_ok("169.254.169.254".parse().unwrap(), &host));
     }
 
     #[test]
