@@ -166,10 +166,12 @@ fn check_target(
             return Err(mismatch("CONNECT target", path));
         }
     } else if !path.starts_with('/') && path != "*" {
-        // Absolute form: scheme://authority/...
+        // Absolute form: scheme://authority/... A backslash ends the
+        // authority too, as in the WHATWG URL parser (and Node's legacy
+        // url.parse): "https://evil\\@api/" is evil's (attack review s5).
         let authority = path
             .split_once("://")
-            .map(|(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""))
+            .map(|(_, rest)| rest.split(['/', '?', '#', '\\']).next().unwrap_or(""))
             .ok_or_else(|| refused("request target is neither a path nor absolute"))?;
         let authority = authority.rsplit('@').next().unwrap_or("");
         if !same_authority(authority, host) {
@@ -534,6 +536,7 @@ mod tests {
             "GET / HTTP/1.1\r\nHost: api.test\r\nHost: evil.test\r\n\r\n".into(),
             "GET http://evil.test/ HTTP/1.1\r\nHost: api.test\r\n\r\n".into(),
             "GET https://api.test@evil.test/ HTTP/1.1\r\nHost: api.test\r\n\r\n".into(),
+            "GET https://evil.test\\@api.test/ HTTP/1.1\r\nHost: api.test\r\n\r\n".into(),
             "CONNECT evil.test:443 HTTP/1.1\r\nHost: api.test\r\n\r\n".into(),
         ] {
             let e = run(bad.as_bytes()).unwrap_err();
