@@ -35,7 +35,7 @@ func (f *sandboxFlags) register(fs *flags) {
 	fs.Int64Var(&f.disk, "disk", -1, "writable layer budget in MiB (default 1024)")
 	fs.StringVar(&f.network, "network", "none", "none (loopback only) or outbound (the public internet, never the host or private ranges)")
 	for _, n := range []string{"p", "publish"} {
-		fs.Var(&f.publish, n, "publish HOSTPORT:GUESTPORT on the host's 127.0.0.1 (needs --network outbound); repeatable")
+		fs.Var(&f.publish, n, "publish HOSTPORT:GUESTPORT on the host's 127.0.0.1 (needs --network outbound or a policy, --allow/--deny); repeatable")
 	}
 	for _, n := range []string{"w", "workdir"} {
 		fs.StringVar(&f.workdir, n, "", "working directory inside the sandbox")
