@@ -1,13 +1,17 @@
 package tests
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -99,9 +103,12 @@ func alive(pid int) bool {
 	return err == nil
 }
 
-// TestBackendMatrix: exec with exit codes and streaming, files both ways,
-// a memory limit hit inside the sandbox (with a control under it),
-// metrics, Info's backend, and removal leaving nothing behind.
+// TestBackendMatrix: a detached sandbox reattached from a second process
+// (killed mid-session) and again from this one, with its processes and
+// files intact; exec with exit codes and streaming, files both ways, a
+// memory limit hit inside the sandbox (with a control under it), metrics,
+// Info's backend, Stop on the reattached handle, and removal leaving
+// nothing behind.
 func TestBackendMatrix(t *testing.T) {
 	for _, b := range backends(t) {
 		t.Run(b.name, func(t *testing.T) {
@@ -111,17 +118,19 @@ func TestBackendMatrix(t *testing.T) {
 			name := "matrix-" + b.name
 			start := time.Now()
 			sb, err := lockbox.CreateSandbox(ctx, lockbox.WithName(name), lockbox.WithReplace(),
-				lockbox.WithIsolation(b.iso), lockbox.WithMemory(128), lockbox.WithCPUs(1))
+				lockbox.WithIsolation(b.iso), lockbox.WithMemory(128), lockbox.WithCPUs(1),
+				lockbox.WithDetached())
 			if err != nil {
 				t.Fatalf("CreateSandbox: %v", err)
 			}
 			removed := false
 			defer func() {
 				if !removed {
-					_ = sb.Remove(context.Background())
+					_ = lockbox.RemoveSandbox(context.Background(), name)
 				}
 			}()
 			t.Logf("%s: create %v", b.name, time.Since(start))
+			sb = detachAndReattach(t, ctx, sb, b)
 
 			info, err := sb.Info(ctx)
 			if err != nil {
@@ -234,8 +243,9 @@ func TestBackendMatrix(t *testing.T) {
 				t.Fatalf("microvm memory %d: the VMM's cgroup (guest RAM) should be far above 32 MiB", m.MemoryBytes)
 			}
 
-			// Removal leaves nothing: no helper, no VMM, no sandbox dir
-			// (socket, disks), no cgroup.
+			// Stop on the reattached handle ends the helper and the VMM;
+			// Remove then leaves nothing: no sandbox dir (socket, disks),
+			// no cgroup.
 			procs := descendants(info.HelperPID)
 			if b.iso == lockbox.IsolationMicroVM {
 				qemu := 0
@@ -253,19 +263,25 @@ func TestBackendMatrix(t *testing.T) {
 			if _, err := os.Stat(dir); err != nil {
 				t.Fatalf("sandbox dir %s: %v (the removal check below would prove nothing)", dir, err)
 			}
-			if err := sb.Remove(ctx); err != nil {
-				t.Fatal(err)
+			if err := sb.Stop(ctx); err != nil {
+				t.Fatalf("Stop (reattached): %v", err)
 			}
-			removed = true
 			deadline := time.Now().Add(10 * time.Second)
 			for _, p := range append(procs, info.HelperPID) {
 				for alive(p) && time.Now().Before(deadline) {
 					time.Sleep(50 * time.Millisecond)
 				}
 				if alive(p) {
-					t.Fatalf("pid %d (%s) survived Remove", p, exeOf(p))
+					t.Fatalf("pid %d (%s) survived Stop", p, exeOf(p))
 				}
 			}
+			if i, err := sb.Info(ctx); err != nil || i.Status != "stopped" {
+				t.Fatalf("after Stop: %v %+v", err, i)
+			}
+			if err := sb.Remove(ctx); err != nil {
+				t.Fatal(err)
+			}
+			removed = true
 			if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
 				t.Fatalf("sandbox dir %s after Remove: %v", dir, err)
 			}
@@ -276,6 +292,147 @@ func TestBackendMatrix(t *testing.T) {
 			}
 		})
 	}
+}
+
+// detachAndReattach: the matrix's sandbox is detached. A counter runs in
+// it; this handle is closed; a second process (this test binary again)
+// reattaches, sees the counter, and is SIGKILLed in the middle of an exec
+// flooding its connection (an engine killed mid-session: for a VM, its
+// bytes are still in flight on the port); then this process reattaches
+// (GetSandbox after Close) and finds the same counter process still
+// counting and the files it left. Returns the reattached handle.
+func detachAndReattach(t *testing.T, ctx context.Context, sb *lockbox.Sandbox, b backend) *lockbox.Sandbox {
+	t.Helper()
+	name := sb.Name()
+	info, err := sb.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Out of this process's session: a Ctrl-C or hangup meant for it must
+	// not reach the sandbox.
+	if sessionOf(info.HelperPID) == sessionOf(os.Getpid()) {
+		t.Fatalf("helper %d of a detached sandbox is in the test's session %s", info.HelperPID, sessionOf(os.Getpid()))
+	}
+	res, err := sb.Shell(ctx, "(i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.2; done) >/dev/null 2>&1 & echo $!")
+	if err != nil || res.ExitCode != 0 {
+		t.Fatalf("counter: %v %+v", err, res)
+	}
+	counter := strings.TrimSpace(string(res.Stdout))
+	if err := sb.FS().WriteFile(ctx, "/tmp/state.txt", []byte("kept across reattach\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := sb.Close(); err != nil {
+		t.Fatalf("Close (detached): %v", err)
+	}
+	if !alive(info.HelperPID) {
+		t.Fatalf("detached %s sandbox's helper %d died with its handle", b.name, info.HelperPID)
+	}
+
+	t0 := time.Now()
+	child := exec.Command(os.Args[0], "-test.run=^TestBackendMatrixReattachChild$", "-test.v")
+	child.Env = append(os.Environ(), "LOCKBOX_MATRIX_CHILD="+name+" "+counter)
+	out, _ := child.StdoutPipe()
+	child.Stderr = os.Stderr
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = child.Process.Kill(); _ = child.Wait() }()
+	sc := bufio.NewScanner(out)
+	var seen int
+	ready := false
+	for !ready && sc.Scan() {
+		f := strings.Fields(sc.Text())
+		switch {
+		case len(f) > 0 && f[0] == "ERROR":
+			t.Fatalf("second process: %s", sc.Text())
+		case len(f) == 2 && f[0] == "COUNTER":
+			seen, _ = strconv.Atoi(f[1])
+		case len(f) == 1 && f[0] == "READY":
+			ready = true
+		}
+	}
+	if !ready || seen == 0 {
+		t.Fatalf("second process never reattached (counter %d)", seen)
+	}
+	t.Logf("%s: second process reattached and saw counter %d after %v", b.name, seen, time.Since(t0))
+	_ = child.Process.Signal(syscall.SIGKILL)
+	_ = child.Wait()
+
+	t0 = time.Now()
+	sb, err = lockbox.GetSandbox(ctx, name)
+	if err != nil {
+		t.Fatalf("reattach after a killed second process: %v", err)
+	}
+	t.Logf("%s: reattach (GetSandbox) %v", b.name, time.Since(t0))
+	res, err = sb.Shell(ctx, "kill $(pidof yes) 2>/dev/null; cat /tmp/state.txt")
+	if err != nil || res.ExitCode != 0 || string(res.Stdout) != "kept across reattach\n" {
+		t.Fatalf("after reattach: the state is gone: %v %+v", err, res)
+	}
+	// The counter process is the same one and still counting.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		res, err = sb.Shell(ctx, "kill -0 "+counter+" && cat /tmp/counter")
+		if err != nil || res.ExitCode != 0 {
+			t.Fatalf("after reattach: counter process %s is gone: %v %+v", counter, err, res)
+		}
+		n, _ := strconv.Atoi(strings.TrimSpace(string(res.Stdout)))
+		if n > seen {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("counter %d after reattach, %d before: it did not keep running", n, seen)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if i, err := sb.Info(ctx); err != nil || i.HelperPID != info.HelperPID || i.ID != info.ID {
+		t.Fatalf("reattached to another sandbox: %v %+v", err, i)
+	}
+	return sb
+}
+
+// TestBackendMatrixReattachChild is the second process of
+// detachAndReattach: it reattaches to the sandbox named in
+// LOCKBOX_MATRIX_CHILD, reports its counter, and floods its connection
+// until it is killed.
+func TestBackendMatrixReattachChild(t *testing.T) {
+	spec := strings.Fields(os.Getenv("LOCKBOX_MATRIX_CHILD"))
+	if len(spec) != 2 {
+		t.Skip("the second process of TestBackendMatrix")
+	}
+	ctx := context.Background()
+	sb, err := lockbox.GetSandbox(ctx, spec[0])
+	if err != nil {
+		fmt.Println("ERROR", err)
+		os.Exit(1)
+	}
+	res, err := sb.Shell(ctx, "kill -0 "+spec[1]+" && cat /tmp/counter")
+	if err != nil || res.ExitCode != 0 {
+		fmt.Println("ERROR counter:", err, res)
+		os.Exit(1)
+	}
+	fmt.Println("COUNTER", strings.TrimSpace(string(res.Stdout)))
+	st, err := sb.ExecStream(ctx, []string{"sh", "-c", "exec yes stale-from-a-killed-engine"})
+	if err != nil {
+		fmt.Println("ERROR", err)
+		os.Exit(1)
+	}
+	got := 0
+	for ev := range st.Events() {
+		got += len(ev.Data)
+		if got > 256<<10 {
+			break
+		}
+	}
+	fmt.Println("READY")
+	time.Sleep(time.Hour)
+}
+
+func sessionOf(pid int) string {
+	b, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	s := string(b)
+	if f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:]); len(f) > 3 {
+		return f[3]
+	}
+	return ""
 }
 
 // TestMicroVMUnsupported: what the microVM backend cannot do fails with
@@ -290,11 +447,10 @@ func TestMicroVMUnsupported(t *testing.T) {
 	defer cancel()
 	vol := t.TempDir()
 	cases := map[string][]lockbox.Option{
-		"volume":   {lockbox.WithVolume(vol, "/data", true)},
-		"tmpfs":    {lockbox.WithTmpfs("/scratch", 8)},
-		"network":  {lockbox.WithNetwork(lockbox.NetworkOutbound)},
-		"detached": {lockbox.WithDetached()},
-		"policy":   {lockbox.WithNetworkPolicy(lockbox.NewNetworkPolicy(lockbox.Allow("example.com")))},
+		"volume":  {lockbox.WithVolume(vol, "/data", true)},
+		"tmpfs":   {lockbox.WithTmpfs("/scratch", 8)},
+		"network": {lockbox.WithNetwork(lockbox.NetworkOutbound)},
+		"policy":  {lockbox.WithNetworkPolicy(lockbox.NewNetworkPolicy(lockbox.Allow("example.com")))},
 	}
 	for what, opts := range cases {
 		t0 := time.Now()

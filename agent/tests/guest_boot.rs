@@ -101,7 +101,11 @@ impl Vm {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, Client::connect(&self.sock().to_string_lossy())).await {
+        let connect = async {
+            let (s, _) = reset(&self.sock()).await;
+            Client::handshake(s).await
+        };
+        match tokio::time::timeout(left, connect).await {
             Ok(c) => c,
             Err(_) => panic!(
                 "no handshake within {limit:?}; guest console:\n{}",
@@ -132,6 +136,68 @@ impl Drop for Vm {
     }
 }
 
+/// What a session reset discarded before the echo: how many bytes, and
+/// the first of them.
+#[derive(Default)]
+struct Discarded {
+    len: usize,
+    head: Vec<u8>,
+}
+
+/// The host side of the session reset on a new connection, as the
+/// engine does it (engine/src/backend/microvm/session.rs).
+async fn reset(sock: &Path) -> (tokio::net::UnixStream, Discarded) {
+    reset_on(tokio::net::UnixStream::connect(sock).await.unwrap()).await
+}
+
+/// A marker with a fresh token, then the guest's bytes are discarded
+/// until the token's echo.
+async fn reset_on(mut s: tokio::net::UnixStream) -> (tokio::net::UnixStream, Discarded) {
+    use lockbox_protocol::reset::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut token: Token = [0; TOKEN_LEN];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open("/dev/urandom").unwrap(),
+        &mut token,
+    )
+    .unwrap();
+    s.write_all(&encode(&MARKER_MAGIC, &token)).await.unwrap();
+    let mut finder = Finder::new(ECHO_MAGIC);
+    let mut d = Discarded::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the port closed before the echo");
+        let mut rest = &buf[..n];
+        loop {
+            match finder.feed(rest) {
+                Found::Token {
+                    token: t,
+                    start,
+                    end,
+                } if t == token => {
+                    assert_eq!(end, rest.len(), "bytes after the echo, before Hello");
+                    d.len += start;
+                    let room = 4096usize.saturating_sub(d.head.len());
+                    d.head.extend_from_slice(&rest[..start.min(room)]);
+                    return (s, d);
+                }
+                Found::Token { end, .. } => {
+                    d.len += end;
+                    rest = &rest[end..];
+                }
+                Found::Nothing => {
+                    d.len += rest.len();
+                    let room = 4096usize.saturating_sub(d.head.len());
+                    d.head.extend_from_slice(&rest[..rest.len().min(room)]);
+                    break;
+                }
+            }
+        }
+        assert!(d.len < 64 << 20, "no echo after {} bytes", d.len);
+    }
+}
+
 fn exec(argv: &[&str]) -> ExecRequest {
     ExecRequest {
         argv: argv.iter().map(|s| s.to_string()).collect(),
@@ -145,6 +211,35 @@ async fn run(vm: &Vm, c: &mut Client, argv: &[&str]) -> common::OpResult {
     match tokio::time::timeout(Duration::from_secs(30), c.exec_with(exec(argv), None)).await {
         Ok(r) => r,
         Err(_) => panic!("{argv:?} unanswered; guest console:\n{}", vm.console()),
+    }
+}
+
+/// Runs `argv` as the session's first op and returns its output,
+/// asserting that every frame read is that op's and none carries the
+/// first session's flood (op `stale`).
+async fn only_own_frames(c: &mut Client, stale: u32, argv: &[&str]) -> String {
+    let id = c.start(Message::Exec(exec(argv))).await;
+    let mut out = Vec::new();
+    loop {
+        let f = tokio::time::timeout(Duration::from_secs(30), read_frame(&mut c.r))
+            .await
+            .expect("the new session answered")
+            .unwrap();
+        assert_eq!(
+            f.id, id,
+            "a frame for op {} (the first session's flood was op {stale}) reached a later session",
+            f.id
+        );
+        assert!(
+            !String::from_utf8_lossy(&f.payload).contains("stale-session-one"),
+            "the first session's output reached a later one"
+        );
+        if f.kind == FrameKind::Data {
+            out.extend_from_slice(&f.payload);
+        }
+        if f.kind == FrameKind::Control && matches!(f.message(), Ok(Message::Exited { .. })) {
+            return String::from_utf8_lossy(&out).into_owned();
+        }
     }
 }
 
@@ -171,9 +266,65 @@ async fn guest_boots_and_serves_the_agent_protocol() {
         "host runs the guest kernel: no control"
     );
 
-    // No reattach here: a virtio-serial port has no connection
-    // boundary, so frames of a closed session can reach the next one
-    // (docs/microvm.md, "What is left").
+    // A session reset while the guest floods the first session (its
+    // output thread blocked on the port: the host stopped reading): the
+    // flood's bytes are in flight ahead of the echo, deterministically
+    // (the control: they were really there, and without the reset would
+    // have been read as this session's frames); none reaches the second
+    // session. The same connection is reused: the reset, not a new
+    // connection, is what delimits sessions.
+    let flood = c
+        .start(Message::Exec(exec(&[
+            "sh",
+            "-c",
+            "exec yes stale-session-one",
+        ])))
+        .await;
+    let mut seen = 0;
+    while seen < 256 * 1024 {
+        let f = read_frame(&mut c.r).await.unwrap();
+        seen += f.payload.len();
+    }
+    let sock = c.r.into_inner().reunite(c.w.into_inner()).unwrap();
+    let t0 = Instant::now();
+    let (s, discarded) = reset_on(sock).await;
+    eprintln!(
+        "reset during a flood: {:?}, {} stale bytes discarded",
+        t0.elapsed(),
+        discarded.len
+    );
+    assert!(
+        discarded.len > 0 && String::from_utf8_lossy(&discarded.head).contains("stale-session-one"),
+        "control: no stale bytes of the first session were in flight ({} bytes: {:?})",
+        discarded.len,
+        String::from_utf8_lossy(&discarded.head)
+    );
+    let mut c = Client::handshake(s).await;
+    let out = only_own_frames(
+        &mut c,
+        flood,
+        &[
+            "sh",
+            "-c",
+            "busybox pkill yes 2>/dev/null; echo second session",
+        ],
+    )
+    .await;
+    assert_eq!(out, "second session\n");
+
+    // Reattach: this connection goes, a new one resets and is served
+    // (what a second engine process does).
+    drop(c);
+    let t0 = Instant::now();
+    let (s, discarded) = reset(&vm.sock()).await;
+    eprintln!(
+        "reattach on a new connection: {:?}, {} stale bytes discarded",
+        t0.elapsed(),
+        discarded.len
+    );
+    let mut c = Client::handshake(s).await;
+    let out = only_own_frames(&mut c, flood, &["echo", "third session"]).await;
+    assert_eq!(out, "third session\n");
 
     // Shutdown ends PID 1, the guest kernel panics (panic=-1) and qemu
     // (-no-reboot) exits by itself: nothing is left running.

@@ -201,7 +201,15 @@ impl AgentClient {
     /// Connects and performs the Hello handshake. Must run inside a tokio
     /// runtime (it spawns the reader and writer tasks).
     pub async fn connect(dir: &Path, expect_sandbox: &str) -> Result<AgentClient> {
-        let std_sock = connect_socket(dir)?;
+        Self::handshake(connect_socket(dir)?, expect_sandbox).await
+    }
+
+    /// The Hello handshake on a connected socket (a VM's, after its
+    /// session reset).
+    pub async fn handshake(
+        std_sock: std::os::unix::net::UnixStream,
+        expect_sandbox: &str,
+    ) -> Result<AgentClient> {
         std_sock
             .set_nonblocking(true)
             .map_err(|e| EngineError::io("socket", e))?;

@@ -13,6 +13,7 @@ mod error;
 mod frame;
 mod launch;
 mod message;
+pub mod reset;
 
 pub use error::{ErrorCode, WireError};
 pub use frame::{

@@ -194,7 +194,11 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(path: &str) -> Client {
-        let s = UnixStream::connect(path).await.unwrap();
+        Client::handshake(UnixStream::connect(path).await.unwrap()).await
+    }
+
+    /// The Hello handshake on a connected stream.
+    pub async fn handshake(s: UnixStream) -> Client {
         let (r, w) = s.into_split();
         let mut c = Client {
             r: tokio::io::BufReader::with_capacity(1 << 20, r),
