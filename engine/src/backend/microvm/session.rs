@@ -92,3 +92,74 @@ pub(super) async fn reset(dir: &Path) -> Result<std::os::unix::net::UnixStream> 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixListener;
+
+    /// A fake guest on `<dir>/agent.sock`: reads the marker, then writes
+    /// `junk` bytes (never a magic's first byte), then, if `echo`, an echo
+    /// of an older token, the echo of the host's token and, once the host
+    /// writes a byte, "after". Returns how many bytes it got written.
+    fn fake_guest(dir: &Path, junk: u64, echo: bool) -> std::thread::JoinHandle<u64> {
+        let l = UnixListener::bind(dir.join("agent.sock")).unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut m = [0u8; 32];
+            s.read_exact(&mut m).unwrap();
+            assert_eq!(m[..16], MARKER_MAGIC);
+            let token: Token = m[16..].try_into().unwrap();
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut sent = 0u64;
+            while sent < junk {
+                match s.write(&chunk) {
+                    Ok(n) => sent += n as u64,
+                    Err(_) => return sent,
+                }
+            }
+            if echo {
+                s.write_all(&encode(&ECHO_MAGIC, &[0; 16])).unwrap();
+                s.write_all(b"stale").unwrap();
+                s.write_all(&encode(&ECHO_MAGIC, &token)).unwrap();
+                let mut b = [0u8; 1];
+                s.read_exact(&mut b).unwrap();
+                s.write_all(b"after").unwrap();
+            }
+            sent
+        })
+    }
+
+    #[tokio::test]
+    async fn stale_bytes_before_the_echo_are_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let guest = fake_guest(dir.path(), 1 << 20, true);
+        let mut s = reset(dir.path()).await.unwrap();
+        s.set_nonblocking(false).unwrap();
+        s.write_all(b"h").unwrap();
+        let mut b = [0u8; 5];
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(
+            &b, b"after",
+            "the first byte after the reset is the new session's"
+        );
+        assert_eq!(guest.join().unwrap(), 1 << 20);
+    }
+
+    /// A guest that never echoes is cut off after MAX_DISCARD bytes, not
+    /// read (or held) without end; the control above gets through 1 MiB.
+    #[tokio::test]
+    async fn a_guest_that_never_echoes_is_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let guest = fake_guest(dir.path(), 4 * MAX_DISCARD, false);
+        let e = reset(dir.path()).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::Unavailable, "{e}");
+        assert!(e.message.contains("without echoing"), "{e}");
+        let sent = guest.join().unwrap();
+        assert!(
+            sent > MAX_DISCARD && sent < MAX_DISCARD + (16 << 20),
+            "the guest wrote {sent} bytes: the host read past its bound"
+        );
+    }
+}
