@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"time"
 
 	"lockbox.dev/lockbox/internal/wire"
 )
@@ -64,9 +65,12 @@ func (s *Sandbox) Snapshot(ctx context.Context, name string) (*ImageInfo, error)
 //
 // With no options the children take the sandbox's configuration; options
 // replace it entirely (WithImage is ignored: the image is the fork point).
-// Processes are not carried over (the native backend has no memory
-// checkpoint): each child starts with only its init running. All or
-// nothing: on an error no child is left.
+// On the native backend processes are not carried over (it has no memory
+// checkpoint): each child starts with only its init running. A microVM
+// sandbox's children carry its memory and processes (a Checkpoint and n
+// Restores); each also gets a reseeded RNG, and of opts only WithName,
+// WithHostname, WithDetached and WithLabels apply. All or nothing: on an
+// error no child is left.
 func (s *Sandbox) Fork(ctx context.Context, n int, opts ...Option) ([]*Sandbox, error) {
 	if n < 1 || n > 64 {
 		return nil, &Error{Op: "sandbox.fork", Code: CodeInvalidArgument,
@@ -98,19 +102,79 @@ func (s *Sandbox) Fork(ctx context.Context, n int, opts ...Option) ([]*Sandbox, 
 	return out, nil
 }
 
-// Checkpoint would save the sandbox's processes (memory included) under
-// name. The native backend cannot: CRIU does not work on this kernel, so
-// it returns ErrUnsupported. The microVM backend is where it belongs.
+// Checkpoint saves a running microVM sandbox under name: its memory and
+// processes, its devices and its writable disk. The VM is stopped for the
+// save (a pause of about the time its touched memory takes to write) and
+// then runs on. name follows the rules of image names. The checkpoint
+// lives under the engine's home (0600 files: it holds the guest's memory,
+// secrets included) until RemoveCheckpoint.
+//
+// The native backend returns ErrUnsupported: CRIU does not work on this
+// kernel (use Snapshot for the filesystem). A VM with volumes cannot be
+// checkpointed either (ErrUnsupported).
 func (s *Sandbox) Checkpoint(ctx context.Context, name string) error {
-	return &Error{Op: "sandbox.checkpoint", Code: CodeUnsupported,
-		Message: "checkpoint: the native backend cannot save process memory (no working CRIU); use Snapshot for the filesystem"}
+	p := wire.CheckpointParams{Name: name}
+	var r wire.CheckpointInfo
+	return onSandbox(ctx, s, wire.SandboxCheckpoint, &p, &p.Sandbox, &r)
 }
 
-// Restore would start a sandbox from a Checkpoint. The native backend
-// returns ErrUnsupported (see Checkpoint).
+// Restore starts a new sandbox from checkpoint name: its processes carry
+// on from where they were when the checkpoint was taken. Each restored
+// sandbox is a new machine: its own name, hostname, /etc/machine-id and
+// a reseeded RNG. Of opts only WithName, WithHostname, WithReplace,
+// WithDetached and WithLabels apply; everything else is the checkpoint's.
+// A checkpoint whose files differ from what the engine wrote is refused
+// (ErrInvalidArgument).
 func Restore(ctx context.Context, name string, opts ...Option) (*Sandbox, error) {
-	return nil, &Error{Op: "sandbox.restore", Code: CodeUnsupported,
-		Message: "restore: the native backend cannot restore process memory (no working CRIU); create from a Snapshot image instead"}
+	p := wire.RestoreParams{Name: name}
+	if len(opts) > 0 {
+		var cfg sandboxConfig
+		for _, o := range opts {
+			o(&cfg)
+		}
+		if cfg.invalid != nil {
+			return nil, cfg.invalid
+		}
+		p.Config = &cfg.SandboxConfig
+	}
+	var r wire.SandboxOpened
+	if err := callMethod(ctx, "sandbox.restore", wire.SandboxRestore, &p, &r); err != nil {
+		return nil, err
+	}
+	return opened(&r), nil
+}
+
+// CheckpointInfo describes a stored checkpoint.
+type CheckpointInfo struct {
+	Name string
+	// Source is the sandbox it was taken from.
+	Source  string
+	Created time.Time
+	// StateBytes is the saved memory and device state; DiskBytes the
+	// writable disk's (sparse) size.
+	StateBytes uint64
+	DiskBytes  uint64
+}
+
+// Checkpoints lists the stored checkpoints.
+func Checkpoints(ctx context.Context) ([]CheckpointInfo, error) {
+	var r wire.CheckpointListResult
+	if err := callMethod(ctx, "checkpoint.list", wire.CheckpointList, &wire.Empty{}, &r); err != nil {
+		return nil, err
+	}
+	out := make([]CheckpointInfo, len(r.Checkpoints))
+	for i, c := range r.Checkpoints {
+		out[i] = CheckpointInfo{Name: c.Name, Source: c.Source, Created: time.Unix(c.CreatedUnix, 0),
+			StateBytes: c.StateBytes, DiskBytes: c.DiskBytes}
+	}
+	return out, nil
+}
+
+// RemoveCheckpoint deletes a stored checkpoint. Sandboxes restored from
+// it are not affected.
+func RemoveCheckpoint(ctx context.Context, name string) error {
+	p := wire.NameParams{Name: name}
+	return callMethod(ctx, "checkpoint.remove", wire.CheckpointRemove, &p, nil)
 }
 
 // Export writes the stored image nameOrDigest (a Snapshot or any other) as

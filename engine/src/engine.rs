@@ -110,6 +110,16 @@ impl Engine {
     /// Creates and starts a sandbox: plan (pure), resolve what needs the
     /// host, take the name, launch on the backend, connect.
     pub async fn create(&self, cfg: SandboxConfig) -> Result<Arc<Sandbox>> {
+        self.create_from(cfg, None).await
+    }
+
+    /// `create`, the VM started from a checkpoint instead of booted
+    /// (engine/src/checkpoint.rs).
+    pub(crate) async fn create_from(
+        &self,
+        cfg: SandboxConfig,
+        restore: Option<&crate::backend::microvm::checkpoint::Restore>,
+    ) -> Result<Arc<Sandbox>> {
         // Nothing is looked up, made or started for a config that is wrong
         // by itself.
         crate::plan::check(&cfg)?;
@@ -179,6 +189,7 @@ impl Engine {
                 dir: &dir,
                 plan: &plan,
                 mounts,
+                restore,
             })
             .await?;
         let state = SandboxState {

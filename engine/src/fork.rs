@@ -74,6 +74,10 @@ pub async fn fork(
             "fork: n must be 1..={MAX_FORKS}, not {n}"
         )));
     }
+    // A VM carries its memory: checkpoint + restores (engine/src/checkpoint.rs).
+    if parent.stored.backend == crate::backend::microvm::MICROVM {
+        return crate::checkpoint::fork(engine, parent, n, cfg).await;
+    }
     // Children that outlive their engine (detached) need their lower to
     // survive a host crash: only then is the copy synced to disk.
     let durable = cfg

@@ -8,6 +8,7 @@
 //! removed, and operations in flight are unregistered from the connection.
 
 pub(crate) mod backend;
+pub mod checkpoint;
 pub(crate) mod cleanup;
 pub(crate) mod client;
 pub mod config;

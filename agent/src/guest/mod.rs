@@ -11,15 +11,19 @@
 
 mod bridge;
 mod config;
+mod identity;
 mod limits;
 mod modules;
 mod mounts;
 mod port;
 mod rootfs;
+mod volumes;
 
 use std::time::Duration;
 
 use lockbox_protocol::LaunchSpec;
+
+pub use identity::reseed;
 
 /// The virtio-serial port's name, set by the VMM (`virtserialport,name=`).
 pub const PORT_NAME: &str = "lockbox.agent";
@@ -58,6 +62,7 @@ fn start() -> anyhow::Result<i32> {
         // The engine's sandbox: its image as the root, its limits.
         Some(cfg) => {
             rootfs::enter(cfg).context("root filesystem")?;
+            volumes::mount_all(&cfg.mounts, &mut report).context("volumes")?;
             rootfs::set_hostname(&cfg.spec.hostname);
             limits::apply(&cfg.spec.limits, &mut report);
             let user = crate::users::resolve(&cfg.spec.user)
@@ -83,6 +88,10 @@ fn start() -> anyhow::Result<i32> {
     eprintln!("lockbox guest: serving on port {PORT_NAME}");
     let (listener, addr) = bridge::listener().context("agent listener")?;
     hide_devices();
+    // Before the lock: the keeper keeps the capabilities the agent drops.
+    if cfg.is_some() {
+        identity::spawn_keeper().context("identity keeper")?;
+    }
     let confine = crate::confine::Confine::lock_agent(&spec, user, &mut report)?;
     // After lock_agent: seccomp, capabilities and no_new_privs are per
     // thread, and a thread inherits them only from its creator.

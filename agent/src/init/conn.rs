@@ -292,6 +292,21 @@ fn control(agent: &Rc<Agent>, conn: &Rc<Conn>, id: u32, msg: Message) {
             });
             return;
         }
+        // A restored microVM's fresh identity (guest/identity.rs).
+        Message::Reseed { hostname, entropy } => {
+            let r = match crate::guest::reseed(&hostname, &entropy) {
+                Ok(()) => Message::Ok,
+                Err(e) => Message::Error(WireError::new(
+                    match e.kind() {
+                        std::io::ErrorKind::Unsupported => ErrorCode::Unsupported,
+                        std::io::ErrorKind::InvalidInput => ErrorCode::InvalidArgument,
+                        _ => ErrorCode::Internal,
+                    },
+                    e.to_string(),
+                )),
+            };
+            return conn.reply(id, &r);
+        }
         _ => {}
     }
     let default = super::files::Creds {

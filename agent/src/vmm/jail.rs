@@ -123,6 +123,7 @@ pub fn spawn(
     spec: &VmmSpec,
     mounts: &Mounts,
     listener: OwnedFd,
+    qmp: Option<OwnedFd>,
     cgroup: &Cgroup,
     root: bool,
 ) -> io::Result<Child> {
@@ -152,7 +153,11 @@ pub fn spawn(
     }
     if pid == 0 {
         drop(rd);
-        let e = outer(mounts, &listener, cgroup, root, kvm_gid, helper, &argv, &wr);
+        let fds = Fds {
+            agent: &listener,
+            qmp: qmp.as_ref(),
+        };
+        let e = outer(mounts, &fds, cgroup, root, kvm_gid, helper, &argv, &wr);
         report_and_exit(&wr, &e);
     }
     drop(wr);
@@ -191,11 +196,18 @@ fn cvt(r: libc::c_int) -> io::Result<()> {
     }
 }
 
+/// The sockets qemu inherits: the agent port's listener as fd 3, the QMP
+/// monitor's as fd 4.
+struct Fds<'a> {
+    agent: &'a OwnedFd,
+    qmp: Option<&'a OwnedFd>,
+}
+
 /// Runs in the forked child; returns only on failure.
 #[allow(clippy::too_many_arguments)]
 fn outer(
     mounts: &Mounts,
-    listener: &OwnedFd,
+    fds: &Fds<'_>,
     cgroup: &Cgroup,
     root: bool,
     kvm_gid: Option<u32>,
@@ -257,7 +269,7 @@ fn outer(
             return Err(io::Error::last_os_error());
         }
         if pid == 0 {
-            let e = inner(mounts, listener, argv);
+            let e = inner(mounts, fds, argv);
             report_and_exit(wr, &e);
         }
         // SAFETY: closing our copy of the pipe's write end: the helper
@@ -311,7 +323,7 @@ fn mount(
 }
 
 /// PID 1 of the jail's pid namespace: builds the root and becomes qemu.
-fn inner(mounts: &Mounts, listener: &OwnedFd, argv: &[CString]) -> io::Error {
+fn inner(mounts: &Mounts, fds: &Fds<'_>, argv: &[CString]) -> io::Error {
     let r = (|| -> io::Result<()> {
         die_with(None)?;
         let none: Option<&str> = None;
@@ -396,7 +408,17 @@ fn inner(mounts: &Mounts, listener: &OwnedFd, argv: &[CString]) -> io::Error {
             };
             libc::setrlimit(libc::RLIMIT_CORE, &zero);
         }
-        move_to(listener.as_raw_fd(), 3)?;
+        // Out of the way first: the agent's move to 3 must not close it.
+        let qmp = match fds.qmp {
+            // SAFETY: F_DUPFD_CLOEXEC of an fd we hold.
+            Some(q) => Some(unsafe { libc::fcntl(q.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) }),
+            None => None,
+        };
+        move_to(fds.agent.as_raw_fd(), 3)?;
+        if let Some(q) = qmp {
+            cvt(q)?;
+            move_to(q, 4)?;
+        }
         // stdout is /dev/null once the helper reported; qemu's console
         // (only with the engine's LOCKBOX_VM_CONSOLE debug switch) goes to
         // the helper's log instead.
@@ -406,7 +428,7 @@ fn inner(mounts: &Mounts, listener: &OwnedFd, argv: &[CString]) -> io::Error {
         unsafe {
             libc::syscall(
                 libc::SYS_close_range,
-                4u32,
+                if qmp.is_some() { 5u32 } else { 4u32 },
                 u32::MAX,
                 libc::CLOSE_RANGE_CLOEXEC,
             )

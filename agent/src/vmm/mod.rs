@@ -44,6 +44,11 @@ pub struct VmmSpec {
     pub limits: Limits,
     /// Whether /dev/kvm is passed in.
     pub kvm: bool,
+    /// Host path of the QMP socket this process binds (qemu gets fd 4):
+    /// the engine's control of the VM (stop, migrate, cont). Only the
+    /// engine connects to it (0600, in the sandbox's directory).
+    #[serde(default)]
+    pub qmp: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -75,13 +80,6 @@ pub fn run(spec_path: &Path) -> i32 {
     if spec.id.is_empty() || spec.id.contains(['/', '\0']) || spec.id.starts_with('.') {
         return failed(ErrorCode::InvalidArgument, format!("bad id {:?}", spec.id));
     }
-    if is_devnull(0) {
-        // Detached (no lifeline): out of the engine's session and process
-        // group, so a Ctrl-C or hangup meant for the host program does not
-        // stop the VM, which outlives that program.
-        // SAFETY: setsid has no memory effects.
-        unsafe { libc::setsid() };
-    }
     let mut report = Report::default();
     let cgroup = Cgroup::create(&spec.id, &spec.limits, &mut report);
     match start(&spec, &cgroup, &mut report) {
@@ -98,16 +96,36 @@ pub fn run(spec_path: &Path) -> i32 {
             let code = supervise(child);
             kill_cgroup(&cgroup);
             cgroup.remove();
-            let _ = fs::remove_file(&spec.socket);
+            remove_sockets(&spec);
             code
         }
         Err(e) => {
             kill_cgroup(&cgroup);
             cgroup.remove();
-            let _ = fs::remove_file(&spec.socket);
+            remove_sockets(&spec);
             failed(ErrorCode::Internal, e)
         }
     }
+}
+
+fn remove_sockets(spec: &VmmSpec) {
+    let _ = fs::remove_file(&spec.socket);
+    if let Some(q) = &spec.qmp {
+        let _ = fs::remove_file(q);
+    }
+}
+
+/// A listening socket only this uid may connect to: bound under a umask
+/// that leaves no window in which the socket file is more open than 0600.
+fn bind_private(path: &str) -> Result<std::os::unix::net::UnixListener, String> {
+    // SAFETY: umask is process-wide; the helper is single-threaded here.
+    let old = unsafe { libc::umask(0o177) };
+    let l = std::os::unix::net::UnixListener::bind(path);
+    // SAFETY: restores the previous mask.
+    unsafe { libc::umask(old) };
+    let l = l.map_err(|e| format!("bind {path}: {e}"))?;
+    let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o600));
+    Ok(l)
 }
 
 fn failed(code: ErrorCode, msg: String) -> i32 {
@@ -128,9 +146,13 @@ fn start(spec: &VmmSpec, cgroup: &Cgroup, report: &mut Report) -> Result<jail::C
     if !spec.qemu.starts_with("/usr/") || spec.qemu.contains("/../") {
         return Err(format!("qemu {} is not under /usr", spec.qemu));
     }
-    let listener = std::os::unix::net::UnixListener::bind(&spec.socket)
-        .map_err(|e| format!("bind {}: {e}", spec.socket))?;
-    let _ = fs::set_permissions(&spec.socket, fs::Permissions::from_mode(0o600));
+    let listener = bind_private(&spec.socket)?;
+    let qmp = spec
+        .qmp
+        .as_deref()
+        .map(bind_private)
+        .transpose()?
+        .map(OwnedFd::from);
     // SAFETY: geteuid.
     let is_root = unsafe { libc::geteuid() } == 0;
     // A /dev/kvm only root may open (no group access) cannot be handed to
@@ -149,7 +171,7 @@ fn start(spec: &VmmSpec, cgroup: &Cgroup, report: &mut Report) -> Result<jail::C
         }
     }
     let mounts = jail::Mounts::prepare(spec).map_err(|e| format!("jail mounts: {e}"))?;
-    let child = jail::spawn(spec, &mounts, OwnedFd::from(listener), cgroup, root)
+    let child = jail::spawn(spec, &mounts, OwnedFd::from(listener), qmp, cgroup, root)
         .map_err(|e| format!("start qemu: {e}"))?;
     for f in [
         "userns", "mountns", "pidns", "netns", "ipcns", "utsns", "cgroupns",

@@ -71,6 +71,9 @@ pub(crate) struct LaunchRequest<'a> {
     /// The plan's mounts with their host sources resolved by the engine
     /// (link-free paths, named volumes made), in the plan's order.
     pub mounts: Vec<MountSpec>,
+    /// Start the VM from this checkpoint instead of booting it (microVM
+    /// only; the engine never asks another backend).
+    pub restore: Option<&'a microvm::checkpoint::Restore>,
 }
 
 /// A running sandbox, as its backend hands it over.

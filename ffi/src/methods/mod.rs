@@ -65,6 +65,10 @@ methods! {
     SandboxResume = "sandbox.resume": wire::sandbox::SandboxRef => Empty, snapshot::resume;
     SandboxSnapshot = "sandbox.snapshot": wire::snapshot::SnapshotParams => wire::image::ImageInfo, snapshot::snapshot;
     SandboxFork = "sandbox.fork": wire::snapshot::ForkParams => wire::snapshot::Forked, snapshot::fork;
+    SandboxCheckpoint = "sandbox.checkpoint": wire::snapshot::CheckpointParams => wire::snapshot::CheckpointInfo, snapshot::checkpoint;
+    SandboxRestore = "sandbox.restore": wire::snapshot::RestoreParams => wire::sandbox::Opened, snapshot::restore;
+    CheckpointList = "checkpoint.list": Empty => wire::snapshot::CheckpointList, snapshot::checkpoint_list;
+    CheckpointRemove = "checkpoint.remove": Name => Empty, snapshot::checkpoint_remove;
     SandboxSetNetworkPolicy = "sandbox.set_network_policy": wire::sandbox::SetNetworkPolicyParams => Empty, sandbox::set_network_policy;
     SandboxNetworkEvents = "sandbox.network_events": wire::sandbox::NetworkEventsParams => wire::sandbox::NetworkEvents, sandbox::network_events;
 

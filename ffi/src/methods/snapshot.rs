@@ -1,12 +1,17 @@
-//! sandbox.pause, sandbox.resume, sandbox.snapshot, sandbox.fork: the work
-//! is in lockbox_engine::{freezer, snapshot, fork}.
+//! sandbox.pause, sandbox.resume, sandbox.snapshot, sandbox.fork,
+//! sandbox.checkpoint, sandbox.restore, checkpoint.list/remove: the work
+//! is in lockbox_engine::{freezer, snapshot, fork, checkpoint}.
 use super::engine::{engine, open, sandbox};
 use super::CallCtx;
 use crate::error::ApiError;
 use crate::wire::image::ImageInfo;
+use crate::wire::sandbox::Opened;
 use crate::wire::sandbox::SandboxRef;
-use crate::wire::snapshot::{ExportParams, Exported, ForkParams, Forked, SnapshotParams};
-use crate::wire::Empty;
+use crate::wire::snapshot::{
+    CheckpointInfo, CheckpointList, CheckpointParams, ExportParams, Exported, ForkParams, Forked,
+    RestoreParams, SnapshotParams,
+};
+use crate::wire::{Empty, Name};
 
 pub(super) fn pause(p: SandboxRef, ctx: &CallCtx) -> Result<Empty, ApiError> {
     let sb = sandbox(p.sandbox)?;
@@ -51,4 +56,31 @@ pub(super) fn export(p: ExportParams, ctx: &CallCtx) -> Result<Exported, ApiErro
         Ok(lockbox_engine::snapshot::export(&home, p.name, p.path, p.reference).await?)
     })?;
     Ok(Exported { digest })
+}
+
+pub(super) fn checkpoint(p: CheckpointParams, ctx: &CallCtx) -> Result<CheckpointInfo, ApiError> {
+    let sb = sandbox(p.sandbox)?;
+    let home = engine()?.home().to_path_buf();
+    ctx.block_on(async { Ok(lockbox_engine::checkpoint::checkpoint(&sb, &home, &p.name).await?) })
+}
+
+pub(super) fn restore(p: RestoreParams, ctx: &CallCtx) -> Result<Opened, ApiError> {
+    let engine = engine()?;
+    let sb = ctx.block_on(async {
+        Ok(lockbox_engine::checkpoint::restore(&engine, &p.name, p.config).await?)
+    })?;
+    open(engine, sb)
+}
+
+pub(super) fn checkpoint_list(_: Empty, _: &CallCtx) -> Result<CheckpointList, ApiError> {
+    let home = engine()?.home().to_path_buf();
+    Ok(CheckpointList {
+        checkpoints: lockbox_engine::checkpoint::list(&home)?,
+    })
+}
+
+pub(super) fn checkpoint_remove(p: Name, _: &CallCtx) -> Result<Empty, ApiError> {
+    let home = engine()?.home().to_path_buf();
+    lockbox_engine::checkpoint::remove(&home, &p.name)?;
+    Ok(Empty {})
 }

@@ -50,3 +50,31 @@ pub(crate) struct Exported {
     /// The manifest's digest.
     pub digest: String,
 }
+
+/// `{"sandbox", "name"}`: save a microVM sandbox's memory, devices and
+/// disks as checkpoint `name` (it keeps running).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CheckpointParams {
+    pub sandbox: u64,
+    pub name: String,
+}
+
+pub(crate) use lockbox_engine::checkpoint::CheckpointInfo;
+
+/// `{"name", "config"?}`: a new sandbox started from checkpoint `name`.
+/// Of `config` only name, hostname, replace, detached and labels are used:
+/// everything else is the checkpoint's.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RestoreParams {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<SandboxConfig>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CheckpointList {
+    pub checkpoints: Vec<CheckpointInfo>,
+}

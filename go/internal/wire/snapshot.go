@@ -9,7 +9,43 @@ var (
 	SandboxFork     = Method[ForkParams, Forked]{"sandbox.fork"}
 )
 
-var snapshotMethods = []spec{SandboxPause, SandboxResume, SandboxSnapshot, SandboxFork, ImageExport}
+var snapshotMethods = []spec{SandboxPause, SandboxResume, SandboxSnapshot, SandboxFork, ImageExport,
+	SandboxCheckpoint, SandboxRestore, CheckpointList, CheckpointRemove}
+
+// Memory checkpoints of microVM sandboxes (issue 14).
+var (
+	SandboxCheckpoint = Method[CheckpointParams, CheckpointInfo]{"sandbox.checkpoint"}
+	SandboxRestore    = Method[RestoreParams, SandboxOpened]{"sandbox.restore"}
+	CheckpointList    = Method[Empty, CheckpointListResult]{"checkpoint.list"}
+	CheckpointRemove  = Method[NameParams, Empty]{"checkpoint.remove"}
+)
+
+// CheckpointParams names the sandbox and the new checkpoint.
+type CheckpointParams struct {
+	Sandbox uint64 `json:"sandbox"`
+	Name    string `json:"name"`
+}
+
+// CheckpointInfo describes a stored checkpoint.
+type CheckpointInfo struct {
+	Name        string `json:"name"`
+	Source      string `json:"source"`
+	CreatedUnix int64  `json:"created_unix"`
+	StateBytes  uint64 `json:"state_bytes"`
+	DiskBytes   uint64 `json:"disk_bytes"`
+}
+
+// RestoreParams names the checkpoint; of Config only name, hostname,
+// replace, detached and labels are used.
+type RestoreParams struct {
+	Name   string         `json:"name"`
+	Config *SandboxConfig `json:"config,omitempty"`
+}
+
+// CheckpointListResult is every stored checkpoint.
+type CheckpointListResult struct {
+	Checkpoints []CheckpointInfo `json:"checkpoints"`
+}
 
 // SnapshotParams: the image is recorded under Name when given.
 type SnapshotParams struct {

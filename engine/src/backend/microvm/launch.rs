@@ -118,6 +118,7 @@ pub async fn launch(helper: &Path, host: &Host, req: &LaunchRequest<'_>) -> Resu
     let dir = req.dir;
     let (guest_mib, cpus, work_mib) = size(&plan.limits);
     let mut args = base_args(host.accel, guest_mib, cpus);
+    args.extend(super::qmp::args());
     let s = |p: &Path| p.to_string_lossy().into_owned();
     let mut binds =
         vec![json!({"src": s(&host.assets), "dst": "/vm", "writable": false, "own": false})];
@@ -200,6 +201,7 @@ pub async fn launch(helper: &Path, host: &Host, req: &LaunchRequest<'_>) -> Resu
             nofile: None,
         },
         "kvm": host.accel == Accel::Kvm,
+        "qmp": s(&dir.join(super::qmp::SOCKET)),
     });
     spawn_helper(helper, dir, &vmm, plan.detached).await
 }

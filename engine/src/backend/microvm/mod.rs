@@ -7,13 +7,17 @@
 //! What the VM cannot do yet is refused up front, naming this backend
 //! (`unsupported`), never done differently in silence.
 
+pub(crate) mod checkpoint;
+mod ckpt_files;
 mod disks;
 mod host;
 mod launch;
 pub(crate) mod probe;
-mod session;
+mod qmp;
 
-use std::path::Path;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{Backend, BackendInfo, BoxFuture, LaunchRequest, Launched};
@@ -27,13 +31,19 @@ pub(crate) const MICROVM: &str = "microvm";
 /// 2-CPU host and 20-26 s when it is loaded; KVM about 1 s.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Stateless: any process may connect to any running VM; each connection
-/// resets the guest's session first (`session.rs`).
-pub(crate) struct MicroVm;
+pub(crate) struct MicroVm {
+    /// Sandboxes launched by this process whose one connection is still to
+    /// be made. A virtio-serial port has no connection boundary: a second
+    /// connection to the same VM can read frames of the first
+    /// (docs/microvm.md, "Reattach"), so each VM gets exactly one.
+    fresh: Mutex<Option<HashSet<PathBuf>>>,
+}
 
 impl MicroVm {
     pub(crate) const fn new() -> MicroVm {
-        MicroVm
+        MicroVm {
+            fresh: Mutex::new(None),
+        }
     }
 }
 
@@ -55,6 +65,9 @@ fn check(plan: &Plan, req: &LaunchRequest<'_>) -> Result<()> {
         return Err(unsupported(
             "network policies and secrets (the VM has no network device)",
         ));
+    }
+    if plan.detached {
+        return Err(unsupported("detached sandboxes (reattach to a VM)"));
     }
     if plan.limits.disk_mib.is_none() {
         return Err(EngineError::invalid(
@@ -82,22 +95,34 @@ impl Backend for MicroVm {
                 .ok_or_else(|| EngineError::internal("sandbox dir has no home"))?;
             let host = host::detect(home).await?;
             let helper = crate::paths::find_helper()?;
-            let mut launched = launch::launch(&helper, &host, &req).await?;
+            let mut launched = match req.restore {
+                Some(r) => checkpoint::launch_restored(&helper, &host, &req, r).await?,
+                None => launch::launch(&helper, &host, &req).await?,
+            };
             launched
                 .report
                 .enforced
                 .push(format!("accel_{}", host.accel.name()));
+            if let Ok(mut f) = self.fresh.lock() {
+                f.get_or_insert_with(HashSet::new)
+                    .insert(req.dir.to_path_buf());
+            }
             Ok(launched)
         })
     }
 
     fn connect<'a>(&'a self, dir: &'a Path, name: &'a str) -> BoxFuture<'a, Result<AgentClient>> {
         Box::pin(async move {
-            let connect = async {
-                let sock = session::reset(dir).await?;
-                AgentClient::handshake(sock, name).await
-            };
-            match tokio::time::timeout(BOOT_TIMEOUT, connect).await {
+            let first = self
+                .fresh
+                .lock()
+                .ok()
+                .and_then(|mut f| f.as_mut().map(|s| s.remove(dir)))
+                .unwrap_or(false);
+            if !first {
+                return Err(unsupported("reconnecting to a running VM (reattach)"));
+            }
+            match tokio::time::timeout(BOOT_TIMEOUT, AgentClient::connect(dir, name)).await {
                 Ok(r) => r.map_err(|e| {
                     e.context(format!(
                         "microvm: the guest's agent (log: {})",
