@@ -80,6 +80,13 @@ pub fn run(spec_path: &Path) -> i32 {
     if spec.id.is_empty() || spec.id.contains(['/', '\0']) || spec.id.starts_with('.') {
         return failed(ErrorCode::InvalidArgument, format!("bad id {:?}", spec.id));
     }
+    if is_devnull(0) {
+        // Detached (no lifeline): out of the engine's session and process
+        // group, so a Ctrl-C or hangup meant for the host program does not
+        // stop the VM, which outlives that program.
+        // SAFETY: setsid has no memory effects.
+        unsafe { libc::setsid() };
+    }
     let mut report = Report::default();
     let cgroup = Cgroup::create(&spec.id, &spec.limits, &mut report);
     match start(&spec, &cgroup, &mut report) {

@@ -14,10 +14,9 @@ mod host;
 mod launch;
 pub(crate) mod probe;
 mod qmp;
+mod session;
 
-use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::Path;
 use std::time::Duration;
 
 use super::{Backend, BackendInfo, BoxFuture, LaunchRequest, Launched};
@@ -31,19 +30,13 @@ pub(crate) const MICROVM: &str = "microvm";
 /// 2-CPU host and 20-26 s when it is loaded; KVM about 1 s.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
-pub(crate) struct MicroVm {
-    /// Sandboxes launched by this process whose one connection is still to
-    /// be made. A virtio-serial port has no connection boundary: a second
-    /// connection to the same VM can read frames of the first
-    /// (docs/microvm.md, "Reattach"), so each VM gets exactly one.
-    fresh: Mutex<Option<HashSet<PathBuf>>>,
-}
+/// Stateless: any process may connect to any running VM; each connection
+/// resets the guest's session first (`session.rs`).
+pub(crate) struct MicroVm;
 
 impl MicroVm {
     pub(crate) const fn new() -> MicroVm {
-        MicroVm {
-            fresh: Mutex::new(None),
-        }
+        MicroVm
     }
 }
 
@@ -65,9 +58,6 @@ fn check(plan: &Plan, req: &LaunchRequest<'_>) -> Result<()> {
         return Err(unsupported(
             "network policies and secrets (the VM has no network device)",
         ));
-    }
-    if plan.detached {
-        return Err(unsupported("detached sandboxes (reattach to a VM)"));
     }
     if plan.limits.disk_mib.is_none() {
         return Err(EngineError::invalid(
@@ -103,26 +93,17 @@ impl Backend for MicroVm {
                 .report
                 .enforced
                 .push(format!("accel_{}", host.accel.name()));
-            if let Ok(mut f) = self.fresh.lock() {
-                f.get_or_insert_with(HashSet::new)
-                    .insert(req.dir.to_path_buf());
-            }
             Ok(launched)
         })
     }
 
     fn connect<'a>(&'a self, dir: &'a Path, name: &'a str) -> BoxFuture<'a, Result<AgentClient>> {
         Box::pin(async move {
-            let first = self
-                .fresh
-                .lock()
-                .ok()
-                .and_then(|mut f| f.as_mut().map(|s| s.remove(dir)))
-                .unwrap_or(false);
-            if !first {
-                return Err(unsupported("reconnecting to a running VM (reattach)"));
-            }
-            match tokio::time::timeout(BOOT_TIMEOUT, AgentClient::connect(dir, name)).await {
+            let connect = async {
+                let sock = session::reset(dir).await?;
+                AgentClient::handshake(sock, name).await
+            };
+            match tokio::time::timeout(BOOT_TIMEOUT, connect).await {
                 Ok(r) => r.map_err(|e| {
                     e.context(format!(
                         "microvm: the guest's agent (log: {})",
