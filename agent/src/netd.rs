@@ -32,6 +32,7 @@ use anyhow::{bail, Context, Result};
 
 mod cgroup;
 pub mod ingress;
+mod redirect;
 mod seccomp;
 
 pub const MODE: &str = "net-forwarder";
@@ -77,7 +78,9 @@ pub fn start(
     sandbox_cgroup: &lockbox_protocol::CgroupPaths,
     report: &mut crate::report::Report,
 ) -> Result<Netd> {
-    let tap = make_tap(pid, rootless).context("tap device in the sandbox's network namespace")?;
+    let (tap, fast) =
+        make_tap(pid, rootless).context("tap device in the sandbox's network namespace")?;
+    let fast = redirect_rule(pid, rootless, fast, report);
     let mut limits = match cgroup::create(sandbox_cgroup) {
         Ok(c) => Some(c),
         Err(e) => {
@@ -101,12 +104,17 @@ pub fn start(
             &c.to_string(),
         ])
         .args(ingress::args(&published))
+        .args(
+            fast.iter()
+                .flat_map(|l| ["--redirect-fd".to_string(), l.as_raw_fd().to_string()]),
+        )
         .env_clear()
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .current_dir("/");
     let keep: Vec<RawFd> = [t, c]
         .into_iter()
+        .chain(fast.iter().map(|l| l.as_raw_fd()))
         .chain(published.iter().map(|p| p.fd()))
         .collect();
     let helper = std::process::id() as libc::pid_t;
@@ -150,7 +158,7 @@ pub fn start(
         }
     };
     // The ports are the forwarder's now: freed when it ends.
-    drop((tap, theirs, published));
+    drop((tap, theirs, published, fast));
     if let Some(c) = limits.as_mut() {
         c.join.clear();
         if c.holds(child.id()) {
@@ -298,7 +306,17 @@ pub fn forwarder_main(args: &[String]) -> i32 {
             return 1;
         }
     };
-    let published = match ingress::parse(args, GUEST_ADDR.into(), &[t, c]) {
+    // The redirect listener: optional (without it TCP goes through the
+    // tap), never one of the other fds.
+    let r = fd("--redirect-fd");
+    if args.iter().any(|a| a == "--redirect-fd")
+        && r.is_none_or(|r| r == t || r == c || !redirect::is_listener(r))
+    {
+        eprintln!("lockbox-helper {MODE}: --redirect-fd must name a listening TCP socket");
+        return 2;
+    }
+    let taken: Vec<RawFd> = [t, c].into_iter().chain(r).collect();
+    let published = match ingress::parse(args, GUEST_ADDR.into(), &taken) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("lockbox-helper {MODE}: {e}");
@@ -306,7 +324,10 @@ pub fn forwarder_main(args: &[String]) -> i32 {
         }
     };
     let confine = || seccomp::install(&filter);
-    match lockbox_net::daemon::serve_published(tap, control, published, confine) {
+    // SAFETY: checked open, listening, and distinct from the others; it
+    // was handed to this process to own.
+    let fast = r.map(|r| unsafe { OwnedFd::from_raw_fd(r) });
+    match lockbox_net::daemon::serve_with(tap, fast, control, published, confine) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("lockbox-helper {MODE}: {e}");
@@ -315,9 +336,43 @@ pub fn forwarder_main(args: &[String]) -> i32 {
     }
 }
 
+/// Installs the redirect table for `listener` in the sandbox's network
+/// namespace; the listener is kept only if that worked (otherwise TCP
+/// goes through the tap, which `report` says).
+fn redirect_rule(
+    pid: libc::pid_t,
+    rootless: bool,
+    listener: Option<OwnedFd>,
+    report: &mut crate::report::Report,
+) -> Option<OwnedFd> {
+    let Some(l) = listener else {
+        report.not(
+            redirect::FEATURE,
+            "no listener in the sandbox's network namespace",
+        );
+        return None;
+    };
+    let port = std::net::TcpListener::from(l.try_clone().ok()?)
+        .local_addr()
+        .ok()?
+        .port();
+    match redirect::install(pid, rootless, port) {
+        Ok(()) => {
+            report.ok(redirect::FEATURE);
+            Some(l)
+        }
+        Err(e) => {
+            report.not(redirect::FEATURE, format!("{e:#}"));
+            None
+        }
+    }
+}
+
 /// The tap, made and configured by a forked child inside the sandbox's
 /// network namespace and sent back over a socketpair.
-fn make_tap(pid: libc::pid_t, rootless: bool) -> Result<OwnedFd> {
+/// With it, the fast TCP path's listener, made in the same namespace
+/// (None if that failed: TCP then goes through the tap).
+fn make_tap(pid: libc::pid_t, rootless: bool) -> Result<(OwnedFd, Option<OwnedFd>)> {
     let userns = File::open(format!("/proc/{pid}/ns/user")).context("open user ns")?;
     let netns = File::open(format!("/proc/{pid}/ns/net")).context("open net ns")?;
     let (ours, theirs) = UnixStream::pair().context("socketpair")?;
@@ -327,10 +382,16 @@ fn make_tap(pid: libc::pid_t, rootless: bool) -> Result<OwnedFd> {
         nix::unistd::ForkResult::Child => {
             drop(ours);
             let code = match tap_in_namespace(&userns, &netns, rootless) {
-                Ok(fd) => match crate::sys::send_fds(theirs.as_raw_fd(), &[fd.as_raw_fd()]) {
-                    Ok(()) => 0,
-                    Err(_) => 1,
-                },
+                Ok(fd) => {
+                    let listener = lockbox_net::forwarder::redirect_listener().ok();
+                    let fds: Vec<RawFd> = std::iter::once(fd.as_raw_fd())
+                        .chain(listener.as_ref().map(|l| l.as_raw_fd()))
+                        .collect();
+                    match crate::sys::send_fds(theirs.as_raw_fd(), &fds) {
+                        Ok(()) => 0,
+                        Err(_) => 1,
+                    }
+                }
                 Err((step, errno)) => {
                     // The first byte is what recv_fds takes as its payload.
                     let _ = (&theirs).write_all(format!("!{step}: {errno}").as_bytes());
@@ -345,7 +406,11 @@ fn make_tap(pid: libc::pid_t, rootless: bool) -> Result<OwnedFd> {
             let fds = crate::sys::recv_fds(ours.as_raw_fd());
             let _ = nix::sys::wait::waitpid(child, None);
             match fds {
-                Ok(mut v) if v.len() == 1 => Ok(v.remove(0)),
+                Ok(mut v) if v.len() == 1 => Ok((v.remove(0), None)),
+                Ok(mut v) if v.len() == 2 => {
+                    let l = v.remove(1);
+                    Ok((v.remove(0), Some(l)))
+                }
                 _ => {
                     let mut why = String::new();
                     let _ = (&ours).take(512).read_to_string(&mut why);

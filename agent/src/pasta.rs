@@ -65,7 +65,7 @@ fn binary() -> String {
 /// In the child between fork and exec: the helper blocks SIGTERM, SIGINT
 /// and SIGHUP, and a child inherits that mask (pasta would then ignore a
 /// plain kill); and the child dies with the helper, even by SIGKILL.
-fn child_of_helper(helper: libc::pid_t) -> std::io::Result<()> {
+pub(crate) fn child_of_helper(helper: libc::pid_t) -> std::io::Result<()> {
     // SAFETY: plain system calls on this process.
     unsafe {
         let mut empty: libc::sigset_t = std::mem::zeroed();
@@ -377,7 +377,7 @@ fn ruleset(host: &[IpAddr]) -> String {
 }
 
 /// nft lives in sbin, which users' PATH often lacks.
-fn nft_binary() -> String {
+pub(crate) fn nft_binary() -> String {
     if let Ok(p) = std::env::var("LOCKBOX_NFT") {
         return p;
     }

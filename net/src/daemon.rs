@@ -95,6 +95,19 @@ pub fn serve_published(
     published: Vec<Published>,
     confine: impl FnOnce() -> io::Result<()>,
 ) -> io::Result<()> {
+    serve_with(tap, None, control, published, confine)
+}
+
+/// `serve_published`, with the sandbox's TCP taken from `redirect` when
+/// given: the listener in its network namespace that its redirect rule
+/// sends every outgoing TCP connection to (forwarder/redirect.rs).
+pub fn serve_with(
+    tap: OwnedFd,
+    redirect: Option<OwnedFd>,
+    control: UnixStream,
+    published: Vec<Published>,
+    confine: impl FnOnce() -> io::Result<()>,
+) -> io::Result<()> {
     die_with_parent()?;
     // Secret values and the CA key live in this process: no core dump,
     // and no ptrace by other processes of the same uid (nobody, or the
@@ -141,6 +154,9 @@ pub fn serve_published(
     confine()?;
     let (fwd, handle) = Forwarder::new(tap, config, policy);
     let mut fwd = fwd.with_published(published);
+    if let Some(l) = redirect {
+        fwd = fwd.with_redirect(l);
+    }
     let reply = match &interception {
         Some(ix) => {
             fwd = fwd.with_interception(ix.clone());

@@ -54,6 +54,9 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_getpeername,
     // published ports: only on the listening sockets the helper bound
     libc::SYS_accept4,
+    // the fast TCP path's relay: socket → pipe → socket
+    libc::SYS_splice,
+    libc::SYS_pipe2,
     libc::SYS_close,
     libc::SYS_fcntl,
     libc::SYS_fstat,

@@ -38,7 +38,9 @@ use crate::intercept::Interception;
 use crate::policy::{HostAddrs, Policy, Protocol, Target};
 pub use device::MTU;
 pub use ingress::Published;
-pub use redirect::{listener as redirect_listener, nft_ruleset as redirect_ruleset};
+pub use redirect::{
+    listener as redirect_listener, nft_ruleset as redirect_ruleset, TABLE as REDIRECT_TABLE,
+};
 
 /// The gateway's Ethernet address (locally administered).
 const GATEWAY_MAC: EthernetAddress = EthernetAddress([0x02, 0x4c, 0x42, 0x00, 0x00, 0x01]);

@@ -98,8 +98,10 @@ pub async fn serve(sandbox: TcpStream, c: Conn) {
         // As the destination did (or would not answer): a reset.
         _ => return refuse(sandbox),
     };
-    let _ = sandbox.set_nodelay(true);
-    let _ = up.set_nodelay(true);
+    for s in [&sandbox, &up] {
+        let _ = s.set_nodelay(true);
+        keepalive(s);
+    }
     let mut sandbox = sandbox;
     let (first, verdict) = gate(&mut sandbox).await;
     let name = match verdict {
@@ -134,6 +136,29 @@ pub async fn serve(sandbox: TcpStream, c: Conn) {
         splice::reset_on_close(&sandbox);
         splice::reset_on_close(&up);
     }
+}
+
+/// A peer that went away without a word (a sandbox side whose socket
+/// was closed and forgotten, an upstream host that vanished) is noticed
+/// within about a minute, as the user-mode stack's timeout did: the relay
+/// then ends and its slot is free.
+fn keepalive(s: &TcpStream) {
+    let set = |level, opt, v: libc::c_int| {
+        // SAFETY: setsockopt with an int.
+        unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                level,
+                opt,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    };
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 30);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 10);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3);
 }
 
 impl Conn {
@@ -344,6 +369,19 @@ pub fn listener() -> io::Result<std::net::TcpListener> {
             s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be(),
         },
         sin_zero: [0; 8],
+    };
+    // The helper makes it before the sandbox's loopback is up, when
+    // 127.0.0.1 is not yet an address there.
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt with an int.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_IP,
+            libc::IP_FREEBIND,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
     };
     // SAFETY: a valid sockaddr_in and its length.
     let r = unsafe {

@@ -140,3 +140,86 @@ pub fn reset_on_close(s: &impl AsRawFd) {
         )
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener};
+
+    /// Two connected pairs on loopback: (client, server-side) each.
+    fn pair() -> (std::net::TcpStream, std::net::TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        (c, s)
+    }
+
+    fn tokio(s: std::net::TcpStream) -> TcpStream {
+        s.set_nonblocking(true).unwrap();
+        TcpStream::from_std(s).unwrap()
+    }
+
+    fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn relays_both_ways_and_ends_when_both_sides_closed() {
+        let (mut sandbox, a) = pair();
+        let (b, mut host) = pair();
+        let peers = std::thread::spawn(move || {
+            let big = vec![7u8; 3 << 20];
+            let h = std::thread::spawn(move || {
+                let mut got = Vec::new();
+                host.read_to_end(&mut got).unwrap();
+                host.write_all(b"reply").unwrap();
+                host.shutdown(Shutdown::Write).unwrap();
+                got
+            });
+            sandbox.write_all(&big).unwrap();
+            sandbox.shutdown(Shutdown::Write).unwrap();
+            let mut back = Vec::new();
+            sandbox.read_to_end(&mut back).unwrap();
+            (h.join().unwrap(), back)
+        });
+        let end = run(async {
+            let (a, b) = (tokio(a), tokio(b));
+            relay(&a, &b, b"first:").await
+        });
+        let (got, back) = peers.join().unwrap();
+        assert_eq!(end, End::Closed);
+        assert_eq!(&got[..6], b"first:");
+        assert_eq!(got.len(), 6 + (3 << 20));
+        assert!(got[6..].iter().all(|&x| x == 7));
+        assert_eq!(back, b"reply");
+    }
+
+    #[test]
+    fn ends_when_one_side_goes_away() {
+        let (sandbox, a) = pair();
+        let (b, mut host) = pair();
+        // The sandbox closes for good; the host keeps talking: its bytes
+        // meet a closed socket, the relay ends and resets.
+        drop(sandbox);
+        let talker = std::thread::spawn(move || {
+            let chunk = [1u8; 65536];
+            let t0 = std::time::Instant::now();
+            while host.write_all(&chunk).is_ok() {
+                assert!(t0.elapsed() < std::time::Duration::from_secs(10));
+            }
+        });
+        let end = run(async {
+            let (a, b) = (tokio(a), tokio(b));
+            tokio::time::timeout(std::time::Duration::from_secs(10), relay(&a, &b, b""))
+                .await
+                .expect("the relay ended")
+        });
+        assert_eq!(end, End::Reset);
+        drop(talker);
+    }
+}
