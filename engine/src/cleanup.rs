@@ -188,7 +188,9 @@ pub fn reclaim_store(layout: &Layout) -> Option<lockbox_images::ReclaimReport> {
     }
     let store = lockbox_images::ImageStore::open(&layout.home).ok()?;
     let in_use = crate::image_ops::in_use(&layout.sandboxes(), store.root());
-    store.reclaim_interrupted(&in_use).ok()
+    let report = store.reclaim_interrupted(&in_use).ok();
+    crate::image_ops::prune_vm_cache(&layout.home, &store);
+    report
 }
 
 #[cfg(test)]

@@ -92,10 +92,13 @@ pub async fn inspect(home: &Path, name_or_digest: &str) -> Result<ImageInfo> {
 pub async fn remove(home: &Path, name_or_digest: &str) -> Result<()> {
     let n = name_or_digest.to_string();
     let sandboxes = Layout::new(home.to_path_buf()).sandboxes();
+    let h = home.to_path_buf();
     with_store(home, move |s, _| {
         let mut used = in_use(&sandboxes, s.root());
         used.extend(s.referenced_parents().map_err(image_error)?);
-        s.remove(&n, &used).map_err(image_error)
+        s.remove(&n, &used).map_err(image_error)?;
+        prune_vm_cache(&h, s);
+        Ok(())
     })
     .await
 }
@@ -103,12 +106,23 @@ pub async fn remove(home: &Path, name_or_digest: &str) -> Result<()> {
 /// Removes unnamed images no sandbox uses and leftovers of failed unpacks.
 pub async fn prune(home: &Path) -> Result<PruneReport> {
     let sandboxes = Layout::new(home.to_path_buf()).sandboxes();
+    let h = home.to_path_buf();
     with_store(home, move |s, _| {
         let mut used = in_use(&sandboxes, s.root());
         used.extend(s.referenced_parents().map_err(image_error)?);
-        s.prune(&used).map_err(image_error)
+        let report = s.prune(&used).map_err(image_error)?;
+        prune_vm_cache(&h, s);
+        Ok(report)
     })
     .await
+}
+
+/// The microVM backend's erofs copies of layers go with their images:
+/// they are outside the store's budget, so nothing else would bound them.
+pub fn prune_vm_cache(home: &Path, s: &ImageStore) {
+    let Ok(images) = s.list() else { return };
+    let stored = images.iter().map(|i| i.digest.hex().to_string()).collect();
+    crate::backend::microvm::prune_layer_cache(home, &stored);
 }
 
 /// Imports an OCI image layout directory. `reference` picks a manifest by

@@ -110,7 +110,7 @@ pub fn cache_dir(sandbox_dir: &Path) -> std::path::PathBuf {
         .parent()
         .and_then(Path::parent)
         .unwrap_or(sandbox_dir);
-    home.join("vm").join("erofs")
+    disks::cache_in(home)
 }
 
 pub async fn launch(helper: &Path, host: &Host, req: &LaunchRequest<'_>) -> Result<Launched> {

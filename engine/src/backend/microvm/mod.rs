@@ -203,4 +203,13 @@ pub async fn vm_check(home: &Path) -> VmCheck {
         )
     };
     c
+
+/// Drops the cached erofs layers of images no longer stored (called where
+/// images go: remove, prune, and the engine's open).
+pub(crate) fn prune_layer_cache(
+    home: &Path,
+    stored: &std::collections::HashSet<String>,
+) -> usize {
+    disks::prune_layer_cache(&disks::cache_in(home), stored)
+}
 }
