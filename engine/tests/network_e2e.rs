@@ -1107,8 +1107,9 @@ async fn fast_tcp(sb: &Sandbox) {
         &format!("echo hi | nc -w 3 127.0.0.1 {port}; echo rc=$?"),
     )
     .await;
-    assert!(!out.contains("rc=0"), "{out}");
-    assert!(took < Duration::from_secs(2), "refusal took {took:?}");
+    // Reset at once (nc's status may still be 0: its write can land
+    // before the reset): a held connection would keep nc for its 3 s.
+    assert!(took < Duration::from_secs(2), "refusal took {took:?}: {out}");
     let ev = sb
         .network_events(Duration::from_secs(2), 100)
         .await
