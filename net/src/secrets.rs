@@ -2,11 +2,16 @@
 //! is bound to, and where placeholders appear in bytes the sandbox sends.
 //!
 //! The real value lives only here (the forwarder's memory); it replaces
-//! its placeholder in requests to the secret's hosts, and nowhere else.
+//! its placeholder in requests to the secret's hosts, and there only in
+//! credential headers: a server sends other headers back often enough
+//! (CORS middleware answers Origin with Access-Control-Allow-Origin,
+//! proxies and error pages echo X-Forwarded-Host or Referer) that a value
+//! put there would come back into the sandbox (attack review s5,
+//! S5-NET-3).
 
 use serde::Deserialize;
 
-use crate::policy::{below, validate_name};
+use crate::policy::validate_name;
 
 /// Every placeholder starts with this and is followed by 32 lower-case
 /// hex digits (128 random bits chosen by the engine).
@@ -15,6 +20,54 @@ pub const PLACEHOLDER_LEN: usize = PREFIX.len() + 32;
 pub const MAX_SECRETS: usize = 64;
 pub const MAX_HOSTS: usize = 64;
 pub const MAX_VALUE: usize = 16 * 1024;
+/// Extra header names one secret may name (`SecretSpec::headers`).
+pub const MAX_HEADERS: usize = 16;
+
+/// Where every secret's placeholder is replaced (lower case). The two
+/// standard ones, then the API-key headers of the major APIs: Anthropic
+/// and AWS API Gateway (x-api-key), Azure OpenAI (api-key), Azure API
+/// Management and Cognitive Services (ocp-apim-subscription-key), Azure
+/// Functions (x-functions-key), Google (x-goog-api-key), GitLab
+/// (private-token), Supabase (apikey), RapidAPI (x-rapidapi-key),
+/// Datadog (dd-api-key, dd-application-key), HashiCorp Vault
+/// (x-vault-token), OpenStack and others (x-auth-token), and the common
+/// x-access-token / x-api-token. OpenAI, GitHub and Hugging Face use
+/// Authorization. Cookie is not here: a cookie jar is the server's own
+/// state, which applications echo into pages and debug output, and an
+/// API key in a cookie is rare; a secret that needs it names it.
+pub const CREDENTIAL_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "x-api-key",
+    "api-key",
+    "apikey",
+    "x-goog-api-key",
+    "ocp-apim-subscription-key",
+    "x-functions-key",
+    "private-token",
+    "x-rapidapi-key",
+    "dd-api-key",
+    "dd-application-key",
+    "x-vault-token",
+    "x-auth-token",
+    "x-access-token",
+    "x-api-token",
+];
+
+/// Headers that frame or route the request: the forwarder reads them as
+/// the sandbox sent them, so a value put there would make the server see
+/// another request than the one checked.
+const FRAMING_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "expect",
+];
 
 /// One secret as the start line gives it.
 #[derive(Deserialize)]
@@ -23,14 +76,21 @@ pub struct SecretSpec {
     pub placeholder: String,
     pub value: String,
     pub hosts: Vec<String>,
+    /// Header names where this secret is substituted besides
+    /// `CREDENTIAL_HEADERS`.
+    #[serde(default)]
+    pub headers: Vec<String>,
 }
 
-/// `hosts` are exact names or `*.suffix` (strictly below suffix), the
-/// same forms as policy domains.
+/// `hosts` are exact names: no `*.suffix`, which on a shared platform
+/// (azurewebsites.net, herokuapp.com, an API gateway's domain) is every
+/// other customer's name too, each with a valid certificate (attack
+/// review s5, S5-NET-8). The engine refuses wildcards as well.
 pub struct Secret {
     pub placeholder: String,
     pub value: String,
     hosts: Vec<String>,
+    headers: Vec<String>,
 }
 
 impl std::fmt::Debug for Secret {
@@ -39,16 +99,20 @@ impl std::fmt::Debug for Secret {
         f.debug_struct("Secret")
             .field("placeholder", &self.placeholder)
             .field("hosts", &self.hosts)
+            .field("headers", &self.headers)
             .finish_non_exhaustive()
     }
 }
 
 impl Secret {
     pub fn bound_to(&self, host: &str) -> bool {
-        self.hosts.iter().any(|h| match h.strip_prefix("*.") {
-            Some(suffix) => below(host, suffix),
-            None => h.eq_ignore_ascii_case(host.trim_end_matches('.')),
-        })
+        let host = host.trim_end_matches('.');
+        self.hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
+    }
+
+    /// The placeholder is replaced in a header called `name`.
+    pub fn substituted_in(&self, name: &str) -> bool {
+        is_credential_header(name) || self.headers.iter().any(|h| h.eq_ignore_ascii_case(name))
     }
 
     pub fn hosts(&self) -> &[String] {
@@ -95,14 +159,21 @@ impl Secrets {
             let mut hosts = Vec::with_capacity(s.hosts.len());
             for h in &s.hosts {
                 let h = h.trim_end_matches('.').to_ascii_lowercase();
-                let bare = h.strip_prefix("*.").unwrap_or(&h);
-                validate_name(bare).map_err(|e| format!("secret {p}: host: {e}"))?;
+                if h.starts_with('*') {
+                    return Err(format!(
+                        "secret {p}: host {:?}: an exact name, not a wildcard",
+                        truncate(&h)
+                    ));
+                }
+                validate_name(&h).map_err(|e| format!("secret {p}: host: {e}"))?;
                 hosts.push(h);
             }
+            let headers = extra_headers(p, &s.headers)?;
             out.push(Secret {
                 placeholder: s.placeholder,
                 value: s.value,
                 hosts,
+                headers,
             });
         }
         Ok(Secrets(out))
@@ -121,15 +192,9 @@ impl Secrets {
         self.0.iter().any(|s| s.bound_to(host))
     }
 
-    /// Every host named by some secret, without the wildcard's `*.`: the
-    /// CA's name constraints.
+    /// Every host named by some secret: the CA's name constraints.
     pub fn constraint_names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .0
-            .iter()
-            .flat_map(|s| s.hosts.iter())
-            .map(|h| h.strip_prefix("*.").unwrap_or(h).to_string())
-            .collect();
+        let mut v: Vec<String> = self.0.iter().flat_map(|s| s.hosts.clone()).collect();
         v.sort();
         v.dedup();
         v
@@ -138,6 +203,38 @@ impl Secrets {
     pub fn by_placeholder(&self, p: &[u8]) -> Option<&Secret> {
         self.0.iter().find(|s| s.placeholder.as_bytes() == p)
     }
+}
+
+pub fn is_credential_header(name: &str) -> bool {
+    CREDENTIAL_HEADERS
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// A secret's own header names: tokens, lower-cased, none that frames
+/// the request.
+fn extra_headers(p: &str, names: &[String]) -> Result<Vec<String>, String> {
+    if names.len() > MAX_HEADERS {
+        return Err(format!("secret {p}: at most {MAX_HEADERS} headers"));
+    }
+    let mut out = Vec::with_capacity(names.len());
+    for n in names {
+        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if n.is_empty() || n.len() > 64 || !n.bytes().all(token) {
+            return Err(format!(
+                "secret {p}: header {:?} is not a header name",
+                truncate(n)
+            ));
+        }
+        let n = n.to_ascii_lowercase();
+        if FRAMING_HEADERS.contains(&n.as_str()) {
+            return Err(format!(
+                "secret {p}: header {n} frames or routes the request: no secret goes there"
+            ));
+        }
+        out.push(n);
+    }
+    Ok(out)
 }
 
 pub fn is_placeholder(p: &[u8]) -> bool {
@@ -215,6 +312,7 @@ mod tests {
             placeholder: p.into(),
             value: v.into(),
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            headers: vec![],
         }
     }
 
@@ -229,6 +327,9 @@ mod tests {
             spec(P1, "v", &[]),
             spec(P1, "v", &["bad host"]),
             spec(P1, "v", &["*."]),
+            // S5-NET-8: below a shared suffix live other customers.
+            spec(P1, "v", &["*.azurewebsites.net"]),
+            spec(P1, "v", &["*.api.test"]),
         ] {
             assert!(Secrets::new(vec![bad]).is_err());
         }
@@ -239,14 +340,58 @@ mod tests {
     }
 
     #[test]
-    fn hosts_bind_exactly_or_strictly_below_a_wildcard() {
-        let s = Secrets::new(vec![spec(P1, "v", &["API.test", "*.pkg.test"])]).unwrap();
+    fn hosts_bind_exactly() {
+        let s = Secrets::new(vec![spec(P1, "v", &["API.test", "files.pkg.test."])]).unwrap();
         assert!(s.intercepts("api.test"));
-        assert!(s.intercepts("a.pkg.test"));
+        assert!(s.intercepts("files.pkg.test."));
+        assert!(!s.intercepts("a.api.test"));
         assert!(!s.intercepts("pkg.test"));
         assert!(!s.intercepts("xapi.test"));
         assert!(!s.intercepts("api.test.evil"));
-        assert_eq!(s.constraint_names(), ["api.test", "pkg.test"]);
+        assert_eq!(s.constraint_names(), ["api.test", "files.pkg.test"]);
+    }
+
+    #[test]
+    fn credential_headers_and_a_secrets_own_headers() {
+        let mut own = spec(P1, "v", &["api.test"]);
+        own.headers = vec!["X-Custom-Key".into()];
+        let s = Secrets::new(vec![own, spec(P2, "w", &["api.test"])]).unwrap();
+        let (p1, p2) = (
+            s.by_placeholder(P1.as_bytes()).unwrap(),
+            s.by_placeholder(P2.as_bytes()).unwrap(),
+        );
+        for h in [
+            "Authorization",
+            "proxy-authorization",
+            "X-Api-Key",
+            "api-key",
+            "x-goog-api-key",
+        ] {
+            assert!(p1.substituted_in(h) && p2.substituted_in(h), "{h}");
+        }
+        for h in [
+            "Origin",
+            "Referer",
+            "X-Forwarded-Host",
+            "Cookie",
+            "User-Agent",
+            "X-Api-Key2",
+        ] {
+            assert!(!p1.substituted_in(h) && !p2.substituted_in(h), "{h}");
+        }
+        assert!(p1.substituted_in("x-custom-key") && !p2.substituted_in("x-custom-key"));
+        for bad in [
+            "Content-Length",
+            "host",
+            "Transfer-Encoding",
+            "bad name",
+            "",
+            "a:b",
+        ] {
+            let mut b = spec(P1, "v", &["api.test"]);
+            b.headers = vec![bad.into()];
+            assert!(Secrets::new(vec![b]).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

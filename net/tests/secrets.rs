@@ -35,12 +35,14 @@ fn lab(pkg: bool) -> (Lab, String) {
         placeholder: API_P.into(),
         value: API_V.into(),
         hosts: vec!["api.test".into()],
+        headers: vec![],
     }];
     if pkg {
         specs.push(SecretSpec {
             placeholder: PKG_P.into(),
             value: PKG_V.into(),
             hosts: vec!["files.pkg.test".into()],
+            headers: vec![],
         });
     }
     let roots = vec![https::pki().ca_der.clone()];
@@ -84,13 +86,15 @@ fn placeholders_become_values_only_at_their_hosts() {
              X-Pkg: {PKG_P}\r\nContent-Length: 47\r\n\r\n{API_P}"
         );
         let a1 = roundtrip(&mut c, r1.as_bytes()).unwrap();
-        // Same connection (keep-alive), Basic credentials this time.
+        // A request with a body ends its connection (S5-NET-7): a new
+        // one, Basic credentials this time.
+        let mut c = connect("198.51.100.10:443", "api.test", &[&ca]).unwrap();
         let r2 =
             format!("GET /v2 HTTP/1.1\r\nHost: api.test\r\nAuthorization: Basic {basic}\r\n\r\n");
         let a2 = roundtrip(&mut c, r2.as_bytes()).unwrap();
         let mut p = connect("198.51.100.11:443", "files.pkg.test", &[&ca]).unwrap();
         let r3 = format!(
-            "GET / HTTP/1.1\r\nHost: files.pkg.test\r\nX-Key: {PKG_P}\r\nX-Api: {API_P}\r\n\r\n"
+            "GET / HTTP/1.1\r\nHost: files.pkg.test\r\nX-Api-Key: {PKG_P}\r\nX-Api: {API_P}\r\n\r\n"
         );
         let p1 = roundtrip(&mut p, r3.as_bytes()).unwrap();
         (a1, a2, p1)
@@ -107,6 +111,7 @@ fn placeholders_become_values_only_at_their_hosts() {
         "{}",
         api[0]
     );
+    assert!(api[0].contains("\r\nConnection: close\r\n"), "{}", api[0]);
     // The other secret's placeholder is not for this host: as sent.
     assert!(
         api[0].contains(&format!("X-Pkg: {PKG_P}\r\n")),
@@ -121,7 +126,7 @@ fn placeholders_become_values_only_at_their_hosts() {
     let pkg = heads(&lab, "pkg-tls");
     assert_eq!(pkg.len(), 1);
     assert!(
-        pkg[0].contains(&format!("X-Key: {PKG_V}\r\n")),
+        pkg[0].contains(&format!("X-Api-Key: {PKG_V}\r\n")),
         "{}",
         pkg[0]
     );
@@ -132,7 +137,7 @@ fn placeholders_become_values_only_at_their_hosts() {
     );
     assert!(!pkg[0].contains(API_V) && !api[0].contains(PKG_V));
 
-    // Bearer and Basic at api.test, X-Key at files.pkg.test; bodies are not
+    // Bearer and Basic at api.test, X-Api-Key at files.pkg.test; bodies are not
     // rewritten.
     assert_eq!(lab.handle.counters().secrets_substituted, 3);
     let ev = secret_events(&lab);

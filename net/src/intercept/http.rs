@@ -1,9 +1,17 @@
 //! HTTP/1.1 requests from the sandbox to a secret host, head by head:
-//! each head is read whole (at most `MAX_HEAD`), its header values get
-//! their placeholders replaced, and the body that follows is streamed
-//! unread, framed by Content-Length or chunked encoding. Anything this
-//! code would frame differently from a strict server is refused rather
-//! than guessed at.
+//! each head is read whole (at most `MAX_HEAD`), the placeholders in its
+//! credential headers are replaced (`Secret::substituted_in`), and the
+//! body that follows is streamed unread, framed by Content-Length or
+//! chunked encoding. Anything this code would frame differently from a
+//! strict server is refused rather than guessed at.
+//!
+//! A request with a body is the last one on its connection: it goes out
+//! with `Connection: close`, and a head the sandbox sends after it is
+//! refused. A server that frames a body differently (one that ignores
+//! Content-Length on some route, a "CL.0" desync) would otherwise read
+//! the body as the start of another request and the next head, real
+//! value in it, as that request's body, which it may store where the
+//! sandbox can read it (attack review s5, S5-NET-7).
 
 use std::io;
 
@@ -30,9 +38,10 @@ pub struct Rewritten {
     pub substituted: u64,
     /// Placeholders of secrets not bound to this host (left as they are).
     pub misdirected: Vec<String>,
-    /// Placeholders of this host's secrets outside header values (left
-    /// as they are: only header values are rewritten).
-    pub outside_headers: Vec<String>,
+    /// Placeholders of this host's secrets outside the headers they are
+    /// substituted in: in the request target or another header (left as
+    /// they are).
+    pub elsewhere: Vec<String>,
     pub framing: Framing,
 }
 
@@ -44,6 +53,13 @@ pub enum Framing {
     Chunked,
     /// CONNECT or Upgrade: what follows is no longer HTTP/1.1 requests.
     Opaque,
+}
+
+impl Framing {
+    /// A body follows the head: the request ends its connection.
+    pub fn has_body(self) -> bool {
+        matches!(self, Framing::Chunked) || matches!(self, Framing::Length(n) if n > 0)
+    }
 }
 
 pub fn refused(why: impl Into<String>) -> io::Error {
@@ -73,19 +89,25 @@ pub fn rewrite_head(raw: &[u8], secrets: &Secrets, host: &str) -> io::Result<Rew
     check_target(method, path, req.headers, host)?;
     let mut out = Rewritten::default();
     for (_, s) in find_placeholders(secrets, path.as_bytes()) {
-        note(&mut out, s, host, true);
+        note(&mut out, s, host);
     }
     let mut head = Vec::with_capacity(raw.len() + 256);
     head.extend_from_slice(format!("{method} {path} HTTP/1.{version}\r\n").as_bytes());
     let (mut length, mut chunked, mut te_count, mut opaque) = (None, false, 0, method == "CONNECT");
+    // Connection and Keep-Alive go last, replaced when a body follows.
+    let mut persistence: Vec<&httparse::Header<'_>> = Vec::new();
     for h in req.headers.iter() {
         let name = h.name;
-        let value = substitute(h.value, secrets, host, &mut out)?;
+        let value = substitute(h.value, secrets, host, name, &mut out)?;
         let value = if is_auth(name) {
-            basic_auth(&value, secrets, host, &mut out)?.unwrap_or(value)
+            basic_auth(&value, secrets, host, name, &mut out)?.unwrap_or(value)
         } else {
             value
         };
+        if name.eq_ignore_ascii_case("connection") || name.eq_ignore_ascii_case("keep-alive") {
+            persistence.push(h);
+            continue;
+        }
         if name.eq_ignore_ascii_case("content-length") {
             let v = std::str::from_utf8(h.value)
                 .ok()
@@ -113,7 +135,6 @@ pub fn rewrite_head(raw: &[u8], secrets: &Secrets, host: &str) -> io::Result<Rew
             return Err(too_big());
         }
     }
-    head.extend_from_slice(b"\r\n");
     if chunked && length.is_some() {
         return Err(refused("both Content-Length and Transfer-Encoding"));
     }
@@ -123,6 +144,20 @@ pub fn rewrite_head(raw: &[u8], secrets: &Secrets, host: &str) -> io::Result<Rew
         (_, _, Some(n)) => Framing::Length(n),
         _ => Framing::None,
     };
+    if out.framing.has_body() {
+        head.extend_from_slice(b"Connection: close\r\n");
+    } else {
+        for h in persistence {
+            head.extend_from_slice(h.name.as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(h.value);
+            head.extend_from_slice(b"\r\n");
+        }
+    }
+    if head.len() + 2 > MAX_REWRITTEN {
+        return Err(too_big());
+    }
+    head.extend_from_slice(b"\r\n");
     out.head = head;
     Ok(out)
 }
@@ -194,13 +229,13 @@ fn is_auth(name: &str) -> bool {
     name.eq_ignore_ascii_case("authorization") || name.eq_ignore_ascii_case("proxy-authorization")
 }
 
-fn note(out: &mut Rewritten, s: &Secret, host: &str, outside_headers: bool) {
+/// A placeholder left as it is: sent to a host its secret is not bound
+/// to, or somewhere other than the headers it is substituted in.
+fn note(out: &mut Rewritten, s: &Secret, host: &str) {
     let list = if !s.bound_to(host) {
         &mut out.misdirected
-    } else if outside_headers {
-        &mut out.outside_headers
     } else {
-        return;
+        &mut out.elsewhere
     };
     if !list.contains(&s.placeholder) {
         list.push(s.placeholder.clone());
@@ -213,11 +248,13 @@ fn too_big() -> io::Error {
     ))
 }
 
-/// `value` with every placeholder bound to `host` replaced.
+/// `value` of header `name` with every placeholder of a secret bound to
+/// `host` and substituted in `name` replaced.
 fn substitute(
     value: &[u8],
     secrets: &Secrets,
     host: &str,
+    name: &str,
     out: &mut Rewritten,
 ) -> io::Result<Vec<u8>> {
     let mut v = Vec::with_capacity(value.len());
@@ -226,7 +263,7 @@ fn substitute(
         if i < at {
             continue;
         }
-        if s.bound_to(host) {
+        if s.bound_to(host) && s.substituted_in(name) {
             if v.len() + (i - at) + s.value.len() > MAX_REWRITTEN {
                 return Err(too_big());
             }
@@ -235,7 +272,7 @@ fn substitute(
             at = i + s.placeholder.len();
             out.substituted += 1;
         } else {
-            note(out, s, host, false);
+            note(out, s, host);
         }
     }
     v.extend_from_slice(&value[at..]);
@@ -249,6 +286,7 @@ fn basic_auth(
     value: &[u8],
     secrets: &Secrets,
     host: &str,
+    name: &str,
     out: &mut Rewritten,
 ) -> io::Result<Option<Vec<u8>>> {
     let Some(sp) = value.iter().position(|&b| b == b' ') else {
@@ -262,7 +300,7 @@ fn basic_auth(
         return Ok(None);
     };
     let before = out.substituted;
-    let replaced = substitute(&creds, secrets, host, out)?;
+    let replaced = substitute(&creds, secrets, host, name, out)?;
     if out.substituted == before {
         return Ok(None);
     }
@@ -300,7 +338,7 @@ pub struct Requests<R> {
 pub struct Seen {
     pub substituted: u64,
     pub misdirected: Vec<String>,
-    pub outside_headers: Vec<String>,
+    pub elsewhere: Vec<String>,
 }
 
 impl<R: AsyncRead + Unpin> Requests<R> {
@@ -337,8 +375,17 @@ impl<R: AsyncRead + Unpin> Requests<R> {
             seen(Seen {
                 substituted: r.substituted,
                 misdirected: r.misdirected,
-                outside_headers: r.outside_headers,
+                elsewhere: r.elsewhere,
             });
+            if r.framing.has_body() {
+                if let Framing::Length(n) = r.framing {
+                    self.copy_exact(w, n).await?;
+                } else {
+                    self.copy_chunked(w).await?;
+                }
+                w.flush().await?;
+                return self.after_last().await;
+            }
             match r.framing {
                 Framing::None => {}
                 Framing::Length(n) => self.copy_exact(w, n).await?,
@@ -352,6 +399,18 @@ impl<R: AsyncRead + Unpin> Requests<R> {
             }
             w.flush().await?;
         }
+    }
+
+    /// After a request that ended the connection: Ok at the sandbox's
+    /// end, refused if it sends more.
+    async fn after_last(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() && self.fill().await? == 0 {
+            return Ok(());
+        }
+        Err(refused(
+            "a request after one with a body on the same connection \
+             (that one went out with Connection: close; open a new connection)",
+        ))
     }
 
     /// The length of the next head in `buf`; None at a clean end.
@@ -456,11 +515,13 @@ mod tests {
                 placeholder: P.into(),
                 value: value.into(),
                 hosts: vec!["api.test".into()],
+                headers: vec![],
             },
             SecretSpec {
                 placeholder: Q.into(),
                 value: "other".into(),
                 hosts: vec!["else.test".into()],
+                headers: vec![],
             },
         ])
         .unwrap()
@@ -487,16 +548,58 @@ mod tests {
         })
     }
 
+    /// S5-NET-3: only credential headers get the value; a header a server
+    /// reflects (Origin, Referer, X-Forwarded-Host) keeps the placeholder
+    /// and is reported.
     #[test]
-    fn bearer_basic_and_keep_alive_are_substituted_bodies_are_not() {
+    fn only_credential_headers_are_substituted() {
+        let head = format!(
+            "GET /?k={P} HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer {P}\r\nX-Api-Key: {P}\r\n\
+             Origin: https://{P}.test\r\nReferer: https://api.test/{P}\r\nX-Forwarded-Host: {P}\r\n\
+             Cookie: k={P}\r\nX-Other: {Q}\r\n\r\n"
+        );
+        let r = rewrite_head(head.as_bytes(), &secrets("sk-real"), "api.test").unwrap();
+        let want = format!(
+            "GET /?k={P} HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer sk-real\r\nX-Api-Key: sk-real\r\n\
+             Origin: https://{P}.test\r\nReferer: https://api.test/{P}\r\nX-Forwarded-Host: {P}\r\n\
+             Cookie: k={P}\r\nX-Other: {Q}\r\n\r\n"
+        );
+        assert_eq!(String::from_utf8(r.head).unwrap(), want);
+        assert_eq!(r.substituted, 2);
+        assert_eq!(r.elsewhere, [P]);
+        assert_eq!(r.misdirected, [Q]);
+        // A secret naming a header of its own gets it substituted there,
+        // and only there; without that name the header keeps the
+        // placeholder (the control).
+        let own = Secrets::new(vec![SecretSpec {
+            placeholder: P.into(),
+            value: "sk-real".into(),
+            hosts: vec!["api.test".into()],
+            headers: vec!["x-custom".into()],
+        }])
+        .unwrap();
+        let head =
+            format!("GET / HTTP/1.1\r\nHost: api.test\r\nX-Custom: {P}\r\nOrigin: {P}\r\n\r\n");
+        let r = rewrite_head(head.as_bytes(), &own, "api.test").unwrap();
+        assert_eq!(
+            String::from_utf8(r.head).unwrap(),
+            format!("GET / HTTP/1.1\r\nHost: api.test\r\nX-Custom: sk-real\r\nOrigin: {P}\r\n\r\n")
+        );
+        let r = rewrite_head(head.as_bytes(), &secrets("sk-real"), "api.test").unwrap();
+        assert!(!String::from_utf8(r.head).unwrap().contains("sk-real"));
+        assert_eq!(r.elsewhere, [P]);
+    }
+
+    #[test]
+    fn bearer_basic_and_keep_alive_are_substituted() {
         let basic = B64.encode(format!("user:{P}"));
         let req = format!(
-            "POST /a HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer {P}\r\nContent-Length: 52\r\n\r\nbody {P}\
+            "GET /a HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer {P}\r\nConnection: keep-alive\r\n\r\n\
              GET /b HTTP/1.1\nHost: api.test\nAuthorization: Basic {basic}\nX-Other: {Q}\n\n"
         );
         let (out, n, mis) = run(req.as_bytes()).unwrap();
         let want = format!(
-            "POST /a HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer sk-real\r\nContent-Length: 52\r\n\r\nbody {P}\
+            "GET /a HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer sk-real\r\nConnection: keep-alive\r\n\r\n\
              GET /b HTTP/1.1\r\nHost: api.test\r\nAuthorization: Basic {}\r\nX-Other: {Q}\r\n\r\n",
             B64.encode("user:sk-real")
         );
@@ -504,19 +607,52 @@ mod tests {
         assert_eq!((n, mis), (2, vec![Q.to_string()]));
     }
 
+    /// S5-NET-7: after a request with a body nothing more goes out on the
+    /// connection, so a server misframing that body cannot take the next
+    /// head (value in it) as part of something it stores.
     #[test]
-    fn chunked_bodies_are_framed_and_passed_through() {
-        let req = format!(
-            "POST / HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\nX: {P}\r\n\r\n5;e=1\r\nhello\r\n0\r\nT: 1\r\n\r\n\
-             GET / HTTP/1.1\r\nHost: api.test\r\nX: {P}\r\n\r\n"
-        );
-        let (out, n, _) = run(req.as_bytes()).unwrap();
-        let out = String::from_utf8(out).unwrap();
-        assert_eq!(n, 2);
-        assert!(
-            out.contains("5;e=1\r\nhello\r\n0\r\nT: 1\r\n\r\nGET / HTTP/1.1\r\nHost: api.test\r\nX: sk-real\r\n\r\n"),
-            "{out}"
-        );
+    fn a_request_with_a_body_is_the_last_on_its_connection() {
+        let bodies = [
+            format!("Content-Length: 52\r\nConnection: keep-alive\r\n\r\nbody {P}"),
+            "Transfer-Encoding: chunked\r\nKeep-Alive: timeout=5\r\n\r\n5;e=1\r\nhello\r\n0\r\nT: 1\r\n\r\n"
+                .to_string(),
+        ];
+        for body in bodies {
+            let first = format!(
+                "POST /a HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer {P}\r\n{body}"
+            );
+            let next =
+                format!("GET /b HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer {P}\r\n\r\n");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let mut out = Vec::new();
+            let both = first.clone() + &next;
+            let r = rt.block_on(Requests::new(both.as_bytes()).relay(
+                &mut out,
+                &secrets("sk-real"),
+                "api.test",
+                |_| {},
+            ));
+            let e = r.expect_err("a head after a body went through");
+            assert!(e.to_string().contains("after one with a body"), "{e}");
+            let out = String::from_utf8(out).unwrap();
+            assert_eq!(out.matches("sk-real").count(), 1, "{out}");
+            assert!(!out.contains("GET /b"), "{out}");
+            assert!(out.contains("\r\nConnection: close\r\n\r\n"), "{out}");
+            assert!(
+                !out.contains("keep-alive") && !out.contains("Keep-Alive"),
+                "{out}"
+            );
+            // Control: the request alone goes out whole, value and body.
+            let (alone, n, _) = run(first.as_bytes()).unwrap();
+            let alone = String::from_utf8(alone).unwrap();
+            assert_eq!(n, 1);
+            assert!(
+                alone.ends_with(body.split_once("\r\n\r\n").unwrap().1),
+                "{alone}"
+            );
+        }
     }
 
     #[test]
@@ -551,7 +687,7 @@ mod tests {
         // Many placeholders whose values would grow the head past the bound
         // once substituted.
         let many = format!("{P} ").repeat(1200);
-        let req = format!("GET / HTTP/1.1\r\nHost: api.test\r\nX: {many}\r\n\r\n");
+        let req = format!("GET / HTTP/1.1\r\nHost: api.test\r\nX-Api-Key: {many}\r\n\r\n");
         let e = run_with(req.as_bytes(), &"v".repeat(16 * 1024)).unwrap_err();
         assert!(e.to_string().contains("once substituted"), "{e}");
         // Controls: the verified name in every form, and a head just under

@@ -127,9 +127,10 @@ impl Interception {
                         "placeholder {p} sent to {host}, which its secret is not bound to: not substituted"
                     ));
                 }
-                for p in s.outside_headers {
+                for p in s.elsewhere {
                     report(format!(
-                        "placeholder {p} outside the header values: not substituted"
+                        "placeholder {p} outside the credential headers (Authorization, \
+                         Proxy-Authorization, X-Api-Key and the others in the docs): not substituted"
                     ));
                 }
             };
