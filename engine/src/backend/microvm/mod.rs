@@ -203,6 +203,7 @@ pub async fn vm_check(home: &Path) -> VmCheck {
         )
     };
     c
+}
 
 /// Drops the cached erofs layers of images no longer stored (called where
 /// images go: remove, prune, and the engine's open).
@@ -211,5 +212,4 @@ pub(crate) fn prune_layer_cache(
     stored: &std::collections::HashSet<String>,
 ) -> usize {
     disks::prune_layer_cache(&disks::cache_in(home), stored)
-}
 }
