@@ -46,6 +46,24 @@ fn connect_p50(n: usize) -> Duration {
     t[n / 2]
 }
 
+/// CPU seconds this process (the test hosts, the forwarder and the
+/// client are all its threads) has used: per GiB moved, a figure a busy
+/// machine changes far less than throughput.
+fn cpu_s() -> f64 {
+    // SAFETY: getrusage fills the struct.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+/// Throughput in MiB/s and CPU seconds per GiB of one download.
+fn measured(bytes: u64, f: impl FnOnce() -> f64) -> (f64, f64) {
+    let c0 = cpu_s();
+    let r = f();
+    (r, (cpu_s() - c0) / (bytes as f64 / GIB as f64))
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -86,15 +104,19 @@ fn bench_forwarder_against_direct() {
     // Interleaved so that a busy moment on the machine lands on every
     // path alike; medians, and the ratio of each round.
     let (mut direct, mut through, mut tap) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut cpu_direct, mut cpu_through, mut cpu_tap) = (Vec::new(), Vec::new(), Vec::new());
     let mut ratios = Vec::new();
     for _ in 0..rounds {
-        let d = lab.outside(move || download(bytes));
-        let t = lab.inside(move || download(bytes));
-        let u = tap_lab.inside(move || download(bytes));
-        ratios.push(t / d);
-        direct.push(d);
-        through.push(t);
-        tap.push(u);
+        let d = measured(bytes, || lab.outside(move || download(bytes)));
+        let t = measured(bytes, || lab.inside(move || download(bytes)));
+        let u = measured(bytes, || tap_lab.inside(move || download(bytes)));
+        ratios.push(t.0 / d.0);
+        direct.push(d.0);
+        through.push(t.0);
+        tap.push(u.0);
+        cpu_direct.push(d.1);
+        cpu_through.push(t.1);
+        cpu_tap.push(u.1);
     }
     drop(tap_lab);
     let connect_direct = lab.outside(|| connect_p50(200));
@@ -154,6 +176,12 @@ fn bench_forwarder_against_direct() {
         tap,
         ratio,
         ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(" ")
+    );
+    println!(
+        "  CPU per GiB (all threads: hosts, forwarder, client), median: {:.2} s through (kernel path), {:.2} s direct, {:.2} s through the tap alone",
+        median(&mut cpu_through),
+        median(&mut cpu_direct),
+        median(&mut cpu_tap)
     );
     println!(
         "  connect p50: {:?} through, {:?} direct (added {:?})",
