@@ -44,14 +44,10 @@ impl From<&vm::Manifest> for CheckpointInfo {
     }
 }
 
-fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> impl std::future::Future<Output = Result<T>> {
-    async move {
-        tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| EngineError::internal(format!("checkpoint task: {e}")))?
-    }
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| EngineError::internal(format!("checkpoint task: {e}")))?
 }
 
 fn vm_only(sb: &Sandbox, what: &str) -> Result<()> {
@@ -139,11 +135,12 @@ async fn fresh_identity(sb: &Sandbox) -> Result<()> {
     let hostname = crate::plan::hostname_for(&sb.stored.config, &sb.name);
     let mut entropy = vec![0u8; 64];
     getrandom::fill(&mut entropy).map_err(|e| EngineError::internal(format!("getrandom: {e}")))?;
-    match sb
-        .client()?
-        .call(&Message::Reseed { hostname, entropy })
-        .await?
-    {
+    let msg = Message::Reseed {
+        name: sb.name.clone(),
+        hostname,
+        entropy,
+    };
+    match sb.client()?.call(&msg).await? {
         Message::Ok => {}
         Message::Error(e) => return Err(EngineError::new(e.code, e.message)),
         m => return Err(EngineError::internal(format!("reseed: unexpected {m:?}"))),

@@ -219,7 +219,12 @@ impl Engine {
                 );
                 (ca?, client?)
             }
-            None => (None, backend.connect(&dir, &name).await?),
+            // A restored guest's agent still answers to the name it had
+            // when the checkpoint was taken, until its Reseed.
+            None => {
+                let agent_name = restore.map_or(name.as_str(), |r| r.manifest.source.as_str());
+                (None, backend.connect(&dir, agent_name).await?)
+            }
         };
         if plan.net.is_some() {
             crate::network::install(&client, ca.as_deref()).await?;

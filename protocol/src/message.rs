@@ -107,11 +107,13 @@ pub enum Message {
     /// Ask the agent to end every process and exit (graceful stop).
     Shutdown,
     /// A microVM restored from a checkpoint becomes a new machine: the
-    /// guest sets `hostname`, mixes `entropy` (host random bytes) into its
-    /// RNG with credit and reseeds it, so copies of one checkpoint do not
+    /// agent answers to sandbox `name` from then on (HelloAck), the guest
+    /// sets `hostname`, mixes `entropy` (host random bytes) into its RNG
+    /// with credit and reseeds it, so copies of one checkpoint do not
     /// share random numbers. Only a VM's init can (it keeps a privileged
     /// helper process for it); elsewhere the reply is an error.
     Reseed {
+        name: String,
         hostname: String,
         entropy: Vec<u8>,
     },

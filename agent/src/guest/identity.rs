@@ -14,7 +14,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 /// `_IOW('R', 0x03, int[2])` and `_IO('R', 0x07)` (linux/random.h).
 const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
@@ -26,6 +26,13 @@ const MAX_ENTROPY: usize = 512;
 const ANSWER_MS: i32 = 2000;
 
 static KEEPER: OnceLock<OwnedFd> = OnceLock::new();
+/// The sandbox's name after a restore (the agent's spec has the source's).
+static NAME: Mutex<Option<String>> = Mutex::new(None);
+
+/// The name a restored VM answers to, once `reseed` set it.
+pub fn renamed() -> Option<String> {
+    NAME.lock().ok().and_then(|n| n.clone())
+}
 
 /// Forks the keeper. Called by PID 1 while it is single-threaded and still
 /// has its capabilities.
@@ -125,7 +132,7 @@ fn apply(msg: &[u8]) -> Result<(), i32> {
 }
 
 /// The agent's side: asks the keeper and waits (bounded) for its answer.
-pub fn reseed(hostname: &str, entropy: &[u8]) -> io::Result<()> {
+pub fn reseed(name: &str, hostname: &str, entropy: &[u8]) -> io::Result<()> {
     let sock = KEEPER.get().ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::Unsupported,
@@ -167,8 +174,14 @@ pub fn reseed(hostname: &str, entropy: &[u8]) -> io::Result<()> {
             return Err(io::Error::other("reseed: the identity keeper is gone"));
         }
         match i32::from_ne_bytes(code) {
-            0 => Ok(()),
-            e => Err(io::Error::from_raw_os_error(e)),
+            0 => {}
+            e => return Err(io::Error::from_raw_os_error(e)),
         }
     }
+    if !name.is_empty() {
+        if let Ok(mut n) = NAME.lock() {
+            *n = Some(name.to_string());
+        }
+    }
+    Ok(())
 }

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use lockbox_protocol::LaunchSpec;
 
-pub use identity::reseed;
+pub use identity::{renamed, reseed};
 
 /// The virtio-serial port's name, set by the VMM (`virtserialport,name=`).
 pub const PORT_NAME: &str = "lockbox.agent";

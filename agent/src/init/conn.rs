@@ -161,7 +161,8 @@ async fn handshake(
                 &Message::HelloAck {
                     version: PROTOCOL_VERSION,
                     agent_pid: agent.host_pid,
-                    sandbox: agent.spec.name.clone(),
+                    // A restored VM answers to its new name once told.
+                    sandbox: crate::guest::renamed().unwrap_or_else(|| agent.spec.name.clone()),
                 },
             );
             true
@@ -293,8 +294,12 @@ fn control(agent: &Rc<Agent>, conn: &Rc<Conn>, id: u32, msg: Message) {
             return;
         }
         // A restored microVM's fresh identity (guest/identity.rs).
-        Message::Reseed { hostname, entropy } => {
-            let r = match crate::guest::reseed(&hostname, &entropy) {
+        Message::Reseed {
+            name,
+            hostname,
+            entropy,
+        } => {
+            let r = match crate::guest::reseed(&name, &hostname, &entropy) {
                 Ok(()) => Message::Ok,
                 Err(e) => Message::Error(WireError::new(
                     match e.kind() {

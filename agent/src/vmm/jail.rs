@@ -409,11 +409,10 @@ fn inner(mounts: &Mounts, fds: &Fds<'_>, argv: &[CString]) -> io::Error {
             libc::setrlimit(libc::RLIMIT_CORE, &zero);
         }
         // Out of the way first: the agent's move to 3 must not close it.
-        let qmp = match fds.qmp {
-            // SAFETY: F_DUPFD_CLOEXEC of an fd we hold.
-            Some(q) => Some(unsafe { libc::fcntl(q.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) }),
-            None => None,
-        };
+        // SAFETY: F_DUPFD_CLOEXEC of an fd we hold.
+        let qmp = fds
+            .qmp
+            .map(|q| unsafe { libc::fcntl(q.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) });
         move_to(fds.agent.as_raw_fd(), 3)?;
         if let Some(q) = qmp {
             cvt(q)?;

@@ -202,6 +202,10 @@ pub fn save(
         Ok(n)
     })();
     q.extend(QMP_TIMEOUT);
+    if copied.is_err() {
+        // A migration still running (timed out) must end before `cont`.
+        let _ = q.execute("migrate_cancel", json!({}));
+    }
     let resumed = q.execute("cont", json!({}));
     let disk_bytes = copied?;
     resumed?;
