@@ -307,3 +307,63 @@ fn copy_range(s: RawFd, d: RawFd, mut at: i64, end: i64) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::fs::{FileExt, PermissionsExt};
+
+    #[test]
+    fn a_disk_copy_keeps_data_and_holes() {
+        let d = tempfile::tempdir().unwrap();
+        let src = File::create(d.path().join("a")).unwrap();
+        src.set_len(64 << 20).unwrap();
+        src.write_all_at(b"head", 0).unwrap();
+        src.write_all_at(b"tail", (64 << 20) - 4).unwrap();
+        let dst = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(d.path().join("b"))
+            .unwrap();
+        let src = File::open(d.path().join("a")).unwrap();
+        assert_eq!(copy_disk(&src, &dst).unwrap(), 64 << 20);
+        let mut b = [0u8; 4];
+        dst.read_exact_at(&mut b, 0).unwrap();
+        assert_eq!(&b, b"head");
+        dst.read_exact_at(&mut b, (64 << 20) - 4).unwrap();
+        assert_eq!(&b, b"tail");
+        // Sparse: far less than 64 MiB allocated.
+        let blocks = std::os::unix::fs::MetadataExt::blocks(&dst.metadata().unwrap());
+        assert!(blocks * 512 < 8 << 20, "{blocks} blocks");
+    }
+
+    #[test]
+    fn the_root_must_be_private_and_not_a_link() {
+        let d = tempfile::tempdir().unwrap();
+        let root = open_root(d.path()).unwrap();
+        let m = std::fs::metadata(d.path().join(super::super::checkpoint::DIR)).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o700);
+        // A new file is 0600 and O_EXCL.
+        let mut f = create_at(&root, "x").unwrap();
+        f.write_all(b"1").unwrap();
+        assert_eq!(f.metadata().unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(create_at(&root, "x").is_err());
+        // A symlink in a checkpoint is not followed.
+        std::os::unix::fs::symlink("/etc/passwd", d.path().join("checkpoints/l")).unwrap();
+        assert!(open_at(&root, "l").is_err());
+        // Opened to others: refused (control above: the same dir at 0700).
+        std::fs::set_permissions(
+            d.path().join("checkpoints"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        assert!(open_root(d.path()).is_err());
+        // A link in place of the directory: refused.
+        let e = tempfile::tempdir().unwrap();
+        std::fs::create_dir(e.path().join("real")).unwrap();
+        std::os::unix::fs::symlink(e.path().join("real"), e.path().join("checkpoints")).unwrap();
+        assert!(open_root(e.path()).is_err());
+    }
+}

@@ -202,3 +202,82 @@ fn send_with_fd(sock: &UnixStream, bytes: &[u8], fd: RawFd) -> Result<()> {
             .map_err(|e| err("write", e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::net::UnixListener;
+
+    /// A fake qemu: greets, answers qmp_capabilities, then runs `then`.
+    fn fake(then: impl FnOnce(&mut UnixStream) + Send + 'static) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let l = UnixListener::bind(dir.path().join(SOCKET)).unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            s.write_all(b"{\"QMP\": {\"version\": {}}}\r\n").unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            s.write_all(b"{\"return\": {}}\r\n").unwrap();
+            line.clear();
+            let _ = r.read_line(&mut line);
+            then(&mut s);
+        });
+        dir
+    }
+
+    #[test]
+    fn events_are_skipped_and_errors_named() {
+        let d = fake(|s| {
+            s.write_all(b"{\"event\": \"STOP\"}\r\n{\"error\": {\"class\": \"GenericError\", \"desc\": \"no such thing\"}}\r\n")
+                .unwrap();
+        });
+        let mut q = Qmp::connect(d.path(), Duration::from_secs(5)).unwrap();
+        let e = q.execute("stop", json!({})).unwrap_err();
+        assert!(e.message.contains("no such thing"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_line_past_the_bound_is_refused() {
+        let d = fake(|s| {
+            let _ = s.write_all(&vec![b'x'; 200 * 1024]);
+        });
+        let mut q = Qmp::connect(d.path(), Duration::from_secs(5)).unwrap();
+        let e = q.execute("stop", json!({})).unwrap_err();
+        assert!(e.message.contains("longer than 64 KiB"), "{}", e.message);
+    }
+
+    #[test]
+    fn endless_events_end_the_wait() {
+        let d = fake(|s| {
+            for _ in 0..2000 {
+                if s.write_all(b"{\"event\": \"X\"}\r\n").is_err() {
+                    return;
+                }
+            }
+        });
+        let mut q = Qmp::connect(d.path(), Duration::from_secs(5)).unwrap();
+        let e = q.execute("stop", json!({})).unwrap_err();
+        assert!(
+            e.message.contains("no reply among 1024 events"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn silence_times_out() {
+        let d = fake(|_| std::thread::sleep(Duration::from_secs(3)));
+        let mut q = Qmp::connect(d.path(), Duration::from_secs(1)).unwrap();
+        let t = Instant::now();
+        let e = q.execute("stop", json!({})).unwrap_err();
+        assert_eq!(
+            e.code,
+            lockbox_protocol::ErrorCode::Timeout,
+            "{}",
+            e.message
+        );
+        assert!(t.elapsed() < Duration::from_secs(2));
+    }
+}
