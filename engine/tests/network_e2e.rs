@@ -1109,7 +1109,10 @@ async fn fast_tcp(sb: &Sandbox) {
     .await;
     // Reset at once (nc's status may still be 0: its write can land
     // before the reset): a held connection would keep nc for its 3 s.
-    assert!(took < Duration::from_secs(2), "refusal took {took:?}: {out}");
+    assert!(
+        took < Duration::from_secs(2),
+        "refusal took {took:?}: {out}"
+    );
     let ev = sb
         .network_events(Duration::from_secs(2), 100)
         .await
