@@ -447,8 +447,6 @@ func TestMicroVMUnsupported(t *testing.T) {
 	defer cancel()
 	vol := t.TempDir()
 	cases := map[string][]lockbox.Option{
-		"volume":  {lockbox.WithVolume(vol, "/data", true)},
-		"tmpfs":   {lockbox.WithTmpfs("/scratch", 8)},
 		"network": {lockbox.WithNetwork(lockbox.NetworkOutbound)},
 		"policy":  {lockbox.WithNetworkPolicy(lockbox.NewNetworkPolicy(lockbox.Allow("example.com")))},
 	}

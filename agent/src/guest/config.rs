@@ -21,6 +21,9 @@ pub struct GuestConfig {
     pub layers: Vec<String>,
     /// Serial of the writable layer's disk (ext4, made by the engine).
     pub upper: String,
+    /// Volumes and tmpfs mounts, in the plan's order (volumes.rs).
+    #[serde(default)]
+    pub mounts: Vec<super::volumes::GuestMount>,
 }
 
 /// `/dev/vdX` of the disk whose serial is `serial`, if there is one.

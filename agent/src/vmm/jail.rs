@@ -124,6 +124,7 @@ pub fn spawn(
     mounts: &Mounts,
     listener: OwnedFd,
     qmp: Option<OwnedFd>,
+    shares: &[(OwnedFd, RawFd)],
     cgroup: &Cgroup,
     root: bool,
 ) -> io::Result<Child> {
@@ -156,6 +157,7 @@ pub fn spawn(
         let fds = Fds {
             agent: &listener,
             qmp: qmp.as_ref(),
+            shares,
         };
         let e = outer(mounts, &fds, cgroup, root, kvm_gid, helper, &argv, &wr);
         report_and_exit(&wr, &e);
@@ -201,6 +203,9 @@ fn cvt(r: libc::c_int) -> io::Result<()> {
 struct Fds<'a> {
     agent: &'a OwnedFd,
     qmp: Option<&'a OwnedFd>,
+    /// virtiofsd's vhost-user sockets, each at the number qemu's command
+    /// line names (vmm/share.rs).
+    shares: &'a [(OwnedFd, RawFd)],
 }
 
 /// Runs in the forked child; returns only on failure.
@@ -432,6 +437,7 @@ fn inner(mounts: &Mounts, fds: &Fds<'_>, argv: &[CString]) -> io::Error {
                 libc::CLOSE_RANGE_CLOEXEC,
             )
         };
+        super::share::place_fds(fds.shares)?;
         ctx("drop capabilities", super::caps::drop_all())?;
         // SAFETY: prctl with integers.
         ctx(

@@ -13,6 +13,7 @@ mod caps;
 mod jail;
 mod landlock;
 mod seccomp;
+mod share;
 
 use std::fs;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -49,6 +50,9 @@ pub struct VmmSpec {
     /// engine connects to it (0600, in the sandbox's directory).
     #[serde(default)]
     pub qmp: Option<String>,
+    /// Volumes: one confined virtiofsd each (share.rs).
+    #[serde(default)]
+    pub shares: Vec<share::ShareSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -177,9 +181,19 @@ fn start(spec: &VmmSpec, cgroup: &Cgroup, report: &mut Report) -> Result<jail::C
                 .map_err(|e| format!("chown {}: {e}", b.src))?;
         }
     }
+    let dir = Path::new(&spec.socket).parent().unwrap_or(Path::new("/"));
+    let shares = share::start_all(&spec.shares, dir, cgroup)?;
     let mounts = jail::Mounts::prepare(spec).map_err(|e| format!("jail mounts: {e}"))?;
-    let child = jail::spawn(spec, &mounts, OwnedFd::from(listener), qmp, cgroup, root)
-        .map_err(|e| format!("start qemu: {e}"))?;
+    let child = jail::spawn(
+        spec,
+        &mounts,
+        OwnedFd::from(listener),
+        qmp,
+        &shares,
+        cgroup,
+        root,
+    )
+    .map_err(|e| format!("start qemu: {e}"))?;
     for f in [
         "userns", "mountns", "pidns", "netns", "ipcns", "utsns", "cgroupns",
     ] {
@@ -189,6 +203,9 @@ fn start(spec: &VmmSpec, cgroup: &Cgroup, report: &mut Report) -> Result<jail::C
     report.ok("vmm_caps");
     report.ok("vmm_qemu_sandbox");
     report.ok("vmm_seccomp");
+    if !shares.is_empty() {
+        report.ok("vmm_virtiofsd_jail");
+    }
     if landlock::kernel_abi() > 0 {
         report.ok("vmm_landlock");
     } else {

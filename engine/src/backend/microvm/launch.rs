@@ -12,6 +12,7 @@ use serde_json::json;
 
 use super::disks;
 use super::host::{Accel, Host, INITRAMFS, KERNEL};
+use super::volumes;
 use crate::backend::process::{spawn_host_process, watch_exit, HostProcess, Started};
 use crate::backend::{LaunchRequest, Launched};
 use crate::error::{EngineError, Result};
@@ -168,7 +169,10 @@ pub async fn launch(helper: &Path, host: &Host, req: &LaunchRequest<'_>) -> Resu
         },
         ..Default::default()
     };
-    let cfg = json!({"spec": spec, "layers": serials, "upper": "lockbox-rw"});
+    let shares = volumes::plan(&req.mounts, guest_mib);
+    args.extend(shares.qemu_args.iter().cloned());
+    let cfg =
+        json!({"spec": spec, "layers": serials, "upper": "lockbox-rw", "mounts": shares.guest});
     let cfg_path = dir.join("config.img");
     disks::config(&cfg_path, &serde_json::to_vec(&cfg).unwrap_or_default())?;
     drive(&mut args, "cfg", "/disk/config.img", true);
@@ -182,6 +186,7 @@ pub async fn launch(helper: &Path, host: &Host, req: &LaunchRequest<'_>) -> Resu
 
     let vmm_mib = guest_mib
         + VMM_OVERHEAD_MIB
+        + shares.overhead_mib()
         + if host.accel == Accel::Tcg {
             TCG_CACHE_MIB
         } else {
@@ -202,6 +207,7 @@ pub async fn launch(helper: &Path, host: &Host, req: &LaunchRequest<'_>) -> Resu
         },
         "kvm": host.accel == Accel::Kvm,
         "qmp": s(&dir.join(super::qmp::SOCKET)),
+        "shares": shares.vmm,
     });
     spawn_helper(helper, dir, &vmm, plan.detached).await
 }

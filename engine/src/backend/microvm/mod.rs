@@ -15,6 +15,7 @@ mod launch;
 pub(crate) mod probe;
 mod qmp;
 mod session;
+mod volumes;
 
 use std::path::Path;
 use std::time::Duration;
@@ -46,11 +47,7 @@ fn unsupported(what: &str) -> EngineError {
 
 /// What this backend refuses, before anything is made.
 fn check(plan: &Plan, req: &LaunchRequest<'_>) -> Result<()> {
-    if !req.mounts.is_empty() || !plan.mounts.is_empty() {
-        return Err(unsupported(
-            "volumes and tmpfs mounts (virtiofs is planned)",
-        ));
-    }
+    volumes::check(&req.mounts)?;
     if plan.network.mode != lockbox_protocol::NetworkMode::None || !plan.network.ports.is_empty() {
         return Err(unsupported("network access (the VM has no network device)"));
     }
