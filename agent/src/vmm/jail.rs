@@ -47,6 +47,8 @@ pub struct Mounts {
 pub struct Child {
     pub pid: libc::pid_t,
     pub pidfd: OwnedFd,
+    /// qemu's stdout/stderr, relayed with a budget (set by the caller).
+    pub log: Option<super::log_relay::Relay>,
 }
 
 fn tree(src: &Path, dst: &str, attrs: u64) -> io::Result<Tree> {
@@ -174,7 +176,11 @@ pub fn spawn(
         }
         return Err(io::Error::other(msg));
     }
-    Ok(Child { pid, pidfd })
+    Ok(Child {
+        pid,
+        pidfd,
+        log: None,
+    })
 }
 
 fn report_and_exit(wr: &OwnedFd, e: &io::Error) -> ! {

@@ -12,6 +12,7 @@
 mod caps;
 mod jail;
 mod landlock;
+mod log_relay;
 mod seccomp;
 mod share;
 
@@ -184,6 +185,8 @@ fn start(spec: &VmmSpec, cgroup: &Cgroup, report: &mut Report) -> Result<jail::C
     let dir = Path::new(&spec.socket).parent().unwrap_or(Path::new("/"));
     let shares = share::start_all(&spec.shares, dir, cgroup)?;
     let mounts = jail::Mounts::prepare(spec).map_err(|e| format!("jail mounts: {e}"))?;
+    let (relay, saved) =
+        log_relay::redirect_stderr().map_err(|e| format!("qemu's log pipe: {e}"))?;
     let child = jail::spawn(
         spec,
         &mounts,
@@ -193,7 +196,10 @@ fn start(spec: &VmmSpec, cgroup: &Cgroup, report: &mut Report) -> Result<jail::C
         cgroup,
         root,
     )
-    .map_err(|e| format!("start qemu: {e}"))?;
+    .map_err(|e| format!("start qemu: {e}"));
+    log_relay::restore(&saved);
+    let mut child = child?;
+    child.log = Some(relay);
     for f in [
         "userns", "mountns", "pidns", "netns", "ipcns", "utsns", "cgroupns",
     ] {
@@ -226,7 +232,7 @@ fn start(spec: &VmmSpec, cgroup: &Cgroup, report: &mut Report) -> Result<jail::C
 
 /// Waits for qemu's end or the lifeline's EOF (stdin; /dev/null for a
 /// detached sandbox reads EOF at once, so then only qemu's end counts).
-fn supervise(child: jail::Child) -> i32 {
+fn supervise(mut child: jail::Child) -> i32 {
     let detached = unsafe { libc::isatty(0) } == 0 && is_devnull(0);
     let mut fds = [
         libc::pollfd {
@@ -239,10 +245,15 @@ fn supervise(child: jail::Child) -> i32 {
             events: libc::POLLIN,
             revents: 0,
         },
+        libc::pollfd {
+            fd: child.log.as_ref().map_or(-1, |l| l.fd()),
+            events: libc::POLLIN,
+            revents: 0,
+        },
     ];
     loop {
         // SAFETY: valid pollfd array.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 3, -1) };
         if n < 0 {
             if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
                 continue;
@@ -251,6 +262,12 @@ fn supervise(child: jail::Child) -> i32 {
         }
         if fds[0].revents != 0 {
             break;
+        }
+        if fds[2].revents != 0 {
+            let log = child.log.as_mut().expect("polled only when set");
+            if !log.pump(&mut std::io::stderr()) {
+                fds[2].fd = -1;
+            }
         }
         if fds[1].revents != 0 {
             let mut b = [0u8; 64];
@@ -266,6 +283,9 @@ fn supervise(child: jail::Child) -> i32 {
     let mut st = 0;
     // SAFETY: reaps our own child.
     unsafe { libc::waitpid(child.pid, &mut st, 0) };
+    if let Some(log) = child.log.as_mut() {
+        log.finish(&mut std::io::stderr());
+    }
     if libc::WIFEXITED(st) {
         libc::WEXITSTATUS(st)
     } else {
