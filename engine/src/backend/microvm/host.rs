@@ -81,6 +81,8 @@ pub struct Host {
     pub qemu: PathBuf,
     pub assets: PathBuf,
     pub accel: Accel,
+    /// Whether the kernel and initramfs matched their record.
+    pub assets_check: super::asset_check::Verdict,
 }
 
 pub async fn detect(state_dir: &Path) -> Result<Host> {
@@ -90,6 +92,7 @@ pub async fn detect(state_dir: &Path) -> Result<Host> {
         )
     })?;
     let assets = assets().map_err(|m| EngineError::unsupported(format!("microvm backend: {m}")))?;
+    let assets_check = super::asset_check::verify(&assets)?;
     let accel = match accel_from_env()? {
         Some(a) => a,
         None => {
@@ -109,5 +112,6 @@ pub async fn detect(state_dir: &Path) -> Result<Host> {
         qemu,
         assets,
         accel,
+        assets_check,
     })
 }

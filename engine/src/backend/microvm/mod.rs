@@ -9,6 +9,7 @@
 
 pub(crate) mod checkpoint;
 mod ckpt_files;
+mod asset_check;
 mod disks;
 mod host;
 mod launch;
@@ -90,6 +91,7 @@ impl Backend for MicroVm {
                 .report
                 .enforced
                 .push(format!("accel_{}", host.accel.name()));
+            host.assets_check.report(&mut launched.report);
             Ok(launched)
         })
     }
