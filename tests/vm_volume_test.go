@@ -307,7 +307,7 @@ func checkVirtiofsdConfined(t *testing.T, helper int, procs []int, volumes [][]s
 		}
 		delete(want, root)
 		served++
-		t.Logf("virtiofsd %d: uid %s, CapEff %s, root [%s]", p, statusField(p, "Uid"), statusField(p, "CapEff"), root)
+		t.Logf("virtiofsd %d: uid %s, CapEff %s, VmRSS %s, root [%s]", p, statusField(p, "Uid"), statusField(p, "CapEff"), statusField(p, "VmRSS"), root)
 	}
 	if served != len(volumes) || len(want) != 0 {
 		t.Fatalf("%d serving virtiofsd for %d volumes (unmatched: %v) among %v", served, len(volumes), want, procs)
