@@ -220,6 +220,54 @@ func TestMicroVMVolumes(t *testing.T) {
 		t.Fatalf("the planted link changed on the host: %v %v", fi, err)
 	}
 
+	// A race from the host side: while a guest process sits in /data/sub,
+	// the directory is renamed away and a link to the host probe dir put
+	// in its place. The guest's write relative to its cwd must land in
+	// the renamed directory (virtiofsd works on the inode it holds, not
+	// on a path it walks again); a write through the path now follows the
+	// link in the guest, never on the host.
+	sub := filepath.Join(rw, "sub")
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(sub, hostOfGuestRoot, hostOfGuestRoot); err != nil {
+		t.Fatal(err)
+	}
+	st, err := sb.ExecStream(ctx, []string{"sh", "-c", "cd /data/sub && echo ready && sleep 3 && echo a > x && echo b > /data/sub/y; echo done"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	swapped := false
+	var streamOut []byte
+	for ev := range st.Events() {
+		if ev.Kind == lockbox.EventStderr {
+			streamOut = append(streamOut, ev.Data...)
+		}
+		if ev.Kind == lockbox.EventStdout {
+			streamOut = append(streamOut, ev.Data...)
+			if !swapped && strings.Contains(string(streamOut), "ready") {
+				if err := os.Rename(sub, sub+".old"); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Symlink(probe, sub); err != nil {
+					t.Fatal(err)
+				}
+				swapped = true
+			}
+		}
+	}
+	if !swapped || !strings.Contains(string(streamOut), "done") {
+		t.Fatalf("race: the guest process did not run through: %q", streamOut)
+	}
+	if b, err := os.ReadFile(filepath.Join(sub+".old", "x")); err != nil || string(b) != "a\n" {
+		t.Fatalf("control: the write relative to the guest's cwd did not land in the renamed dir: %v %q (guest: %q; volume %v, renamed dir %v, probe %v)", err, b, streamOut, dirNames(rw), dirNames(sub+".old"), dirNames(probe))
+	}
+	for _, f := range []string{"x", "y"} {
+		if _, err := os.Lstat(filepath.Join(probe, f)); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("VOLUME ESCAPE: a guest write raced through a swapped-in link reached the host dir (%s): %v", f, err)
+		}
+	}
+
 	// tmpfs: its size, and a write past it fails (4 MiB fits: the control).
 	if out, code := sh("df -k /scratch | tail -1 | awk '{print $2}'; stat -c %a /scratch"); code != 0 || out != "8192\n1777\n" {
 		t.Fatalf("tmpfs: exit %d %q (want 8192 KiB, mode 1777)", code, out)
