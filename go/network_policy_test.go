@@ -139,6 +139,7 @@ func TestWithSecretValidate(t *testing.T) {
 		{"KEY", value, nil, "no hosts"},
 		{"KEY", value, []string{"10.0.0.1"}, "not an address"},
 		{"KEY", value, []string{"a..example"}, "empty label"},
+		{"KEY", value, []string{"*.azurewebsites.net"}, "not a wildcard"},
 	} {
 		var cfg sandboxConfig
 		WithSecret(c.name, c.value, c.hosts...)(&cfg)
@@ -157,5 +158,31 @@ func TestWithSecretValidate(t *testing.T) {
 	WithSecret("API_KEY", "other", "api.example")(&cfg)
 	if !errors.Is(cfg.invalid, ErrInvalidArgument) || !strings.Contains(cfg.invalid.Error(), "twice") {
 		t.Fatalf("a name given twice: %v", cfg.invalid)
+	}
+}
+
+func TestWithSecretHeaders(t *testing.T) {
+	for _, c := range []struct {
+		opts []Option
+		says string
+	}{
+		{[]Option{WithSecretHeaders("KEY", "X-Key")}, "no WithSecret of that name"},
+		{[]Option{WithSecret("KEY", "v", "api.example"), WithSecretHeaders("KEY")}, "no headers"},
+		{[]Option{WithSecret("KEY", "v", "api.example"), WithSecretHeaders("KEY", "X Key")}, "not a header name"},
+		{[]Option{WithSecret("KEY", "v", "api.example"), WithSecretHeaders("KEY", "X-Key:")}, "not a header name"},
+	} {
+		var cfg sandboxConfig
+		for _, o := range c.opts {
+			o(&cfg)
+		}
+		if !errors.Is(cfg.invalid, ErrInvalidArgument) || !strings.Contains(cfg.invalid.Error(), c.says) {
+			t.Errorf("got %v, want %q", cfg.invalid, c.says)
+		}
+	}
+	var cfg sandboxConfig
+	WithSecret("KEY", "v", "api.example")(&cfg)
+	WithSecretHeaders("KEY", "X-Key", "X-Other")(&cfg)
+	if cfg.invalid != nil || !slices.Equal(cfg.Secrets[0].Headers, []string{"X-Key", "X-Other"}) {
+		t.Fatalf("control: %v %+v", cfg.invalid, cfg.Secrets)
 	}
 }

@@ -111,11 +111,71 @@ func TestNetAttackS5Trace(t *testing.T) {
 	}
 }
 
+// Attack review s5, S5-NET-3: the forwarder put the real value in every
+// header of a request to the secret's host, and servers send some headers
+// back: CORS middleware answers Origin with Access-Control-Allow-Origin.
+// The lab server reflects Origin like that; the controls show it does
+// (with the placeholder, where nothing is intercepted) and that the same
+// request's Authorization still reaches the secret's host with the value.
+func TestNetAttackS5OriginReflected(t *testing.T) {
+	lab := newNetLab(t)
+	A := lab.A.String()
+	api, www := "api."+labZone, "www."+labZone
+	lab.serveTraceEcho(t, A+":8443", api, www)
+	real := "sk-origin-" + randHex(16)
+	policy := lockbox.NewNetworkPolicy(lockbox.Allow(api).Port(8443), lockbox.Allow(www).Port(8443))
+	sb := lab.sandbox(t, lockbox.WithNetworkPolicy(policy), lockbox.WithSecret("API_KEY", real, api),
+		lockbox.WithSecretHeaders("API_KEY", "X-Lab-Key"),
+		lockbox.WithVolume(staticProbe(t, "netattack"), "/attack", true))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	events := collectEvents(t, ctx, sb)
+	mustReach(t, sb, A, "dns", api)
+	mustReach(t, sb, A, "dns", www)
+	send := func(host string) string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		defer cancel()
+		req := `GET / HTTP/1.1\r\nHost: ` + host + `\r\nAuthorization: Bearer $API_KEY\r\nX-Lab-Key: $API_KEY\r\nOrigin: $API_KEY\r\nConnection: close\r\n\r\n`
+		res, err := sb.ExecArgs(ctx, []string{"/attack/netattack", "raw", A + ":8443", host, req})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(res.Stdout))
+	}
+	const reflected = "Access-Control-Allow-Origin:_lockbox-secret-"
+	if got := send(www); !strings.Contains(got, reflected) {
+		t.Fatalf("control: the lab server did not reflect Origin: %.300s", got)
+	}
+	got := send(api)
+	t.Logf("Origin at the secret host -> %.300s", got)
+	if strings.Contains(got, real) {
+		t.Fatalf("ATTACK: the reflected Origin brought the real value into the sandbox: %q", got)
+	}
+	if !strings.Contains(got, reflected) {
+		t.Fatalf("the secret host did not answer with the placeholder reflected: %.300s", got)
+	}
+	if a := lastAuth(lab, api); a != "Bearer "+real {
+		t.Fatalf("control: %s saw Authorization %q, want the real value", api, a)
+	}
+	// The header WithSecretHeaders named gets the value too.
+	if k := lastAuth(lab, api+"#x-lab-key"); k != real {
+		t.Fatalf("%s saw X-Lab-Key %q, want the real value", api, k)
+	}
+	ev := events.wait(t, "placeholder outside the credential headers", func(e lockbox.NetworkEvent) bool {
+		return e.Kind == lockbox.EventSecret && strings.Contains(e.Rule, "outside the credential headers")
+	})
+	if strings.Contains(ev.Rule+ev.Name, real) {
+		t.Fatalf("LEAK: the event holds the real value: %+v", ev)
+	}
+}
+
 // serveTraceEcho serves HTTPS on addr in the lab's namespace for names,
 // with a CA of its own added to the roots the forwarder trusts (the
 // lab's file), answering TRACE with the request as received (Apache's
 // default) and anything else with 405, reflecting Origin as CORS
-// middleware does.
+// middleware does. Authorization is recorded as the lab's servers do,
+// X-Lab-Key under "<host>#x-lab-key".
 func (l *netLab) serveTraceEcho(t *testing.T, addr string, names ...string) {
 	t.Helper()
 	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -146,6 +206,12 @@ func (l *netLab) serveTraceEcho(t *testing.T, addr string, names ...string) {
 	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, ErrorLog: log.New(io.Discard, "", 0),
 		TLSConfig: &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}},
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			l.mu.Lock()
+			l.auth[r.Host] = append(l.auth[r.Host], r.Header.Get("Authorization"))
+			if k := r.Header.Get("X-Lab-Key"); k != "" {
+				l.auth[r.Host+"#x-lab-key"] = append(l.auth[r.Host+"#x-lab-key"], k)
+			}
+			l.mu.Unlock()
 			if r.Method != "TRACE" {
 				// CORS middleware commonly reflects the Origin it was sent.
 				if o := r.Header.Get("Origin"); o != "" {

@@ -69,6 +69,10 @@ pub struct Secret {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<SecretValue>,
     pub hosts: Vec<String>,
+    /// Headers besides the credential ones (lockbox_net's
+    /// CREDENTIAL_HEADERS) where the value is put.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<String>,
 }
 
 /// A secret's value: serialized only where the caller handed it in (the

@@ -168,7 +168,7 @@ impl Secrets {
                 validate_name(&h).map_err(|e| format!("secret {p}: host: {e}"))?;
                 hosts.push(h);
             }
-            let headers = extra_headers(p, &s.headers)?;
+            let headers = secret_headers(&s.headers).map_err(|e| format!("secret {p}: {e}"))?;
             out.push(Secret {
                 placeholder: s.placeholder,
                 value: s.value,
@@ -212,24 +212,21 @@ pub fn is_credential_header(name: &str) -> bool {
 }
 
 /// A secret's own header names: tokens, lower-cased, none that frames
-/// the request.
-fn extra_headers(p: &str, names: &[String]) -> Result<Vec<String>, String> {
+/// the request. (The engine checks `WithSecretHeaders` with this too.)
+pub fn secret_headers(names: &[String]) -> Result<Vec<String>, String> {
     if names.len() > MAX_HEADERS {
-        return Err(format!("secret {p}: at most {MAX_HEADERS} headers"));
+        return Err(format!("at most {MAX_HEADERS} headers"));
     }
     let mut out = Vec::with_capacity(names.len());
     for n in names {
         let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
         if n.is_empty() || n.len() > 64 || !n.bytes().all(token) {
-            return Err(format!(
-                "secret {p}: header {:?} is not a header name",
-                truncate(n)
-            ));
+            return Err(format!("header {:?} is not a header name", truncate(n)));
         }
         let n = n.to_ascii_lowercase();
         if FRAMING_HEADERS.contains(&n.as_str()) {
             return Err(format!(
-                "secret {p}: header {n} frames or routes the request: no secret goes there"
+                "header {n} frames or routes the request: no secret goes there"
             ));
         }
         out.push(n);

@@ -184,7 +184,9 @@ fn start_line(plan: &NetPlan, host: &HostNet) -> Value {
         v["secrets"] = plan
             .secrets
             .iter()
-            .map(|s| json!({"placeholder": s.placeholder, "value": s.value, "hosts": s.hosts}))
+            .map(|s| {
+                json!({"placeholder": s.placeholder, "value": s.value, "hosts": s.hosts, "headers": s.headers})
+            })
             .collect();
         if let Some(r) = &host.roots_pem {
             v["upstream_roots_pem"] = json!(r);

@@ -30,6 +30,7 @@ pub struct PlannedSecret {
     pub placeholder: String,
     pub value: String,
     pub hosts: Vec<String>,
+    pub headers: Vec<String>,
 }
 
 /// The plan's copy of the value is wiped when the plan goes (after the
@@ -46,6 +47,7 @@ impl std::fmt::Debug for PlannedSecret {
             .field("name", &self.name)
             .field("placeholder", &self.placeholder)
             .field("hosts", &self.hosts)
+            .field("headers", &self.headers)
             .finish_non_exhaustive()
     }
 }
@@ -106,6 +108,8 @@ pub fn check(secrets: &[Secret], policy: &Policy) -> Result<()> {
         for h in &s.hosts {
             check_host(&s.name, h, policy)?;
         }
+        lockbox_net::secrets::secret_headers(&s.headers)
+            .map_err(|e| EngineError::invalid(format!("secret {}: {e}", s.name)))?;
     }
     Ok(())
 }
@@ -142,6 +146,7 @@ pub fn plan(secrets: &[Secret]) -> Result<Vec<PlannedSecret>> {
                 placeholder: placeholder()?,
                 value: s.value.as_ref().map(|v| v.0.clone()).unwrap_or_default(),
                 hosts: s.hosts.clone(),
+                headers: s.headers.clone(),
             })
         })
         .collect()

@@ -29,9 +29,10 @@ type NetworkRule struct {
 // Secret is one WithSecret. Value goes to the engine in sandbox.create
 // only; the engine never echoes it (info.config has it empty).
 type Secret struct {
-	Name  string   `json:"name"`
-	Value string   `json:"value,omitempty"`
-	Hosts []string `json:"hosts"`
+	Name    string   `json:"name"`
+	Value   string   `json:"value,omitempty"`
+	Hosts   []string `json:"hosts"`
+	Headers []string `json:"headers,omitempty"`
 }
 
 type SetNetworkPolicyParams struct {
