@@ -279,6 +279,15 @@ func TestMicroVMVolumes(t *testing.T) {
 		t.Fatalf("10 MiB written into an 8 MiB tmpfs")
 	}
 
+	// A checkpoint cannot hold a volume's state (and qemu cannot migrate
+	// vhost-user-fs): refused, naming the backend, the VM still running.
+	if err := sb.Checkpoint(ctx, "vmvol-ckpt"); !errors.Is(err, lockbox.ErrUnsupported) || !strings.Contains(err.Error(), "microvm") {
+		t.Fatalf("Checkpoint of a VM with volumes: %v, want ErrUnsupported naming the backend", err)
+	}
+	if out, code := sh("cat /data/host.txt"); code != 0 || out != "from host\n" {
+		t.Fatalf("the VM after a refused checkpoint: exit %d %q", code, out)
+	}
+
 	// Each virtiofsd: confined, its root the volume alone.
 	info, err := sb.Info(ctx)
 	if err != nil {
