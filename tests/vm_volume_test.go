@@ -318,8 +318,9 @@ func TestMicroVMVolumes(t *testing.T) {
 // checkVirtiofsdConfined: one serving virtiofsd per volume whose root
 // holds exactly that volume's names, each in its own user/mnt/pid/net
 // namespaces, as host uid 100000 (never host root), with no_new_privs
-// and a seccomp filter and without CAP_SYS_ADMIN. The helper must fail
-// the same checks (the control).
+// and a seccomp filter, and without CAP_SYS_ADMIN (effective, permitted
+// or bounding: virtiofsd clears its bounding set to what it keeps, 0 in
+// fact). The helper must fail the same checks (the control).
 func checkVirtiofsdConfined(t *testing.T, helper int, procs []int, volumes [][]string) {
 	t.Helper()
 	unconfined := func(pid int) []string {
@@ -338,8 +339,10 @@ func checkVirtiofsdConfined(t *testing.T, helper int, procs []int, volumes [][]s
 		if v := statusField(pid, "Seccomp"); v != "2" {
 			why = append(why, "Seccomp "+v)
 		}
-		if eff, err := strconv.ParseUint(statusField(pid, "CapEff"), 16, 64); err != nil || eff&(1<<21) != 0 {
-			why = append(why, "CapEff "+statusField(pid, "CapEff"))
+		for _, set := range []string{"CapEff", "CapPrm", "CapBnd"} {
+			if v, err := strconv.ParseUint(statusField(pid, set), 16, 64); err != nil || v&(1<<21) != 0 {
+				why = append(why, set+" "+statusField(pid, set)+" (CAP_SYS_ADMIN)")
+			}
 		}
 		return why
 	}
@@ -364,7 +367,7 @@ func checkVirtiofsdConfined(t *testing.T, helper int, procs []int, volumes [][]s
 		}
 		delete(want, root)
 		served++
-		t.Logf("virtiofsd %d: uid %s, CapEff %s, VmRSS %s, root [%s]", p, statusField(p, "Uid"), statusField(p, "CapEff"), statusField(p, "VmRSS"), root)
+		t.Logf("virtiofsd %d: uid %s, CapEff %s, CapBnd %s, VmRSS %s, root [%s]", p, statusField(p, "Uid"), statusField(p, "CapEff"), statusField(p, "CapBnd"), statusField(p, "VmRSS"), root)
 	}
 	if served != len(volumes) || len(want) != 0 {
 		t.Fatalf("%d serving virtiofsd for %d volumes (unmatched: %v) among %v", served, len(volumes), want, procs)
