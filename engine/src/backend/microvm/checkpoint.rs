@@ -165,6 +165,9 @@ pub fn save(
         .to_string();
     let tmp = format!(".tmp-{}", crate::names::new_id());
     let tdir = files::mkdir_at(&root, &tmp)?;
+    // Held until the rename: a sweep (remove) leaves a locked one alone,
+    // and removes one whose engine died mid-save.
+    files::lock(&tdir)?;
     let mut guard = TmpDir(Some(home.join(DIR).join(&tmp)));
 
     let layers = layer_sources(&vmm);
@@ -315,16 +318,28 @@ pub fn remove(home: &Path, name: &str) -> Result<()> {
     }
     let trash = format!(".trash-{}", crate::names::new_id());
     files::rename_new(&root, name, &trash)?;
+    sweep(home, &root);
+    Ok(())
+}
+
+/// Removes what removals and dead saves left: every `.trash-*`, and each
+/// `.tmp-*` whose save no longer holds its lock.
+fn sweep(home: &Path, root: &OwnedFd) {
     let base = home.join(DIR);
-    if let Ok(rd) = std::fs::read_dir(&base) {
-        for e in rd.flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if n.starts_with(".trash-") {
-                let _ = std::fs::remove_dir_all(base.join(n));
-            }
+    let Ok(rd) = std::fs::read_dir(&base) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        let stale = n.starts_with(".trash-")
+            || (n.starts_with(".tmp-")
+                && files::open_dir_at(root, &n)
+                    .and_then(|d| files::try_lock(&d))
+                    .unwrap_or(false));
+        if stale {
+            let _ = std::fs::remove_dir_all(base.join(n));
         }
     }
-    Ok(())
 }
 
 /// Starts qemu from the checkpoint: the same command line with
@@ -434,4 +449,31 @@ fn incoming(dir: &Path, state: File) -> Result<()> {
     q.extend(QMP_TIMEOUT);
     q.execute("cont", json!({}))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sweep_takes_dead_saves_and_leaves_live_ones() {
+        let home = tempfile::tempdir().unwrap();
+        let root = files::open_root(home.path()).unwrap();
+        let live = files::mkdir_at(&root, ".tmp-live").unwrap();
+        files::lock(&live).unwrap();
+        drop(files::mkdir_at(&root, ".tmp-dead").unwrap());
+        drop(files::mkdir_at(&root, ".trash-old").unwrap());
+        drop(files::mkdir_at(&root, "kept").unwrap());
+        remove(home.path(), "kept").unwrap();
+        let left: Vec<String> = std::fs::read_dir(home.path().join(DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, vec![".tmp-live".to_string()], "{left:?}");
+        drop(live);
+        assert_eq!(
+            remove(home.path(), "kept").unwrap_err().code,
+            lockbox_protocol::ErrorCode::NotFound
+        );
+    }
 }

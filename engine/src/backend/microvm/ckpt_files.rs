@@ -201,6 +201,21 @@ pub fn rename_new(dir: &OwnedFd, from: &str, to: &str) -> Result<()> {
     Ok(())
 }
 
+/// An exclusive flock on a directory, waited for.
+pub fn lock(dir: &OwnedFd) -> Result<()> {
+    // SAFETY: flock on an fd we hold.
+    if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX) } < 0 {
+        return Err(last("lock checkpoint dir"));
+    }
+    Ok(())
+}
+
+/// Whether the flock could be taken at once (its holder is gone).
+pub fn try_lock(dir: &OwnedFd) -> Result<bool> {
+    // SAFETY: flock on an fd we hold.
+    Ok(unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0)
+}
+
 pub fn fsync_dir(dir: &OwnedFd) {
     // SAFETY: fsync of an fd we hold.
     unsafe { libc::fsync(dir.as_raw_fd()) };
