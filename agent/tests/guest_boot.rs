@@ -286,6 +286,27 @@ async fn guest_boots_and_serves_the_agent_protocol() {
         seen += f.payload.len();
     }
     let sock = c.r.into_inner().reunite(c.w.into_inner()).unwrap();
+    // Until the flood has backed up into the socket (64 KiB unread): those
+    // bytes are in flight ahead of any echo, whatever the guest's timing.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        use std::os::fd::AsRawFd;
+        let mut b = vec![0u8; 64 * 1024];
+        // SAFETY: recv into a local buffer of its length; peek only.
+        let n = unsafe {
+            libc::recv(
+                sock.as_raw_fd(),
+                b.as_mut_ptr().cast(),
+                b.len(),
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        if n >= b.len() as isize {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the flood never backed up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let t0 = Instant::now();
     let (s, discarded) = reset_on(sock).await;
     eprintln!(
@@ -294,7 +315,8 @@ async fn guest_boots_and_serves_the_agent_protocol() {
         discarded.len
     );
     assert!(
-        discarded.len > 0 && String::from_utf8_lossy(&discarded.head).contains("stale-session-one"),
+        discarded.len >= 64 * 1024
+            && String::from_utf8_lossy(&discarded.head).contains("stale-session-one"),
         "control: no stale bytes of the first session were in flight ({} bytes: {:?})",
         discarded.len,
         String::from_utf8_lossy(&discarded.head)
