@@ -45,78 +45,12 @@ pub struct Confine {
     pub default_user: crate::users::User,
 }
 
-fn last_cap() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40)
-}
-
 fn cvt(r: libc::c_int) -> io::Result<()> {
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {
         Ok(())
     }
-}
-
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
-/// Bounding set, ambient, inheritable, permitted and effective sets all
-/// reduced to KEEP_CAPS.
-fn reduce_caps() -> io::Result<()> {
-    let mask = KEEP_CAPS.iter().fold(0u64, |m, c| m | (1u64 << c));
-    // SAFETY: plain prctl/capset calls on this process.
-    unsafe {
-        for cap in 0..=last_cap() {
-            if !KEEP_CAPS.contains(&cap) {
-                cvt(libc::prctl(
-                    libc::PR_CAPBSET_DROP,
-                    cap as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                ))?;
-            }
-        }
-        cvt(libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-            0,
-            0,
-            0,
-        ))?;
-        let mut hdr = CapHeader {
-            version: 0x2008_0522,
-            pid: 0,
-        };
-        let data = [
-            CapData {
-                effective: mask as u32,
-                permitted: mask as u32,
-                inheritable: 0,
-            },
-            CapData {
-                effective: (mask >> 32) as u32,
-                permitted: (mask >> 32) as u32,
-                inheritable: 0,
-            },
-        ];
-        cvt(libc::syscall(libc::SYS_capset, &mut hdr, data.as_ptr()) as libc::c_int)?;
-    }
-    Ok(())
 }
 
 fn landlock_self() -> Result<RulesetStatus> {
@@ -167,7 +101,7 @@ impl Confine {
             agent: filters,
             exec: exec_filter,
         } = compiled;
-        reduce_caps().context("reduce capabilities")?;
+        crate::caps::limit_to(&KEEP_CAPS).context("reduce capabilities")?;
         report.ok("caps");
         // SAFETY: prctl with integer arguments.
         cvt(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })

@@ -2,6 +2,7 @@
 //! sandbox and serves the agent protocol inside it. See README.md for the
 //! setup order and what is isolated.
 
+mod caps;
 mod cgroup;
 mod confine;
 mod guest;

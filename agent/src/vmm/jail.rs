@@ -444,7 +444,7 @@ fn inner(mounts: &Mounts, fds: &Fds<'_>, argv: &[CString]) -> io::Error {
             )
         };
         super::share::place_fds(fds.shares)?;
-        ctx("drop capabilities", super::caps::drop_all())?;
+        ctx("drop capabilities", crate::caps::drop_all())?;
         // SAFETY: prctl with integers.
         ctx(
             "no_new_privs",

@@ -9,7 +9,6 @@
 //! The engine writes the whole qemu command line (paths as qemu sees them
 //! inside the jail); this process decides only how qemu is confined.
 
-mod caps;
 mod jail;
 mod landlock;
 mod log_relay;
