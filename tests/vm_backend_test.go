@@ -513,6 +513,17 @@ func vmmUnconfined(pid int) []string {
 			why = append(why, "host uid 0")
 		}
 	}
+	// A qemu taken over by its guest must not be able to grow a file it
+	// can write (its disk) over the host's free space.
+	if lim, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "limits")); err != nil {
+		why = append(why, "limits: "+err.Error())
+	} else {
+		for _, l := range strings.Split(string(lim), "\n") {
+			if strings.HasPrefix(l, "Max file size") && strings.Contains(l, "unlimited") {
+				why = append(why, "no file size limit")
+			}
+		}
+	}
 	return why
 }
 

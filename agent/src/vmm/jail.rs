@@ -148,6 +148,7 @@ pub fn spawn(
     // SAFETY: fresh fds from pipe2.
     let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
     let helper = std::process::id() as libc::pid_t;
+    let fsize = max_file_size(spec);
     // SAFETY: the helper is single-threaded here; the child only makes
     // system calls and exits.
     let pid = unsafe { libc::fork() };
@@ -156,6 +157,14 @@ pub fn spawn(
     }
     if pid == 0 {
         drop(rd);
+        let lim = libc::rlimit {
+            rlim_cur: fsize,
+            rlim_max: fsize,
+        };
+        // SAFETY: setrlimit with a local value; lowering needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &lim) } != 0 {
+            report_and_exit(&wr, &io::Error::last_os_error());
+        }
         let fds = Fds {
             agent: &listener,
             qmp: qmp.as_ref(),
@@ -181,6 +190,23 @@ pub fn spawn(
         pidfd,
         log: None,
     })
+}
+
+/// The largest file qemu may write: its writable disk (which a guest
+/// cannot grow through the block device, but a qemu the guest took over
+/// could ftruncate or fallocate to fill the host's disk) or a checkpoint's
+/// state (at most the guest's RAM and device state, below the cgroup's
+/// memory limit), with a margin. Beyond it a write fails with SIGXFSZ.
+fn max_file_size(spec: &VmmSpec) -> u64 {
+    let mut max = spec.limits.memory_mib.unwrap_or(0) << 20;
+    for b in spec.binds.iter().filter(|b| b.writable) {
+        if let Ok(m) = std::fs::metadata(&b.src) {
+            if m.is_file() {
+                max = max.max(m.len());
+            }
+        }
+    }
+    max + (16 << 20)
 }
 
 fn report_and_exit(wr: &OwnedFd, e: &io::Error) -> ! {

@@ -7,9 +7,9 @@
 //! What the VM cannot do yet is refused up front, naming this backend
 //! (`unsupported`), never done differently in silence.
 
+mod asset_check;
 pub(crate) mod checkpoint;
 mod ckpt_files;
-mod asset_check;
 mod disks;
 mod host;
 mod launch;
@@ -69,7 +69,7 @@ impl Backend for MicroVm {
     fn info(&self) -> BackendInfo {
         BackendInfo {
             kind: MICROVM.into(),
-            boundary: "guest kernel in a qemu microvm (KVM or TCG, see LOCKBOX_VM_ACCEL); qemu confined: own namespaces, unprivileged uid, no capabilities, no_new_privs, qemu seccomp, cgroup".into(),
+            boundary: "guest kernel in a qemu microvm (KVM or TCG, see LOCKBOX_VM_ACCEL); qemu confined: own namespaces, unprivileged uid, no capabilities, no_new_privs, Lockbox seccomp + Landlock + qemu -sandbox, file size limit, cgroup".into(),
         }
     }
 
@@ -206,9 +206,6 @@ pub async fn vm_check(home: &Path) -> VmCheck {
 
 /// Drops the cached erofs layers of images no longer stored (called where
 /// images go: remove, prune, and the engine's open).
-pub(crate) fn prune_layer_cache(
-    home: &Path,
-    stored: &std::collections::HashSet<String>,
-) -> usize {
+pub(crate) fn prune_layer_cache(home: &Path, stored: &std::collections::HashSet<String>) -> usize {
     disks::prune_layer_cache(&disks::cache_in(home), stored)
 }
