@@ -38,10 +38,10 @@ mod refs;
 mod registry;
 mod safe_path;
 mod store;
-mod unpack;
-mod upper_copy;
 #[cfg(test)]
 mod test_fixtures;
+mod unpack;
+mod upper_copy;
 
 pub use cancel::Cancel;
 pub use config::ImageConfig;

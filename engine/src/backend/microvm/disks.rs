@@ -190,8 +190,10 @@ mod tests {
     use super::*;
     use std::collections::HashSet;
 
-    const DIGEST_A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-    const DIGEST_B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    const DIGEST_A: &str =
+        "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const DIGEST_B: &str =
+        "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 
     fn allocated(p: &Path) -> u64 {
         use std::os::unix::fs::MetadataExt;
@@ -228,7 +230,10 @@ mod tests {
             "64 MiB of zeros took {size} bytes in the cache"
         );
         // Cached: the second call returns the same file.
-        assert_eq!(layer_image(&cache, &sandbox, Some(DIGEST_A), 0, l).unwrap(), a);
+        assert_eq!(
+            layer_image(&cache, &sandbox, Some(DIGEST_A), 0, l).unwrap(),
+            a
+        );
 
         // A file of the flat layout of earlier versions goes too.
         std::fs::write(cache.join("0123.erofs"), b"old").unwrap();
