@@ -15,31 +15,18 @@ use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
+use super::root::{
+    self, ctx, cvt, die_with, report_and_exit, tree, Tree, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC,
+    MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY,
+};
 use super::VmmSpec;
 use crate::cgroup::Cgroup;
 use crate::sys;
 
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
-const MOUNT_ATTR_NOSUID: u64 = 0x2;
-const MOUNT_ATTR_NODEV: u64 = 0x4;
-const MOUNT_ATTR_NOEXEC: u64 = 0x8;
-
-/// Where the jail's root is built, inside the jail's own mount namespace
-/// (a tmpfs mounted over it there; the host's /tmp is not touched).
-const BUILD_AT: &str = "/tmp";
-
-struct Tree {
-    fd: OwnedFd,
-    /// Path below the jail's root.
-    dst: PathBuf,
-    is_dir: bool,
-    writable: bool,
-}
-
 pub struct Mounts {
     trees: Vec<Tree>,
     /// Top-level names that are symlinks on the host (merged /usr).
-    links: Vec<(String, String)>,
+    links: Vec<(String, PathBuf)>,
     /// qemu's Landlock rules; None where the kernel has no Landlock.
     landlock: Option<Vec<super::landlock::Rule>>,
 }
@@ -51,39 +38,10 @@ pub struct Child {
     pub log: Option<super::log_relay::Relay>,
 }
 
-fn tree(src: &Path, dst: &str, attrs: u64) -> io::Result<Tree> {
-    let is_dir = std::fs::metadata(src)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", src.display())))?
-        .is_dir();
-    let fd = sys::clone_tree(src)
-        .map_err(|e| io::Error::new(e.kind(), format!("clone {}: {e}", src.display())))?;
-    sys::set_tree_attrs(fd.as_raw_fd(), attrs, None)?;
-    Ok(Tree {
-        fd,
-        dst: PathBuf::from(dst.trim_start_matches('/')),
-        is_dir,
-        writable: attrs & MOUNT_ATTR_RDONLY == 0,
-    })
-}
-
 impl Mounts {
     pub fn prepare(spec: &VmmSpec) -> io::Result<Mounts> {
-        let ro = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
-        let mut trees = vec![tree(Path::new("/usr"), "/usr", ro)?];
-        let mut links = Vec::new();
-        for top in ["lib", "lib64", "bin"] {
-            let host = Path::new("/").join(top);
-            match std::fs::symlink_metadata(&host) {
-                Ok(m) if m.file_type().is_symlink() => {
-                    let to = std::fs::read_link(&host)?;
-                    links.push((top.to_string(), to.to_string_lossy().into_owned()));
-                }
-                Ok(m) if m.is_dir() => trees.push(tree(&host, top, ro)?),
-                _ => {}
-            }
-        }
+        let (mut trees, links) = root::system()?;
         let dev = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC;
-        trees.push(tree(Path::new("/dev/null"), "/dev/null", dev)?);
         trees.push(tree(Path::new("/dev/urandom"), "/dev/urandom", dev)?);
         if spec.kvm {
             trees.push(tree(Path::new("/dev/kvm"), "/dev/kvm", dev)?);
@@ -209,27 +167,6 @@ fn max_file_size(spec: &VmmSpec) -> u64 {
     max + (16 << 20)
 }
 
-fn report_and_exit(wr: &OwnedFd, e: &io::Error) -> ! {
-    let m = e.to_string();
-    // SAFETY: write to our pipe, then leave without running any destructor.
-    unsafe {
-        libc::write(wr.as_raw_fd(), m.as_ptr().cast(), m.len());
-        libc::_exit(127)
-    }
-}
-
-fn ctx<T>(what: &str, r: io::Result<T>) -> io::Result<T> {
-    r.map_err(|e| io::Error::new(e.kind(), format!("{what}: {e}")))
-}
-
-fn cvt(r: libc::c_int) -> io::Result<()> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
 /// The sockets qemu inherits: the agent port's listener as fd 3, the QMP
 /// monitor's as fd 4.
 struct Fds<'a> {
@@ -332,119 +269,19 @@ fn outer(
 /// for PID 1 of the new pid namespace, whose parent is outside it (its
 /// getppid() is 0): a parent that died before the prctl leaves it to the
 /// helper's teardown, which kills the whole cgroup.
-fn die_with(parent: Option<libc::pid_t>) -> io::Result<()> {
-    // SAFETY: prctl with integers; getppid.
-    unsafe {
-        cvt(libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        ))?;
-        if parent.is_some_and(|p| libc::getppid() != p) {
-            libc::_exit(1);
-        }
-    }
-    Ok(())
-}
-
-fn mount(
-    src: &str,
-    target: &Path,
-    fstype: &str,
-    flags: libc::c_ulong,
-    data: &str,
-) -> io::Result<()> {
-    sys::mount(Some(src), target, Some(fstype), flags, Some(data))
-}
-
 /// PID 1 of the jail's pid namespace: builds the root and becomes qemu.
 fn inner(mounts: &Mounts, fds: &Fds<'_>, argv: &[CString]) -> io::Error {
     let r = (|| -> io::Result<()> {
         die_with(None)?;
-        let none: Option<&str> = None;
-        ctx(
-            "private /",
-            sys::mount(
-                none,
-                Path::new("/"),
-                none,
-                libc::MS_REC | libc::MS_PRIVATE,
-                none,
-            ),
-        )?;
-        let root = Path::new(BUILD_AT);
-        ctx(
-            "root tmpfs",
-            mount(
-                "tmpfs",
-                root,
-                "tmpfs",
-                libc::MS_NOSUID | libc::MS_NODEV,
-                "mode=0755,size=1m",
-            ),
-        )?;
-        for t in &mounts.trees {
-            let at = root.join(&t.dst);
-            if let Some(parent) = at.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            if t.is_dir {
-                std::fs::create_dir_all(&at)?;
-            } else {
-                std::fs::File::create(&at)?;
-            }
-            ctx(
-                &format!("attach {}", t.dst.display()),
-                sys::attach_tree(t.fd.as_raw_fd(), &at),
-            )?;
-        }
-        for (name, to) in &mounts.links {
-            std::os::unix::fs::symlink(to, root.join(name))?;
-        }
-        std::fs::create_dir_all(root.join("proc"))?;
         // A fresh proc of the jail's pid namespace; it may be refused where
         // the host's /proc is partly masked, and qemu runs without it.
-        let _ = mount(
-            "proc",
-            &root.join("proc"),
-            "proc",
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            "",
-        );
-        std::fs::create_dir_all(root.join("old"))?;
-        ctx("pivot_root", sys::pivot_root(root, &root.join("old")))?;
-        std::env::set_current_dir("/")?;
-        // SAFETY: umount2/rmdir with C strings.
-        unsafe {
-            cvt(libc::umount2(c"/old".as_ptr(), libc::MNT_DETACH))?;
-            cvt(libc::rmdir(c"/old".as_ptr()))?;
-        }
-        ctx(
-            "read-only root",
-            sys::mount(
-                none,
-                Path::new("/"),
-                none,
-                libc::MS_REMOUNT
-                    | libc::MS_BIND
-                    | libc::MS_RDONLY
-                    | libc::MS_NOSUID
-                    | libc::MS_NODEV,
-                none,
-            ),
-        )?;
-        // SAFETY: sethostname and setrlimit with local values.
-        unsafe {
-            let h = b"lockbox-vmm";
-            libc::sethostname(h.as_ptr().cast(), h.len());
-            let zero = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            libc::setrlimit(libc::RLIMIT_CORE, &zero);
-        }
+        root::enter(&mounts.trees, &mounts.links, false, b"lockbox-vmm")?;
+        let zero = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: setrlimit with a local value.
+        unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) };
         // Out of the way first: the agent's move to 3 must not close it.
         // SAFETY: F_DUPFD_CLOEXEC of an fd we hold.
         let qmp = fds

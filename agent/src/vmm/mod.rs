@@ -12,6 +12,7 @@
 mod jail;
 mod landlock;
 mod log_relay;
+mod root;
 mod seccomp;
 mod share;
 

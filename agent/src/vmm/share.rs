@@ -29,6 +29,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::root::{
+    self, ctx, cvt, die_with, report_and_exit, tree, Tree, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC,
+    MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY,
+};
 use crate::cgroup::Cgroup;
 use crate::supervisor::{HOST_ID_BASE, ID_RANGE, NS_OWNER_ID};
 use crate::sys;
@@ -46,12 +50,6 @@ pub struct ShareSpec {
     pub virtiofsd: String,
 }
 
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
-const MOUNT_ATTR_NOSUID: u64 = 0x2;
-const MOUNT_ATTR_NODEV: u64 = 0x4;
-const MOUNT_ATTR_NOEXEC: u64 = 0x8;
-/// Where the jail's root is built, inside its own mount namespace.
-const BUILD_AT: &str = "/tmp";
 /// virtiofsd keeps an O_PATH fd per inode the guest looked up: this
 /// bounds them (a guest past it gets EMFILE on lookups, the host nothing).
 const NOFILE: u64 = 16384;
@@ -59,31 +57,6 @@ const NOFILE: u64 = 16384;
 /// below MAX_QEMU_FD so that they can pass through copies above it.
 const MIN_QEMU_FD: i32 = 10;
 const MAX_QEMU_FD: i32 = 64;
-
-struct Tree {
-    fd: OwnedFd,
-    dst: &'static str,
-    is_dir: bool,
-}
-
-fn tree(src: &Path, dst: &'static str, attrs: u64) -> io::Result<Tree> {
-    let fd = sys::clone_tree(src)
-        .map_err(|e| io::Error::new(e.kind(), format!("clone {}: {e}", src.display())))?;
-    sys::set_tree_attrs(fd.as_raw_fd(), attrs, None)?;
-    Ok(Tree {
-        is_dir: is_dir(&fd),
-        fd,
-        dst,
-    })
-}
-
-fn is_dir(fd: &OwnedFd) -> bool {
-    // SAFETY: fstat into a zeroed struct on a valid fd.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    unsafe {
-        libc::fstat(fd.as_raw_fd(), &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFDIR
-    }
-}
 
 fn owner(fd: &OwnedFd) -> io::Result<(u32, u32)> {
     // SAFETY: fstat into a zeroed struct on a valid fd.
@@ -104,18 +77,6 @@ pub fn id_map(owner: u32) -> String {
         return format!("0 {HOST_ID_BASE} {ID_RANGE}\n");
     }
     format!("0 {owner} 1\n1 {} {}\n", HOST_ID_BASE + 1, ID_RANGE - 1)
-}
-
-fn cvt(r: libc::c_int) -> io::Result<()> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
-fn ctx<T>(what: &str, r: io::Result<T>) -> io::Result<T> {
-    r.map_err(|e| io::Error::new(e.kind(), format!("{what}: {e}")))
 }
 
 /// A copy of `fd` numbered 10 or more (close-on-exec): out of the way of
@@ -194,22 +155,7 @@ fn start_one(i: usize, s: &ShareSpec, dir: &Path, cgroup: &Cgroup) -> io::Result
     }
     // The ids of the root of the tree we hold, not of the path again.
     let (uid, gid) = owner(&share.fd)?;
-    let ro = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
-    let mut trees = vec![tree(Path::new("/usr"), "usr", ro)?];
-    let mut links = Vec::new();
-    for top in ["lib", "lib64", "bin"] {
-        let host = Path::new("/").join(top);
-        match std::fs::symlink_metadata(&host) {
-            Ok(m) if m.file_type().is_symlink() => links.push((top, std::fs::read_link(&host)?)),
-            Ok(m) if m.is_dir() => trees.push(tree(&host, top, ro)?),
-            _ => {}
-        }
-    }
-    trees.push(tree(
-        Path::new("/dev/null"),
-        "dev/null",
-        MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC,
-    )?);
+    let (mut trees, links) = root::system()?;
     trees.push(share);
 
     let path = dir.join(format!("vfs-{i}.sock"));
@@ -268,7 +214,7 @@ fn daemon_args(daemon: &str) -> io::Result<Vec<CString>> {
 
 struct Jail {
     trees: Vec<Tree>,
-    links: Vec<(&'static str, PathBuf)>,
+    links: Vec<(String, PathBuf)>,
     uid_map: String,
     gid_map: String,
     /// The daemon's stderr goes to the helper's log (LOCKBOX_LOG set);
@@ -311,35 +257,6 @@ fn spawn(jail: &Jail, listener: OwnedFd, cgroup: &Cgroup, argv: &[CString]) -> i
             libc::waitpid(pid, std::ptr::null_mut(), 0);
         }
         return Err(io::Error::other(format!("virtiofsd jail: {msg}")));
-    }
-    Ok(())
-}
-
-fn report_and_exit(wr: &OwnedFd, e: &io::Error) -> ! {
-    let m = e.to_string();
-    // SAFETY: write to our pipe, then leave without running any destructor.
-    unsafe {
-        libc::write(wr.as_raw_fd(), m.as_ptr().cast(), m.len());
-        libc::_exit(127)
-    }
-}
-
-/// SIGKILL when the parent goes; if it already went (`parent` is not
-/// None and differs), go now. Set again after every credential change,
-/// which clears it.
-fn die_with(parent: Option<libc::pid_t>) -> io::Result<()> {
-    // SAFETY: prctl with integers; getppid.
-    unsafe {
-        cvt(libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        ))?;
-        if parent.is_some_and(|p| libc::getppid() != p) {
-            libc::_exit(1);
-        }
     }
     Ok(())
 }
@@ -437,16 +354,6 @@ fn outer(
         .unwrap_or_else(|| io::Error::other("share jail: unreachable"))
 }
 
-fn mount(
-    src: &str,
-    target: &Path,
-    fstype: &str,
-    flags: libc::c_ulong,
-    data: &str,
-) -> io::Result<()> {
-    sys::mount(Some(src), target, Some(fstype), flags, Some(data))
-}
-
 /// PID 1 of the daemon's namespaces: waits for its id maps, builds the
 /// root and becomes virtiofsd.
 fn inner(jail: &Jail, listener: &OwnedFd, argv: &[CString], go_rd: &OwnedFd) -> io::Error {
@@ -467,86 +374,9 @@ fn inner(jail: &Jail, listener: &OwnedFd, argv: &[CString], go_rd: &OwnedFd) -> 
             ctx("setresuid", cvt(libc::setresuid(0, 0, 0)))?;
         }
         die_with(None)?;
-        let none: Option<&str> = None;
-        ctx(
-            "private /",
-            sys::mount(
-                none,
-                Path::new("/"),
-                none,
-                libc::MS_REC | libc::MS_PRIVATE,
-                none,
-            ),
-        )?;
-        let root = Path::new(BUILD_AT);
-        ctx(
-            "root tmpfs",
-            mount(
-                "tmpfs",
-                root,
-                "tmpfs",
-                libc::MS_NOSUID | libc::MS_NODEV,
-                "mode=0755,size=1m",
-            ),
-        )?;
-        for t in &jail.trees {
-            let at = root.join(t.dst);
-            if let Some(parent) = at.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            if t.is_dir {
-                std::fs::create_dir_all(&at)?;
-            } else {
-                std::fs::File::create(&at)?;
-            }
-            ctx(
-                &format!("attach {}", t.dst),
-                sys::attach_tree(t.fd.as_raw_fd(), &at),
-            )?;
-        }
-        for (name, to) in &jail.links {
-            std::os::unix::fs::symlink(to, root.join(name))?;
-        }
         // virtiofsd reaches its files through /proc/self/fd, and mounts
         // its own proc (which needs one mounted here to be allowed).
-        std::fs::create_dir_all(root.join("proc"))?;
-        ctx(
-            "proc",
-            mount(
-                "proc",
-                &root.join("proc"),
-                "proc",
-                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                "",
-            ),
-        )?;
-        std::fs::create_dir_all(root.join("old"))?;
-        ctx("pivot_root", sys::pivot_root(root, &root.join("old")))?;
-        std::env::set_current_dir("/")?;
-        // SAFETY: umount2/rmdir with C strings.
-        unsafe {
-            cvt(libc::umount2(c"/old".as_ptr(), libc::MNT_DETACH))?;
-            cvt(libc::rmdir(c"/old".as_ptr()))?;
-        }
-        ctx(
-            "read-only root",
-            sys::mount(
-                none,
-                Path::new("/"),
-                none,
-                libc::MS_REMOUNT
-                    | libc::MS_BIND
-                    | libc::MS_RDONLY
-                    | libc::MS_NOSUID
-                    | libc::MS_NODEV,
-                none,
-            ),
-        )?;
-        // SAFETY: sethostname with a local buffer.
-        unsafe {
-            let h = b"lockbox-vfs";
-            libc::sethostname(h.as_ptr().cast(), h.len());
-        }
+        root::enter(&jail.trees, &jail.links, true, b"lockbox-vfs")?;
         // SAFETY: fd juggling on our own fds: the listener to 3 (without
         // close-on-exec), /dev/null on 0 and 1 (stdout is still the
         // engine's status pipe), and on 2 unless asked for logs.
