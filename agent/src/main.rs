@@ -8,6 +8,7 @@ mod confine;
 mod guest;
 mod init;
 mod netd;
+mod nft;
 mod pasta;
 mod report;
 mod seccomp;

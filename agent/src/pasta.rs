@@ -376,71 +376,13 @@ fn ruleset(host: &[IpAddr]) -> String {
     r
 }
 
-/// nft lives in sbin, which users' PATH often lacks.
-pub(crate) fn nft_binary() -> String {
-    if let Ok(p) = std::env::var("LOCKBOX_NFT") {
-        return p;
-    }
-    let path = std::env::var("PATH").unwrap_or_default();
-    let found = path
-        .split(':')
-        .chain(["/usr/sbin", "/sbin"])
-        .filter(|d| d.starts_with('/'))
-        .map(|d| Path::new(d).join("nft"))
-        .find(|p| p.is_file())
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "nft".into());
-    found
-}
-
-/// Installs the outbound ruleset in the network namespace of `pid`. `nft`
-/// runs in the sandbox's network namespace; rootless also in its user
-/// namespace, where the caller is root (as host root we keep our own
-/// credentials: host root would be no one inside, and exec would drop its
-/// capabilities).
+/// Installs the outbound ruleset in the network namespace of `pid`
+/// (outbound mode closes the host's addresses with nftables).
 pub fn close_host_ranges(pid: libc::pid_t, rootless: bool) -> Result<()> {
-    let userns = std::fs::File::open(format!("/proc/{pid}/ns/user")).context("open user ns")?;
-    let netns = std::fs::File::open(format!("/proc/{pid}/ns/net")).context("open net ns")?;
-    let rules = ruleset(&host_addrs());
-    let (u, n) = (userns.as_raw_fd(), netns.as_raw_fd());
-    let mut cmd = Command::new(nft_binary());
-    cmd.args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let helper = std::process::id() as libc::pid_t;
-    // SAFETY: setns and prctl only; the fds stay open until after spawn.
-    unsafe {
-        cmd.pre_exec(move || {
-            child_of_helper(helper)?;
-            for (fd, t) in [(u, libc::CLONE_NEWUSER), (n, libc::CLONE_NEWNET)] {
-                if t == libc::CLONE_NEWUSER && !rootless {
-                    continue;
-                }
-                if libc::setns(fd, t) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        })
-    };
-    let mut child = cmd.spawn().with_context(|| {
-        format!(
-            "run {} (outbound mode closes the host's addresses with nftables: install Debian's nftables package)",
-            nft_binary()
-        )
-    })?;
-    if let Some(mut i) = child.stdin.take() {
-        i.write_all(rules.as_bytes()).context("write ruleset")?;
-    }
-    let out = child.wait_with_output().context("wait for nft")?;
-    drop((userns, netns));
-    if !out.status.success() {
-        bail!(
-            "nft refused the outbound ruleset ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    crate::nft::load_into(
+        pid,
+        rootless,
+        &ruleset(&host_addrs()),
+        "the outbound ruleset",
+    )
 }

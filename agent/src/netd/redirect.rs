@@ -7,61 +7,17 @@
 //! tap and the user-mode stack under the same rules, only slower: that is
 //! reported, not fatal.
 
-use std::io::Write;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
-
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 
 /// Reported ok when the table is in place, not (with the reason) when TCP
 /// goes through the tap instead.
 pub const FEATURE: &str = "network_fast_tcp";
 
 /// Loads the redirect table (to 127.0.0.1:`port`) into the network
-/// namespace of `pid`: rootless from inside its user namespace, where
-/// the caller is root; as root with our own credentials (as
-/// `pasta::close_host_ranges` does).
+/// namespace of `pid`.
 pub fn install(pid: libc::pid_t, rootless: bool, port: u16) -> Result<()> {
-    let userns = std::fs::File::open(format!("/proc/{pid}/ns/user")).context("open user ns")?;
-    let netns = std::fs::File::open(format!("/proc/{pid}/ns/net")).context("open net ns")?;
-    let (u, n) = (userns.as_raw_fd(), netns.as_raw_fd());
-    let nft = crate::pasta::nft_binary();
-    let mut cmd = Command::new(&nft);
-    cmd.args(["-f", "-"])
-        .env_clear()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let helper = std::process::id() as libc::pid_t;
-    // SAFETY: setns and prctl only; the fds stay open until after spawn.
-    unsafe {
-        cmd.pre_exec(move || {
-            crate::pasta::child_of_helper(helper)?;
-            if rootless && libc::setns(u, libc::CLONE_NEWUSER) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::setns(n, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        })
-    };
-    let mut child = cmd.spawn().with_context(|| format!("run {nft}"))?;
-    if let Some(mut i) = child.stdin.take() {
-        i.write_all(lockbox_net::forwarder::redirect_ruleset(port).as_bytes())
-            .context("write the redirect table")?;
-    }
-    let out = child.wait_with_output().context("wait for nft")?;
-    drop((userns, netns));
-    if !out.status.success() {
-        bail!(
-            "nft refused the redirect table ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    let rules = lockbox_net::forwarder::redirect_ruleset(port);
+    crate::nft::load_into(pid, rootless, &rules, "the redirect table")
 }
 
 /// In the forwarder: whether `fd` is a listening TCP socket (what the
