@@ -380,21 +380,6 @@ impl Flow {
 /// Ends a client's connection with a reset, not a clean close: it was
 /// never served.
 fn reset(s: TcpStream) {
-    use std::os::fd::AsRawFd;
-    let l = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt on an fd we own, with a valid linger value. A
-    // zero linger makes close send a reset and never block.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&l as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
+    super::splice::reset_on_close(&s);
     drop(s);
 }
