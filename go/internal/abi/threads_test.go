@@ -45,10 +45,16 @@ func TestSubmittedCallCancelsAndLeavesNothing(t *testing.T) {
 	requireHooks(t)
 	asyncOrControl(t)
 	done := make(chan error, 1)
-	go func() { done <- Call(context.Background(), "t", "debug.sleep", map[string]int{"ms": 300}, nil) }()
-	time.Sleep(100 * time.Millisecond)
-	if s := libStats(t); s.Completions != 1 {
-		t.Errorf("while one call is submitted the library holds %d tokens, want 1", s.Completions)
+	go func() { done <- Call(context.Background(), "t", "debug.sleep", map[string]int{"ms": 1000}, nil) }()
+	// Polled, not slept: on a loaded machine the goroutine may take a while
+	// to submit.
+	held := 0
+	for deadline := time.Now().Add(900 * time.Millisecond); held != 1 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+		held = libStats(t).Completions
+	}
+	if held != 1 {
+		t.Errorf("while one call is submitted the library holds %d tokens, want 1", held)
 	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
@@ -75,7 +81,12 @@ func TestSubmittedCallCancelsAndLeavesNothing(t *testing.T) {
 	for _, err := range errs {
 		wantCode(t, err, CodeTimeout, context.DeadlineExceeded)
 	}
-	if during > before+20 {
+	// The bound is loose on purpose: the runtime starts a thread for each
+	// goroutine that is inside a purego call at that instant (submits
+	// overlap under -race and load: 8 -> 31 seen in CI), and never ends
+	// them. What matters is that waiting costs no thread: the blocking
+	// control holds one per call up to maxBlockingCalls (256).
+	if during > before+maxBlockingCalls/4 {
 		t.Errorf("threads %d -> %d with 500 calls waiting", before, during)
 	}
 	if s := libStats(t); s.Completions != 0 || s.CancelSlots != 0 {
