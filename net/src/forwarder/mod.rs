@@ -15,6 +15,7 @@ mod redirect;
 mod splice;
 mod tcp;
 mod udp;
+pub mod vm_link;
 
 use std::collections::HashMap;
 use std::io;
