@@ -91,8 +91,10 @@ func TestNetworkOutboundAndPublishedPort(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	// Polled until nc listens inside, with a deadline a loaded machine
+	// cannot run into (it was 50 tries, ~2.5 s).
 	var got []byte
-	for i := 0; i < 50 && string(got) != "served\n"; i++ {
+	for deadline := time.Now().Add(30 * time.Second); string(got) != "served\n" && time.Now().Before(deadline); {
 		c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(hostPort), time.Second)
 		if err == nil {
 			got, _ = io.ReadAll(c)

@@ -420,13 +420,14 @@ func TestDetachedSandboxIsFoundByName(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Close released the handle only: the sandbox still runs.
+	// Polled with a generous deadline (was 50 x 20 ms): a loaded machine
+	// may take longer than a second to let go of the handle.
 	var again *Sandbox
-	for i := 0; i < 50; i++ {
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		again, err = GetSandbox(ctx, "detached-test")
-		if err == nil {
+		if err == nil || time.Now().After(deadline) {
 			break
 		}
-		time.Sleep(20 * time.Millisecond)
 	}
 	if err != nil {
 		t.Fatal(err)

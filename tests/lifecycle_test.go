@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -160,7 +161,16 @@ func TestLifecycleCanceledCreateLeavesNothing(t *testing.T) {
 			t.Fatalf("create %d: want canceled/timeout, got %v", i, err)
 		}
 	}
-	time.Sleep(500 * time.Millisecond)
+	// Some teardown finishes just after the canceled call returns: polled
+	// with a generous deadline (a fixed 500 ms sleep could be too short on
+	// a loaded machine), then every kind of leftover is checked.
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if list, err := lockbox.ListSandboxes(context.Background()); err == nil && !slices.ContainsFunc(list, func(s lockbox.SandboxInfo) bool {
+			return strings.HasPrefix(s.Name, "cancel-")
+		}) && len(processesMentioning("/sandboxes/cancel-")) == 0 {
+			break
+		}
+	}
 	list, err := lockbox.ListSandboxes(context.Background())
 	if err != nil {
 		t.Fatal(err)

@@ -197,7 +197,7 @@ func TestNetworkIngress(t *testing.T) {
 func echoThrough(t *testing.T, port int, data []byte) []byte {
 	t.Helper()
 	var last error
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 		got, err := exchange(port, data)
 		if len(got) > 0 {
 			return got

@@ -21,12 +21,26 @@ func TestPoolConcurrentGets(t *testing.T) {
 	needEngine(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 180*time.Second)
 	defer cancel()
+	// What a create costs here and now: a Get served from the pool must
+	// take a small part of it. (A fixed 5 ms bar can fail on a loaded
+	// machine, where a goroutine may wait that long for a CPU.)
+	t0 := time.Now()
+	ctrl, err := lockbox.CreateSandbox(ctx, lockbox.WithMemory(128))
+	if err != nil {
+		t.Fatalf("control create: %v", err)
+	}
+	created := time.Since(t0)
+	if err := ctrl.Remove(ctx); err != nil {
+		t.Fatal(err)
+	}
+	fastBar := max(created/4, 5*time.Millisecond)
 	pool, err := lockbox.NewPool(ctx, 8, lockbox.WithMemory(128))
 	if err != nil {
 		t.Fatalf("NewPool: %v", err)
 	}
 	defer pool.Close()
-	for i := 0; i < 200 && pool.Ready() < 8; i++ {
+	// Filling is eight creates in the background: a generous deadline.
+	for deadline := time.Now().Add(90 * time.Second); pool.Ready() < 8 && time.Now().Before(deadline); {
 		time.Sleep(50 * time.Millisecond)
 	}
 	if pool.Ready() != 8 {
@@ -79,15 +93,15 @@ func TestPoolConcurrentGets(t *testing.T) {
 	}
 	fast := 0
 	for _, w := range waits {
-		if w < 5*time.Millisecond {
+		if w < fastBar {
 			fast++
 		}
 	}
 	if fast < 8 {
-		t.Fatalf("only %d of %d Gets were served from the pool at once (waits %v)", fast, n, waits)
+		t.Fatalf("only %d of %d Gets were served from the pool at once (under %v, a quarter of a create's %v; waits %v)", fast, n, fastBar, created, waits)
 	}
 	// Close: idle ones removed, refilling stops, Get fails.
-	for i := 0; i < 200 && pool.Ready() < 8; i++ {
+	for deadline := time.Now().Add(90 * time.Second); pool.Ready() < 8 && time.Now().Before(deadline); {
 		time.Sleep(50 * time.Millisecond)
 	}
 	var idle []string

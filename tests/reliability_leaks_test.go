@@ -120,7 +120,8 @@ func noLeftovers(t *testing.T, path string, pasta bool, targets ...leakTarget) {
 	t.Helper()
 	var cg []string
 	var pp []int
-	deadline := time.Now().Add(5 * time.Second)
+	// Generous: a loaded machine may take seconds to finish the teardown.
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		cg, pp = nil, nil
 		all := lockboxCgroups(t)
