@@ -231,7 +231,10 @@ func TestEscapeVM(t *testing.T) {
 			t.Fatalf("control: the bomb did not reach the guest's limit: %d processes, stderr %q", inGuest, res.Stderr)
 		}
 		during := cgInt(t, cgFile(t, qemuPid, "pids", "pids.current"))
-		if during > before+8 {
+		// Guest processes on the host would add inGuest (30 or more)
+		// tasks; qemu's own worker threads come and go with the guest's
+		// I/O, so the bar is half the bomb, not a fixed few.
+		if during > before+int64(max(8, inGuest/2)) {
 			t.Fatalf("ESCAPE: guest processes reached the host: qemu's cgroup had %d tasks, %d during the bomb", before, during)
 		}
 		time.Sleep(3 * time.Second)

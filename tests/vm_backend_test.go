@@ -266,7 +266,8 @@ func TestBackendMatrix(t *testing.T) {
 			if err := sb.Stop(ctx); err != nil {
 				t.Fatalf("Stop (reattached): %v", err)
 			}
-			deadline := time.Now().Add(10 * time.Second)
+			// 30 s: qemu's exit under TCG on a loaded machine can take seconds.
+			deadline := time.Now().Add(30 * time.Second)
 			for _, p := range append(procs, info.HelperPID) {
 				for alive(p) && time.Now().Before(deadline) {
 					time.Sleep(50 * time.Millisecond)
@@ -368,8 +369,9 @@ func detachAndReattach(t *testing.T, ctx context.Context, sb *lockbox.Sandbox, b
 	if err != nil || res.ExitCode != 0 || string(res.Stdout) != "kept across reattach\n" {
 		t.Fatalf("after reattach: the state is gone: %v %+v", err, res)
 	}
-	// The counter process is the same one and still counting.
-	for deadline := time.Now().Add(10 * time.Second); ; {
+	// The counter process is the same one and still counting (30 s: a
+	// TCG guest on a loaded machine is slow).
+	for deadline := time.Now().Add(30 * time.Second); ; {
 		res, err = sb.Shell(ctx, "kill -0 "+counter+" && cat /tmp/counter")
 		if err != nil || res.ExitCode != 0 {
 			t.Fatalf("after reattach: counter process %s is gone: %v %+v", counter, err, res)

@@ -300,7 +300,8 @@ func TestMicroVMVolumes(t *testing.T) {
 		t.Fatal(err)
 	}
 	removed = true
-	deadline := time.Now().Add(10 * time.Second)
+	// 30 s: qemu's exit under TCG on a loaded machine can take seconds.
+	deadline := time.Now().Add(30 * time.Second)
 	for _, p := range append(procs, info.HelperPID) {
 		for alive(p) && time.Now().Before(deadline) {
 			time.Sleep(50 * time.Millisecond)
