@@ -15,6 +15,7 @@ mod redirect;
 mod splice;
 mod tcp;
 mod udp;
+mod upstream;
 pub mod vm_link;
 
 use std::collections::HashMap;
@@ -42,6 +43,7 @@ pub use ingress::Published;
 pub use redirect::{
     listener as redirect_listener, nft_ruleset as redirect_ruleset, TABLE as REDIRECT_TABLE,
 };
+pub use upstream::{Bounds as UpstreamBounds, PortSlice};
 
 /// The gateway's Ethernet address (locally administered).
 const GATEWAY_MAC: EthernetAddress = EthernetAddress([0x02, 0x4c, 0x42, 0x00, 0x00, 0x01]);
@@ -64,6 +66,8 @@ pub struct Limits {
     pub max_events: usize,
     pub connect_timeout: Duration,
     pub udp_idle: Duration,
+    /// What the sandbox may take of the host's ephemeral ports (upstream.rs).
+    pub upstream: UpstreamBounds,
 }
 
 impl Default for Limits {
@@ -77,6 +81,14 @@ impl Default for Limits {
             max_events: 1024,
             connect_timeout: Duration::from_secs(10),
             udp_idle: Duration::from_secs(60),
+            // The host keeps three quarters of its range whatever the
+            // sandboxes do; one sandbox holds at most 1024 + 60 × 50 + 128
+            // ports in TIME_WAIT (docs/network.md "Host ports").
+            upstream: UpstreamBounds {
+                ports: Some(PortSlice::top_of_host(4)),
+                connections_per_sec: 50,
+                connection_burst: 1024,
+            },
         }
     }
 }
@@ -99,6 +111,7 @@ struct Shared {
     events: Arc<Events>,
     stop: AtomicBool,
     wake: Arc<Notify>,
+    upstream: upstream::Upstream,
 }
 
 impl Shared {
@@ -149,9 +162,11 @@ impl Forwarder {
     /// `tap` is the sandbox's tap device (IFF_TAP|IFF_NO_PI), opened in the
     /// sandbox's network namespace and handed out.
     pub fn new(tap: OwnedFd, config: Config, policy: Policy) -> (Forwarder, Handle) {
+        let events = Arc::new(Events::new(config.limits.max_events));
         let shared = Arc::new(Shared {
             policy: RwLock::new(Arc::new(policy)),
-            events: Arc::new(Events::new(config.limits.max_events)),
+            upstream: upstream::Upstream::new(&config.limits.upstream, events.clone()),
+            events,
             stop: AtomicBool::new(false),
             wake: Arc::new(Notify::new()),
         });
@@ -462,15 +477,12 @@ impl Stack {
         }
         self.shared.events.count(|c| c.connections_allowed += 1);
         let tx = self.connected_tx.clone();
-        let wake = self.shared.wake.clone();
+        let shared = self.shared.clone();
         let timeout = self.config.limits.connect_timeout;
         let task = tokio::spawn(async move {
-            let r = match tokio::time::timeout(timeout, TcpStream::connect(dst)).await {
-                Ok(r) => r,
-                Err(_) => Err(io::ErrorKind::TimedOut.into()),
-            };
+            let r = upstream::connect(&shared.upstream, dst, timeout).await;
             let _ = tx.send((key, r));
-            wake.notify_one();
+            shared.wake.notify_one();
         });
         self.tcp.insert(
             key,

@@ -93,8 +93,8 @@ pub struct Conn {
 /// An allowed connection, from the upstream connect to its end.
 pub async fn serve(sandbox: TcpStream, c: Conn) {
     let _slot = &c.slot;
-    let up = match tokio::time::timeout(c.connect_timeout, TcpStream::connect(c.dst)).await {
-        Ok(Ok(s)) => s,
+    let up = match super::upstream::connect(&c.shared.upstream, c.dst, c.connect_timeout).await {
+        Ok(s) => s,
         // As the destination did (or would not answer): a reset.
         _ => return refuse(sandbox),
     };
