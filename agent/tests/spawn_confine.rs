@@ -75,9 +75,16 @@ async fn workloads_cannot_open_agent_or_spawner_memory() {
     let mut c = sb.client().await;
     // A sibling workload, as the control: same uid, dumpable, reachable.
     let bg = c.start(Message::Exec(req(&["sleep", "30"]))).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let r = c.exec_with(req(&["sh", "-c", PROBE]), None).await;
-    let out = r.out();
+    // Probed until the sibling shows as `sleep` (was one probe after
+    // 200 ms: a loaded machine may take longer to exec it).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let out = loop {
+        let out = c.exec_with(req(&["sh", "-c", PROBE]), None).await.out();
+        if out.contains("(sleep)") || std::time::Instant::now() > deadline {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let rows: Vec<Vec<&str>> = out.lines().map(|l| l.split(' ').collect()).collect();
     let agent = rows.iter().find(|r| r[0] == "1").expect("agent row");
     let spawners: Vec<_> = rows

@@ -104,8 +104,10 @@ fn a_closed_guest_port_resets_the_client_fast() {
         matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionReset),
         "{r:?}"
     );
+    // Under the 5 s read timeout (and the forwarder's 10 s connect
+    // timeout), with room for a loaded machine (was 1 s).
     assert!(
-        start.elapsed() < Duration::from_secs(1),
+        start.elapsed() < Duration::from_secs(3),
         "{:?}",
         start.elapsed()
     );

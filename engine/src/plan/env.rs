@@ -121,7 +121,8 @@ mod tests {
         let e = merge("env", &base, &extra).unwrap_err();
         assert_eq!(e.code, lockbox_protocol::ErrorCode::InvalidArgument);
         assert!(e.message.contains("after merging"), "{}", e.message);
-        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        // Minutes if quadratic; 10 s leaves a loaded machine room.
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
         let small_base: Vec<String> = base[..2000].to_vec();
         let m = merge("env", &small_base, &extra[..2000]).unwrap();
         assert_eq!(m.len(), 4000);
