@@ -354,9 +354,19 @@ func checkVirtiofsdConfined(t *testing.T, helper int, procs []int, volumes [][]s
 	for _, v := range volumes {
 		want[strings.Join(v, ",")] = true
 	}
+	// virtiofsd forks once into its own namespaces and its parent waits
+	// (with no capabilities): the serving one is the virtiofsd whose
+	// parent is a virtiofsd. The jail's seccomp layer is on both, so a
+	// filter state cannot tell them apart.
+	isVfs := map[string]bool{}
+	for _, p := range procs {
+		if strings.HasSuffix(exeOf(p), "virtiofsd") {
+			isVfs[strconv.Itoa(p)] = true
+		}
+	}
 	served := 0
 	for _, p := range procs {
-		if !strings.HasSuffix(exeOf(p), "virtiofsd") || statusField(p, "Seccomp") != "2" {
+		if !isVfs[strconv.Itoa(p)] || !isVfs[statusField(p, "PPid")] {
 			continue // the jail's PID 1 and virtiofsd's waiting parent
 		}
 		root := strings.Join(dirNames(filepath.Join("/proc", strconv.Itoa(p), "root")), ",")
@@ -365,6 +375,11 @@ func checkVirtiofsdConfined(t *testing.T, helper int, procs []int, volumes [][]s
 		}
 		if !want[root] {
 			t.Fatalf("VIRTIOFSD ESCAPE: %d's root holds %q, not one volume (%v)", p, root, volumes)
+		}
+		// virtiofsd's own filter is one; the jail's setuid-mode layer
+		// (the guest kernel is the sandbox's) comes on top of it.
+		if n, _ := strconv.Atoi(statusField(p, "Seccomp_filters")); n < 2 {
+			t.Fatalf("VIRTIOFSD: %d has %d seccomp filters: the jail's setuid-mode layer is missing", p, n)
 		}
 		delete(want, root)
 		served++

@@ -86,20 +86,10 @@ fn suid_mode_rules(arg: u8, extra: Option<Cond>) -> Result<Vec<SeccompRule>> {
         .collect()
 }
 
-pub fn program() -> Result<Vec<BpfProgram>> {
+/// The setuid/setgid-mode rules alone: every call that takes a mode
+/// (chmod*, creat, mknod*, open/openat with O_CREAT or O_TMPFILE).
+fn suid_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    for s in DENIED {
-        rules.insert(*s, vec![]);
-    }
-    let newuser = libc::CLONE_NEWUSER as u64;
-    rules.insert(
-        libc::SYS_clone,
-        vec![SeccompRule::new(vec![cond(
-            0,
-            Op::MaskedEq(newuser),
-            newuser,
-        )?])?],
-    );
     let creat = libc::O_CREAT as u64;
     // O_TMPFILE makes a file with `mode` that linkat can then name.
     let tmpfile = 0o20_000_000u64; // __O_TMPFILE, without O_DIRECTORY
@@ -118,6 +108,51 @@ pub fn program() -> Result<Vec<BpfProgram>> {
         )?);
         rules.insert(nr, r);
     }
+    Ok(rules)
+}
+
+/// For a host process that writes files on a sandbox's behalf (a microVM
+/// volume's virtiofsd): EPERM for any setuid/setgid mode, whatever the
+/// guest kernel asks, and ENOSYS for openat2 (its mode is out of a
+/// filter's reach). Nothing else is restricted: the daemon still makes
+/// its own namespaces and filter.
+pub fn suid_modes_program() -> Result<Vec<BpfProgram>> {
+    let arch = || -> Result<seccompiler::TargetArch> {
+        std::env::consts::ARCH.try_into().context("seccomp arch")
+    };
+    let modes = SeccompFilter::new(
+        suid_rules()?,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        arch()?,
+    )?;
+    let mut o2 = BTreeMap::new();
+    o2.insert(libc::SYS_openat2, vec![]);
+    let openat2 = SeccompFilter::new(
+        o2,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        arch()?,
+    )?;
+    let mut progs = vec![modes.try_into()?, openat2.try_into()?];
+    progs.extend(x32_kill());
+    Ok(progs)
+}
+
+pub fn program() -> Result<Vec<BpfProgram>> {
+    let mut rules = suid_rules()?;
+    for s in DENIED {
+        rules.insert(*s, vec![]);
+    }
+    let newuser = libc::CLONE_NEWUSER as u64;
+    rules.insert(
+        libc::SYS_clone,
+        vec![SeccompRule::new(vec![cond(
+            0,
+            Op::MaskedEq(newuser),
+            newuser,
+        )?])?],
+    );
     // personality() that turns off ASLR or makes data executable.
     let persona: Vec<SeccompRule> = [0x0040000u64, 0x0400000u64]
         .iter()
@@ -196,4 +231,108 @@ pub(crate) fn x32_kill() -> Option<BpfProgram> {
 #[cfg(not(target_arch = "x86_64"))]
 pub(crate) fn x32_kill() -> Option<BpfProgram> {
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStrExt;
+
+    fn errno() -> i32 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    }
+
+    /// Runs `f` in a forked child under `progs`; returns its exit code.
+    fn in_child(progs: &[BpfProgram], f: impl FnOnce() -> i32) -> i32 {
+        // SAFETY: the child only makes system calls and exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: prctl with integers; then the filters; then exit.
+            unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+            for p in progs {
+                if seccompiler::apply_filter(p).is_err() {
+                    unsafe { libc::_exit(100) };
+                }
+            }
+            let code = f();
+            unsafe { libc::_exit(code) };
+        }
+        let mut st = 0;
+        // SAFETY: our own child.
+        unsafe { libc::waitpid(pid, &mut st, 0) };
+        assert!(libc::WIFEXITED(st), "child died: {st:#x}");
+        libc::WEXITSTATUS(st)
+    }
+
+    /// What a virtiofsd asked for a setuid or setgid mode by its guest
+    /// would do: fchmodat through /proc/self/fd (its SETATTR), fchmod, and
+    /// openat/mknodat with the bit (CREATE, MKNOD). Under the filter each
+    /// is EPERM and the host file keeps no such bit; the same calls with a
+    /// plain mode work (the control), and without the filter the bit lands
+    /// (the control that the check sees a real success).
+    #[test]
+    fn suid_modes_program_refuses_setuid_and_setgid_modes_only() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("f");
+        std::fs::write(&f, b"x").unwrap();
+        let c = |p: &std::path::Path| std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+        let (cf, cdir) = (c(&f), c(d.path()));
+        let attempts = |suid: u32| {
+            let (cf, cdir) = (cf.clone(), cdir.clone());
+            move || -> i32 {
+                // SAFETY: calls on local C strings and fds we open here.
+                unsafe {
+                    let fd = libc::open(cf.as_ptr(), libc::O_RDONLY);
+                    let dir = libc::open(cdir.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+                    let proc_fd = std::ffi::CString::new(format!("/proc/self/fd/{fd}")).unwrap();
+                    let mut refused = 0;
+                    let r = libc::fchmodat(libc::AT_FDCWD, proc_fd.as_ptr(), 0o755 | suid, 0);
+                    refused |= i32::from(r == -1 && errno() == libc::EPERM);
+                    let r = libc::fchmod(fd, 0o755 | suid);
+                    refused |= i32::from(r == -1 && errno() == libc::EPERM) << 1;
+                    let r = libc::openat(
+                        dir,
+                        c"new".as_ptr(),
+                        libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                        0o755 | suid,
+                    );
+                    refused |= i32::from(r == -1 && errno() == libc::EPERM) << 2;
+                    let r = libc::mknodat(dir, c"fifo".as_ptr(), libc::S_IFIFO | 0o644 | suid, 0);
+                    refused |= i32::from(r == -1 && errno() == libc::EPERM) << 3;
+                    refused
+                }
+            }
+        };
+        let mode = |p: &std::path::Path| {
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions())
+        };
+        let clean = || {
+            let _ = std::fs::remove_file(d.path().join("new"));
+            let _ = std::fs::remove_file(d.path().join("fifo"));
+            std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+                .unwrap();
+        };
+        let progs = suid_modes_program().unwrap();
+        for bit in [libc::S_ISUID, libc::S_ISGID] {
+            clean();
+            assert_eq!(
+                in_child(&progs, attempts(bit)),
+                0b1111,
+                "each mode call with {bit:o} must be EPERM"
+            );
+            assert_eq!(mode(&f) & 0o6000, 0, "the bit reached the file");
+            assert!(!d.path().join("new").exists() && !d.path().join("fifo").exists());
+            // Control: without the filter the same calls set the bit.
+            clean();
+            assert_eq!(in_child(&[], attempts(bit)), 0);
+            assert_ne!(mode(&f) & bit, 0, "control: fchmod set no bit");
+            assert_ne!(mode(&d.path().join("new")) & bit, 0);
+        }
+        // Control: plain modes pass under the filter.
+        clean();
+        assert_eq!(in_child(&progs, attempts(0)), 0);
+        assert_eq!(mode(&f) & 0o7777, 0o755);
+        assert!(d.path().join("new").exists() && d.path().join("fifo").exists());
+    }
 }

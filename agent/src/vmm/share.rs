@@ -401,6 +401,17 @@ fn inner(jail: &Jail, listener: &OwnedFd, argv: &[CString], go_rd: &OwnedFd) -> 
             "no_new_privs",
             cvt(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }),
         )?;
+        // The guest kernel is the sandbox's: a setuid or setgid mode it
+        // asks for would land on a host file that any local user reaching
+        // the volume could run as its owner. The host kernel refuses it.
+        let modes = crate::seccomp::suid_modes_program()
+            .map_err(|e| io::Error::other(format!("seccomp filter: {e:#}")))?;
+        for p in &modes {
+            ctx(
+                "seccomp",
+                seccompiler::apply_filter(p).map_err(|e| io::Error::other(e.to_string())),
+            )?;
+        }
         let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
         ptrs.push(std::ptr::null());
         let env: [*const libc::c_char; 1] = [std::ptr::null()];
