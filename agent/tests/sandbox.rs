@@ -738,7 +738,9 @@ async fn outbound_network_and_published_port() {
         ])))
         .await;
     let mut got = String::new();
-    for _ in 0..50 {
+    // Until nc listens inside: 30 s of room for a loaded machine (was 5).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
         if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", host_port)) {
             s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
