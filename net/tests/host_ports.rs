@@ -9,7 +9,7 @@
 
 mod lab;
 
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -258,4 +258,77 @@ fn new_connections_beyond_the_rate_are_refused() {
     let allowed = rig.handle.counters().connections_allowed as usize;
     assert!(allowed > 100 + elapsed, "control: {allowed} in {elapsed} s");
     assert_eq!(rig.rules_denied("connection-rate"), 0);
+}
+
+/// Connect plus a one-byte exchange (upstream connect included: on the
+/// redirect path the sandbox's own connect ends at the local listener).
+fn exchange_p50(n: usize) -> Duration {
+    let a: SocketAddr = DST.parse().unwrap();
+    let mut t: Vec<Duration> = (0..n)
+        .map(|_| {
+            let t0 = Instant::now();
+            let mut c = TcpStream::connect_timeout(&a, Duration::from_secs(5)).unwrap();
+            c.write_all(b"x").unwrap();
+            let mut b = [0u8; 16];
+            assert!(c.read(&mut b).unwrap() > 0);
+            t0.elapsed()
+        })
+        .collect();
+    t.sort();
+    t[n / 2]
+}
+
+fn download_mib_s(bytes: u64) -> f64 {
+    let a: SocketAddr = lab::BULK.parse().unwrap();
+    let mut c = TcpStream::connect_timeout(&a, Duration::from_secs(5)).unwrap();
+    let t0 = Instant::now();
+    c.write_all(&bytes.to_be_bytes()).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = 0u64;
+    while got < bytes {
+        let n = c.read(&mut buf).unwrap();
+        assert!(n > 0, "download cut short at {got}");
+        got += n as u64;
+    }
+    got as f64 / t0.elapsed().as_secs_f64() / (1u64 << 20) as f64
+}
+
+/// What the bounds cost (`cargo test --release -p lockbox-net --test
+/// host_ports -- --ignored --nocapture`): the default bounds against
+/// none (the path before upstream.rs but for one setsockopt), rounds
+/// interleaved in one sitting.
+#[test]
+#[ignore]
+fn bench_the_bounds() {
+    let allow = r#"{"rules":[{"action":"allow","cidr":"198.51.100.10/32"}]}"#;
+    let bounded = lab::Lab::with_limits(Policy::from_json(allow).unwrap(), Limits::default());
+    let open = Limits {
+        upstream: lockbox_net::forwarder::UpstreamBounds {
+            ports: None,
+            connections_per_sec: 1_000_000,
+            connection_burst: 1_000_000,
+        },
+        ..Limits::default()
+    };
+    let unbounded = lab::Lab::with_limits(Policy::from_json(allow).unwrap(), open);
+    let (mut lat, mut thr) = ([vec![], vec![]], [vec![], vec![]]);
+    for _ in 0..5 {
+        for (i, l) in [&bounded, &unbounded].into_iter().enumerate() {
+            lat[i].push(l.inside(|| exchange_p50(150)));
+            thr[i].push(l.inside(|| download_mib_s(256 << 20)));
+        }
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let mut lat_us: Vec<Vec<f64>> = lat
+        .iter()
+        .map(|v| v.iter().map(|d| d.as_secs_f64() * 1e6).collect())
+        .collect();
+    let (lb, lu) = (med(&mut lat_us[0]), med(&mut lat_us[1]));
+    let (tb, tu) = (med(&mut thr[0]), med(&mut thr[1]));
+    println!("connect + 1-byte exchange p50 (median of 5 rounds of 150): bounded {lb:.0} µs, unbounded {lu:.0} µs, ratio {:.2}", lb / lu);
+    println!("256 MiB download (median of 5): bounded {tb:.0} MiB/s, unbounded {tu:.0} MiB/s, ratio {:.2}", tb / tu);
+    println!("rounds: latency {lat_us:.0?} µs, throughput {thr:.0?} MiB/s");
 }
