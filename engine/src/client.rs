@@ -54,6 +54,36 @@ pub(crate) struct Shared {
 /// waiting for it means it stopped reading (about 100 MB held by then).
 const MAX_QUEUED_FRAMES: usize = 1 << 20;
 
+/// Where to cut a data payload so that the session marker of a microVM's
+/// port (lockbox_protocol::reset) is not whole on the wire: its middle.
+/// Data the host writes (a file, stdin) often comes from elsewhere; a
+/// marker in it would make the guest start a new agent session inside it,
+/// and the bytes after it would be taken as the host's own requests. A
+/// frame header between the two halves breaks it: headers start with the
+/// length's high byte, 0 below 16 MiB, which no magic byte is. The agent
+/// joins a stream's data frames, so the bytes arrive unchanged.
+fn marker_cut(payload: &[u8]) -> Option<usize> {
+    let magic = &lockbox_protocol::reset::MARKER_MAGIC;
+    let mut from = 0;
+    while let Some(p) = payload[from..].iter().position(|&b| b == magic[0]) {
+        let at = from + p;
+        if payload[at..].starts_with(magic) {
+            return Some(at + magic.len() / 2);
+        }
+        from = at + 1;
+    }
+    None
+}
+
+/// Whether an operation id could begin the session marker in a frame
+/// header (its bytes follow the header's kind and stream, which no magic
+/// byte equals): such ids are skipped, so a payload can never complete
+/// a marker that a header began.
+fn id_may_begin_marker(id: u32) -> bool {
+    id.to_be_bytes()
+        .contains(&lockbox_protocol::reset::MARKER_MAGIC[0])
+}
+
 impl Shared {
     pub(crate) fn send(&self, f: Frame) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
@@ -77,6 +107,15 @@ impl Shared {
                         u.remove(&(f.id, f.stream));
                     }
                 }
+            }
+        }
+        if matches!(f.kind, FrameKind::Data) {
+            if let Some(cut) = marker_cut(&f.payload) {
+                let mut head = f;
+                let tail = head.payload.split_off(cut);
+                let (id, stream) = (head.id, head.stream);
+                self.send(head)?;
+                return self.send(Frame::data(id, stream, tail));
             }
         }
         // Counted before it is queued, so the writer never takes it first.
@@ -308,7 +347,7 @@ impl AgentClient {
                 .map_err(|_| EngineError::internal("route table poisoned"))?;
             loop {
                 id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-                if id != 0 && !r.contains_key(&id) {
+                if id != 0 && !id_may_begin_marker(id) && !r.contains_key(&id) {
                     break;
                 }
             }
@@ -524,6 +563,68 @@ mod tests {
             Ok(Message::Ok)
         ));
         assert!(seen.lock().unwrap().iter().any(|n| *n > MAX_PAYLOAD - 4096));
+    }
+
+    /// Data the host writes into a sandbox (a file, stdin) may hold a
+    /// microVM's session marker; on the wire it must never be whole (the
+    /// guest would start a new agent session inside the data and take the
+    /// bytes after it as the host's requests), and the agent must still
+    /// get the data unchanged. Control: the same payload in one frame, as
+    /// it went before, does carry a whole marker.
+    #[tokio::test]
+    async fn a_session_marker_in_data_is_never_whole_on_the_wire() {
+        use lockbox_protocol::reset::{encode, Finder, Found, MARKER_MAGIC};
+        use tokio::io::AsyncReadExt;
+        let dir = tempfile::tempdir().unwrap();
+        let l = tokio::net::UnixListener::bind(dir.path().join("agent.sock")).unwrap();
+        let agent = tokio::spawn(async move {
+            let (mut r, _w) = accept_handshake(l).await;
+            let mut wire = Vec::new();
+            r.read_to_end(&mut wire).await.unwrap();
+            wire
+        });
+        let c = AgentClient::connect(dir.path(), "fake").await.unwrap();
+        let marker = encode(&MARKER_MAGIC, b"0123456789abcdef");
+        let mut payload = marker.to_vec();
+        payload.extend_from_slice(b"after a marker at the start;");
+        payload.extend_from_slice(&marker);
+        payload.extend_from_slice(&MARKER_MAGIC); // two magics back to back
+        payload.extend_from_slice(b"tail, then one at the very end");
+        payload.extend_from_slice(&MARKER_MAGIC);
+        let op = c.op().unwrap();
+        c.shared
+            .send(Frame::data(op.id, 1, payload.clone()))
+            .unwrap();
+        c.shared.send(Frame::eof(op.id, 1)).unwrap();
+        // An operation id whose bytes could begin a magic in a header is
+        // never handed out (ids 0x900..=0x9ff hold a 0x09 byte).
+        assert!(id_may_begin_marker(0x0900) && !id_may_begin_marker(0x0a00));
+        c.shared.next_id.store(0x0900, Ordering::Relaxed);
+        assert_eq!(c.op().unwrap().id, 0x0a00);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        c.close();
+        let wire = agent.await.unwrap();
+
+        let whole = |bytes: &[u8]| {
+            !matches!(Finder::new(MARKER_MAGIC).feed(bytes), Found::Nothing)
+                || bytes.windows(16).any(|w| w == MARKER_MAGIC)
+        };
+        let mut before = Frame::data(op.id, 1, payload.clone()).header().to_vec();
+        before.extend_from_slice(&payload);
+        assert!(
+            whole(&before),
+            "control: one frame carries the marker whole"
+        );
+        assert!(!whole(&wire), "a whole session marker went out on the wire");
+        // The agent's view: the data frames of the stream, joined.
+        let mut rd = &wire[..];
+        let mut got = Vec::new();
+        while let Ok(f) = read_frame(&mut rd).await {
+            if f.kind == FrameKind::Data && f.id == op.id {
+                got.extend_from_slice(&f.payload);
+            }
+        }
+        assert_eq!(got, payload, "the data changed on the way");
     }
 
     /// Accepts one connection and answers its handshake as an agent would.
