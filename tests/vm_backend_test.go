@@ -449,8 +449,11 @@ func TestMicroVMUnsupported(t *testing.T) {
 	defer cancel()
 	vol := t.TempDir()
 	cases := map[string][]lockbox.Option{
+		// Plain outbound is pasta's, native-only; a policy works
+		// (TestMicroVMNetwork), published ports with it do not yet.
 		"network": {lockbox.WithNetwork(lockbox.NetworkOutbound)},
-		"policy":  {lockbox.WithNetworkPolicy(lockbox.NewNetworkPolicy(lockbox.Allow("example.com")))},
+		"ports": {lockbox.WithNetworkPolicy(lockbox.NewNetworkPolicy(lockbox.Allow("example.com"))),
+			lockbox.WithPort(18080, 80)},
 	}
 	for what, opts := range cases {
 		t0 := time.Now()

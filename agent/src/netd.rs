@@ -36,7 +36,7 @@ mod redirect;
 mod seccomp;
 
 pub const MODE: &str = "net-forwarder";
-const IFNAME: &[u8] = b"eth0";
+pub(crate) const IFNAME: &[u8] = b"eth0";
 const GUEST_ADDR: [u8; 4] = [10, 0, 2, 100];
 const NETMASK: [u8; 4] = [255, 255, 255, 0];
 const GATEWAY: [u8; 4] = [10, 0, 2, 2];
@@ -81,6 +81,32 @@ pub fn start(
     let (tap, fast) =
         make_tap(pid, rootless).context("tap device in the sandbox's network namespace")?;
     let fast = redirect_rule(pid, rootless, fast, report);
+    spawn(
+        tap,
+        fast,
+        exe,
+        listener,
+        socket,
+        published,
+        sandbox_cgroup,
+        report,
+    )
+}
+
+/// Starts the forwarder on `frames`: the sandbox's tap, or a microVM's
+/// end of its datagram link to qemu (vmm/net.rs; `fast` is then None).
+#[allow(clippy::too_many_arguments)]
+pub fn spawn(
+    frames: OwnedFd,
+    fast: Option<OwnedFd>,
+    exe: &File,
+    listener: UnixListener,
+    socket: &Path,
+    published: Vec<ingress::Bound>,
+    sandbox_cgroup: &lockbox_protocol::CgroupPaths,
+    report: &mut crate::report::Report,
+) -> Result<Netd> {
+    let tap = frames;
     let mut limits = match cgroup::create(sandbox_cgroup) {
         Ok(c) => Some(c),
         Err(e) => {
@@ -421,7 +447,7 @@ fn make_tap(pid: libc::pid_t, rootless: bool) -> Result<(OwnedFd, Option<OwnedFd
     }
 }
 
-type Step = (&'static str, std::io::Error);
+pub(crate) type Step = (&'static str, std::io::Error);
 
 fn tap_in_namespace(userns: &File, netns: &File, rootless: bool) -> Result<OwnedFd, Step> {
     let os = |s: &'static str| (s, std::io::Error::last_os_error());
@@ -487,7 +513,9 @@ fn sockaddr(a: [u8; 4]) -> libc::sockaddr {
 }
 
 /// Address, netmask, MTU, up, default route: what `ip` would do, by ioctl.
-fn configure() -> Result<(), Step> {
+/// Also a microVM guest's (guest/net.rs): the same numbers on its
+/// virtio-net interface.
+pub(crate) fn configure() -> Result<(), Step> {
     let os = |s: &'static str| (s, std::io::Error::last_os_error());
     // SAFETY: plain socket call.
     let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };

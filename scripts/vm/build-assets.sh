@@ -16,7 +16,7 @@ kver=6.1.192-2
 krel=6.1.0-56-cloud-amd64
 # What the agent needs, in load order; each module's own `depends=` is
 # loaded before it (resolved below), so the list names intent only.
-modules=(virtio_mmio virtio_console virtio_blk erofs overlay virtiofs)
+modules=(virtio_mmio virtio_console virtio_blk erofs overlay virtiofs virtio_net)
 busybox=/bin/busybox
 
 sha() { sha256sum "$1" | cut -d' ' -f1; }

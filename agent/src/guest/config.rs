@@ -24,6 +24,12 @@ pub struct GuestConfig {
     /// Volumes and tmpfs mounts, in the plan's order (volumes.rs).
     #[serde(default)]
     pub mounts: Vec<super::volumes::GuestMount>,
+    /// A virtio-net interface to configure (net.rs).
+    #[serde(default)]
+    pub network: bool,
+    /// The host's time at launch (clock.rs).
+    #[serde(default)]
+    pub clock_unix_ms: Option<u64>,
 }
 
 /// `/dev/vdX` of the disk whose serial is `serial`, if there is one.

@@ -10,11 +10,13 @@
 //! agent meets the same walls as in a native sandbox.
 
 mod bridge;
+mod clock;
 mod config;
 mod identity;
 mod limits;
 mod modules;
 mod mounts;
+mod net;
 mod port;
 mod rootfs;
 mod volumes;
@@ -61,8 +63,14 @@ fn start() -> anyhow::Result<i32> {
     let (spec, user) = match &cfg {
         // The engine's sandbox: its image as the root, its limits.
         Some(cfg) => {
+            if let Some(ms) = cfg.clock_unix_ms {
+                clock::set(ms).context("set the clock")?;
+            }
             rootfs::enter(cfg).context("root filesystem")?;
             volumes::mount_all(&cfg.mounts, &mut report).context("volumes")?;
+            if cfg.network {
+                net::configure().context("network interface")?;
+            }
             rootfs::set_hostname(&cfg.spec.hostname);
             limits::apply(&cfg.spec.limits, &mut report);
             let user = crate::users::resolve(&cfg.spec.user)

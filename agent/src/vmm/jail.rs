@@ -85,6 +85,7 @@ pub fn spawn(
     listener: OwnedFd,
     qmp: Option<OwnedFd>,
     shares: &[(OwnedFd, RawFd)],
+    net: Option<&OwnedFd>,
     cgroup: &Cgroup,
     root: bool,
 ) -> io::Result<Child> {
@@ -126,6 +127,7 @@ pub fn spawn(
         let fds = Fds {
             agent: &listener,
             qmp: qmp.as_ref(),
+            net,
             shares,
         };
         let e = outer(mounts, &fds, cgroup, root, kvm_gid, helper, &argv, &wr);
@@ -168,10 +170,11 @@ fn max_file_size(spec: &VmmSpec) -> u64 {
 }
 
 /// The sockets qemu inherits: the agent port's listener as fd 3, the QMP
-/// monitor's as fd 4.
+/// monitor's as fd 4, the network link's as fd 5 (vmm/net.rs).
 struct Fds<'a> {
     agent: &'a OwnedFd,
     qmp: Option<&'a OwnedFd>,
+    net: Option<&'a OwnedFd>,
     /// virtiofsd's vhost-user sockets, each at the number qemu's command
     /// line names (vmm/share.rs).
     shares: &'a [(OwnedFd, RawFd)],
@@ -287,10 +290,18 @@ fn inner(mounts: &Mounts, fds: &Fds<'_>, argv: &[CString]) -> io::Error {
         let qmp = fds
             .qmp
             .map(|q| unsafe { libc::fcntl(q.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) });
+        // SAFETY: as above.
+        let net = fds
+            .net
+            .map(|n| unsafe { libc::fcntl(n.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) });
         move_to(fds.agent.as_raw_fd(), 3)?;
         if let Some(q) = qmp {
             cvt(q)?;
             move_to(q, 4)?;
+        }
+        if let Some(n) = net {
+            cvt(n)?;
+            move_to(n, super::net::NET_FD)?;
         }
         // stdout is /dev/null once the helper reported; qemu's console
         // (only with the engine's LOCKBOX_VM_CONSOLE debug switch) goes to
@@ -301,11 +312,22 @@ fn inner(mounts: &Mounts, fds: &Fds<'_>, argv: &[CString]) -> io::Error {
         unsafe {
             libc::syscall(
                 libc::SYS_close_range,
-                if qmp.is_some() { 5u32 } else { 4u32 },
+                if net.is_some() {
+                    super::net::NET_FD as u32 + 1
+                } else if qmp.is_some() {
+                    5u32
+                } else {
+                    4u32
+                },
                 u32::MAX,
                 libc::CLOSE_RANGE_CLOEXEC,
             )
         };
+        if net.is_some() && qmp.is_none() {
+            // Nothing of the helper's at 4 (the range above starts at 6).
+            // SAFETY: marks an fd close-on-exec, whatever it is.
+            unsafe { libc::fcntl(4, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
         super::share::place_fds(fds.shares)?;
         ctx("drop capabilities", crate::caps::drop_all())?;
         // SAFETY: prctl with integers.

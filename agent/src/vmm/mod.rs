@@ -12,6 +12,7 @@
 mod jail;
 mod landlock;
 mod log_relay;
+mod net;
 mod root;
 mod seccomp;
 mod share;
@@ -54,6 +55,9 @@ pub struct VmmSpec {
     /// Volumes: one confined virtiofsd each (share.rs).
     #[serde(default)]
     pub shares: Vec<share::ShareSpec>,
+    /// A network: the forwarder on a link qemu gets as fd 5 (net.rs).
+    #[serde(default)]
+    pub net: Option<net::NetSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -75,6 +79,9 @@ pub struct Bind {
 pub const VMM_ID: u32 = crate::supervisor::HOST_ID_BASE - 2;
 
 pub fn run(spec_path: &Path) -> i32 {
+    // Before anything a guest can influence runs: the forwarder is started
+    // from this fd, never from a path (netd::own_executable).
+    let exe = crate::netd::own_executable();
     let spec: Result<VmmSpec, String> = fs::read(spec_path)
         .map_err(|e| format!("read {}: {e}", spec_path.display()))
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| format!("bad vmm spec: {e}")));
@@ -94,10 +101,17 @@ pub fn run(spec_path: &Path) -> i32 {
     }
     let mut report = Report::default();
     let cgroup = Cgroup::create(&spec.id, &spec.limits, &mut report);
-    match start(&spec, &cgroup, &mut report) {
-        Ok(child) => {
+    let exe = match exe {
+        Ok(f) => f,
+        Err(e) => return failed(ErrorCode::Internal, format!("open /proc/self/exe: {e}")),
+    };
+    match start(&spec, &exe, &cgroup, &mut report) {
+        Ok((child, net)) => {
             let mut r = report.0.clone();
             r.cgroup = cgroup.paths.clone();
+            // The forwarder's own cgroup (netd/cgroup.rs): the engine's
+            // cleanup removes it with the VMM's.
+            r.cgroup.dirs.extend(report.0.cgroup.dirs.iter().cloned());
             status(LaunchStatus {
                 ok: true,
                 error: None,
@@ -106,6 +120,8 @@ pub fn run(spec_path: &Path) -> i32 {
                 report: Some(r),
             });
             let code = supervise(child);
+            // Kills the forwarder, removes net.sock and its cgroup.
+            drop(net);
             kill_cgroup(&cgroup);
             cgroup.remove();
             remove_sockets(&spec);
@@ -154,7 +170,12 @@ fn failed(code: ErrorCode, msg: String) -> i32 {
 
 /// Binds the socket, prepares the jail's mounts (as the helper: it may
 /// read what the unprivileged VMM may not) and forks the jailed qemu.
-fn start(spec: &VmmSpec, cgroup: &Cgroup, report: &mut Report) -> Result<jail::Child, String> {
+fn start(
+    spec: &VmmSpec,
+    exe: &std::fs::File,
+    cgroup: &Cgroup,
+    report: &mut Report,
+) -> Result<(jail::Child, Option<net::VmNet>), String> {
     if !spec.qemu.starts_with("/usr/") || spec.qemu.contains("/../") {
         return Err(format!("qemu {} is not under /usr", spec.qemu));
     }
@@ -184,6 +205,11 @@ fn start(spec: &VmmSpec, cgroup: &Cgroup, report: &mut Report) -> Result<jail::C
     }
     let dir = Path::new(&spec.socket).parent().unwrap_or(Path::new("/"));
     let shares = share::start_all(&spec.shares, dir, cgroup)?;
+    let mut net = spec
+        .net
+        .as_ref()
+        .map(|n| net::start(n, exe, cgroup, report))
+        .transpose()?;
     let mounts = jail::Mounts::prepare(spec).map_err(|e| format!("jail mounts: {e}"))?;
     let (relay, saved) =
         log_relay::redirect_stderr().map_err(|e| format!("qemu's log pipe: {e}"))?;
@@ -193,6 +219,7 @@ fn start(spec: &VmmSpec, cgroup: &Cgroup, report: &mut Report) -> Result<jail::C
         OwnedFd::from(listener),
         qmp,
         &shares,
+        net.as_ref().and_then(|n| n.qemu_end.as_ref()),
         cgroup,
         root,
     )
@@ -200,6 +227,13 @@ fn start(spec: &VmmSpec, cgroup: &Cgroup, report: &mut Report) -> Result<jail::C
     log_relay::restore(&saved);
     let mut child = child?;
     child.log = Some(relay);
+    if let Some(n) = net.as_mut() {
+        // qemu holds its end now; from here the helper has threads.
+        n.qemu_end = None;
+        n.netd
+            .serve()
+            .map_err(|e| format!("the forwarder's control relay: {e}"))?;
+    }
     for f in [
         "userns", "mountns", "pidns", "netns", "ipcns", "utsns", "cgroupns",
     ] {
@@ -227,7 +261,7 @@ fn start(spec: &VmmSpec, cgroup: &Cgroup, report: &mut Report) -> Result<jail::C
     } else {
         report.not("vmm_uid", "rootless: qemu runs as the caller's uid");
     }
-    Ok(child)
+    Ok((child, net))
 }
 
 /// Waits for qemu's end or the lifeline's EOF (stdin; /dev/null for a

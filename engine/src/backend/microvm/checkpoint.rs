@@ -144,6 +144,11 @@ pub fn save(
         "vmm.json",
     )?)
     .map_err(|e| EngineError::internal(format!("vmm.json: {e}")))?;
+    if vmm.get("net").is_some_and(|n| !n.is_null()) {
+        return Err(EngineError::unsupported(
+            "microvm backend: a checkpoint of a VM with a network is not supported (its open connections, resolved names and the per-sandbox CA live in the host's forwarder, not in the VM)",
+        ));
+    }
     if vmm
         .get("shares")
         .and_then(Value::as_array)

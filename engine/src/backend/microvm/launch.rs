@@ -171,8 +171,11 @@ pub async fn launch(helper: &Path, host: &Host, req: &LaunchRequest<'_>) -> Resu
     };
     let shares = volumes::plan(&req.mounts, guest_mib);
     args.extend(shares.qemu_args.iter().cloned());
-    let cfg =
-        json!({"spec": spec, "layers": serials, "upper": "lockbox-rw", "mounts": shares.guest});
+    let network = super::net::wanted(plan);
+    if network {
+        args.extend(super::net::qemu_args());
+    }
+    let cfg = json!({"spec": spec, "layers": serials, "upper": "lockbox-rw", "mounts": shares.guest, "network": network, "clock_unix_ms": now_unix_ms()});
     let cfg_path = dir.join("config.img");
     disks::config(&cfg_path, &serde_json::to_vec(&cfg).unwrap_or_default())?;
     drive(&mut args, "cfg", "/disk/config.img", true);
@@ -208,6 +211,7 @@ pub async fn launch(helper: &Path, host: &Host, req: &LaunchRequest<'_>) -> Resu
         "kvm": host.accel == Accel::Kvm,
         "qmp": s(&dir.join(super::qmp::SOCKET)),
         "shares": shares.vmm,
+        "net": network.then(|| super::net::vmm(dir)),
     });
     spawn_helper(helper, dir, &vmm, plan.detached).await
 }
@@ -245,4 +249,11 @@ pub async fn spawn_helper(
         lifeline,
         exited: watch_exit(child_pid, Some(child)),
     })
+}
+
+/// The guest sets its clock from this (it has no RTC: agent/src/guest/clock.rs).
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

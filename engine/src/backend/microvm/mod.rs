@@ -13,6 +13,7 @@ mod ckpt_files;
 mod disks;
 mod host;
 mod launch;
+mod net;
 pub(crate) mod probe;
 mod qmp;
 mod session;
@@ -49,14 +50,7 @@ fn unsupported(what: &str) -> EngineError {
 /// What this backend refuses, before anything is made.
 fn check(plan: &Plan, req: &LaunchRequest<'_>) -> Result<()> {
     volumes::check(&req.mounts)?;
-    if plan.network.mode != lockbox_protocol::NetworkMode::None || !plan.network.ports.is_empty() {
-        return Err(unsupported("network access (the VM has no network device)"));
-    }
-    if plan.net.is_some() {
-        return Err(unsupported(
-            "network policies and secrets (the VM has no network device)",
-        ));
-    }
+    net::check(plan, req.restore.is_some())?;
     if plan.limits.disk_mib.is_none() {
         return Err(EngineError::invalid(
             "microvm backend: the writable layer is a disk of a fixed size: disk_mib 0 (unlimited) is not possible",
