@@ -39,14 +39,20 @@ func fileSHA256(p string) string {
 // read-only disks (the erofs layer cache is shared by every sandbox of the
 // image; config.img is hashed into checkpoints).
 //
-// Kernel powers come from the guest's core dump helper: guest root writes
-// /proc/sys/kernel/core_pattern and the guest kernel runs the helper as
-// root with every capability and no filter (S6-VM-1b, open on the guest
-// side). Controls, in the same run: the workload's direct chmod 4755 is
-// refused by the guest's filter, the helper reports full capabilities,
-// and its plain chmod does reach the host file. Without the jail's
-// setuid-mode filter on virtiofsd this test failed with
-// "setuid file on the host: .../direct mode 104755".
+// Kernel powers came from the guest kernel's own helpers (S6-VM-1b): guest
+// root wrote /proc/sys/kernel/core_pattern ("|/tmp/pwn") and a crash made
+// the kernel run the helper as root with every capability and no filter;
+// or it planted /sbin/modprobe in its root and ran a file of no known
+// format (the kernel requests a binfmt module). Both reports read CapEff
+// 000001ffffffffff before the fix. Now init sets a plain core_pattern and
+// an empty modprobe, binds the kernel's knobs read-only (as native does)
+// and keeps the kernel's helpers out of the image's root; this test
+// requires every knob refused (control: a writable procfs file takes the
+// same write) and no helper report (control: the helpers, run by the
+// workload, report into the volume). Should guest root reach kernel
+// powers again, the host-side checks below run on the helper's work:
+// without the jail's setuid-mode filter on virtiofsd this test failed
+// with "setuid file on the host: .../direct mode 104755".
 func TestVMAttackS6GuestRoot(t *testing.T) {
 	needEngine(t)
 	if r := vmSkipReason(); r != "" {
@@ -120,10 +126,50 @@ func TestVMAttackS6GuestRoot(t *testing.T) {
 		t.Fatalf("ATTACK: a workload's direct chmod 4755 set the bit on the host file")
 	}
 
-	// The attack: the guest kernel runs a helper of ours as full root.
+	// S6-VM-1b: the guest kernel's knobs are read-only for guest root
+	// (sysctls check euid 0 only). Control: the same open for writing
+	// reaches a procfs file the shell may write (its own comm), so each
+	// refusal below is the mount's, not the method's.
+	if out, code := sh(": >> /proc/self/comm && echo writable"); code != 0 || !strings.Contains(out, "writable") {
+		t.Fatalf("control: a writable procfs file refused the write: exit %d %q", code, out)
+	}
+	if out, _ := sh("cat /proc/sys/kernel/core_pattern; echo modprobe=$(cat /proc/sys/kernel/modprobe)"); out != "core\nmodprobe=\n" {
+		t.Errorf("init's kernel settings: %q, want core_pattern \"core\" and an empty modprobe", out)
+	}
+	sysKnobs := 0
+	for _, knob := range []string{
+		"/proc/sys/kernel/core_pattern", "/proc/sys/kernel/modprobe", "/proc/sysrq-trigger",
+		"/proc/sys/vm/drop_caches", "/sys/kernel/uevent_helper", "/sys/power/state",
+		"/sys/fs/cgroup/sandbox/memory.max",
+	} {
+		out, code := sh("[ -e " + knob + " ] || { echo missing; exit 2; }; : >> " + knob)
+		if code == 2 && strings.Contains(out, "missing") {
+			if strings.HasPrefix(knob, "/proc") {
+				t.Errorf("%s missing in the guest: nothing checked", knob)
+			}
+			continue
+		}
+		if strings.HasPrefix(knob, "/sys") {
+			sysKnobs++
+		}
+		if code == 0 {
+			t.Errorf("ATTACK: guest root can write %s", knob)
+		} else {
+			t.Logf("%s refused: %s", knob, strings.TrimSpace(out))
+		}
+	}
+	if sysKnobs == 0 {
+		t.Errorf("no /sys knob present to check")
+	}
+
+	// The attacks: the guest kernel runs a program of ours as full root,
+	// through a core dump pipe or through modprobe (an executable of no
+	// known format makes the kernel request a binfmt module). Before the
+	// fix both ran, with CapEff 000001ffffffffff.
 	helper := `#!/bin/sh
-exec >/data/helper.out 2>&1
+exec >/data/${1:-helper}.out 2>&1
 grep -E 'Cap(Eff|Bnd)|Seccomp:|NoNewPrivs' /proc/self/status
+[ -n "$1" ] && exit 0
 chmod 0700 /data/plain; echo plain=$?
 chmod 4755 /data/direct; echo chmod4755=$?
 mkdir /data/sgid; chmod 2777 /data/sgid; echo sgiddir=$?
@@ -140,26 +186,52 @@ echo helper-done
 	if err := os.WriteFile(filepath.Join(vol, "pwn.sh"), []byte(helper), 0o755); err != nil {
 		t.Fatal(err)
 	}
+	// Controls: run by the workload itself, both helpers report into the
+	// volume, so a run by the kernel would be seen.
+	modprobe := "#!/bin/sh\\no=/data/modprobe.out; [ \"$1\" = probe ] && o=/data/modprobe-probe.out\\ngrep CapEff /proc/self/status > $o\\n"
+	if out, code := sh("cp /data/pwn.sh /tmp/pwn && chmod 755 /tmp/pwn && /tmp/pwn probe; mkdir -p /sbin && rm -f /sbin/modprobe" +
+		" && printf '" + modprobe + "' > /sbin/modprobe && chmod 755 /sbin/modprobe && /sbin/modprobe probe"); code != 0 {
+		t.Fatalf("control: the helpers did not run for the workload: exit %d %q", code, out)
+	}
+	for _, f := range []string{"probe.out", "modprobe-probe.out"} {
+		b, _ := os.ReadFile(filepath.Join(vol, f))
+		if !strings.Contains(string(b), "CapEff:") || strings.Contains(string(b), "CapEff:\t000001ffffffffff") {
+			t.Fatalf("control: %s run by the workload reported %q (want its reduced CapEff)", f, b)
+		}
+	}
+	pattern := ""
 	for _, s := range []string{
-		"cp /data/pwn.sh /tmp/pwn && chmod 755 /tmp/pwn",
 		"echo '|/tmp/pwn' > /proc/sys/kernel/core_pattern; echo rc=$?; cat /proc/sys/kernel/core_pattern",
+		"printf '\\001\\002\\003\\004' > /tmp/alien && chmod 755 /tmp/alien && /tmp/alien; echo exec=$?",
 		"sh -c 'kill -SEGV $$'; echo crashed",
 	} {
 		out, code := sh(s)
 		t.Logf("%s\n  -> exit %d: %s", s, code, strings.TrimSpace(out))
+		if strings.Contains(s, "core_pattern") {
+			pattern = out
+		}
+	}
+	// A helper the kernel started runs while the crash returns: poll
+	// long when the pipe took, briefly when it did not.
+	wait := 3 * time.Second
+	if strings.Contains(pattern, "|/tmp/pwn") {
+		wait = 60 * time.Second
 	}
 	var report []byte
-	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
+	for deadline := time.Now().Add(wait); time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
 		report, _ = os.ReadFile(filepath.Join(vol, "helper.out"))
 		if strings.Contains(string(report), "helper-done") {
 			break
 		}
 	}
-	t.Logf("helper report:\n%s", report)
-	if !strings.Contains(string(report), "CapEff:\t000001ffffffffff") || !strings.Contains(string(report), "helper-done") {
-		t.Skipf("the guest's core dump helper no longer runs with every capability (S6-VM-1b closed?): "+
-			"this test needs another way to kernel powers; the workload's direct path was refused above. Report: %q", report)
+	if b, err := os.ReadFile(filepath.Join(vol, "modprobe.out")); err == nil {
+		t.Errorf("ATTACK: the guest kernel ran guest root's modprobe: %s", strings.TrimSpace(string(b)))
 	}
+	if len(report) == 0 {
+		return
+	}
+	// Guest root reached kernel powers: the host must still hold.
+	t.Errorf("ATTACK: the guest kernel ran guest root's core dump helper:\n%s", report)
 	if m, _ := mode("plain"); m&0o7777 != 0o700 {
 		t.Fatalf("control: the helper's plain chmod 0700 did not reach the host (mode %o): the checks below prove nothing", m)
 	}

@@ -96,6 +96,8 @@ fn start() -> anyhow::Result<i32> {
     eprintln!("lockbox guest: serving on port {PORT_NAME}");
     let (listener, addr) = bridge::listener().context("agent listener")?;
     hide_devices();
+    // Last of init's writes to /proc/sys and /sys (limits, network).
+    mounts::lock_kernel().context("lock the kernel's knobs")?;
     // Before the lock: the keeper keeps the capabilities the agent drops.
     if cfg.is_some() {
         identity::spawn_keeper().context("identity keeper")?;

@@ -72,6 +72,7 @@ pub fn enter(cfg: &GuestConfig) -> io::Result<()> {
     }
     std::env::set_current_dir(NEW_ROOT)?;
     move_mount(".", "/")?;
+    own_fs_root()?;
     // SAFETY: chroot to the cwd (the moved root), then cd into it.
     unsafe {
         if libc::chroot(c".".as_ptr()) != 0 {
@@ -79,6 +80,20 @@ pub fn enter(cfg: &GuestConfig) -> io::Result<()> {
         }
     }
     std::env::set_current_dir("/")?;
+    Ok(())
+}
+
+/// PID 1 starts sharing its root and cwd (one fs_struct) with the
+/// kernel's own threads, and the programs the kernel runs as full root
+/// (modprobe, a core dump pipe, request-key, poweroff) resolve their paths
+/// in that root. Unshared before the chroot, those stay in the initramfs,
+/// which no workload can reach or write, instead of the image's root,
+/// where a workload as guest root could plant them.
+fn own_fs_root() -> io::Result<()> {
+    // SAFETY: unshare with a flag constant.
+    if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
     Ok(())
 }
 

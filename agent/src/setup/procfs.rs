@@ -28,7 +28,7 @@ const MASKED_FILES: [&str; 12] = [
 /// Directories hidden behind an empty read-only tmpfs.
 const MASKED_DIRS: [&str; 3] = ["acpi", "scsi", "asound"];
 /// Left visible but read-only.
-const READ_ONLY: [&str; 5] = ["sys", "sysrq-trigger", "bus", "fs", "irq"];
+pub const READ_ONLY: [&str; 5] = ["sys", "sysrq-trigger", "bus", "fs", "irq"];
 
 const NOSUID_NODEV_NOEXEC: u64 = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
 
