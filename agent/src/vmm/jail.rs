@@ -79,6 +79,9 @@ impl Mounts {
 /// VMM's uid, makes the namespaces and forks qemu as PID 1 of the new pid
 /// namespace, then waits for it. Any failure before qemu's execve comes
 /// back through a close-on-exec pipe.
+// Each fd qemu inherits is its own argument: their numbers are fixed
+// (see Fds), and a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     spec: &VmmSpec,
     mounts: &Mounts,
