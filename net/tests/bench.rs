@@ -10,6 +10,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use lab::{resolve, Lab, BULK};
+use lockbox_net::forwarder::loopback;
 use lockbox_net::policy::Policy;
 
 const GIB: u64 = 1 << 30;
@@ -101,21 +102,32 @@ fn bench_forwarder_against_direct() {
     let tap_lab = Lab::tap_only(
         Policy::from_json(r#"{"rules":[{"action":"allow","cidr":"198.51.100.10/32"}]}"#).unwrap(),
     );
+    // The kernel path as it was before loopback's larger segments (64
+    // KiB, the kernel's default), in the same lab: set before each of its
+    // rounds, put back after (a connection takes the size it starts with).
+    let segment = |s: u32| lab.inside(move || loopback::set_segment(s).expect("loopback segment"));
     // Interleaved so that a busy moment on the machine lands on every
     // path alike; medians, and the ratio of each round.
     let (mut direct, mut through, mut tap) = (Vec::new(), Vec::new(), Vec::new());
     let (mut cpu_direct, mut cpu_through, mut cpu_tap) = (Vec::new(), Vec::new(), Vec::new());
-    let mut ratios = Vec::new();
+    let (mut small, mut cpu_small) = (Vec::new(), Vec::new());
+    let (mut ratios, mut ratios_small) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         let d = measured(bytes, || lab.outside(move || download(bytes)));
         let t = measured(bytes, || lab.inside(move || download(bytes)));
+        segment(65536);
+        let s = measured(bytes, || lab.inside(move || download(bytes)));
+        segment(loopback::SEGMENT);
         let u = measured(bytes, || tap_lab.inside(move || download(bytes)));
         ratios.push(t.0 / d.0);
+        ratios_small.push(s.0 / d.0);
         direct.push(d.0);
         through.push(t.0);
+        small.push(s.0);
         tap.push(u.0);
         cpu_direct.push(d.1);
         cpu_through.push(t.1);
+        cpu_small.push(s.1);
         cpu_tap.push(u.1);
     }
     drop(tap_lab);
@@ -125,6 +137,14 @@ fn bench_forwarder_against_direct() {
     let through = (median(&mut through), connect_through);
     let tap = median(&mut tap);
     let ratio = median(&mut ratios);
+    let small = median(&mut small);
+    let ratio_small = median(&mut ratios_small);
+    let rounds_of = |v: &[f64]| {
+        v.iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
 
     let dns = lab.inside(|| {
         let mut allowed: Vec<Duration> = (0..200)
@@ -175,11 +195,16 @@ fn bench_forwarder_against_direct() {
         direct.0,
         tap,
         ratio,
-        ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(" ")
+        rounds_of(&ratios)
     );
     println!(
-        "  CPU per GiB (all threads: hosts, forwarder, client), median: {:.2} s through (kernel path), {:.2} s direct, {:.2} s through the tap alone",
+        "  kernel path with 64 KiB loopback segments (before): {small:.0} MiB/s, ratio median {ratio_small:.2}x (rounds: {})",
+        rounds_of(&ratios_small)
+    );
+    println!(
+        "  CPU per GiB (all threads: hosts, forwarder, client), median: {:.2} s through (kernel path), {:.2} s with 64 KiB loopback segments, {:.2} s direct, {:.2} s through the tap alone",
         median(&mut cpu_through),
+        median(&mut cpu_small),
         median(&mut cpu_direct),
         median(&mut cpu_tap)
     );

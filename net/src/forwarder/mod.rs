@@ -11,6 +11,7 @@
 mod device;
 mod frame;
 mod ingress;
+pub mod loopback;
 mod redirect;
 mod splice;
 mod tcp;

@@ -353,7 +353,8 @@ pub const TABLE: &str = "lockbox_redirect";
 const BACKLOG: libc::c_int = 64;
 
 /// The redirect listener, bound to 127.0.0.1 on a port the kernel picks,
-/// in the calling thread's network namespace.
+/// in the calling thread's network namespace, whose loopback is set to
+/// carry the relayed bytes in larger segments.
 pub fn listener() -> io::Result<std::net::TcpListener> {
     // SAFETY: plain socket calls; the fd is owned right away.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
@@ -395,5 +396,7 @@ pub fn listener() -> io::Result<std::net::TcpListener> {
     if r != 0 || unsafe { libc::listen(fd, BACKLOG) } != 0 {
         return Err(io::Error::last_os_error());
     }
+    // Best effort: without it the path is only slower (see `loopback`).
+    let _ = super::loopback::set_segment(super::loopback::SEGMENT);
     Ok(l)
 }
