@@ -63,14 +63,26 @@ const MAX_QUEUED_FRAMES: usize = 1 << 20;
 /// length's high byte, 0 below 16 MiB, which no magic byte is. The agent
 /// joins a stream's data frames, so the bytes arrive unchanged.
 fn marker_cut(payload: &[u8]) -> Option<usize> {
-    let magic = &lockbox_protocol::reset::MARKER_MAGIC;
-    let mut from = 0;
-    while let Some(p) = payload[from..].iter().position(|&b| b == magic[0]) {
-        let at = from + p;
-        if payload[at..].starts_with(magic) {
-            return Some(at + magic.len() / 2);
+    const M: [u8; 16] = lockbox_protocol::reset::MARKER_MAGIC;
+    // Horspool: the magic's bytes are distinct, so most windows move on
+    // by 16 after one comparison (every data byte the host sends is
+    // scanned, on both backends).
+    const SHIFT: [u8; 256] = {
+        let mut t = [16u8; 256];
+        let mut j = 0;
+        while j < 15 {
+            t[M[j] as usize] = (15 - j) as u8;
+            j += 1;
         }
-        from = at + 1;
+        t
+    };
+    let mut i = 0;
+    while i + M.len() <= payload.len() {
+        let last = payload[i + 15];
+        if last == M[15] && payload[i..i + 16] == M {
+            return Some(i + M.len() / 2);
+        }
+        i += usize::from(SHIFT[usize::from(last)]);
     }
     None
 }
@@ -625,6 +637,25 @@ mod tests {
             }
         }
         assert_eq!(got, payload, "the data changed on the way");
+    }
+
+    /// The skipping search finds the first magic exactly where a naive
+    /// one does, at every offset and with magic bytes around it.
+    #[test]
+    fn marker_cut_finds_what_a_naive_search_finds() {
+        use lockbox_protocol::reset::MARKER_MAGIC as M;
+        for len in 0..80usize {
+            for at in 0..=len.saturating_sub(16) {
+                for noise in [0u8, 0x09, 0x90, 0x8e] {
+                    let mut v = vec![noise; len];
+                    if len >= 16 {
+                        v[at..at + 16].copy_from_slice(&M);
+                    }
+                    let naive = v.windows(16).position(|w| w == M).map(|p| p + 8);
+                    assert_eq!(marker_cut(&v), naive, "len {len} at {at} noise {noise:#x}");
+                }
+            }
+        }
     }
 
     /// Accepts one connection and answers its handshake as an agent would.
