@@ -52,37 +52,17 @@ func markerPayload(argv []string) []byte {
 	return p.Bytes()
 }
 
-// TestVMAttackS6MarkerInHostData (one VM boot): data the host writes into
-// a microVM (a file, an exec's stdin: often content from elsewhere, e.g.
-// another sandbox's output or an upload) crosses the same virtio-serial
+// vmAttackMarker (TestVMAttackS6's subtest, on its VM, /data its volume):
+// data the host writes into a microVM (a file, an exec's stdin: often
+// content from elsewhere, e.g. another sandbox's output or an upload)
+// crosses the same virtio-serial
 // stream as the agent protocol. If the guest reads a session marker inside
 // it, the bytes after it must not become requests of a new session: they
 // would run as the host's own requests (any command, any user). Control:
 // the same Exec, asked by the host itself, does write the proof file into
 // the volume (the check sees a real success), and the data really arrives
 // when it holds no marker.
-func TestVMAttackS6MarkerInHostData(t *testing.T) {
-	needEngine(t)
-	if r := vmSkipReason(); r != "" {
-		t.Skip(r)
-	}
-	if os.Getuid() != 0 {
-		t.Skip("volumes of microVM sandboxes need root")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	vol := t.TempDir()
-	if err := os.Chown(vol, hostOfGuestRoot, hostOfGuestRoot); err != nil {
-		t.Fatal(err)
-	}
-	sb, err := lockbox.CreateSandbox(ctx, lockbox.WithName("s6-marker"), lockbox.WithReplace(),
-		lockbox.WithIsolation(lockbox.IsolationMicroVM), lockbox.WithMemory(128),
-		lockbox.WithVolume(vol, "/data", false), lockbox.WithUser("1000"))
-	if err != nil {
-		t.Fatalf("CreateSandbox: %v", err)
-	}
-	defer func() { _ = sb.Remove(context.Background()) }()
-
+func vmAttackMarker(ctx context.Context, t *testing.T, sb *lockbox.Sandbox, vol string) {
 	// Control: the host's own Exec of the same argv writes the proof.
 	proof := func(name string) []string {
 		return []string{"sh", "-c", "id -u > /data/" + name}
@@ -103,7 +83,7 @@ func TestVMAttackS6MarkerInHostData(t *testing.T) {
 	werr := sb.FS().WriteFile(ctx, "/tmp/upload.bin", data, 0o644)
 	time.Sleep(3 * time.Second)
 	if _, err := os.Stat(filepath.Join(vol, "via-file")); err == nil {
-		t.Errorf("ATTACK: bytes of a file the host wrote became agent requests: an Exec ran as root (the sandbox's user is 1000)")
+		t.Errorf("ATTACK: bytes of a file the host wrote became agent requests: an Exec ran in the guest")
 	}
 	if werr != nil {
 		t.Fatalf("WriteFile of data holding a session marker: %v (the host lost the sandbox to its own data)", werr)
