@@ -10,32 +10,98 @@
 //! images are removed or pruned and when the engine opens), and its
 //! images are lz4-compressed: a layer's long runs of zeros (a sparse file
 //! the unpacker kept sparse) cost a few KiB instead of their apparent size.
+//!
+//! A layer is image content, and mkfs.erofs holds every entry of it in
+//! memory (about 4.6 KiB each, erofs-utils 1.5) while the store accepts a
+//! million entries per layer: a layer of empty files would cost the host
+//! GBs (attack review s6, S6-VM-2). So a layer of more than
+//! `MKFS_BOUNDS.entries` entries is refused before mkfs runs, and mkfs
+//! runs under an address-space and a CPU-time limit for whatever the count
+//! does not foresee (long names, xattrs); either way the create fails with
+//! `ResourceExhausted` and nothing of the layer stays in the cache.
 
 use std::io::Write;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 
 use crate::error::{EngineError, Result};
+use lockbox_protocol::ErrorCode;
 
 /// mkfs output kept for an error message: a bound, not the whole log.
 const MAX_TOOL_OUTPUT: usize = 2048;
 
-fn run(cmd: &mut Command, what: &str) -> Result<()> {
-    let out = cmd
-        .stdin(Stdio::null())
+/// What building one layer's erofs image may take.
+#[derive(Clone, Copy, Debug)]
+struct MkfsBounds {
+    /// Entries (files, directories, links...) in the layer.
+    entries: u64,
+    /// mkfs.erofs's address space (RLIMIT_AS), bytes.
+    address_space: u64,
+    /// mkfs.erofs's CPU time (RLIMIT_CPU), seconds.
+    cpu_secs: u64,
+}
+
+/// 100,000 entries (more than most images hold in all their layers) take
+/// about 0.45 GiB in mkfs.erofs; the address-space bound leaves room above
+/// that for long names and xattrs. Five minutes of CPU is many GiB of lz4.
+const MKFS_BOUNDS: MkfsBounds = MkfsBounds {
+    entries: 100_000,
+    address_space: 1 << 30,
+    cpu_secs: 300,
+};
+
+fn run_output(cmd: &mut Command, what: &str) -> Result<Output> {
+    cmd.stdin(Stdio::null())
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .output()
-        .map_err(|e| EngineError::io(format!("run {what}"), e))?;
+        .map_err(|e| EngineError::io(format!("run {what}"), e))
+}
+
+fn stderr_of(out: &Output) -> String {
+    let mut msg = String::from_utf8_lossy(&out.stderr).into_owned();
+    msg.truncate(MAX_TOOL_OUTPUT);
+    msg.trim().to_string()
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<()> {
+    let out = run_output(cmd, what)?;
     if out.status.success() {
         return Ok(());
     }
-    let mut msg = String::from_utf8_lossy(&out.stderr).into_owned();
-    msg.truncate(MAX_TOOL_OUTPUT);
     Err(EngineError::internal(format!(
         "{what} failed: {}",
-        msg.trim()
+        stderr_of(&out)
     )))
+}
+
+/// Counts the entries under `dir` (symlinks not followed), failing as
+/// soon as there are more than `max`: the walk itself stays bounded.
+fn count_entries(dir: &Path, max: u64) -> Result<u64> {
+    let mut count = 0u64;
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let rd = std::fs::read_dir(&d).map_err(|e| EngineError::io(d.display(), e))?;
+        for e in rd {
+            let e = e.map_err(|e| EngineError::io(d.display(), e))?;
+            count += 1;
+            if count > max {
+                return Err(EngineError::new(
+                    ErrorCode::ResourceExhausted,
+                    format!(
+                        "microvm backend: an image layer holds more than {max} entries, \
+                         the most it turns into a guest disk (mkfs.erofs keeps every \
+                         entry in memory)"
+                    ),
+                ));
+            }
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                todo.push(e.path());
+            }
+        }
+    }
+    Ok(count)
 }
 
 fn fsync(path: &Path) -> Result<()> {
@@ -44,21 +110,63 @@ fn fsync(path: &Path) -> Result<()> {
         .map_err(|e| EngineError::io(path.display(), e))
 }
 
-fn mkfs_erofs(src: &str, out: &Path) -> Result<()> {
+fn mkfs_erofs(src: &str, out: &Path, bounds: MkfsBounds) -> Result<()> {
     if which("mkfs.erofs").is_none() {
         return Err(EngineError::unsupported(
             "microvm backend: mkfs.erofs is not installed (Debian: erofs-utils)",
         ));
     }
+    count_entries(Path::new(src), bounds.entries)?;
     // lz4, not lz4hc: about as small for a typical image and 5x faster to
     // build; the guest kernel has EROFS_FS_ZIP with lz4 built in.
-    run(
-        Command::new("mkfs.erofs")
-            .args(["--quiet", "-zlz4"])
-            .arg(out)
-            .arg(src),
-        "mkfs.erofs",
-    )
+    let mut cmd = Command::new("mkfs.erofs");
+    cmd.args(["--quiet", "-zlz4"]).arg(out).arg(src);
+    let (space, cpu) = (bounds.address_space, bounds.cpu_secs);
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls setrlimit (async-signal-safe) on values copied in.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (res, v) in [(libc::RLIMIT_AS, space), (libc::RLIMIT_CPU, cpu)] {
+                let lim = libc::rlimit {
+                    rlim_cur: v,
+                    rlim_max: v,
+                };
+                if libc::setrlimit(res, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let res = run_output(&mut cmd, "mkfs.erofs")?;
+    if res.status.success() {
+        return Ok(());
+    }
+    let msg = stderr_of(&res);
+    // Out of address space: malloc fails (ENOMEM, or an abort where it is
+    // not checked); out of CPU: SIGXCPU, then SIGKILL at the hard limit.
+    let bound = msg.contains("Cannot allocate memory")
+        || matches!(
+            res.status.signal(),
+            Some(libc::SIGXCPU | libc::SIGKILL | libc::SIGSEGV | libc::SIGABRT | libc::SIGBUS)
+        );
+    if bound {
+        return Err(EngineError::new(
+            ErrorCode::ResourceExhausted,
+            format!(
+                "microvm backend: an image layer is too large to turn into a guest disk: \
+                 mkfs.erofs exceeded its bounds ({} MiB of memory, {} s of CPU): {}",
+                space >> 20,
+                cpu,
+                if msg.is_empty() {
+                    res.status.to_string()
+                } else {
+                    msg
+                }
+            ),
+        ));
+    }
+    Err(EngineError::internal(format!("mkfs.erofs failed: {msg}")))
 }
 
 fn which(tool: &str) -> Option<PathBuf> {
@@ -78,10 +186,26 @@ pub fn layer_image(
     i: usize,
     layer: &str,
 ) -> Result<PathBuf> {
+    layer_image_within(cache, dir, digest, i, layer, MKFS_BOUNDS)
+}
+
+fn layer_image_within(
+    cache: &Path,
+    dir: &Path,
+    digest: Option<&str>,
+    i: usize,
+    layer: &str,
+    bounds: MkfsBounds,
+) -> Result<PathBuf> {
     let Some(digest) = digest else {
         let out = dir.join(format!("layer{i}.erofs"));
-        mkfs_erofs(layer, &out)?;
-        return Ok(out);
+        let built = mkfs_erofs(layer, &out, bounds);
+        if built.is_err() {
+            let _ = std::fs::remove_file(&out);
+        }
+        return built
+            .map(|_| out)
+            .map_err(|e| e.context(format!("layer {i}")));
     };
     let image_dir = cache.join(digest_dir(digest)?);
     let key = sha256_hex(format!("{digest}\0{i}\0{layer}").as_bytes());
@@ -91,13 +215,15 @@ pub fn layer_image(
     }
     std::fs::create_dir_all(&image_dir).map_err(|e| EngineError::io(image_dir.display(), e))?;
     let tmp = image_dir.join(format!(".tmp-{key}-{}", crate::names::new_id()));
-    let built = mkfs_erofs(layer, &tmp)
+    let built = mkfs_erofs(layer, &tmp, bounds)
         .and_then(|_| fsync(&tmp))
         .and_then(|_| std::fs::rename(&tmp, &out).map_err(|e| EngineError::io(out.display(), e)));
     if built.is_err() {
         let _ = std::fs::remove_file(&tmp);
+        // Only when empty: another layer of the image may be cached there.
+        let _ = std::fs::remove_dir(&image_dir);
     }
-    built?;
+    built.map_err(|e| e.context(format!("layer {i}")))?;
     let _ = std::fs::File::open(&image_dir).and_then(|d| d.sync_all());
     Ok(out)
 }
@@ -198,6 +324,94 @@ mod tests {
     fn allocated(p: &Path) -> u64 {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(p).unwrap().blocks() * 512
+    }
+
+    /// A layer directory of `n` empty files, 1000 to a directory.
+    fn many_files(root: &Path, n: usize) -> PathBuf {
+        let layer = root.join("layer");
+        for i in 0..n {
+            let d = layer.join(format!("d{}", i / 1000));
+            if i % 1000 == 0 {
+                std::fs::create_dir_all(&d).unwrap();
+            }
+            std::fs::File::create(d.join(format!("f{i}"))).unwrap();
+        }
+        layer
+    }
+
+    fn cached_files(cache: &Path) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        for d in std::fs::read_dir(cache).into_iter().flatten().flatten() {
+            found.push(d.path());
+            for f in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
+                found.push(f.path());
+            }
+        }
+        found
+    }
+
+    // S6-VM-2: a layer of more entries than the bound is refused before
+    // mkfs.erofs runs, with a typed error naming the reason, and leaves
+    // nothing in the cache; the same layer builds under a bound above its
+    // count (the control).
+    #[test]
+    fn a_layer_over_the_entry_bound_is_refused_and_leaves_nothing() {
+        if which("mkfs.erofs").is_none() {
+            eprintln!("skipped: mkfs.erofs is not installed (Debian: erofs-utils)");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let layer = many_files(t.path(), 2000);
+        let l = layer.to_str().unwrap();
+        let (cache, sandbox) = (t.path().join("cache"), t.path().join("sb"));
+        std::fs::create_dir(&sandbox).unwrap();
+        let tight = MkfsBounds {
+            entries: 1000,
+            ..MKFS_BOUNDS
+        };
+        let e = layer_image_within(&cache, &sandbox, Some(DIGEST_A), 0, l, tight).unwrap_err();
+        assert_eq!(e.code, ErrorCode::ResourceExhausted, "{e}");
+        assert!(e.message.contains("more than 1000 entries"), "{e}");
+        assert_eq!(cached_files(&cache), Vec::<PathBuf>::new());
+        let e = layer_image_within(&cache, &sandbox, None, 0, l, tight).unwrap_err();
+        assert_eq!(e.code, ErrorCode::ResourceExhausted, "{e}");
+        assert!(!sandbox.join("layer0.erofs").exists());
+
+        let roomy = MkfsBounds {
+            entries: 2002,
+            ..MKFS_BOUNDS
+        };
+        let a = layer_image_within(&cache, &sandbox, Some(DIGEST_A), 0, l, roomy).unwrap();
+        assert!(a.is_file());
+    }
+
+    // S6-VM-2, the backstop: mkfs.erofs past its address-space bound fails
+    // the build with the same typed error and leaves no temporary file;
+    // with the default bounds the same layer builds (the control: the
+    // bound, not the layer, failed it).
+    #[test]
+    fn mkfs_over_its_memory_bound_fails_typed_and_leaves_nothing() {
+        if which("mkfs.erofs").is_none() {
+            eprintln!("skipped: mkfs.erofs is not installed (Debian: erofs-utils)");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        // ~4.6 KiB each in mkfs.erofs: 20,000 entries need ~90 MiB.
+        let layer = many_files(t.path(), 20_000);
+        let l = layer.to_str().unwrap();
+        let (cache, sandbox) = (t.path().join("cache"), t.path().join("sb"));
+        std::fs::create_dir(&sandbox).unwrap();
+        let small = MkfsBounds {
+            address_space: 48 << 20,
+            ..MKFS_BOUNDS
+        };
+        let e = layer_image_within(&cache, &sandbox, Some(DIGEST_A), 0, l, small).unwrap_err();
+        assert_eq!(e.code, ErrorCode::ResourceExhausted, "{e}");
+        assert!(e.message.contains("exceeded its bounds"), "{e}");
+        assert_eq!(cached_files(&cache), Vec::<PathBuf>::new());
+
+        let a = layer_image_within(&cache, &sandbox, Some(DIGEST_A), 0, l, MKFS_BOUNDS).unwrap();
+        assert!(a.is_file());
     }
 
     // A layer holding a 64 MiB file of zeros (what a few KiB of gzip in
