@@ -35,7 +35,7 @@ test-vm-backend: vm-assets image-base
 	@rm -rf $(VM_SCRATCH)/home && mkdir -p $(VM_SCRATCH)/home
 	cd tests && LOCKBOX_LIB=$(RELEASE_LIB) LOCKBOX_HELPER=$(RELEASE_HELPER) LOCKBOX_IMAGES=$(IMAGES) \
 	  LOCKBOX_HOME=$(VM_SCRATCH)/home LOCKBOX_VM_ASSETS=$(VM_ASSETS) LOCKBOX_VM_ACCEL=tcg \
-	  CGO_ENABLED=0 go test -count=1 -run '^(TestBackendMatrix|TestMicroVMUnsupported|TestVMCheckpointRestoreFork|TestEscapeVM|TestMicroVMVolumes|TestMicroVMNetwork|TestVMAttackS6)$$' -v . 2>&1 | \
+	  CGO_ENABLED=0 go test -count=1 -run '^(TestBackendMatrix|TestMicroVMUnsupported|TestVMCheckpointRestoreFork|TestEscapeVM|TestMicroVMVolumes|TestMicroVMNetwork|TestVMAttackS6|TestVMAttackS6ErofsMemory)$$' -v . 2>&1 | \
 	  grep -E '^(=== RUN|--- |PASS|FAIL|ok)|_test.go' ; exit $${PIPESTATUS[0]}
 
 # Create -> first output and exec round trip, microVM (TCG) beside native.
