@@ -589,11 +589,25 @@ mod tests {
         use tokio::io::AsyncReadExt;
         let dir = tempfile::tempdir().unwrap();
         let l = tokio::net::UnixListener::bind(dir.path().join("agent.sock")).unwrap();
+        // The agent keeps the raw bytes until the stream's Eof frame is in
+        // them: no sleep, whatever the machine's load.
         let agent = tokio::spawn(async move {
             let (mut r, _w) = accept_handshake(l).await;
             let mut wire = Vec::new();
-            r.read_to_end(&mut wire).await.unwrap();
-            wire
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = r.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the connection ended before the stream's Eof");
+                wire.extend_from_slice(&buf[..n]);
+                let mut rd = &wire[..];
+                let mut eof = false;
+                while let Ok(f) = read_frame(&mut rd).await {
+                    eof |= f.kind == FrameKind::Eof;
+                }
+                if eof {
+                    return wire;
+                }
+            }
         });
         let c = AgentClient::connect(dir.path(), "fake").await.unwrap();
         let marker = encode(&MARKER_MAGIC, b"0123456789abcdef");
@@ -613,9 +627,8 @@ mod tests {
         assert!(id_may_begin_marker(0x0900) && !id_may_begin_marker(0x0a00));
         c.shared.next_id.store(0x0900, Ordering::Relaxed);
         assert_eq!(c.op().unwrap().id, 0x0a00);
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        c.close();
         let wire = agent.await.unwrap();
+        c.close();
 
         let whole = |bytes: &[u8]| {
             !matches!(Finder::new(MARKER_MAGIC).feed(bytes), Found::Nothing)
