@@ -81,10 +81,12 @@ impl Rig {
                         let a: SocketAddr = DST.parse().unwrap();
                         let mut made = 0;
                         while next.fetch_add(1, Ordering::SeqCst) < n {
-                            // A refusal: a reset, which can beat connect's
-                            // return on the redirect path and answers the
-                            // SYN on the tap.
-                            match TcpStream::connect_timeout(&a, Duration::from_secs(10)) {
+                            // A refusal is a reset: it can beat connect's
+                            // return on the redirect path, and it answers
+                            // the SYN on the tap. The timeout is generous: a
+                            // busy forwarder lets the listener's backlog
+                            // fill, and SYNs are then retried.
+                            match TcpStream::connect_timeout(&a, Duration::from_secs(30)) {
                                 Ok(_) => made += 1,
                                 Err(e)
                                     if matches!(
@@ -107,7 +109,7 @@ impl Rig {
                 .sum::<usize>()
         });
         assert_eq!(made, n, "every connect reached the forwarder");
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let c = self.handle.counters();
             if (c.connections_allowed + c.connections_denied) as usize >= n {
