@@ -195,7 +195,9 @@ pub async fn connect(up: &Upstream, dst: SocketAddr, timeout: Duration) -> io::R
     }
 }
 
-fn set_port_range(s: &TcpSocket, p: PortSlice) -> io::Result<()> {
+/// Tells socket `s` to take its local port from `p` when the kernel picks
+/// one (connect's autobind, or bind to port 0); TCP or UDP.
+pub(super) fn set_port_range(s: &impl AsRawFd, p: PortSlice) -> io::Result<()> {
     let v: u32 = u32::from(p.first) | (u32::from(p.last) << 16);
     // SAFETY: setsockopt with a u32 the kernel copies.
     let r = unsafe {
