@@ -449,11 +449,12 @@ func TestMicroVMUnsupported(t *testing.T) {
 	defer cancel()
 	vol := t.TempDir()
 	cases := map[string][]lockbox.Option{
-		// Plain outbound is pasta's, native-only; a policy works
-		// (TestMicroVMNetwork), published ports with it do not yet.
-		"network": {lockbox.WithNetwork(lockbox.NetworkOutbound)},
+		// A policy works (TestMicroVMNetwork), and plain outbound is the
+		// forwarder with the public-internet preset; published ports with
+		// either do not yet.
 		"ports": {lockbox.WithNetworkPolicy(lockbox.NewNetworkPolicy(lockbox.Allow("example.com"))),
 			lockbox.WithPort(18080, 80)},
+		"outbound ports": {lockbox.WithNetwork(lockbox.NetworkOutbound), lockbox.WithPort(18081, 80)},
 	}
 	for what, opts := range cases {
 		t0 := time.Now()

@@ -241,12 +241,59 @@ func TestMicroVMNetwork(t *testing.T) {
 			t.Fatalf("counters below what this test caused: %s", b)
 		}
 	})
+	t.Run("Forwarder", func(t *testing.T) {
+		// The forwarder runs as for a native sandbox: a child of the vmm
+		// helper, its own uid, no capabilities, seccomp; qemu's network
+		// namespace stays its own (empty) one.
+		info, err := sb.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fwd := forwarderOf(info.HelperPID)
+		if fwd == 0 {
+			t.Fatalf("no net-forwarder under helper %d", info.HelperPID)
+		}
+		if u := strings.Fields(statusField(fwd, "Uid")); len(u) == 0 || u[0] != "99997" ||
+			statusField(fwd, "CapEff") != "0000000000000000" || statusField(fwd, "Seccomp") != "2" {
+			t.Fatalf("forwarder %d: Uid %q CapEff %q Seccomp %q", fwd, statusField(fwd, "Uid"),
+				statusField(fwd, "CapEff"), statusField(fwd, "Seccomp"))
+		}
+	})
 	t.Run("NoCheckpoint", func(t *testing.T) {
 		err := sb.Checkpoint(ctx, "vmnet-"+randHex(4))
 		if err == nil || !strings.Contains(err.Error(), "network") {
 			t.Fatalf("Checkpoint of a VM with a network: %v, want ErrUnsupported naming the network", err)
 		}
 	})
+	t.Run("RemoveLeavesNoForwarder", func(t *testing.T) {
+		info, err := sb.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fwd := forwarderOf(info.HelperPID)
+		if fwd == 0 || !alive(fwd) {
+			t.Fatalf("control: no live forwarder under helper %d", info.HelperPID)
+		}
+		if err := sb.Remove(ctx); err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(30 * time.Second); alive(fwd); time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("forwarder %d survived Remove", fwd)
+			}
+		}
+	})
+}
+
+// forwarderOf is the pid of the net-forwarder below helper, 0 if none.
+func forwarderOf(helper int) int {
+	for _, p := range descendants(helper) {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p))
+		if strings.Contains(string(b), "net-forwarder") {
+			return p
+		}
+	}
+	return 0
 }
 
 // TestVMNetworkBench (make bench-vm-backend): create to first output of a
@@ -332,4 +379,32 @@ func TestVMNetworkBench(t *testing.T) {
 	v, n := rate(vm), rate(native)
 	t.Logf("BENCH download 64 MiB through the policy path: microvm (TCG, user-mode stack) median %.1f MiB/s %v; native median %.1f MiB/s %v",
 		median(v), v, median(n), n)
+}
+
+// TestMicroVMNetworkOutbound: a VM's plain NetworkOutbound is the
+// forwarder with the public-internet preset (pasta is native-only). Its
+// own boot, so not in make test (LOCKBOX_VM_EXTRA=1 runs it); the preset's
+// decisions are network::plan's unit test.
+func TestMicroVMNetworkOutbound(t *testing.T) {
+	if os.Getenv("LOCKBOX_VM_EXTRA") == "" {
+		t.Skip("one more VM boot: LOCKBOX_VM_EXTRA=1")
+	}
+	if r := vmSkipReason(); r != "" {
+		t.Skip(r)
+	}
+	lab := newNetLab(t)
+	A, B := lab.A.String(), lab.B.String()
+	hostIP := hostIPv4(t, lab)
+	port := hostService(t)
+	sb := vmNetSandbox(t, lab, lockbox.WithNetwork(lockbox.NetworkOutbound))
+	ctx := context.Background()
+	mustReach(t, sb, A, "dns", "api."+labZone)
+	mustReach(t, sb, "hello-from-"+A+":80", "http", A+":80", "api")
+	mustReach(t, sb, "hello-from-"+B+":8080", "http", B+":8080", "b")
+	mustReach(t, sb, "echo:ping", "udp", A+":7", "ping")
+	mustRefuse(t, sb, tcpRefused, "http", fmt.Sprintf("%s:%d", hostIP, port), "host")
+	mustRefuse(t, sb, tcpRefused, "http", "10.0.2.2:80", "gw")
+	if err := sb.SetNetworkPolicy(ctx, lockbox.NewNetworkPolicy(lockbox.Allow(B))); err == nil {
+		t.Fatal("SetNetworkPolicy on a VM created with plain outbound: accepted, want refused as on native")
+	}
 }

@@ -17,7 +17,7 @@ use lockbox_net::policy::Policy;
 use lockbox_protocol::NetworkMode;
 use serde_json::Value;
 
-use crate::config::SandboxConfig;
+use crate::config::{Isolation, SandboxConfig};
 use crate::error::{EngineError, Result};
 
 pub use events::{NetworkCounters, NetworkEvent, NetworkEvents};
@@ -74,9 +74,16 @@ pub fn check(cfg: &SandboxConfig) -> Result<()> {
 }
 
 /// The forwarder's plan for `cfg`, placeholders drawn here; None without a
-/// policy.
+/// policy, except for a microVM's plain outbound (pasta is native-only):
+/// the forwarder with the public-internet preset.
 pub fn plan(cfg: &SandboxConfig) -> Result<Option<NetPlan>> {
     let Some(p) = &cfg.network_policy else {
+        if cfg.network == NetworkMode::Outbound && cfg.isolation == Isolation::Microvm {
+            return Ok(Some(NetPlan {
+                policy: serde_json::json!({"rules": [{"action": "allow", "preset": "public-internet"}]}),
+                secrets: Vec::new(),
+            }));
+        }
         return Ok(None);
     };
     Ok(Some(NetPlan {

@@ -28,13 +28,13 @@ const MTU: usize = lockbox_net::forwarder::MTU;
 pub fn check(plan: &Plan, restore: bool) -> Result<()> {
     if restore && plan.net.is_some() {
         return Err(unsupported(
-            "a network policy on a VM restored from a checkpoint (the guest's interface was not in the checkpointed VM)",
+            "a network (a policy or outbound) on a VM restored from a checkpoint (the guest's interface was not in the checkpointed VM)",
         ));
     }
+    // network::plan gives a VM's plain outbound the public-internet
+    // preset; without a plan there is nothing to serve the device.
     if plan.network.mode == NetworkMode::Outbound && plan.net.is_none() {
-        return Err(unsupported(
-            "NetworkOutbound without a policy (pasta is native-only; WithNetworkPolicy with the public-internet preset gives a VM the same reach through the forwarder)",
-        ));
+        return Err(unsupported("NetworkOutbound without the forwarder's plan"));
     }
     if !plan.network.ports.is_empty() {
         return Err(unsupported("published ports"));
@@ -66,6 +66,31 @@ pub fn vmm(dir: &std::path::Path) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_outbound_is_the_public_internet_preset_for_a_vm_only() {
+        let cfg = |j: &str| -> crate::config::SandboxConfig { serde_json::from_str(j).unwrap() };
+        let vm = crate::network::plan(&cfg(r#"{"network":"outbound","isolation":"microvm"}"#))
+            .unwrap()
+            .expect("a VM's outbound has a forwarder plan");
+        let p = crate::network::parse_policy(&vm.policy).unwrap();
+        let host = lockbox_net::policy::HostAddrs(vec!["192.0.2.2".parse().unwrap()]);
+        let ok = |ip: &str| {
+            let t = lockbox_net::policy::Target {
+                ip: ip.parse().unwrap(),
+                names: &[],
+                port: 443,
+                protocol: lockbox_net::policy::Protocol::Tcp,
+            };
+            p.decide(&t, &host).allowed
+        };
+        assert!(ok("198.51.100.7") && ok("1.1.1.1"));
+        assert!(!ok("192.0.2.2") && !ok("10.0.0.1") && !ok("127.0.0.1"));
+        assert!(vm.secrets.is_empty());
+        // Native keeps pasta: no forwarder plan.
+        let native = crate::network::plan(&cfg(r#"{"network":"outbound"}"#)).unwrap();
+        assert!(native.is_none());
+    }
 
     #[test]
     fn the_link_is_the_fd_the_helper_places() {
