@@ -6,8 +6,8 @@
 //! allows larger ones (IPv4 BIG TCP, Linux 6.3+), which the kernel then
 //! hands to the receiver whole. Raising loopback's limit in the sandbox's
 //! namespace cuts the packets of a download by about 40 % and the CPU per
-//! GiB of the path by several per cent (docs/network.md "The fast TCP
-//! path"). It is set once, by whoever makes the listener (privileged in
+//! GiB of the path by 6-22 % in the runs measured (docs/network.md "The
+//! fast TCP path"). It is set once, by whoever makes the listener (privileged in
 //! that namespace, before the sandbox runs); the sandbox cannot change it
 //! (no CAP_NET_ADMIN) and gains nothing from it but fewer packets of its
 //! own loopback traffic. A kernel without the attribute keeps 64 KiB
