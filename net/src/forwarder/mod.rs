@@ -476,7 +476,7 @@ impl Stack {
             self.dev.rx.push_back(f);
             return;
         }
-        self.shared.events.count(|c| c.connections_allowed += 1);
+        // Counted as allowed by upstream::connect, once its bounds let it.
         let tx = self.connected_tx.clone();
         let shared = self.shared.clone();
         let timeout = self.config.limits.connect_timeout;
@@ -544,7 +544,7 @@ impl Stack {
         if !ok || self.tcp_full(dst) {
             return redirect::refuse(s);
         }
-        self.shared.events.count(|c| c.connections_allowed += 1);
+        // Counted as allowed by upstream::connect, once its bounds let it.
         let conn = redirect::Conn {
             shared: self.shared.clone(),
             host_addrs: self.config.host_addrs.clone(),

@@ -134,12 +134,9 @@ impl Upstream {
             .take(Instant::now())
     }
 
-    /// A connection the policy allowed (and the caller counted so) that a
-    /// bound refused: counted and reported as a denial instead.
+    /// A connection the policy allowed that a bound refused: reported and
+    /// counted as a denial.
     fn refuse(&self, dst: SocketAddr, rule: &str) {
-        self.events.count(|c| {
-            c.connections_allowed = c.connections_allowed.saturating_sub(1);
-        });
         let mut d = Denial::now(DenialKind::Limit, rule.to_string());
         d.protocol = Some(Protocol::Tcp);
         d.ip = Some(dst.ip());
@@ -176,6 +173,10 @@ pub async fn connect(up: &Upstream, dst: SocketAddr, timeout: Duration) -> io::R
         up.refuse(dst, &up.rate_rule);
         return Err(io::ErrorKind::WouldBlock.into());
     }
+    // Counted here, not by the callers: a connection the rate refuses is
+    // never counted allowed first and taken back, which a reader of the
+    // counters could see in between.
+    up.events.count(|c| c.connections_allowed += 1);
     let sock = match dst {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
@@ -187,6 +188,10 @@ pub async fn connect(up: &Upstream, dst: SocketAddr, timeout: Duration) -> io::R
     }
     match tokio::time::timeout(timeout, sock.connect(dst)).await {
         Ok(Err(e)) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+            // Known only once counted: taken back.
+            up.events.count(|c| {
+                c.connections_allowed = c.connections_allowed.saturating_sub(1);
+            });
             up.refuse(dst, &up.ports_rule);
             Err(e)
         }
