@@ -744,12 +744,25 @@ impl Stack {
                 self.refuse_datagram(&f);
                 return;
             }
-            match udp::open(key, self.udp_tx.clone(), self.shared.wake.clone()) {
+            let ports = self.config.limits.upstream.ports;
+            match udp::open(key, ports, self.udp_tx.clone(), self.shared.wake.clone()) {
                 Ok(flow) => {
                     self.shared.events.count(|c| c.connections_allowed += 1);
                     self.udp.insert(key, flow);
                 }
-                Err(_) => {
+                Err(e) => {
+                    // connect's autobind with the slice held: EAGAIN.
+                    if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EADDRINUSE)) {
+                        let mut d = Denial::now(
+                            DenialKind::Limit,
+                            "host ports: the forwarders' share of the host's UDP ports is held"
+                                .into(),
+                        );
+                        d.protocol = Some(Protocol::Udp);
+                        d.ip = Some(dst.ip());
+                        d.port = Some(dst.port());
+                        self.shared.events.deny(d);
+                    }
                     self.refuse_datagram(&f);
                     return;
                 }

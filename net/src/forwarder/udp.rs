@@ -1,13 +1,24 @@
 //! Relayed UDP: one connected host socket per (sandbox address, destination)
-//! pair, closed after a minute without traffic.
+//! pair, closed after a minute without traffic. Its local port comes from
+//! the forwarders' slice of the host's range, as a TCP connection's does
+//! (upstream.rs): a UDP socket holds its port toward every destination,
+//! so flows from the whole range (256 per sandbox) let sandboxes together
+//! take every UDP port the host's own resolver binds from (attack review
+//! s6, S6-NET-1).
 
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
+
+use super::upstream::PortSlice;
+
+/// linux/in.h; libc 0.2 does not name it.
+const IP_LOCAL_PORT_RANGE: libc::c_int = 51;
 
 /// (sandbox source, destination)
 pub type Key = (SocketAddr, SocketAddr);
@@ -31,15 +42,11 @@ impl Drop for Flow {
 /// never holds more than the shared channel.
 pub fn open(
     key: Key,
+    ports: Option<PortSlice>,
     replies: mpsc::Sender<(Key, Vec<u8>)>,
     wake: Arc<Notify>,
 ) -> std::io::Result<Flow> {
-    let bind: SocketAddr = if key.1.is_ipv4() {
-        "0.0.0.0:0".parse().expect("literal")
-    } else {
-        "[::]:0".parse().expect("literal")
-    };
-    let std_sock = std::net::UdpSocket::bind(bind)?;
+    let std_sock = socket_in(key.1.is_ipv4(), ports)?;
     std_sock.connect(key.1)?;
     std_sock.set_nonblocking(true)?;
     let send = std_sock.try_clone()?;
@@ -64,4 +71,32 @@ pub fn open(
         last: Instant::now(),
         task,
     })
+}
+
+/// An unbound UDP socket told to take its port from `ports`, so that the
+/// kernel's autobind at `connect` does (EAGAIN once the slice is held).
+/// Before Linux 6.3 the option is unknown and the whole range is used.
+fn socket_in(v4: bool, ports: Option<PortSlice>) -> std::io::Result<std::net::UdpSocket> {
+    let family = if v4 { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: a fresh socket, owned from here on.
+    let fd = unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by socket(2) and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    if let Some(p) = ports {
+        let v: u32 = u32::from(p.first) | (u32::from(p.last) << 16);
+        // SAFETY: setsockopt with a u32 the kernel copies.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_IP,
+                IP_LOCAL_PORT_RANGE,
+                (&v as *const u32).cast(),
+                std::mem::size_of::<u32>() as libc::socklen_t,
+            )
+        };
+    }
+    Ok(std::net::UdpSocket::from(fd))
 }
