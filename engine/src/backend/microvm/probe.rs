@@ -202,9 +202,12 @@ mod tests {
                 .collect();
             assert!(left.is_empty(), "{left:?}");
         }
+        // From the cache: no boot (here one lasts the 20 s probe timeout).
+        // The assets are hashed again, seconds in a debug build on a
+        // loaded machine: 2 s failed there, 10 s is still under a probe.
         let t1 = Instant::now();
         let second = super::super::vm_check(home.path()).await;
         assert_eq!(second, first);
-        assert!(t1.elapsed() < Duration::from_secs(2), "{:?}", t1.elapsed());
+        assert!(t1.elapsed() < Duration::from_secs(10), "{:?}", t1.elapsed());
     }
 }
