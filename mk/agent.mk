@@ -4,7 +4,7 @@ BENCH_STEPS += bench-agent
 
 .PHONY: test-agent bench-agent
 test-agent:
-	cargo test --locked -p lockbox-agent
+	$(call cargo_test,agent)
 
 # Exec round trip and 256 MiB stream throughput through the agent protocol.
 bench-agent:

@@ -56,8 +56,10 @@ release-bins:
 installer:
 	$(call release_env,$(TARGET)) cargo build --release --locked -p lockbox-installer
 
+# The dev build of every test target (mk/cargo-tests.mk): the agent's
+# integration tests need the helper, so it lands in target/debug.
 helper-debug:
-	cargo build --locked -p lockbox-agent --bin lockbox-helper
+	$(DEV_BUILD)
 
 engine-release ffi-release: release-bins
 engine-helper-debug: helper-debug

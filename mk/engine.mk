@@ -21,8 +21,9 @@ NOBODY         := setpriv --reuid=65534 --regid=65534 --clear-groups
 # next to the cargo output and the base image.
 GO_TEST_DEPS += helper-debug image-base
 
+# The protocol crate's unit tests run here (no step of its own).
 test-engine: engine-helper-debug image-base
-	cargo test --locked -p lockbox-engine
+	$(call cargo_test,engine protocol)
 
 test-escape: engine-release image-base
 	@rm -rf $(ENGINE_SCRATCH)/home && mkdir -p $(ENGINE_SCRATCH)/home

@@ -15,8 +15,10 @@ image-python:
 
 images: image-base image-python
 
+# The workspace's doc tests run here, once (mk/cargo-tests.mk).
 test-images: image-base
-	LOCKBOX_TEST_IMAGES=$(IMAGES_OUT) cargo test --locked -p lockbox-images
+	$(call cargo_test,images,,LOCKBOX_TEST_IMAGES=$(IMAGES_OUT))
+	cargo test --locked --workspace --doc $(DEV_FLAGS)
 
 bench-images: images
 	cargo run --locked --release -q -p lockbox-images --example images_bench -- $(IMAGES_OUT)

@@ -141,7 +141,7 @@ DEV_PIN_TEST = $(if $(wildcard $(DEV_PIN)/keys/dev.pub),LOCKBOX_DEV_PIN=$(DEV_PI
 DEV_PIN_TEST_FLAGS = $(if $(wildcard $(DEV_PIN)/keys/dev.pub),-ldflags "$(DEV_PIN_LDFLAGS)")
 
 test-install: installer release
-	cargo test --locked -p lockbox-installer
+	$(call cargo_test,installer)
 	cd tests && LOCKBOX_INSTALLER_BIN=$(INSTALLER_BIN) LOCKBOX_DIST=$(DIST) $(DEV_PIN_TEST) \
 	  go test $(DEV_PIN_TEST_FLAGS) -count=1 -run 'Install' ./...
 

@@ -4,7 +4,7 @@ TEST_STEPS += test-net
 
 .PHONY: test-net
 test-net:
-	cargo test --locked -p lockbox-net
+	$(call cargo_test,net)
 
 # Throughput (1 GiB), connection latency, DNS answer time and memory,
 # through the forwarder against the direct path.
@@ -15,11 +15,11 @@ bench-net:
 
 # A real sandbox with a network policy (engine/tests/network_e2e.rs, root):
 # the helper's tap and forwarder, the engine's control socket, traffic to
-# test hosts in namespaces the test makes. About 1 s.
-TEST_STEPS += test-net-wire
+# test hosts in namespaces the test makes. About 5 s. Not a make test step
+# of its own: test-engine runs every engine test, this one included.
 .PHONY: test-net-wire
 test-net-wire: engine-helper-debug image-base
-	cargo test --locked -p lockbox-engine --test network_e2e
+	$(call cargo_test,engine:test:network_e2e)
 
 # What a policy adds to a sandbox's start and its host memory (the
 # forwarder process), against the same sandbox without network.

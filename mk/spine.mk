@@ -25,17 +25,22 @@ CBINDGEN        := cbindgen -q --config ffi/cbindgen.toml --crate lockbox-ffi
 
 .PHONY: ffi-test-lib test-ffi test-go test-go-race header check-header bench-ffi bench-threads
 
-# Copied with a rename: a running test may have the old file mapped.
+# Copied with a rename: a running test may have the old file mapped. Built
+# by the one dev build of every test target (mk/cargo-tests.mk), where the
+# cdylib is a dependency of ffi's contract tests: cargo leaves it in deps/
+# (a cdylib's name has no hash), not in target/debug.
 ffi-test-lib:
-	cargo build --locked -p lockbox-ffi --features test-hooks
+	$(DEV_BUILD)
 	@mkdir -p $(dir $(FFI_TEST_LIB))
-	@cp $(TARGET)/debug/liblockbox.so $(FFI_TEST_LIB).tmp && mv -f $(FFI_TEST_LIB).tmp $(FFI_TEST_LIB)
+	@cp $(TARGET)/debug/deps/liblockbox.so $(FFI_TEST_LIB).tmp && mv -f $(FFI_TEST_LIB).tmp $(FFI_TEST_LIB)
 
 # The unit tests run twice: without test-hooks they check that a release
 # build has no debug.* methods.
+# (--lib: only the unit test harnesses are built without the hooks; the
+# cdylib, unhashed, would be rebuilt twice over.)
 test-ffi: ffi-test-lib
-	cargo test --locked -p lockbox-ffi --lib
-	LOCKBOX_TEST_LIB=$(FFI_TEST_LIB) cargo test --locked -p lockbox-ffi --features test-hooks
+	$(call cargo_test_flags,ffi:lib,,,--lib)
+	$(call cargo_test,ffi,,LOCKBOX_TEST_LIB=$(FFI_TEST_LIB))
 	@d=$(dir $(FFI_TEST_LIB)); gcc -std=c99 -Wall -Wextra -Werror -I ffi/include ffi/tests/c/smoke.c \
 	  -L $$d -llockbox -Wl,-rpath,$$d -o $$d/c-smoke; \
 	  $$d/c-smoke 2>$$d/c-smoke.err || { cat $$d/c-smoke.err; exit 1; }; \

@@ -14,7 +14,7 @@ vm-assets: release-bins
 	scripts/vm/build-assets.sh $(VM_ASSETS) $(RELEASE_HELPER)
 
 test-vm: vm-assets
-	LOCKBOX_VM_ASSETS=$(VM_ASSETS) cargo test --locked -p lockbox-agent --test guest_boot
+	$(call cargo_test,agent:test:guest_boot,,LOCKBOX_VM_ASSETS=$(VM_ASSETS))
 
 # Boot to handshake, median of 3 cold TCG boots.
 BENCH_STEPS += bench-vm
@@ -30,8 +30,7 @@ TEST_STEPS += 34:test-vm-backend
 # The KVM probe behind host.vm_check: bounded (20 s where KVM hangs the
 # guest, as here), cached.
 test-vm-backend: vm-assets image-base
-	LOCKBOX_VM_ASSETS=$(VM_ASSETS) LOCKBOX_HELPER=$(RELEASE_HELPER) \
-	  cargo test --locked -p lockbox-engine --lib vm_check -- --nocapture
+	$(call cargo_test,engine:lib,vm_check --nocapture,LOCKBOX_VM_ASSETS=$(VM_ASSETS) LOCKBOX_HELPER=$(RELEASE_HELPER))
 	@rm -rf $(VM_SCRATCH)/home && mkdir -p $(VM_SCRATCH)/home
 	cd tests && LOCKBOX_LIB=$(RELEASE_LIB) LOCKBOX_HELPER=$(RELEASE_HELPER) LOCKBOX_IMAGES=$(IMAGES) \
 	  LOCKBOX_HOME=$(VM_SCRATCH)/home LOCKBOX_VM_ASSETS=$(VM_ASSETS) LOCKBOX_VM_ACCEL=tcg \
