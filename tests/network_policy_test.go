@@ -479,8 +479,20 @@ func TestNetworkEventsSlowReader(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// drain reads until the events stop coming: delivered and dropped.
-	drain := func() (got, dropped uint64) {
+	// drain reads until want denials are accounted for (delivered or
+	// dropped; a loaded machine may pause between them for a while), then
+	// a quiet second more, so extra events would still show.
+	drain := func(want uint64) (got, dropped uint64) {
+		deadline := time.After(60 * time.Second)
+		for got+dropped < want {
+			select {
+			case ev := <-ch:
+				got++
+				dropped += ev.Dropped
+			case <-deadline:
+				return got, dropped
+			}
+		}
 		for {
 			select {
 			case ev := <-ch:
@@ -498,12 +510,12 @@ func TestNetworkEventsSlowReader(t *testing.T) {
 		}
 	}
 	burst(100)
-	if got, dropped := drain(); got != 100 || dropped != 0 {
+	if got, dropped := drain(100); got != 100 || dropped != 0 {
 		t.Fatalf("control: 100 denials, %d delivered, %d dropped", got, dropped)
 	}
 	const n = 1500
 	burst(n) // nobody reads meanwhile
-	got, dropped := drain()
+	got, dropped := drain(n)
 	m, err := sb.Metrics(ctx)
 	if err != nil {
 		t.Fatal(err)

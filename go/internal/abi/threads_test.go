@@ -45,11 +45,11 @@ func TestSubmittedCallCancelsAndLeavesNothing(t *testing.T) {
 	requireHooks(t)
 	asyncOrControl(t)
 	done := make(chan error, 1)
-	go func() { done <- Call(context.Background(), "t", "debug.sleep", map[string]int{"ms": 1000}, nil) }()
+	go func() { done <- Call(context.Background(), "t", "debug.sleep", map[string]int{"ms": 3000}, nil) }()
 	// Polled, not slept: on a loaded machine the goroutine may take a while
 	// to submit.
 	held := 0
-	for deadline := time.Now().Add(900 * time.Millisecond); held != 1 && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(2900 * time.Millisecond); held != 1 && time.Now().Before(deadline); {
 		time.Sleep(10 * time.Millisecond)
 		held = libStats(t).Completions
 	}
