@@ -449,12 +449,10 @@ func TestMicroVMUnsupported(t *testing.T) {
 	defer cancel()
 	vol := t.TempDir()
 	cases := map[string][]lockbox.Option{
-		// A policy works (TestMicroVMNetwork), and plain outbound is the
-		// forwarder with the public-internet preset; published ports with
-		// either do not yet.
-		"ports": {lockbox.WithNetworkPolicy(lockbox.NewNetworkPolicy(lockbox.Allow("example.com"))),
-			lockbox.WithPort(18080, 80)},
-		"outbound ports": {lockbox.WithNetwork(lockbox.NetworkOutbound), lockbox.WithPort(18081, 80)},
+		// Network (a policy, plain outbound, published ports) works now:
+		// TestMicroVMNetwork. A volume of one file does not (virtio-fs
+		// shares directories).
+		"file volume": {lockbox.WithVolume(oneFile(t), "/f", true)},
 	}
 	for what, opts := range cases {
 		t0 := time.Now()
@@ -565,4 +563,12 @@ func checkVMMConfined(t *testing.T, helper int, procs []int) {
 		}
 		t.Logf("qemu %d: uid %s, root %v", p, statusField(p, "Uid"), names)
 	}
+}
+
+func oneFile(t *testing.T) string {
+	f := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(f, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return f
 }

@@ -106,8 +106,10 @@ func TestMicroVMNetwork(t *testing.T) {
 	public := lockbox.NewNetworkPolicy(slices.Concat(policy.Rules, []lockbox.NetworkRule{
 		lockbox.Allow("0.0.0.0/0").Port(uint16(port)),
 	})...)
+	published := freePort(t)
 	t0 := time.Now()
-	sb := vmNetSandbox(t, lab, lockbox.WithNetworkPolicy(policy), lockbox.WithSecret("API_KEY", real, api))
+	sb := vmNetSandbox(t, lab, lockbox.WithNetworkPolicy(policy), lockbox.WithSecret("API_KEY", real, api),
+		lockbox.WithPort(published, 8000))
 	t.Logf("VM with network up in %v", time.Since(t0))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -119,7 +121,8 @@ func TestMicroVMNetwork(t *testing.T) {
 			t.Fatal(err)
 		}
 		b, _ := json.Marshal(info)
-		if info.Backend.Kind != "microvm" || !slices.Contains(info.Enforced, "network_forwarder_limits") {
+		if info.Backend.Kind != "microvm" || !slices.Contains(info.Enforced, "network_forwarder_limits") ||
+			!slices.Contains(info.Enforced, "ports") {
 			t.Fatalf("Info: %s", b)
 		}
 	})
@@ -148,6 +151,34 @@ func TestMicroVMNetwork(t *testing.T) {
 			t.Fatalf("the guest's interface from a workload: %q", out)
 		}
 		mustReach(t, sb, "hello-from-"+B+":80", "http", B+":80", "b")
+	})
+	t.Run("PublishedPort", func(t *testing.T) {
+		// busybox httpd in the guest serving /lab; the host reaches it on
+		// 127.0.0.1 only.
+		if _, err := sb.Exec(ctx, "httpd", "-p", "8000", "-h", "/lab"); err != nil {
+			t.Fatal(err)
+		}
+		want, _ := os.ReadFile(lab.CAFile)
+		c := &http.Client{Timeout: 5 * time.Second}
+		url := fmt.Sprintf("http://127.0.0.1:%d/ca.pem", published)
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			r, err := c.Get(url)
+			if err == nil {
+				got, _ := io.ReadAll(r.Body)
+				r.Body.Close()
+				if string(got) == string(want) {
+					break
+				}
+				err = fmt.Errorf("status %d, %d bytes", r.StatusCode, len(got))
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the guest's server through 127.0.0.1:%d: %v", published, err)
+			}
+		}
+		if cn, err := net.DialTimeout("tcp", fmt.Sprintf("%s:%d", hostIP, published), 3*time.Second); err == nil {
+			cn.Close()
+			t.Fatalf("the published port answers on %s, not only on loopback", hostIP)
+		}
 	})
 	t.Run("DeniedPort", func(t *testing.T) {
 		mustRefuse(t, sb, tcpRefused, "http", B+":8080", "b")
@@ -283,6 +314,17 @@ func TestMicroVMNetwork(t *testing.T) {
 			}
 		}
 	})
+}
+
+// freePort is a host TCP port nothing listened on a moment ago.
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // forwarderOf is the pid of the net-forwarder below helper, 0 if none.

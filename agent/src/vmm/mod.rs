@@ -105,7 +105,22 @@ pub fn run(spec_path: &Path) -> i32 {
         Ok(f) => f,
         Err(e) => return failed(ErrorCode::Internal, format!("open /proc/self/exe: {e}")),
     };
-    match start(&spec, &exe, &cgroup, &mut report) {
+    // Published ports first, with their own error code (a port in use is
+    // already_exists, as for a native sandbox).
+    let published = match spec
+        .net
+        .as_ref()
+        .map(|n| crate::netd::ingress::bind(&n.ports))
+    {
+        Some(Err((code, m))) => {
+            cgroup.remove();
+            remove_sockets(&spec);
+            return failed(code, m);
+        }
+        Some(Ok(p)) => p,
+        None => Vec::new(),
+    };
+    match start(&spec, published, &exe, &cgroup, &mut report) {
         Ok((child, net)) => {
             let mut r = report.0.clone();
             r.cgroup = cgroup.paths.clone();
@@ -172,6 +187,7 @@ fn failed(code: ErrorCode, msg: String) -> i32 {
 /// read what the unprivileged VMM may not) and forks the jailed qemu.
 fn start(
     spec: &VmmSpec,
+    published: Vec<crate::netd::ingress::Bound>,
     exe: &std::fs::File,
     cgroup: &Cgroup,
     report: &mut Report,
@@ -208,7 +224,7 @@ fn start(
     let mut net = spec
         .net
         .as_ref()
-        .map(|n| net::start(n, exe, cgroup, report))
+        .map(|n| net::start(n, published, exe, cgroup, report))
         .transpose()?;
     let mounts = jail::Mounts::prepare(spec).map_err(|e| format!("jail mounts: {e}"))?;
     let (relay, saved) =

@@ -31,6 +31,11 @@ pub struct NetSpec {
     /// Host path of the forwarder's control socket this process binds
     /// (`net.sock` in the sandbox's directory, 0600).
     pub socket: String,
+    /// Published ports: bound on the host's 127.0.0.1 by this process
+    /// (`run`, before anything else can take them) and relayed into the
+    /// guest by the forwarder (netd/ingress.rs).
+    #[serde(default)]
+    pub ports: Vec<lockbox_protocol::PortSpec>,
 }
 
 /// The running forwarder and qemu's end of the link (placed at `NET_FD`
@@ -42,6 +47,7 @@ pub struct VmNet {
 
 pub fn start(
     spec: &NetSpec,
+    published: Vec<crate::netd::ingress::Bound>,
     exe: &File,
     cgroup: &Cgroup,
     report: &mut Report,
@@ -55,11 +61,14 @@ pub fn start(
         exe,
         listener,
         Path::new(&spec.socket),
-        Vec::new(),
+        published,
         &cgroup.paths,
         report,
     )
     .map_err(|e| format!("{e:#}"))?;
+    if !spec.ports.is_empty() {
+        report.ok("ports");
+    }
     report.not(
         "network_fast_tcp",
         "microvm: every connection goes through the forwarder's user-mode stack (the kernel redirect is native-only)",

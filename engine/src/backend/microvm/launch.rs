@@ -211,7 +211,7 @@ pub async fn launch(helper: &Path, host: &Host, req: &LaunchRequest<'_>) -> Resu
         "kvm": host.accel == Accel::Kvm,
         "qmp": s(&dir.join(super::qmp::SOCKET)),
         "shares": shares.vmm,
-        "net": network.then(|| super::net::vmm(dir)),
+        "net": network.then(|| super::net::vmm(dir, plan)),
     });
     spawn_helper(helper, dir, &vmm, plan.detached).await
 }

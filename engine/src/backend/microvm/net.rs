@@ -36,9 +36,6 @@ pub fn check(plan: &Plan, restore: bool) -> Result<()> {
     if plan.network.mode == NetworkMode::Outbound && plan.net.is_none() {
         return Err(unsupported("NetworkOutbound without the forwarder's plan"));
     }
-    if !plan.network.ports.is_empty() {
-        return Err(unsupported("published ports"));
-    }
     Ok(())
 }
 
@@ -58,9 +55,14 @@ pub fn qemu_args() -> Vec<String> {
 }
 
 /// vmm.json's `net`: where the helper binds the forwarder's control
-/// socket (the engine's network::control connects there).
-pub fn vmm(dir: &std::path::Path) -> Value {
-    json!({"socket": dir.join(crate::network::control::SOCKET).to_string_lossy()})
+/// socket (the engine's network::control connects there), and the
+/// published ports it binds on the host's 127.0.0.1 for the forwarder to
+/// relay into the guest, as for a native sandbox with a policy.
+pub fn vmm(dir: &std::path::Path, plan: &Plan) -> Value {
+    json!({
+        "socket": dir.join(crate::network::control::SOCKET).to_string_lossy(),
+        "ports": plan.network.ports,
+    })
 }
 
 #[cfg(test)]
