@@ -19,8 +19,9 @@ import (
 // continues after a restore, forks that differ in identity, a tampered
 // checkpoint refused, nothing left after Remove.
 
-// counterScript writes an incrementing number to /tmp/count every 100 ms.
-const counterScript = `i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done`
+// counterScript writes an incrementing number to /tmp/count every 100 ms,
+// through a rename so a reader never sees the file truncated and empty.
+const counterScript = `i=0; while :; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.1; done`
 
 func vmCounter(ctx context.Context, t *testing.T, sb *lockbox.Sandbox) int {
 	t.Helper()
