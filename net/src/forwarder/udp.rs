@@ -7,7 +7,7 @@
 //! s6, S6-NET-1).
 
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,9 +16,6 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
 use super::upstream::PortSlice;
-
-/// linux/in.h; libc 0.2 does not name it.
-const IP_LOCAL_PORT_RANGE: libc::c_int = 51;
 
 /// (sandbox source, destination)
 pub type Key = (SocketAddr, SocketAddr);
@@ -86,17 +83,8 @@ fn socket_in(v4: bool, ports: Option<PortSlice>) -> std::io::Result<std::net::Ud
     // SAFETY: fd was just returned by socket(2) and nothing else owns it.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     if let Some(p) = ports {
-        let v: u32 = u32::from(p.first) | (u32::from(p.last) << 16);
-        // SAFETY: setsockopt with a u32 the kernel copies.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_IP,
-                IP_LOCAL_PORT_RANGE,
-                (&v as *const u32).cast(),
-                std::mem::size_of::<u32>() as libc::socklen_t,
-            )
-        };
+        // ENOPROTOOPT before 6.3: the whole range, as the doc above says.
+        let _ = super::upstream::set_port_range(&fd, p);
     }
     Ok(std::net::UdpSocket::from(fd))
 }
