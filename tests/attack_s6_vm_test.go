@@ -54,6 +54,7 @@ func fileSHA256(p string) string {
 // powers again, the host-side checks below run on the helper's work:
 // without the jail's setuid-mode filter on virtiofsd this test failed
 // with "setuid file on the host: .../direct mode 104755".
+// DevNodes: see vmAttackDevNodes (attack_s6_vm_dev_test.go).
 // MarkerInHostData: see vmAttackMarker (attack_s6_marker_test.go).
 func TestVMAttackS6(t *testing.T) {
 	needEngine(t)
@@ -262,6 +263,7 @@ func TestVMAttackS6(t *testing.T) {
 			t.Errorf("ATTACK: config.img changed under the guest's writes")
 		}
 	})
+	t.Run("DevNodes", func(t *testing.T) { vmAttackDevNodes(ctx, t, sb) })
 	// Last: before its fix, this one cost the host its connection.
 	t.Run("MarkerInHostData", func(t *testing.T) { vmAttackMarker(ctx, t, sb, vol) })
 }

@@ -12,6 +12,7 @@
 mod bridge;
 mod clock;
 mod config;
+mod devices;
 mod identity;
 mod limits;
 mod modules;
@@ -95,7 +96,7 @@ fn start() -> anyhow::Result<i32> {
     let port = port::open(PORT_NAME, PORT_WAIT).context("agent port")?;
     eprintln!("lockbox guest: serving on port {PORT_NAME}");
     let (listener, addr) = bridge::listener().context("agent listener")?;
-    hide_devices();
+    devices::replace(spec.limits.memory_mib).context("/dev")?;
     // Last of init's writes to /proc/sys and /sys (limits, network).
     mounts::lock_kernel().context("lock the kernel's knobs")?;
     // Before the lock: the keeper keeps the capabilities the agent drops.
@@ -107,23 +108,6 @@ fn start() -> anyhow::Result<i32> {
     // thread, and a thread inherits them only from its creator.
     bridge::spawn(port, addr).context("bridge")?;
     Ok(crate::init::run(spec, listener, confine, 0))
-}
-
-/// Unlinks the nodes of the agent's port and of the disks once they are
-/// open or mounted: a workload (root in the guest, but without CAP_MKNOD
-/// or CAP_SYS_ADMIN) then cannot write into the host's connection or under
-/// the overlay's layers.
-fn hide_devices() {
-    let Ok(dir) = std::fs::read_dir("/dev") else {
-        return;
-    };
-    for e in dir.flatten() {
-        let name = e.file_name();
-        let n = name.to_string_lossy();
-        if n.starts_with("vport") || (n.starts_with("vd") && n.len() <= 4) {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
 }
 
 /// Without a console the kernel starts init with fds 0-2 closed; the first
