@@ -51,15 +51,54 @@ pub(crate) struct TempClaim {
 impl TempClaim {
     pub(crate) fn take(dir: &Path) -> Result<TempClaim> {
         let path = claim_path(dir);
-        let file = try_flock(&path, true, true).ok_or_else(|| {
-            ImageError::io(
-                "claim",
-                &path,
-                std::io::Error::other("the temp dir's claim is held"),
-            )
-        })?;
-        Ok(TempClaim { path, _file: file })
+        // A reclaim removes a lone claim (a process killed before its
+        // mkdir) while holding its flock, so it may unlink the file between
+        // our open and our flock: the claim counts only if the path still
+        // names the file we locked. A retry makes a new one.
+        for _ in 0..3 {
+            let Some(file) = try_flock(&path, true, true) else {
+                break;
+            };
+            if names_file(&path, &file) {
+                return Ok(TempClaim { path, _file: file });
+            }
+        }
+        Err(ImageError::io(
+            "claim",
+            &path,
+            std::io::Error::other("the temp dir's claim is held"),
+        ))
     }
+}
+
+/// Whether `path` (not followed) is the file `f` has open.
+fn names_file(path: &Path, f: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::symlink_metadata(path), f.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// A claim file with no temp dir beside it (its process died between the
+/// claim and the mkdir, or after removing the dir): removed under its
+/// flock when nobody holds it. True if it was removed.
+fn remove_lone_claim(claim: &Path) -> bool {
+    let Some(dir) = claim
+        .to_str()
+        .and_then(|s| s.strip_suffix(".lock"))
+        .map(PathBuf::from)
+    else {
+        return false;
+    };
+    if std::fs::symlink_metadata(&dir).is_ok() {
+        return false;
+    }
+    let Some(_held) = try_flock(claim, false, true) else {
+        return false;
+    };
+    // Under the flock nobody can be between claim and mkdir.
+    std::fs::symlink_metadata(&dir).is_err() && std::fs::remove_file(claim).is_ok()
 }
 
 impl Drop for TempClaim {
@@ -83,6 +122,8 @@ pub struct ForkHold {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ReclaimReport {
     pub temp_dirs: u64,
+    /// Claim files whose temp dir was never made (or already gone).
+    pub lone_claims: u64,
     pub incomplete_images: u64,
     pub unused_forks: Vec<Digest>,
 }
@@ -117,6 +158,12 @@ impl ImageStore {
         let tmp = self.root().join("tmp");
         for ent in std::fs::read_dir(&tmp).ctx("readdir", &tmp)? {
             let ent = ent.ctx("readdir", &tmp)?;
+            if ent.file_type().is_ok_and(|t| t.is_file()) {
+                if remove_lone_claim(&ent.path()) {
+                    rep.lone_claims += 1;
+                }
+                continue;
+            }
             if !ent.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
@@ -227,6 +274,22 @@ mod tests {
         assert!(running.exists(), "a claimed temp dir was removed");
         drop(claim);
         assert!(s.reclaim_interrupted(&[]).unwrap().temp_dirs == 1 && !running.exists());
+
+        // A claim whose process died before its mkdir goes too; one still
+        // held (a process between claim and mkdir) stays.
+        let lone = s.root().join("tmp").join("789-killed.lock");
+        std::fs::write(&lone, "").unwrap();
+        let early = s.root().join("tmp").join("790-early");
+        let held = TempClaim::take(&early).unwrap();
+        let rep = s.reclaim_interrupted(&[]).unwrap();
+        assert_eq!(rep.lone_claims, 1);
+        assert!(!lone.exists(), "a lone claim was left");
+        assert!(
+            claim_path(&early).exists(),
+            "a held claim without its dir yet was removed"
+        );
+        drop(held);
+        assert!(!claim_path(&early).exists());
 
         let up = t.path().join("upper");
         std::fs::create_dir(&up).unwrap();
