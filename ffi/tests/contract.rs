@@ -471,18 +471,30 @@ fn cancel_after_the_call() {
 #[test]
 fn one_cancel_id_cannot_serve_two_running_calls() {
     let id = new_cancel_id();
-    let sleeper = thread::spawn(move || call("debug.sleep", json!({"ms": 600_000}), id));
-    // Until the sleeper holds the id (was one try after 100 ms: on a
-    // loaded machine the thread may not have called yet). A noop that
-    // gets in first runs and frees the id again.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while call("noop", json!({}), id).is_ok() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the sleeper never held the id"
+    // Until the sleeper holds the id: on a loaded machine its thread may
+    // not have called yet, and a noop that gets in first holds the id for
+    // a moment, so the sleeper may itself be the call refused: then it has
+    // ended (invalid_argument) and a new sleeper tries again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let sleeper = 'held: loop {
+        let sleeper = thread::spawn(move || call("debug.sleep", json!({"ms": 600_000}), id));
+        while !sleeper.is_finished() {
+            if let Err((code, _)) = call("noop", json!({}), id) {
+                assert_eq!(code, "invalid_argument");
+                break 'held sleeper;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the sleeper never held the id"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            code_of(sleeper.join().unwrap()),
+            "invalid_argument",
+            "a sleeper ended without being refused or canceled"
         );
-        thread::sleep(Duration::from_millis(10));
-    }
+    };
     assert_eq!(code_of(call("noop", json!({}), id)), "invalid_argument");
     unsafe { (api().cancel)(id) };
     assert_eq!(code_of(sleeper.join().unwrap()), "canceled");
