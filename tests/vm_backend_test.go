@@ -314,7 +314,7 @@ func detachAndReattach(t *testing.T, ctx context.Context, sb *lockbox.Sandbox, b
 	if sessionOf(info.HelperPID) == sessionOf(os.Getpid()) {
 		t.Fatalf("helper %d of a detached sandbox is in the test's session %s", info.HelperPID, sessionOf(os.Getpid()))
 	}
-	res, err := sb.Shell(ctx, "(i=0; while :; do i=$((i+1)); echo $i > /tmp/counter.new; mv /tmp/counter.new /tmp/counter; sleep 0.2; done) >/dev/null 2>&1 & echo $!")
+	res, err := sb.Shell(ctx, "echo 0 > /tmp/counter; (i=0; while :; do i=$((i+1)); echo $i > /tmp/counter.new; mv /tmp/counter.new /tmp/counter; sleep 0.2; done) >/dev/null 2>&1 & echo $!")
 	if err != nil || res.ExitCode != 0 {
 		t.Fatalf("counter: %v %+v", err, res)
 	}

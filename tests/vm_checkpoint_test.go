@@ -126,7 +126,9 @@ func TestVMCheckpointRestoreFork(t *testing.T) {
 	defer src.Remove(context.Background())
 	_ = lockbox.RemoveCheckpoint(ctx, "ckpt-counter")
 
-	pid := vmShell(ctx, t, src, "sh -c '"+counterScript+"' >/dev/null 2>&1 & echo $!")
+	// The file exists before the loop starts, so the first read never
+	// races the loop's first write.
+	pid := vmShell(ctx, t, src, "echo 0 > /tmp/count; sh -c '"+counterScript+"' >/dev/null 2>&1 & echo $!")
 	for vmCounter(ctx, t, src) < 5 {
 		time.Sleep(100 * time.Millisecond)
 	}
